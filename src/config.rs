@@ -1,0 +1,67 @@
+//! Typed configuration: defaults < config file < `BERTH_*` environment <
+//! command-line flags. `config/berth.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Distribution's `rootdirectory`: files live under `<data_dir>/docker/registry/v2/`.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `berth=debug`.
+    pub log_level: String,
+    /// The largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The directory the storage keys are relative to.
+    pub fn storage_root(&self) -> PathBuf {
+        self.data_dir.join("docker/registry/v2")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_unknown_keys_are_refused() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/berth.toml");
+        let config = Config::from_file(&example).unwrap();
+        assert_eq!(config.listen, Config::default().listen);
+        assert!(toml::from_str::<Config>("listn = \"x\"").is_err());
+    }
+}

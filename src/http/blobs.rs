@@ -1,0 +1,71 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>` (end-2, end-10).
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::range::{self, RangeRequest};
+use super::{digest_param, header_str, repository_name, ApiResult, DOCKER_CONTENT_DIGEST};
+use crate::oci::ErrorCode;
+use crate::registry::Registry;
+
+pub async fn get(
+    registry: &Registry,
+    name: &str,
+    digest: &str,
+    parts: &Parts,
+    with_body: bool,
+) -> ApiResult {
+    let name = repository_name(name)?;
+    let digest = digest_param(digest)?;
+    let size = registry.blob_size(&name, &digest).await?;
+    let range = match range::parse(header_str(&parts.headers, header::RANGE), size) {
+        RangeRequest::Unsatisfiable => {
+            let mut response = super::ApiError::from(ErrorCode::RangeInvalid).into_response();
+            let content_range = HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii");
+            response
+                .headers_mut()
+                .insert(header::CONTENT_RANGE, content_range);
+            return Ok(response);
+        }
+        RangeRequest::Partial(range) => Some(range),
+        RangeRequest::Whole => None,
+    };
+
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    let mut response = Response::builder()
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""));
+    if let Some(r) = &range {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        );
+    }
+    let body = if with_body && length > 0 {
+        Body::from_stream(registry.read_blob(&name, &digest, range).await?.stream)
+    } else {
+        Body::empty()
+    };
+    Ok(response.body(body).expect("valid response"))
+}
+
+pub async fn delete(registry: &Registry, name: &str, digest: &str) -> ApiResult {
+    let name = repository_name(name)?;
+    let digest = digest_param(digest)?;
+    registry.delete_blob(&name, &digest).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(DOCKER_CONTENT_DIGEST, digest.to_string())],
+    )
+        .into_response())
+}

@@ -1,0 +1,197 @@
+//! The HTTP API (distribution-spec `/v2/`), axum only. Handlers parse and
+//! validate what the request says, call the [`Registry`], and render the
+//! spec's headers and bodies; they hold no registry rules of their own.
+
+mod blobs;
+mod catalog;
+mod error;
+mod manifests;
+mod range;
+mod referrers;
+mod request_log;
+mod routes;
+mod tags;
+mod uploads;
+
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use futures::TryStreamExt;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use error::{status_of, ApiError, ApiResult};
+
+use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
+use crate::registry::Registry;
+use crate::storage::ByteStream;
+use routes::Route;
+
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+pub type AppState = Arc<Registry>;
+
+/// The whole HTTP application for a registry.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v2", get(base))
+        .route("/v2/", get(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(not_found)
+        .layer(SetResponseHeaderLayer::overriding(
+            API_VERSION,
+            HeaderValue::from_static("registry/2.0"),
+        ))
+        .layer(axum::middleware::from_fn(request_log::log_request))
+        .with_state(registry)
+}
+
+/// `GET /v2/`: the API is here (end-1).
+async fn base() -> Response {
+    (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
+}
+
+async fn ready(State(registry): State<AppState>) -> Response {
+    match registry.check_ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage not writable").into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+async fn dispatch(State(registry): State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix("/v2/").unwrap_or_default();
+    let Some(route) = routes::parse(rest) else {
+        return not_found().await;
+    };
+    let (parts, body) = request.into_parts();
+    let r = &registry;
+    let result = match (route, &parts.method) {
+        (Route::Catalog, &Method::GET) => catalog::list(r, &parts).await,
+        (Route::UploadStart { name }, &Method::POST) => uploads::start(r, name, &parts, body).await,
+        (Route::Upload { name, id }, &Method::GET) => uploads::status(r, name, id).await,
+        (Route::Upload { name, id }, &Method::PATCH) => {
+            uploads::patch(r, name, id, &parts, body).await
+        }
+        (Route::Upload { name, id }, &Method::PUT) => {
+            uploads::finish(r, name, id, &parts, body).await
+        }
+        (Route::Upload { name, id }, &Method::DELETE) => uploads::cancel(r, name, id).await,
+        (Route::Blob { name, digest }, &Method::GET) => {
+            blobs::get(r, name, digest, &parts, true).await
+        }
+        (Route::Blob { name, digest }, &Method::HEAD) => {
+            blobs::get(r, name, digest, &parts, false).await
+        }
+        (Route::Blob { name, digest }, &Method::DELETE) => blobs::delete(r, name, digest).await,
+        (Route::Manifest { name, reference }, &Method::GET) => {
+            manifests::get(r, name, reference, &parts, true).await
+        }
+        (Route::Manifest { name, reference }, &Method::HEAD) => {
+            manifests::get(r, name, reference, &parts, false).await
+        }
+        (Route::Manifest { name, reference }, &Method::PUT) => {
+            manifests::put(r, name, reference, &parts, body).await
+        }
+        (Route::Manifest { name, reference }, &Method::DELETE) => {
+            manifests::delete(r, name, reference).await
+        }
+        (Route::Tags { name }, &Method::GET) => tags::list(r, name, &parts).await,
+        (Route::Referrers { name, digest }, &Method::GET) => {
+            referrers::list(r, name, digest, &parts).await
+        }
+        (_, method) => Err(ApiError::from(RegistryError::with_detail(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported on this resource"),
+        ))),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn repository_name(name: &str) -> Result<RepositoryName, ApiError> {
+    RepositoryName::parse(name).ok_or_else(|| {
+        RegistryError::with_detail(ErrorCode::NameInvalid, format!("invalid name {name:?}")).into()
+    })
+}
+
+fn digest_param(digest: &str) -> Result<Digest, ApiError> {
+    digest.parse().map_err(|_| {
+        RegistryError::with_detail(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest {digest:?}"),
+        )
+        .into()
+    })
+}
+
+/// The query's parameters in order; repeated keys (`?tag=a&tag=b`) are kept.
+fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
+    let query = parts.uri.query().unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `n` and `last` of a paginated listing.
+fn pagination(pairs: &[(String, String)]) -> Result<(Option<usize>, Option<String>), ApiError> {
+    let n = match query_value(pairs, "n") {
+        None | Some("") => None,
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| ErrorCode::PaginationNumberInvalid)?,
+        ),
+    };
+    let last = query_value(pairs, "last")
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    Ok((n, last))
+}
+
+/// The RFC 5988 `Link` to the next page of a listing.
+fn next_page_link(path: &str, n: usize, last: &str) -> HeaderValue {
+    let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+    HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\""))
+        .expect("encoded link is a valid header")
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request body as a stream of bytes for the storage layer.
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(io::Error::other))
+}
+
+/// Whether the request carries a body at all (a final `PUT` may not).
+fn has_body(headers: &HeaderMap) -> bool {
+    match header_str(headers, header::CONTENT_LENGTH) {
+        Some(len) => len.trim() != "0",
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+fn location(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("locations are built from validated parts")
+}

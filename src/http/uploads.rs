@@ -1,0 +1,154 @@
+//! Blob uploads (end-4a/4b, end-5, end-6, end-11, end-13; spec "Pushing
+//! blobs"): `POST` to start, mount or upload whole; `PATCH` chunks; `PUT` to
+//! finish; `GET` for the received range; `DELETE` to cancel.
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{
+    body_stream, digest_param, has_body, header_str, location, query_pairs, query_value,
+    repository_name, ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
+};
+use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepositoryName};
+use crate::registry::{Registry, UploadSession, UploadStart};
+
+pub async fn start(registry: &Registry, name: &str, parts: &Parts, body: Body) -> ApiResult {
+    let name = repository_name(name)?;
+    let pairs = query_pairs(parts);
+    if let Some(mount) = query_value(&pairs, "mount") {
+        let digest = digest_param(mount)?;
+        // An unusable `from` is not an error: the client just uploads.
+        let from = query_value(&pairs, "from").and_then(RepositoryName::parse);
+        return match registry
+            .start_upload_with_mount(&name, &digest, from.as_ref())
+            .await?
+        {
+            UploadStart::Mounted => Ok(blob_created(&name, &digest)),
+            UploadStart::Session(session) => {
+                Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+            }
+        };
+    }
+    if let Some(digest) = query_value(&pairs, "digest") {
+        let digest = digest_param(digest)?;
+        registry
+            .upload_whole(&name, &digest, body_stream(body))
+            .await?;
+        return Ok(blob_created(&name, &digest));
+    }
+    let session = registry.start_upload(&name, Algorithm::Sha256).await?;
+    Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+}
+
+pub async fn patch(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+    parts: &Parts,
+    body: Body,
+) -> ApiResult {
+    let name = repository_name(name)?;
+    let start = chunk_start(&parts.headers)?;
+    let session = registry
+        .append_chunk(&name, id, start, body_stream(body))
+        .await?;
+    Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+}
+
+pub async fn finish(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+    parts: &Parts,
+    body: Body,
+) -> ApiResult {
+    let name = repository_name(name)?;
+    let pairs = query_pairs(parts);
+    let digest = query_value(&pairs, "digest").ok_or_else(|| {
+        RegistryError::with_detail(ErrorCode::DigestInvalid, "the digest parameter is required")
+    })?;
+    let digest = digest_param(digest)?;
+    let start = chunk_start(&parts.headers)?;
+    let body = has_body(&parts.headers).then(|| body_stream(body));
+    registry
+        .finish_upload(&name, id, &digest, start, body)
+        .await?;
+    Ok(blob_created(&name, &digest))
+}
+
+pub async fn status(registry: &Registry, name: &str, id: &str) -> ApiResult {
+    let name = repository_name(name)?;
+    let session = registry.upload_status(&name, id).await?;
+    Ok(upload_accepted(&name, &session, StatusCode::NO_CONTENT))
+}
+
+pub async fn cancel(registry: &Registry, name: &str, id: &str) -> ApiResult {
+    let name = repository_name(name)?;
+    registry.cancel_upload(&name, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The first byte of a chunk from `Content-Range: <start>-<end>` (the spec's
+/// form, without the `bytes ` unit, which is accepted too). The end must agree
+/// with `Content-Length` when both are sent.
+fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = header_str(headers, header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        RegistryError::with_detail(
+            ErrorCode::RangeInvalid,
+            format!("invalid Content-Range {value:?}"),
+        )
+    };
+    let spec = value.trim().trim_start_matches("bytes ").trim();
+    let (start, end) = spec.split_once('-').ok_or_else(invalid)?;
+    let end = end.split('/').next().unwrap_or_default();
+    let (start, end) = match (start.trim().parse::<u64>(), end.trim().parse::<u64>()) {
+        (Ok(s), Ok(e)) if s <= e => (s, e),
+        _ => return Err(invalid().into()),
+    };
+    if let Some(length) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+    {
+        if length != end - start + 1 {
+            return Err(invalid().into());
+        }
+    }
+    Ok(Some(start))
+}
+
+fn upload_accepted(name: &RepositoryName, session: &UploadSession, status: StatusCode) -> Response {
+    // Distribution's convention: "0-0" for an empty upload, else the inclusive end.
+    let end = session.offset.saturating_sub(1);
+    (
+        status,
+        [
+            (
+                header::LOCATION,
+                location(&format!("/v2/{name}/blobs/uploads/{}", session.id)),
+            ),
+            (header::RANGE, location(&format!("0-{end}"))),
+            (DOCKER_UPLOAD_UUID, location(&session.id)),
+            (header::CONTENT_LENGTH, location("0")),
+        ],
+    )
+        .into_response()
+}
+
+fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                location(&format!("/v2/{name}/blobs/{digest}")),
+            ),
+            (DOCKER_CONTENT_DIGEST, location(&digest.to_string())),
+            (header::CONTENT_LENGTH, location("0")),
+        ],
+    )
+        .into_response()
+}

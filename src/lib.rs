@@ -1,0 +1,88 @@
+//! Berth: an OCI Distribution-spec container registry.
+//!
+//! A request travels one way: [`http`] → [`registry`] → [`storage`], with the
+//! rules in [`oci`]. This file assembles them from a [`Config`] and runs the
+//! server; tests start it the same way on an ephemeral port.
+
+pub mod config;
+pub mod http;
+pub mod oci;
+pub mod registry;
+pub mod storage;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use registry::{Limits, Registry};
+use storage::fs::FsStorage;
+
+/// Builds the registry service over the configured store.
+pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
+    let storage = FsStorage::open(config.storage_root())?;
+    let limits = Limits {
+        max_manifest_bytes: config.max_manifest_bytes,
+    };
+    Ok(Arc::new(Registry::new(Arc::new(storage), limits)))
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let app = http::router(registry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A server running in this process, for tests and embedding. Dropping it
+/// stops it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
+    pub async fn start(config: &Config) -> io::Result<RunningServer> {
+        let registry = build_registry(config)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(listener, registry, async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stops accepting, waits for in-flight requests, and returns.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The registry's rules, with no I/O: names, references, digests, manifest
+//! validation and the spec's error codes. Nothing here knows HTTP or storage.
+
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod name;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{ErrorCode, RegistryError, Result};
+pub use manifest::{Manifest, ManifestKind, Requirement};
+pub use name::{Reference, RepositoryName, Tag};

@@ -1,0 +1,71 @@
+//! The referrers index (distribution-spec "Listing Referrers"): the manifests
+//! in a repository whose `subject` is a given digest, as descriptors.
+
+use serde_json::{json, Value};
+
+use super::{storage_error, Registry};
+use crate::oci::manifest::stored_media_type;
+use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result};
+use crate::storage::layout;
+
+impl Registry {
+    /// Descriptors of the referrers of `subject`, sorted by digest, keeping
+    /// only those of `artifact_type` when given. Unknown subjects and
+    /// repositories have no referrers (an empty list, not an error).
+    pub async fn referrers(
+        &self,
+        name: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let prefix = layout::referrers_of(name, subject);
+        let mut digests = Vec::new();
+        for algorithm in self.storage.list(&prefix).await.map_err(storage_error)? {
+            let Some(algorithm) = Algorithm::parse(&algorithm) else {
+                continue;
+            };
+            let hexes = self
+                .storage
+                .list(&format!("{prefix}/{}", algorithm.as_str()))
+                .await
+                .map_err(storage_error)?;
+            digests.extend(
+                hexes
+                    .iter()
+                    .filter_map(|hex| Digest::from_parts(algorithm, hex).ok()),
+            );
+        }
+        digests.sort();
+
+        let mut descriptors = Vec::with_capacity(digests.len());
+        for digest in digests {
+            // A referrer whose manifest was deleted meanwhile is skipped.
+            let Ok(stored) = self
+                .get_manifest(name, &crate::oci::Reference::Digest(digest))
+                .await
+            else {
+                continue;
+            };
+            let Ok(manifest) = Manifest::parse(&stored.body, None) else {
+                continue;
+            };
+            if artifact_type.is_some_and(|wanted| manifest.artifact_type.as_deref() != Some(wanted))
+            {
+                continue;
+            }
+            let mut descriptor = json!({
+                "mediaType": stored_media_type(&stored.body),
+                "digest": stored.digest.to_string(),
+                "size": stored.body.len(),
+            });
+            if let Some(artifact_type) = manifest.artifact_type {
+                descriptor["artifactType"] = Value::String(artifact_type);
+            }
+            if let Some(annotations) = manifest.annotations {
+                descriptor["annotations"] = Value::Object(annotations);
+            }
+            descriptors.push(descriptor);
+        }
+        Ok(descriptors)
+    }
+}

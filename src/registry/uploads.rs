@@ -1,0 +1,345 @@
+//! Blob uploads (distribution-spec "Pushing blobs"): monolithic, chunked and
+//! streamed, resumable, cancellable.
+//!
+//! An upload session is a record, not an open file: its id, start time, the
+//! offset received so far and the running hash state. The record is saved
+//! after every chunk, once the chunk's bytes are durable, so any request (or
+//! any Berth process sharing the store) can continue the upload, and the final
+//! PUT never re-reads the content to hash it. Bytes are hashed as they arrive.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use super::{storage_error, Registry};
+use crate::oci::{Algorithm, Digest, ErrorCode, Hasher, RegistryError, RepositoryName, Result};
+use crate::storage::{layout, ByteStream, WriteMode};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadSession {
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Bytes received so far; the next chunk must start here.
+    pub offset: u64,
+    pub algorithm: String,
+    /// The running hash over `offset` bytes (see [`Hasher::save_state`]).
+    pub hash_state: String,
+}
+
+/// What starting an upload produced.
+pub enum UploadStart {
+    /// The blob was mounted from another repository; no upload is needed.
+    Mounted,
+    /// A new session to send the content to.
+    Session(UploadSession),
+}
+
+impl UploadSession {
+    fn hasher(&self) -> Result<Hasher> {
+        Algorithm::parse(&self.algorithm)
+            .and_then(|alg| Hasher::restore_state(alg, &self.hash_state))
+            .ok_or_else(|| RegistryError::internal("corrupt upload session", &self.id))
+    }
+}
+
+/// Hashes and counts the bytes a storage backend pulls through it.
+struct HashingSource {
+    inner: ByteStream,
+    hasher: Hasher,
+    received: u64,
+}
+
+impl Stream for HashingSource {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let next = this.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &next {
+            this.hasher.update(chunk);
+            this.received += chunk.len() as u64;
+        }
+        next
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl Registry {
+    /// Starts an upload session. `algorithm` is the one the client's final
+    /// digest will most likely use (known when it sent `?digest=`).
+    pub async fn start_upload(
+        &self,
+        name: &RepositoryName,
+        algorithm: Algorithm,
+    ) -> Result<UploadSession> {
+        let session = UploadSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            started_at: now_secs(),
+            offset: 0,
+            algorithm: algorithm.as_str().to_owned(),
+            hash_state: Hasher::new(algorithm).save_state(),
+        };
+        self.save_session(name, &session).await?;
+        Ok(session)
+    }
+
+    /// Mounts the blob when it can, else starts a session.
+    pub async fn start_upload_with_mount(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+    ) -> Result<UploadStart> {
+        if self.mount_blob(name, digest, from).await? {
+            return Ok(UploadStart::Mounted);
+        }
+        Ok(UploadStart::Session(
+            self.start_upload(name, digest.algorithm()).await?,
+        ))
+    }
+
+    pub async fn upload_status(&self, name: &RepositoryName, id: &str) -> Result<UploadSession> {
+        self.load_session(name, id).await
+    }
+
+    /// Appends a chunk. `start`, when the client sent `Content-Range`, must be
+    /// the current offset (else `RangeInvalid`, and the session is unchanged).
+    pub async fn append_chunk(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadSession> {
+        let _guard = self.upload_locks.lock(id).await;
+        let mut session = self.load_session(name, id).await?;
+        if start.is_some_and(|start| start != session.offset) {
+            return Err(RegistryError::with_detail(
+                ErrorCode::RangeInvalid,
+                format!("chunk must start at offset {}", session.offset),
+            ));
+        }
+        self.append_to_session(name, &mut session, body).await?;
+        Ok(session)
+    }
+
+    /// Completes an upload: appends the final chunk (if any), checks the
+    /// content against `digest`, and makes the blob visible in `name`. On a
+    /// mismatch nothing is committed and the session stays as it was.
+    pub async fn finish_upload(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        body: Option<ByteStream>,
+    ) -> Result<()> {
+        let _guard = self.upload_locks.lock(id).await;
+        let mut session = self.load_session(name, id).await?;
+        if start.is_some_and(|start| start != session.offset) {
+            return Err(RegistryError::with_detail(
+                ErrorCode::RangeInvalid,
+                format!("chunk must start at offset {}", session.offset),
+            ));
+        }
+        let before = session.clone();
+        if let Some(body) = body {
+            self.append_to_session(name, &mut session, body).await?;
+        }
+        let received = if session.algorithm == digest.algorithm().as_str() {
+            session.hasher()?.finish()
+        } else {
+            self.rehash_upload(name, id, digest.algorithm()).await?
+        };
+        if &received != digest {
+            // Keep the session as it was before this request, so the client
+            // can still correct its mistake; the final chunk is dropped.
+            self.save_session(name, &before).await?;
+            return Err(RegistryError::with_detail(
+                ErrorCode::DigestInvalid,
+                format!("content digest is {received}"),
+            ));
+        }
+        self.commit(name, id, session.offset, digest).await
+    }
+
+    /// A single-request upload (`POST ?digest=` with the content): no session
+    /// record is written; a crash leaves only an orphaned upload directory
+    /// that upload expiry removes.
+    pub async fn upload_whole(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<()> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut source = HashingSource {
+            inner: body,
+            hasher: Hasher::new(digest.algorithm()),
+            received: 0,
+        };
+        let data_key = layout::upload_data(name, &id);
+        let outcome = async {
+            let size = self
+                .storage
+                .append_upload(&data_key, 0, &mut source)
+                .await
+                .map_err(body_error)?;
+            let received = source.hasher.clone().finish();
+            if &received != digest {
+                return Err(RegistryError::with_detail(
+                    ErrorCode::DigestInvalid,
+                    format!("content digest is {received}"),
+                ));
+            }
+            Ok(size)
+        }
+        .await;
+        match outcome {
+            Ok(size) => self.commit(name, &id, size, digest).await,
+            Err(e) => {
+                self.discard_upload(name, &id).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn cancel_upload(&self, name: &RepositoryName, id: &str) -> Result<()> {
+        let _guard = self.upload_locks.lock(id).await;
+        self.load_session(name, id).await?;
+        self.storage
+            .delete_all(&layout::upload_dir(name, id))
+            .await
+            .map_err(storage_error)
+    }
+
+    async fn append_to_session(
+        &self,
+        name: &RepositoryName,
+        session: &mut UploadSession,
+        body: ByteStream,
+    ) -> Result<()> {
+        let mut source = HashingSource {
+            inner: body,
+            hasher: session.hasher()?,
+            received: 0,
+        };
+        let written = self
+            .storage
+            .append_upload(
+                &layout::upload_data(name, &session.id),
+                session.offset,
+                &mut source,
+            )
+            .await
+            .map_err(body_error)?;
+        debug_assert_eq!(written, source.received);
+        session.offset += written;
+        session.hash_state = source.hasher.save_state();
+        self.save_session(name, session).await
+    }
+
+    /// Hashes an upload's content again with another algorithm: only when the
+    /// client's final digest uses a different one than the session hashed.
+    async fn rehash_upload(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        algorithm: Algorithm,
+    ) -> Result<Digest> {
+        use futures::StreamExt;
+        let mut hasher = Hasher::new(algorithm);
+        if let Some(mut read) = self
+            .storage
+            .read(&layout::upload_data(name, id), None)
+            .await
+            .map_err(storage_error)?
+        {
+            while let Some(chunk) = read.stream.next().await {
+                hasher.update(&chunk.map_err(storage_error)?);
+            }
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn commit(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> Result<()> {
+        let data_key = layout::upload_data(name, id);
+        if size == 0 {
+            // Nothing was appended, so there may be no content object yet.
+            let empty = bytes::Bytes::new();
+            self.storage
+                .put(&layout::blob_data(digest), empty, WriteMode::CreateIfAbsent)
+                .await
+                .map_err(storage_error)?;
+        } else {
+            self.storage
+                .commit_upload(&data_key, size, &layout::blob_data(digest))
+                .await
+                .map_err(storage_error)?;
+        }
+        self.link_blob(name, digest).await?;
+        self.discard_upload(name, id).await;
+        Ok(())
+    }
+
+    async fn discard_upload(&self, name: &RepositoryName, id: &str) {
+        if let Err(e) = self.storage.delete_all(&layout::upload_dir(name, id)).await {
+            tracing::warn!(error = %e, upload = id, "could not remove upload data; expiry will");
+        }
+    }
+
+    async fn load_session(&self, name: &RepositoryName, id: &str) -> Result<UploadSession> {
+        if !layout::is_upload_id(id) {
+            return Err(ErrorCode::BlobUploadUnknown.into());
+        }
+        let body = self
+            .storage
+            .get(&layout::upload_session(name, id))
+            .await
+            .map_err(storage_error)?
+            .ok_or(ErrorCode::BlobUploadUnknown)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::internal("corrupt upload session", e))
+    }
+
+    async fn save_session(&self, name: &RepositoryName, session: &UploadSession) -> Result<()> {
+        let body = serde_json::to_vec(session).expect("session serializes");
+        self.storage
+            .put(
+                &layout::upload_session(name, &session.id),
+                body.into(),
+                WriteMode::Overwrite,
+            )
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+}
+
+/// A failure while receiving a body: the client's stream broke, or storage
+/// could not take the bytes. Either way this chunk was not accepted.
+fn body_error(e: io::Error) -> RegistryError {
+    if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::UnexpectedEof {
+        RegistryError::with_detail(ErrorCode::BlobUploadInvalid, format!("upload body: {e}"))
+    } else {
+        storage_error(e)
+    }
+}

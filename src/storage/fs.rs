@@ -1,0 +1,244 @@
+//! The embedded default store: a directory tree, one file per key.
+//!
+//! Every write goes to a temporary file in the destination's directory, is
+//! fsynced, then renamed (or hard-linked, for create-if-absent) into place and
+//! the directory fsynced: a crash at any instant leaves the old object or the
+//! new one under a real name, never a partial one. Temporary names start with
+//! [`TEMP_PREFIX`], which no registry key segment can (names, tags, digests and
+//! upload ids all start with an alphanumeric), and listings skip them.
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::fs;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteSource, ContentRead, Storage, WriteMode};
+
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Large buffers: blob reads and writes are sequential and big.
+const IO_BUFFER: usize = 1 << 20;
+
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+impl FsStorage {
+    /// `root` is the directory keys are relative to
+    /// (`<data-dir>/docker/registry/v2`); it is created if missing.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(FsStorage { root })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(!key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == ".."));
+        self.root.join(key)
+    }
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    path.with_file_name(name)
+}
+
+fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir).await?.sync_all().await
+}
+
+async fn create_parent(path: &Path) -> io::Result<&Path> {
+    let parent = path.parent().expect("keys have a parent");
+    fs::create_dir_all(parent).await?;
+    Ok(parent)
+}
+
+async fn write_atomically(path: &Path, data: &[u8], mode: WriteMode) -> io::Result<bool> {
+    let parent = create_parent(path).await?;
+    let temp = temp_sibling(path);
+    let result = async {
+        let mut file = fs::File::create(&temp).await?;
+        file.write_all(data).await?;
+        file.sync_all().await?;
+        drop(file);
+        let written = match mode {
+            WriteMode::Overwrite => {
+                fs::rename(&temp, path).await?;
+                true
+            }
+            WriteMode::CreateIfAbsent => match fs::hard_link(&temp, path).await {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            },
+        };
+        fsync_dir(parent).await?;
+        Ok(written)
+    }
+    .await;
+    let _ = fs::remove_file(&temp).await;
+    result
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
+        Ok(not_found_is_none(fs::read(self.path(key)).await)?.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
+        let path = self.path(key);
+        // A concurrent delete may remove a directory that has just become
+        // empty between our mkdir and our create; try again in that case.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match write_atomically(&path, &data, mode).await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        let meta = not_found_is_none(fs::metadata(self.path(key)).await)?;
+        Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
+    }
+
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
+        let Some(mut file) = not_found_is_none(fs::File::open(self.path(key)).await)? else {
+            return Ok(None);
+        };
+        let size = file.metadata().await?.len();
+        let range = range.unwrap_or(0..size);
+        if range.end > size || range.start > range.end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside object",
+            ));
+        }
+        file.seek(io::SeekFrom::Start(range.start)).await?;
+        let reader = tokio::io::AsyncReadExt::take(file, range.end - range.start);
+        let stream = ReaderStream::with_capacity(reader, IO_BUFFER / 4);
+        Ok(Some(ContentRead {
+            size,
+            stream: stream.boxed(),
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        let removed = not_found_is_none(fs::remove_file(&path).await)?.is_some();
+        if removed {
+            // Leave no empty directories behind for the removed object
+            // (Distribution's walkers treat an empty tag directory as a tag).
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d == self.root || fs::remove_dir(d).await.is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        not_found_is_none(fs::remove_dir_all(self.path(prefix)).await)?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let Some(mut entries) = not_found_is_none(fs::read_dir(self.path(prefix)).await)? else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            if let Ok(name) = entry.file_name().into_string() {
+                if !name.starts_with(TEMP_PREFIX) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    async fn append_upload(
+        &self,
+        key: &str,
+        offset: u64,
+        data: &mut ByteSource<'_>,
+    ) -> io::Result<u64> {
+        let path = self.path(key);
+        create_parent(&path).await?;
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .await?;
+        let existing = file.metadata().await?.len();
+        if existing < offset {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("upload content has {existing} bytes, session expects {offset}"),
+            ));
+        }
+        // Drop what a failed earlier attempt left past the recorded offset.
+        file.set_len(offset).await?;
+        file.seek(io::SeekFrom::Start(offset)).await?;
+        let mut writer = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
+        let mut written = 0u64;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            writer.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        writer.flush().await?;
+        writer.into_inner().sync_data().await?;
+        Ok(written)
+    }
+
+    async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()> {
+        let source = self.path(key);
+        let actual = fs::metadata(&source).await?.len();
+        if actual < size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("upload content has {actual} bytes, expected {size}"),
+            ));
+        }
+        if actual > size {
+            // Left over from a failed final chunk; the session's offset is the truth.
+            let file = fs::OpenOptions::new().write(true).open(&source).await?;
+            file.set_len(size).await?;
+            file.sync_all().await?;
+        }
+        let dest = self.path(dest);
+        let parent = create_parent(&dest).await?;
+        fs::rename(&source, &dest).await?;
+        fsync_dir(parent).await
+    }
+
+    async fn check_writable(&self) -> io::Result<()> {
+        let probe = self.root.join(format!("{TEMP_PREFIX}readyz"));
+        fs::write(&probe, b"ok").await?;
+        fs::remove_file(&probe).await
+    }
+}

@@ -1,0 +1,86 @@
+//! Where bytes live, behind one small async trait.
+//!
+//! The trait is shaped by intent so that both a filesystem and an object store
+//! (no rename, no append, multipart uploads) can implement it: whole small
+//! documents with a write mode, streamed reads with a byte range, listing of a
+//! prefix's children, and upload data that is appended in order and then
+//! committed under its final key in one operation. Registry rules (what a key
+//! means, what must exist) live above it; [`layout`] is the one place that
+//! maps registry objects to keys.
+
+pub mod fs;
+pub mod layout;
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+/// A stream of body bytes, as received from a client or read from storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A borrowed byte source: the caller keeps ownership so it can read what a
+/// wrapper (such as a hasher) learned once the storage has consumed it.
+pub type ByteSource<'a> = dyn Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever is there, atomically.
+    Overwrite,
+    /// Write only if nothing is there; an existing document is left as it is.
+    CreateIfAbsent,
+}
+
+/// Content being read: its full size and a stream of the requested range.
+pub struct ContentRead {
+    pub size: u64,
+    pub stream: ByteStream,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Reads a whole small document (links, session records, manifests).
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
+
+    /// Writes a whole small document so that readers see the old or the new
+    /// version, never a mix. Returns false when `CreateIfAbsent` found one.
+    async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
+
+    /// The size of a stored object, or `None` when it does not exist.
+    async fn size(&self, key: &str) -> io::Result<Option<u64>>;
+
+    /// Streams an object, or the `range` of it (which must lie within it).
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>>;
+
+    /// Deletes one object. Returns false when it did not exist.
+    async fn delete(&self, key: &str) -> io::Result<bool>;
+
+    /// Deletes every object under `prefix`.
+    async fn delete_all(&self, prefix: &str) -> io::Result<()>;
+
+    /// The names of the immediate children of `prefix` (objects and
+    /// sub-prefixes), in no promised order.
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+
+    /// Appends `data` to an upload's content at `offset`. Anything stored past
+    /// `offset` by an earlier, failed attempt is discarded first, so the
+    /// session record (which holds the offset) is the truth. The content is
+    /// durable when this returns. Returns the number of bytes appended.
+    async fn append_upload(
+        &self,
+        key: &str,
+        offset: u64,
+        data: &mut ByteSource<'_>,
+    ) -> io::Result<u64>;
+
+    /// Makes an upload's content (exactly `size` bytes) the object at `dest`
+    /// in one atomic step, and removes the upload's content. If `dest`
+    /// already exists the result is the same content (it is keyed by digest).
+    async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()>;
+
+    /// Checks that the store can be written (readiness).
+    async fn check_writable(&self) -> io::Result<()>;
+}

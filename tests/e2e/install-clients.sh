@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install the real container clients used by tests/e2e/clients.sh, plus
+# Debian's docker-registry (CNCF Distribution 2.8) used as the reference
+# registry by tests/e2e/against-distribution.sh.
+#
+# Idempotent: apt packages are only installed when missing, the python
+# `oras` SDK only when it cannot be imported. Needs root (apt-get).
+set -euo pipefail
+
+APT_PACKAGES=(
+  # clients under test
+  docker.io podman buildah skopeo containerd
+  # runtimes / rootless helpers used by podman, buildah and dockerd
+  crun runc uidmap fuse-overlayfs slirp4netns catatonit
+  # image content and tooling
+  busybox-static jq curl ca-certificates
+  # reference registry (registry:2)
+  docker-registry
+  # lint
+  shellcheck
+)
+ORAS_PY_VERSION="${ORAS_PY_VERSION:-0.2.43}"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-clients: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends keeps docker.io from pulling in extras; the
+  # packages listed above are everything the tests need.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-clients: apt packages already installed"
+fi
+
+# The Debian packages ship systemd units; this script never starts them
+# (the tests run their own daemons on private sockets/dirs). Make sure a
+# package postinst did not leave the system docker/containerd/registry running
+# where systemd is present; harmless where it is not.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker.service docker.socket containerd.service docker-registry.service >/dev/null 2>&1 || true
+fi
+
+PY="${PYTHON:-python3}"
+if "$PY" -c 'import oras.client' >/dev/null 2>&1; then
+  echo "install-clients: python oras SDK already installed ($("$PY" -c 'import importlib.metadata as m; print(m.version("oras"))'))"
+else
+  echo "install-clients: pip install oras==${ORAS_PY_VERSION}"
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv
+  # python is not. --break-system-packages is only passed where needed.
+  if ! "$PY" -m pip install -q "oras==${ORAS_PY_VERSION}" 2>/dev/null; then
+    "$PY" -m pip install -q --break-system-packages "oras==${ORAS_PY_VERSION}"
+  fi
+fi
+
+echo "install-clients: done"
+for c in docker dockerd podman buildah skopeo containerd ctr crun runc docker-registry busybox jq curl; do
+  printf '  %-16s %s\n' "$c" "$(command -v "$c" || echo MISSING)"
+done

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Berth's whole test suite: the README's test command, and what CI runs.
+# Installs the system tools it needs (apt, pip) itself, so it works on a fresh machine.
+#
+#   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution compatibility
+#   tests/run.sh --quick    lint, unit + integration tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test (unit and integration tests against a real server on a real socket)"
+cargo test --locked 2>&1 | tee target/cargo-test.log
+grep -q '^test result: ok' target/cargo-test.log
+
+if $quick; then
+  exit 0
+fi
+
+step "release build"
+cargo build --release --locked
+
+for script in tests/e2e/run-berth.sh tests/compat/distribution.sh; do
+  if [ -x "$script" ]; then
+    step "$script"
+    "$script"
+  fi
+done
