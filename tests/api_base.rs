@@ -1,0 +1,74 @@
+//! end-1 and the operational endpoints.
+
+mod common;
+
+use common::TestRegistry;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn base_endpoint_answers_with_the_api_version_header() {
+    let registry = TestRegistry::start().await;
+    let resp = registry
+        .client
+        .get(registry.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let registry = TestRegistry::start().await;
+    let resp = registry
+        .client
+        .get(registry.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = registry
+        .client
+        .get(registry.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_store_is_not_writable() {
+    let registry = TestRegistry::start().await;
+    let root = registry.storage_root();
+    // Replace the storage root with a file: nothing can be written under it.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    let resp = registry
+        .client
+        .get(registry.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn image_round_trip_through_the_api() {
+    let registry = TestRegistry::start().await;
+    let (manifest, digest) = registry.push_image("team/app", "1.0", b"layer bytes").await;
+    let resp = registry
+        .client
+        .get(registry.url("/v2/team/app/manifests/1.0"))
+        .header("Accept", common::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(resp.headers()["content-type"], common::OCI_MANIFEST);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
+}

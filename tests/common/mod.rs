@@ -1,0 +1,177 @@
+//! Shared set-up for the integration tests: a real Berth server on an
+//! ephemeral loopback port with its own data directory, and a few helpers that
+//! speak the distribution-spec over real HTTP.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use berth::{Config, RunningServer};
+use reqwest::{Client, Response, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub struct TestRegistry {
+    pub server: RunningServer,
+    pub data: tempfile::TempDir,
+    pub client: Client,
+}
+
+impl TestRegistry {
+    /// A fresh server with an empty data directory.
+    pub async fn start() -> TestRegistry {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A fresh server whose config `adjust` may change (data_dir and listen are set first).
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let server = RunningServer::start(&config).await.expect("server starts");
+        TestRegistry {
+            server,
+            data,
+            client: Client::new(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.addr)
+    }
+
+    /// The storage root (`<data-dir>/docker/registry/v2`).
+    pub fn storage_root(&self) -> PathBuf {
+        self.data.path().join("docker/registry/v2")
+    }
+
+    /// Uploads a blob with POST + PUT and asserts 201.
+    pub async fn push_blob(&self, name: &str, content: &[u8]) -> String {
+        let digest = sha256_digest(content);
+        let resp = self
+            .client
+            .post(self.url(&format!("/v2/{name}/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "start upload");
+        let location = self.location(&resp);
+        let resp = self
+            .client
+            .put(with_query(&location, &format!("digest={digest}")))
+            .body(content.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "finish upload: {:?}",
+            resp.text().await
+        );
+        digest
+    }
+
+    /// Pushes a manifest and returns the response.
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.client
+            .put(self.url(&format!("/v2/{name}/manifests/{reference}")))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pushes a one-layer image (config + layer blobs, then the manifest under
+    /// `tag`) and returns (manifest bytes, manifest digest).
+    pub async fn push_image(&self, name: &str, tag: &str, layer: &[u8]) -> (Vec<u8>, String) {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            sha256_digest(layer)
+        );
+        let config_digest = self.push_blob(name, config.as_bytes()).await;
+        let layer_digest = self.push_blob(name, layer).await;
+        let manifest = image_manifest(&config_digest, config.len(), &[(layer_digest, layer.len())]);
+        let resp = self.put_manifest(name, tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{:?}",
+            resp.text().await
+        );
+        let digest = sha256_digest(&manifest);
+        (manifest, digest)
+    }
+
+    /// The absolute URL of a response's `Location`.
+    pub fn location(&self, resp: &Response) -> String {
+        let location = resp
+            .headers()
+            .get("location")
+            .expect("Location header")
+            .to_str()
+            .unwrap();
+        if location.starts_with("http") {
+            location.to_owned()
+        } else {
+            self.url(location)
+        }
+    }
+}
+
+pub fn with_query(url: &str, query: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{query}")
+    } else {
+        format!("{url}?{query}")
+    }
+}
+
+pub fn sha256_digest(content: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(content)))
+}
+
+/// An OCI image manifest over the given config and layers.
+pub fn image_manifest(
+    config_digest: &str,
+    config_size: usize,
+    layers: &[(String, usize)],
+) -> Vec<u8> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(d, s)| serde_json::json!({"mediaType": OCI_LAYER, "digest": d, "size": s}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// The `errors[0].code` of a spec error body.
+pub async fn error_code(resp: Response) -> String {
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    body["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_owned()
+}
