@@ -1,0 +1,68 @@
+# Shared shell helpers for Berth's script tests (sourced, not run).
+# Servers bind 127.0.0.1 on ports the kernel picks; everything started is
+# stopped by the caller's EXIT trap through stop_all.
+
+# A free loopback port (bind port 0, read it, release it).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL [TRIES]: until URL answers (any HTTP status).
+wait_http() {
+  local url=$1 tries=${2:-100}
+  for _ in $(seq "$tries"); do
+    curl -s -o /dev/null "$url" && return 0
+    sleep 0.1
+  done
+  echo "no answer from $url" >&2
+  return 1
+}
+
+STARTED_PIDS=()
+# start_bg LOG CMD...: run CMD in the background, remember its pid in LAST_PID.
+start_bg() {
+  local log=$1
+  shift
+  "$@" >"$log" 2>&1 &
+  LAST_PID=$!
+  STARTED_PIDS+=("$LAST_PID")
+}
+
+# stop_pid PID: TERM, wait up to 10 s, then KILL.
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+  STARTED_PIDS=()
+}
+
+PASSED=0
+FAILED=0
+# check NAME CMD...: run CMD, print PASS/FAIL, count.
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    echo "PASS $name"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL $name"
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+# summary: the plain closing line; exit status 1 when anything failed.
+summary() {
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
