@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use axum::body::HttpBody;
 use axum::extract::Request;
 use axum::http::header;
 use axum::middleware::Next;
@@ -15,7 +16,10 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let request_bytes = content_length(request.headers());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    let response_bytes = content_length(response.headers());
+    // Bodies built in memory have an exact size before hyper sets the header.
+    let response_bytes = HttpBody::size_hint(response.body())
+        .exact()
+        .unwrap_or_else(|| content_length(response.headers()));
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         target: "berth::request",

@@ -1,0 +1,232 @@
+//! The `berth` binary itself: flags, config precedence, logs, graceful shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A `berth serve` child process on an ephemeral port; killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+    log: BufReader<std::process::ChildStderr>,
+}
+
+impl Served {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
+        let mut command = Command::new(BERTH);
+        command
+            .arg("serve")
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("berth starts");
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            line.clear();
+            assert!(
+                Instant::now() < deadline,
+                "berth did not report its address"
+            );
+            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
+            if let Some(rest) = line.split("listen").nth(1) {
+                let addr: String = rest
+                    .trim_start_matches(['=', '"', ':'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                break addr;
+            }
+        };
+        Served { child, addr, log }
+    }
+
+    fn request(&self, raw: &str) -> String {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    fn next_log_line(&mut self) -> String {
+        let mut line = String::new();
+        self.log.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn terminate(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(BERTH).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("berth {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn flags_override_env_which_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.toml");
+    let from_file = dir.path().join("file-data");
+    let from_env = dir.path().join("env-data");
+    let from_flag = dir.path().join("flag-data");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"info\"\n",
+            from_file
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let served = Served::start(&["--config", config], &[]);
+    drop(served);
+    assert!(
+        from_file.join("docker/registry/v2").is_dir(),
+        "file's data_dir used"
+    );
+
+    let served = Served::start(
+        &["--config", config],
+        &[("BERTH_DATA_DIR", from_env.to_str().unwrap())],
+    );
+    drop(served);
+    assert!(
+        from_env.join("docker/registry/v2").is_dir(),
+        "env beats file"
+    );
+
+    let served = Served::start(
+        &[
+            "--config",
+            config,
+            "--data-dir",
+            from_flag.to_str().unwrap(),
+        ],
+        &[("BERTH_DATA_DIR", from_env.to_str().unwrap())],
+    );
+    drop(served);
+    assert!(
+        from_flag.join("docker/registry/v2").is_dir(),
+        "flag beats env"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.toml");
+    std::fs::write(&config, "no_such_key = 1\n").unwrap();
+    let out = Command::new(BERTH)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"));
+}
+
+#[test]
+fn json_logs_have_one_line_per_request_without_query_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let response = served.request("GET /v2/some/repo/tags/list?n=1&last=secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let line = served.next_log_line();
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let fields = &entry["fields"];
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["path"], "/v2/some/repo/tags/list");
+    assert_eq!(fields["status"], 404);
+    assert!(fields["duration_ms"].is_number());
+    assert!(fields["response_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        !line.contains("secret"),
+        "query strings are not logged: {line}"
+    );
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_upload_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let start = served.request("POST /v2/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let location = start
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("Location")
+        .trim()
+        .to_owned();
+
+    // Send half a chunk, then SIGTERM, then the rest: the request must complete.
+    let mut stream = TcpStream::connect(&served.addr).unwrap();
+    let body = vec![b'x'; 1 << 20];
+    write!(
+        stream,
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    served.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(&body[body.len() / 2..]).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    assert!(
+        response
+            .to_lowercase()
+            .contains(&format!("range: 0-{}", body.len() - 1)),
+        "{response}"
+    );
+
+    let mut served = served;
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    // New connections are refused once it has stopped.
+    assert!(TcpStream::connect(&served.addr).is_err());
+}
