@@ -19,12 +19,19 @@ pub async fn start(registry: &Registry, name: &str, parts: &Parts, body: Body) -
     let pairs = query_pairs(parts);
     if let Some(mount) = query_value(&pairs, "mount") {
         let digest = digest_param(mount)?;
-        // An unusable `from` is not an error: the client just uploads.
-        let from = query_value(&pairs, "from").and_then(RepositoryName::parse);
-        return match registry
-            .start_upload_with_mount(&name, &digest, from.as_ref())
-            .await?
-        {
+        // An unusable `from` is not an error: nothing is mounted and the client
+        // just uploads (it must never fall through to "mount from anywhere").
+        let start = match query_value(&pairs, "from").map(RepositoryName::parse) {
+            Some(None) => {
+                UploadStart::Session(registry.start_upload(&name, digest.algorithm()).await?)
+            }
+            from => {
+                registry
+                    .start_upload_with_mount(&name, &digest, from.flatten().as_ref())
+                    .await?
+            }
+        };
+        return match start {
             UploadStart::Mounted => Ok(blob_created(&name, &digest)),
             UploadStart::Session(session) => {
                 Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))

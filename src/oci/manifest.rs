@@ -112,6 +112,11 @@ impl Manifest {
                 )))
             }
             (Some(declared), _) => declared.clone(),
+            // Docker's schemas require the field, and without it the stored
+            // bytes could only be served back as OCI (Distribution refuses too).
+            (None, Some(sent @ (DOCKER_MANIFEST | DOCKER_MANIFEST_LIST))) => {
+                return Err(invalid(format!("a {sent} must declare its mediaType")))
+            }
             (None, Some(sent)) if kind_of_media_type(sent).is_some() => sent.to_owned(),
             (None, _) => sniff_media_type(&doc).to_owned(),
         };

@@ -161,7 +161,8 @@ impl Registry {
         let received = if session.algorithm == digest.algorithm().as_str() {
             session.hasher()?.finish()
         } else {
-            self.rehash_upload(name, id, digest.algorithm()).await?
+            self.rehash_upload(name, &session, digest.algorithm())
+                .await?
         };
         if &received != digest {
             // Keep the session as it was before this request, so the client
@@ -256,14 +257,21 @@ impl Registry {
     async fn rehash_upload(
         &self,
         name: &RepositoryName,
-        id: &str,
+        session: &UploadSession,
         algorithm: Algorithm,
     ) -> Result<Digest> {
         use futures::StreamExt;
         let mut hasher = Hasher::new(algorithm);
+        if session.offset == 0 {
+            return Ok(hasher.finish());
+        }
+        // Only the bytes the session counts: a failed chunk may have left more.
         if let Some(mut read) = self
             .storage
-            .read(&layout::upload_data(name, id), None)
+            .read(
+                &layout::upload_data(name, &session.id),
+                Some(0..session.offset),
+            )
             .await
             .map_err(storage_error)?
         {

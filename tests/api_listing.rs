@@ -1,0 +1,532 @@
+//! Listings: tags (end-8a, end-8b), the catalog, and referrers (end-12a, end-12b).
+
+mod common;
+
+use common::{error_code, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+const SIGNATURE_TYPE: &str = "application/vnd.example.signature.v1";
+const SBOM_CONFIG_TYPE: &str = "application/vnd.example.sbom.config.v1+json";
+
+// ---------------------------------------------------------------------------
+// helpers
+
+async fn get(registry: &TestRegistry, path: &str) -> Response {
+    registry
+        .client
+        .get(registry.url(path))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn link(resp: &Response) -> Option<String> {
+    resp.headers()
+        .get("link")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// The path inside `<…>; rel="next"`.
+fn next_path(link: &str) -> String {
+    let (target, rel) = link.split_once(';').expect("<url>; rel=\"next\"");
+    assert_eq!(rel.trim(), "rel=\"next\"");
+    let target = target.trim();
+    assert!(target.starts_with('<') && target.ends_with('>'), "{link}");
+    let target = &target[1..target.len() - 1];
+    // Absolute links are allowed too; keep what the harness can request.
+    match target.find("/v2/") {
+        Some(i) => target[i..].to_owned(),
+        None => panic!("link {link} does not point into /v2/"),
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One image in `name`, then the same manifest under every tag in `tags`.
+async fn push_tags(registry: &TestRegistry, name: &str, tags: &[&str]) {
+    let (manifest, _) = registry.push_image(name, tags[0], b"layer").await;
+    for tag in &tags[1..] {
+        let resp = registry
+            .put_manifest(name, tag, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "tag {tag}");
+    }
+}
+
+/// Follows `Link` headers from `first` until none is left; returns every
+/// page's entries under `key`.
+async fn follow_pages(registry: &TestRegistry, first: &str, key: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(path) = next.take() {
+        assert!(pages.len() < 100, "pagination does not end");
+        let resp = get(registry, &path).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        next = link(&resp).map(|l| next_path(&l));
+        let body: Value = resp.json().await.unwrap();
+        pages.push(strings(&body[key]));
+    }
+    pages
+}
+
+/// Pushes the empty config/layer blob `{}` into `name`.
+async fn push_empty_blob(registry: &TestRegistry, name: &str) {
+    assert_eq!(registry.push_blob(name, b"{}").await, EMPTY_DIGEST);
+}
+
+/// An artifact manifest (empty config, `artifactType`) referring to `subject`.
+fn signature_manifest(subject: &str, subject_size: usize, annotations: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SIGNATURE_TYPE,
+        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+        "layers": [{"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_size},
+        "annotations": annotations,
+    }))
+    .unwrap()
+}
+
+async fn put_by_digest(registry: &TestRegistry, name: &str, manifest: &[u8]) -> String {
+    let digest = sha256_digest(manifest);
+    let resp = registry
+        .put_manifest(name, &digest, OCI_MANIFEST, manifest)
+        .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+    digest
+}
+
+async fn referrers(registry: &TestRegistry, name: &str, digest: &str, query: &str) -> Response {
+    get(registry, &format!("/v2/{name}/referrers/{digest}{query}")).await
+}
+
+/// Asserts the response is an OCI index and returns its `manifests`.
+async fn referrer_descriptors(resp: Response) -> Vec<Value> {
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], OCI_INDEX);
+    let index: Value = resp.json().await.unwrap();
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("manifests must be an array: {index}"))
+        .clone()
+}
+
+// ---------------------------------------------------------------------------
+// tags
+
+#[tokio::test]
+async fn tags_are_listed_in_lexical_order() {
+    let registry = TestRegistry::start().await;
+    push_tags(
+        &registry,
+        "team/app",
+        &["b", "a", "10", "9", "A", "_z", "a-1"],
+    )
+    .await;
+    let resp = get(&registry, "/v2/team/app/tags/list").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(link(&resp).is_none(), "no Link without n");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["name"], "team/app");
+    // Byte-wise order: digits < upper case < '_' < lower case; a prefix first.
+    assert_eq!(
+        strings(&body["tags"]),
+        ["10", "9", "A", "_z", "a", "a-1", "b"]
+    );
+}
+
+#[tokio::test]
+async fn tags_page_has_a_link_to_the_next_page() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["e", "d", "c", "b", "a"]).await;
+    let resp = get(&registry, "/v2/team/app/tags/list?n=2").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        link(&resp).as_deref(),
+        Some("</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(strings(&body["tags"]), ["a", "b"]);
+
+    let resp = get(&registry, "/v2/team/app/tags/list?n=2&last=b").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        link(&resp).as_deref(),
+        Some("</v2/team/app/tags/list?n=2&last=d>; rel=\"next\"")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(strings(&body["tags"]), ["c", "d"]);
+}
+
+#[tokio::test]
+async fn following_tag_links_returns_every_tag_exactly_once() {
+    let registry = TestRegistry::start().await;
+    let mut all: Vec<String> = (0..11).map(|i| format!("v{i}")).collect();
+    all.push("latest".into());
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    push_tags(&registry, "paged", &refs).await;
+
+    let pages = follow_pages(&registry, "/v2/paged/tags/list?n=5", "tags").await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [5, 5, 2],
+        "{pages:?}"
+    );
+    let listed: Vec<String> = pages.concat();
+    all.sort();
+    assert_eq!(listed, all);
+}
+
+#[tokio::test]
+async fn last_tag_page_has_no_link() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["a", "b", "c", "d", "e"]).await;
+    let resp = get(&registry, "/v2/team/app/tags/list?n=2&last=c").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(link(&resp).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(strings(&body["tags"]), ["d", "e"]);
+
+    // A page that ends exactly at the last tag has no Link either.
+    let resp = get(&registry, "/v2/team/app/tags/list?n=5").await;
+    assert!(link(&resp).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(strings(&body["tags"]), ["a", "b", "c", "d", "e"]);
+}
+
+#[tokio::test]
+async fn tags_after_a_last_that_is_not_a_tag_start_after_it() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["a", "c", "e"]).await;
+    let resp = get(&registry, "/v2/team/app/tags/list?last=b").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(strings(&body["tags"]), ["c", "e"]);
+}
+
+#[tokio::test]
+async fn tags_list_with_n_zero_is_empty() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["a", "b"]).await;
+    let resp = get(&registry, "/v2/team/app/tags/list?n=0").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["name"], "team/app");
+    assert!(strings(&body["tags"]).is_empty(), "{body}");
+}
+
+#[tokio::test]
+async fn tags_list_with_a_non_numeric_n_is_rejected() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["a"]).await;
+    for n in ["abc", "-1", "1.5"] {
+        let resp = get(&registry, &format!("/v2/team/app/tags/list?n={n}")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "n={n}");
+        error_code(resp).await;
+    }
+}
+
+#[tokio::test]
+async fn tags_list_of_an_unknown_repository_is_name_unknown() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "known", &["a"]).await;
+    let resp = get(&registry, "/v2/unknown/tags/list").await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn tags_list_of_an_invalid_name_is_name_invalid() {
+    let registry = TestRegistry::start().await;
+    let resp = get(&registry, "/v2/Bad/Name/tags/list").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(resp).await, "NAME_INVALID");
+}
+
+// ---------------------------------------------------------------------------
+// catalog
+
+#[tokio::test]
+async fn catalog_lists_repositories_lexically_including_nested_names() {
+    let registry = TestRegistry::start().await;
+    for name in ["b", "a/b/c", "ab", "a", "a-b", "a/b"] {
+        registry.push_image(name, "latest", name.as_bytes()).await;
+    }
+    let resp = get(&registry, "/v2/_catalog").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(link(&resp).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        strings(&body["repositories"]),
+        ["a", "a-b", "a/b", "a/b/c", "ab", "b"]
+    );
+}
+
+#[tokio::test]
+async fn catalog_pagination_follows_link_until_exhausted() {
+    let registry = TestRegistry::start().await;
+    let names = ["b", "a/b/c", "ab", "a", "a-b", "a/b", "c/d"];
+    for name in names {
+        registry.push_image(name, "latest", name.as_bytes()).await;
+    }
+    let resp = get(&registry, "/v2/_catalog?n=2").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        link(&resp).as_deref(),
+        Some("</v2/_catalog?n=2&last=a-b>; rel=\"next\"")
+    );
+
+    let pages = follow_pages(&registry, "/v2/_catalog?n=2", "repositories").await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [2, 2, 2, 1],
+        "{pages:?}"
+    );
+    assert_eq!(
+        pages.concat(),
+        ["a", "a-b", "a/b", "a/b/c", "ab", "b", "c/d"]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// referrers
+
+#[tokio::test]
+async fn referrers_of_an_unknown_digest_is_an_empty_index() {
+    let registry = TestRegistry::start().await;
+    registry.push_image("team/app", "v1", b"layer").await;
+    let unknown = sha256_digest(b"nothing refers to this");
+    let resp = referrers(&registry, "team/app", &unknown, "").await;
+    assert!(resp.headers().get("oci-filters-applied").is_none());
+    assert!(referrer_descriptors(resp).await.is_empty());
+}
+
+#[tokio::test]
+async fn referrers_list_a_descriptor_per_referrer() {
+    let registry = TestRegistry::start().await;
+    let (subject, subject_digest) = registry.push_image("team/app", "v1", b"layer").await;
+    push_empty_blob(&registry, "team/app").await;
+
+    // X: an artifact with artifactType and annotations.
+    let annotations = json!({
+        "org.opencontainers.image.created": "2024-01-02T03:04:05Z",
+        "org.example.signer": "alice"
+    });
+    let x = signature_manifest(&subject_digest, subject.len(), annotations.clone());
+    let x_digest = put_by_digest(&registry, "team/app", &x).await;
+
+    // Y: no artifactType; its config media type stands in for it.
+    let sbom_config = br#"{"format":"spdx"}"#;
+    let config_digest = registry.push_blob("team/app", sbom_config).await;
+    let sbom = b"sbom document";
+    let sbom_digest = registry.push_blob("team/app", sbom).await;
+    let y = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": SBOM_CONFIG_TYPE, "digest": config_digest, "size": sbom_config.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sbom_digest, "size": sbom.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject.len()}
+    }))
+    .unwrap();
+    let y_digest = put_by_digest(&registry, "team/app", &y).await;
+
+    let resp = referrers(&registry, "team/app", &subject_digest, "").await;
+    assert!(resp.headers().get("oci-filters-applied").is_none());
+    let mut descriptors = referrer_descriptors(resp).await;
+    assert_eq!(descriptors.len(), 2, "{descriptors:?}");
+    descriptors.sort_by_key(|d| d["artifactType"].as_str().unwrap_or_default().to_owned());
+    let by_type = |t: &str| {
+        descriptors
+            .iter()
+            .find(|d| d["artifactType"] == t)
+            .unwrap_or_else(|| panic!("no referrer with artifactType {t}: {descriptors:?}"))
+            .clone()
+    };
+
+    let dx = by_type(SIGNATURE_TYPE);
+    assert_eq!(dx["mediaType"], OCI_MANIFEST);
+    assert_eq!(dx["digest"], x_digest);
+    assert_eq!(dx["size"], x.len());
+    assert_eq!(dx["annotations"], annotations);
+
+    let dy = by_type(SBOM_CONFIG_TYPE);
+    assert_eq!(dy["mediaType"], OCI_MANIFEST);
+    assert_eq!(dy["digest"], y_digest);
+    assert_eq!(dy["size"], y.len());
+    assert!(
+        dy.get("annotations")
+            .is_none_or(|a| a.is_null() || a.as_object().is_some_and(|o| o.is_empty())),
+        "Y has no annotations: {dy}"
+    );
+}
+
+#[tokio::test]
+async fn index_referrer_is_listed_with_the_index_media_type() {
+    let registry = TestRegistry::start().await;
+    let (subject, subject_digest) = registry.push_image("team/app", "v1", b"layer").await;
+    push_empty_blob(&registry, "team/app").await;
+    let child = signature_manifest(&subject_digest, subject.len(), json!({"part": "1"}));
+    let child_digest = put_by_digest(&registry, "team/app", &child).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": "application/vnd.example.bundle.v1",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_digest, "size": child.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject.len()},
+        "annotations": {"org.example.bundle": "yes"}
+    }))
+    .unwrap();
+    let index_digest = sha256_digest(&index);
+    let resp = registry
+        .put_manifest("team/app", &index_digest, OCI_INDEX, &index)
+        .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+
+    let query = "?artifactType=application/vnd.example.bundle.v1";
+    let resp = referrers(&registry, "team/app", &subject_digest, query).await;
+    let descriptors = referrer_descriptors(resp).await;
+    assert_eq!(descriptors.len(), 1, "{descriptors:?}");
+    assert_eq!(descriptors[0]["mediaType"], OCI_INDEX);
+    assert_eq!(descriptors[0]["digest"], index_digest);
+    assert_eq!(descriptors[0]["size"], index.len());
+    assert_eq!(
+        descriptors[0]["annotations"],
+        json!({"org.example.bundle": "yes"})
+    );
+}
+
+#[tokio::test]
+async fn referrers_filtered_by_artifact_type() {
+    let registry = TestRegistry::start().await;
+    let (subject, subject_digest) = registry.push_image("team/app", "v1", b"layer").await;
+    push_empty_blob(&registry, "team/app").await;
+    let x = signature_manifest(&subject_digest, subject.len(), json!({"n": "1"}));
+    let x_digest = put_by_digest(&registry, "team/app", &x).await;
+    let other = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.other.v1",
+        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+        "layers": [{"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject.len()}
+    }))
+    .unwrap();
+    put_by_digest(&registry, "team/app", &other).await;
+
+    let query = format!("?artifactType={SIGNATURE_TYPE}");
+    let resp = referrers(&registry, "team/app", &subject_digest, &query).await;
+    assert_eq!(
+        resp.headers()
+            .get("oci-filters-applied")
+            .map(|v| v.to_str().unwrap()),
+        Some("artifactType")
+    );
+    let descriptors = referrer_descriptors(resp).await;
+    assert_eq!(descriptors.len(), 1, "{descriptors:?}");
+    assert_eq!(descriptors[0]["digest"], x_digest);
+    assert_eq!(descriptors[0]["artifactType"], SIGNATURE_TYPE);
+
+    // A filter nothing matches: still filtered, and empty.
+    let resp = referrers(
+        &registry,
+        "team/app",
+        &subject_digest,
+        "?artifactType=application/vnd.example.none",
+    )
+    .await;
+    assert_eq!(resp.headers()["oci-filters-applied"], "artifactType");
+    assert!(referrer_descriptors(resp).await.is_empty());
+}
+
+#[tokio::test]
+async fn referrers_with_an_invalid_digest_is_rejected() {
+    let registry = TestRegistry::start().await;
+    registry.push_image("team/app", "v1", b"layer").await;
+    for digest in [
+        "sha256:nothex",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "latest",
+    ] {
+        let resp = referrers(&registry, "team/app", digest, "").await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{digest}");
+        assert_eq!(error_code(resp).await, "DIGEST_INVALID", "{digest}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_referrer_removes_it_from_the_list() {
+    let registry = TestRegistry::start().await;
+    let (subject, subject_digest) = registry.push_image("team/app", "v1", b"layer").await;
+    push_empty_blob(&registry, "team/app").await;
+    let keep = signature_manifest(&subject_digest, subject.len(), json!({"k": "keep"}));
+    let keep_digest = put_by_digest(&registry, "team/app", &keep).await;
+    let gone = signature_manifest(&subject_digest, subject.len(), json!({"k": "gone"}));
+    let gone_digest = put_by_digest(&registry, "team/app", &gone).await;
+    let resp = referrers(&registry, "team/app", &subject_digest, "").await;
+    assert_eq!(referrer_descriptors(resp).await.len(), 2);
+
+    let resp = registry
+        .client
+        .delete(registry.url(&format!("/v2/team/app/manifests/{gone_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    let resp = referrers(&registry, "team/app", &subject_digest, "").await;
+    let descriptors = referrer_descriptors(resp).await;
+    assert_eq!(descriptors.len(), 1, "{descriptors:?}");
+    assert_eq!(descriptors[0]["digest"], keep_digest);
+}
+
+#[tokio::test]
+async fn referrer_of_a_subject_not_yet_pushed_is_listed() {
+    let registry = TestRegistry::start().await;
+    push_empty_blob(&registry, "team/app").await;
+    let subject = sha256_digest(b"the image will be pushed later");
+    let x = signature_manifest(&subject, 321, json!({"org.example.signer": "bob"}));
+    let x_digest = put_by_digest(&registry, "team/app", &x).await;
+
+    let resp = referrers(&registry, "team/app", &subject, "").await;
+    let descriptors = referrer_descriptors(resp).await;
+    assert_eq!(descriptors.len(), 1, "{descriptors:?}");
+    assert_eq!(descriptors[0]["digest"], x_digest);
+    assert_eq!(descriptors[0]["artifactType"], SIGNATURE_TYPE);
+    assert_eq!(descriptors[0]["size"], x.len());
+}
+
+#[tokio::test]
+async fn referrers_are_per_repository() {
+    let registry = TestRegistry::start().await;
+    let (subject, subject_digest) = registry.push_image("team/app", "v1", b"layer").await;
+    push_empty_blob(&registry, "team/app").await;
+    let x = signature_manifest(&subject_digest, subject.len(), json!({"a": "b"}));
+    put_by_digest(&registry, "team/app", &x).await;
+    registry.push_image("team/other", "v1", b"layer").await;
+    let resp = referrers(&registry, "team/other", &subject_digest, "").await;
+    assert!(referrer_descriptors(resp).await.is_empty());
+}
