@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Bounded memory: a 1 GiB blob pushed (streamed PATCH, then PUT) and pulled
+# must not grow the server's peak RSS by more than LIMIT_MIB (default 48).
+#   tests/e2e/memory.sh HOST:PORT BERTH-PID
+set -euo pipefail
+addr=$1
+pid=$2
+limit_mib=${LIMIT_MIB:-48}
+size=$((1024 * 1024 * 1024))
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$pid/status"; }
+before=$(kib VmRSS)
+
+location=$(curl -sf -X POST -D - -o /dev/null "http://$addr/v2/memory/big/blobs/uploads/" |
+  tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+# Stream 1 GiB of random bytes (never on disk, never whole in memory) and hash them on the way.
+head -c "$size" /dev/urandom | tee >(sha256sum | cut -d' ' -f1 >"$T/sum") |
+  curl -sf -X PATCH -H 'Content-Type: application/octet-stream' -T - -o /dev/null "http://$addr$location"
+sleep 0.5 # let the process substitution write the sum
+digest="sha256:$(cat "$T/sum")"
+case "$location" in *\?*) sep='&' ;; *) sep='?' ;; esac
+status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$addr$location${sep}digest=$digest")
+[ "$status" = 201 ] || { echo "FAIL 1 GiB push: final PUT answered $status"; exit 1; }
+after_push=$(kib VmHWM)
+
+pulled=$(curl -sf "http://$addr/v2/memory/big/blobs/$digest" | sha256sum | cut -d' ' -f1)
+[ "sha256:$pulled" = "$digest" ] || { echo "FAIL 1 GiB pull: content differs"; exit 1; }
+after_pull=$(kib VmHWM)
+
+growth=$(((after_pull - before) / 1024))
+echo "RSS before ${before} KiB, peak after push ${after_push} KiB, peak after pull ${after_pull} KiB (growth ${growth} MiB, limit ${limit_mib} MiB)"
+if [ "$growth" -gt "$limit_mib" ]; then
+  echo "FAIL memory grew by ${growth} MiB"
+  exit 1
+fi
+curl -sf -X DELETE -o /dev/null "http://$addr/v2/memory/big/blobs/$digest"
+echo "PASS 1 GiB push and pull in bounded memory"
