@@ -12,6 +12,7 @@ cd "$(dirname "$0")/../.."
 
 BERTH=${BERTH_BIN:-target/release/berth}
 [ -x "$BERTH" ] || cargo build --release --locked
+tests/e2e/install-clients.sh >/dev/null
 for tool in docker-registry skopeo jq; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run tests/e2e/install-clients.sh"; exit 1; }
 done

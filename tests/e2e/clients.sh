@@ -28,8 +28,10 @@
 # unix sockets in that dir, and the EXIT trap stops every process this script
 # started and deletes the dir. Known unavoidable writes outside it:
 #   /var/lib/containers/cache/blob-info-cache-v1.boltdb (containers/image's
-#   blob-location cache for root; not configurable by env or flag), and the
-#   empty dir /run/docker/plugins (hard-coded in dockerd).
+#   blob-location cache for root; not configurable by env or flag), the
+#   empty dir /run/docker/plugins (hard-coded in dockerd), and the dir
+#   /run/containerd/s (containerd 1.6 puts shim sockets there, hard-coded;
+#   they are removed when the shims exit).
 #
 # Unprivileged-environment notes (found on this Debian 12 VM):
 #   * The sandbox drops CAP_SYS_RESOURCE, and podman lowers its own
@@ -59,7 +61,7 @@ CMD_TIMEOUT="${E2E_CMD_TIMEOUT:-180}"
 REG="http://${ADDR}"
 
 TMP="$(mktemp -d /tmp/berth-e2e.XXXXXX)"
-RUN_ID="$(basename "$TMP" | tr -dc 'a-zA-Z0-9' | tr 'A-Z' 'a-z')-$(date +%s)"
+RUN_ID="$(basename "$TMP" | LC_ALL=C tr -dc '[:alnum:]' | LC_ALL=C tr '[:upper:]' '[:lower:]')-$(date +%s)"
 NS="e2e/${RUN_ID}" # every repository this run touches lives under here
 mkdir -p "$TMP/pids" "$TMP/state" "$TMP/logs"
 
@@ -100,9 +102,21 @@ stop_all_daemons() {
   done
 }
 
+kill_tree() { # pid: the process and all its descendants, children first
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$c"; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+STEP_PID=""
 cleanup() {
   local rc=$?
   set +e
+  if [ -n "$STEP_PID" ]; then
+    echo "clients.sh: interrupted during a step (exit $rc); stopping everything it started" >&2
+    kill -STOP "$STEP_PID" 2>/dev/null # no new children while we walk the tree
+    kill_tree "$STEP_PID"
+  fi
   stop_all_daemons
   # Unmount anything our clients left mounted below the work dir (shm of a
   # killed podman container, runc rootfs binds, ...), deepest first.
@@ -164,6 +178,7 @@ echo '{"auths": {}}' >"$REGISTRY_AUTH_FILE"
 # ------------------------------------------------------ client wrappers --
 
 to() { timeout -k 10 "$CMD_TIMEOUT" "$@"; }
+curl() { command curl --max-time 60 "$@"; }
 pd() { to podman "$@"; }
 pd2() { # podman with a second, empty store: pulls really hit the registry
   to podman --root "$TMP/storage2" --runroot "$TMP/runroot2" --tmpdir "$TMP/libpod-tmp2" "$@"
@@ -212,24 +227,31 @@ reg_get_manifest() { # repo ref outfile -> prints the Content-Type
   tr -d '\r' <"$3.hdr" | awk 'tolower($1) == "content-type:" {print $2}'
 }
 reg_status() { # method url -> HTTP status code
-  curl -sS -o /dev/null -w '%{http_code}' -X "$1" -H "Accept: $ACCEPT" "$2"
+  if [ "$1" = HEAD ]; then
+    curl -sS -I -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "$2"
+  else
+    curl -sS -o /dev/null -w '%{http_code}' -X "$1" -H "Accept: $ACCEPT" "$2"
+  fi
 }
 # All registry views of repo:ref must agree with the digest a client reported.
 assert_registry_digest() { # repo ref want what
-  local f="$TMP/tmp/m.$$.$RANDOM" head
+  local f="$TMP/tmp/m.$$.$RANDOM" head sep=:
+  if [[ $2 == sha256:* ]]; then sep=@; fi
   head="$(reg_head_digest "$1" "$2")"
-  assert_eq "$head" "$3" "$4: registry HEAD Docker-Content-Digest of $1:$2"
+  assert_eq "$head" "$3" "$4: registry HEAD Docker-Content-Digest of $1$sep$2"
   reg_get_manifest "$1" "$2" "$f" >/dev/null
-  assert_eq "$(sha "$f")" "$3" "$4: sha256 of manifest bytes GET $1:$2"
+  assert_eq "$(sha "$f")" "$3" "$4: sha256 of manifest bytes GET $1$sep$2"
   rm -f "$f" "$f.hdr"
 }
 
 wait_for_socket() { # path pidname seconds
-  local i
+  local i pid
+  pid="$(cat "$TMP/pids/$2")"
   for ((i = 0; i < $3 * 10; i++)); do
     [ -S "$1" ] && return 0
-    [ -f "$TMP/pids/$2" ] && kill -0 "$(cat "$TMP/pids/$2")" 2>/dev/null ||
-      die "$2 exited during startup"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      die "$2 exited during startup: $(tail -n 5 "$TMP/logs/$2.log" 2>/dev/null)"
+    fi
     sleep 0.1
   done
   die "$2: socket $1 did not appear in $3 s"
@@ -349,18 +371,24 @@ step_buildah_push_pull() {
   assert_eq "$got" "$d" "buildah pulled image digest"
 }
 
+assert_repo_digest() { # image want-repo@digest what
+  pd2 image inspect --format '{{json .RepoDigests}}' "$1" | jq -e --arg r "$2" 'index($r) != null' >/dev/null ||
+    die "$3: RepoDigests of $1 lack $2: $(pd2 image inspect --format '{{json .RepoDigests}}' "$1")"
+  echo "ok: $3: RepoDigests has $2"
+}
+
 step_podman_pull_run() {
   local d out
   # single, by tag, into an empty store
   d="$(load single_digest)"
   pd2 pull --tls-verify=false "$ADDR/$NS/single:v1"
-  assert_eq "$(pd2 image inspect --format '{{.Digest}}' "$ADDR/$NS/single:v1")" "$d" "podman pulled digest (tag)"
+  assert_repo_digest "$ADDR/$NS/single:v1" "$ADDR/$NS/single@$d" "podman pull (tag)"
   out="$(pd2 run --rm --network=none "$ADDR/$NS/single:v1")"
   assert_eq "$out" "berth-e2e $RUN_ID" "podman run output of single"
   # multi, by digest
   d="$(load multi_digest)"
   pd2 pull --tls-verify=false "$ADDR/$NS/multi@$d"
-  assert_eq "$(pd2 image inspect --format '{{.Digest}}' "$ADDR/$NS/multi@$d")" "$d" "podman pulled digest (by digest)"
+  assert_repo_digest "$ADDR/$NS/multi@$d" "$ADDR/$NS/multi@$d" "podman pull (by digest)"
   out="$(pd2 run --rm --network=none "$ADDR/$NS/multi@$d")"
   assert_eq "${out%% *}" "$(load data_sha)" "sha256 of data.bin computed at build time (RUN) and read at run time"
   out="$(pd2 run --rm --network=none "$ADDR/$NS/multi@$d" /bin/busybox sha256sum /data/data.bin)"
@@ -521,9 +549,10 @@ step_multiarch_index() {
     cfg="$(sk inspect --tls-verify=false --config --raw "docker://$ADDR/$NS/multiarch@$child")"
     arch="$(jq -r .architecture <<<"$cfg")"
     assert_eq "$arch" "$a" "architecture in child $a config"
-    # skopeo platform selection from the index picks the same child.
-    sk --override-arch "$a" inspect --tls-verify=false "docker://$ADDR/$NS/multiarch:v1" >"$TMP/tmp/sel-$a.json"
-    assert_eq "$(jq -r .Digest "$TMP/tmp/sel-$a.json")" "$child" "skopeo --override-arch $a selects child"
+    # skopeo's platform selection from the index picks the same child.
+    sk --override-arch "$a" copy --src-tls-verify=false --preserve-digests \
+      "docker://$ADDR/$NS/multiarch:v1" "dir:$TMP/sel-$a"
+    assert_eq "$(sha "$TMP/sel-$a/manifest.json")" "$child" "skopeo --override-arch $a copies the $a child"
     save "child_$a" "$child"
   done
   # podman: pull the list for both arches, run the native one.
@@ -609,7 +638,8 @@ step_containerd() {
   ct images pull --plain-http --snapshotter native "$ADDR/$NS/single:v1" >"$TMP/tmp/ctr-pull.log"
   got="$(ctr_image_digest "$ADDR/$NS/single:v1")"
   assert_eq "$got" "$d" "ctr pulled digest (tag)"
-  out="$(ct run --rm --snapshotter native "$ADDR/$NS/single:v1" "e2e-single-$$")"
+  out="$(ct run --rm --snapshotter native --fifo-dir "$TMP/containerd/fifo" \
+    --runc-root "$TMP/containerd/runc" "$ADDR/$NS/single:v1" "e2e-single-$$")"
   assert_eq "$out" "berth-e2e $RUN_ID" "ctr run output"
   # pull by digest
   d="$(load multi_digest)"
@@ -721,7 +751,7 @@ in_list() { # word list
 }
 
 run_step() {
-  local name="$1" fn="step_${1//-/_}" log="$TMP/logs/$1.log" rc t0 t1
+  local name="$1" fn="step_${1//-/_}" log="$TMP/logs/step-$1.log" rc t0 t1
   if [ -n "${E2E_ONLY:-}" ] && ! in_list "$name" "$E2E_ONLY"; then return 0; fi
   if in_list "$name" "${E2E_SKIP:-}"; then
     echo "SKIP  $name  (listed in E2E_SKIP; NOT TESTED)"
@@ -730,11 +760,16 @@ run_step() {
   fi
   t0=$(date +%s)
   set +e
+  # In the background + wait, so that a signal to this script is handled
+  # at once (the EXIT trap then kills the step's process tree).
   (
     set -euo pipefail
     "$fn"
-  ) >"$log" 2>&1 </dev/null
+  ) >"$log" 2>&1 </dev/null &
+  STEP_PID=$!
+  wait "$STEP_PID"
   rc=$?
+  STEP_PID=""
   set -e
   stop_all_daemons
   t1=$(date +%s)

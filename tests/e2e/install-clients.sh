@@ -31,6 +31,13 @@ done
 if ((${#missing[@]})); then
   echo "install-clients: apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Keep package scripts from starting the system dockerd, containerd and
+  # docker-registry (which would listen on *:5000): the tests run their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   # --no-install-recommends keeps docker.io from pulling in extras; the
   # packages listed above are everything the tests need.
@@ -63,6 +70,9 @@ else
 fi
 
 echo "install-clients: done"
-for c in docker dockerd podman buildah skopeo containerd ctr crun runc docker-registry busybox jq curl; do
+# clients.sh prefers /usr/bin/docker (Debian's CLI, same API as its dockerd)
+# over any other docker CLI earlier in PATH.
+printf '  %-16s %s\n' "docker (tests)" "$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || command -v docker || echo MISSING)"
+for c in dockerd podman buildah skopeo containerd ctr crun runc docker-registry busybox jq curl; do
   printf '  %-16s %s\n' "$c" "$(command -v "$c" || echo MISSING)"
 done
