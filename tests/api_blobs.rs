@@ -4,37 +4,10 @@
 
 mod common;
 
-use common::{error_code, sha256_digest, TestRegistry};
+use common::{error_code, get, header_str, pattern, sha256_digest, sha512_digest, TestRegistry};
 use reqwest::{header, StatusCode};
-use sha2::{Digest as _, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn sha512_digest(content: &[u8]) -> String {
-    format!("sha512:{}", hex::encode(Sha512::digest(content)))
-}
-
-/// Recognisable content: byte `i` is `i mod 251`.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
-
-fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
-    resp.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} header missing: {:?}", resp.headers()))
-        .to_str()
-        .unwrap()
-}
-
-async fn get(registry: &TestRegistry, path: &str) -> reqwest::Response {
-    registry
-        .client
-        .get(registry.url(path))
-        .send()
-        .await
-        .unwrap()
-}
 
 async fn get_range(registry: &TestRegistry, path: &str, range: &str) -> reqwest::Response {
     registry

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{error_code, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use common::{error_code, get, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -14,15 +14,6 @@ const SBOM_CONFIG_TYPE: &str = "application/vnd.example.sbom.config.v1+json";
 
 // ---------------------------------------------------------------------------
 // helpers
-
-async fn get(registry: &TestRegistry, path: &str) -> Response {
-    registry
-        .client
-        .get(registry.url(path))
-        .send()
-        .await
-        .unwrap()
-}
 
 fn link(resp: &Response) -> Option<String> {
     resp.headers()

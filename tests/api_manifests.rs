@@ -6,12 +6,11 @@ mod common;
 use std::collections::HashSet;
 
 use common::{
-    error_code, image_manifest, sha256_digest, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-    OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    error_code, header_str, image_manifest, sha256_digest, sha512_digest, TestRegistry,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;
-use sha2::{Digest as _, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -29,20 +28,8 @@ const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 // ---------------------------------------------------------------------------
 // helpers
 
-fn sha512_digest(content: &[u8]) -> String {
-    format!("sha512:{}", hex::encode(Sha512::digest(content)))
-}
-
 fn hex_of(digest: &str) -> &str {
     digest.split_once(':').expect("alg:hex").1
-}
-
-fn header<'a>(resp: &'a Response, name: &str) -> &'a str {
-    resp.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("missing {name} header"))
-        .to_str()
-        .unwrap()
 }
 
 /// A config and one layer blob in `name`: (config digest, config size, layer digest, layer size).
@@ -135,16 +122,16 @@ async fn assert_served(
 ) {
     let resp = get_manifest(registry, name, reference, ACCEPT_ALL_MANIFESTS).await;
     assert_eq!(resp.status(), StatusCode::OK, "GET {name}:{reference}");
-    assert_eq!(header(&resp, "content-type"), media_type);
-    assert_eq!(header(&resp, "content-length"), body.len().to_string());
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "content-type"), media_type);
+    assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), body);
 
     let resp = head_manifest(registry, name, reference).await;
     assert_eq!(resp.status(), StatusCode::OK, "HEAD {name}:{reference}");
-    assert_eq!(header(&resp, "content-type"), media_type);
-    assert_eq!(header(&resp, "content-length"), body.len().to_string());
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "content-type"), media_type);
+    assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert!(resp.bytes().await.unwrap().is_empty(), "HEAD has no body");
 }
 
@@ -199,7 +186,7 @@ async fn put_manifest_by_tag_returns_201_with_location_and_digest() {
         registry.location(&resp),
         registry.url(&format!("/v2/team/app/manifests/{digest}"))
     );
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
 }
 
 #[tokio::test]
@@ -208,9 +195,12 @@ async fn get_manifest_by_tag_returns_exact_bytes_and_headers() {
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = get_manifest(&registry, "team/app", "v1", OCI_MANIFEST).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(header(&resp, "content-type"), OCI_MANIFEST);
-    assert_eq!(header(&resp, "content-length"), manifest.len().to_string());
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
+    assert_eq!(
+        header_str(&resp, "content-length"),
+        manifest.len().to_string()
+    );
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
 }
 
@@ -220,9 +210,12 @@ async fn get_manifest_by_digest_returns_exact_bytes_and_headers() {
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = get_manifest(&registry, "team/app", &digest, OCI_MANIFEST).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(header(&resp, "content-type"), OCI_MANIFEST);
-    assert_eq!(header(&resp, "content-length"), manifest.len().to_string());
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
+    assert_eq!(
+        header_str(&resp, "content-length"),
+        manifest.len().to_string()
+    );
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
 }
 
@@ -233,9 +226,12 @@ async fn head_manifest_by_tag_and_digest_returns_headers_without_body() {
     for reference in ["v1", digest.as_str()] {
         let resp = head_manifest(&registry, "team/app", reference).await;
         assert_eq!(resp.status(), StatusCode::OK, "HEAD {reference}");
-        assert_eq!(header(&resp, "content-type"), OCI_MANIFEST);
-        assert_eq!(header(&resp, "content-length"), manifest.len().to_string());
-        assert_eq!(header(&resp, "docker-content-digest"), digest);
+        assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
+        assert_eq!(
+            header_str(&resp, "content-length"),
+            manifest.len().to_string()
+        );
+        assert_eq!(header_str(&resp, "docker-content-digest"), digest);
         assert!(resp.bytes().await.unwrap().is_empty());
     }
 }
@@ -258,7 +254,7 @@ async fn oci_image_index_is_stored_and_served_with_its_media_type() {
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let digest = sha256_digest(&index);
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_served(&registry, "multi", "latest", OCI_INDEX, &index, &digest).await;
     assert_served(&registry, "multi", &digest, OCI_INDEX, &index, &digest).await;
 }
@@ -425,7 +421,7 @@ async fn manifest_bytes_are_stored_exactly_as_pushed() {
         "{:?}",
         resp.text().await
     );
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_served(
         &registry,
         "exact",
@@ -460,7 +456,7 @@ async fn put_manifest_by_digest_with_matching_body_is_created() {
         registry.location(&resp),
         registry.url(&format!("/v2/bydigest/manifests/{digest}"))
     );
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_served(
         &registry,
         "bydigest",
@@ -511,7 +507,7 @@ async fn put_manifest_by_sha512_digest_is_served_with_a_sha512_digest() {
         "{:?}",
         resp.text().await
     );
-    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(
         registry.location(&resp),
         registry.url(&format!("/v2/sha512/manifests/{digest}"))
@@ -951,7 +947,7 @@ async fn accept_wildcard_or_absent_serves_any_media_type() {
 
     let resp = get_manifest(&registry, "multi", "latest", "*/*").await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(header(&resp, "content-type"), OCI_INDEX);
+    assert_eq!(header_str(&resp, "content-type"), OCI_INDEX);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), index.as_slice());
 
     let status = raw_get_status(&registry, "/v2/multi/manifests/latest").await;
@@ -982,7 +978,7 @@ async fn manifest_with_subject_returns_oci_subject_even_if_the_subject_is_missin
         "{:?}",
         resp.text().await
     );
-    assert_eq!(header(&resp, "oci-subject"), subject);
+    assert_eq!(header_str(&resp, "oci-subject"), subject);
     assert_served(
         &registry,
         "signed",
@@ -1239,7 +1235,7 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
 
     let resp = get_manifest(&registry, "race", "contended", OCI_MANIFEST).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let digest = header(&resp, "docker-content-digest").to_owned();
+    let digest = header_str(&resp, "docker-content-digest").to_owned();
     let body = resp.bytes().await.unwrap();
     assert_eq!(
         sha256_digest(&body),

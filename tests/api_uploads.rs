@@ -10,29 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{error_code, sha256_digest, with_query, TestRegistry};
+use common::{
+    error_code, header_str, pattern, sha256_digest, sha512_digest, with_query, TestRegistry,
+};
 use futures::StreamExt;
 use reqwest::{header, Response, StatusCode};
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn sha512_digest(content: &[u8]) -> String {
-    format!("sha512:{}", hex::encode(Sha512::digest(content)))
-}
-
-/// Recognisable content: byte `i` is `i mod 251`.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
-
-fn header_str<'a>(resp: &'a Response, name: &str) -> &'a str {
-    resp.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} header missing: {:?}", resp.headers()))
-        .to_str()
-        .unwrap()
-}
 
 /// `POST /v2/<name>/blobs/uploads/`, asserting 202; the session's absolute URL.
 async fn new_session(registry: &TestRegistry, name: &str) -> String {

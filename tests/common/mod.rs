@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use berth::{Config, RunningServer};
 use reqwest::{Client, Response, StatusCode};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -174,4 +174,32 @@ pub async fn error_code(resp: Response) -> String {
         .as_str()
         .expect("errors[0].code")
         .to_owned()
+}
+
+pub fn sha512_digest(content: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(Sha512::digest(content)))
+}
+
+/// Recognisable content: byte `i` is `i mod 251`.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// A response header that must be present, as text.
+pub fn header_str<'a>(resp: &'a Response, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} header missing: {:?}", resp.headers()))
+        .to_str()
+        .unwrap()
+}
+
+/// `GET path` on the registry.
+pub async fn get(registry: &TestRegistry, path: &str) -> Response {
+    registry
+        .client
+        .get(registry.url(path))
+        .send()
+        .await
+        .unwrap()
 }
