@@ -41,6 +41,18 @@ pub enum UploadStart {
 }
 
 impl UploadSession {
+    /// Chunks arrive strictly in order: a `Content-Range` start other than
+    /// the current offset is refused (416) and the session is left unchanged.
+    fn check_chunk_start(&self, start: Option<u64>) -> Result<()> {
+        match start {
+            Some(start) if start != self.offset => Err(RegistryError::with_detail(
+                ErrorCode::RangeInvalid,
+                format!("chunk must start at offset {}", self.offset),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn hasher(&self) -> Result<Hasher> {
         Algorithm::parse(&self.algorithm)
             .and_then(|alg| Hasher::restore_state(alg, &self.hash_state))
@@ -125,12 +137,7 @@ impl Registry {
     ) -> Result<UploadSession> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
-        if start.is_some_and(|start| start != session.offset) {
-            return Err(RegistryError::with_detail(
-                ErrorCode::RangeInvalid,
-                format!("chunk must start at offset {}", session.offset),
-            ));
-        }
+        session.check_chunk_start(start)?;
         self.append_to_session(name, &mut session, body).await?;
         Ok(session)
     }
@@ -148,12 +155,7 @@ impl Registry {
     ) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
-        if start.is_some_and(|start| start != session.offset) {
-            return Err(RegistryError::with_detail(
-                ErrorCode::RangeInvalid,
-                format!("chunk must start at offset {}", session.offset),
-            ));
-        }
+        session.check_chunk_start(start)?;
         let before = session.clone();
         if let Some(body) = body {
             self.append_to_session(name, &mut session, body).await?;
