@@ -25,6 +25,11 @@ pub struct Config {
     pub log_level: String,
     /// The largest manifest accepted, in bytes.
     pub max_manifest_bytes: usize,
+    /// Memory for cached manifests and, separately, small blobs, in bytes each.
+    pub cache_bytes: u64,
+    /// How long a cached tag or link is trusted before storage is read again,
+    /// in milliseconds (bounds staleness after changes by another process).
+    pub cache_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -35,6 +40,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             max_manifest_bytes: 4 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
+            cache_ttl_ms: 2000,
         }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
+use registry::cache::CacheConfig;
 use registry::{Limits, Registry};
 use storage::fs::FsStorage;
 
@@ -27,7 +28,11 @@ pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
     };
-    Ok(Arc::new(Registry::new(Arc::new(storage), limits)))
+    let cache = CacheConfig {
+        content_bytes: config.cache_bytes,
+        ttl: std::time::Duration::from_millis(config.cache_ttl_ms),
+    };
+    Ok(Arc::new(Registry::new(Arc::new(storage), limits, &cache)))
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.
@@ -36,7 +41,15 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = http::router(registry);
+    // Without TCP_NODELAY a small response written in two segments waits for
+    // the peer's delayed ACK (~40 ms): small blob and manifest GETs stall.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -50,6 +50,12 @@ struct ServeArgs {
     /// Largest manifest accepted, in bytes [default: 4194304].
     #[arg(long, env = "BERTH_MAX_MANIFEST_BYTES")]
     max_manifest_bytes: Option<usize>,
+    /// Memory for cached manifests and small blobs, bytes each [default: 16777216].
+    #[arg(long, env = "BERTH_CACHE_BYTES")]
+    cache_bytes: Option<u64>,
+    /// How long cached tags and links are trusted, in ms [default: 2000].
+    #[arg(long, env = "BERTH_CACHE_TTL_MS")]
+    cache_ttl_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -72,6 +78,12 @@ impl ServeArgs {
         }
         if let Some(max) = self.max_manifest_bytes {
             config.max_manifest_bytes = max;
+        }
+        if let Some(bytes) = self.cache_bytes {
+            config.cache_bytes = bytes;
+        }
+        if let Some(ttl) = self.cache_ttl_ms {
+            config.cache_ttl_ms = ttl;
         }
         Ok(config)
     }

@@ -7,9 +7,13 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
+use futures::stream;
+
+use super::cache::SMALL_BLOB_BYTES;
 use super::{storage_error, Registry};
-use crate::oci::{Digest, ErrorCode, RepositoryName, Result};
-use crate::storage::{layout, ByteStream, WriteMode};
+use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName, Result};
+use crate::storage::{layout, ByteStream};
 
 /// A blob being read: its full size and the requested bytes.
 pub struct BlobRead {
@@ -20,26 +24,40 @@ pub struct BlobRead {
 impl Registry {
     /// The size of a blob linked into `name`, or `BLOB_UNKNOWN`.
     pub async fn blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
-        if !self.exists(&layout::layer_link(name, digest)).await? {
+        if self
+            .read_link(&layout::layer_link(name, digest))
+            .await?
+            .is_none()
+        {
             return Err(ErrorCode::BlobUnknown.into());
         }
-        self.storage
-            .size(&layout::blob_data(digest))
-            .await
-            .map_err(storage_error)?
+        self.content_size(digest)
+            .await?
             .ok_or_else(|| ErrorCode::BlobUnknown.into())
     }
 
-    /// Streams a blob, or the `range` of it; the range must have been checked
-    /// against [`Registry::blob_size`].
+    /// Streams a blob, or the `range` of it; the range must lie within
+    /// [`Registry::blob_size`]. Small blobs are served from memory.
     pub async fn read_blob(
         &self,
         name: &RepositoryName,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobRead> {
-        if !self.exists(&layout::layer_link(name, digest)).await? {
-            return Err(ErrorCode::BlobUnknown.into());
+        let size = self.blob_size(name, digest).await?;
+        if size <= SMALL_BLOB_BYTES {
+            let content = self.small_blob(digest).await?;
+            if content.len() as u64 != size {
+                return Err(RegistryError::internal("blob content changed size", digest));
+            }
+            let part = match range {
+                Some(r) => content.slice(r.start as usize..r.end as usize),
+                None => content,
+            };
+            return Ok(BlobRead {
+                size,
+                stream: Box::pin(stream::once(async move { Ok(part) })),
+            });
         }
         let read = self
             .storage
@@ -53,15 +71,24 @@ impl Registry {
         })
     }
 
+    async fn small_blob(&self, digest: &Digest) -> Result<Bytes> {
+        if let Some(content) = self.caches.small_blob(digest) {
+            return Ok(content);
+        }
+        let content = self
+            .storage
+            .get(&layout::blob_data(digest))
+            .await
+            .map_err(storage_error)?
+            .ok_or(ErrorCode::BlobUnknown)?;
+        self.caches.keep_small_blob(digest, content.clone());
+        Ok(content)
+    }
+
     /// Unlinks a blob from one repository. The content stays for others; the
     /// garbage collector reclaims it when nothing links it.
     pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
-        let removed = self
-            .storage
-            .delete(&layout::layer_link(name, digest))
-            .await
-            .map_err(storage_error)?;
-        if removed {
+        if self.remove_link(&layout::layer_link(name, digest)).await? {
             Ok(())
         } else {
             Err(ErrorCode::BlobUnknown.into())
@@ -79,23 +106,12 @@ impl Registry {
     ) -> Result<bool> {
         let available = match from {
             Some(source) => self.blob_size(source, digest).await.is_ok(),
-            None => self.exists(&layout::blob_data(digest)).await?,
+            None => self.content_size(digest).await?.is_some(),
         };
         if available {
-            self.link_blob(name, digest).await?;
+            self.write_link(&layout::layer_link(name, digest), digest)
+                .await?;
         }
         Ok(available)
-    }
-
-    pub(super) async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
-        self.storage
-            .put(
-                &layout::layer_link(name, digest),
-                layout::link_body(digest),
-                WriteMode::Overwrite,
-            )
-            .await
-            .map_err(storage_error)?;
-        Ok(())
     }
 }

@@ -7,8 +7,11 @@
 //! it has pointed at. Writes go content first, then revision, then tag, so a
 //! reader that sees a tag always finds what it names.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use super::cache::CachedManifest;
 use super::{storage_error, Registry};
 use crate::oci::manifest::stored_media_type;
 use crate::oci::{
@@ -60,37 +63,92 @@ impl Registry {
         };
         self.check_requirements(name, &manifest).await?;
 
-        let put = |key: String, data: Bytes, mode| async move {
-            self.storage
-                .put(&key, data, mode)
-                .await
-                .map_err(storage_error)
+        let tags: Vec<&Tag> = match reference {
+            Reference::Tag(tag) => std::iter::once(tag).chain(extra_tags).collect(),
+            Reference::Digest(_) => extra_tags.iter().collect(),
         };
-        put(layout::blob_data(&digest), body, WriteMode::CreateIfAbsent).await?;
-        put(
-            layout::revision_link(name, &digest),
-            layout::link_body(&digest),
-            WriteMode::Overwrite,
-        )
-        .await?;
-        if let Some(subject) = &manifest.subject {
-            let key = layout::referrer_link(name, subject, &digest);
-            put(key, layout::link_body(&digest), WriteMode::Overwrite).await?;
-        }
-        let tags = match reference {
-            Reference::Tag(tag) => std::slice::from_ref(tag).iter().chain(extra_tags),
-            Reference::Digest(_) => [].iter().chain(extra_tags),
+        // Content first, then the revision link, then the tags: a reader that
+        // finds a link finds what it names. History entries are never
+        // followed by readers, so they are written alongside.
+        let history = async {
+            for tag in &tags {
+                self.record_tag_history(name, tag, &digest).await?;
+            }
+            Ok::<_, RegistryError>(())
         };
-        for tag in tags {
-            let history = layout::tag_index_link(name, tag, &digest);
-            put(history, layout::link_body(&digest), WriteMode::Overwrite).await?;
-            let current = layout::tag_current_link(name, tag);
-            put(current, layout::link_body(&digest), WriteMode::Overwrite).await?;
-        }
+        let publish = async {
+            self.store_manifest_content(&digest, body).await?;
+            self.ensure_link(&layout::revision_link(name, &digest), &digest)
+                .await?;
+            if let Some(subject) = &manifest.subject {
+                let key = layout::referrer_link(name, subject, &digest);
+                self.ensure_link(&key, &digest).await?;
+            }
+            for tag in &tags {
+                self.ensure_link(&layout::tag_current_link(name, tag), &digest)
+                    .await?;
+            }
+            Ok::<_, RegistryError>(())
+        };
+        tokio::try_join!(history, publish)?;
         Ok(ManifestPut {
             digest,
             subject: manifest.subject,
         })
+    }
+
+    /// Stores manifest bytes under their digest unless they are there
+    /// already, and keeps them in memory for reads.
+    async fn store_manifest_content(&self, digest: &Digest, body: Bytes) -> Result<()> {
+        let key = layout::blob_data(digest);
+        let stored = self.storage.size(&key).await.map_err(storage_error)?;
+        if stored.is_none() {
+            self.storage
+                .put(&key, body.clone(), WriteMode::CreateIfAbsent)
+                .await
+                .map_err(storage_error)?;
+        }
+        self.caches.wrote_blob(digest, body.len() as u64);
+        self.caches.keep_manifest(
+            digest,
+            Arc::new(CachedManifest {
+                media_type: stored_media_type(&body),
+                body,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Writes a link unless storage already says exactly that: re-pushing a
+    /// manifest or a tag that has not moved costs reads, not durable writes.
+    async fn ensure_link(&self, key: &str, digest: &Digest) -> Result<()> {
+        if self.read_link_uncached(key).await?.as_ref() == Some(digest) {
+            return Ok(());
+        }
+        self.write_link(key, digest).await
+    }
+
+    /// Adds `digest` to the tag's history (`_manifests/tags/<tag>/index/`).
+    async fn record_tag_history(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<()> {
+        let key = layout::tag_index_link(name, tag, digest);
+        if self
+            .storage
+            .size(&key)
+            .await
+            .map_err(storage_error)?
+            .is_none()
+        {
+            self.storage
+                .put(&key, layout::link_body(digest), WriteMode::Overwrite)
+                .await
+                .map_err(storage_error)?;
+        }
+        Ok(())
     }
 
     /// Every blob and child manifest must already be in this repository.
@@ -111,8 +169,11 @@ impl Registry {
     }
 
     async fn has_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
-        Ok(self.exists(&layout::revision_link(name, digest)).await?
-            && self.exists(&layout::blob_data(digest)).await?)
+        Ok(self
+            .read_link(&layout::revision_link(name, digest))
+            .await?
+            .is_some()
+            && self.content_size(digest).await?.is_some())
     }
 
     /// The digest a reference names in `name`, or `MANIFEST_UNKNOWN`.
@@ -124,7 +185,11 @@ impl Registry {
                 .await?
                 .ok_or(ErrorCode::ManifestUnknown)?,
         };
-        if !self.exists(&layout::revision_link(name, &digest)).await? {
+        if self
+            .read_link(&layout::revision_link(name, &digest))
+            .await?
+            .is_none()
+        {
             return Err(ErrorCode::ManifestUnknown.into());
         }
         Ok(digest)
@@ -136,14 +201,29 @@ impl Registry {
         reference: &Reference,
     ) -> Result<StoredManifest> {
         let digest = self.resolve(name, reference).await?;
+        if let Some(cached) = self.caches.manifest(&digest) {
+            return Ok(StoredManifest {
+                digest,
+                media_type: cached.media_type.clone(),
+                body: cached.body.clone(),
+            });
+        }
         let body = self
             .storage
             .get(&layout::blob_data(&digest))
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::ManifestUnknown)?;
+        let media_type = stored_media_type(&body);
+        self.caches.keep_manifest(
+            &digest,
+            Arc::new(CachedManifest {
+                body: body.clone(),
+                media_type: media_type.clone(),
+            }),
+        );
         Ok(StoredManifest {
-            media_type: stored_media_type(&body),
+            media_type,
             digest,
             body,
         })
@@ -158,7 +238,8 @@ impl Registry {
     ) -> Result<()> {
         match reference {
             Reference::Tag(tag) => {
-                if !self.exists(&layout::tag_current_link(name, tag)).await? {
+                let current = layout::tag_current_link(name, tag);
+                if self.read_link_uncached(&current).await?.is_none() {
                     return Err(ErrorCode::ManifestUnknown.into());
                 }
                 self.delete_tag(name, tag).await
@@ -170,7 +251,7 @@ impl Registry {
                         continue;
                     };
                     if self
-                        .read_link(&layout::tag_current_link(name, &tag))
+                        .read_link_uncached(&layout::tag_current_link(name, &tag))
                         .await?
                         .as_ref()
                         == Some(digest)
@@ -184,10 +265,8 @@ impl Registry {
                         self.storage.delete(&key).await.map_err(storage_error)?;
                     }
                 }
-                self.storage
-                    .delete(&layout::revision_link(name, digest))
-                    .await
-                    .map_err(storage_error)?;
+                self.remove_link(&layout::revision_link(name, digest))
+                    .await?;
                 Ok(())
             }
         }
@@ -197,6 +276,9 @@ impl Registry {
         self.storage
             .delete_all(&layout::tag_dir(name, tag))
             .await
-            .map_err(storage_error)
+            .map_err(storage_error)?;
+        self.caches
+            .wrote_link(&layout::tag_current_link(name, tag), None);
+        Ok(())
     }
 }

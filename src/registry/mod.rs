@@ -3,6 +3,7 @@
 //! [`crate::oci`]), never HTTP.
 
 mod blobs;
+pub mod cache;
 mod catalog;
 mod locks;
 mod manifests;
@@ -17,8 +18,9 @@ pub use blobs::BlobRead;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
 
-use crate::oci::RegistryError;
-use crate::storage::{layout, Storage};
+use crate::oci::{Digest, RegistryError};
+use crate::storage::{layout, Storage, WriteMode};
+use cache::{CacheConfig, Caches};
 
 /// Limits the registry enforces, whatever the transport.
 #[derive(Debug, Clone)]
@@ -38,14 +40,16 @@ impl Default for Limits {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     limits: Limits,
+    caches: Caches,
     upload_locks: locks::KeyedLocks,
 }
 
 impl Registry {
-    pub fn new(storage: Arc<dyn Storage>, limits: Limits) -> Registry {
+    pub fn new(storage: Arc<dyn Storage>, limits: Limits, cache: &CacheConfig) -> Registry {
         Registry {
             storage,
             limits,
+            caches: Caches::new(cache),
             upload_locks: locks::KeyedLocks::default(),
         }
     }
@@ -62,17 +66,21 @@ impl Registry {
             .map_err(|e| RegistryError::internal("storage is not writable", e))
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, RegistryError> {
-        Ok(self
-            .storage
-            .size(key)
-            .await
-            .map_err(storage_error)?
-            .is_some())
+    /// What a link says: the digest it names, or `None` when it is absent.
+    /// Served from the cache while fresh.
+    async fn read_link(&self, key: &str) -> Result<Option<Digest>, RegistryError> {
+        if let Some(cached) = self.caches.link(key) {
+            return Ok(cached);
+        }
+        let ticket = self.caches.ticket();
+        let digest = self.read_link_uncached(key).await?;
+        self.caches.fill_link(ticket, key, digest.clone());
+        Ok(digest)
     }
 
-    /// Reads a link document and the digest it names.
-    async fn read_link(&self, key: &str) -> Result<Option<crate::oci::Digest>, RegistryError> {
+    /// What a link says on storage right now (for decisions that must not
+    /// rest on a cached view, such as skipping a write).
+    async fn read_link_uncached(&self, key: &str) -> Result<Option<Digest>, RegistryError> {
         let Some(body) = self.storage.get(key).await.map_err(storage_error)? else {
             return Ok(None);
         };
@@ -80,6 +88,39 @@ impl Registry {
         text.parse()
             .map(Some)
             .map_err(|_| RegistryError::internal("corrupt link document", key))
+    }
+
+    /// Writes a link durably (Distribution's format: the digest as text).
+    async fn write_link(&self, key: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.storage
+            .put(key, layout::link_body(digest), WriteMode::Overwrite)
+            .await
+            .map_err(storage_error)?;
+        self.caches.wrote_link(key, Some(digest.clone()));
+        Ok(())
+    }
+
+    /// Removes a link; returns whether it was there.
+    async fn remove_link(&self, key: &str) -> Result<bool, RegistryError> {
+        let removed = self.storage.delete(key).await.map_err(storage_error)?;
+        self.caches.wrote_link(key, None);
+        Ok(removed)
+    }
+
+    /// The size of the content stored for `digest`, whichever repository
+    /// holds it, or `None` when the store has no such content.
+    async fn content_size(&self, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        if let Some(cached) = self.caches.size(digest) {
+            return Ok(cached);
+        }
+        let ticket = self.caches.ticket();
+        let size = self
+            .storage
+            .size(&layout::blob_data(digest))
+            .await
+            .map_err(storage_error)?;
+        self.caches.fill_size(ticket, digest, size);
+        Ok(size)
     }
 
     async fn repository_exists(

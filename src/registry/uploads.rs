@@ -139,6 +139,7 @@ impl Registry {
         let mut session = self.load_session(name, id).await?;
         session.check_chunk_start(start)?;
         self.append_to_session(name, &mut session, body).await?;
+        self.save_session(name, &session).await?;
         Ok(session)
     }
 
@@ -156,7 +157,8 @@ impl Registry {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
         session.check_chunk_start(start)?;
-        let before = session.clone();
+        // The final chunk is not saved into the session record: on success the
+        // session ends, and on a mismatch the record keeps its earlier state.
         if let Some(body) = body {
             self.append_to_session(name, &mut session, body).await?;
         }
@@ -167,9 +169,7 @@ impl Registry {
                 .await?
         };
         if &received != digest {
-            // Keep the session as it was before this request, so the client
-            // can still correct its mistake; the final chunk is dropped.
-            self.save_session(name, &before).await?;
+            // The client can still correct its mistake; the final chunk is dropped.
             return Err(RegistryError::with_detail(
                 ErrorCode::DigestInvalid,
                 format!("content digest is {received}"),
@@ -251,7 +251,7 @@ impl Registry {
         debug_assert_eq!(written, source.received);
         session.offset += written;
         session.hash_state = source.hasher.save_state();
-        self.save_session(name, session).await
+        Ok(())
     }
 
     /// Hashes an upload's content again with another algorithm: only when the
@@ -305,7 +305,9 @@ impl Registry {
                 .await
                 .map_err(storage_error)?;
         }
-        self.link_blob(name, digest).await?;
+        self.caches.wrote_blob(digest, size);
+        self.write_link(&layout::layer_link(name, digest), digest)
+            .await?;
         self.discard_upload(name, id).await;
         Ok(())
     }
@@ -336,7 +338,7 @@ impl Registry {
             .put(
                 &layout::upload_session(name, &session.id),
                 body.into(),
-                WriteMode::Overwrite,
+                WriteMode::Scratch,
             )
             .await
             .map_err(storage_error)?;

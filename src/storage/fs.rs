@@ -69,30 +69,42 @@ async fn create_parent(path: &Path) -> io::Result<&Path> {
     Ok(parent)
 }
 
-async fn write_atomically(path: &Path, data: &[u8], mode: WriteMode) -> io::Result<bool> {
-    let parent = create_parent(path).await?;
+/// The whole temp-write, fsync, rename/link, dir-fsync sequence in one
+/// blocking call: one thread hand-off per document instead of one per syscall.
+fn write_atomically(path: &Path, data: &[u8], mode: WriteMode) -> io::Result<bool> {
+    use std::io::Write;
+    let parent = path.parent().expect("keys have a parent");
+    std::fs::create_dir_all(parent)?;
     let temp = temp_sibling(path);
-    let result = async {
-        let mut file = fs::File::create(&temp).await?;
-        file.write_all(data).await?;
-        file.sync_all().await?;
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(data)?;
+        if mode == WriteMode::Scratch {
+            drop(file);
+            return std::fs::rename(&temp, path).map(|()| true);
+        }
+        file.sync_data()?;
         drop(file);
         let written = match mode {
-            WriteMode::Overwrite => {
-                fs::rename(&temp, path).await?;
-                true
+            WriteMode::Overwrite | WriteMode::Scratch => {
+                std::fs::rename(&temp, path).map(|()| true)?
             }
-            WriteMode::CreateIfAbsent => match fs::hard_link(&temp, path).await {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            },
+            WriteMode::CreateIfAbsent => {
+                let linked = match std::fs::hard_link(&temp, path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(e),
+                };
+                std::fs::remove_file(&temp)?;
+                linked
+            }
         };
-        fsync_dir(parent).await?;
+        std::fs::File::open(parent)?.sync_all()?;
         Ok(written)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
     }
-    .await;
-    let _ = fs::remove_file(&temp).await;
     result
 }
 
@@ -104,16 +116,20 @@ impl Storage for FsStorage {
 
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
         let path = self.path(key);
-        // A concurrent delete may remove a directory that has just become
-        // empty between our mkdir and our create; try again in that case.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match write_atomically(&path, &data, mode).await {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => continue,
-                result => return result,
+        tokio::task::spawn_blocking(move || {
+            // A concurrent delete may remove a directory that has just become
+            // empty between our mkdir and our create; try again in that case.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match write_atomically(&path, &data, mode) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => continue,
+                    result => return result,
+                }
             }
-        }
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
@@ -144,19 +160,24 @@ impl Storage for FsStorage {
 
     async fn delete(&self, key: &str) -> io::Result<bool> {
         let path = self.path(key);
-        let removed = not_found_is_none(fs::remove_file(&path).await)?.is_some();
-        if removed {
-            // Leave no empty directories behind for the removed object
-            // (Distribution's walkers treat an empty tag directory as a tag).
-            let mut dir = path.parent();
-            while let Some(d) = dir {
-                if d == self.root || fs::remove_dir(d).await.is_err() {
-                    break;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = not_found_is_none(std::fs::remove_file(&path))?.is_some();
+            if removed {
+                // Leave no empty directories behind for the removed object
+                // (Distribution's walkers treat an empty tag directory as a tag).
+                let mut dir = path.parent();
+                while let Some(d) = dir {
+                    if d == root || std::fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
                 }
-                dir = d.parent();
             }
-        }
-        Ok(removed)
+            Ok(removed)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn delete_all(&self, prefix: &str) -> io::Result<()> {

@@ -32,6 +32,9 @@ pub enum WriteMode {
     Overwrite,
     /// Write only if nothing is there; an existing document is left as it is.
     CreateIfAbsent,
+    /// Replace atomically, without waiting for durability: for records whose
+    /// loss in a crash is harmless (an upload session: its client restarts).
+    Scratch,
 }
 
 /// Content being read: its full size and a stream of the requested range.

@@ -1,0 +1,228 @@
+//! In-memory caches for the hot read paths: what links say (tag → digest,
+//! "this repository holds that blob or manifest"), blob sizes, manifest bytes
+//! and small blobs.
+//!
+//! Content keyed by digest never changes, so manifest bytes and small blobs
+//! are cached without expiry (bounded by weight). What links and sizes say is
+//! mutable: this process's own writes update the cache as they happen, and an
+//! entry is trusted for at most `ttl`, which bounds how stale a change made by
+//! another process (another replica, an offline tool) can look.
+//!
+//! A reader that fills the cache from storage must not overwrite a newer
+//! value a concurrent writer has just put there. Writers bump `epoch` under
+//! `fill_lock`; a reader only inserts, under the same lock, if the epoch has
+//! not moved since it started reading. Hits take no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use crate::oci::Digest;
+
+/// Blobs up to this size are kept in memory once read.
+pub const SMALL_BLOB_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Weight budget for manifest bytes and small blobs, each.
+    pub content_bytes: u64,
+    /// How long a cached link or size is trusted without re-reading storage.
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            content_bytes: 16 * 1024 * 1024,
+            ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A manifest as served: bytes and the media type derived from them.
+#[derive(Debug)]
+pub struct CachedManifest {
+    pub body: Bytes,
+    pub media_type: String,
+}
+
+#[derive(Clone)]
+struct Fresh<T> {
+    value: T,
+    read_at: Instant,
+}
+
+#[derive(Clone)]
+struct ByteWeight;
+
+impl Weighter<Digest, Arc<CachedManifest>> for ByteWeight {
+    fn weight(&self, _: &Digest, value: &Arc<CachedManifest>) -> u64 {
+        value.body.len() as u64 + 64
+    }
+}
+
+impl Weighter<Digest, Bytes> for ByteWeight {
+    fn weight(&self, _: &Digest, value: &Bytes) -> u64 {
+        value.len() as u64 + 64
+    }
+}
+
+/// Entries for mutable state are small; this many fit in a few MiB.
+const STATE_ENTRIES: usize = 64 * 1024;
+
+pub struct Caches {
+    ttl: Duration,
+    /// Storage key of a link → the digest it names, or `None` when absent.
+    links: Cache<String, Fresh<Option<Digest>>>,
+    /// Blob digest → size of its content, or `None` when absent.
+    sizes: Cache<Digest, Fresh<Option<u64>>>,
+    manifests: Cache<Digest, Arc<CachedManifest>, ByteWeight>,
+    small_blobs: Cache<Digest, Bytes, ByteWeight>,
+    epoch: AtomicU64,
+    fill_lock: Mutex<()>,
+}
+
+/// Taken before a storage read whose result may be cached.
+#[derive(Clone, Copy)]
+pub struct ReadTicket(u64);
+
+impl Caches {
+    pub fn new(config: &CacheConfig) -> Caches {
+        let content_items = (config.content_bytes / 4096).max(16) as usize;
+        Caches {
+            ttl: config.ttl,
+            links: Cache::new(STATE_ENTRIES),
+            sizes: Cache::new(STATE_ENTRIES),
+            manifests: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
+            small_blobs: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
+            epoch: AtomicU64::new(0),
+            fill_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn ticket(&self) -> ReadTicket {
+        ReadTicket(self.epoch.load(Ordering::Acquire))
+    }
+
+    pub fn link(&self, key: &str) -> Option<Option<Digest>> {
+        self.fresh(self.links.get(key))
+    }
+
+    pub fn fill_link(&self, ticket: ReadTicket, key: &str, value: Option<Digest>) {
+        self.fill(ticket, || {
+            self.links.insert(key.to_owned(), self.stamp(value))
+        });
+    }
+
+    /// Records a link this process has just written (`Some`) or removed (`None`).
+    pub fn wrote_link(&self, key: &str, value: Option<Digest>) {
+        self.wrote(|| self.links.insert(key.to_owned(), self.stamp(value)));
+    }
+
+    pub fn size(&self, digest: &Digest) -> Option<Option<u64>> {
+        self.fresh(self.sizes.get(digest))
+    }
+
+    pub fn fill_size(&self, ticket: ReadTicket, digest: &Digest, value: Option<u64>) {
+        self.fill(ticket, || {
+            self.sizes.insert(digest.clone(), self.stamp(value))
+        });
+    }
+
+    /// Records blob content this process has just committed.
+    pub fn wrote_blob(&self, digest: &Digest, size: u64) {
+        self.wrote(|| self.sizes.insert(digest.clone(), self.stamp(Some(size))));
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Option<Arc<CachedManifest>> {
+        self.manifests.get(digest)
+    }
+
+    /// Content keyed by digest cannot go stale: no ticket needed.
+    pub fn keep_manifest(&self, digest: &Digest, manifest: Arc<CachedManifest>) {
+        self.manifests.insert(digest.clone(), manifest);
+    }
+
+    pub fn small_blob(&self, digest: &Digest) -> Option<Bytes> {
+        self.small_blobs.get(digest)
+    }
+
+    pub fn keep_small_blob(&self, digest: &Digest, content: Bytes) {
+        if content.len() as u64 <= SMALL_BLOB_BYTES {
+            self.small_blobs.insert(digest.clone(), content);
+        }
+    }
+
+    fn stamp<T>(&self, value: T) -> Fresh<T> {
+        Fresh {
+            value,
+            read_at: Instant::now(),
+        }
+    }
+
+    fn fresh<T>(&self, entry: Option<Fresh<T>>) -> Option<T> {
+        entry
+            .filter(|e| e.read_at.elapsed() < self.ttl)
+            .map(|e| e.value)
+    }
+
+    fn fill(&self, ticket: ReadTicket, insert: impl FnOnce()) {
+        let _guard = self.fill_lock.lock().expect("cache lock poisoned");
+        if self.epoch.load(Ordering::Acquire) == ticket.0 {
+            insert();
+        }
+    }
+
+    fn wrote(&self, insert: impl FnOnce()) {
+        let _guard = self.fill_lock.lock().expect("cache lock poisoned");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        insert();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    fn digest(s: &str) -> Digest {
+        Digest::of(Algorithm::Sha256, s.as_bytes())
+    }
+
+    #[test]
+    fn a_fill_started_before_a_write_does_not_overwrite_it() {
+        let caches = Caches::new(&CacheConfig::default());
+        let ticket = caches.ticket();
+        caches.wrote_link("k", Some(digest("new")));
+        caches.fill_link(ticket, "k", Some(digest("old")));
+        assert_eq!(caches.link("k"), Some(Some(digest("new"))));
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let caches = Caches::new(&CacheConfig {
+            ttl: Duration::from_millis(20),
+            ..CacheConfig::default()
+        });
+        caches.fill_link(caches.ticket(), "k", None);
+        assert_eq!(caches.link("k"), Some(None));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(caches.link("k"), None);
+    }
+
+    #[test]
+    fn only_small_blobs_are_kept() {
+        let caches = Caches::new(&CacheConfig::default());
+        caches.keep_small_blob(&digest("s"), Bytes::from(vec![0; 10]));
+        caches.keep_small_blob(
+            &digest("l"),
+            Bytes::from(vec![0; SMALL_BLOB_BYTES as usize + 1]),
+        );
+        assert!(caches.small_blob(&digest("s")).is_some());
+        assert!(caches.small_blob(&digest("l")).is_none());
+    }
+}
