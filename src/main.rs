@@ -89,17 +89,21 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through a writer thread, so a request never waits on a
+/// terminal or pipe. The guard flushes what is queued when `main` returns.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn shutdown_signal() {
@@ -133,7 +137,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(&config);
+            let _log_guard = init_logging(&config);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
