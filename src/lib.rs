@@ -4,6 +4,7 @@
 //! rules in [`oci`]. This file assembles them from a [`Config`] and runs the
 //! server; tests start it the same way on an ephemeral port.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod oci;
