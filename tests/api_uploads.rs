@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    error_code, header_str, pattern, sha256_digest, sha512_digest, with_query, TestRegistry,
+    error_code, get, header_str, pattern, sha256_digest, sha512_digest, with_query, TestRegistry,
 };
 use futures::StreamExt;
 use reqwest::{header, Response, StatusCode};
@@ -1115,4 +1115,35 @@ async fn sha512_finish_after_an_interrupted_chunk_ignores_its_bytes() {
         resp.text().await
     );
     assert_blob(&registry, "team/app", &digest, b"hello").await;
+}
+
+#[tokio::test]
+async fn a_session_from_before_a_machine_restart_is_unknown() {
+    // Appended bytes are not fsynced until the final PUT, so a session
+    // recorded under another boot of the machine must not be continued.
+    let registry = TestRegistry::start().await;
+    let session = new_session(&registry, "team/app").await;
+    let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let record = uploads_dir(&registry, "team/app")
+        .join(upload_id(&session))
+        .join("berth-session.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    json["generation"] = serde_json::Value::String("an-earlier-boot".into());
+    std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let resp = patch(&registry, &session, b" world".to_vec(), Some("5-10")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+    let digest = sha256_digest(b"hello");
+    let resp = registry
+        .client
+        .put(with_query(&session, &format!("digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "nothing is committed");
+    let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }

@@ -3,9 +3,12 @@
 //!
 //! An upload session is a record, not an open file: its id, start time, the
 //! offset received so far and the running hash state. The record is saved
-//! after every chunk, once the chunk's bytes are durable, so any request (or
+//! after every chunk, once the chunk's bytes are stored, so any request (or
 //! any Berth process sharing the store) can continue the upload, and the final
 //! PUT never re-reads the content to hash it. Bytes are hashed as they arrive.
+//! Nothing is fsynced until the final PUT commits the blob: a session from
+//! before a machine crash is refused (its storage generation differs), so a
+//! session never vouches for bytes that were lost.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +33,10 @@ pub struct UploadSession {
     pub algorithm: String,
     /// The running hash over `offset` bytes (see [`Hasher::save_state`]).
     pub hash_state: String,
+    /// The storage's upload generation when the session started: content
+    /// appended under another generation may be gone (see
+    /// [`crate::storage::Storage::upload_generation`]).
+    pub generation: String,
 }
 
 /// What starting an upload produced.
@@ -102,6 +109,7 @@ impl Registry {
             offset: 0,
             algorithm: algorithm.as_str().to_owned(),
             hash_state: Hasher::new(algorithm).save_state(),
+            generation: self.storage.upload_generation().to_owned(),
         };
         self.save_session(name, &session).await?;
         Ok(session)
@@ -328,8 +336,15 @@ impl Registry {
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::BlobUploadUnknown)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::internal("corrupt upload session", e))
+        let session: UploadSession = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::internal("corrupt upload session", e))?;
+        if session.generation != self.storage.upload_generation() {
+            return Err(RegistryError::with_detail(
+                ErrorCode::BlobUploadUnknown,
+                "the upload was interrupted by a restart of the machine; start it again",
+            ));
+        }
+        Ok(session)
     }
 
     async fn save_session(&self, name: &RepositoryName, session: &UploadSession) -> Result<()> {

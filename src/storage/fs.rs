@@ -15,18 +15,24 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
 use super::{ByteSource, ContentRead, Storage, WriteMode};
 
 pub const TEMP_PREFIX: &str = ".tmp-";
 
-/// Large buffers: blob reads and writes are sequential and big.
+/// Large buffers: blob reads are sequential and big.
 const IO_BUFFER: usize = 1 << 20;
+
+/// Upload bytes are written in batches of about this size.
+const UPLOAD_BATCH: usize = 512 * 1024;
 
 pub struct FsStorage {
     root: PathBuf,
+    /// Names this boot of the machine: upload content that was not fsynced
+    /// survives a process crash (the page cache does) but not a reboot.
+    boot_id: String,
 }
 
 impl FsStorage {
@@ -35,7 +41,12 @@ impl FsStorage {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(FsStorage { root })
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            // Without a boot id, every process start is a new generation:
+            // uploads in progress are then lost on any restart, never trusted wrongly.
+            .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+        Ok(FsStorage { root, boot_id })
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -44,6 +55,28 @@ impl FsStorage {
             .any(|s| s.is_empty() || s == "." || s == ".."));
         self.root.join(key)
     }
+}
+
+/// Opens an upload's content for appending at `offset`, dropping anything a
+/// failed earlier attempt left past it (the session's offset is the truth).
+fn open_upload_at(path: &Path, offset: u64) -> io::Result<std::fs::File> {
+    use std::io::Seek;
+    std::fs::create_dir_all(path.parent().expect("keys have a parent"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let existing = file.metadata()?.len();
+    if existing < offset {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("upload content has {existing} bytes, session expects {offset}"),
+        ));
+    }
+    file.set_len(offset)?;
+    file.seek(io::SeekFrom::Start(offset))?;
+    Ok(file)
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
@@ -57,16 +90,6 @@ fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-async fn fsync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir).await?.sync_all().await
-}
-
-async fn create_parent(path: &Path) -> io::Result<&Path> {
-    let parent = path.parent().expect("keys have a parent");
-    fs::create_dir_all(parent).await?;
-    Ok(parent)
 }
 
 /// The whole temp-write, fsync, rename/link, dir-fsync sequence in one
@@ -206,55 +229,84 @@ impl Storage for FsStorage {
         offset: u64,
         data: &mut ByteSource<'_>,
     ) -> io::Result<u64> {
+        // Bytes are gathered into batches and each batch is written by one
+        // blocking call while the next batch is received: one thread hand-off
+        // per batch, not per syscall, and receiving overlaps writing. No fsync
+        // here: commit_upload makes the content durable (see upload_generation).
         let path = self.path(key);
-        create_parent(&path).await?;
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .await?;
-        let existing = file.metadata().await?.len();
-        if existing < offset {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("upload content has {existing} bytes, session expects {offset}"),
-            ));
-        }
-        // Drop what a failed earlier attempt left past the recorded offset.
-        file.set_len(offset).await?;
-        file.seek(io::SeekFrom::Start(offset)).await?;
-        let mut writer = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
+        let mut writer: Option<tokio::task::JoinHandle<io::Result<std::fs::File>>> = None;
+        let mut file = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0;
         let mut written = 0u64;
-        while let Some(chunk) = data.next().await {
-            let chunk = chunk?;
-            writer.write_all(&chunk).await?;
-            written += chunk.len() as u64;
+        loop {
+            let next = data.next().await.transpose()?;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                batch_len += chunk.len();
+                written += chunk.len() as u64;
+                batch.push(chunk);
+                if batch_len < UPLOAD_BATCH {
+                    continue;
+                }
+            }
+            if let Some(previous) = writer.take() {
+                file = Some(previous.await.map_err(io::Error::other)??);
+            }
+            let chunks = std::mem::take(&mut batch);
+            batch_len = 0;
+            let path = path.clone();
+            let open = file.take();
+            writer = Some(tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = match open {
+                    Some(file) => file,
+                    None => open_upload_at(&path, offset)?,
+                };
+                for chunk in chunks {
+                    file.write_all(&chunk)?;
+                }
+                Ok(file)
+            }));
+            if done {
+                break;
+            }
         }
-        writer.flush().await?;
-        writer.into_inner().sync_data().await?;
+        if let Some(last) = writer {
+            last.await.map_err(io::Error::other)??;
+        }
         Ok(written)
     }
 
     async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()> {
         let source = self.path(key);
-        let actual = fs::metadata(&source).await?.len();
-        if actual < size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("upload content has {actual} bytes, expected {size}"),
-            ));
-        }
-        if actual > size {
-            // Left over from a failed final chunk; the session's offset is the truth.
-            let file = fs::OpenOptions::new().write(true).open(&source).await?;
-            file.set_len(size).await?;
-            file.sync_all().await?;
-        }
         let dest = self.path(dest);
-        let parent = create_parent(&dest).await?;
-        fs::rename(&source, &dest).await?;
-        fsync_dir(parent).await
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&source)?;
+            let actual = file.metadata()?.len();
+            if actual < size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("upload content has {actual} bytes, expected {size}"),
+                ));
+            }
+            if actual > size {
+                // Left over from a failed final chunk; the session's offset is the truth.
+                file.set_len(size)?;
+            }
+            file.sync_all()?;
+            drop(file);
+            let parent = dest.parent().expect("keys have a parent");
+            std::fs::create_dir_all(parent)?;
+            std::fs::rename(&source, &dest)?;
+            std::fs::File::open(parent)?.sync_all()
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    fn upload_generation(&self) -> &str {
+        &self.boot_id
     }
 
     async fn check_writable(&self) -> io::Result<()> {

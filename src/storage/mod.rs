@@ -70,8 +70,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Appends `data` to an upload's content at `offset`. Anything stored past
     /// `offset` by an earlier, failed attempt is discarded first, so the
-    /// session record (which holds the offset) is the truth. The content is
-    /// durable when this returns. Returns the number of bytes appended.
+    /// session record (which holds the offset) is the truth. Appended bytes
+    /// survive a crash of this process, but a machine crash only while
+    /// [`Storage::upload_generation`] stays the same. Returns the number of
+    /// bytes appended.
     async fn append_upload(
         &self,
         key: &str,
@@ -80,9 +82,16 @@ pub trait Storage: Send + Sync + 'static {
     ) -> io::Result<u64>;
 
     /// Makes an upload's content (exactly `size` bytes) the object at `dest`
-    /// in one atomic step, and removes the upload's content. If `dest`
-    /// already exists the result is the same content (it is keyed by digest).
+    /// in one atomic step, durably, and removes the upload's content. If
+    /// `dest` already exists the result is the same content (it is keyed by
+    /// digest).
     async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()>;
+
+    /// Names the period during which appended upload content stays readable
+    /// (for a filesystem: this boot of the machine, since appends are not
+    /// fsynced). An upload session recorded under another generation may have
+    /// lost bytes it counts and must not be continued.
+    fn upload_generation(&self) -> &str;
 
     /// Checks that the store can be written (readiness).
     async fn check_writable(&self) -> io::Result<()>;
