@@ -145,6 +145,32 @@ async fn tags_are_listed_in_lexical_order() {
     );
 }
 
+async fn listed_tags(registry: &TestRegistry, name: &str) -> Vec<String> {
+    let body: Value = get(registry, &format!("/v2/{name}/tags/list"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    strings(&body["tags"])
+}
+
+#[tokio::test]
+async fn tags_list_reflects_tags_added_and_deleted_after_a_listing() {
+    let registry = TestRegistry::start().await;
+    push_tags(&registry, "team/app", &["a", "b"]).await;
+    assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b"]);
+    push_tags(&registry, "team/app", &["c"]).await;
+    assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b", "c"]);
+    let resp = registry
+        .client
+        .delete(registry.url("/v2/team/app/manifests/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(listed_tags(&registry, "team/app").await, ["b", "c"]);
+}
+
 #[tokio::test]
 async fn tags_page_has_a_link_to_the_next_page() {
     let registry = TestRegistry::start().await;

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, RepositoryName};
 
 /// Blobs up to this size are kept in memory once read.
 pub const SMALL_BLOB_BYTES: u64 = 64 * 1024;
@@ -74,12 +74,17 @@ impl Weighter<Digest, Bytes> for ByteWeight {
 /// Entries for mutable state are small; this many fit in a few MiB.
 const STATE_ENTRIES: usize = 64 * 1024;
 
+/// Repositories whose sorted tag lists are kept.
+const TAG_LISTS: usize = 1024;
+
 pub struct Caches {
     ttl: Duration,
     /// Storage key of a link → the digest it names, or `None` when absent.
     links: Cache<String, Fresh<Option<Digest>>>,
     /// Blob digest → size of its content, or `None` when absent.
     sizes: Cache<Digest, Fresh<Option<u64>>>,
+    /// Repository → its tags, sorted.
+    tag_lists: Cache<RepositoryName, Fresh<Arc<Vec<String>>>>,
     manifests: Cache<Digest, Arc<CachedManifest>, ByteWeight>,
     small_blobs: Cache<Digest, Bytes, ByteWeight>,
     epoch: AtomicU64,
@@ -97,6 +102,7 @@ impl Caches {
             ttl: config.ttl,
             links: Cache::new(STATE_ENTRIES),
             sizes: Cache::new(STATE_ENTRIES),
+            tag_lists: Cache::new(TAG_LISTS),
             manifests: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
             small_blobs: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
             epoch: AtomicU64::new(0),
@@ -121,6 +127,23 @@ impl Caches {
     /// Records a link this process has just written (`Some`) or removed (`None`).
     pub fn wrote_link(&self, key: &str, value: Option<Digest>) {
         self.wrote(|| self.links.insert(key.to_owned(), self.stamp(value)));
+    }
+
+    pub fn tag_list(&self, name: &RepositoryName) -> Option<Arc<Vec<String>>> {
+        self.fresh(self.tag_lists.get(name))
+    }
+
+    pub fn fill_tag_list(&self, ticket: ReadTicket, name: &RepositoryName, tags: Arc<Vec<String>>) {
+        self.fill(ticket, || {
+            self.tag_lists.insert(name.clone(), self.stamp(tags))
+        });
+    }
+
+    /// A tag of `name` was created, moved or deleted by this process.
+    pub fn wrote_tags(&self, name: &RepositoryName) {
+        self.wrote(|| {
+            self.tag_lists.remove(name);
+        });
     }
 
     pub fn size(&self, digest: &Digest) -> Option<Option<u64>> {

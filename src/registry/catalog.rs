@@ -32,6 +32,6 @@ impl Registry {
             }
         }
         names.sort_unstable();
-        Ok(paginate(names, n, last))
+        Ok(paginate(&names, n, last))
     }
 }

@@ -85,8 +85,10 @@ impl Registry {
                 self.ensure_link(&key, &digest).await?;
             }
             for tag in &tags {
-                self.ensure_link(&layout::tag_current_link(name, tag), &digest)
-                    .await?;
+                let current = layout::tag_current_link(name, tag);
+                if self.ensure_link(&current, &digest).await? {
+                    self.caches.wrote_tags(name);
+                }
             }
             Ok::<_, RegistryError>(())
         };
@@ -121,11 +123,13 @@ impl Registry {
 
     /// Writes a link unless storage already says exactly that: re-pushing a
     /// manifest or a tag that has not moved costs reads, not durable writes.
-    async fn ensure_link(&self, key: &str, digest: &Digest) -> Result<()> {
+    /// Returns whether it wrote.
+    async fn ensure_link(&self, key: &str, digest: &Digest) -> Result<bool> {
         if self.read_link_uncached(key).await?.as_ref() == Some(digest) {
-            return Ok(());
+            return Ok(false);
         }
-        self.write_link(key, digest).await
+        self.write_link(key, digest).await?;
+        Ok(true)
     }
 
     /// Adds `digest` to the tag's history (`_manifests/tags/<tag>/index/`).
@@ -279,6 +283,7 @@ impl Registry {
             .map_err(storage_error)?;
         self.caches
             .wrote_link(&layout::tag_current_link(name, tag), None);
+        self.caches.wrote_tags(name);
         Ok(())
     }
 }

@@ -147,18 +147,13 @@ pub struct Page {
     pub more: bool,
 }
 
-pub fn paginate(mut sorted: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
-    if let Some(last) = last {
-        let start = sorted.partition_point(|e| e.as_str() <= last);
-        sorted.drain(..start);
-    }
-    let more = n.is_some_and(|n| sorted.len() > n);
-    if let Some(n) = n {
-        sorted.truncate(n);
-    }
+pub fn paginate(sorted: &[String], n: Option<usize>, last: Option<&str>) -> Page {
+    let start = last.map_or(0, |last| sorted.partition_point(|e| e.as_str() <= last));
+    let rest = &sorted[start..];
+    let take = n.map_or(rest.len(), |n| n.min(rest.len()));
     Page {
-        entries: sorted,
-        more,
+        entries: rest[..take].to_vec(),
+        more: take < rest.len(),
     }
 }
 
@@ -169,15 +164,15 @@ mod tests {
     #[test]
     fn pagination_starts_after_last_and_reports_more() {
         let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let page = paginate(all.clone(), Some(2), None);
+        let page = paginate(&all, Some(2), None);
         assert_eq!(page.entries, ["a", "b"]);
         assert!(page.more);
-        let page = paginate(all.clone(), Some(2), Some("b"));
+        let page = paginate(&all, Some(2), Some("b"));
         assert_eq!(page.entries, ["c", "d"]);
         assert!(!page.more);
-        let page = paginate(all.clone(), None, Some("bb"));
+        let page = paginate(&all, None, Some("bb"));
         assert_eq!(page.entries, ["c", "d"]);
-        let page = paginate(all, Some(0), None);
+        let page = paginate(&all, Some(0), None);
         assert!(page.entries.is_empty());
         assert!(page.more);
     }

@@ -209,18 +209,23 @@ impl Storage for FsStorage {
     }
 
     async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let Some(mut entries) = not_found_is_none(fs::read_dir(self.path(prefix)).await)? else {
-            return Ok(Vec::new());
-        };
-        let mut names = Vec::new();
-        while let Some(entry) = entries.next_entry().await? {
-            if let Ok(name) = entry.file_name().into_string() {
-                if !name.starts_with(TEMP_PREFIX) {
-                    names.push(name);
+        let dir = self.path(prefix);
+        tokio::task::spawn_blocking(move || {
+            let Some(entries) = not_found_is_none(std::fs::read_dir(dir))? else {
+                return Ok(Vec::new());
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                if let Ok(name) = entry?.file_name().into_string() {
+                    if !name.starts_with(TEMP_PREFIX) {
+                        names.push(name);
+                    }
                 }
             }
-        }
-        Ok(names)
+            Ok(names)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn append_upload(
