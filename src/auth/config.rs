@@ -5,6 +5,7 @@
 //! htpasswd = "config/htpasswd"      # users (bcrypt); absent: robots only
 //! realm = "https://registry.example.com/auth/token"  # default: from the request
 //! service = "berth"                 # the tokens' audience
+//! challenge = "bearer"              # or "basic": what a 401 asks clients for
 //! issuer = "berth"                  # the tokens' `iss`; default: service
 //! token_ttl_secs = 300
 //! signing_key = "keys/token.pem"    # EC P-256 (ES256) or RSA (RS256); absent: ephemeral
@@ -64,6 +65,9 @@ pub struct AuthConfig {
     pub realm: Option<String>,
     /// The name tokens are issued for (`aud`) and challenges carry.
     pub service: String,
+    /// The scheme a 401 asks for: bearer tokens (the Docker token flow) or
+    /// basic credentials on every request.
+    pub challenge: Challenge,
     /// Our tokens' `iss`; defaults to `service`.
     pub issuer: Option<String>,
     /// Lifetime of issued tokens, in seconds.
@@ -91,6 +95,7 @@ impl Default for AuthConfig {
             htpasswd: None,
             realm: None,
             service: "berth".to_owned(),
+            challenge: Challenge::Bearer,
             issuer: None,
             token_ttl_secs: 300,
             signing_key: None,
@@ -160,6 +165,20 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+/// What the `WWW-Authenticate` header of a 401 asks for. Both kinds of
+/// credentials are accepted either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Challenge {
+    /// `Bearer realm=…,service=…,scope=…`: clients fetch a token from the
+    /// realm (the Docker registry token flow; every mainstream client).
+    #[default]
+    Bearer,
+    /// `Basic realm=…`: clients send their user name and password with
+    /// every request (simple clients such as curl or old tools).
+    Basic,
 }
 
 /// One `[[auth.rules]]` entry: the actions it grants, per kind of client, on
@@ -233,6 +252,7 @@ mod tests {
         htpasswd = "config/htpasswd"
         realm = "https://registry.example.com/auth/token"
         service = "berth"
+        challenge = "basic"
         token_ttl_secs = 600
         signing_key = "keys/token.pem"
         admins = ["alice"]
@@ -263,6 +283,7 @@ mod tests {
         let config: AuthConfig = toml::from_str(EXAMPLE).unwrap();
         config.validate().unwrap();
         assert_eq!(config.token_ttl_secs, 600);
+        assert_eq!(config.challenge, Challenge::Basic);
         assert_eq!(config.issuer(), "berth");
         assert_eq!(config.groups["team-a"], ["bob", "carol"]);
         assert_eq!(config.rules.len(), 2);
@@ -305,6 +326,7 @@ mod tests {
         let config: AuthConfig = toml::from_str("").unwrap();
         config.validate().unwrap();
         assert_eq!(config.service, "berth");
+        assert_eq!(config.challenge, Challenge::Bearer);
         assert_eq!(config.token_ttl_secs, 300);
         assert!(config.rules.is_empty());
         assert_eq!(
@@ -317,6 +339,7 @@ mod tests {
     fn bad_values_are_refused() {
         for bad in [
             "unknown_key = 1",
+            "challenge = \"digest\"",
             "[[rules]]\nrepositories = [\"a/*\"]\nanonymous = [\"pul\"]",
             "[[rules]]\nrepositories = [\"Bad/*\"]",
             "[[rules]]\nrepositories = [\"a//b\"]",

@@ -50,6 +50,12 @@ pub fn bearer_challenge(
     challenge
 }
 
+/// The `WWW-Authenticate` value of a 401 asking for Basic credentials
+/// (RFC 7617): `Basic realm="…"`.
+pub fn basic_challenge(realm: &str) -> String {
+    format!("Basic realm={}", quote(realm))
+}
+
 /// An RFC 7230 quoted-string.
 fn quote(value: &str) -> String {
     let mut quoted = String::with_capacity(value.len() + 2);
@@ -152,6 +158,7 @@ mod tests {
             bearer_challenge("r", "s", &two, Some("insufficient_scope")),
             r#"Bearer realm="r",service="s",scope="repository:a:pull registry:catalog:*",error="insufficient_scope""#
         );
+        assert_eq!(basic_challenge("berth"), r#"Basic realm="berth""#);
         assert_eq!(
             bearer_challenge("a\"b\\c\n", "s", &[], None),
             r#"Bearer realm="a\"b\\c",service="s""#

@@ -105,6 +105,10 @@ impl Htpasswd {
         }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Is `user` in the file with a usable (bcrypt) entry?
     pub fn contains(&self, user: &str) -> bool {
         self.refresh();

@@ -45,7 +45,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use config::{AuthConfig, CatalogConfig, ExternalIssuerConfig, LoginLimitConfig, RuleConfig};
+pub use config::{
+    AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, LoginLimitConfig, RuleConfig,
+};
 pub use htpasswd::Htpasswd;
 pub use limiter::FailureLimiter;
 pub use policy::{Grant, Identity, Policy, RepositoryPattern};
@@ -86,6 +88,10 @@ impl From<&str> for Secret {
         Secret(value.to_owned())
     }
 }
+
+/// One version of the htpasswd file (see [`Auth::users_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsersVersion(files::FileStamp);
 
 /// Errors of loading, configuring and changing auth state. Meant for the
 /// operator (start-up, CLI): they may name files, so the http layer logs them
@@ -256,6 +262,18 @@ impl Auth {
         self.verifier.verify(token)
     }
 
+    /// The htpasswd file's current version (`None` without one, or when it
+    /// cannot be read): it changes with every edit of the file, so a cache
+    /// of successful logins that remembers it sees any change of users or
+    /// passwords. One `stat`, no parsing.
+    pub fn users_version(&self) -> Option<UsersVersion> {
+        let htpasswd = self.htpasswd.as_ref()?;
+        files::stamp(htpasswd.path())
+            .ok()
+            .flatten()
+            .map(UsersVersion)
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
@@ -290,7 +308,7 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// RFC 3339 in UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     let secs = unix_secs(t);
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
