@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -30,6 +32,9 @@ pub struct Config {
     /// How long a cached tag or link is trusted before storage is read again,
     /// in milliseconds (bounds staleness after changes by another process).
     pub cache_ttl_ms: u64,
+    /// Access control (the `[auth]` table); absent: everyone may do
+    /// everything.
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for Config {
@@ -42,6 +47,7 @@ impl Default for Config {
             max_manifest_bytes: 4 * 1024 * 1024,
             cache_bytes: 16 * 1024 * 1024,
             cache_ttl_ms: 2000,
+            auth: None,
         }
     }
 }
@@ -70,5 +76,28 @@ mod tests {
         let config = Config::from_file(&example).unwrap();
         assert_eq!(config.listen, Config::default().listen);
         assert!(toml::from_str::<Config>("listn = \"x\"").is_err());
+        assert!(config.auth.is_none(), "auth is off by default");
+    }
+
+    /// The `[auth]` example is commented out in config/berth.toml (auth is
+    /// off by default); uncommented, it must parse and validate.
+    #[test]
+    fn the_commented_auth_example_parses() {
+        let example = include_str!("../config/berth.toml");
+        let auth_example: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [auth]"))
+            .filter_map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")))
+            .filter(|l| !l.starts_with(' ') && !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: Config =
+            toml::from_str(&auth_example).unwrap_or_else(|e| panic!("{e}\n{auth_example}"));
+        let auth = config.auth.expect("the [auth] table");
+        auth.validate().unwrap();
+        assert_eq!(auth.htpasswd, Some(PathBuf::from("/etc/berth/htpasswd")));
+        assert_eq!(auth.rules.len(), 2);
+        assert_eq!(auth.challenge, crate::auth::Challenge::Bearer);
+        assert!(auth.external.is_some());
     }
 }

@@ -16,9 +16,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Router;
 use tokio::net::TcpListener;
 
 pub use config::Config;
+use http::auth::AccessControl;
 use registry::cache::CacheConfig;
 use registry::{Limits, Registry};
 use storage::fs::FsStorage;
@@ -36,14 +38,37 @@ pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
     Ok(Arc::new(Registry::new(Arc::new(storage), limits, &cache)))
 }
 
-/// Serves until `shutdown` completes, then lets in-flight requests finish.
+/// Access control from the `[auth]` table; `None` when there is none (auth
+/// off). Fails when a file it names is missing or invalid.
+pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessControl>>> {
+    let Some(auth_config) = &config.auth else {
+        return Ok(None);
+    };
+    let auth = auth::Auth::from_config(auth_config, &config.data_dir)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Some(Arc::new(AccessControl::new(
+        auth,
+        auth_config.challenge,
+    ))))
+}
+
+/// The whole application the configuration describes: the registry behind
+/// the HTTP API, with access control when configured.
+pub fn build_app(config: &Config) -> io::Result<Router> {
+    let registry = build_registry(config)?;
+    let access = build_access_control(config)?;
+    Ok(http::router(registry, access))
+}
+
+/// Serves `app` until `shutdown` completes, then lets in-flight requests
+/// finish. Handlers see each connection's peer address (`ConnectInfo`): the
+/// login limiter counts failures per client address.
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     use axum::serve::ListenerExt;
-    let app = http::router(registry);
     // Without TCP_NODELAY a small response written in two segments waits for
     // the peer's delayed ACK (~40 ms): small blob and manifest GETs stall.
     let listener = listener.tap_io(|stream| {
@@ -51,9 +76,12 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// A server running in this process, for tests and embedding. Dropping it
@@ -67,11 +95,11 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(config: &Config) -> io::Result<RunningServer> {
-        let registry = build_registry(config)?;
+        let app = build_app(config)?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(listener, registry, async {
+        let task = tokio::spawn(serve(listener, app, async {
             let _ = stopped.await;
         }));
         Ok(RunningServer {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use berth::auth::AuthConfig;
 use berth::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -56,6 +57,11 @@ struct ServeArgs {
     /// How long cached tags and links are trusted, in ms [default: 2000].
     #[arg(long, env = "BERTH_CACHE_TTL_MS")]
     cache_ttl_ms: Option<u64>,
+    /// Turn on authentication with the users in this htpasswd file (bcrypt):
+    /// users may pull and push, anonymous clients nothing. With an [auth]
+    /// table in the config file, replaces its `htpasswd`.
+    #[arg(long, env = "BERTH_HTPASSWD")]
+    htpasswd: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -84,6 +90,9 @@ impl ServeArgs {
         }
         if let Some(ttl) = self.cache_ttl_ms {
             config.cache_ttl_ms = ttl;
+        }
+        if let Some(htpasswd) = &self.htpasswd {
+            config.auth.get_or_insert_with(AuthConfig::default).htpasswd = Some(htpasswd.clone());
         }
         Ok(config)
     }
@@ -151,13 +160,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
-    let registry = berth::build_registry(&config)?;
+    let app = berth::build_app(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
+        auth = if config.auth.is_some() { "on" } else { "off" },
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
-    berth::serve(listener, registry, shutdown_signal()).await
+    berth::serve(listener, app, shutdown_signal()).await
 }

@@ -1,16 +1,21 @@
 //! The HTTP API (distribution-spec `/v2/`), axum only. Handlers parse and
 //! validate what the request says, call the [`Registry`], and render the
 //! spec's headers and bodies; they hold no registry rules of their own.
+//! With access control on, [`auth`] authorises every `/v2/` request before
+//! its handler runs, and [`token`] serves the token endpoint.
 
+pub mod auth;
 mod blobs;
 mod catalog;
 mod error;
+mod login_cache;
 mod manifests;
 mod range;
 mod referrers;
 mod request_log;
 mod routes;
 mod tags;
+mod token;
 mod uploads;
 
 use std::io;
@@ -31,20 +36,28 @@ pub use error::{status_of, ApiError, ApiResult};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
 use crate::storage::ByteStream;
+use auth::{AccessControl, Caller};
 use routes::Route;
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
-pub type AppState = Arc<Registry>;
+/// What every handler shares: the registry, and access control when it is
+/// on (`None`: everyone may do everything).
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub access: Option<Arc<AccessControl>>,
+}
 
 /// The whole HTTP application for a registry.
-pub fn router(registry: Arc<Registry>) -> Router {
+pub fn router(registry: Arc<Registry>, access: Option<Arc<AccessControl>>) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
+        .route(token::TOKEN_PATH, get(token::get).post(token::post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(not_found)
@@ -53,16 +66,23 @@ pub fn router(registry: Arc<Registry>) -> Router {
             HeaderValue::from_static("registry/2.0"),
         ))
         .layer(axum::middleware::from_fn(request_log::log_request))
-        .with_state(registry)
+        .with_state(AppState { registry, access })
 }
 
-/// `GET /v2/`: the API is here (end-1).
-async fn base() -> Response {
+/// `GET /v2/`: the API is here (end-1). With access control on, it answers
+/// 401 to a client without credentials, which starts its login.
+async fn base(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(access) = &state.access {
+        let (parts, _) = request.into_parts();
+        if let Err(refusal) = access.check_login(&parts).await {
+            return refusal;
+        }
+    }
     (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
 }
 
-async fn ready(State(registry): State<AppState>) -> Response {
-    match registry.check_ready().await {
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.registry.check_ready().await {
         Ok(()) => "ready".into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage not writable").into_response(),
     }
@@ -72,17 +92,26 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
-async fn dispatch(State(registry): State<AppState>, request: Request) -> Response {
+async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let rest = path.strip_prefix("/v2/").unwrap_or_default();
     let Some(route) = routes::parse(rest) else {
         return not_found().await;
     };
     let (parts, body) = request.into_parts();
-    let r = &registry;
+    let caller = match &state.access {
+        None => Caller::Everyone,
+        Some(access) => match access.authorize(&route, &parts).await {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal,
+        },
+    };
+    let r = &state.registry;
     let result = match (route, &parts.method) {
-        (Route::Catalog, &Method::GET) => catalog::list(r, &parts).await,
-        (Route::UploadStart { name }, &Method::POST) => uploads::start(r, name, &parts, body).await,
+        (Route::Catalog, &Method::GET) => catalog::list(r, &caller, &parts).await,
+        (Route::UploadStart { name }, &Method::POST) => {
+            uploads::start(r, &caller, name, &parts, body).await
+        }
         (Route::Upload { name, id }, &Method::GET) => uploads::status(r, name, id).await,
         (Route::Upload { name, id }, &Method::PATCH) => {
             uploads::patch(r, name, id, &parts, body).await

@@ -7,29 +7,43 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Caller;
 use super::{
     body_stream, digest_param, has_body, header_str, location, query_pairs, query_value,
     repository_name, ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
 };
+use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::{Registry, UploadSession, UploadStart};
 
-pub async fn start(registry: &Registry, name: &str, parts: &Parts, body: Body) -> ApiResult {
+pub async fn start(
+    registry: &Registry,
+    caller: &Caller,
+    name: &str,
+    parts: &Parts,
+    body: Body,
+) -> ApiResult {
     let name = repository_name(name)?;
     let pairs = query_pairs(parts);
     if let Some(mount) = query_value(&pairs, "mount") {
         let digest = digest_param(mount)?;
-        // An unusable `from` is not an error: nothing is mounted and the client
-        // just uploads (it must never fall through to "mount from anywhere").
-        let start = match query_value(&pairs, "from").map(RepositoryName::parse) {
-            Some(None) => {
-                UploadStart::Session(registry.start_upload(&name, digest.algorithm()).await?)
-            }
-            from => {
-                registry
-                    .start_upload_with_mount(&name, &digest, from.flatten().as_ref())
-                    .await?
-            }
+        // A mount the caller may not make is not an error: nothing is mounted
+        // and the client just uploads, so the answer never tells whether the
+        // source holds the blob. That covers an unusable `from` (it must never
+        // fall through to "mount from anywhere"), a `from` the caller may not
+        // pull, and no `from` for anyone but admins.
+        let from = query_value(&pairs, "from").map(RepositoryName::parse);
+        let may_mount = match &from {
+            Some(Some(source)) => caller.may(source, Action::Pull),
+            Some(None) => false,
+            None => caller.may_mount_from_anywhere(),
+        };
+        let start = if may_mount {
+            registry
+                .start_upload_with_mount(&name, &digest, from.flatten().as_ref())
+                .await?
+        } else {
+            UploadStart::Session(registry.start_upload(&name, digest.algorithm()).await?)
         };
         return match start {
             UploadStart::Mounted => Ok(blob_created(&name, &digest)),

@@ -203,3 +203,61 @@ pub async fn get(registry: &TestRegistry, path: &str) -> Response {
         .await
         .unwrap()
 }
+
+/// bcrypt cost for test users: the lowest bcrypt allows, so logins are fast.
+pub const TEST_BCRYPT_COST: u32 = 4;
+
+impl TestRegistry {
+    /// A server with access control on. `users` (name, password) are written
+    /// to `<data-dir>/htpasswd`; `auth_table` is the body of the `[auth]`
+    /// table (TOML), whose `htpasswd` key is set here.
+    pub async fn start_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
+        Self::start_with(|config| {
+            let htpasswd = config.data_dir.join("htpasswd");
+            for (user, password) in users {
+                berth::auth::Htpasswd::add_or_update_user(
+                    &htpasswd,
+                    user,
+                    password,
+                    TEST_BCRYPT_COST,
+                )
+                .expect("htpasswd user");
+            }
+            let mut auth: berth::auth::AuthConfig =
+                toml::from_str(auth_table).expect("a valid [auth] table");
+            auth.htpasswd = Some(htpasswd);
+            config.auth = Some(auth);
+        })
+        .await
+    }
+
+    /// The htpasswd file of [`TestRegistry::start_with_auth`].
+    pub fn htpasswd_path(&self) -> PathBuf {
+        self.data.path().join("htpasswd")
+    }
+
+    /// Where the robot store is by default: `<data-dir>/berth/robots.json`.
+    pub fn robots_path(&self) -> PathBuf {
+        self.data.path().join("berth/robots.json")
+    }
+}
+
+/// An `Authorization: Basic` value.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// A client that sends `authorization` with every request.
+pub fn client_with_authorization(authorization: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        authorization.parse().expect("a header value"),
+    );
+    Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}

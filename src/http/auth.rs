@@ -1,0 +1,572 @@
+//! Access control for `/v2/`: who the caller is (from `Authorization`), what
+//! the request needs, and the 401/403/429 answers when it may not. The rules
+//! themselves live in [`crate::auth`]; this module only speaks HTTP for them.
+//!
+//! **What each request needs.** Reading (`GET`/`HEAD` of manifests, blobs,
+//! tags, referrers) needs `pull` on the repository; writing (every upload
+//! request, cancelling included, and manifest `PUT`) needs `push`; deleting a
+//! manifest or blob needs `delete`. The catalog needs the catalog right and
+//! then shows only the repositories the caller may pull. `GET /v2/` needs
+//! valid credentials of any kind. The check runs before the registry is
+//! asked anything, so a refusal never depends on whether the repository
+//! exists: an anonymous client gets the same 401 for a private repository
+//! and for one that was never pushed.
+//!
+//! **Credentials.**
+//! - None: the anonymous identity; the policy's `anonymous` grants apply.
+//! - `Bearer <jwt>`: verified by [`Auth::verify_token`]; the token's grants
+//!   decide, the policy is not consulted again (a robot revoked after the
+//!   token was issued keeps its access until the token expires, at most
+//!   `token_ttl_secs`).
+//! - `Basic`: a user or robot login through [`Auth::login`] (brute-force
+//!   limited; bcrypt runs on the blocking pool), remembered briefly by
+//!   [`LoginCache`]; the policy decides.
+//!
+//! **Refusals** (distribution-spec error codes, Docker token spec
+//! challenges):
+//! - no credentials, or invalid ones: 401 `UNAUTHORIZED` with
+//!   `WWW-Authenticate` naming the realm, the service and the scope the
+//!   request needs (`error="invalid_token"` for a bad token);
+//! - a valid token without the needed grant: 401 with
+//!   `error="insufficient_scope"`, so the client fetches a token for that
+//!   scope (what Distribution does; a 403 would stop docker from trying);
+//! - a Basic login without the right: 403 `DENIED`;
+//! - a client blocked after failed logins: 429 `TOOMANYREQUESTS` with
+//!   `Retry-After`.
+//!
+//! Credentials are never logged: only the user name of a failed login is
+//! (by [`Auth::login`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+
+use super::login_cache::LoginCache;
+use super::routes::Route;
+use super::{header_str, repository_name, ApiError};
+use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
+use crate::auth::{
+    Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Scope, Secret, VerifiedToken,
+};
+use crate::oci::{ErrorCode, RegistryError, RepositoryName};
+
+/// Where the built-in token endpoint is served.
+pub const TOKEN_PATH: &str = "/auth/token";
+
+/// The auth state shared by every request.
+pub struct AccessControl {
+    auth: Auth,
+    challenge: Challenge,
+    logins: LoginCache,
+}
+
+/// What a `/v2/` request needs of its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    Catalog,
+    Repository {
+        name: RepositoryName,
+        action: Action,
+    },
+}
+
+impl Need {
+    /// What `method` on `route` needs; `None` for the combinations the API
+    /// does not support (answered 405 without looking at the caller). An
+    /// invalid repository name is refused here, before anything else.
+    pub fn of(route: &Route<'_>, method: &Method) -> Result<Option<Need>, ApiError> {
+        let (name, action) = match (route, method) {
+            (Route::Catalog, &Method::GET) => return Ok(Some(Need::Catalog)),
+            (Route::UploadStart { name }, &Method::POST) => (name, Action::Push),
+            (
+                Route::Upload { name, .. },
+                &Method::GET | &Method::PATCH | &Method::PUT | &Method::DELETE,
+            ) => (name, Action::Push),
+            (Route::Blob { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull),
+            (Route::Blob { name, .. }, &Method::DELETE) => (name, Action::Delete),
+            (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull),
+            (Route::Manifest { name, .. }, &Method::PUT) => (name, Action::Push),
+            (Route::Manifest { name, .. }, &Method::DELETE) => (name, Action::Delete),
+            (Route::Tags { name } | Route::Referrers { name, .. }, &Method::GET) => {
+                (name, Action::Pull)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Need::Repository {
+            name: repository_name(name)?,
+            action,
+        }))
+    }
+
+    /// The scope a client should ask a token for. A push also asks for pull,
+    /// as docker does: pushing starts by checking which blobs exist.
+    fn scope(&self) -> Scope {
+        match self {
+            Need::Catalog => Scope::Catalog,
+            Need::Repository { name, action } => {
+                let actions = match action {
+                    Action::Push => Actions::from_iter([Action::Pull, Action::Push]),
+                    other => Actions::from(*other),
+                };
+                Scope::repository(name.clone(), actions)
+            }
+        }
+    }
+}
+
+/// Who made a request, and so what it may do.
+#[derive(Clone)]
+pub enum Caller {
+    /// Access control is off: everyone may do everything.
+    Everyone,
+    /// No credentials ([`Identity::Anonymous`]) or a Basic login: the policy
+    /// decides.
+    Identity {
+        identity: Identity,
+        access: Arc<AccessControl>,
+    },
+    /// A bearer token: its grants decide.
+    Token {
+        token: VerifiedToken,
+        access: Arc<AccessControl>,
+    },
+}
+
+impl Caller {
+    pub fn may(&self, name: &RepositoryName, action: Action) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { identity, access } => {
+                access.auth.policy().allowed(identity, name, action)
+            }
+            Caller::Token { token, .. } => token.allows(name, action),
+        }
+    }
+
+    fn satisfies(&self, need: &Need) -> bool {
+        match need {
+            Need::Repository { name, action } => self.may(name, *action),
+            Need::Catalog => match self {
+                Caller::Everyone => true,
+                Caller::Identity { identity, access } => {
+                    access.auth.policy().catalog_allowed(identity)
+                }
+                Caller::Token { token, .. } => token.allows_catalog(),
+            },
+        }
+    }
+
+    /// May a mount without `from` link a blob from wherever it is stored?
+    /// That would let the caller test any digest against every repository,
+    /// so only admins may (and everyone when access control is off). Others,
+    /// token holders included (a token does not say "admin"), upload instead.
+    pub fn may_mount_from_anywhere(&self) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { identity, access } => access.auth.policy().is_admin(identity),
+            Caller::Token { .. } => false,
+        }
+    }
+
+    /// Which repositories the catalog shows this caller: those it may pull.
+    /// For our own tokens that is decided by the policy for the token's
+    /// subject (a token carries no per-repository grants for a catalog
+    /// request); an external issuer's token that grants the catalog sees all
+    /// of it, as that issuer decided.
+    pub fn catalog_filter(&self) -> CatalogFilter<'_> {
+        match self {
+            Caller::Everyone => CatalogFilter::Everything,
+            Caller::Identity { identity, access } => {
+                CatalogFilter::PullableBy(access.auth.policy(), identity.clone())
+            }
+            Caller::Token { token, access } => match access.identity_of(token) {
+                Some(identity) => CatalogFilter::PullableBy(access.auth.policy(), identity),
+                None => CatalogFilter::Everything,
+            },
+        }
+    }
+}
+
+/// See [`Caller::catalog_filter`].
+pub enum CatalogFilter<'a> {
+    Everything,
+    PullableBy(&'a Policy, Identity),
+}
+
+impl CatalogFilter<'_> {
+    pub fn shows(&self, name: &RepositoryName) -> bool {
+        match self {
+            CatalogFilter::Everything => true,
+            CatalogFilter::PullableBy(policy, identity) => {
+                policy.allowed(identity, name, Action::Pull)
+            }
+        }
+    }
+}
+
+/// What the `Authorization` header holds.
+enum Presented {
+    Nothing,
+    Basic {
+        user: String,
+        password: Secret,
+    },
+    Bearer(String),
+    /// Another scheme or an undecodable value.
+    Unusable,
+}
+
+fn presented(parts: &Parts) -> Presented {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Presented::Nothing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Unusable;
+    };
+    if let Some(token) = bearer_token(value) {
+        return Presented::Bearer(token.to_owned());
+    }
+    match basic_credentials(value) {
+        Some((user, password)) => Presented::Basic { user, password },
+        None => Presented::Unusable,
+    }
+}
+
+/// Why credentials were refused.
+enum Refusal {
+    /// Bad credentials or a bad token (`invalid_token` for tokens).
+    Invalid {
+        token: bool,
+    },
+    TooManyAttempts {
+        retry_after_secs: u64,
+    },
+    Internal,
+}
+
+impl AccessControl {
+    pub fn new(auth: Auth, challenge: Challenge) -> AccessControl {
+        AccessControl {
+            auth,
+            challenge,
+            logins: LoginCache::new(),
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Authorises a `/v2/` request for `route`: the caller it may proceed
+    /// as, or the response refusing it.
+    pub async fn authorize(
+        self: &Arc<Self>,
+        route: &Route<'_>,
+        parts: &Parts,
+    ) -> Result<Caller, Response> {
+        let need = Need::of(route, &parts.method).map_err(IntoResponse::into_response)?;
+        let scope = need.as_ref().map(Need::scope);
+        let caller = self
+            .identify(parts)
+            .await
+            .map_err(|refusal| self.refuse(refusal, parts, scope.as_ref()))?;
+        let Some(need) = need else {
+            return Ok(caller);
+        };
+        if caller.satisfies(&need) {
+            return Ok(caller);
+        }
+        Err(match &caller {
+            Caller::Identity {
+                identity: Identity::Anonymous,
+                ..
+            }
+            | Caller::Everyone => self.unauthorized(parts, scope.as_ref(), None),
+            Caller::Token { .. } => {
+                self.unauthorized(parts, scope.as_ref(), Some("insufficient_scope"))
+            }
+            Caller::Identity { .. } => ApiError::from(ErrorCode::Denied).into_response(),
+        })
+    }
+
+    /// `GET /v2/`: any valid credentials, or a 401 that starts the client's
+    /// login (the "API version check" of the token flow).
+    pub async fn check_login(self: &Arc<Self>, parts: &Parts) -> Result<(), Response> {
+        match self.identify(parts).await {
+            Ok(Caller::Identity {
+                identity: Identity::Anonymous,
+                ..
+            }) => Err(self.unauthorized(parts, None, None)),
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(self.refuse(refusal, parts, None)),
+        }
+    }
+
+    /// Who the credentials say the caller is.
+    async fn identify(self: &Arc<Self>, parts: &Parts) -> Result<Caller, Refusal> {
+        let access = Arc::clone(self);
+        match presented(parts) {
+            Presented::Nothing => Ok(Caller::Identity {
+                identity: Identity::Anonymous,
+                access,
+            }),
+            Presented::Bearer(token) => match self.auth.verify_token(&token) {
+                Ok(token) => Ok(Caller::Token { token, access }),
+                Err(e) => {
+                    tracing::debug!(reason = %e, "refused a bearer token");
+                    Err(Refusal::Invalid { token: true })
+                }
+            },
+            Presented::Basic { user, password } => {
+                let identity = self.login(client_ip(parts), user, password).await?;
+                Ok(Caller::Identity { identity, access })
+            }
+            Presented::Unusable => Err(Refusal::Invalid { token: false }),
+        }
+    }
+
+    /// A Basic login: from the [`LoginCache`] when it was checked recently,
+    /// else through [`Auth::login`] on the blocking pool (bcrypt). A client
+    /// the limiter blocks is refused even with cached credentials.
+    async fn login(
+        self: &Arc<Self>,
+        client: IpAddr,
+        user: String,
+        password: Secret,
+    ) -> Result<Identity, Refusal> {
+        if let Err(retry_after) = self.auth.limiter().check(client) {
+            return Err(Refusal::TooManyAttempts {
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        let robot = crate::auth::robots::is_robot_user(&user);
+        // Read before the check: a change of the file during it invalidates
+        // the entry.
+        let users_version = self.auth.users_version().filter(|_| !robot);
+        if let Some(version) = users_version {
+            if let Some(identity) = self.logins.get(&user, password.expose(), version) {
+                return Ok(identity);
+            }
+        }
+        let access = Arc::clone(self);
+        let (user, password, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = access.auth.login(client, &user, password.expose());
+            (user, password, outcome)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "login task failed");
+            Refusal::Internal
+        })?;
+        match outcome {
+            Ok(identity) => {
+                if let (Some(version), Identity::User { .. }) = (users_version, &identity) {
+                    self.logins
+                        .insert(&user, password.expose(), version, identity.clone());
+                }
+                Ok(identity)
+            }
+            Err(LoginError::InvalidCredentials) => Err(Refusal::Invalid { token: false }),
+            Err(LoginError::TooManyAttempts { retry_after }) => Err(Refusal::TooManyAttempts {
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            }),
+        }
+    }
+
+    /// The identity a token from our own issuer was issued to, as the policy
+    /// sees it now; `None` for an external issuer's token.
+    fn identity_of(&self, token: &VerifiedToken) -> Option<Identity> {
+        if token.issuer != self.auth.issuer().issuer() {
+            return None;
+        }
+        let subject = token.subject.as_str();
+        if subject.is_empty() {
+            return Some(Identity::Anonymous);
+        }
+        let Some(robot) = subject.strip_prefix(crate::auth::robots::USER_PREFIX) else {
+            return Some(self.auth.policy().user(subject));
+        };
+        // A robot's grants live in its store; gone or expired: anonymous.
+        let now = std::time::SystemTime::now();
+        let found = self.auth.robots().list().ok().and_then(|robots| {
+            robots
+                .into_iter()
+                .find(|r| r.name == robot && !r.is_expired(now))
+        });
+        Some(match found {
+            Some(r) => Identity::Robot {
+                name: r.name,
+                grants: r.grants,
+            },
+            None => Identity::Anonymous,
+        })
+    }
+
+    /// A login to the token endpoint with Basic credentials (shares the
+    /// limiter and the cache with `/v2/`).
+    pub(super) async fn token_login(
+        self: &Arc<Self>,
+        parts: &Parts,
+        user: String,
+        password: Secret,
+    ) -> Result<Identity, Response> {
+        self.login(client_ip(parts), user, password)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Invalid { .. } => self.basic_unauthorized(),
+                other => self.refuse(other, parts, None),
+            })
+    }
+
+    fn refuse(&self, refusal: Refusal, parts: &Parts, scope: Option<&Scope>) -> Response {
+        match refusal {
+            Refusal::Invalid { token } => {
+                self.unauthorized(parts, scope, token.then_some("invalid_token"))
+            }
+            Refusal::TooManyAttempts { retry_after_secs } => too_many_attempts(retry_after_secs),
+            Refusal::Internal => ApiError::from(ErrorCode::Internal).into_response(),
+        }
+    }
+
+    /// 401 `UNAUTHORIZED` with the configured challenge.
+    fn unauthorized(&self, parts: &Parts, scope: Option<&Scope>, error: Option<&str>) -> Response {
+        let challenge = match self.challenge {
+            Challenge::Bearer => {
+                let realm = match self.auth.realm() {
+                    Some(realm) => realm.to_owned(),
+                    None => derived_realm(parts),
+                };
+                let scopes: Vec<Scope> = scope.into_iter().cloned().collect();
+                bearer_challenge(&realm, self.auth.service(), &scopes, error)
+            }
+            Challenge::Basic => basic_challenge(self.auth.service()),
+        };
+        unauthorized_with(&challenge)
+    }
+
+    /// 401 for bad credentials at the token endpoint: it only takes Basic.
+    pub(super) fn basic_unauthorized(&self) -> Response {
+        unauthorized_with(&basic_challenge(self.auth.service()))
+    }
+}
+
+fn unauthorized_with(challenge: &str) -> Response {
+    let mut response = ApiError::from(ErrorCode::Unauthorized).into_response();
+    if let Ok(value) = HeaderValue::from_str(challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// 429 `TOOMANYREQUESTS` with `Retry-After` in whole seconds.
+pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
+    let mut response = ApiError::from(RegistryError::with_detail(
+        ErrorCode::TooManyRequests,
+        "too many failed logins from this address",
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// `<scheme>://<host>/auth/token` as the client addressed us: the `Host`
+/// (or HTTP/2 authority), and `https` only when a proxy in front says so.
+fn derived_realm(parts: &Parts) -> String {
+    let host = header_str(&parts.headers, header::HOST)
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let scheme = match header_str(&parts.headers, "x-forwarded-proto") {
+        Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}{TOKEN_PATH}")
+}
+
+/// The peer address the server recorded for the connection; all clients
+/// share one address only when the router is served without connect info
+/// (embedding), where the limiter then counts them together.
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need(path: &str, method: Method) -> Option<Need> {
+        let route = super::super::routes::parse(path).unwrap();
+        Need::of(&route, &method).ok().unwrap()
+    }
+
+    fn on(name: &str, action: Action) -> Option<Need> {
+        Some(Need::Repository {
+            name: RepositoryName::parse(name).unwrap(),
+            action,
+        })
+    }
+
+    #[test]
+    fn reads_need_pull_writes_push_and_deletes_delete() {
+        let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let blob = format!("a/b/blobs/{digest}");
+        let referrers = format!("a/b/referrers/{digest}");
+        for (path, method, expected) in [
+            ("a/b/manifests/v1", Method::GET, on("a/b", Action::Pull)),
+            ("a/b/manifests/v1", Method::HEAD, on("a/b", Action::Pull)),
+            ("a/b/manifests/v1", Method::PUT, on("a/b", Action::Push)),
+            (
+                "a/b/manifests/v1",
+                Method::DELETE,
+                on("a/b", Action::Delete),
+            ),
+            (&blob, Method::GET, on("a/b", Action::Pull)),
+            (&blob, Method::HEAD, on("a/b", Action::Pull)),
+            (&blob, Method::DELETE, on("a/b", Action::Delete)),
+            ("a/b/tags/list", Method::GET, on("a/b", Action::Pull)),
+            (&referrers, Method::GET, on("a/b", Action::Pull)),
+            ("a/b/blobs/uploads/", Method::POST, on("a/b", Action::Push)),
+            ("a/b/blobs/uploads/id", Method::GET, on("a/b", Action::Push)),
+            (
+                "a/b/blobs/uploads/id",
+                Method::PATCH,
+                on("a/b", Action::Push),
+            ),
+            ("a/b/blobs/uploads/id", Method::PUT, on("a/b", Action::Push)),
+            (
+                "a/b/blobs/uploads/id",
+                Method::DELETE,
+                on("a/b", Action::Push),
+            ),
+            ("_catalog", Method::GET, Some(Need::Catalog)),
+            ("a/b/manifests/v1", Method::PATCH, None),
+        ] {
+            assert_eq!(need(path, method.clone()), expected, "{method} {path}");
+        }
+        let route = super::super::routes::parse("A/manifests/v1").unwrap();
+        assert!(
+            Need::of(&route, &Method::GET).is_err(),
+            "invalid names first"
+        );
+    }
+
+    #[test]
+    fn a_push_challenge_asks_for_pull_and_push() {
+        let scope = |action| on("a", action).unwrap().scope().to_string();
+        assert_eq!(scope(Action::Push), "repository:a:pull,push");
+        assert_eq!(scope(Action::Pull), "repository:a:pull");
+        assert_eq!(scope(Action::Delete), "repository:a:delete");
+        assert_eq!(Need::Catalog.scope().to_string(), "registry:catalog:*");
+    }
+}

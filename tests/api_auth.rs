@@ -1,0 +1,923 @@
+//! Access control over real HTTP: challenges, the token endpoint, bearer and
+//! basic credentials, the policy per repository, mounts, the catalog, robot
+//! accounts, brute-force protection, and what reaches the log. Users: alice
+//! (admin), bob (group team-a: pull+push on team-a/*), carol (any user:
+//! pull+push on public/*), dave (pull on team-a/*); anonymous clients may
+//! pull public/*.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use berth::auth::{Grant, RobotStore, TokenIssuer};
+use common::*;
+use reqwest::{Client, Response, StatusCode};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const SIGNING_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/auth/testdata/ec-p256-pkcs8.pem"
+);
+
+const USERS: &[(&str, &str)] = &[
+    ("alice", "alice-pw"),
+    ("bob", "bob-pw"),
+    ("carol", "carol-pw"),
+    ("dave", "dave-pw"),
+];
+
+fn auth_table(extra: &str) -> String {
+    format!(
+        r#"
+        signing_key = "{SIGNING_KEY}"
+        admins = ["alice"]
+        {extra}
+        [groups]
+        team-a = ["bob"]
+        [[rules]]
+        repositories = ["public/*"]
+        anonymous = ["pull"]
+        authenticated = ["pull", "push"]
+        [[rules]]
+        repositories = ["team-a/*"]
+        groups = {{ team-a = ["pull", "push"] }}
+        users = {{ dave = ["pull"] }}
+        [catalog]
+        authenticated = true
+        [login_limit]
+        max_failures = 3
+        "#
+    )
+}
+
+async fn start() -> TestRegistry {
+    TestRegistry::start_with_auth(USERS, &auth_table("")).await
+}
+
+fn password_of(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+fn basic(user: &str) -> String {
+    basic_auth(user, password_of(user))
+}
+
+/// Makes `registry`'s helpers (push_image, …) act as `user` with Basic.
+fn act_as(registry: &mut TestRegistry, user: &str) {
+    registry.client = client_with_authorization(&basic(user));
+}
+
+async fn send(client: &Client, method: &str, url: &str) -> Response {
+    client
+        .request(method.parse().unwrap(), url)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn challenge(resp: &Response) -> String {
+    header_str(resp, "www-authenticate").to_owned()
+}
+
+fn expected_challenge(registry: &TestRegistry, scope: Option<&str>, error: Option<&str>) -> String {
+    let mut expected = format!(
+        r#"Bearer realm="http://{}/auth/token",service="berth""#,
+        registry.server.addr
+    );
+    if let Some(scope) = scope {
+        expected.push_str(&format!(r#",scope="{scope}""#));
+    }
+    if let Some(error) = error {
+        expected.push_str(&format!(r#",error="{error}""#));
+    }
+    expected
+}
+
+/// A token from `GET /auth/token` for `scopes`, as `user` (None: anonymous).
+async fn token(registry: &TestRegistry, user: Option<&str>, scopes: &[&str]) -> String {
+    let mut url = registry.url("/auth/token?service=berth");
+    for scope in scopes {
+        url.push_str(&format!("&scope={scope}"));
+    }
+    let mut request = Client::new().get(url);
+    if let Some(user) = user {
+        request = request.header("authorization", basic(user));
+    }
+    let resp = request.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn bearer(token: &str) -> Client {
+    client_with_authorization(&format!("Bearer {token}"))
+}
+
+/// Pushes `layer` as an image into `name:latest` as alice (admin); the
+/// registry's client is anonymous again afterwards.
+async fn seed(registry: &mut TestRegistry, name: &str, layer: &[u8]) -> String {
+    act_as(registry, "alice");
+    let (_, digest) = registry.push_image(name, "latest", layer).await;
+    registry.client = Client::new();
+    digest
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed with the server's key, with claims of our choosing.
+fn crafted_token(exp: u64, access: serde_json::Value) -> String {
+    let pem = std::fs::read(SIGNING_KEY).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap();
+    let claims = serde_json::json!({
+        "iss": "berth", "sub": "bob", "aud": "berth",
+        "iat": exp - 300, "nbf": exp - 300, "exp": exp,
+        "access": access,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn base_without_credentials_is_401_with_a_bearer_challenge() {
+    let registry = start().await;
+    let resp = get(&registry, "/v2/").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
+    assert_eq!(error_code(resp).await, "UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn base_with_valid_credentials_is_200_and_with_a_wrong_password_401() {
+    let registry = start().await;
+    let ok = send(
+        &bearer(&token(&registry, Some("bob"), &[]).await),
+        "GET",
+        &registry.url("/v2/"),
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let ok = send(
+        &client_with_authorization(&basic("carol")),
+        "GET",
+        &registry.url("/v2/"),
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let wrong = client_with_authorization(&basic_auth("carol", "nope"));
+    let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
+}
+
+#[tokio::test]
+async fn a_refused_request_names_the_scope_it_needs_in_the_challenge() {
+    let registry = start().await;
+    let cases = [
+        ("GET", "/v2/team-a/app/manifests/latest", "repository:team-a/app:pull"),
+        ("HEAD", "/v2/team-a/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000", "repository:team-a/app:pull"),
+        ("GET", "/v2/team-a/app/tags/list", "repository:team-a/app:pull"),
+        ("POST", "/v2/team-a/app/blobs/uploads/", "repository:team-a/app:pull,push"),
+        ("PUT", "/v2/team-a/app/manifests/latest", "repository:team-a/app:pull,push"),
+        ("DELETE", "/v2/team-a/app/manifests/latest", "repository:team-a/app:delete"),
+        ("GET", "/v2/_catalog", "registry:catalog:*"),
+    ];
+    for (method, path, scope) in cases {
+        let resp = send(&registry.client, method, &registry.url(path)).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            challenge(&resp),
+            expected_challenge(&registry, Some(scope), None),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn basic_challenge_mode_asks_for_basic_credentials() {
+    let mut registry =
+        TestRegistry::start_with_auth(USERS, &auth_table("challenge = \"basic\"")).await;
+    let resp = get(&registry, "/v2/team-a/app/tags/list").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), r#"Basic realm="berth""#);
+    act_as(&mut registry, "bob");
+    registry.push_image("team-a/app", "v1", b"layer").await;
+    let resp = send(
+        &registry.client,
+        "GET",
+        &registry.url("/v2/team-a/app/tags/list"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_token_from_the_token_endpoint_pulls_and_pushes() {
+    let mut registry = start().await;
+    let resp = Client::new()
+        .get(
+            registry
+                .url("/auth/token?service=berth&scope=repository:team-a/app:pull,push&account=bob"),
+        )
+        .header("authorization", basic("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header_str(&resp, "cache-control"), "no-store");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(body["access_token"], body["token"]);
+    assert_eq!(body["expires_in"], 300);
+    assert!(body["issued_at"].as_str().unwrap().ends_with('Z'));
+
+    registry.client = bearer(&token);
+    let (manifest, _) = registry.push_image("team-a/app", "v1", b"layer").await;
+    let resp = send(
+        &registry.client,
+        "GET",
+        &registry.url("/v2/team-a/app/manifests/v1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), manifest);
+}
+
+#[tokio::test]
+async fn the_oauth2_password_grant_issues_a_token_too() {
+    let registry = start().await;
+    let form = "grant_type=password&username=bob&password=bob-pw&service=berth&client_id=test&scope=repository%3Ateam-a%2Fapp%3Apull%2Cpush";
+    let resp = Client::new()
+        .post(registry.url("/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    let resp = send(
+        &bearer(token),
+        "POST",
+        &registry.url("/v2/team-a/app/blobs/uploads/"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    let wrong = Client::new()
+        .post(registry.url("/auth/token"))
+        .body("grant_type=password&username=bob&password=nope&service=berth")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let refresh = Client::new()
+        .post(registry.url("/auth/token"))
+        .body("grant_type=refresh_token&refresh_token=x&service=berth")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_bad_credentials_and_bad_requests() {
+    let registry = start().await;
+    let resp = Client::new()
+        .get(registry.url("/auth/token?service=berth&scope=repository:team-a/app:pull"))
+        .header("authorization", basic_auth("bob", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(resp).await, "UNAUTHORIZED");
+    let bad_scope = get(
+        &registry,
+        "/auth/token?service=berth&scope=repository:BAD:pull",
+    )
+    .await;
+    assert_eq!(bad_scope.status(), StatusCode::BAD_REQUEST);
+    let other_service = get(&registry, "/auth/token?service=elsewhere").await;
+    assert_eq!(other_service.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_anonymous_token_carries_only_what_anonymous_clients_may_do() {
+    let mut registry = start().await;
+    seed(&mut registry, "public/tool", b"public layer").await;
+    seed(&mut registry, "team-a/app", b"private layer").await;
+    let token = token(
+        &registry,
+        None,
+        &[
+            "repository:public/tool:pull,push",
+            "repository:team-a/app:pull",
+        ],
+    )
+    .await;
+    let client = bearer(&token);
+    let pull = send(
+        &client,
+        "GET",
+        &registry.url("/v2/public/tool/manifests/latest"),
+    )
+    .await;
+    assert_eq!(pull.status(), StatusCode::OK);
+    let push = send(
+        &client,
+        "POST",
+        &registry.url("/v2/public/tool/blobs/uploads/"),
+    )
+    .await;
+    assert_eq!(push.status(), StatusCode::UNAUTHORIZED);
+    let private = send(
+        &client,
+        "GET",
+        &registry.url("/v2/team-a/app/manifests/latest"),
+    )
+    .await;
+    assert_eq!(private.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_tampered_token_is_refused() {
+    let registry = start().await;
+    let token = token(&registry, Some("dave"), &["repository:team-a/app:pull"]).await;
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let widened = payload.replace(r#"["pull"]"#, r#"["pull","push"]"#);
+    assert_ne!(widened, payload);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(widened),
+        parts[2]
+    );
+
+    let resp = send(
+        &bearer(&forged),
+        "POST",
+        &registry.url("/v2/team-a/app/blobs/uploads/"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&resp),
+        expected_challenge(
+            &registry,
+            Some("repository:team-a/app:pull,push"),
+            Some("invalid_token")
+        )
+    );
+    // The untouched token still pulls.
+    let resp = send(
+        &bearer(&token),
+        "GET",
+        &registry.url("/v2/team-a/app/tags/list"),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "authorised, nothing pushed"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let registry = start().await;
+    let access =
+        serde_json::json!([{"type": "repository", "name": "team-a/app", "actions": ["pull"]}]);
+    let fresh = crafted_token(now_secs() + 300, access.clone());
+    let resp = send(
+        &bearer(&fresh),
+        "GET",
+        &registry.url("/v2/team-a/app/tags/list"),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "a valid crafted token is accepted"
+    );
+    // Past the expiry and the 30 s allowed for clock skew.
+    let expired = crafted_token(now_secs() - 120, access);
+    let resp = send(
+        &bearer(&expired),
+        "GET",
+        &registry.url("/v2/team-a/app/tags/list"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
+}
+
+#[tokio::test]
+async fn a_token_signed_by_another_key_is_refused() {
+    let registry = start().await;
+    let impostor = TokenIssuer::ephemeral("berth", "berth", Duration::from_secs(300)).unwrap();
+    let scopes = berth::auth::parse_scopes(["repository:team-a/app:pull"]).unwrap();
+    let token = impostor.issue("alice", &scopes).unwrap();
+    let resp = send(
+        &bearer(token.token.expose()),
+        "GET",
+        &registry.url("/v2/team-a/app/tags/list"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
+}
+
+/// Insufficient scope is a 401 whose challenge says `insufficient_scope`
+/// and names the scope needed, so clients fetch a token for it.
+#[tokio::test]
+async fn a_token_for_one_repository_does_not_open_another() {
+    let mut registry = start().await;
+    seed(&mut registry, "team-a/other", b"layer").await;
+    let token = token(&registry, Some("bob"), &["repository:team-a/app:pull,push"]).await;
+    let resp = send(
+        &bearer(&token),
+        "GET",
+        &registry.url("/v2/team-a/other/manifests/latest"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&resp),
+        expected_challenge(
+            &registry,
+            Some("repository:team-a/other:pull"),
+            Some("insufficient_scope")
+        )
+    );
+}
+
+#[tokio::test]
+async fn anonymous_clients_pull_public_repositories_but_cannot_push() {
+    let mut registry = start().await;
+    let (manifest, _) = {
+        act_as(&mut registry, "carol");
+        registry.push_image("public/tool", "v1", b"layer").await
+    };
+    let anonymous = Client::new();
+    let resp = send(
+        &anonymous,
+        "GET",
+        &registry.url("/v2/public/tool/manifests/v1"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), manifest);
+    let resp = send(
+        &anonymous,
+        "POST",
+        &registry.url("/v2/public/tool/blobs/uploads/"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&resp),
+        expected_challenge(&registry, Some("repository:public/tool:pull,push"), None)
+    );
+}
+
+#[tokio::test]
+async fn a_user_without_push_is_denied_with_403() {
+    let mut registry = start().await;
+    seed(&mut registry, "team-a/app", b"layer").await;
+    let dave = client_with_authorization(&basic("dave"));
+    let pull = send(
+        &dave,
+        "GET",
+        &registry.url("/v2/team-a/app/manifests/latest"),
+    )
+    .await;
+    assert_eq!(pull.status(), StatusCode::OK);
+    let push = send(
+        &dave,
+        "POST",
+        &registry.url("/v2/team-a/app/blobs/uploads/"),
+    )
+    .await;
+    assert_eq!(push.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(push).await, "DENIED");
+    // A private repository of no rule: denied whether or not it exists.
+    let other = send(&dave, "GET", &registry.url("/v2/team-b/x/manifests/latest")).await;
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn deleting_needs_the_delete_right() {
+    let mut registry = start().await;
+    let digest = seed(&mut registry, "team-a/app", b"layer").await;
+    let path = format!("/v2/team-a/app/manifests/{digest}");
+    let bob = client_with_authorization(&basic("bob"));
+    let resp = send(&bob, "DELETE", &registry.url(&path)).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(resp).await, "DENIED");
+    let blob = sha256_digest(b"layer");
+    let resp = send(
+        &bob,
+        "DELETE",
+        &registry.url(&format!("/v2/team-a/app/blobs/{blob}")),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let alice = client_with_authorization(&basic("alice"));
+    let resp = send(&alice, "DELETE", &registry.url(&path)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
+    let mut registry = start().await;
+    act_as(&mut registry, "alice");
+    let secret = registry.push_blob("team-b/secret", b"secret layer").await;
+    let shared = registry.push_blob("team-a/base", b"shared layer").await;
+    let bob = client_with_authorization(&basic("bob"));
+    let mount = |digest: &str, from: Option<&str>| {
+        let mut path = format!("/v2/team-a/app/blobs/uploads/?mount={digest}");
+        if let Some(from) = from {
+            path.push_str(&format!("&from={from}"));
+        }
+        registry.url(&path)
+    };
+
+    let resp = send(&bob, "POST", &mount(&secret, Some("team-b/secret"))).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::ACCEPTED,
+        "an upload, not a mount"
+    );
+    assert!(header_str(&resp, "location").contains("/v2/team-a/app/blobs/uploads/"));
+    let head = send(
+        &bob,
+        "HEAD",
+        &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
+    )
+    .await;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND, "nothing was mounted");
+
+    // Without `from`, only admins mount: bob gets an upload too.
+    let resp = send(&bob, "POST", &mount(&secret, None)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let head = send(
+        &bob,
+        "HEAD",
+        &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
+    )
+    .await;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+
+    // From a repository bob may pull, the mount happens.
+    let resp = send(&bob, "POST", &mount(&shared, Some("team-a/base"))).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let head = send(
+        &bob,
+        "HEAD",
+        &registry.url(&format!("/v2/team-a/app/blobs/{shared}")),
+    )
+    .await;
+    assert_eq!(head.status(), StatusCode::OK);
+
+    let alice = client_with_authorization(&basic("alice"));
+    let resp = send(&alice, "POST", &mount(&secret, None)).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "admins mount from anywhere"
+    );
+}
+
+#[tokio::test]
+async fn the_catalog_lists_what_each_caller_may_pull_and_paginates_that() {
+    let mut registry = start().await;
+    for name in ["public/a", "team-a/app", "team-a/tools", "team-b/secret"] {
+        seed(&mut registry, name, name.as_bytes()).await;
+    }
+    let list = |user: &str, query: &'static str| {
+        let client = client_with_authorization(&basic(user));
+        let url = registry.url(&format!("/v2/_catalog{query}"));
+        async move { send(&client, "GET", &url).await }
+    };
+    let names = |resp: Response| async move {
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(list("alice", "").await).await,
+        ["public/a", "team-a/app", "team-a/tools", "team-b/secret"]
+    );
+    assert_eq!(
+        names(list("bob", "").await).await,
+        ["public/a", "team-a/app", "team-a/tools"]
+    );
+    assert_eq!(names(list("carol", "").await).await, ["public/a"]);
+
+    let first = list("bob", "?n=2").await;
+    assert_eq!(
+        header_str(&first, "link"),
+        "</v2/_catalog?n=2&last=team-a%2Fapp>; rel=\"next\""
+    );
+    assert_eq!(names(first).await, ["public/a", "team-a/app"]);
+    let second = list("bob", "?n=2&last=team-a%2Fapp").await;
+    assert!(
+        second.headers().get("link").is_none(),
+        "the last visible page"
+    );
+    assert_eq!(names(second).await, ["team-a/tools"]);
+
+    // A token for the catalog shows the same as Basic.
+    let token = token(&registry, Some("bob"), &["registry:catalog:*"]).await;
+    let resp = send(&bearer(&token), "GET", &registry.url("/v2/_catalog")).await;
+    assert_eq!(
+        names(resp).await,
+        ["public/a", "team-a/app", "team-a/tools"]
+    );
+    let anonymous = get(&registry, "/v2/_catalog").await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn anonymous_clients_get_the_same_401_for_existing_and_missing_private_repositories() {
+    let mut registry = start().await;
+    seed(&mut registry, "team-b/secret", b"layer").await;
+    for (existing, missing) in [
+        (
+            "/v2/team-b/secret/manifests/latest",
+            "/v2/team-b/ghost/manifests/latest",
+        ),
+        ("/v2/team-b/secret/tags/list", "/v2/team-b/ghost/tags/list"),
+        (
+            &*format!("/v2/team-b/secret/blobs/{}", sha256_digest(b"layer")),
+            &*format!("/v2/team-b/ghost/blobs/{}", sha256_digest(b"layer")),
+        ),
+    ] {
+        let a = get(&registry, existing).await;
+        let b = get(&registry, missing).await;
+        assert_eq!(a.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(b.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge(&a).replace("secret", "ghost"), challenge(&b));
+        assert_eq!(a.text().await.unwrap(), b.text().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_robot_logs_in_until_it_is_revoked() {
+    let mut registry = start().await;
+    // Created by "the CLI": another store over the server's file.
+    let store = RobotStore::open(&registry.robots_path()).unwrap();
+    let grants = vec![Grant::parse("team-a/*:pull,push").unwrap()];
+    let secret = store.create("ci", grants, None).unwrap();
+    let robot = client_with_authorization(&basic_auth("robot$ci", secret.expose()));
+    registry.client = robot.clone();
+    registry.push_image("team-a/app", "v1", b"layer").await;
+    let resp = send(&robot, "GET", &registry.url("/v2/team-b/x/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "only its grants");
+    let token = Client::new()
+        .get(registry.url("/auth/token?service=berth&scope=repository:team-a/app:pull"))
+        .header("authorization", basic_auth("robot$ci", secret.expose()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), StatusCode::OK);
+
+    store.revoke("ci").unwrap();
+    let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "refused at once");
+}
+
+#[tokio::test]
+async fn an_expired_robot_is_refused() {
+    let registry = start().await;
+    let store = RobotStore::open(&registry.robots_path()).unwrap();
+    let grants = vec![Grant::parse("team-a/*:pull").unwrap()];
+    let expired = SystemTime::now() - Duration::from_secs(1);
+    let secret = store.create("old", grants, Some(expired)).unwrap();
+    let robot = client_with_authorization(&basic_auth("robot$old", secret.expose()));
+    let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_answered_429_with_retry_after() {
+    let registry = start().await;
+    let wrong = client_with_authorization(&basic_auth("bob", "guess"));
+    for _ in 0..3 {
+        let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Blocked now, even with the right password, on /v2/ and the token endpoint.
+    let right = client_with_authorization(&basic("bob"));
+    let resp = send(&right, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header_str(&resp, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
+    let resp = send(&right, "GET", &registry.url("/auth/token?service=berth")).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_changed_password_applies_at_once_despite_the_login_cache() {
+    let registry = start().await;
+    let old = client_with_authorization(&basic("bob"));
+    assert_eq!(
+        send(&old, "GET", &registry.url("/v2/")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&old, "GET", &registry.url("/v2/")).await.status(),
+        StatusCode::OK
+    );
+    berth::auth::Htpasswd::add_or_update_user(
+        &registry.htpasswd_path(),
+        "bob",
+        "new-pw",
+        TEST_BCRYPT_COST,
+    )
+    .unwrap();
+    assert_eq!(
+        send(&old, "GET", &registry.url("/v2/")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let new = client_with_authorization(&basic_auth("bob", "new-pw"));
+    assert_eq!(
+        send(&new, "GET", &registry.url("/v2/")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn without_auth_there_is_no_token_endpoint() {
+    let registry = TestRegistry::start().await;
+    assert_eq!(
+        get(&registry, "/auth/token").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&registry, "/v2/").await.status(), StatusCode::OK);
+}
+
+/// `berth serve` as a child process on an ephemeral port; its log (stderr)
+/// is read once it has stopped.
+struct Served {
+    child: Child,
+    addr: String,
+    log: BufReader<std::process::ChildStderr>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = Command::new(BERTH)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth starts");
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                Instant::now() < deadline,
+                "berth did not report its address"
+            );
+            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
+            if let Some(rest) = line.split("listen").nth(1) {
+                break rest
+                    .trim_start_matches(['=', '"', ':'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+            }
+        };
+        Served { child, addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the server (SIGTERM, so queued log lines are flushed) and
+    /// returns the rest of its log.
+    fn stop(mut self) -> String {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+        let mut rest = String::new();
+        self.log.read_to_string(&mut rest).unwrap();
+        rest
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    berth::auth::Htpasswd::add_or_update_user(&path, user, password, TEST_BCRYPT_COST).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn serve_with_htpasswd_requires_login_and_lets_users_pull_and_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = htpasswd_with(dir.path(), "erin", "erin-pw");
+    let served = Served::start(&[
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--htpasswd",
+        htpasswd.to_str().unwrap(),
+    ]);
+    let anonymous = Client::new();
+    let resp = send(&anonymous, "GET", &served.url("/v2/app/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
+    let resp = send(&erin, "POST", &served.url("/v2/app/blobs/uploads/")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = send(&erin, "DELETE", &served.url("/v2/app/manifests/latest")).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "the default policy: no deletes"
+    );
+    served.stop();
+}
+
+#[tokio::test]
+async fn passwords_and_tokens_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "pw-4a7c1e-do-not-log";
+    let htpasswd = htpasswd_with(dir.path(), "erin", password);
+    let served = Served::start(&[
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--htpasswd",
+        htpasswd.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "trace",
+    ]);
+    let erin = client_with_authorization(&basic_auth("erin", password));
+    assert_eq!(
+        send(&erin, "GET", &served.url("/v2/")).await.status(),
+        StatusCode::OK
+    );
+    let resp = send(
+        &erin,
+        "GET",
+        &served.url("/auth/token?service=berth&scope=repository:app:pull,push"),
+    )
+    .await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    let resp = send(&bearer(&token), "GET", &served.url("/v2/app/tags/list")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let wrong = client_with_authorization(&basic_auth("erin", "wrong-pw-9f3b"));
+    assert_eq!(
+        send(&wrong, "GET", &served.url("/v2/")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let encoded = basic_auth("erin", password);
+    let log = served.stop();
+    assert!(
+        log.contains("\"status\":200"),
+        "the requests were logged: {log}"
+    );
+    for secret in [password, "wrong-pw-9f3b", token.as_str(), &encoded[6..]] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the log:\n{log}"
+        );
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature));
+}
