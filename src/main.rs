@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 
-use berth::auth::AuthConfig;
+use berth::auth::htpasswd::UserChange;
+use berth::auth::{rfc3339, AuthConfig, Grant, Htpasswd, RobotStore};
 use berth::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -29,6 +31,90 @@ enum Command {
         #[arg(long, env = "BERTH_CONFIG")]
         config: PathBuf,
     },
+    /// Manage the users of an htpasswd file (bcrypt).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage robot accounts (credentials for CI, `robot$NAME`).
+    #[command(subcommand)]
+    Robot(RobotCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user or change its password; the password is read from stdin
+    /// (one line). Creates the file if missing.
+    Add {
+        name: String,
+        #[arg(long, env = "BERTH_HTPASSWD")]
+        htpasswd: PathBuf,
+        /// bcrypt cost (4-31); each step doubles the time a login takes.
+        #[arg(long, default_value_t = berth::auth::htpasswd::DEFAULT_COST)]
+        cost: u32,
+    },
+    /// Remove a user.
+    Remove {
+        name: String,
+        #[arg(long, env = "BERTH_HTPASSWD")]
+        htpasswd: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotCommand {
+    /// Create a robot and print its credentials (shown once, not stored).
+    Create {
+        name: String,
+        /// What it may do: PATTERN:ACTIONS, e.g. 'team-a/*:pull,push'. Repeat
+        /// for more.
+        #[arg(long = "allow", required = true)]
+        grants: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h, 4w [default: never expires].
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        store: RobotStoreArgs,
+    },
+    /// List robots (names, grants, dates; never secrets).
+    List {
+        #[command(flatten)]
+        store: RobotStoreArgs,
+    },
+    /// Delete a robot: its secret stops working at once, running servers
+    /// included.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        store: RobotStoreArgs,
+    },
+}
+
+/// Where the robot store is: `auth.robots` of the config file, else
+/// `<data-dir>/berth/robots.json`, as `berth serve` resolves it.
+#[derive(clap::Args)]
+struct RobotStoreArgs {
+    /// Config file (TOML) of the server the robots are for.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: the config's, else ./data].
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl RobotStoreArgs {
+    fn open(&self) -> Result<RobotStore, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        let path = config
+            .auth
+            .unwrap_or_default()
+            .robots_path(&config.data_dir);
+        RobotStore::open(&path).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(clap::Args)]
@@ -127,7 +213,115 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let outcome = match cli.command {
+        Command::User(command) => user(command),
+        Command::Robot(command) => robot(command),
+        other => return run_command(other),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn user(command: UserCommand) -> Result<(), String> {
+    match command {
+        UserCommand::Add {
+            name,
+            htpasswd,
+            cost,
+        } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Password for {name} (echoed; pipe it in to hide it): ");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("reading the password: {e}"))?;
+            let password = line.strip_suffix('\n').unwrap_or(&line);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            let change = Htpasswd::add_or_update_user(&htpasswd, &name, password, cost)
+                .map_err(|e| e.to_string())?;
+            let done = match change {
+                UserChange::Added => "added",
+                UserChange::Updated => "changed the password of",
+            };
+            println!("{done} user {name} in {}", htpasswd.display());
+            Ok(())
+        }
+        UserCommand::Remove { name, htpasswd } => {
+            match Htpasswd::remove_user(&htpasswd, &name).map_err(|e| e.to_string())? {
+                true => {
+                    println!("removed user {name} from {}", htpasswd.display());
+                    Ok(())
+                }
+                false => Err(format!("no user {name} in {}", htpasswd.display())),
+            }
+        }
+    }
+}
+
+fn robot(command: RobotCommand) -> Result<(), String> {
+    match command {
+        RobotCommand::Create {
+            name,
+            grants,
+            expires,
+            store,
+        } => {
+            let grants = grants
+                .iter()
+                .map(|g| Grant::parse(g))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let expires_at = expires
+                .map(|e| berth::auth::robots::parse_duration(&e))
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .map(|lifetime| SystemTime::now() + lifetime);
+            let store = store.open()?;
+            let secret = store
+                .create(&name, grants, expires_at)
+                .map_err(|e| e.to_string())?;
+            println!("username: {}", berth::auth::robots::user_name(&name));
+            println!("secret: {}", secret.expose());
+            eprintln!("The secret is shown only this once: store it now.");
+            Ok(())
+        }
+        RobotCommand::List { store } => {
+            let robots = store.open()?.list().map_err(|e| e.to_string())?;
+            let now = SystemTime::now();
+            println!("{:<24} {:<22} {:<32} GRANTS", "NAME", "CREATED", "EXPIRES");
+            for robot in robots {
+                let expires = match robot.expires_at {
+                    None => "never".to_owned(),
+                    Some(t) if robot.is_expired(now) => format!("{} (expired)", rfc3339(t)),
+                    Some(t) => rfc3339(t),
+                };
+                let grants: Vec<String> = robot.grants.iter().map(Grant::to_string).collect();
+                println!(
+                    "{:<24} {:<22} {:<32} {}",
+                    robot.name,
+                    rfc3339(robot.created_at),
+                    expires,
+                    grants.join(" ")
+                );
+            }
+            Ok(())
+        }
+        RobotCommand::Revoke { name, store } => {
+            store.open()?.revoke(&name).map_err(|e| e.to_string())?;
+            println!("revoked robot {name}");
+            Ok(())
+        }
+    }
+}
+
+fn run_command(command: Command) -> ExitCode {
+    match command {
         Command::CheckConfig { config } => match Config::from_file(&config) {
             Ok(config) => {
                 println!("{config:#?}");
@@ -156,6 +350,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
     }
 }
 

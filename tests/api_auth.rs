@@ -1,13 +1,13 @@
 //! Access control over real HTTP: challenges, the token endpoint, bearer and
 //! basic credentials, the policy per repository, mounts, the catalog, robot
-//! accounts, brute-force protection, and what reaches the log. Users: alice
-//! (admin), bob (group team-a: pull+push on team-a/*), carol (any user:
-//! pull+push on public/*), dave (pull on team-a/*); anonymous clients may
-//! pull public/*.
+//! accounts, brute-force protection, what reaches the log, and the
+//! `berth user` / `berth robot` commands. Users: alice (admin), bob (group
+//! team-a: pull+push on team-a/*), carol (any user: pull+push on public/*),
+//! dave (pull on team-a/*); anonymous clients may pull public/*.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -920,4 +920,114 @@ async fn passwords_and_tokens_never_reach_the_log() {
     }
     let signature = token.rsplit('.').next().unwrap();
     assert!(!log.contains(signature));
+}
+
+#[test]
+fn user_add_reads_the_password_from_stdin_and_user_remove_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("conf/htpasswd");
+    let mut child = Command::new(BERTH)
+        .args(["user", "add", "erin", "--cost", "4", "--htpasswd"])
+        .arg(&htpasswd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = berth::auth::Htpasswd::load(&htpasswd).unwrap();
+    assert!(users.verify("erin", "s3cret pass"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+
+    let out = Command::new(BERTH)
+        .args(["user", "remove", "erin", "--htpasswd"])
+        .arg(&htpasswd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!berth::auth::Htpasswd::load(&htpasswd)
+        .unwrap()
+        .contains("erin"));
+    let again = Command::new(BERTH)
+        .args(["user", "remove", "erin", "--htpasswd"])
+        .arg(&htpasswd)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "removing a missing user fails");
+}
+
+#[test]
+fn robot_create_list_and_revoke_work_on_the_data_dirs_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let robot = |args: &[&str]| {
+        Command::new(BERTH)
+            .arg("robot")
+            .args(args)
+            .args(["--data-dir", data])
+            .output()
+            .unwrap()
+    };
+    let out = robot(&[
+        "create",
+        "ci",
+        "--allow",
+        "team-a/*:pull,push",
+        "--allow",
+        "base:pull",
+        "--expires",
+        "90d",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("robot$ci"), "{printed}");
+    let secret = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("the secret is printed")
+        .trim()
+        .to_owned();
+    let store = RobotStore::open(&dir.path().join("berth/robots.json")).unwrap();
+    assert!(store.authenticate("robot$ci", &secret).is_some());
+
+    let out = robot(&["list"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("ci") && listed.contains("team-a/*:pull,push"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret));
+
+    let out = robot(&["create", "ci", "--allow", "x:pull"]);
+    assert!(!out.status.success(), "names are unique");
+
+    let out = robot(&["revoke", "ci"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(store.authenticate("robot$ci", &secret).is_none());
+    let listed = String::from_utf8(robot(&["list"]).stdout).unwrap();
+    assert!(!listed.contains("team-a"), "{listed}");
 }
