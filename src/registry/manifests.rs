@@ -78,15 +78,15 @@ impl Registry {
         };
         let publish = async {
             self.store_manifest_content(&digest, body).await?;
-            self.ensure_link(&layout::revision_link(name, &digest), &digest)
+            self.write_link(&layout::revision_link(name, &digest), &digest)
                 .await?;
             if let Some(subject) = &manifest.subject {
                 let key = layout::referrer_link(name, subject, &digest);
-                self.ensure_link(&key, &digest).await?;
+                self.write_link(&key, &digest).await?;
             }
             for tag in &tags {
                 let current = layout::tag_current_link(name, tag);
-                if self.ensure_link(&current, &digest).await? {
+                if self.write_link(&current, &digest).await? {
                     self.caches.wrote_tags(name);
                 }
             }
@@ -102,14 +102,14 @@ impl Registry {
     /// Stores manifest bytes under their digest unless they are there
     /// already, and keeps them in memory for reads.
     async fn store_manifest_content(&self, digest: &Digest, body: Bytes) -> Result<()> {
-        let key = layout::blob_data(digest);
-        let stored = self.storage.size(&key).await.map_err(storage_error)?;
-        if stored.is_none() {
-            self.storage
-                .put(&key, body.clone(), WriteMode::CreateIfAbsent)
-                .await
-                .map_err(storage_error)?;
-        }
+        self.storage
+            .put(
+                &layout::blob_data(digest),
+                body.clone(),
+                WriteMode::CreateIfAbsent,
+            )
+            .await
+            .map_err(storage_error)?;
         self.caches.wrote_blob(digest, body.len() as u64);
         self.caches.keep_manifest(
             digest,
@@ -121,17 +121,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Writes a link unless storage already says exactly that: re-pushing a
-    /// manifest or a tag that has not moved costs reads, not durable writes.
-    /// Returns whether it wrote.
-    async fn ensure_link(&self, key: &str, digest: &Digest) -> Result<bool> {
-        if self.read_link_uncached(key).await?.as_ref() == Some(digest) {
-            return Ok(false);
-        }
-        self.write_link(key, digest).await?;
-        Ok(true)
-    }
-
     /// Adds `digest` to the tag's history (`_manifests/tags/<tag>/index/`).
     async fn record_tag_history(
         &self,
@@ -140,18 +129,10 @@ impl Registry {
         digest: &Digest,
     ) -> Result<()> {
         let key = layout::tag_index_link(name, tag, digest);
-        if self
-            .storage
-            .size(&key)
+        self.storage
+            .put(&key, layout::link_body(digest), WriteMode::CreateIfAbsent)
             .await
-            .map_err(storage_error)?
-            .is_none()
-        {
-            self.storage
-                .put(&key, layout::link_body(digest), WriteMode::Overwrite)
-                .await
-                .map_err(storage_error)?;
-        }
+            .map_err(storage_error)?;
         Ok(())
     }
 

@@ -91,13 +91,15 @@ impl Registry {
     }
 
     /// Writes a link durably (Distribution's format: the digest as text).
-    async fn write_link(&self, key: &str, digest: &Digest) -> Result<(), RegistryError> {
-        self.storage
+    /// Returns false when storage already said exactly that.
+    async fn write_link(&self, key: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        let written = self
+            .storage
             .put(key, layout::link_body(digest), WriteMode::Overwrite)
             .await
             .map_err(storage_error)?;
         self.caches.wrote_link(key, Some(digest.clone()));
-        Ok(())
+        Ok(written)
     }
 
     /// Removes a link; returns whether it was there.

@@ -28,7 +28,8 @@ pub type ByteSource<'a> = dyn Stream<Item = io::Result<Bytes>> + Send + Unpin + 
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Replace whatever is there, atomically.
+    /// Replace whatever is there, atomically (nothing is written when the
+    /// same bytes are there already).
     Overwrite,
     /// Write only if nothing is there; an existing document is left as it is.
     CreateIfAbsent,
@@ -49,7 +50,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
 
     /// Writes a whole small document so that readers see the old or the new
-    /// version, never a mix. Returns false when `CreateIfAbsent` found one.
+    /// version, never a mix. Returns false when nothing needed writing:
+    /// `CreateIfAbsent` found a document, or `Overwrite` found the same bytes.
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
 
     /// The size of a stored object, or `None` when it does not exist.
