@@ -165,6 +165,19 @@ impl Registry {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
         session.check_chunk_start(start)?;
+        let mut body = body;
+        if session.offset == 0 {
+            if let Some(whole) = body.take() {
+                match receive_small(whole).await.map_err(body_error)? {
+                    Received::Whole(content) => {
+                        self.store_whole(name, digest, content).await?;
+                        self.discard_upload(name, id).await;
+                        return Ok(());
+                    }
+                    Received::Streaming(rest) => body = Some(rest),
+                }
+            }
+        }
         // The final chunk is not saved into the session record: on success the
         // session ends, and on a mismatch the record keeps its earlier state.
         if let Some(body) = body {
@@ -195,6 +208,10 @@ impl Registry {
         digest: &Digest,
         body: ByteStream,
     ) -> Result<()> {
+        let body = match receive_small(body).await.map_err(body_error)? {
+            Received::Whole(content) => return self.store_whole(name, digest, content).await,
+            Received::Streaming(body) => body,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let mut source = HashingSource {
             inner: body,
@@ -225,6 +242,37 @@ impl Registry {
                 Err(e)
             }
         }
+    }
+
+    /// Stores a whole blob received in memory straight under its digest, if
+    /// it matches `digest`: one durable write, and none when the store
+    /// already has the content.
+    async fn store_whole(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        content: Bytes,
+    ) -> Result<()> {
+        let received = Digest::of(digest.algorithm(), &content);
+        if &received != digest {
+            return Err(RegistryError::with_detail(
+                ErrorCode::DigestInvalid,
+                format!("content digest is {received}"),
+            ));
+        }
+        let size = content.len() as u64;
+        self.storage
+            .put(
+                &layout::blob_data(digest),
+                content,
+                WriteMode::CreateIfAbsent,
+            )
+            .await
+            .map_err(storage_error)?;
+        self.caches.wrote_blob(digest, size);
+        self.write_link(&layout::layer_link(name, digest), digest)
+            .await?;
+        Ok(())
     }
 
     pub async fn cancel_upload(&self, name: &RepositoryName, id: &str) -> Result<()> {
@@ -359,6 +407,40 @@ impl Registry {
             .map_err(storage_error)?;
         Ok(())
     }
+}
+
+/// Blobs received whole in one request up to this size are held in memory
+/// and written straight to their final key: one durable write instead of an
+/// upload file, a rename and their hand-offs.
+const DIRECT_WRITE_BYTES: usize = 256 * 1024;
+
+enum Received {
+    Whole(Bytes),
+    /// Too large to hold: what was read so far, followed by the rest.
+    Streaming(ByteStream),
+}
+
+async fn receive_small(mut body: ByteStream) -> io::Result<Received> {
+    use futures::StreamExt;
+    let mut chunks = Vec::new();
+    let mut len = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        len += chunk.len();
+        chunks.push(chunk);
+        if len > DIRECT_WRITE_BYTES {
+            let head = futures::stream::iter(chunks.into_iter().map(Ok));
+            return Ok(Received::Streaming(Box::pin(head.chain(body))));
+        }
+    }
+    Ok(Received::Whole(match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(len);
+            chunks.iter().for_each(|c| whole.extend_from_slice(c));
+            whole.freeze()
+        }
+    }))
 }
 
 /// A failure while receiving a body: the client's stream broke, or storage
