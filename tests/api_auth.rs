@@ -602,6 +602,56 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
     );
 }
 
+/// Clients ask for the scopes a challenge names; the POST's names only the
+/// target. A token holder who may pull the source is asked for both.
+#[tokio::test]
+async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() {
+    let mut registry = start().await;
+    act_as(&mut registry, "alice");
+    let shared = registry.push_blob("team-a/base", b"shared layer").await;
+    let secret = registry.push_blob("team-b/secret", b"secret layer").await;
+    let mount = |digest: &str, from: &str| {
+        registry.url(&format!(
+            "/v2/team-a/app/blobs/uploads/?mount={digest}&from={from}"
+        ))
+    };
+    let target_only = token(&registry, Some("bob"), &["repository:team-a/app:pull,push"]).await;
+    let resp = send(
+        &bearer(&target_only),
+        "POST",
+        &mount(&shared, "team-a/base"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&resp),
+        expected_challenge(
+            &registry,
+            Some("repository:team-a/app:pull,push repository:team-a/base:pull"),
+            Some("insufficient_scope")
+        )
+    );
+    let both = token(
+        &registry,
+        Some("bob"),
+        &[
+            "repository:team-a/app:pull,push",
+            "repository:team-a/base:pull",
+        ],
+    )
+    .await;
+    let resp = send(&bearer(&both), "POST", &mount(&shared, "team-a/base")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // A source bob may not pull: no challenge, a plain upload.
+    let resp = send(
+        &bearer(&target_only),
+        "POST",
+        &mount(&secret, "team-b/secret"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
 #[tokio::test]
 async fn the_catalog_lists_what_each_caller_may_pull_and_paginates_that() {
     let mut registry = start().await;

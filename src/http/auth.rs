@@ -30,6 +30,9 @@
 //! - a valid token without the needed grant: 401 with
 //!   `error="insufficient_scope"`, so the client fetches a token for that
 //!   scope (what Distribution does; a 403 would stop docker from trying);
+//! - a token for a mount's target but not its source, held by someone the
+//!   policy lets pull the source: 401 `insufficient_scope` naming both
+//!   scopes (the `POST`'s first challenge named only the target);
 //! - a Basic login without the right: 403 `DENIED`;
 //! - a client blocked after failed logins: 429 `TOOMANYREQUESTS` with
 //!   `Retry-After`.
@@ -47,7 +50,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::login_cache::LoginCache;
 use super::routes::Route;
-use super::{header_str, repository_name, ApiError};
+use super::{header_str, query_pairs, query_value, repository_name, ApiError};
 use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
 use crate::auth::{
     Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Scope, Secret, VerifiedToken,
@@ -273,11 +276,17 @@ impl AccessControl {
         let caller = self
             .identify(parts)
             .await
-            .map_err(|refusal| self.refuse(refusal, parts, scope.as_ref()))?;
+            .map_err(|refusal| self.refuse(refusal, parts, scope.as_slice()))?;
         let Some(need) = need else {
             return Ok(caller);
         };
+        let scopes: Vec<Scope> = scope.into_iter().collect();
         if caller.satisfies(&need) {
+            if let Some(source) = self.mount_source_to_ask_for(&caller, route, parts) {
+                let scopes =
+                    [scopes, vec![Scope::repository(source, Action::Pull.into())]].concat();
+                return Err(self.unauthorized(parts, &scopes, Some("insufficient_scope")));
+            }
             return Ok(caller);
         }
         Err(match &caller {
@@ -285,12 +294,42 @@ impl AccessControl {
                 identity: Identity::Anonymous,
                 ..
             }
-            | Caller::Everyone => self.unauthorized(parts, scope.as_ref(), None),
-            Caller::Token { .. } => {
-                self.unauthorized(parts, scope.as_ref(), Some("insufficient_scope"))
-            }
+            | Caller::Everyone => self.unauthorized(parts, &scopes, None),
+            Caller::Token { .. } => self.unauthorized(parts, &scopes, Some("insufficient_scope")),
             Caller::Identity { .. } => ApiError::from(ErrorCode::Denied).into_response(),
         })
+    }
+
+    /// A mount's source the caller's token lacks `pull` on only because the
+    /// client did not ask for it: clients ask for what a challenge names,
+    /// and the challenge of a `POST` names its own repository. When the
+    /// token's subject may pull the source, a 401 naming both scopes gets
+    /// the client a token that mounts (Distribution does the same). When it
+    /// may not, `None`: the upload handler starts a plain upload instead,
+    /// which tells nothing about the source.
+    fn mount_source_to_ask_for(
+        &self,
+        caller: &Caller,
+        route: &Route<'_>,
+        parts: &Parts,
+    ) -> Option<RepositoryName> {
+        let Caller::Token { token, .. } = caller else {
+            return None;
+        };
+        if !matches!(route, Route::UploadStart { .. }) {
+            return None;
+        }
+        let pairs = query_pairs(parts);
+        query_value(&pairs, "mount")?;
+        let source = RepositoryName::parse(query_value(&pairs, "from")?)?;
+        if token.allows(&source, Action::Pull) {
+            return None;
+        }
+        let identity = self.identity_of(token)?;
+        let policy = self.auth.policy();
+        policy
+            .allowed(&identity, &source, Action::Pull)
+            .then_some(source)
     }
 
     /// `GET /v2/`: any valid credentials, or a 401 that starts the client's
@@ -300,9 +339,9 @@ impl AccessControl {
             Ok(Caller::Identity {
                 identity: Identity::Anonymous,
                 ..
-            }) => Err(self.unauthorized(parts, None, None)),
+            }) => Err(self.unauthorized(parts, &[], None)),
             Ok(_) => Ok(()),
-            Err(refusal) => Err(self.refuse(refusal, parts, None)),
+            Err(refusal) => Err(self.refuse(refusal, parts, &[])),
         }
     }
 
@@ -418,14 +457,14 @@ impl AccessControl {
             .await
             .map_err(|refusal| match refusal {
                 Refusal::Invalid { .. } => self.basic_unauthorized(),
-                other => self.refuse(other, parts, None),
+                other => self.refuse(other, parts, &[]),
             })
     }
 
-    fn refuse(&self, refusal: Refusal, parts: &Parts, scope: Option<&Scope>) -> Response {
+    fn refuse(&self, refusal: Refusal, parts: &Parts, scopes: &[Scope]) -> Response {
         match refusal {
             Refusal::Invalid { token } => {
-                self.unauthorized(parts, scope, token.then_some("invalid_token"))
+                self.unauthorized(parts, scopes, token.then_some("invalid_token"))
             }
             Refusal::TooManyAttempts { retry_after_secs } => too_many_attempts(retry_after_secs),
             Refusal::Internal => ApiError::from(ErrorCode::Internal).into_response(),
@@ -433,15 +472,14 @@ impl AccessControl {
     }
 
     /// 401 `UNAUTHORIZED` with the configured challenge.
-    fn unauthorized(&self, parts: &Parts, scope: Option<&Scope>, error: Option<&str>) -> Response {
+    fn unauthorized(&self, parts: &Parts, scopes: &[Scope], error: Option<&str>) -> Response {
         let challenge = match self.challenge {
             Challenge::Bearer => {
                 let realm = match self.auth.realm() {
                     Some(realm) => realm.to_owned(),
                     None => derived_realm(parts),
                 };
-                let scopes: Vec<Scope> = scope.into_iter().cloned().collect();
-                bearer_challenge(&realm, self.auth.service(), &scopes, error)
+                bearer_challenge(&realm, self.auth.service(), scopes, error)
             }
             Challenge::Basic => basic_challenge(self.auth.service()),
         };
