@@ -35,6 +35,11 @@ pub struct Config {
     /// Access control (the `[auth]` table); absent: everyone may do
     /// everything.
     pub auth: Option<AuthConfig>,
+    /// PEM certificate chain: with `tls_key`, Berth serves HTTPS (HTTP/1.1
+    /// and HTTP/2) instead of plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +53,8 @@ impl Default for Config {
             cache_bytes: 16 * 1024 * 1024,
             cache_ttl_ms: 2000,
             auth: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -58,6 +65,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The TLS settings, when both halves are configured; one without the
+    /// other is an error.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::server_config(cert, key).map(Some),
+            (None, None) => Ok(None),
+            _ => Err("tls_cert and tls_key must be given together".to_owned()),
+        }
     }
 
     /// The directory the storage keys are relative to.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod oci;
 pub mod registry;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -95,13 +96,18 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(config: &Config) -> io::Result<RunningServer> {
+        let tls = config.tls().map_err(io::Error::other)?;
         let app = build_app(config)?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(listener, app, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let task = match tls {
+            Some(tls) => tokio::spawn(tls::serve_tls(listener, app, tls, stopped)),
+            None => tokio::spawn(serve(listener, app, stopped)),
+        };
         Ok(RunningServer {
             addr,
             stop: Some(stop),

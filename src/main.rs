@@ -148,6 +148,12 @@ struct ServeArgs {
     /// table in the config file, replaces its `htpasswd`.
     #[arg(long, env = "BERTH_HTPASSWD")]
     htpasswd: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -179,6 +185,12 @@ impl ServeArgs {
         }
         if let Some(htpasswd) = &self.htpasswd {
             config.auth.get_or_insert_with(AuthConfig::default).htpasswd = Some(htpasswd.clone());
+        }
+        if let Some(cert) = &self.tls_cert {
+            config.tls_cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.tls_key {
+            config.tls_key = Some(key.clone());
         }
         Ok(config)
     }
@@ -355,14 +367,19 @@ fn run_command(command: Command) -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
+    let tls = config.tls().map_err(std::io::Error::other)?;
     let app = berth::build_app(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
         auth = if config.auth.is_some() { "on" } else { "off" },
+        tls = if tls.is_some() { "on" } else { "off" },
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
-    berth::serve(listener, app, shutdown_signal()).await
+    match tls {
+        Some(tls) => berth::tls::serve_tls(listener, app, tls, shutdown_signal()).await,
+        None => berth::serve(listener, app, shutdown_signal()).await,
+    }
 }

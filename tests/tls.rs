@@ -1,0 +1,121 @@
+//! HTTPS: Berth with `tls_cert`/`tls_key` serves the API over TLS, HTTP/1.1
+//! and HTTP/2 by ALPN, to a real client (curl) that trusts the test CA.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestRegistry;
+
+fn testdata(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/testdata")
+        .join(file)
+}
+
+async fn start_tls() -> TestRegistry {
+    TestRegistry::start_with(|config| {
+        config.tls_cert = Some(testdata("server.crt"));
+        config.tls_key = Some(testdata("server.key"));
+    })
+    .await
+}
+
+/// `curl` over HTTPS trusting only the test CA; returns (HTTP version, status,
+/// body). It blocks its thread, so the tests run on a multi-threaded runtime.
+fn curl(registry: &TestRegistry, args: &[&str], path: &str) -> (String, String, String) {
+    let url = format!("https://localhost:{}{path}", registry.server.addr.port());
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "20", "--cacert"])
+        .arg(testdata("test-ca.crt"))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", registry.server.addr.port()),
+        ])
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status_line) = text.rsplit_once('\n').unwrap();
+    let (version, status) = status_line.split_once(' ').unwrap();
+    (version.to_owned(), status.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_served_over_https_with_http2_negotiated() {
+    let registry = start_tls().await;
+    let (version, status, body) = curl(&registry, &["--http2"], "/v2/");
+    assert_eq!(
+        (version.as_str(), status.as_str(), body.as_str()),
+        ("2", "200", "{}")
+    );
+    let (version, status, _) = curl(&registry, &["--http1.1"], "/v2/");
+    assert_eq!((version.as_str(), status.as_str()), ("1.1", "200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_pushed_over_https_reads_back() {
+    let registry = start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("blob");
+    std::fs::write(&content, b"over tls").unwrap();
+    let digest = common::sha256_digest(b"over tls");
+    let path = format!("/v2/secure/app/blobs/uploads/?digest={digest}");
+    let (_, status, _) = curl(
+        &registry,
+        &[
+            "--http2",
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", content.display()),
+        ],
+        &path,
+    );
+    assert_eq!(status, "201");
+    let (_, status, body) = curl(
+        &registry,
+        &["--http2"],
+        &format!("/v2/secure/app/blobs/{digest}"),
+    );
+    assert_eq!((status.as_str(), body.as_str()), ("200", "over tls"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_to_the_tls_port_gets_no_api() {
+    let registry = start_tls().await;
+    let url = format!("http://127.0.0.1:{}/v2/", registry.server.addr.port());
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+#[test]
+fn a_certificate_without_its_key_is_refused_with_a_message() {
+    let config = berth::Config {
+        tls_cert: Some(testdata("server.crt")),
+        ..berth::Config::default()
+    };
+    let err = config.tls().expect_err("refused");
+    assert!(err.contains("together"), "{err}");
+    let config = berth::Config {
+        tls_cert: Some(testdata("server.crt")),
+        tls_key: Some(testdata("test-ca.crt")),
+        ..berth::Config::default()
+    };
+    let err = config.tls().expect_err("refused");
+    assert!(
+        err.contains("test-ca.crt"),
+        "names the file at fault: {err}"
+    );
+}
