@@ -2,7 +2,8 @@
 # Berth's whole test suite: the README's test command, and what CI runs.
 # Installs the system tools it needs (apt, pip) itself, so it works on a fresh machine.
 #
-#   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution compatibility
+#   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
+#                           compatibility, and a quick run of the benchmark (that it works, not its timings)
 #   tests/run.sh --quick    lint, unit + integration tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +30,11 @@ fi
 step "release build"
 cargo build --release --locked
 
-for script in tests/e2e/run-berth.sh tests/compat/distribution.sh; do
-  if [ -x "$script" ]; then
-    step "$script"
-    "$script"
-  fi
-done
+step "real clients against the release binary (tests/e2e/run-berth.sh)"
+tests/e2e/run-berth.sh
+
+step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
+tests/compat/distribution.sh
+
+step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
+cargo bench --locked --bench compare -- --quick
