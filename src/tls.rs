@@ -88,9 +88,9 @@ pub async fn serve_tls(
             };
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    let extensions = request.extensions_mut();
+                    extensions.insert(ConnectInfo::<SocketAddr>(peer));
+                    extensions.insert(crate::http::OverTls);
                     app.clone().oneshot(request)
                 },
             );

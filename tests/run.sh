@@ -33,6 +33,9 @@ cargo build --release --locked
 step "real clients against the release binary (tests/e2e/run-berth.sh)"
 tests/e2e/run-berth.sh
 
+step "real clients logging in over HTTPS (tests/e2e/run-berth-auth.sh)"
+tests/e2e/run-berth-auth.sh
+
 step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
 tests/compat/distribution.sh
 

@@ -119,3 +119,45 @@ fn a_certificate_without_its_key_is_refused_with_a_message() {
         "names the file at fault: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_realm_offered_over_https_is_https() {
+    let registry = TestRegistry::start_with(|config| {
+        config.tls_cert = Some(testdata("server.crt"));
+        config.tls_key = Some(testdata("server.key"));
+        let htpasswd = config.data_dir.join("htpasswd");
+        berth::auth::Htpasswd::add_or_update_user(
+            &htpasswd,
+            "alice",
+            "pw",
+            common::TEST_BCRYPT_COST,
+        )
+        .unwrap();
+        config.auth = Some(berth::auth::AuthConfig {
+            htpasswd: Some(htpasswd),
+            ..Default::default()
+        });
+    })
+    .await;
+    // Clients follow the realm for their token: an http:// realm on a TLS
+    // port would send them to speak plain HTTP to it.
+    let (_, status, _) = curl(&registry, &[], "/v2/");
+    assert_eq!(status, "401");
+    let url = format!("https://localhost:{}/v2/", registry.server.addr.port());
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "20", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(testdata("test-ca.crt"))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", registry.server.addr.port()),
+        ])
+        .arg(&url)
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let realm = format!(
+        "bearer realm=\"https://localhost:{}/auth/token\"",
+        registry.server.addr.port()
+    );
+    assert!(headers.contains(&realm), "{headers}");
+}

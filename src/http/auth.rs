@@ -516,15 +516,19 @@ pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
 }
 
 /// `<scheme>://<host>/auth/token` as the client addressed us: the `Host`
-/// (or HTTP/2 authority), and `https` only when a proxy in front says so.
+/// (or HTTP/2 authority), and `https` when Berth terminated TLS itself or a
+/// proxy in front says the client used it.
 fn derived_realm(parts: &Parts) -> String {
     let host = header_str(&parts.headers, header::HOST)
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".to_owned());
-    let scheme = match header_str(&parts.headers, "x-forwarded-proto") {
-        Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
-        _ => "http",
+    let forwarded_https = header_str(&parts.headers, "x-forwarded-proto")
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    let scheme = if parts.extensions.get::<super::OverTls>().is_some() || forwarded_https {
+        "https"
+    } else {
+        "http"
     };
     format!("{scheme}://{host}{TOKEN_PATH}")
 }

@@ -43,6 +43,11 @@ pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-co
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
+/// Marks a request that arrived over TLS terminated by Berth itself (set by
+/// the TLS server), so that URLs Berth hands out use `https`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
 /// What every handler shares: the registry, and access control when it is
 /// on (`None`: everyone may do everything).
 #[derive(Clone)]

@@ -23,6 +23,17 @@
 #   E2E_VERBOSE=1         print each step's full log, not only on failure.
 #   DOCKER_BIN, PYTHON    docker CLI and python to use.
 #
+# Auth/TLS mode (tests/e2e/run-berth-auth.sh): with E2E_TLS_CA=<CA file> the
+# registry is spoken to over HTTPS and every client must verify its
+# certificate against that CA (podman/buildah/skopeo: --tls-verify=true and
+# --cert-dir with ca.crt; docker: /etc/docker/certs.d/ADDR/ca.crt, created
+# for the run and removed by the EXIT trap; ctr: --tlscacert; oras:
+# tls_verify=<CA>; curl: --cacert). With E2E_USER and E2E_PASSWORD as well,
+# every client logs in (podman login into $REGISTRY_AUTH_FILE, used by
+# podman/buildah/skopeo; docker login; ctr --user; oras login) and the
+# extra steps login (first) and auth-refused (last: anonymous pull is 401,
+# wrong password fails docker login) run. Unset: plain HTTP, no login.
+#
 # Nothing here uses the system's container stores, daemons or sockets: every
 # client gets its own root/state dirs under a mktemp dir, daemons listen on
 # unix sockets in that dir, and the EXIT trap stops every process this script
@@ -58,12 +69,61 @@ if [ -z "${DOCKER_BIN:-}" ]; then
   if [ -x /usr/bin/docker ]; then DOCKER_BIN=/usr/bin/docker; else DOCKER_BIN=docker; fi
 fi
 CMD_TIMEOUT="${E2E_CMD_TIMEOUT:-180}"
-REG="http://${ADDR}"
+E2E_TLS_CA="${E2E_TLS_CA:-}"
+E2E_USER="${E2E_USER:-}"
+E2E_PASSWORD="${E2E_PASSWORD:-}"
+if [ -n "$E2E_USER" ] && [ -z "$E2E_TLS_CA" ]; then
+  echo "clients.sh: E2E_USER needs E2E_TLS_CA (no passwords over plain HTTP)" >&2
+  exit 2
+fi
+if [ -n "$E2E_USER" ] && [ -z "$E2E_PASSWORD" ]; then
+  echo "clients.sh: E2E_USER needs E2E_PASSWORD" >&2
+  exit 2
+fi
+if [ -n "$E2E_TLS_CA" ]; then
+  [ -s "$E2E_TLS_CA" ] || { echo "clients.sh: E2E_TLS_CA=$E2E_TLS_CA: no such file" >&2; exit 2; }
+  E2E_TLS_CA="$(cd "$(dirname "$E2E_TLS_CA")" && pwd)/$(basename "$E2E_TLS_CA")"
+  REG="https://${ADDR}"
+else
+  REG="http://${ADDR}"
+fi
 
 TMP="$(mktemp -d /tmp/berth-e2e.XXXXXX)"
 RUN_ID="$(basename "$TMP" | LC_ALL=C tr -dc '[:alnum:]' | LC_ALL=C tr '[:upper:]' '[:lower:]')-$(date +%s)"
 NS="e2e/${RUN_ID}" # every repository this run touches lives under here
 mkdir -p "$TMP/pids" "$TMP/state" "$TMP/logs"
+
+# Registry transport flags of the clients. Plain mode: exactly the flags this
+# script always used. TLS mode: verify against E2E_TLS_CA.
+CERTS="$TMP/certs" # --cert-dir of podman, buildah, skopeo: holds ca.crt
+DOCKER_CERTS=""    # /etc/docker/certs.d/ADDR, when this run created it
+DOCKER_CERTS_TOP="" # the highest dir of that path this run created
+if [ -n "$E2E_TLS_CA" ]; then
+  mkdir -p "$CERTS"
+  cp "$E2E_TLS_CA" "$CERTS/ca.crt"
+  TLSV=(--tls-verify=true --cert-dir "$CERTS")
+  SRC_TLSV=(--src-tls-verify=true --src-cert-dir "$CERTS")
+  DEST_TLSV=(--dest-tls-verify=true --dest-cert-dir "$CERTS")
+  # ctr (containerd 1.6) speaks plain HTTP to localhost / 127.0.0.1 unless a
+  # hosts.toml names an https server, whatever --tlscacert says.
+  mkdir -p "$TMP/ctr-hosts/$ADDR"
+  cat >"$TMP/ctr-hosts/$ADDR/hosts.toml" <<EOF
+server = "https://$ADDR"
+[host."https://$ADDR"]
+  capabilities = ["pull", "resolve", "push"]
+  ca = "$E2E_TLS_CA"
+EOF
+  CTR_REG=(--hosts-dir "$TMP/ctr-hosts" --tlscacert "$E2E_TLS_CA")
+  if [ -n "$E2E_USER" ]; then CTR_REG+=(--user "$E2E_USER:$E2E_PASSWORD"); fi
+  CURL_REG=(--cacert "$E2E_TLS_CA")
+  if [ -n "$E2E_USER" ]; then CURL_REG+=(-u "$E2E_USER:$E2E_PASSWORD"); fi
+else
+  TLSV=(--tls-verify=false)
+  SRC_TLSV=(--src-tls-verify=false)
+  DEST_TLSV=(--dest-tls-verify=false)
+  CTR_REG=(--plain-http)
+  CURL_REG=()
+fi
 
 # ---------------------------------------------------------------- cleanup --
 
@@ -118,6 +178,11 @@ cleanup() {
     kill_tree "$STEP_PID"
   fi
   stop_all_daemons
+  if [ -n "$DOCKER_CERTS" ]; then
+    rm -f "$DOCKER_CERTS/ca.crt"
+    local dd="$DOCKER_CERTS"
+    while rmdir "$dd" 2>/dev/null && [ "$dd" != "$DOCKER_CERTS_TOP" ]; do dd="$(dirname "$dd")"; done
+  fi
   # Unmount anything our clients left mounted below the work dir (shm of a
   # killed podman container, runc rootfs binds, ...), deepest first.
   awk -v t="$TMP/" 'index($2, t) == 1 {print $2}' /proc/self/mounts | sort -r |
@@ -160,7 +225,7 @@ unqualified-search-registries = []
 short-name-mode = "disabled"
 [[registry]]
 location = "$ADDR"
-insecure = true
+insecure = $([ -n "$E2E_TLS_CA" ] && echo false || echo true)
 EOF
 cat >"$TMP/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}
@@ -174,11 +239,31 @@ export BUILDAH_ISOLATION=chroot
 export TMPDIR="$TMP/tmp" # big temporary files of the clients
 mkdir -p "$TMPDIR" "$DOCKER_CONFIG"
 echo '{"auths": {}}' >"$REGISTRY_AUTH_FILE"
+# oras_driver.py: transport and login (oras-py writes the login here).
+export E2E_TLS_CA E2E_USER E2E_PASSWORD
+export E2E_ORAS_DOCKERCFG="$TMP/oras-docker-config.json"
+
+# dockerd has no flag for its certs.d: it reads /etc/docker/certs.d/ADDR/ca.crt.
+if [ -n "$E2E_TLS_CA" ]; then
+  if [ -e "/etc/docker/certs.d/$ADDR" ]; then
+    echo "clients.sh: /etc/docker/certs.d/$ADDR exists already; using it as it is" >&2
+  else
+    for DOCKER_CERTS_TOP in /etc/docker /etc/docker/certs.d "/etc/docker/certs.d/$ADDR"; do
+      [ -e "$DOCKER_CERTS_TOP" ] || break
+    done
+    DOCKER_CERTS="/etc/docker/certs.d/$ADDR"
+    mkdir -p "$DOCKER_CERTS"
+    cp "$E2E_TLS_CA" "$DOCKER_CERTS/ca.crt"
+  fi
+fi
 
 # ------------------------------------------------------ client wrappers --
 
 to() { timeout -k 10 "$CMD_TIMEOUT" "$@"; }
-curl() { command curl --max-time 60 "$@"; }
+# Registry checks with curl trust the CA and send the user's password
+# (Basic) in auth mode; anon_curl never sends credentials.
+curl() { command curl --max-time 60 ${CURL_REG[@]+"${CURL_REG[@]}"} "$@"; }
+anon_curl() { command curl --max-time 60 ${E2E_TLS_CA:+--cacert "$E2E_TLS_CA"} "$@"; }
 pd() { to podman "$@"; }
 pd2() { # podman with a second, empty store: pulls really hit the registry
   to podman --root "$TMP/storage2" --runroot "$TMP/runroot2" --tmpdir "$TMP/libpod-tmp2" "$@"
@@ -336,7 +421,7 @@ EOF
 step_podman_push() {
   local name d
   for name in single multi; do
-    pd push --tls-verify=false --digestfile "$TMP/tmp/$name.digest" \
+    pd push "${TLSV[@]}" --digestfile "$TMP/tmp/$name.digest" \
       "localhost/$NS/$name:v1" "docker://$ADDR/$NS/$name:v1"
     d="$(cat "$TMP/tmp/$name.digest")"
     assert_digest "$d" "podman push digest of $name"
@@ -345,7 +430,7 @@ step_podman_push() {
   done
   # Pushing again must be a no-op for the registry (blobs exist) and give
   # the same manifest digest.
-  pd push --tls-verify=false --digestfile "$TMP/tmp/again.digest" \
+  pd push "${TLSV[@]}" --digestfile "$TMP/tmp/again.digest" \
     "localhost/$NS/single:v1" "docker://$ADDR/$NS/single:v1"
   assert_eq "$(cat "$TMP/tmp/again.digest")" "$(load single_digest)" "re-push digest"
 }
@@ -353,7 +438,7 @@ step_podman_push() {
 step_buildah_push_pull() {
   local d
   # Docker schema 2 this time (buildah converts), to another repository.
-  bh push --tls-verify=false --format v2s2 --digestfile "$TMP/tmp/bh.digest" \
+  bh push "${TLSV[@]}" --format v2s2 --digestfile "$TMP/tmp/bh.digest" \
     "localhost/$NS/single:v1" "docker://$ADDR/$NS/single-v2s2:v1"
   d="$(cat "$TMP/tmp/bh.digest")"
   assert_registry_digest "$NS/single-v2s2" v1 "$d" "buildah push"
@@ -363,7 +448,7 @@ step_buildah_push_pull() {
   assert_eq "$(jq -r .mediaType "$TMP/tmp/bh.manifest")" "$ct" "mediaType field"
   save v2s2_digest "$d"
   # buildah pull by digest into the second store
-  bh --root "$TMP/storage2" --runroot "$TMP/runroot2" pull --tls-verify=false \
+  bh --root "$TMP/storage2" --runroot "$TMP/runroot2" pull "${TLSV[@]}" \
     "$ADDR/$NS/single-v2s2@$d"
   local got
   got="$(bh --root "$TMP/storage2" --runroot "$TMP/runroot2" inspect --type image \
@@ -381,13 +466,13 @@ step_podman_pull_run() {
   local d out
   # single, by tag, into an empty store
   d="$(load single_digest)"
-  pd2 pull --tls-verify=false "$ADDR/$NS/single:v1"
+  pd2 pull "${TLSV[@]}" "$ADDR/$NS/single:v1"
   assert_repo_digest "$ADDR/$NS/single:v1" "$ADDR/$NS/single@$d" "podman pull (tag)"
   out="$(pd2 run --rm --network=none "$ADDR/$NS/single:v1")"
   assert_eq "$out" "berth-e2e $RUN_ID" "podman run output of single"
   # multi, by digest
   d="$(load multi_digest)"
-  pd2 pull --tls-verify=false "$ADDR/$NS/multi@$d"
+  pd2 pull "${TLSV[@]}" "$ADDR/$NS/multi@$d"
   assert_repo_digest "$ADDR/$NS/multi@$d" "$ADDR/$NS/multi@$d" "podman pull (by digest)"
   out="$(pd2 run --rm --network=none "$ADDR/$NS/multi@$d")"
   assert_eq "${out%% *}" "$(load data_sha)" "sha256 of data.bin computed at build time (RUN) and read at run time"
@@ -398,25 +483,25 @@ step_podman_pull_run() {
 step_skopeo_inspect() {
   local d raw insp
   d="$(load single_digest)"
-  sk inspect --tls-verify=false --raw "docker://$ADDR/$NS/single:v1" >"$TMP/tmp/raw.json"
+  sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/single:v1" >"$TMP/tmp/raw.json"
   raw="$(sha "$TMP/tmp/raw.json")"
-  insp="$(sk inspect --tls-verify=false "docker://$ADDR/$NS/single:v1" | jq -r .Digest)"
+  insp="$(sk inspect "${TLSV[@]}" "docker://$ADDR/$NS/single:v1" | jq -r .Digest)"
   assert_eq "$raw" "$d" "sha256(skopeo inspect --raw)"
   assert_eq "$insp" "$d" "skopeo inspect .Digest"
   assert_eq "$(reg_head_digest "$NS/single" v1)" "$d" "Docker-Content-Digest"
   # The config blob: skopeo's --config --raw bytes hash to the manifest's config digest.
-  sk inspect --tls-verify=false --config --raw "docker://$ADDR/$NS/single:v1" >"$TMP/tmp/config.json"
+  sk inspect "${TLSV[@]}" --config --raw "docker://$ADDR/$NS/single:v1" >"$TMP/tmp/config.json"
   assert_eq "$(sha "$TMP/tmp/config.json")" "$(jq -r .config.digest "$TMP/tmp/raw.json")" "config blob digest"
   assert_eq "$(jq -r .architecture "$TMP/tmp/config.json")" amd64 "config architecture"
   # Tag listing.
-  sk list-tags --tls-verify=false "docker://$ADDR/$NS/single" | jq -e '.Tags | index("v1") != null' >/dev/null
+  sk list-tags "${TLSV[@]}" "docker://$ADDR/$NS/single" | jq -e '.Tags | index("v1") != null' >/dev/null
   echo "ok: skopeo list-tags shows v1"
 }
 
 step_skopeo_oci_layout() {
   local d oci="$TMP/oci"
   d="$(load multi_digest)"
-  sk copy --src-tls-verify=false --preserve-digests \
+  sk copy "${SRC_TLSV[@]}" --preserve-digests \
     "docker://$ADDR/$NS/multi:v1" "oci:$oci:multi"
   local idx_digest
   idx_digest="$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "multi") | .digest' "$oci/index.json")"
@@ -436,7 +521,7 @@ step_skopeo_oci_layout() {
   layer_file "$l1" data/data.bin | cmp - "$TMP/ctx/data.bin"
   echo "ok: data/data.bin in layer 1 is byte-identical to the build input"
   # And back into the registry under another name: same digest.
-  sk copy --dest-tls-verify=false --preserve-digests --digestfile "$TMP/tmp/oci.digest" \
+  sk copy "${DEST_TLSV[@]}" --preserve-digests --digestfile "$TMP/tmp/oci.digest" \
     "oci:$oci:multi" "docker://$ADDR/$NS/from-oci:v1"
   assert_eq "$(cat "$TMP/tmp/oci.digest")" "$d" "digest after oci: -> registry copy"
   assert_registry_digest "$NS/from-oci" v1 "$d" "skopeo copy from oci layout"
@@ -445,7 +530,7 @@ step_skopeo_oci_layout() {
 step_skopeo_dir_by_digest() {
   local d dir="$TMP/dir"
   d="$(load single_digest)"
-  sk copy --src-tls-verify=false "docker://$ADDR/$NS/single@$d" "dir:$dir"
+  sk copy "${SRC_TLSV[@]}" "docker://$ADDR/$NS/single@$d" "dir:$dir"
   assert_eq "$(sha "$dir/manifest.json")" "$d" "dir: manifest.json digest"
   local b
   for b in "$dir"/*; do
@@ -460,11 +545,11 @@ step_skopeo_dir_by_digest() {
 step_skopeo_copy_by_digest() {
   local d
   d="$(load multi_digest)"
-  sk copy --src-tls-verify=false --dest-tls-verify=false --digestfile "$TMP/tmp/bd.digest" \
+  sk copy "${SRC_TLSV[@]}" "${DEST_TLSV[@]}" --digestfile "$TMP/tmp/bd.digest" \
     "docker://$ADDR/$NS/multi@$d" "docker://$ADDR/$NS/multi:by-digest"
   assert_eq "$(cat "$TMP/tmp/bd.digest")" "$d" "digest of copy by digest"
   assert_registry_digest "$NS/multi" by-digest "$d" "new tag"
-  sk list-tags --tls-verify=false "docker://$ADDR/$NS/multi" |
+  sk list-tags "${TLSV[@]}" "docker://$ADDR/$NS/multi" |
     jq -e '(.Tags | index("v1") != null) and (.Tags | index("by-digest") != null)' >/dev/null
   echo "ok: tags v1 and by-digest listed"
 }
@@ -475,7 +560,7 @@ step_skopeo_cross_repo_mount() {
   # containers/image mounts a blob from another repository of the same
   # registry when its blob-info cache knows one (the pushes and pulls above
   # recorded them). The debug log shows each mount attempt and its result.
-  sk --debug copy --src-tls-verify=false --dest-tls-verify=false --digestfile "$TMP/tmp/mnt.digest" \
+  sk --debug copy "${SRC_TLSV[@]}" "${DEST_TLSV[@]}" --digestfile "$TMP/tmp/mnt.digest" \
     "docker://$ADDR/$NS/multi:v1" "docker://$ADDR/$NS/mounted:v1" 2>"$TMP/tmp/mount.log"
   grep -E 'mount|Uploading' "$TMP/tmp/mount.log" | sed 's/^/  /' | cut -c1-220 || true
   assert_eq "$(cat "$TMP/tmp/mnt.digest")" "$d" "digest of cross-repo copy"
@@ -487,7 +572,7 @@ step_skopeo_cross_repo_mount() {
   # The same, by hand: POST ?mount=&from= must answer 201 with the digest.
   local layer hdr
   layer="$(jq -r '.layers[0].digest' "$TMP/oci/blobs/sha256/${d#sha256:}" 2>/dev/null ||
-    sk inspect --tls-verify=false --raw "docker://$ADDR/$NS/multi@$d" | jq -r '.layers[0].digest')"
+    sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/multi@$d" | jq -r '.layers[0].digest')"
   hdr="$(curl -sS -X POST -D - -o /dev/null \
     "$REG/v2/$NS/mounted-by-curl/blobs/uploads/?mount=$layer&from=$NS/multi" | tr -d '\r')"
   assert_match "$(head -1 <<<"$hdr")" '^HTTP/[0-9.]+ 201' "mount POST status"
@@ -498,13 +583,13 @@ step_skopeo_cross_repo_mount() {
 step_skopeo_delete() {
   local d
   d="$(load single_digest)"
-  sk copy --src-tls-verify=false --dest-tls-verify=false \
+  sk copy "${SRC_TLSV[@]}" "${DEST_TLSV[@]}" \
     "docker://$ADDR/$NS/single:v1" "docker://$ADDR/$NS/to-delete:v1"
   assert_registry_digest "$NS/to-delete" v1 "$d" "copy to be deleted"
-  sk delete --tls-verify=false "docker://$ADDR/$NS/to-delete@$d"
+  sk delete "${TLSV[@]}" "docker://$ADDR/$NS/to-delete@$d"
   assert_eq "$(reg_status HEAD "$REG/v2/$NS/to-delete/manifests/$d")" 404 "HEAD deleted manifest by digest"
   assert_eq "$(reg_status HEAD "$REG/v2/$NS/to-delete/manifests/v1")" 404 "HEAD tag of deleted manifest"
-  if sk inspect --tls-verify=false --raw "docker://$ADDR/$NS/to-delete@$d" >/dev/null 2>&1; then
+  if sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/to-delete@$d" >/dev/null 2>&1; then
     die "skopeo inspect still finds the deleted manifest"
   fi
   echo "ok: skopeo inspect fails on the deleted manifest"
@@ -526,13 +611,13 @@ step_multiarch_index() {
   for a in amd64 arm64; do
     pd manifest add "$list" "containers-storage:localhost/$NS/multiarch:$a"
   done
-  pd manifest push --all --tls-verify=false --digestfile "$TMP/tmp/list.digest" \
+  pd manifest push --all "${TLSV[@]}" --digestfile "$TMP/tmp/list.digest" \
     "$list" "docker://$ADDR/$NS/multiarch:v1"
   d="$(cat "$TMP/tmp/list.digest")"
   assert_registry_digest "$NS/multiarch" v1 "$d" "podman manifest push"
   save index_digest "$d"
   local raw="$TMP/tmp/index.json" ctype
-  sk inspect --tls-verify=false --raw "docker://$ADDR/$NS/multiarch:v1" >"$raw"
+  sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/multiarch:v1" >"$raw"
   assert_eq "$(sha "$raw")" "$d" "sha256(skopeo inspect --raw) of index"
   ctype="$(reg_get_manifest "$NS/multiarch" v1 "$TMP/tmp/index.get")"
   assert_match "$(jq -r .mediaType "$raw")" 'image\.index\.v1\+json|manifest\.list\.v2\+json' "index mediaType"
@@ -541,29 +626,29 @@ step_multiarch_index() {
   local child arch cfg
   for a in amd64 arm64; do
     child="$(jq -r --arg a "$a" '.manifests[] | select(.platform.architecture == $a) | .digest' "$raw")"
-    sk inspect --tls-verify=false --raw "docker://$ADDR/$NS/multiarch@$child" >"$TMP/tmp/child-$a.json"
+    sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/multiarch@$child" >"$TMP/tmp/child-$a.json"
     assert_eq "$(sha "$TMP/tmp/child-$a.json")" "$child" "child $a manifest bytes"
     assert_eq "$(stat -c %s "$TMP/tmp/child-$a.json")" \
       "$(jq -r --arg a "$a" '.manifests[] | select(.platform.architecture == $a) | .size' "$raw")" "child $a size in index"
     assert_registry_digest "$NS/multiarch" "$child" "$child" "child $a by digest"
-    cfg="$(sk inspect --tls-verify=false --config --raw "docker://$ADDR/$NS/multiarch@$child")"
+    cfg="$(sk inspect "${TLSV[@]}" --config --raw "docker://$ADDR/$NS/multiarch@$child")"
     arch="$(jq -r .architecture <<<"$cfg")"
     assert_eq "$arch" "$a" "architecture in child $a config"
     # skopeo's platform selection from the index picks the same child.
-    sk --override-arch "$a" copy --src-tls-verify=false --preserve-digests \
+    sk --override-arch "$a" copy "${SRC_TLSV[@]}" --preserve-digests \
       "docker://$ADDR/$NS/multiarch:v1" "dir:$TMP/sel-$a"
     assert_eq "$(sha "$TMP/sel-$a/manifest.json")" "$child" "skopeo --override-arch $a copies the $a child"
     save "child_$a" "$child"
   done
   # podman: pull the list for both arches, run the native one.
-  pd2 pull --tls-verify=false --arch arm64 "$ADDR/$NS/multiarch:v1"
+  pd2 pull "${TLSV[@]}" --arch arm64 "$ADDR/$NS/multiarch:v1"
   assert_eq "$(pd2 image inspect --format '{{.Architecture}}' "$ADDR/$NS/multiarch:v1")" arm64 "podman --arch arm64 pulled arch"
-  pd2 pull --tls-verify=false --arch amd64 "$ADDR/$NS/multiarch:v1"
+  pd2 pull "${TLSV[@]}" --arch amd64 "$ADDR/$NS/multiarch:v1"
   assert_eq "$(pd2 image inspect --format '{{.Architecture}}' "$ADDR/$NS/multiarch:v1")" amd64 "podman --arch amd64 pulled arch"
   assert_eq "$(pd2 run --rm --network=none "$ADDR/$NS/multiarch:v1")" arch-amd64 "podman run of amd64 child"
 }
 
-step_docker() {
+start_dockerd() {
   mkdir -p "$TMP/docker"
   start_containerd docker-containerd >/dev/null
   cat >"$TMP/docker/daemon.json" <<EOF
@@ -581,15 +666,25 @@ EOF
   local i
   for ((i = 0; i < 100; i++)); do dk version >/dev/null 2>&1 && break; sleep 0.2; done
   dk version --format 'docker client {{.Client.Version}}, server {{.Server.Version}}'
+}
+
+step_docker() {
+  start_dockerd
+  if [ -n "$E2E_USER" ]; then
+    printf '%s\n' "$E2E_PASSWORD" | dk login "$ADDR" -u "$E2E_USER" --password-stdin
+    jq -e --arg a "$ADDR" '.auths[$a].auth != null' "$DOCKER_CONFIG/config.json" >/dev/null ||
+      die "docker login stored no credentials for $ADDR in $DOCKER_CONFIG/config.json"
+    echo "ok: docker login stored credentials in \$DOCKER_CONFIG"
+  fi
 
   # docker load an image skopeo exported from the registry.
   local src_d
   src_d="$(load single_digest)"
-  sk copy --src-tls-verify=false "docker://$ADDR/$NS/single@$src_d" \
+  sk copy "${SRC_TLSV[@]}" "docker://$ADDR/$NS/single@$src_d" \
     "docker-archive:$TMP/single.tar:$NS/single:v1"
   dk load -i "$TMP/single.tar"
   local want_diffids
-  want_diffids="$(sk inspect --tls-verify=false --config --raw "docker://$ADDR/$NS/single@$src_d" | jq -c .rootfs.diff_ids)"
+  want_diffids="$(sk inspect "${TLSV[@]}" --config --raw "docker://$ADDR/$NS/single@$src_d" | jq -c .rootfs.diff_ids)"
   dk tag "$NS/single:v1" "$ADDR/$NS/docker:v1"
   dk push "$ADDR/$NS/docker:v1" | tee "$TMP/tmp/docker-push.log"
   local d
@@ -635,7 +730,7 @@ step_containerd() {
   local d got out
   # pull by tag
   d="$(load single_digest)"
-  ct images pull --plain-http --snapshotter native "$ADDR/$NS/single:v1" >"$TMP/tmp/ctr-pull.log"
+  ct images pull "${CTR_REG[@]}" --snapshotter native "$ADDR/$NS/single:v1" >"$TMP/tmp/ctr-pull.log"
   got="$(ctr_image_digest "$ADDR/$NS/single:v1")"
   assert_eq "$got" "$d" "ctr pulled digest (tag)"
   out="$(ct run --rm --snapshotter native --fifo-dir "$TMP/containerd/fifo" \
@@ -643,21 +738,21 @@ step_containerd() {
   assert_eq "$out" "berth-e2e $RUN_ID" "ctr run output"
   # pull by digest
   d="$(load multi_digest)"
-  ct images pull --plain-http --snapshotter native "$ADDR/$NS/multi@$d" >"$TMP/tmp/ctr-pull2.log"
+  ct images pull "${CTR_REG[@]}" --snapshotter native "$ADDR/$NS/multi@$d" >"$TMP/tmp/ctr-pull2.log"
   got="$(ctr_image_digest "$ADDR/$NS/multi@$d")"
   assert_eq "$got" "$d" "ctr pulled digest (by digest)"
   ct content get "$d" >"$TMP/tmp/ctr-manifest.json"
   assert_eq "$(sha "$TMP/tmp/ctr-manifest.json")" "$d" "manifest bytes in containerd content store"
   # push: same manifest to a new repository, then the full index.
   ct images tag "$ADDR/$NS/single:v1" "$ADDR/$NS/ctr-pushed:v1"
-  ct images push --plain-http "$ADDR/$NS/ctr-pushed:v1" >"$TMP/tmp/ctr-push.log"
+  ct images push "${CTR_REG[@]}" "$ADDR/$NS/ctr-pushed:v1" >"$TMP/tmp/ctr-push.log"
   assert_registry_digest "$NS/ctr-pushed" v1 "$(load single_digest)" "ctr push"
   local idx
   idx="$(load index_digest)"
-  ct images pull --plain-http --all-platforms "$ADDR/$NS/multiarch@$idx" >"$TMP/tmp/ctr-pull3.log"
+  ct images pull "${CTR_REG[@]}" --all-platforms "$ADDR/$NS/multiarch@$idx" >"$TMP/tmp/ctr-pull3.log"
   assert_eq "$(ctr_image_digest "$ADDR/$NS/multiarch@$idx")" "$idx" "ctr pulled index digest"
   ct images tag "$ADDR/$NS/multiarch@$idx" "$ADDR/$NS/ctr-index:v1"
-  ct images push --plain-http "$ADDR/$NS/ctr-index:v1" >"$TMP/tmp/ctr-push2.log"
+  ct images push "${CTR_REG[@]}" "$ADDR/$NS/ctr-index:v1" >"$TMP/tmp/ctr-push2.log"
   assert_registry_digest "$NS/ctr-index" v1 "$idx" "ctr push of index"
   local a
   for a in amd64 arm64; do
@@ -733,6 +828,71 @@ step_oras_referrers() {
   fi
 }
 
+# Auth mode only: log podman (hence buildah and skopeo, which read the same
+# $REGISTRY_AUTH_FILE) in, over TLS verified with --cert-dir.
+step_login() {
+  echo '{"auths": {}}' >"$TMP/tmp/empty-auth.json"
+  printf '%s\n' "$E2E_PASSWORD" | pd login "${TLSV[@]}" --authfile "$REGISTRY_AUTH_FILE" \
+    -u "$E2E_USER" --password-stdin "$ADDR"
+  jq -e --arg a "$ADDR" '.auths[$a].auth != null' "$REGISTRY_AUTH_FILE" >/dev/null ||
+    die "podman login stored no credentials for $ADDR in $REGISTRY_AUTH_FILE"
+  echo "ok: podman login stored credentials in $REGISTRY_AUTH_FILE"
+  assert_eq "$(pd login --get-login --authfile "$REGISTRY_AUTH_FILE" "$ADDR")" "$E2E_USER" "podman login --get-login"
+  # skopeo with explicit --creds instead of the auth file.
+  sk inspect "${TLSV[@]}" --authfile "$TMP/tmp/empty-auth.json" --creds "$E2E_USER:$E2E_PASSWORD" \
+    --raw "docker://$ADDR/$NS/does-not-exist:v1" >/dev/null 2>"$TMP/tmp/creds.err" || true
+  grep -E 'manifest unknown|name unknown|not found' "$TMP/tmp/creds.err" ||
+    die "skopeo --creds on a missing image: want 'manifest unknown', got: $(cat "$TMP/tmp/creds.err")"
+  echo "ok: skopeo --creds gets past auth (manifest unknown, not 401)"
+}
+
+# Auth mode only, last (failed logins count towards Berth's brute-force limit):
+# what is refused.
+step_auth_refused() {
+  local d st hdr out
+  d="$(load single_digest)"
+  echo '{"auths": {}}' >"$TMP/tmp/empty-auth.json"
+  # Anonymous: 401 with a Bearer challenge, for an existing image and /v2/.
+  st="$(anon_curl -sS -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "$REG/v2/$NS/single/manifests/v1")"
+  assert_eq "$st" 401 "anonymous GET manifest status"
+  st="$(anon_curl -sS -o /dev/null -w '%{http_code}' "$REG/v2/$NS/single/blobs/$d")"
+  assert_eq "$st" 401 "anonymous GET blob status"
+  hdr="$(anon_curl -sS -D - -o /dev/null "$REG/v2/" | tr -d '\r' | awk 'tolower($1) == "www-authenticate:"')"
+  assert_match "$hdr" '^[Ww][Ww][Ww]-[Aa]uthenticate: Bearer realm="https://' "anonymous /v2/ challenge"
+  # Anonymous real clients are refused too.
+  if sk inspect "${TLSV[@]}" --authfile "$TMP/tmp/empty-auth.json" --no-creds --raw \
+    "docker://$ADDR/$NS/single:v1" >/dev/null 2>"$TMP/tmp/anon.err"; then
+    die "anonymous skopeo inspect succeeded"
+  fi
+  cat "$TMP/tmp/anon.err"
+  grep -qiE 'unauthorized|authentication required|401' "$TMP/tmp/anon.err" || die "anonymous skopeo inspect: not an auth error"
+  echo "ok: anonymous skopeo inspect refused"
+  # TLS is really verified: without the CA (an empty --cert-dir and no
+  # system CA for it) skopeo must refuse the certificate.
+  mkdir -p "$TMP/tmp/no-certs"
+  if sk inspect --tls-verify=true --cert-dir "$TMP/tmp/no-certs" --raw \
+    "docker://$ADDR/$NS/single:v1" >/dev/null 2>"$TMP/tmp/noca.err"; then
+    die "skopeo inspect without the CA succeeded"
+  fi
+  cat "$TMP/tmp/noca.err"
+  grep -qE 'x509|certificate' "$TMP/tmp/noca.err" || die "skopeo without the CA: not a certificate error"
+  echo "ok: skopeo without the CA refuses the server certificate"
+  # Wrong password: the TLS handshake is fine, the login must fail.
+  start_dockerd
+  mkdir -p "$TMP/docker-config-wrong"
+  if out="$(printf 'not-the-password\n' | DOCKER_CONFIG="$TMP/docker-config-wrong" dk login "$ADDR" -u "$E2E_USER" --password-stdin 2>&1)"; then
+    die "docker login with a wrong password succeeded: $out"
+  fi
+  echo "docker login with a wrong password: $out"
+  assert_match "$out" 'unauthorized|401|incorrect|denied' "wrong-password docker login error"
+  ! grep -qF "x509" <<<"$out" || die "wrong-password docker login failed on TLS, not on the password"
+  if [ -s "$TMP/docker-config-wrong/config.json" ]; then
+    jq -e --arg a "$ADDR" '.auths[$a] == null' "$TMP/docker-config-wrong/config.json" >/dev/null ||
+      die "failed docker login left credentials in its config.json"
+  fi
+  echo "ok: no credentials stored by the failed login"
+}
+
 # ============================================================== runner ==
 
 STEPS=(
@@ -741,6 +901,7 @@ STEPS=(
   skopeo-cross-repo-mount skopeo-delete multiarch-index docker containerd
   oras-artifact oras-referrers
 )
+if [ -n "$E2E_USER" ]; then STEPS=(login "${STEPS[@]}" auth-refused); fi
 PASSED=0 FAILED=0 SKIPPED=0
 FAILED_NAMES=()
 

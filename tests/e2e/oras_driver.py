@@ -7,7 +7,14 @@ get_manifest/do_request); this file only adds the bits the SDK lacks:
 an OCI 1.1 `artifactType` on pushed manifests, a `subject` given by digest,
 and a GET of the referrers API.
 
-Usage (ADDR is host:port of a plain-HTTP registry):
+Transport and login come from the environment (set by clients.sh):
+  E2E_TLS_CA              unset: plain HTTP. Set: HTTPS, the server
+                          certificate verified against this CA file
+                          (the SDK's tls_verify=<CA bundle>).
+  E2E_USER, E2E_PASSWORD  log in (Registry.login) before any request.
+  E2E_ORAS_DOCKERCFG      where Registry.login records the credentials.
+
+Usage (ADDR is host:port of the registry):
   oras_driver.py push ADDR REPO:TAG FILE MEDIATYPE ARTIFACT_TYPE [SUBJECT_DIGEST]
       push FILE as the single layer (OCI 1.1 style: empty config
       application/vnd.oci.empty.v1+json, manifest artifactType set);
@@ -55,9 +62,37 @@ class ArtifactRegistry(oras.provider.Registry):
         self.last_response = resp
         return resp
 
+    def do_request(self, url, method="GET", data=None, headers=None, json=None, stream=False):
+        # oras-py 0.2.43 keeps one bearer token and asks for a new one only on
+        # 403; a registry that answers a token lacking the needed scope with
+        # 401 error="insufficient_scope" (the distribution spec's way, e.g. a
+        # pull token used for a push) would fail. Drop the token and retry once.
+        resp = super().do_request(url, method, data, dict(headers or {}), json, stream)
+        challenge = resp.headers.get("Www-Authenticate", "")
+        if resp.status_code == 401 and "insufficient_scope" in challenge and getattr(self.auth, "token", None):
+            self.auth.token = None
+            resp = super().do_request(url, method, data, dict(headers or {}), json, stream)
+        return resp
+
 
 def client(addr):
-    reg = ArtifactRegistry(hostname=addr, insecure=True)
+    ca = os.environ.get("E2E_TLS_CA")
+    if ca:
+        reg = ArtifactRegistry(hostname=addr, insecure=False, tls_verify=ca)
+    else:
+        reg = ArtifactRegistry(hostname=addr, insecure=True)
+    user = os.environ.get("E2E_USER")
+    if user:
+        cfg = os.environ.get("E2E_ORAS_DOCKERCFG")
+        if not cfg:
+            fail("E2E_ORAS_DOCKERCFG must be set with E2E_USER", 2)
+        reg.login(
+            username=user,
+            password=os.environ["E2E_PASSWORD"],
+            hostname=addr,
+            tls_verify=bool(ca),
+            config_path=cfg,
+        )
     return reg
 
 
@@ -74,7 +109,7 @@ def cmd_push(addr, target, path, media_type, artifact_type, subject_digest=None)
         repo = target.rsplit(":", 1)[0] if "@" not in target else target.split("@")[0]
         # Ask the registry for the subject's exact bytes: the SDK's
         # Subject.from_manifest re-serialises JSON, which would not match.
-        url = f"http://{addr}/v2/{repo}/manifests/{subject_digest}"
+        url = f"{reg.prefix}://{addr}/v2/{repo}/manifests/{subject_digest}"
         resp = reg.do_request(
             url,
             "GET",
@@ -129,7 +164,7 @@ def cmd_manifest(addr, target):
 
 def cmd_referrers(addr, repo, digest, artifact_type=None):
     reg = client(addr)
-    url = f"http://{addr}/v2/{repo}/referrers/{digest}"
+    url = f"{reg.prefix}://{addr}/v2/{repo}/referrers/{digest}"
     if artifact_type:
         url += f"?artifactType={artifact_type}"
     resp = reg.do_request(url, "GET", headers={"Accept": oras.defaults.default_index_media_type})
