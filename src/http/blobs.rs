@@ -19,7 +19,8 @@ pub async fn get(
 ) -> ApiResult {
     let name = repository_name(name)?;
     let digest = digest_param(digest)?;
-    let size = registry.blob_size(&name, &digest).await?;
+    let blob = registry.open_blob(&name, &digest).await?;
+    let size = blob.size;
     let range = match range::parse(header_str(&parts.headers, header::RANGE), size) {
         RangeRequest::Unsatisfiable => {
             let mut response = super::ApiError::from(ErrorCode::RangeInvalid).into_response();
@@ -52,7 +53,7 @@ pub async fn get(
         );
     }
     let body = if with_body && length > 0 {
-        Body::from_stream(registry.read_blob(&name, &digest, range).await?.stream)
+        Body::from_stream(registry.read_blob(&blob, range).await?)
     } else {
         Body::empty()
     };

@@ -15,15 +15,15 @@ use super::{storage_error, Registry};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName, Result};
 use crate::storage::{layout, ByteStream};
 
-/// A blob being read: its full size and the requested bytes.
-pub struct BlobRead {
+/// A blob found in a repository (its link checked): what can be read.
+pub struct Blob {
+    digest: Digest,
     pub size: u64,
-    pub stream: ByteStream,
 }
 
 impl Registry {
-    /// The size of a blob linked into `name`, or `BLOB_UNKNOWN`.
-    pub async fn blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
+    /// The blob `digest` as repository `name` holds it, or `BLOB_UNKNOWN`.
+    pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<Blob> {
         if self
             .read_link(&layout::layer_link(name, digest))
             .await?
@@ -31,33 +31,30 @@ impl Registry {
         {
             return Err(ErrorCode::BlobUnknown.into());
         }
-        self.content_size(digest)
+        let size = self
+            .content_size(digest)
             .await?
-            .ok_or_else(|| ErrorCode::BlobUnknown.into())
+            .ok_or(ErrorCode::BlobUnknown)?;
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+        })
     }
 
-    /// Streams a blob, or the `range` of it; the range must lie within
-    /// [`Registry::blob_size`]. Small blobs are served from memory.
-    pub async fn read_blob(
-        &self,
-        name: &RepositoryName,
-        digest: &Digest,
-        range: Option<Range<u64>>,
-    ) -> Result<BlobRead> {
-        let size = self.blob_size(name, digest).await?;
-        if size <= SMALL_BLOB_BYTES {
+    /// Streams an opened blob, or the `range` of it (which must lie within
+    /// its size). Small blobs are served from memory.
+    pub async fn read_blob(&self, blob: &Blob, range: Option<Range<u64>>) -> Result<ByteStream> {
+        let Blob { digest, size } = blob;
+        if *size <= SMALL_BLOB_BYTES {
             let content = self.small_blob(digest).await?;
-            if content.len() as u64 != size {
+            if content.len() as u64 != *size {
                 return Err(RegistryError::internal("blob content changed size", digest));
             }
             let part = match range {
                 Some(r) => content.slice(r.start as usize..r.end as usize),
                 None => content,
             };
-            return Ok(BlobRead {
-                size,
-                stream: Box::pin(stream::once(async move { Ok(part) })),
-            });
+            return Ok(Box::pin(stream::once(async move { Ok(part) })));
         }
         let read = self
             .storage
@@ -65,10 +62,7 @@ impl Registry {
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::BlobUnknown)?;
-        Ok(BlobRead {
-            size: read.size,
-            stream: read.stream,
-        })
+        Ok(read.stream)
     }
 
     async fn small_blob(&self, digest: &Digest) -> Result<Bytes> {
@@ -105,7 +99,7 @@ impl Registry {
         from: Option<&RepositoryName>,
     ) -> Result<bool> {
         let available = match from {
-            Some(source) => self.blob_size(source, digest).await.is_ok(),
+            Some(source) => self.open_blob(source, digest).await.is_ok(),
             None => self.content_size(digest).await?.is_some(),
         };
         if available {

@@ -140,7 +140,7 @@ impl Registry {
     async fn check_requirements(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
         for requirement in &manifest.requirements {
             let (present, digest) = match requirement {
-                Requirement::Blob(d) => (self.blob_size(name, d).await.is_ok(), d),
+                Requirement::Blob(d) => (self.open_blob(name, d).await.is_ok(), d),
                 Requirement::Manifest(d) => (self.has_manifest(name, d).await?, d),
             };
             if !present {

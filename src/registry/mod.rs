@@ -14,7 +14,7 @@ mod uploads;
 use std::io;
 use std::sync::Arc;
 
-pub use blobs::BlobRead;
+pub use blobs::Blob;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
 

@@ -4,7 +4,6 @@
 use serde_json::{json, Value};
 
 use super::{storage_error, Registry};
-use crate::oci::manifest::stored_media_type;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result};
 use crate::storage::layout;
 
@@ -54,7 +53,7 @@ impl Registry {
                 continue;
             }
             let mut descriptor = json!({
-                "mediaType": stored_media_type(&stored.body),
+                "mediaType": stored.media_type,
                 "digest": stored.digest.to_string(),
                 "size": stored.body.len(),
             });
