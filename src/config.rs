@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::registry::LifecycleConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +41,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Garbage collection, retention, immutable tags, tag history, upload
+    /// expiry (the `[lifecycle]` table).
+    pub lifecycle: LifecycleConfig,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             auth: None,
             tls_cert: None,
             tls_key: None,
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }

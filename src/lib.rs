@@ -36,7 +36,12 @@ pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
         content_bytes: config.cache_bytes,
         ttl: std::time::Duration::from_millis(config.cache_ttl_ms),
     };
-    Ok(Arc::new(Registry::new(Arc::new(storage), limits, &cache)))
+    Ok(Arc::new(Registry::new(
+        Arc::new(storage),
+        limits,
+        &cache,
+        config.lifecycle.clone(),
+    )))
 }
 
 /// Access control from the `[auth]` table; `None` when there is none (auth

@@ -52,9 +52,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::policy::RepositoryPattern;
 use super::scope::Actions;
 use super::AuthError;
+use crate::oci::RepositoryPattern;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

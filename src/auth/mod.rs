@@ -45,12 +45,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::oci::RepositoryPattern;
 pub use config::{
     AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, LoginLimitConfig, RuleConfig,
 };
 pub use htpasswd::Htpasswd;
 pub use limiter::FailureLimiter;
-pub use policy::{Grant, Identity, Policy, RepositoryPattern};
+pub use policy::{Grant, Identity, Policy};
 pub use robots::{Robot, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
 pub use token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};

@@ -28,79 +28,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
-
 use super::config::{AuthConfig, CatalogConfig};
 use super::scope::{Action, Actions, Scope};
 use super::AuthError;
-use crate::oci::RepositoryName;
-
-/// A repository name pattern (see the module doc for its semantics).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RepositoryPattern(String);
-
-impl RepositoryPattern {
-    /// Accepts a repository name in which any part may be `*`: with every
-    /// `*` replaced by a letter, it must be a valid repository name (so a
-    /// pattern that can match no name, like `a//*` or `Team/*`, is refused).
-    pub fn parse(pattern: &str) -> Result<RepositoryPattern, String> {
-        let example = pattern.replace('*', "x");
-        if RepositoryName::parse(&example).is_none() {
-            return Err(format!("invalid repository pattern {pattern:?}"));
-        }
-        Ok(RepositoryPattern(pattern.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn matches(&self, name: &RepositoryName) -> bool {
-        glob_match(self.0.as_bytes(), name.as_str().as_bytes())
-    }
-}
-
-/// `*` matches any run of bytes (including `/`); everything else literally.
-/// Greedy with one backtrack point: linear in practice, O(n·m) at worst.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            backtrack = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((star, matched)) = backtrack {
-            p = star + 1;
-            t = matched + 1;
-            backtrack = Some((star, matched + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&b| b == b'*')
-}
-
-impl fmt::Display for RepositoryPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for RepositoryPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RepositoryPattern {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RepositoryPattern, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        RepositoryPattern::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+use crate::oci::{RepositoryName, RepositoryPattern};
 
 /// Actions on the repositories matching a pattern: a robot's grant, written
 /// `PATTERN:ACTIONS` (e.g. `team-a/*:pull,push`).
@@ -192,7 +123,7 @@ impl Policy {
         }
         let rules = if config.rules.is_empty() {
             vec![Rule {
-                repositories: vec![RepositoryPattern("*".to_owned())],
+                repositories: vec![RepositoryPattern::parse("*").expect("a valid pattern")],
                 anonymous: Actions::NONE,
                 authenticated: Actions::from_iter([Action::Pull, Action::Push]),
                 users: BTreeMap::new(),

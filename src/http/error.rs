@@ -21,7 +21,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::SizeInvalid
         | ErrorCode::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Denied => StatusCode::FORBIDDEN,
+        ErrorCode::Denied | ErrorCode::TagImmutable => StatusCode::FORBIDDEN,
         ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,

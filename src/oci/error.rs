@@ -26,6 +26,8 @@ pub enum ErrorCode {
     RangeInvalid,
     /// Not a spec code: a body larger than the registry accepts.
     TooLarge,
+    /// `DENIED`, for a push or delete that would change an immutable tag.
+    TagImmutable,
     /// Not a spec code: storage or another internal failure (details are logged, never sent).
     Internal,
     /// Not a spec code: the registry is shutting down or storage is unavailable.
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::TooLarge => "SIZE_INVALID",
+            ErrorCode::TagImmutable => "DENIED",
             ErrorCode::Internal => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
         }
@@ -76,6 +79,9 @@ impl ErrorCode {
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
+            ErrorCode::TagImmutable => {
+                "the tag is immutable: it cannot be moved to another image or deleted"
+            }
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::TooLarge => "request body too large",

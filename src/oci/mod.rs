@@ -5,8 +5,10 @@ pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod name;
+pub mod pattern;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{ErrorCode, RegistryError, Result};
 pub use manifest::{Manifest, ManifestKind, Requirement};
 pub use name::{Reference, RepositoryName, Tag};
+pub use pattern::RepositoryPattern;

@@ -68,31 +68,17 @@ impl Registry {
             Reference::Digest(_) => extra_tags.iter().collect(),
         };
         // Content first, then the revision link, then the tags: a reader that
-        // finds a link finds what it names. History entries are never
-        // followed by readers, so they are written alongside.
-        let history = async {
-            for tag in &tags {
-                self.record_tag_history(name, tag, &digest).await?;
-            }
-            Ok::<_, RegistryError>(())
-        };
-        let publish = async {
-            self.store_manifest_content(&digest, body).await?;
-            self.write_link(&layout::revision_link(name, &digest), &digest)
-                .await?;
-            if let Some(subject) = &manifest.subject {
-                let key = layout::referrer_link(name, subject, &digest);
-                self.write_link(&key, &digest).await?;
-            }
-            for tag in &tags {
-                let current = layout::tag_current_link(name, tag);
-                if self.write_link(&current, &digest).await? {
-                    self.caches.wrote_tags(name);
-                }
-            }
-            Ok::<_, RegistryError>(())
-        };
-        tokio::try_join!(history, publish)?;
+        // finds a link finds what it names.
+        self.store_manifest_content(&digest, body).await?;
+        self.write_link(&layout::revision_link(name, &digest), &digest)
+            .await?;
+        if let Some(subject) = &manifest.subject {
+            let key = layout::referrer_link(name, subject, &digest);
+            self.write_link(&key, &digest).await?;
+        }
+        for tag in &tags {
+            self.set_tag(name, tag, &digest).await?;
+        }
         Ok(ManifestPut {
             digest,
             subject: manifest.subject,
@@ -118,21 +104,6 @@ impl Registry {
                 body,
             }),
         );
-        Ok(())
-    }
-
-    /// Adds `digest` to the tag's history (`_manifests/tags/<tag>/index/`).
-    async fn record_tag_history(
-        &self,
-        name: &RepositoryName,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<()> {
-        let key = layout::tag_index_link(name, tag, digest);
-        self.storage
-            .put(&key, layout::link_body(digest), WriteMode::CreateIfAbsent)
-            .await
-            .map_err(storage_error)?;
         Ok(())
     }
 
@@ -227,10 +198,17 @@ impl Registry {
                 if self.read_link_uncached(&current).await?.is_none() {
                     return Err(ErrorCode::ManifestUnknown.into());
                 }
+                if self.lifecycle.is_immutable(name, tag) {
+                    return Err(RegistryError::with_detail(
+                        ErrorCode::TagImmutable,
+                        format!("{name}:{tag}"),
+                    ));
+                }
                 self.delete_tag(name, tag).await
             }
             Reference::Digest(digest) => {
                 let stored = self.get_manifest(name, reference).await?;
+                let mut pointing = Vec::new();
                 for tag in self.all_tags(name).await? {
                     let Some(tag) = Tag::parse(&tag) else {
                         continue;
@@ -241,9 +219,19 @@ impl Registry {
                         .as_ref()
                         == Some(digest)
                     {
-                        self.delete_tag(name, &tag).await?;
+                        if self.lifecycle.is_immutable(name, &tag) {
+                            return Err(RegistryError::with_detail(
+                                ErrorCode::TagImmutable,
+                                format!("{name}:{tag} points at {digest}"),
+                            ));
+                        }
+                        pointing.push(tag);
                     }
                 }
+                for tag in &pointing {
+                    self.delete_tag(name, tag).await?;
+                }
+                self.forget_in_history(name, digest).await?;
                 if let Ok(manifest) = Manifest::parse(&stored.body, None) {
                     if let Some(subject) = manifest.subject {
                         let key = layout::referrer_link(name, &subject, digest);
@@ -257,14 +245,17 @@ impl Registry {
         }
     }
 
+    /// Removes a tag; its history stays (with the deletion recorded) so it
+    /// can be rolled back.
     async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        let current = layout::tag_current_link(name, tag);
+        let _serialised = self.tag_locks.lock(&current).await;
         self.storage
             .delete_all(&layout::tag_dir(name, tag))
             .await
             .map_err(storage_error)?;
-        self.caches
-            .wrote_link(&layout::tag_current_link(name, tag), None);
+        self.caches.wrote_link(&current, None);
         self.caches.wrote_tags(name);
-        Ok(())
+        self.record_tag_change(name, tag, None).await
     }
 }

@@ -5,6 +5,8 @@
 mod blobs;
 pub mod cache;
 mod catalog;
+mod history;
+pub mod lifecycle;
 mod locks;
 mod manifests;
 mod referrers;
@@ -15,6 +17,8 @@ use std::io;
 use std::sync::Arc;
 
 pub use blobs::Blob;
+pub use history::TagChange;
+pub use lifecycle::LifecycleConfig;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
 
@@ -42,16 +46,31 @@ pub struct Registry {
     limits: Limits,
     caches: Caches,
     upload_locks: locks::KeyedLocks,
+    /// Serialises changes to one tag within this process, so that its
+    /// history records changes in the order they happened.
+    tag_locks: locks::KeyedLocks,
+    lifecycle: Arc<LifecycleConfig>,
 }
 
 impl Registry {
-    pub fn new(storage: Arc<dyn Storage>, limits: Limits, cache: &CacheConfig) -> Registry {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        limits: Limits,
+        cache: &CacheConfig,
+        lifecycle: LifecycleConfig,
+    ) -> Registry {
         Registry {
             storage,
             limits,
             caches: Caches::new(cache),
             upload_locks: locks::KeyedLocks::default(),
+            tag_locks: locks::KeyedLocks::default(),
+            lifecycle: Arc::new(lifecycle),
         }
+    }
+
+    pub fn lifecycle(&self) -> &LifecycleConfig {
+        &self.lifecycle
     }
 
     pub fn limits(&self) -> &Limits {

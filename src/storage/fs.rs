@@ -10,13 +10,14 @@
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
 
-use super::{ByteSource, ContentRead, Storage, WriteMode};
+use super::{layout, ByteSource, ContentRead, ObjectInfo, Storage, WriteMode};
 
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -25,6 +26,10 @@ const READ_CHUNK: u64 = 512 * 1024;
 
 /// Upload bytes are written in batches of about this size.
 const UPLOAD_BATCH: usize = 512 * 1024;
+
+/// How far file times may lag the system clock (Linux stamps files from a
+/// coarse clock, a few milliseconds behind).
+const TIMESTAMP_MARGIN: Duration = Duration::from_secs(1);
 
 pub struct FsStorage {
     root: PathBuf,
@@ -45,6 +50,26 @@ impl FsStorage {
             // uploads in progress are then lost on any restart, never trusted wrongly.
             .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
         Ok(FsStorage { root, boot_id })
+    }
+
+    /// Removes the now empty directories above a removed object, up to the
+    /// root (Distribution's walkers treat an empty tag directory as a tag).
+    fn prune_empty_parents(&self, removed: &Path) {
+        let mut dir = removed.parent();
+        while let Some(d) = dir {
+            if d == self.root || std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+
+    /// A handle for blocking tasks (the store is just its root).
+    fn clone_handle(&self) -> FsStorage {
+        FsStorage {
+            root: self.root.clone(),
+            boot_id: self.boot_id.clone(),
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -238,6 +263,84 @@ impl Storage for FsStorage {
         Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
     }
 
+    async fn stat(&self, key: &str) -> io::Result<Option<ObjectInfo>> {
+        let meta = not_found_is_none(fs::metadata(self.path(key)).await)?;
+        meta.filter(|m| m.is_file())
+            .map(|m| {
+                Ok(ObjectInfo {
+                    size: m.len(),
+                    modified: m.modified()?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn touch(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            not_found_is_none(filetime::set_file_mtime(&path, filetime::FileTime::now()))
+                .map(|touched| touched.is_some())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
+        let path = self.path(key);
+        let trash = self.path(&layout::trash_entry(&uuid::Uuid::new_v4()));
+        let store = self.clone_handle();
+        // File times come from a coarse kernel clock that can lag the
+        // collector's clock: a margin keeps a touch made just after `cutoff`
+        // from looking older than it.
+        let cutoff = cutoff - TIMESTAMP_MARGIN;
+        tokio::task::spawn_blocking(move || {
+            let untouched = |p: &Path| -> io::Result<Option<bool>> {
+                Ok(not_found_is_none(std::fs::metadata(p))?
+                    .map(|m| m.modified())
+                    .transpose()?
+                    .map(|modified| modified < cutoff))
+            };
+            if untouched(&path)? != Some(true) {
+                return Ok(false);
+            }
+            // Moved aside first, the object can no longer be touched under
+            // its name: a touch either landed before the move (and shows in
+            // the moved file's time, so it is put back) or fails.
+            std::fs::create_dir_all(trash.parent().expect("keys have a parent"))?;
+            if not_found_is_none(std::fs::rename(&path, &trash))?.is_none() {
+                return Ok(false);
+            }
+            if untouched(&trash)? == Some(true) {
+                std::fs::remove_file(&trash)?;
+                store.prune_empty_parents(&path);
+                Ok(true)
+            } else {
+                std::fs::rename(&trash, &path)?;
+                Ok(false)
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<bool> {
+        let from = self.path(from);
+        let to = self.path(to);
+        let store = self.clone_handle();
+        tokio::task::spawn_blocking(move || {
+            let parent = to.parent().expect("keys have a parent");
+            std::fs::create_dir_all(parent)?;
+            if not_found_is_none(std::fs::rename(&from, &to))?.is_none() {
+                return Ok(false);
+            }
+            std::fs::File::open(parent)?.sync_all()?;
+            store.prune_empty_parents(&from);
+            Ok(true)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
         let path = self.path(key);
         let opened = tokio::task::spawn_blocking(move || {
@@ -264,19 +367,11 @@ impl Storage for FsStorage {
 
     async fn delete(&self, key: &str) -> io::Result<bool> {
         let path = self.path(key);
-        let root = self.root.clone();
+        let store = self.clone_handle();
         tokio::task::spawn_blocking(move || {
             let removed = not_found_is_none(std::fs::remove_file(&path))?.is_some();
             if removed {
-                // Leave no empty directories behind for the removed object
-                // (Distribution's walkers treat an empty tag directory as a tag).
-                let mut dir = path.parent();
-                while let Some(d) = dir {
-                    if d == root || std::fs::remove_dir(d).is_err() {
-                        break;
-                    }
-                    dir = d.parent();
-                }
+                store.prune_empty_parents(&path);
             }
             Ok(removed)
         })
@@ -455,5 +550,60 @@ mod tests {
             "hello, world"
         );
         assert!(store.size("u/data").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn collection_spares_what_was_touched_after_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for key in ["blobs/a/data", "blobs/b/data"] {
+            store
+                .put(key, Bytes::from_static(b"x"), WriteMode::Overwrite)
+                .await
+                .unwrap();
+            filetime::set_file_mtime(dir.path().join(key), old.into()).unwrap();
+        }
+        let cutoff = SystemTime::now() - Duration::from_secs(60);
+        assert!(store.touch("blobs/a/data").await.unwrap());
+        assert!(!store.touch("blobs/none/data").await.unwrap());
+        let info = store.stat("blobs/a/data").await.unwrap().unwrap();
+        assert!(info.modified > cutoff && info.size == 1);
+
+        assert!(!store
+            .delete_if_untouched_since("blobs/a/data", cutoff)
+            .await
+            .unwrap());
+        assert!(store
+            .delete_if_untouched_since("blobs/b/data", cutoff)
+            .await
+            .unwrap());
+        assert!(!store
+            .delete_if_untouched_since("blobs/b/data", cutoff)
+            .await
+            .unwrap());
+        assert_eq!(store.get("blobs/a/data").await.unwrap().unwrap(), "x");
+        assert!(store.stat("blobs/b/data").await.unwrap().is_none());
+        assert!(!dir.path().join("blobs/b").exists(), "empty parents pruned");
+        let trash = dir.path().join("_berth/trash");
+        assert_eq!(
+            std::fs::read_dir(trash).unwrap().count(),
+            0,
+            "trash emptied"
+        );
+    }
+
+    #[tokio::test]
+    async fn rename_moves_an_object_and_reports_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        store
+            .put("a/b/data", Bytes::from_static(b"x"), WriteMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(store.rename("a/b/data", "q/c").await.unwrap());
+        assert!(!store.rename("a/b/data", "q/c").await.unwrap());
+        assert_eq!(store.get("q/c").await.unwrap().unwrap(), "x");
+        assert!(!dir.path().join("a").exists());
     }
 }

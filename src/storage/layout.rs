@@ -16,7 +16,17 @@
 //!   _uploads/<id>/startedat                           RFC 3339 start time (as Distribution writes it)
 //!   _uploads/<id>/berth-session.json                  Berth's resumable session record (offset, hash state)
 //!   _referrers/<alg>/<subject-hex>/<alg>/<hex>/link   Berth: manifests whose `subject` is that digest
+//!   _berth/tags/<tag>/history/<nanos>-<alg>-<hex>     Berth: the tag was pointed at that digest at that
+//!                                                     time (nanoseconds since the Unix epoch, 20 digits)
+//!   _berth/tags/<tag>/history/<nanos>-deleted         Berth: the tag was deleted at that time
+//! _berth/trash/<uuid>                                 Berth: an object garbage collection is removing
+//! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
 //! ```
+//!
+//! Berth's tag history lives outside `_manifests/tags/` so that it survives a
+//! tag's deletion (for rollback) without Distribution listing a deleted tag,
+//! and records every change in order, including a return to an earlier
+//! digest, which `_manifests/tags/<tag>/index/` cannot.
 //!
 //! Every segment comes from a validated [`RepositoryName`], [`Tag`] or
 //! [`Digest`] (or an upload id Berth generated), so no key can escape its
@@ -113,6 +123,73 @@ pub fn referrer_link(name: &RepositoryName, subject: &Digest, referrer: &Digest)
     )
 }
 
+/// Berth's own objects inside a repository (no repository name component
+/// can start with `_`).
+pub fn repository_berth_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_berth")
+}
+
+/// The directory of every tag with a Berth history in `name`, one child per tag.
+pub fn tag_histories(name: &RepositoryName) -> String {
+    format!("{}/tags", repository_berth_dir(name))
+}
+
+pub fn tag_history_dir(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{}/{tag}/history", tag_histories(name))
+}
+
+/// The entry recording that `tag` was pointed at `digest` (or deleted, for
+/// `None`) at `nanos` since the Unix epoch.
+pub fn tag_history_entry(
+    name: &RepositoryName,
+    tag: &Tag,
+    nanos: u128,
+    digest: Option<&Digest>,
+) -> String {
+    format!(
+        "{}/{}",
+        tag_history_dir(name, tag),
+        tag_history_entry_name(nanos, digest)
+    )
+}
+
+pub fn tag_history_entry_name(nanos: u128, digest: Option<&Digest>) -> String {
+    match digest {
+        Some(d) => format!("{nanos:020}-{}-{}", d.algorithm().as_str(), d.hex()),
+        None => format!("{nanos:020}-deleted"),
+    }
+}
+
+/// Reads a history entry's name back: its time and the digest it names
+/// (`None` for a deletion). Anything else is not an entry.
+pub fn parse_tag_history_entry(entry: &str) -> Option<(u128, Option<Digest>)> {
+    let (nanos, rest) = entry.split_once('-')?;
+    if nanos.len() != 20 || !nanos.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = nanos.parse().ok()?;
+    if rest == "deleted" {
+        return Some((nanos, None));
+    }
+    let (algorithm, hex) = rest.split_once('-')?;
+    let digest = format!("{algorithm}:{hex}").parse().ok()?;
+    Some((nanos, Some(digest)))
+}
+
+/// Where garbage collection moves an object while it decides its fate.
+pub fn trash_entry(id: &uuid::Uuid) -> String {
+    format!("_berth/trash/{}", id.simple())
+}
+
+/// Where a blob whose content does not match its digest is moved.
+pub fn quarantined_blob(digest: &Digest) -> String {
+    format!(
+        "_berth/quarantine/{}/{}",
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
+}
+
 /// Upload ids are UUIDs Berth generated; anything else never reaches storage.
 pub fn is_upload_id(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
@@ -147,6 +224,31 @@ mod tests {
                 "0".repeat(62)
             )
         );
+    }
+
+    #[test]
+    fn tag_history_entries_sort_by_time_and_read_back() {
+        let name = RepositoryName::parse("a/b").unwrap();
+        let tag = Tag::parse("v1").unwrap();
+        let digest: Digest = format!("sha256:{}", "c".repeat(64)).parse().unwrap();
+        let key = tag_history_entry(&name, &tag, 1_764_000_000_000_000_000, Some(&digest));
+        assert_eq!(
+            key,
+            format!(
+                "repositories/a/b/_berth/tags/v1/history/01764000000000000000-sha256-{}",
+                "c".repeat(64)
+            )
+        );
+        let entry = key.rsplit('/').next().unwrap();
+        assert_eq!(
+            parse_tag_history_entry(entry),
+            Some((1_764_000_000_000_000_000, Some(digest.clone())))
+        );
+        let deleted = tag_history_entry_name(9, None);
+        assert_eq!(parse_tag_history_entry(&deleted), Some((9, None)));
+        assert!(tag_history_entry_name(9, Some(&digest)) < tag_history_entry_name(10, None));
+        assert_eq!(parse_tag_history_entry("1-deleted"), None);
+        assert_eq!(parse_tag_history_entry(".tmp-x"), None);
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub enum WriteMode {
     Scratch,
 }
 
+/// What is known of a stored object without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// When it was last written or [`Storage::touch`]ed.
+    pub modified: std::time::SystemTime,
+}
+
 /// Content being read: its full size and a stream of the requested range.
 pub struct ContentRead {
     pub size: u64,
@@ -56,6 +64,31 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The size of a stored object, or `None` when it does not exist.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
+
+    /// Size and modification time of an object, or `None` when it does not
+    /// exist.
+    async fn stat(&self, key: &str) -> io::Result<Option<ObjectInfo>>;
+
+    /// Marks an object as in use now (sets its modification time), so that a
+    /// garbage collector that decided to collect it before then spares it.
+    /// Returns false when it does not exist. Whoever makes an existing object
+    /// reachable (a manifest naming a blob, a mount) touches it first and
+    /// then relies on it only if this returned true.
+    async fn touch(&self, key: &str) -> io::Result<bool>;
+
+    /// Deletes an object only if it was not modified or touched at or after
+    /// `cutoff`, atomically with respect to [`Storage::touch`]: once a touch
+    /// has returned true, this will not delete the object. Returns whether it
+    /// deleted it.
+    async fn delete_if_untouched_since(
+        &self,
+        key: &str,
+        cutoff: std::time::SystemTime,
+    ) -> io::Result<bool>;
+
+    /// Moves an object to another key (replacing what is there). Returns
+    /// false when `from` does not exist.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<bool>;
 
     /// Streams an object, or the `range` of it (which must lie within it).
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>>;
