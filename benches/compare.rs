@@ -58,15 +58,21 @@ struct Opts {
     page: usize,
     loopback: usize,
     loopback_conns: usize,
+    /// Workload groups to run (all when `None`): a quick look at one change.
+    only: Option<Vec<String>>,
     dd_count: usize,
     openssl_secs: u32,
     sha_bytes: usize,
 }
 
+/// Workload groups `--only` can pick.
+const GROUPS: [&str; 4] = ["blobs", "image", "wrk", "tags"];
+
 impl Opts {
     fn parse() -> R<Opts> {
         let mut quick = false;
         let mut rounds = None;
+        let mut only: Option<Vec<String>> = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -78,9 +84,20 @@ impl Opts {
                     }
                     rounds = Some(n);
                 }
+                "--only" => {
+                    let list = args.next().ok_or("--only needs a list")?;
+                    let groups: Vec<String> = list.split(',').map(str::to_owned).collect();
+                    if let Some(g) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                        bail!("unknown workload group {g} (groups: {})", GROUPS.join(","));
+                    }
+                    only = Some(groups);
+                }
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
-                    println!("usage: cargo bench --bench compare [-- [--quick] [--rounds N]]");
+                    println!(
+                        "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--only {}]]",
+                        GROUPS.join(",")
+                    );
                     std::process::exit(0);
                 }
                 other if other.starts_with('-') => bail!("unknown option {other} (try --help)"),
@@ -90,6 +107,7 @@ impl Opts {
         let q =
             |quick_value: usize, full_value: usize| if quick { quick_value } else { full_value };
         Ok(Opts {
+            only,
             quick,
             rounds: rounds.unwrap_or(q(1, 3)),
             big: q(64, 512) * MIB,
@@ -1490,11 +1508,25 @@ async fn run(o: Opts) -> R<()> {
         b.table.push(rss_start, i, v);
     }
 
+    let runs = |group: &str| {
+        b.o.only
+            .as_ref()
+            .is_none_or(|g| g.iter().any(|x| x == group))
+    };
+    let (blobs, image, wrk, tags) = (runs("blobs"), runs("image"), runs("wrk"), runs("tags"));
     let result = async {
-        b.blobs_and_pulls(&big).await?;
-        b.image_push().await?;
-        b.wrk_workloads().await?;
-        b.tags().await?;
+        if blobs {
+            b.blobs_and_pulls(&big).await?;
+        }
+        if image {
+            b.image_push().await?;
+        }
+        if wrk {
+            b.wrk_workloads().await?;
+        }
+        if tags {
+            b.tags().await?;
+        }
         Ok::<(), Error>(())
     }
     .await;

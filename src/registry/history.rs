@@ -97,10 +97,9 @@ impl Registry {
             .unwrap_or(Duration::ZERO)
             .as_nanos();
         let key = layout::tag_history_entry(name, tag, nanos, digest);
-        let body = digest.map_or_else(|| "deleted".into(), layout::link_body);
         let entry = async {
             self.storage
-                .put(&key, body, WriteMode::CreateIfAbsent)
+                .create_marker(&key)
                 .await
                 .map_err(storage_error)
         };

@@ -24,6 +24,15 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 /// Blob reads go out in chunks of this size, one read ahead of the sender.
 const READ_CHUNK: u64 = 512 * 1024;
 
+/// With more blob reads than this in progress, each uses chunks of
+/// [`BUSY_READ_CHUNK`]: throughput then comes from concurrency, and memory
+/// (two chunks per read) stays at half of what large chunks would take.
+const BUSY_READS: usize = 4;
+const BUSY_READ_CHUNK: u64 = 256 * 1024;
+
+/// Blob reads in progress, process-wide.
+static ACTIVE_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Upload bytes are written in batches of about this size.
 const UPLOAD_BATCH: usize = 512 * 1024;
 
@@ -176,6 +185,7 @@ fn write_atomically(path: &Path, data: &[u8], mode: WriteMode) -> io::Result<boo
 /// while the current one goes out: no shared cursor, no second copy, and
 /// one thread hand-off per chunk.
 struct ReadAhead {
+    _counted: ActiveRead,
     file: std::sync::Arc<std::fs::File>,
     next: u64,
     end: u64,
@@ -185,6 +195,7 @@ struct ReadAhead {
 impl ReadAhead {
     fn new(file: std::fs::File, range: Range<u64>) -> ReadAhead {
         let mut stream = ReadAhead {
+            _counted: ActiveRead::start(),
             file: std::sync::Arc::new(file),
             next: range.start,
             end: range.end,
@@ -198,7 +209,12 @@ impl ReadAhead {
         if self.next >= self.end {
             return;
         }
-        let (offset, len) = (self.next, READ_CHUNK.min(self.end - self.next));
+        let chunk = if ACTIVE_READS.load(std::sync::atomic::Ordering::Relaxed) > BUSY_READS {
+            BUSY_READ_CHUNK
+        } else {
+            READ_CHUNK
+        };
+        let (offset, len) = (self.next, chunk.min(self.end - self.next));
         self.next += len;
         let file = self.file.clone();
         self.pending = Some(tokio::task::spawn_blocking(move || {
@@ -207,6 +223,22 @@ impl ReadAhead {
             file.read_exact_at(&mut buffer, offset)?;
             Ok(buffer.freeze())
         }));
+    }
+}
+
+/// Counts a blob read in [`ACTIVE_READS`] while it lives.
+struct ActiveRead;
+
+impl ActiveRead {
+    fn start() -> ActiveRead {
+        ACTIVE_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveRead
+    }
+}
+
+impl Drop for ActiveRead {
+    fn drop(&mut self) {
+        ACTIVE_READS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -253,6 +285,29 @@ impl Storage for FsStorage {
                     result => return result,
                 }
             }
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn create_marker(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            let parent = path.parent().expect("keys have a parent");
+            std::fs::create_dir_all(parent)?;
+            // An empty file appears whole or not at all: no temp file, no
+            // data sync; the directory sync makes its name durable.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            std::fs::File::open(parent)?.sync_all()?;
+            Ok(true)
         })
         .await
         .map_err(io::Error::other)?
@@ -605,5 +660,14 @@ mod tests {
         assert!(!store.rename("a/b/data", "q/c").await.unwrap());
         assert_eq!(store.get("q/c").await.unwrap().unwrap(), "x");
         assert!(!dir.path().join("a").exists());
+    }
+
+    #[tokio::test]
+    async fn a_marker_is_created_once_and_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        assert!(store.create_marker("h/t/0001-x").await.unwrap());
+        assert!(!store.create_marker("h/t/0001-x").await.unwrap());
+        assert_eq!(store.stat("h/t/0001-x").await.unwrap().unwrap().size, 0);
     }
 }

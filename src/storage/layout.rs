@@ -23,6 +23,7 @@
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
 //! ```
 //!
+//! History entries are empty files: the name is the record.
 //! Berth's tag history lives outside `_manifests/tags/` so that it survives a
 //! tag's deletion (for rollback) without Distribution listing a deleted tag,
 //! and records every change in order, including a return to an earlier

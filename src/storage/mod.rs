@@ -62,6 +62,11 @@ pub trait Storage: Send + Sync + 'static {
     /// `CreateIfAbsent` found a document, or `Overwrite` found the same bytes.
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
 
+    /// Creates an empty object durably unless one exists (returns whether it
+    /// created it): a record whose name says everything, such as a tag
+    /// history entry, needs no data written and synced.
+    async fn create_marker(&self, key: &str) -> io::Result<bool>;
+
     /// The size of a stored object, or `None` when it does not exist.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
 
