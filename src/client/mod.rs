@@ -180,13 +180,12 @@ impl RegistryClient {
             self.authorization = Some(authorization);
         } else if let Some(scope) = challenge.param("scope") {
             // The token was issued cut down to what the user may do.
-            let who = self
-                .credentials
-                .as_ref()
-                .map_or("an anonymous user".to_owned(), |c| {
-                    format!("user {}", c.username)
-                });
-            return Err(format!("{who} may not do this: it needs {scope}"));
+            return Err(match &self.credentials {
+                Some(c) => format!("user {} may not do this: it needs {scope}", c.username),
+                None => format!(
+                    "this needs {scope}, which anonymous users lack: give --username and a password"
+                ),
+            });
         }
         Ok(reply)
     }
