@@ -5,6 +5,7 @@
 //! server; tests start it the same way on an ephemeral port.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod oci;

@@ -37,6 +37,9 @@ enum Command {
     /// Manage robot accounts (credentials for CI, `robot$NAME`).
     #[command(subcommand)]
     Robot(RobotCommand),
+    /// A tag's history and rollbacks, on a running registry.
+    #[command(subcommand)]
+    Tag(berth::client::tag::TagCommand),
 }
 
 #[derive(Subcommand)]
@@ -362,6 +365,7 @@ fn run_command(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Tag(command) => berth::client::tag::main(command),
         Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
     }
 }

@@ -5,7 +5,10 @@
 //! **What each request needs.** Reading (`GET`/`HEAD` of manifests, blobs,
 //! tags, referrers) needs `pull` on the repository; writing (every upload
 //! request, cancelling included, and manifest `PUT`) needs `push`; deleting a
-//! manifest or blob needs `delete`. The catalog needs the catalog right and
+//! manifest or blob needs `delete`. Berth's tag history extension needs
+//! `pull` to read a history and both `push` and `delete` to roll a tag back
+//! (it moves the tag, and takes the current image away from it, as a delete
+//! of the tag would). The catalog needs the catalog right and
 //! then shows only the repositories the caller may pull. `GET /v2/` needs
 //! valid credentials of any kind. The check runs before the registry is
 //! asked anything, so a refusal never depends on whether the repository
@@ -71,9 +74,10 @@ pub struct AccessControl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
     Catalog,
+    /// Every one of `actions` on `name`.
     Repository {
         name: RepositoryName,
-        action: Action,
+        actions: Actions,
     },
 }
 
@@ -82,26 +86,34 @@ impl Need {
     /// does not support (answered 405 without looking at the caller). An
     /// invalid repository name is refused here, before anything else.
     pub fn of(route: &Route<'_>, method: &Method) -> Result<Option<Need>, ApiError> {
-        let (name, action) = match (route, method) {
+        let (name, actions): (_, Actions) = match (route, method) {
             (Route::Catalog, &Method::GET) => return Ok(Some(Need::Catalog)),
-            (Route::UploadStart { name }, &Method::POST) => (name, Action::Push),
+            (Route::UploadStart { name }, &Method::POST) => (name, Action::Push.into()),
             (
                 Route::Upload { name, .. },
                 &Method::GET | &Method::PATCH | &Method::PUT | &Method::DELETE,
-            ) => (name, Action::Push),
-            (Route::Blob { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull),
-            (Route::Blob { name, .. }, &Method::DELETE) => (name, Action::Delete),
-            (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull),
-            (Route::Manifest { name, .. }, &Method::PUT) => (name, Action::Push),
-            (Route::Manifest { name, .. }, &Method::DELETE) => (name, Action::Delete),
-            (Route::Tags { name } | Route::Referrers { name, .. }, &Method::GET) => {
-                (name, Action::Pull)
+            ) => (name, Action::Push.into()),
+            (Route::Blob { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull.into()),
+            (Route::Blob { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
+            (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => {
+                (name, Action::Pull.into())
+            }
+            (Route::Manifest { name, .. }, &Method::PUT) => (name, Action::Push.into()),
+            (Route::Manifest { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
+            (
+                Route::Tags { name }
+                | Route::Referrers { name, .. }
+                | Route::TagHistory { name, .. },
+                &Method::GET,
+            ) => (name, Action::Pull.into()),
+            (Route::TagRollback { name, .. }, &Method::POST) => {
+                (name, Actions::from_iter([Action::Push, Action::Delete]))
             }
             _ => return Ok(None),
         };
         Ok(Some(Need::Repository {
             name: repository_name(name)?,
-            action,
+            actions,
         }))
     }
 
@@ -110,11 +122,11 @@ impl Need {
     fn scope(&self) -> Scope {
         match self {
             Need::Catalog => Scope::Catalog,
-            Need::Repository { name, action } => {
-                let actions = match action {
-                    Action::Push => Actions::from_iter([Action::Pull, Action::Push]),
-                    other => Actions::from(*other),
-                };
+            Need::Repository { name, actions } => {
+                let mut actions = *actions;
+                if actions.contains(Action::Push) {
+                    actions.insert(Action::Pull);
+                }
                 Scope::repository(name.clone(), actions)
             }
         }
@@ -152,7 +164,7 @@ impl Caller {
 
     fn satisfies(&self, need: &Need) -> bool {
         match need {
-            Need::Repository { name, action } => self.may(name, *action),
+            Need::Repository { name, actions } => actions.iter().all(|a| self.may(name, a)),
             Need::Catalog => match self {
                 Caller::Everyone => true,
                 Caller::Identity { identity, access } => {
@@ -555,7 +567,7 @@ mod tests {
     fn on(name: &str, action: Action) -> Option<Need> {
         Some(Need::Repository {
             name: RepositoryName::parse(name).unwrap(),
-            action,
+            actions: action.into(),
         })
     }
 
@@ -591,6 +603,20 @@ mod tests {
                 Method::DELETE,
                 on("a/b", Action::Push),
             ),
+            (
+                "a/b/_berth/tags/v1/history",
+                Method::GET,
+                on("a/b", Action::Pull),
+            ),
+            (
+                "a/b/_berth/tags/v1/rollback",
+                Method::POST,
+                Some(Need::Repository {
+                    name: RepositoryName::parse("a/b").unwrap(),
+                    actions: Actions::from_iter([Action::Push, Action::Delete]),
+                }),
+            ),
+            ("a/b/_berth/tags/v1/rollback", Method::GET, None),
             ("_catalog", Method::GET, Some(Need::Catalog)),
             ("a/b/manifests/v1", Method::PATCH, None),
         ] {
@@ -609,6 +635,14 @@ mod tests {
         assert_eq!(scope(Action::Push), "repository:a:pull,push");
         assert_eq!(scope(Action::Pull), "repository:a:pull");
         assert_eq!(scope(Action::Delete), "repository:a:delete");
+        let rollback = Need::Repository {
+            name: RepositoryName::parse("a").unwrap(),
+            actions: Actions::from_iter([Action::Push, Action::Delete]),
+        };
+        assert_eq!(
+            rollback.scope().to_string(),
+            "repository:a:pull,push,delete"
+        );
         assert_eq!(Need::Catalog.scope().to_string(), "registry:catalog:*");
     }
 }

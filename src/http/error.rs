@@ -19,7 +19,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ManifestInvalid
         | ErrorCode::NameInvalid
         | ErrorCode::SizeInvalid
-        | ErrorCode::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+        | ErrorCode::PaginationNumberInvalid
+        | ErrorCode::ParameterInvalid => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Denied | ErrorCode::TagImmutable => StatusCode::FORBIDDEN,
         ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,

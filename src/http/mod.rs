@@ -14,6 +14,7 @@ mod range;
 mod referrers;
 mod request_log;
 mod routes;
+mod tag_history;
 mod tags;
 mod token;
 mod uploads;
@@ -147,6 +148,12 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         (Route::Tags { name }, &Method::GET) => tags::list(r, name, &parts).await,
         (Route::Referrers { name, digest }, &Method::GET) => {
             referrers::list(r, name, digest, &parts).await
+        }
+        (Route::TagHistory { name, tag }, &Method::GET) => {
+            tag_history::history(r, name, tag, &parts).await
+        }
+        (Route::TagRollback { name, tag }, &Method::POST) => {
+            tag_history::rollback(r, name, tag, &parts).await
         }
         (_, method) => Err(ApiError::from(RegistryError::with_detail(
             ErrorCode::Unsupported,

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     RangeInvalid,
     /// Not a spec code: a body larger than the registry accepts.
     TooLarge,
+    /// Not a spec code: a query parameter of an extension endpoint that is
+    /// malformed or contradicts another (the spec's codes have none).
+    ParameterInvalid,
     /// `DENIED`, for a push or delete that would change an immutable tag.
     TagImmutable,
     /// Not a spec code: storage or another internal failure (details are logged, never sent).
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::TooLarge => "SIZE_INVALID",
+            ErrorCode::ParameterInvalid => "PARAMETER_INVALID",
             ErrorCode::TagImmutable => "DENIED",
             ErrorCode::Internal => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
@@ -85,6 +89,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::TooLarge => "request body too large",
+            ErrorCode::ParameterInvalid => "invalid query parameter",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unavailable => "service unavailable",
         }

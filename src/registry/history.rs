@@ -18,6 +18,33 @@ pub struct TagChange {
     pub digest: Option<Digest>,
 }
 
+/// A tag's current digest and its history, as [`Registry::tag_history_view`]
+/// reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagHistory {
+    /// `None` when the tag is deleted.
+    pub current: Option<Digest>,
+    /// Newest first.
+    pub changes: Vec<TagChange>,
+}
+
+/// Which earlier image a rollback points a tag at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTarget {
+    /// This image, which must be in the tag's history.
+    Digest(Digest),
+    /// The image this many distinct images back (see [`earlier_images`]).
+    Steps(usize),
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    pub digest: Digest,
+    /// Where the tag pointed before; `None` when it was deleted.
+    pub previous: Option<Digest>,
+}
+
 impl Registry {
     /// Writes a tag's current link, and a history entry if it changed.
     /// Refuses to move or re-create an immutable tag onto another digest.
@@ -31,6 +58,19 @@ impl Registry {
         let current_key = layout::tag_current_link(name, tag);
         let _serialised = self.tag_locks.lock(&current_key).await;
         let current = self.read_link_uncached(&current_key).await?;
+        self.change_tag(name, tag, current, digest).await
+    }
+
+    /// [`Registry::set_tag`] for a caller that holds the tag's lock and has
+    /// just read its `current` digest from storage.
+    async fn change_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        current: Option<Digest>,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let current_key = layout::tag_current_link(name, tag);
         if current.as_ref() == Some(digest) {
             self.caches.wrote_link(&current_key, Some(digest.clone()));
             return Ok(false);
@@ -137,6 +177,118 @@ impl Registry {
     /// Every recorded change of `tag`, newest first, without entries whose
     /// manifest is no longer in the repository.
     pub async fn tag_history(&self, name: &RepositoryName, tag: &Tag) -> Result<Vec<TagChange>> {
+        let entries = self.history_entries(name, tag).await?;
+        self.present_changes(name, entries, None).await
+    }
+
+    /// What the history extension shows of a tag: where it points now and
+    /// at most `limit` of its changes, newest first. A tag that has neither
+    /// is unknown: `NAME_UNKNOWN` when the repository does not exist either,
+    /// else `MANIFEST_UNKNOWN` (what a pull of an unknown tag answers).
+    pub async fn tag_history_view(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        limit: Option<usize>,
+    ) -> Result<TagHistory> {
+        let current = self
+            .read_link_uncached(&layout::tag_current_link(name, tag))
+            .await?;
+        let entries = self.history_entries(name, tag).await?;
+        if current.is_none() && entries.is_empty() {
+            return Err(self.unknown_tag(name, tag).await?);
+        }
+        let changes = self.present_changes(name, entries, limit).await?;
+        Ok(TagHistory { current, changes })
+    }
+
+    /// Points `tag` back at an image from its history, recording the change
+    /// like any other. The tag's lock is held from reading where it points
+    /// to writing the new link, so `previous` is what the rollback replaced
+    /// and `steps` counts from it. A deleted tag is re-created.
+    pub async fn rollback_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        target: &RollbackTarget,
+    ) -> Result<Rollback> {
+        if self.lifecycle.is_immutable(name, tag) {
+            return Err(immutable_tag(name, tag));
+        }
+        let current_key = layout::tag_current_link(name, tag);
+        let _serialised = self.tag_locks.lock(&current_key).await;
+        let previous = self.read_link_uncached(&current_key).await?;
+        let entries = self.history_entries(name, tag).await?;
+        if previous.is_none() && entries.is_empty() {
+            return Err(self.unknown_tag(name, tag).await?);
+        }
+        let history = self.present_changes(name, entries, None).await?;
+        let digest = match target {
+            RollbackTarget::Digest(wanted) => history
+                .iter()
+                .find_map(|c| c.digest.as_ref().filter(|d| *d == wanted))
+                .cloned()
+                .ok_or_else(|| {
+                    RegistryError::with_detail(
+                        ErrorCode::ManifestUnknown,
+                        format!("{wanted} is not an image in the history of {name}:{tag}"),
+                    )
+                })?,
+            RollbackTarget::Steps(steps) => {
+                let earlier = earlier_images(&history, previous.as_ref());
+                steps
+                    .checked_sub(1)
+                    .and_then(|i| earlier.get(i))
+                    .map(|d| (*d).clone())
+                    .ok_or_else(|| {
+                        RegistryError::with_detail(
+                            ErrorCode::ManifestUnknown,
+                            format!(
+                                "cannot go {steps} step(s) back: the history of {name}:{tag} \
+                                 holds {} earlier image(s)",
+                                earlier.len()
+                            ),
+                        )
+                    })?
+            }
+        };
+        // The history was filtered through the (cached) revision links; the
+        // write must rest on storage, so a manifest deleted meanwhile by
+        // another process is not brought back as a dangling tag.
+        if self
+            .read_link_uncached(&layout::revision_link(name, &digest))
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::with_detail(
+                ErrorCode::ManifestUnknown,
+                format!("{digest} is no longer in {name}"),
+            ));
+        }
+        self.change_tag(name, tag, previous.clone(), &digest)
+            .await?;
+        Ok(Rollback { digest, previous })
+    }
+
+    /// The error for a tag with neither a current link nor a history.
+    async fn unknown_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<RegistryError> {
+        Ok(if self.repository_exists(name).await? {
+            RegistryError::with_detail(
+                ErrorCode::ManifestUnknown,
+                format!("{name}:{tag} has no history"),
+            )
+        } else {
+            RegistryError::with_detail(ErrorCode::NameUnknown, format!("{name}"))
+        })
+    }
+
+    /// A tag's history entries as stored (deleted manifests included),
+    /// newest first.
+    async fn history_entries(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Vec<(u128, Option<Digest>)>> {
         let mut entries: Vec<(u128, Option<Digest>)> = self
             .storage
             .list(&layout::tag_history_dir(name, tag))
@@ -146,8 +298,22 @@ impl Registry {
             .filter_map(|entry| layout::parse_tag_history_entry(entry))
             .collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.0));
-        let mut history = Vec::with_capacity(entries.len());
+        Ok(entries)
+    }
+
+    /// The first `limit` of `entries` whose manifest is still in `name`.
+    async fn present_changes(
+        &self,
+        name: &RepositoryName,
+        entries: Vec<(u128, Option<Digest>)>,
+        limit: Option<usize>,
+    ) -> Result<Vec<TagChange>> {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut history = Vec::with_capacity(entries.len().min(limit));
         for (nanos, digest) in entries {
+            if history.len() >= limit {
+                break;
+            }
             if let Some(d) = &digest {
                 if self
                     .read_link(&layout::revision_link(name, d))
@@ -167,6 +333,54 @@ impl Registry {
     }
 }
 
+/// The images a tag pointed at before, newest first, each once, without
+/// `current`: what `steps` counts (1 is the image before the current one).
+/// Counting distinct images makes `steps=2` skip back over an A→B→A flip
+/// instead of landing on the current image again.
+fn earlier_images<'a>(history: &'a [TagChange], current: Option<&Digest>) -> Vec<&'a Digest> {
+    let mut earlier: Vec<&Digest> = Vec::new();
+    for digest in history.iter().filter_map(|c| c.digest.as_ref()) {
+        if Some(digest) != current && !earlier.contains(&digest) {
+            earlier.push(digest);
+        }
+    }
+    earlier
+}
+
 fn immutable_tag(name: &RepositoryName, tag: &Tag) -> RegistryError {
     RegistryError::with_detail(ErrorCode::TagImmutable, format!("{name}:{tag}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(byte: u8) -> Digest {
+        Digest::of(crate::oci::Algorithm::Sha256, &[byte])
+    }
+
+    fn change(d: Option<u8>) -> TagChange {
+        TagChange {
+            time: UNIX_EPOCH,
+            digest: d.map(digest),
+        }
+    }
+
+    #[test]
+    fn steps_count_distinct_earlier_images_skipping_the_current_one() {
+        // Newest first: A (current), B, A, deleted, C, B.
+        let history = [
+            change(Some(1)),
+            change(Some(2)),
+            change(Some(1)),
+            change(None),
+            change(Some(3)),
+            change(Some(2)),
+        ];
+        let earlier = earlier_images(&history, Some(&digest(1)));
+        assert_eq!(earlier, [&digest(2), &digest(3)]);
+        // A deleted tag has no current image: the newest entry is step 1.
+        let earlier = earlier_images(&history, None);
+        assert_eq!(earlier, [&digest(1), &digest(2), &digest(3)]);
+    }
 }

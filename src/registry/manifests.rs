@@ -67,6 +67,21 @@ impl Registry {
             Reference::Tag(tag) => std::iter::once(tag).chain(extra_tags).collect(),
             Reference::Digest(_) => extra_tags.iter().collect(),
         };
+        // A push that would move one immutable tag is refused before it
+        // changes any of its tags; `set_tag` still decides a race.
+        for tag in &tags {
+            if self.lifecycle.is_immutable(name, tag) {
+                let current = layout::tag_current_link(name, tag);
+                if let Some(current) = self.read_link_uncached(&current).await? {
+                    if current != digest {
+                        return Err(RegistryError::with_detail(
+                            ErrorCode::TagImmutable,
+                            format!("{name}:{tag} points at {current}"),
+                        ));
+                    }
+                }
+            }
+        }
         // Content first, then the revision link, then the tags: a reader that
         // finds a link finds what it names.
         self.store_manifest_content(&digest, body).await?;

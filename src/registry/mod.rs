@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use blobs::Blob;
-pub use history::TagChange;
+pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
 pub use lifecycle::LifecycleConfig;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
