@@ -37,6 +37,16 @@ enum Command {
     /// Manage robot accounts (credentials for CI, `robot$NAME`).
     #[command(subcommand)]
     Robot(RobotCommand),
+    /// Check every blob's digest and every link and manifest reference; with
+    /// --repair, move corrupt blobs to quarantine and remove stale temp files.
+    /// Read-only without --repair (safe beside a running server).
+    Fsck {
+        /// Data directory (Distribution's rootdirectory).
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +372,14 @@ fn run_command(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Fsck { data_dir, repair } => berth::registry::fsck::command(
+            &Config {
+                data_dir,
+                ..Config::default()
+            }
+            .storage_root(),
+            repair,
+        ),
         Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
     }
 }

@@ -5,6 +5,7 @@
 mod blobs;
 pub mod cache;
 mod catalog;
+pub mod fsck;
 mod history;
 mod integrity;
 pub mod lifecycle;
