@@ -294,6 +294,19 @@ mod tests {
     }
 
     #[test]
+    fn blob_directories_read_back_only_when_shard_and_digest_agree() {
+        let hex = format!("ab{}", "0".repeat(62));
+        let digest = parse_blob_dir(Algorithm::Sha256, "ab", &hex).unwrap();
+        assert_eq!(
+            blob_data(&digest),
+            format!("{}/ab/{hex}/data", blobs_of(Algorithm::Sha256))
+        );
+        assert_eq!(parse_blob_dir(Algorithm::Sha256, "cd", &hex), None);
+        assert_eq!(parse_blob_dir(Algorithm::Sha512, "ab", &hex), None);
+        assert_eq!(parse_blob_dir(Algorithm::Sha256, "ab", ".tmp-x"), None);
+    }
+
+    #[test]
     fn upload_ids_must_be_canonical_uuids() {
         assert!(is_upload_id(&uuid::Uuid::new_v4().to_string()));
         assert!(!is_upload_id("../../../etc"));
