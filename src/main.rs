@@ -40,6 +40,16 @@ enum Command {
     /// A tag's history and rollbacks, on a running registry.
     #[command(subcommand)]
     Tag(berth::client::tag::TagCommand),
+    /// Check every blob's digest and every link and manifest reference; with
+    /// --repair, move corrupt blobs to quarantine and remove stale temp files.
+    /// Read-only without --repair (safe beside a running server).
+    Fsck {
+        /// Data directory (Distribution's rootdirectory).
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +376,14 @@ fn run_command(command: Command) -> ExitCode {
             }
         }
         Command::Tag(command) => berth::client::tag::main(command),
+        Command::Fsck { data_dir, repair } => berth::registry::fsck::command(
+            &Config {
+                data_dir,
+                ..Config::default()
+            }
+            .storage_root(),
+            repair,
+        ),
         Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
     }
 }

@@ -39,5 +39,8 @@ tests/e2e/run-berth-auth.sh
 step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
 tests/compat/distribution.sh
 
+step "acknowledged pushes survive SIGKILL, quick mode (tests/e2e/crash.sh, KILLS=8)"
+KILLS=8 tests/e2e/crash.sh
+
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     Internal,
     /// Not a spec code: the registry is shutting down or storage is unavailable.
     Unavailable,
+    /// Storage has no room left (a full disk or quota). Sent as `UNKNOWN`,
+    /// the spec's code for failures it does not name, with status 507 and a
+    /// message saying what happened: the push can be retried once space is freed.
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -61,6 +65,7 @@ impl ErrorCode {
             ErrorCode::TagImmutable => "DENIED",
             ErrorCode::Internal => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::StorageFull => "UNKNOWN",
         }
     }
 
@@ -92,6 +97,7 @@ impl ErrorCode {
             ErrorCode::ParameterInvalid => "invalid query parameter",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unavailable => "service unavailable",
+            ErrorCode::StorageFull => "insufficient storage: the registry's storage is full",
         }
     }
 }

@@ -35,6 +35,10 @@ impl Registry {
             .content_size(digest)
             .await?
             .ok_or(ErrorCode::BlobUnknown)?;
+        // An empty body is served without reading: check it here.
+        if size == 0 && !self.verify_content(digest, &[]).await {
+            return Err(ErrorCode::BlobUnknown.into());
+        }
         Ok(Blob {
             digest: digest.clone(),
             size,
@@ -42,7 +46,10 @@ impl Registry {
     }
 
     /// Streams an opened blob, or the `range` of it (which must lie within
-    /// its size). Small blobs are served from memory.
+    /// its size). Small blobs are served from memory. Content not verified
+    /// yet in this process is checked against its digest first (see
+    /// `integrity.rs`): a range after reading the whole blob, a whole blob
+    /// while it streams.
     pub async fn read_blob(&self, blob: &Blob, range: Option<Range<u64>>) -> Result<ByteStream> {
         let Blob { digest, size } = blob;
         if *size <= SMALL_BLOB_BYTES {
@@ -56,13 +63,21 @@ impl Registry {
             };
             return Ok(Box::pin(stream::once(async move { Ok(part) })));
         }
+        let verified = self.caches.is_verified(digest);
+        if !verified && range.is_some() {
+            self.verify_blob(digest).await?;
+        }
         let read = self
             .storage
-            .read(&layout::blob_data(digest), range)
+            .read(&layout::blob_data(digest), range.clone())
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::BlobUnknown)?;
-        Ok(read.stream)
+        if verified || range.is_some() {
+            Ok(read.stream)
+        } else {
+            Ok(self.verifying(digest, read.size, read.stream))
+        }
     }
 
     async fn small_blob(&self, digest: &Digest) -> Result<Bytes> {
@@ -75,6 +90,9 @@ impl Registry {
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::BlobUnknown)?;
+        if !self.caches.is_verified(digest) && !self.verify_content(digest, &content).await {
+            return Err(ErrorCode::BlobUnknown.into());
+        }
         self.caches.keep_small_blob(digest, content.clone());
         Ok(content)
     }

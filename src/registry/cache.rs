@@ -74,6 +74,9 @@ impl Weighter<Digest, Bytes> for ByteWeight {
 /// Entries for mutable state are small; this many fit in a few MiB.
 const STATE_ENTRIES: usize = 64 * 1024;
 
+/// Digests remembered as verified (about 10 MiB when full).
+const VERIFIED_ENTRIES: usize = 64 * 1024;
+
 /// Repositories whose sorted tag lists are kept.
 const TAG_LISTS: usize = 1024;
 
@@ -87,6 +90,10 @@ pub struct Caches {
     tag_lists: Cache<RepositoryName, Fresh<Arc<Vec<String>>>>,
     manifests: Cache<Digest, Arc<CachedManifest>, ByteWeight>,
     small_blobs: Cache<Digest, Bytes, ByteWeight>,
+    /// Content this process has seen hash to its digest (it hashed it while
+    /// receiving it, or read it whole once). Bounded: an evicted digest is
+    /// just verified again on its next read.
+    verified: Cache<Digest, ()>,
     epoch: AtomicU64,
     fill_lock: Mutex<()>,
 }
@@ -105,6 +112,7 @@ impl Caches {
             tag_lists: Cache::new(TAG_LISTS),
             manifests: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
             small_blobs: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
+            verified: Cache::new(VERIFIED_ENTRIES),
             epoch: AtomicU64::new(0),
             fill_lock: Mutex::new(()),
         }
@@ -165,7 +173,8 @@ impl Caches {
         self.manifests.get(digest)
     }
 
-    /// Content keyed by digest cannot go stale: no ticket needed.
+    /// Content keyed by digest cannot go stale: no ticket needed. Only bytes
+    /// that hashed to `digest` may be kept.
     pub fn keep_manifest(&self, digest: &Digest, manifest: Arc<CachedManifest>) {
         self.manifests.insert(digest.clone(), manifest);
     }
@@ -174,6 +183,28 @@ impl Caches {
         self.small_blobs.get(digest)
     }
 
+    /// Whether the stored content of `digest` is known to match it.
+    pub fn is_verified(&self, digest: &Digest) -> bool {
+        self.verified.get(digest).is_some()
+    }
+
+    pub fn verified(&self, digest: &Digest) {
+        self.verified.insert(digest.clone(), ());
+    }
+
+    /// The content of `digest` was moved out of the store (quarantined):
+    /// nothing this process knows of it holds any more.
+    pub fn lost_blob(&self, digest: &Digest) {
+        self.wrote(|| {
+            self.sizes.insert(digest.clone(), self.stamp(None));
+            self.small_blobs.remove(digest);
+            self.manifests.remove(digest);
+            self.verified.remove(digest);
+        });
+    }
+
+    /// Only content that hashed to its digest may be kept (see
+    /// [`Caches::verified`]): the cache serves without checking.
     pub fn keep_small_blob(&self, digest: &Digest, content: Bytes) {
         if content.len() as u64 <= SMALL_BLOB_BYTES {
             self.small_blobs.insert(digest.clone(), content);

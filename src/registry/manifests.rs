@@ -103,7 +103,8 @@ impl Registry {
     /// Stores manifest bytes under their digest unless they are there
     /// already, and keeps them in memory for reads.
     async fn store_manifest_content(&self, digest: &Digest, body: Bytes) -> Result<()> {
-        self.storage
+        let written = self
+            .storage
             .put(
                 &layout::blob_data(digest),
                 body.clone(),
@@ -111,6 +112,9 @@ impl Registry {
             )
             .await
             .map_err(storage_error)?;
+        if written {
+            self.caches.verified(digest);
+        }
         self.caches.wrote_blob(digest, body.len() as u64);
         self.caches.keep_manifest(
             digest,
@@ -185,6 +189,10 @@ impl Registry {
             .await
             .map_err(storage_error)?
             .ok_or(ErrorCode::ManifestUnknown)?;
+        // Manifests are small: always hashed before they are served or cached.
+        if !self.verify_content(&digest, &body).await {
+            return Err(ErrorCode::ManifestUnknown.into());
+        }
         let media_type = stored_media_type(&body);
         self.caches.keep_manifest(
             &digest,

@@ -5,7 +5,9 @@
 mod blobs;
 pub mod cache;
 mod catalog;
+pub mod fsck;
 mod history;
+mod integrity;
 pub mod lifecycle;
 mod locks;
 mod manifests;
@@ -22,7 +24,7 @@ pub use lifecycle::LifecycleConfig;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
 
-use crate::oci::{Digest, RegistryError};
+use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::storage::{layout, Storage, WriteMode};
 use cache::{CacheConfig, Caches};
 
@@ -44,7 +46,9 @@ impl Default for Limits {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     limits: Limits,
-    caches: Caches,
+    /// Shared with streams that outlive a request's borrow of the registry
+    /// (a blob read verifying its digest as it goes).
+    caches: Arc<Caches>,
     upload_locks: locks::KeyedLocks,
     /// Serialises changes to one tag within this process, so that its
     /// history records changes in the order they happened.
@@ -62,7 +66,7 @@ impl Registry {
         Registry {
             storage,
             limits,
-            caches: Caches::new(cache),
+            caches: Arc::new(Caches::new(cache)),
             upload_locks: locks::KeyedLocks::default(),
             tag_locks: locks::KeyedLocks::default(),
             lifecycle: Arc::new(lifecycle),
@@ -158,6 +162,15 @@ impl Registry {
 }
 
 fn storage_error(e: io::Error) -> RegistryError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) {
+        // Not a fault of Berth's: say so (the operator must free space) and
+        // let the client know it may retry later.
+        tracing::warn!(error = %e, "storage is full: refusing the write");
+        return RegistryError::with_detail(ErrorCode::StorageFull, "free space and retry");
+    }
     RegistryError::internal("storage operation failed", e)
 }
 

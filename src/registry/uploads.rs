@@ -261,7 +261,8 @@ impl Registry {
             ));
         }
         let size = content.len() as u64;
-        self.storage
+        let written = self
+            .storage
             .put(
                 &layout::blob_data(digest),
                 content,
@@ -269,6 +270,10 @@ impl Registry {
             )
             .await
             .map_err(storage_error)?;
+        // Content found already in place was not hashed by us.
+        if written {
+            self.caches.verified(digest);
+        }
         self.caches.wrote_blob(digest, size);
         self.write_link(&layout::layer_link(name, digest), digest)
             .await?;
@@ -351,15 +356,21 @@ impl Registry {
         if size == 0 {
             // Nothing was appended, so there may be no content object yet.
             let empty = bytes::Bytes::new();
-            self.storage
+            if self
+                .storage
                 .put(&layout::blob_data(digest), empty, WriteMode::CreateIfAbsent)
                 .await
-                .map_err(storage_error)?;
+                .map_err(storage_error)?
+            {
+                self.caches.verified(digest);
+            }
         } else {
             self.storage
                 .commit_upload(&data_key, size, &layout::blob_data(digest))
                 .await
                 .map_err(storage_error)?;
+            // The hashed bytes replaced whatever was there.
+            self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, size);
         self.write_link(&layout::layer_link(name, digest), digest)

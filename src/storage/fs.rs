@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
 
-use super::{layout, ByteSource, ContentRead, ObjectInfo, Storage, WriteMode};
+use super::{layout, ByteSource, ContentRead, Leftover, ObjectInfo, Storage, WriteMode};
 
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -266,6 +266,89 @@ impl futures::Stream for ReadAhead {
     }
 }
 
+impl FsStorage {
+    /// The batched append loop of [`Storage::append_upload`]; the batch being
+    /// written is left in `writer`, so a caller can wait for it after a failure.
+    async fn append_batches(
+        &self,
+        path: &Path,
+        offset: u64,
+        data: &mut ByteSource<'_>,
+        writer: &mut Option<tokio::task::JoinHandle<io::Result<std::fs::File>>>,
+    ) -> io::Result<u64> {
+        let mut file = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0;
+        let mut written = 0u64;
+        loop {
+            let next = data.next().await.transpose()?;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                batch_len += chunk.len();
+                written += chunk.len() as u64;
+                batch.push(chunk);
+                if batch_len < UPLOAD_BATCH {
+                    continue;
+                }
+            }
+            if let Some(previous) = writer.take() {
+                file = Some(previous.await.map_err(io::Error::other)??);
+            }
+            let chunks = std::mem::take(&mut batch);
+            batch_len = 0;
+            let path = path.to_path_buf();
+            let open = file.take();
+            *writer = Some(tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = match open {
+                    Some(file) => file,
+                    None => open_upload_at(&path, offset)?,
+                };
+                for chunk in chunks {
+                    file.write_all(&chunk)?;
+                }
+                Ok(file)
+            }));
+            if done {
+                break;
+            }
+        }
+        if let Some(last) = writer.take() {
+            last.await.map_err(io::Error::other)??;
+        }
+        Ok(written)
+    }
+}
+
+/// Every temporary file below `dir`, as names relative to `root`.
+fn find_leftovers(root: &Path, dir: &Path, found: &mut Vec<Leftover>) -> io::Result<()> {
+    let Some(entries) = not_found_is_none(std::fs::read_dir(dir))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file_type = entry.file_type()?;
+        let path = entry.path();
+        if file_type.is_dir() {
+            find_leftovers(root, &path, found)?;
+        } else if file_type.is_file()
+            && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+        {
+            // Gone meanwhile: a write in progress finished.
+            let Some(meta) = not_found_is_none(entry.metadata())? else {
+                continue;
+            };
+            let name = path.strip_prefix(root).unwrap_or(&path);
+            found.push(Leftover {
+                name: name.to_string_lossy().into_owned(),
+                size: meta.len(),
+                modified: meta.modified()?,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Storage for FsStorage {
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
@@ -274,6 +357,7 @@ impl Storage for FsStorage {
 
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
         let path = self.path(key);
+        let store = self.clone_handle();
         tokio::task::spawn_blocking(move || {
             // A concurrent delete may remove a directory that has just become
             // empty between our mkdir and our create; try again in that case.
@@ -282,6 +366,13 @@ impl Storage for FsStorage {
                 attempts += 1;
                 match write_atomically(&path, &data, mode) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => continue,
+                    Err(e) => {
+                        // Directories made for a write that failed (a full disk)
+                        // would read as objects: an empty tag directory is a tag
+                        // to Distribution's walkers and to our tag list.
+                        store.prune_empty_parents(&path);
+                        return Err(e);
+                    }
                     result => return result,
                 }
             }
@@ -471,47 +562,32 @@ impl Storage for FsStorage {
         // here: commit_upload makes the content durable (see upload_generation).
         let path = self.path(key);
         let mut writer: Option<tokio::task::JoinHandle<io::Result<std::fs::File>>> = None;
-        let mut file = None;
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_len = 0;
-        let mut written = 0u64;
-        loop {
-            let next = data.next().await.transpose()?;
-            let done = next.is_none();
-            if let Some(chunk) = next {
-                batch_len += chunk.len();
-                written += chunk.len() as u64;
-                batch.push(chunk);
-                if batch_len < UPLOAD_BATCH {
-                    continue;
-                }
+        let received = self.append_batches(&path, offset, data, &mut writer).await;
+        let Err(e) = received else {
+            return received;
+        };
+        // Bytes past `offset` are dropped by the next append anyway, but a
+        // full disk is freed only if they go now. The batch being written
+        // must finish first, or it could write after the cut.
+        if let Some(pending) = writer.take() {
+            let _ = pending.await;
+        }
+        let cut = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            if file.metadata()?.len() > offset {
+                file.set_len(offset)?;
             }
-            if let Some(previous) = writer.take() {
-                file = Some(previous.await.map_err(io::Error::other)??);
-            }
-            let chunks = std::mem::take(&mut batch);
-            batch_len = 0;
-            let path = path.clone();
-            let open = file.take();
-            writer = Some(tokio::task::spawn_blocking(move || {
-                use std::io::Write;
-                let mut file = match open {
-                    Some(file) => file,
-                    None => open_upload_at(&path, offset)?,
-                };
-                for chunk in chunks {
-                    file.write_all(&chunk)?;
-                }
-                Ok(file)
-            }));
-            if done {
-                break;
+            Ok::<(), io::Error>(())
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|cut| cut);
+        if let Err(cut) = cut {
+            if cut.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(error = %cut, "could not cut a failed upload chunk off");
             }
         }
-        if let Some(last) = writer {
-            last.await.map_err(io::Error::other)??;
-        }
-        Ok(written)
+        Err(e)
     }
 
     async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()> {
@@ -539,6 +615,35 @@ impl Storage for FsStorage {
         })
         .await
         .map_err(io::Error::other)?
+    }
+
+    async fn list_leftovers(&self) -> io::Result<Vec<Leftover>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            find_leftovers(&root, &root, &mut found)?;
+            Ok(found)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn remove_leftover(&self, name: &str) -> io::Result<bool> {
+        let is_leftover = name
+            .rsplit('/')
+            .next()
+            .is_some_and(|file| file.starts_with(TEMP_PREFIX))
+            && !name
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..");
+        if !is_leftover {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a leftover temporary file",
+            ));
+        }
+        let path = self.root.join(name);
+        Ok(not_found_is_none(fs::remove_file(path).await)?.is_some())
     }
 
     fn upload_generation(&self) -> &str {

@@ -33,7 +33,7 @@
 //! [`Digest`] (or an upload id Berth generated), so no key can escape its
 //! prefix. Upload ids are checked by [`is_upload_id`] before they get here.
 
-use crate::oci::{Digest, RepositoryName, Tag};
+use crate::oci::{Algorithm, Digest, RepositoryName, Tag};
 
 pub const REPOSITORIES: &str = "repositories";
 pub const BLOBS: &str = "blobs";
@@ -48,6 +48,23 @@ pub fn blob_data(digest: &Digest) -> String {
         digest.algorithm().as_str(),
         &hex[..2]
     )
+}
+
+/// The directory of every blob of one algorithm, one child per shard
+/// (`hex[0..2]`), each with one child per blob (`hex`).
+pub fn blobs_of(algorithm: Algorithm) -> String {
+    format!("{BLOBS}/{}", algorithm.as_str())
+}
+
+pub fn blob_shard(algorithm: Algorithm, shard: &str) -> String {
+    format!("{}/{shard}", blobs_of(algorithm))
+}
+
+/// Reads a blob directory's place back: the digest it holds, when `shard`
+/// and `hex` are a well-formed pair.
+pub fn parse_blob_dir(algorithm: Algorithm, shard: &str, hex: &str) -> Option<Digest> {
+    let digest = Digest::from_parts(algorithm, hex).ok()?;
+    (hex.get(..2) == Some(shard)).then_some(digest)
 }
 
 pub fn repository(name: &RepositoryName) -> String {
@@ -105,6 +122,26 @@ pub fn upload_started_at(name: &RepositoryName, id: &str) -> String {
 
 pub fn upload_session(name: &RepositoryName, id: &str) -> String {
     format!("{}/berth-session.json", upload_dir(name, id))
+}
+
+/// Every upload of a repository, one child per upload id.
+pub fn uploads_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_uploads")
+}
+
+/// Every blob linked into a repository: `<alg>/<hex>/link` below.
+pub fn layers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_layers")
+}
+
+/// Every manifest of a repository: `<alg>/<hex>/link` below.
+pub fn revisions_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_manifests/revisions")
+}
+
+/// Every subject with referrers in a repository: `<alg>/<subject-hex>/…` below.
+pub fn referrers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_referrers")
 }
 
 pub fn referrers_of(name: &RepositoryName, subject: &Digest) -> String {
@@ -191,6 +228,11 @@ pub fn quarantined_blob(digest: &Digest) -> String {
     )
 }
 
+/// Where quarantined blobs of one algorithm are, one child per blob (`hex`).
+pub fn quarantine_of(algorithm: Algorithm) -> String {
+    format!("_berth/quarantine/{}", algorithm.as_str())
+}
+
 /// Upload ids are UUIDs Berth generated; anything else never reaches storage.
 pub fn is_upload_id(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
@@ -250,6 +292,19 @@ mod tests {
         assert!(tag_history_entry_name(9, Some(&digest)) < tag_history_entry_name(10, None));
         assert_eq!(parse_tag_history_entry("1-deleted"), None);
         assert_eq!(parse_tag_history_entry(".tmp-x"), None);
+    }
+
+    #[test]
+    fn blob_directories_read_back_only_when_shard_and_digest_agree() {
+        let hex = format!("ab{}", "0".repeat(62));
+        let digest = parse_blob_dir(Algorithm::Sha256, "ab", &hex).unwrap();
+        assert_eq!(
+            blob_data(&digest),
+            format!("{}/ab/{hex}/data", blobs_of(Algorithm::Sha256))
+        );
+        assert_eq!(parse_blob_dir(Algorithm::Sha256, "cd", &hex), None);
+        assert_eq!(parse_blob_dir(Algorithm::Sha512, "ab", &hex), None);
+        assert_eq!(parse_blob_dir(Algorithm::Sha256, "ab", ".tmp-x"), None);
     }
 
     #[test]

@@ -46,6 +46,16 @@ pub struct ObjectInfo {
     pub modified: std::time::SystemTime,
 }
 
+/// An object an interrupted write left under a temporary name: never a
+/// key, never listed, harmless, but it takes space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Where it is, relative to the store's root (for reports and removal).
+    pub name: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// Content being read: its full size and a stream of the requested range.
 pub struct ContentRead {
     pub size: u64,
@@ -123,8 +133,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Makes an upload's content (exactly `size` bytes) the object at `dest`
     /// in one atomic step, durably, and removes the upload's content. If
-    /// `dest` already exists the result is the same content (it is keyed by
-    /// digest).
+    /// `dest` already exists it is replaced: afterwards `dest` holds exactly
+    /// the bytes the registry hashed, which is what lets it count the blob as
+    /// verified (and a re-push heals a damaged copy).
     async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()>;
 
     /// Names the period during which appended upload content stays readable
@@ -132,6 +143,15 @@ pub trait Storage: Send + Sync + 'static {
     /// fsynced). An upload session recorded under another generation may have
     /// lost bytes it counts and must not be continued.
     fn upload_generation(&self) -> &str;
+
+    /// Every object left under a temporary name by a write that did not
+    /// finish (a crash, a full disk). A write in progress has one too, for
+    /// a moment: look at `modified` before removing one.
+    async fn list_leftovers(&self) -> io::Result<Vec<Leftover>>;
+
+    /// Removes a leftover named by [`Storage::list_leftovers`]. Returns false
+    /// when it was gone already; refuses any name that is not a leftover's.
+    async fn remove_leftover(&self, name: &str) -> io::Result<bool>;
 
     /// Checks that the store can be written (readiness).
     async fn check_writable(&self) -> io::Result<()>;
