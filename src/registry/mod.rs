@@ -5,11 +5,15 @@
 mod blobs;
 pub mod cache;
 mod catalog;
+mod expiry;
+mod gc;
 mod history;
 pub mod lifecycle;
 mod locks;
+pub mod maintenance;
 mod manifests;
 mod referrers;
+mod retention;
 mod tags;
 mod uploads;
 
@@ -17,9 +21,13 @@ use std::io;
 use std::sync::Arc;
 
 pub use blobs::Blob;
+pub use expiry::ExpiryReport;
+pub use gc::{GcOptions, GcReport};
 pub use history::TagChange;
 pub use lifecycle::LifecycleConfig;
+pub use maintenance::{LifecycleReport, LifecycleTask};
 pub use manifests::{ManifestPut, StoredManifest};
+pub use retention::{RemovedTag, RetentionReport};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::oci::{Digest, RegistryError};

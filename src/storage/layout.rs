@@ -32,13 +32,19 @@
 //! [`Digest`] (or an upload id Berth generated), so no key can escape its
 //! prefix. Upload ids are checked by [`is_upload_id`] before they get here.
 
-use crate::oci::{Digest, RepositoryName, Tag};
+use crate::oci::{Algorithm, Digest, RepositoryName, Tag};
 
 pub const REPOSITORIES: &str = "repositories";
 pub const BLOBS: &str = "blobs";
 
 /// The child of a repository directory that marks it as a repository.
 pub const MANIFESTS_DIR: &str = "_manifests";
+
+/// The children that mark a directory under `repositories/` as a repository
+/// for garbage collection: a repository can hold uploads or blob links before
+/// its first manifest, so `_manifests` alone (the catalog's test) would miss it.
+pub const REPOSITORY_DIRS: [&str; 5] =
+    ["_manifests", "_layers", "_referrers", "_uploads", "_berth"];
 
 pub fn blob_data(digest: &Digest) -> String {
     let hex = digest.hex();
@@ -47,6 +53,17 @@ pub fn blob_data(digest: &Digest) -> String {
         digest.algorithm().as_str(),
         &hex[..2]
     )
+}
+
+/// The directory of every blob of one algorithm, one child per two-hex-digit
+/// shard (garbage collection walks it).
+pub fn blob_algorithm_dir(algorithm: Algorithm) -> String {
+    format!("{BLOBS}/{}", algorithm.as_str())
+}
+
+/// One shard of [`blob_algorithm_dir`]: a child per digest hex starting with `shard`.
+pub fn blob_shard_dir(algorithm: Algorithm, shard: &str) -> String {
+    format!("{}/{shard}", blob_algorithm_dir(algorithm))
 }
 
 pub fn repository(name: &RepositoryName) -> String {
@@ -59,6 +76,26 @@ pub fn layer_link(name: &RepositoryName, digest: &Digest) -> String {
         digest.algorithm().as_str(),
         digest.hex()
     )
+}
+
+/// Every `_layers` link of `name`: `<alg>/<hex>/link` below.
+pub fn layers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_layers")
+}
+
+/// Every revision link of `name`: `<alg>/<hex>/link` below.
+pub fn revisions_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_manifests/revisions")
+}
+
+/// Every referrers index of `name`: `<alg>/<subject-hex>/<alg>/<hex>/link` below.
+pub fn referrers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_referrers")
+}
+
+/// Every upload of `name`, one child per upload id.
+pub fn uploads_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_uploads")
 }
 
 pub fn revision_link(name: &RepositoryName, digest: &Digest) -> String {
