@@ -811,7 +811,7 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     for (client, log) in logs.iter().enumerate() {
         let name = format!("race/c{client}");
-        for (_, image) in &log.live {
+        for image in log.live.values() {
             image.assert_intact(&registry, &name).await;
         }
         let live: BTreeSet<&str> = log.live.values().map(|i| i.digest.as_str()).collect();
