@@ -101,6 +101,46 @@ mod tests {
         assert!(config.auth.is_none(), "auth is off by default");
     }
 
+    /// The `[lifecycle]` rules and `gc_interval` are commented out in
+    /// config/berth.toml; uncommented, they must parse and mean what the
+    /// comments say.
+    #[test]
+    fn the_commented_lifecycle_examples_parse() {
+        let example = include_str!("../config/berth.toml");
+        let lifecycle: String = example
+            .lines()
+            .skip_while(|l| *l != "[lifecycle]")
+            .take_while(|l| !l.starts_with("# ----"))
+            .map(|l| match l.strip_prefix("# ") {
+                // Commented keys and tables, not the prose around them.
+                Some(code) if code.starts_with("[[") || code.contains(" = ") => code,
+                Some(_) => "",
+                None if l.starts_with('#') => "",
+                None => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: Config =
+            toml::from_str(&lifecycle).unwrap_or_else(|e| panic!("{e}\n{lifecycle}"));
+        let lifecycle = config.lifecycle;
+        assert_eq!(
+            lifecycle.gc_interval,
+            Some(std::time::Duration::from_secs(6 * 3600))
+        );
+        assert_eq!(lifecycle.immutable_tags.len(), 1);
+        assert_eq!(lifecycle.retention.len(), 2);
+        let name = crate::oci::RepositoryName::parse("team/app").unwrap();
+        let tag = |t: &str| crate::oci::Tag::parse(t).unwrap();
+        assert!(lifecycle.is_immutable(&name, &tag("v1.2")));
+        assert!(!lifecycle.is_immutable(&name, &tag("dev-1")));
+        let dev = lifecycle.retention_rule(&name, &tag("dev-7")).unwrap();
+        assert_eq!(dev.keep_newest, Some(3));
+        assert_eq!(
+            dev.max_age,
+            Some(std::time::Duration::from_secs(7 * 24 * 3600))
+        );
+    }
+
     /// The `[auth]` example is commented out in config/berth.toml (auth is
     /// off by default); uncommented, it must parse and validate.
     #[test]

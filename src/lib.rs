@@ -64,7 +64,81 @@ pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessCont
 pub fn build_app(config: &Config) -> io::Result<Router> {
     let registry = build_registry(config)?;
     let access = build_access_control(config)?;
-    Ok(http::router(registry, access))
+    let app = http::router(registry.clone(), access);
+    // The lifecycle task (upload expiry; retention and garbage collection
+    // with `gc_interval`) lives exactly as long as the application: when
+    // serving ends and the app is dropped, the task stops. An app built
+    // outside a runtime serves nothing, so it needs none.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(app);
+    }
+    let task = registry::LifecycleTask::spawn(registry);
+    Ok(app.layer(Holding(Arc::new(task))))
+}
+
+/// Tower layer that holds a value for as long as the services it wraps exist.
+struct Holding<T>(Arc<T>);
+
+impl<T> Clone for Holding<T> {
+    fn clone(&self) -> Self {
+        Holding(self.0.clone())
+    }
+}
+
+impl<S, T> tower::Layer<S> for Holding<T> {
+    type Service = Held<S, T>;
+
+    fn layer(&self, inner: S) -> Held<S, T> {
+        Held {
+            inner,
+            _held: self.0.clone(),
+        }
+    }
+}
+
+/// A service, and the value it keeps alive.
+struct Held<S, T> {
+    inner: S,
+    _held: Arc<T>,
+}
+
+impl<S: Clone, T> Clone for Held<S, T> {
+    fn clone(&self) -> Self {
+        Held {
+            inner: self.inner.clone(),
+            _held: self._held.clone(),
+        }
+    }
+}
+
+impl<S: tower::Service<R>, T, R> tower::Service<R> for Held<S, T> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// `berth gc`: one lifecycle run (retention, garbage collection, upload
+/// expiry) over the configured store, outside any server.
+pub async fn run_gc(
+    config: &Config,
+    options: &registry::GcOptions,
+) -> io::Result<registry::LifecycleReport> {
+    let registry = build_registry(config)?;
+    registry
+        .run_lifecycle(options)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Serves `app` until `shutdown` completes, then lets in-flight requests

@@ -50,6 +50,23 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Apply retention, collect garbage and expire abandoned uploads once,
+    /// then print what was removed. Safe while a server uses the data.
+    Gc {
+        /// Data directory [default: the config's, else ./data].
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Config file (TOML) with the [lifecycle] rules.
+        #[arg(long, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Spare what was written or used this recently, e.g. 1h, 30m
+        /// [default: the config's gc_grace_period].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace_period: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -384,6 +401,38 @@ fn run_command(command: Command) -> ExitCode {
             .storage_root(),
             repair,
         ),
+        Command::Gc {
+            data_dir,
+            config,
+            dry_run,
+            grace_period,
+        } => {
+            let outcome = config
+                .map_or_else(|| Ok(Config::default()), |path| Config::from_file(&path))
+                .and_then(|mut config| {
+                    if let Some(dir) = data_dir {
+                        config.data_dir = dir;
+                    }
+                    let options = berth::registry::GcOptions {
+                        dry_run,
+                        grace_period,
+                    };
+                    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                    runtime
+                        .block_on(berth::run_gc(&config, &options))
+                        .map_err(|e| e.to_string())
+                });
+            match outcome {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth gc: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
     }
 }

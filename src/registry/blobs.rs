@@ -120,10 +120,14 @@ impl Registry {
             Some(source) => self.open_blob(source, digest).await.is_ok(),
             None => self.content_size(digest).await?.is_some(),
         };
-        if available {
-            self.write_link(&layout::layer_link(name, digest), digest)
-                .await?;
+        // Touch before use: the content may be being collected (the source's
+        // link, read from a cache, may be older than a collection). Only
+        // content the touch found, and so protected, is linked.
+        if !available || !self.touch(&layout::blob_data(digest)).await? {
+            return Ok(false);
         }
-        Ok(available)
+        self.write_link_fresh(&layout::layer_link(name, digest), digest)
+            .await?;
+        Ok(true)
     }
 }

@@ -169,6 +169,16 @@ impl Caches {
         self.wrote(|| self.sizes.insert(digest.clone(), self.stamp(Some(size))));
     }
 
+    /// Content garbage collection has removed: it must not be served from
+    /// memory, and its size reads as absent until it is written again.
+    pub fn removed_content(&self, digest: &Digest) {
+        self.wrote(|| {
+            self.sizes.insert(digest.clone(), self.stamp(None));
+            self.manifests.remove(digest);
+            self.small_blobs.remove(digest);
+        });
+    }
+
     pub fn manifest(&self, digest: &Digest) -> Option<Arc<CachedManifest>> {
         self.manifests.get(digest)
     }

@@ -17,7 +17,8 @@ use crate::oci::{RepositoryName, RepositoryPattern, Tag};
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Per tag, the images of this many most recent history entries are kept
-    /// by garbage collection and retention, so a rollback to them works.
+    /// by garbage collection, so a rollback to them works (a tag retention
+    /// removes loses its history with it).
     pub history_keep: usize,
     /// Tags that never move to another digest once pushed.
     pub immutable_tags: Vec<TagRule>,

@@ -18,7 +18,7 @@ use crate::oci::{
     Algorithm, Digest, ErrorCode, Manifest, Reference, RegistryError, RepositoryName, Requirement,
     Result, Tag,
 };
-use crate::storage::{layout, WriteMode};
+use crate::storage::layout;
 
 /// A manifest as read back.
 pub struct StoredManifest {
@@ -84,12 +84,14 @@ impl Registry {
         }
         // Content first, then the revision link, then the tags: a reader that
         // finds a link finds what it names.
+        // A re-push finds them stored already: touched instead of written, so
+        // that a running garbage collection does not remove them (gc.rs).
         self.store_manifest_content(&digest, body).await?;
-        self.write_link(&layout::revision_link(name, &digest), &digest)
+        self.write_link_fresh(&layout::revision_link(name, &digest), &digest)
             .await?;
         if let Some(subject) = &manifest.subject {
             let key = layout::referrer_link(name, subject, &digest);
-            self.write_link(&key, &digest).await?;
+            self.write_link_fresh(&key, &digest).await?;
         }
         for tag in &tags {
             self.set_tag(name, tag, &digest).await?;
@@ -103,16 +105,7 @@ impl Registry {
     /// Stores manifest bytes under their digest unless they are there
     /// already, and keeps them in memory for reads.
     async fn store_manifest_content(&self, digest: &Digest, body: Bytes) -> Result<()> {
-        let written = self
-            .storage
-            .put(
-                &layout::blob_data(digest),
-                body.clone(),
-                WriteMode::CreateIfAbsent,
-            )
-            .await
-            .map_err(storage_error)?;
-        if written {
+        if self.put_content_fresh(digest, body.clone()).await? {
             self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, body.len() as u64);
@@ -127,13 +120,19 @@ impl Registry {
     }
 
     /// Every blob and child manifest must already be in this repository.
+    /// Each is touched, link and content, on storage: another process's
+    /// garbage collection may have removed it whatever a cache says, and the
+    /// touch keeps a collection running now from removing it (touch before
+    /// use, gc.rs). The push relies only on what its touches found.
     async fn check_requirements(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
-        for requirement in &manifest.requirements {
-            let (present, digest) = match requirement {
-                Requirement::Blob(d) => (self.open_blob(name, d).await.is_ok(), d),
-                Requirement::Manifest(d) => (self.has_manifest(name, d).await?, d),
-            };
-            if !present {
+        // A few at a time: each touch is a blocking-pool call.
+        for batch in manifest.requirements.chunks(8) {
+            let checks = batch.iter().map(|r| self.touch_requirement(name, r));
+            let found = futures::future::try_join_all(checks).await?;
+            if let Some((_, digest)) = found.iter().zip(batch).find(|(found, _)| !**found) {
+                let digest = match digest {
+                    Requirement::Blob(d) | Requirement::Manifest(d) => d,
+                };
                 return Err(RegistryError::with_detail(
                     ErrorCode::ManifestBlobUnknown,
                     format!("{digest} is not in repository {name}"),
@@ -143,12 +142,17 @@ impl Registry {
         Ok(())
     }
 
-    async fn has_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
-        Ok(self
-            .read_link(&layout::revision_link(name, digest))
-            .await?
-            .is_some()
-            && self.content_size(digest).await?.is_some())
+    /// Touches a requirement's link and content; whether both were there.
+    async fn touch_requirement(
+        &self,
+        name: &RepositoryName,
+        requirement: &Requirement,
+    ) -> Result<bool> {
+        let (link, digest) = match requirement {
+            Requirement::Blob(d) => (layout::layer_link(name, d), d),
+            Requirement::Manifest(d) => (layout::revision_link(name, d), d),
+        };
+        Ok(self.touch(&link).await? && self.touch(&layout::blob_data(digest)).await?)
     }
 
     /// The digest a reference names in `name`, or `MANIFEST_UNKNOWN`.

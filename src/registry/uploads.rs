@@ -261,21 +261,14 @@ impl Registry {
             ));
         }
         let size = content.len() as u64;
-        let written = self
-            .storage
-            .put(
-                &layout::blob_data(digest),
-                content,
-                WriteMode::CreateIfAbsent,
-            )
-            .await
-            .map_err(storage_error)?;
+        // Content already stored is touched instead of written, and so is an
+        // existing link: a running garbage collection spares both (gc.rs).
         // Content found already in place was not hashed by us.
-        if written {
+        if self.put_content_fresh(digest, content).await? {
             self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, size);
-        self.write_link(&layout::layer_link(name, digest), digest)
+        self.write_link_fresh(&layout::layer_link(name, digest), digest)
             .await?;
         Ok(())
     }
@@ -355,16 +348,14 @@ impl Registry {
         let data_key = layout::upload_data(name, id);
         if size == 0 {
             // Nothing was appended, so there may be no content object yet.
-            let empty = bytes::Bytes::new();
-            if self
-                .storage
-                .put(&layout::blob_data(digest), empty, WriteMode::CreateIfAbsent)
-                .await
-                .map_err(storage_error)?
-            {
+            if self.put_content_fresh(digest, bytes::Bytes::new()).await? {
                 self.caches.verified(digest);
             }
         } else {
+            // The content keeps its time through the commit, and that of a
+            // chunked upload's last chunk can be older than a running garbage
+            // collection's cutoff: touched now, the blob is spared (gc.rs).
+            self.touch(&data_key).await?;
             self.storage
                 .commit_upload(&data_key, size, &layout::blob_data(digest))
                 .await
@@ -373,7 +364,7 @@ impl Registry {
             self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, size);
-        self.write_link(&layout::layer_link(name, digest), digest)
+        self.write_link_fresh(&layout::layer_link(name, digest), digest)
             .await?;
         self.discard_upload(name, id).await;
         Ok(())

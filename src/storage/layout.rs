@@ -41,6 +41,12 @@ pub const BLOBS: &str = "blobs";
 /// The child of a repository directory that marks it as a repository.
 pub const MANIFESTS_DIR: &str = "_manifests";
 
+/// The children that mark a directory under `repositories/` as a repository
+/// for garbage collection: a repository can hold uploads or blob links before
+/// its first manifest, so `_manifests` alone (the catalog's test) would miss it.
+pub const REPOSITORY_DIRS: [&str; 5] =
+    ["_manifests", "_layers", "_referrers", "_uploads", "_berth"];
+
 pub fn blob_data(digest: &Digest) -> String {
     let hex = digest.hex();
     format!(
@@ -77,6 +83,26 @@ pub fn layer_link(name: &RepositoryName, digest: &Digest) -> String {
         digest.algorithm().as_str(),
         digest.hex()
     )
+}
+
+/// Every `_layers` link of `name`: `<alg>/<hex>/link` below.
+pub fn layers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_layers")
+}
+
+/// Every revision link of `name`: `<alg>/<hex>/link` below.
+pub fn revisions_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_manifests/revisions")
+}
+
+/// Every referrers index of `name`: `<alg>/<subject-hex>/<alg>/<hex>/link` below.
+pub fn referrers_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_referrers")
+}
+
+/// Every upload of `name`, one child per upload id.
+pub fn uploads_dir(name: &RepositoryName) -> String {
+    format!("{REPOSITORIES}/{name}/_uploads")
 }
 
 pub fn revision_link(name: &RepositoryName, digest: &Digest) -> String {
@@ -122,26 +148,6 @@ pub fn upload_started_at(name: &RepositoryName, id: &str) -> String {
 
 pub fn upload_session(name: &RepositoryName, id: &str) -> String {
     format!("{}/berth-session.json", upload_dir(name, id))
-}
-
-/// Every upload of a repository, one child per upload id.
-pub fn uploads_dir(name: &RepositoryName) -> String {
-    format!("{REPOSITORIES}/{name}/_uploads")
-}
-
-/// Every blob linked into a repository: `<alg>/<hex>/link` below.
-pub fn layers_dir(name: &RepositoryName) -> String {
-    format!("{REPOSITORIES}/{name}/_layers")
-}
-
-/// Every manifest of a repository: `<alg>/<hex>/link` below.
-pub fn revisions_dir(name: &RepositoryName) -> String {
-    format!("{REPOSITORIES}/{name}/_manifests/revisions")
-}
-
-/// Every subject with referrers in a repository: `<alg>/<subject-hex>/…` below.
-pub fn referrers_dir(name: &RepositoryName) -> String {
-    format!("{REPOSITORIES}/{name}/_referrers")
 }
 
 pub fn referrers_of(name: &RepositoryName, subject: &Digest) -> String {

@@ -1,0 +1,713 @@
+//! Online garbage collection: mark and sweep while clients push and pull.
+//!
+//! **Mark.** For every repository the roots are each tag's current manifest,
+//! the manifests of each tag's `history_keep` most recent history entries that
+//! name a manifest still in the repository (deleted tags' histories included),
+//! and, with `untagged_manifests = "keep"`, every revision link. From the roots
+//! the mark follows index children, configs and layers, and keeps every
+//! referrer (`_referrers/`) of a kept manifest, recursively.
+//!
+//! **Sweep.** Per repository: revision links of manifests not kept (with
+//! `untagged_manifests = "delete"`), their referrer links and the history
+//! entries naming them, and layer links that no kept manifest of the
+//! repository references. Then, over the whole store, content (`blobs/`) that
+//! no remaining link and no kept manifest names.
+//!
+//! **Why it is safe while clients work (the touch-before-use protocol).** Every
+//! removal is [`Storage::delete_if_untouched_since`] with a cutoff of the
+//! run's start minus the grace period, and whoever makes an existing object
+//! reachable touches it first and relies on it only if the touch found it
+//! (the helpers below; `ARCHITECTURE.md`, "Garbage collection", has the whole
+//! argument). So anything written or touched after the cutoff survives this
+//! run, and a push that lost its race against a removal is refused
+//! (`MANIFEST_BLOB_UNKNOWN`) instead of acknowledged incomplete.
+//!
+//! [`Storage::delete_if_untouched_since`]: crate::storage::Storage::delete_if_untouched_since
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::lifecycle::UntaggedManifests;
+use super::{storage_error, Registry};
+use crate::oci::{Algorithm, Digest, Manifest, RegistryError, RepositoryName, Result, Tag};
+use crate::storage::{layout, WriteMode};
+
+/// How a collection runs.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Report what would be removed, and change nothing.
+    pub dry_run: bool,
+    /// Replaces the configured `gc_grace_period` for this run.
+    pub grace_period: Option<Duration>,
+}
+
+/// What a collection removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub repositories: usize,
+    /// Revision links removed: manifests no longer in a repository.
+    pub manifests_removed: usize,
+    pub layer_links_removed: usize,
+    pub referrer_links_removed: usize,
+    pub history_entries_removed: usize,
+    /// Content removed from `blobs/` (layers, configs and manifests).
+    pub blobs_removed: usize,
+    pub bytes_removed: u64,
+    /// Of those, manifest documents.
+    pub manifest_blobs_removed: usize,
+    pub manifest_bytes_removed: u64,
+    /// Objects chosen for removal but touched during the run, so kept.
+    pub spared: usize,
+    /// Things skipped because they could not be understood (invalid names,
+    /// unreadable manifests); a repository with an unreadable kept manifest
+    /// is not swept at all.
+    pub problems: Vec<String>,
+}
+
+/// Removes (or, in a dry run, judges) objects against the run's cutoff.
+struct Sweeper<'a> {
+    registry: &'a Registry,
+    cutoff: SystemTime,
+    dry_run: bool,
+}
+
+impl Sweeper<'_> {
+    /// Whether `key` was removed (would be, in a dry run): only if it was not
+    /// written or touched at or after the cutoff.
+    async fn remove(&self, key: &str) -> Result<bool> {
+        let storage = &self.registry.storage;
+        if self.dry_run {
+            let info = storage.stat(key).await.map_err(storage_error)?;
+            return Ok(info.is_some_and(|i| i.modified < self.cutoff));
+        }
+        storage
+            .delete_if_untouched_since(key, self.cutoff)
+            .await
+            .map_err(storage_error)
+    }
+
+    /// Removes a link and, in this process, what the cache says of it.
+    async fn remove_link(&self, key: &str) -> Result<bool> {
+        let removed = self.remove(key).await?;
+        if removed && !self.dry_run {
+            self.registry.caches.wrote_link(key, None);
+        }
+        Ok(removed)
+    }
+}
+
+/// One repository as the mark phase found it.
+struct RepositoryScan {
+    revisions: HashSet<Digest>,
+    layers: HashSet<Digest>,
+    /// (subject, referrer) for every referrer link.
+    referrers: Vec<(Digest, Digest)>,
+    /// Every history entry: tag, entry name, the digest it names.
+    history: Vec<(Tag, String, Option<Digest>)>,
+}
+
+impl Registry {
+    // The touch-before-use protocol: the operations that make an existing
+    // object reachable again use these, so that a collection running now
+    // either spares the object or the operation learns it is gone.
+
+    /// Marks `key` as in use now; false when it does not exist (any more).
+    pub(super) async fn touch(&self, key: &str) -> Result<bool> {
+        self.storage.touch(key).await.map_err(storage_error)
+    }
+
+    /// Writes a link, or, when storage holds that link already, touches it:
+    /// either way it is newer than any running collection's cutoff.
+    pub(super) async fn write_link_fresh(&self, key: &str, digest: &Digest) -> Result<()> {
+        // A collection can remove the link between the write that found it
+        // and the touch; the next write then creates it.
+        for _ in 0..3 {
+            if self.write_link(key, digest).await? || self.touch(key).await? {
+                return Ok(());
+            }
+        }
+        Err(RegistryError::internal("a link keeps disappearing", key))
+    }
+
+    /// Stores content under its digest unless it is there, and touches it
+    /// when it is: the content is newer than any running collection's cutoff.
+    pub(super) async fn put_content_fresh(&self, digest: &Digest, content: Bytes) -> Result<bool> {
+        let key = layout::blob_data(digest);
+        for _ in 0..3 {
+            let written = self
+                .storage
+                .put(&key, content.clone(), WriteMode::CreateIfAbsent)
+                .await
+                .map_err(storage_error)?;
+            if written || self.touch(&key).await? {
+                return Ok(written);
+            }
+        }
+        Err(RegistryError::internal(
+            "content keeps disappearing",
+            digest,
+        ))
+    }
+
+    /// Collects unreferenced manifests, links and content (see the module
+    /// documentation).
+    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
+        self.collect_garbage_ignoring(options, &HashSet::new())
+            .await
+    }
+
+    /// [`Registry::collect_garbage`] as if the `ignored` tags and their
+    /// histories were gone: a dry run's view of what retention would remove.
+    pub(super) async fn collect_garbage_ignoring(
+        &self,
+        options: &GcOptions,
+        ignored: &HashSet<(RepositoryName, Tag)>,
+    ) -> Result<GcReport> {
+        let grace = options
+            .grace_period
+            .unwrap_or(self.lifecycle.gc_grace_period);
+        let sweeper = Sweeper {
+            registry: self,
+            cutoff: SystemTime::now()
+                .checked_sub(grace)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            dry_run: options.dry_run,
+        };
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        // Content some remaining link or kept manifest names, over all
+        // repositories; and every digest that was a manifest somewhere (to
+        // tell manifest documents from layers in the report).
+        let mut referenced = HashSet::new();
+        let mut manifests = HashSet::new();
+        for name in self.repositories(&mut report.problems).await? {
+            report.repositories += 1;
+            self.collect_repository(
+                &name,
+                ignored,
+                &sweeper,
+                &mut report,
+                &mut referenced,
+                &mut manifests,
+            )
+            .await?;
+        }
+        self.sweep_content(&sweeper, &referenced, &manifests, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    async fn collect_repository(
+        &self,
+        name: &RepositoryName,
+        ignored: &HashSet<(RepositoryName, Tag)>,
+        sweeper: &Sweeper<'_>,
+        report: &mut GcReport,
+        referenced: &mut HashSet<Digest>,
+        manifests: &mut HashSet<Digest>,
+    ) -> Result<()> {
+        let scan = self.scan_repository(name, &mut report.problems).await?;
+        let roots = self.roots(name, &scan, ignored, report).await?;
+        let (kept_manifests, kept_blobs, complete) = self.mark(name, &scan, roots, report).await?;
+        manifests.extend(scan.revisions.iter().cloned());
+        referenced.extend(kept_manifests.iter().cloned());
+        referenced.extend(kept_blobs.iter().cloned());
+        if !complete {
+            // What an unreadable kept manifest references is unknown: keep
+            // every link of this repository, and so the content they name.
+            referenced.extend(scan.revisions.iter().cloned());
+            referenced.extend(scan.layers.iter().cloned());
+            return Ok(());
+        }
+
+        let mut removed_manifests = HashSet::new();
+        if self.lifecycle.untagged_manifests == UntaggedManifests::Delete {
+            for digest in scan.revisions.difference(&kept_manifests) {
+                if sweeper
+                    .remove_link(&layout::revision_link(name, digest))
+                    .await?
+                {
+                    report.manifests_removed += 1;
+                    removed_manifests.insert(digest.clone());
+                } else {
+                    report.spared += 1;
+                }
+            }
+        }
+        referenced.extend(
+            scan.revisions
+                .iter()
+                .filter(|d| !removed_manifests.contains(*d))
+                .cloned(),
+        );
+
+        // A referrer link goes with its manifest, or when it names none.
+        for (subject, referrer) in &scan.referrers {
+            let gone = removed_manifests.contains(referrer) || !scan.revisions.contains(referrer);
+            if gone && !kept_manifests.contains(referrer) {
+                let key = layout::referrer_link(name, subject, referrer);
+                if sweeper.remove(&key).await? {
+                    report.referrer_links_removed += 1;
+                } else {
+                    report.spared += 1;
+                }
+            }
+        }
+
+        // A collected manifest is gone for good; no rollback may name it.
+        for (tag, entry, digest) in &scan.history {
+            if digest
+                .as_ref()
+                .is_some_and(|d| removed_manifests.contains(d))
+            {
+                let key = format!("{}/{entry}", layout::tag_history_dir(name, tag));
+                if sweeper.remove(&key).await? {
+                    report.history_entries_removed += 1;
+                }
+            }
+        }
+
+        for digest in scan.layers.difference(&kept_blobs) {
+            if sweeper
+                .remove_link(&layout::layer_link(name, digest))
+                .await?
+            {
+                report.layer_links_removed += 1;
+            } else {
+                report.spared += 1;
+                referenced.insert(digest.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists a repository's links and tag histories.
+    async fn scan_repository(
+        &self,
+        name: &RepositoryName,
+        problems: &mut Vec<String>,
+    ) -> Result<RepositoryScan> {
+        let revisions = self
+            .list_digests(&layout::revisions_dir(name), problems)
+            .await?;
+        let layers = self
+            .list_digests(&layout::layers_dir(name), problems)
+            .await?;
+        let mut referrers = Vec::new();
+        let dir = layout::referrers_dir(name);
+        for subject in self.list_digests(&dir, problems).await? {
+            let of_subject = layout::referrers_of(name, &subject);
+            for referrer in self.list_digests(&of_subject, problems).await? {
+                referrers.push((subject.clone(), referrer));
+            }
+        }
+        let mut history = Vec::new();
+        let histories = layout::tag_histories(name);
+        for tag in self.storage.list(&histories).await.map_err(storage_error)? {
+            let Some(tag) = Tag::parse(&tag) else {
+                problems.push(format!("{histories}/{tag}: not a valid tag, skipped"));
+                continue;
+            };
+            let dir = layout::tag_history_dir(name, &tag);
+            for entry in self.storage.list(&dir).await.map_err(storage_error)? {
+                match layout::parse_tag_history_entry(&entry) {
+                    Some((_, digest)) => history.push((tag.clone(), entry, digest)),
+                    None => problems.push(format!("{dir}/{entry}: not a history entry, skipped")),
+                }
+            }
+        }
+        Ok(RepositoryScan {
+            revisions,
+            layers,
+            referrers,
+            history,
+        })
+    }
+
+    /// The manifests kept in their own right: tags, recent history, and
+    /// (with `untagged_manifests = "keep"`) every manifest.
+    async fn roots(
+        &self,
+        name: &RepositoryName,
+        scan: &RepositoryScan,
+        ignored: &HashSet<(RepositoryName, Tag)>,
+        report: &mut GcReport,
+    ) -> Result<Vec<Digest>> {
+        let mut roots = Vec::new();
+        for tag in self.all_tags(name).await? {
+            let Some(tag) = Tag::parse(&tag) else {
+                report
+                    .problems
+                    .push(format!("{name}: tag directory {tag:?} is not a valid tag"));
+                continue;
+            };
+            if ignored.contains(&(name.clone(), tag.clone())) {
+                continue;
+            }
+            // Read uncached: the cache may not know of another process's push.
+            match self
+                .read_link_uncached(&layout::tag_current_link(name, &tag))
+                .await
+            {
+                Ok(Some(digest)) => roots.push(digest),
+                Ok(None) => {}
+                Err(_) => report
+                    .problems
+                    .push(format!("{name}:{tag}: unreadable tag link")),
+            }
+        }
+        let mut by_tag: HashMap<&Tag, Vec<(&str, &Digest)>> = HashMap::new();
+        for (tag, entry, digest) in &scan.history {
+            if let Some(digest) = digest {
+                if scan.revisions.contains(digest)
+                    && !ignored.contains(&(name.clone(), tag.clone()))
+                {
+                    by_tag.entry(tag).or_default().push((entry, digest));
+                }
+            }
+        }
+        for mut entries in by_tag.into_values() {
+            // Entry names start with a fixed-width time: newest sorts last.
+            entries.sort_unstable_by(|a, b| b.0.cmp(a.0));
+            roots.extend(
+                entries
+                    .into_iter()
+                    .take(self.lifecycle.history_keep)
+                    .map(|(_, d)| d.clone()),
+            );
+        }
+        if self.lifecycle.untagged_manifests == UntaggedManifests::Keep {
+            roots.extend(scan.revisions.iter().cloned());
+        }
+        Ok(roots)
+    }
+
+    /// Follows the roots to everything they keep. Returns the kept manifests,
+    /// the kept blobs, and whether every kept manifest could be read (if
+    /// not, the repository must not be swept).
+    async fn mark(
+        &self,
+        name: &RepositoryName,
+        scan: &RepositoryScan,
+        roots: Vec<Digest>,
+        report: &mut GcReport,
+    ) -> Result<(HashSet<Digest>, HashSet<Digest>, bool)> {
+        let mut referrers_of: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+        for (subject, referrer) in &scan.referrers {
+            referrers_of.entry(subject).or_default().push(referrer);
+        }
+        let mut kept_manifests = HashSet::new();
+        let mut kept_blobs = HashSet::new();
+        let mut complete = true;
+        let mut pending = roots;
+        while let Some(digest) = pending.pop() {
+            if !kept_manifests.insert(digest.clone()) {
+                continue;
+            }
+            // A referrer link naming no manifest of the repository is an
+            // orphan (or a push in progress, whose links are fresh): it keeps
+            // nothing.
+            if let Some(referrers) = referrers_of.get(&digest) {
+                pending.extend(
+                    referrers
+                        .iter()
+                        .filter(|d| scan.revisions.contains(**d))
+                        .map(|d| (*d).clone()),
+                );
+            }
+            match self.read_stored_manifest(&digest).await? {
+                Ok(manifest) => {
+                    for requirement in manifest.requirements {
+                        match requirement {
+                            crate::oci::Requirement::Blob(d) => {
+                                kept_blobs.insert(d);
+                            }
+                            crate::oci::Requirement::Manifest(d) => pending.push(d),
+                        }
+                    }
+                }
+                // A digest the repository does not hold (a tag or index naming
+                // a manifest that is not there) keeps nothing else.
+                Err(_) if !scan.revisions.contains(&digest) => {}
+                Err(why) => {
+                    report
+                        .problems
+                        .push(format!("{name}@{digest}: {why}; repository not swept"));
+                    complete = false;
+                }
+            }
+        }
+        Ok((kept_manifests, kept_blobs, complete))
+    }
+
+    /// A stored manifest, parsed; the inner error says why it cannot be.
+    async fn read_stored_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<std::result::Result<Manifest, String>> {
+        let key = layout::blob_data(digest);
+        // Bounded memory: a "manifest" larger than any accepted one is not read.
+        match self.storage.size(&key).await.map_err(storage_error)? {
+            None => return Ok(Err("manifest content is missing".into())),
+            Some(size) if size > self.limits.max_manifest_bytes as u64 => {
+                return Ok(Err(format!("{size} bytes is too large for a manifest")))
+            }
+            Some(_) => {}
+        }
+        let Some(body) = self.storage.get(&key).await.map_err(storage_error)? else {
+            return Ok(Err("manifest content is missing".into()));
+        };
+        Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
+    }
+
+    /// Removes content no remaining link or kept manifest names.
+    async fn sweep_content(
+        &self,
+        sweeper: &Sweeper<'_>,
+        referenced: &HashSet<Digest>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        for algorithm in self
+            .storage
+            .list(layout::BLOBS)
+            .await
+            .map_err(storage_error)?
+        {
+            let Some(algorithm) = Algorithm::parse(&algorithm) else {
+                report.problems.push(format!(
+                    "{}/{algorithm}: unknown algorithm, skipped",
+                    layout::BLOBS
+                ));
+                continue;
+            };
+            let dir = layout::blobs_of(algorithm);
+            for shard in self.storage.list(&dir).await.map_err(storage_error)? {
+                let shard_dir = layout::blob_shard(algorithm, &shard);
+                for hex in self.storage.list(&shard_dir).await.map_err(storage_error)? {
+                    let digest = match Digest::from_parts(algorithm, &hex) {
+                        Ok(d) if hex.starts_with(&shard) && shard.len() == 2 => d,
+                        _ => {
+                            report
+                                .problems
+                                .push(format!("{shard_dir}/{hex}: not a blob, skipped"));
+                            continue;
+                        }
+                    };
+                    if referenced.contains(&digest) {
+                        continue;
+                    }
+                    let key = layout::blob_data(&digest);
+                    let Some(info) = self.storage.stat(&key).await.map_err(storage_error)? else {
+                        continue;
+                    };
+                    if sweeper.remove(&key).await? {
+                        report.blobs_removed += 1;
+                        report.bytes_removed += info.size;
+                        if manifests.contains(&digest) {
+                            report.manifest_blobs_removed += 1;
+                            report.manifest_bytes_removed += info.size;
+                        }
+                        if !sweeper.dry_run {
+                            self.caches.removed_content(&digest);
+                        }
+                    } else {
+                        report.spared += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every repository in the store: a directory under `repositories/` with
+    /// a registry folder (`_manifests`, `_layers`, …), whether or not it has
+    /// a manifest yet. Names are validated; others are reported and skipped.
+    pub(super) async fn repositories(
+        &self,
+        problems: &mut Vec<String>,
+    ) -> Result<Vec<RepositoryName>> {
+        let mut names = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(path) = pending.pop() {
+            let prefix = if path.is_empty() {
+                layout::REPOSITORIES.to_owned()
+            } else {
+                format!("{}/{path}", layout::REPOSITORIES)
+            };
+            let children = self.storage.list(&prefix).await.map_err(storage_error)?;
+            let is_repository = children
+                .iter()
+                .any(|c| layout::REPOSITORY_DIRS.contains(&c.as_str()));
+            if is_repository && !path.is_empty() {
+                match RepositoryName::parse(&path) {
+                    Some(name) => names.push(name),
+                    None => {
+                        problems.push(format!("{prefix}: not a valid repository name, skipped"))
+                    }
+                }
+            }
+            for child in children {
+                if !child.starts_with('_') {
+                    pending.push(if path.is_empty() {
+                        child
+                    } else {
+                        format!("{path}/{child}")
+                    });
+                }
+            }
+        }
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(names)
+    }
+
+    /// The digests named by a `<alg>/<hex>/` directory tree (links, referrers).
+    async fn list_digests(&self, dir: &str, problems: &mut Vec<String>) -> Result<HashSet<Digest>> {
+        let mut digests = HashSet::new();
+        for algorithm in self.storage.list(dir).await.map_err(storage_error)? {
+            let Some(alg) = Algorithm::parse(&algorithm) else {
+                problems.push(format!("{dir}/{algorithm}: unknown algorithm, skipped"));
+                continue;
+            };
+            let alg_dir = format!("{dir}/{}", alg.as_str());
+            for hex in self.storage.list(&alg_dir).await.map_err(storage_error)? {
+                match Digest::from_parts(alg, &hex) {
+                    Ok(digest) => {
+                        digests.insert(digest);
+                    }
+                    Err(_) => problems.push(format!("{alg_dir}/{hex}: not a digest, skipped")),
+                }
+            }
+        }
+        Ok(digests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::oci::{ErrorCode, Reference};
+    use crate::registry::cache::CacheConfig;
+    use crate::registry::{LifecycleConfig, Limits};
+    use crate::storage::fs::FsStorage;
+
+    fn registry(root: &std::path::Path) -> Registry {
+        let lifecycle = LifecycleConfig {
+            untagged_manifests: UntaggedManifests::Delete,
+            history_keep: 0,
+            ..LifecycleConfig::default()
+        };
+        let cache = CacheConfig {
+            // Long enough that only an explicit drop can make an entry go.
+            ttl: Duration::from_secs(3600),
+            ..CacheConfig::default()
+        };
+        Registry::new(
+            Arc::new(FsStorage::open(root).unwrap()),
+            Limits::default(),
+            &cache,
+            lifecycle,
+        )
+    }
+
+    /// Every stored file is made `by` older, as if that time had passed.
+    fn age(root: &std::path::Path, by: Duration) {
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    let then = filetime::FileTime::from_system_time(meta.modified().unwrap() - by);
+                    filetime::set_file_mtime(entry.path(), then).unwrap();
+                }
+            }
+        }
+    }
+
+    fn stream(content: &'static [u8]) -> crate::storage::ByteStream {
+        Box::pin(futures::stream::once(async move {
+            Ok(Bytes::from_static(content))
+        }))
+    }
+
+    #[tokio::test]
+    async fn what_a_collection_removes_is_no_longer_served_from_the_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let name = RepositoryName::parse("cached/app").unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let config_digest = Digest::of(Algorithm::Sha256, config);
+        registry
+            .upload_whole(&name, &config_digest, stream(config))
+            .await
+            .unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[]}}"#,
+            config.len()
+        );
+        let digest = Digest::of(Algorithm::Sha256, manifest.as_bytes());
+        let reference = Reference::Digest(digest.clone());
+        registry
+            .put_manifest(&name, &reference, None, Bytes::from(manifest), &[])
+            .await
+            .unwrap();
+        // Fill every cache: links, sizes, manifest bytes, small blob bytes.
+        registry.get_manifest(&name, &reference).await.unwrap();
+        let blob = registry.open_blob(&name, &config_digest).await.unwrap();
+        drop(registry.read_blob(&blob, None).await.unwrap());
+
+        age(dir.path(), Duration::from_secs(7200));
+        let report = registry
+            .collect_garbage(&GcOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.manifests_removed, 1);
+        assert_eq!(report.blobs_removed, 2);
+        assert_eq!(report.manifest_blobs_removed, 1);
+
+        let gone = registry
+            .get_manifest(&name, &reference)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(gone.code, ErrorCode::ManifestUnknown);
+        let gone = registry
+            .open_blob(&name, &config_digest)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(gone.code, ErrorCode::BlobUnknown);
+        assert_eq!(registry.content_size(&digest).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn invalid_names_in_the_store_are_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let odd = dir.path().join("repositories/Upper/_layers/sha256/xyz");
+        std::fs::create_dir_all(&odd).unwrap();
+        std::fs::write(odd.join("link"), "junk").unwrap();
+        let stray = dir.path().join("blobs/sha256/zz/not-hex");
+        std::fs::create_dir_all(&stray).unwrap();
+        std::fs::write(stray.join("data"), "junk").unwrap();
+        age(dir.path(), Duration::from_secs(7200));
+        let report = registry
+            .collect_garbage(&GcOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.repositories, 0);
+        assert_eq!(report.blobs_removed, 0);
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(odd.join("link").exists() && stray.join("data").exists());
+    }
+}
