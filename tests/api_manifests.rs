@@ -1179,21 +1179,34 @@ async fn delete_unknown_manifest_is_404() {
 // ---------------------------------------------------------------------------
 // storage layout and concurrency
 
+/// The names in a tag's Berth history directory, oldest first.
+fn history_entries(registry: &TestRegistry, repo: &str, tag: &str) -> Vec<String> {
+    let dir = registry
+        .storage_root()
+        .join(format!("repositories/{repo}/_berth/history/{tag}"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
-async fn tag_history_is_recorded_in_the_distribution_layout() {
+async fn tag_history_is_recorded_in_order_beside_the_distribution_layout() {
     let registry = TestRegistry::start().await;
     let (_, digest_a) = registry.push_image("team/app", "t", b"layer A").await;
     let (_, digest_b) = registry.push_image("team/app", "t", b"layer B").await;
     assert_ne!(digest_a, digest_b);
+    let entries = history_entries(&registry, "team/app", "t");
+    let named: Vec<String> = entries
+        .iter()
+        .map(|e| e.split_once('-').unwrap().1.replacen('-', ":", 1))
+        .collect();
+    assert_eq!(named, [digest_a.clone(), digest_b.clone()], "{entries:?}");
     let tag_dir = registry
         .storage_root()
         .join("repositories/team/app/_manifests/tags/t");
-    for digest in [&digest_a, &digest_b] {
-        let link = tag_dir.join(format!("index/sha256/{}/link", hex_of(digest)));
-        let content =
-            std::fs::read_to_string(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
-        assert_eq!(content, *digest);
-    }
     let current = std::fs::read_to_string(tag_dir.join("current/link")).unwrap();
     assert_eq!(current, digest_b);
     let revision = registry.storage_root().join(format!(
@@ -1246,16 +1259,18 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
         manifests.iter().any(|m| m.as_slice() == body.as_ref()),
         "the tag names one of the pushed manifests"
     );
-    // Every pushed manifest is stored and in the tag's history.
-    let history = registry
-        .storage_root()
-        .join("repositories/race/_manifests/tags/contended/index/sha256");
+    // Every pushed manifest is stored and in the tag's history, and the
+    // newest history entry is where the tag points.
+    let history = history_entries(&registry, "race", "contended");
     for manifest in &manifests {
         let d = sha256_digest(manifest);
         assert_served(&registry, "race", &d, OCI_MANIFEST, manifest, &d).await;
-        let link = history.join(hex_of(&d)).join("link");
-        assert_eq!(std::fs::read_to_string(&link).unwrap(), d);
+        assert!(
+            history.iter().any(|e| e.ends_with(hex_of(&d))),
+            "{d} not in {history:?}"
+        );
     }
+    assert!(history.last().unwrap().ends_with(hex_of(&digest)));
     assert_eq!(tags(&registry, "race").await, ["contended"]);
 }
 

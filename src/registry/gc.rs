@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 use super::lifecycle::UntaggedManifests;
 use super::{storage_error, Registry};
-use crate::oci::{Algorithm, Digest, Manifest, RegistryError, RepositoryName, Result, Tag};
+use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::storage::{layout, WriteMode};
 
 /// How a collection runs.
@@ -119,37 +119,25 @@ impl Registry {
         self.storage.touch(key).await.map_err(storage_error)
     }
 
-    /// Writes a link, or, when storage holds that link already, touches it:
-    /// either way it is newer than any running collection's cutoff.
+    /// Writes a link, or, when storage holds that link already, touches it
+    /// (storage does both in one step): either way it is newer than any
+    /// running collection's cutoff.
     pub(super) async fn write_link_fresh(&self, key: &str, digest: &Digest) -> Result<()> {
-        // A collection can remove the link between the write that found it
-        // and the touch; the next write then creates it.
-        for _ in 0..3 {
-            if self.write_link(key, digest).await? || self.touch(key).await? {
-                return Ok(());
-            }
-        }
-        Err(RegistryError::internal("a link keeps disappearing", key))
+        self.write_link(key, digest).await.map(drop)
     }
 
     /// Stores content under its digest unless it is there, and touches it
-    /// when it is: the content is newer than any running collection's cutoff.
+    /// when it is: the content is newer than any running collection's
+    /// cutoff. Returns whether it was written (hashed by us, then).
     pub(super) async fn put_content_fresh(&self, digest: &Digest, content: Bytes) -> Result<bool> {
-        let key = layout::blob_data(digest);
-        for _ in 0..3 {
-            let written = self
-                .storage
-                .put(&key, content.clone(), WriteMode::CreateIfAbsent)
-                .await
-                .map_err(storage_error)?;
-            if written || self.touch(&key).await? {
-                return Ok(written);
-            }
-        }
-        Err(RegistryError::internal(
-            "content keeps disappearing",
-            digest,
-        ))
+        self.storage
+            .put(
+                &layout::blob_data(digest),
+                content,
+                WriteMode::CreateIfAbsent,
+            )
+            .await
+            .map_err(storage_error)
     }
 
     /// Collects unreferenced manifests, links and content (see the module

@@ -101,50 +101,52 @@ impl Registry {
             }
             self.record_tag_change(name, tag, Some(digest)).await?;
         } else {
-            // The current link and the history entry are independent files,
-            // written side by side: a crash between them leaves a history
-            // entry for a change that did not finish, which rolls back to an
-            // image that exists, or a change missing from history; never a
+            // The current link and the history entries are independent
+            // documents, written as one batch: a crash in between may leave
+            // a history entry for a change that did not finish (it names an
+            // image that exists) or a change missing from history; never a
             // tag pointing at something that is not stored.
-            let link = async { self.write_link(&current_key, digest).await.map(drop) };
-            tokio::try_join!(link, self.record_tag_change(name, tag, Some(digest)))?;
+            let mut docs = self.tag_change_documents(name, tag, Some(digest));
+            docs.push((
+                current_key.clone(),
+                layout::link_body(digest),
+                WriteMode::Overwrite,
+            ));
+            self.storage.put_all(docs).await.map_err(storage_error)?;
         }
         self.caches.wrote_link(&current_key, Some(digest.clone()));
         self.caches.wrote_tags(name);
         Ok(true)
     }
 
-    /// Appends one change to a tag's history; a change to a digest is also
-    /// recorded in Distribution's `index/` of the tag, as Distribution does.
+    /// Appends one change to a tag's history.
     pub(super) async fn record_tag_change(
         &self,
         name: &RepositoryName,
         tag: &Tag,
         digest: Option<&Digest>,
     ) -> Result<()> {
-        let index = async {
-            if let Some(digest) = digest {
-                let key = layout::tag_index_link(name, tag, digest);
-                self.storage
-                    .put(&key, layout::link_body(digest), WriteMode::CreateIfAbsent)
-                    .await
-                    .map_err(storage_error)?;
-            }
-            Ok::<_, RegistryError>(())
-        };
+        let docs = self.tag_change_documents(name, tag, digest);
+        self.storage.put_all(docs).await.map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// The document that records a change: a history entry, empty because
+    /// its name says everything. (Distribution's `index/` of the tag is not
+    /// written: nothing reads it to serve a tag, and a change costs one
+    /// directory sync less without it.)
+    fn tag_change_documents(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        digest: Option<&Digest>,
+    ) -> Vec<(String, bytes::Bytes, WriteMode)> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_nanos();
-        let key = layout::tag_history_entry(name, tag, nanos, digest);
-        let entry = async {
-            self.storage
-                .create_marker(&key)
-                .await
-                .map_err(storage_error)
-        };
-        tokio::try_join!(index, entry)?;
-        Ok(())
+        let entry = layout::tag_history_entry(name, tag, nanos, digest);
+        vec![(entry, bytes::Bytes::new(), WriteMode::CreateIfAbsent)]
     }
 
     /// Removes every history entry naming `digest` in `name` (a deleted

@@ -152,7 +152,9 @@ impl Registry {
             Requirement::Blob(d) => (layout::layer_link(name, d), d),
             Requirement::Manifest(d) => (layout::revision_link(name, d), d),
         };
-        Ok(self.touch(&link).await? && self.touch(&layout::blob_data(digest)).await?)
+        let data = layout::blob_data(digest);
+        let (linked, stored) = tokio::try_join!(self.touch(&link), self.touch(&data))?;
+        Ok(linked && stored)
     }
 
     /// The digest a reference names in `name`, or `MANIFEST_UNKNOWN`.

@@ -16,9 +16,9 @@
 //!   _uploads/<id>/startedat                           RFC 3339 start time (as Distribution writes it)
 //!   _uploads/<id>/berth-session.json                  Berth's resumable session record (offset, hash state)
 //!   _referrers/<alg>/<subject-hex>/<alg>/<hex>/link   Berth: manifests whose `subject` is that digest
-//!   _berth/tags/<tag>/history/<nanos>-<alg>-<hex>     Berth: the tag was pointed at that digest at that
+//!   _berth/history/<tag>/<nanos>-<alg>-<hex>          Berth: the tag was pointed at that digest at that
 //!                                                     time (nanoseconds since the Unix epoch, 20 digits)
-//!   _berth/tags/<tag>/history/<nanos>-deleted         Berth: the tag was deleted at that time
+//!   _berth/history/<tag>/<nanos>-deleted              Berth: the tag was deleted at that time
 //! _berth/trash/<uuid>                                 Berth: an object garbage collection is removing
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
 //! ```
@@ -175,11 +175,11 @@ pub fn repository_berth_dir(name: &RepositoryName) -> String {
 
 /// The directory of every tag with a Berth history in `name`, one child per tag.
 pub fn tag_histories(name: &RepositoryName) -> String {
-    format!("{}/tags", repository_berth_dir(name))
+    format!("{}/history", repository_berth_dir(name))
 }
 
 pub fn tag_history_dir(name: &RepositoryName, tag: &Tag) -> String {
-    format!("{}/{tag}/history", tag_histories(name))
+    format!("{}/{tag}", tag_histories(name))
 }
 
 /// The entry recording that `tag` was pointed at `digest` (or deleted, for
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(
             key,
             format!(
-                "repositories/a/b/_berth/tags/v1/history/01764000000000000000-sha256-{}",
+                "repositories/a/b/_berth/history/v1/01764000000000000000-sha256-{}",
                 "c".repeat(64)
             )
         );

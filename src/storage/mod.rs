@@ -69,13 +69,22 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes a whole small document so that readers see the old or the new
     /// version, never a mix. Returns false when nothing needed writing:
-    /// `CreateIfAbsent` found a document, or `Overwrite` found the same bytes.
+    /// `CreateIfAbsent` found a document, or `Overwrite` found the same bytes;
+    /// the document found is then touched (see [`Storage::touch`]), so that
+    /// writing something is always a use of it.
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
 
-    /// Creates an empty object durably unless one exists (returns whether it
-    /// created it): a record whose name says everything, such as a tag
-    /// history entry, needs no data written and synced.
-    async fn create_marker(&self, key: &str) -> io::Result<bool>;
+    /// [`Storage::put`] for several independent documents at once (each is
+    /// whole or absent, the batch as a whole is not atomic), for a backend
+    /// to share the cost of durability between them. Returns, per document,
+    /// whether it was written.
+    async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
+        let mut written = Vec::with_capacity(docs.len());
+        for (key, data, mode) in docs {
+            written.push(self.put(&key, data, mode).await?);
+        }
+        Ok(written)
+    }
 
     /// The size of a stored object, or `None` when it does not exist.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;

@@ -32,7 +32,7 @@ pub fn age(storage_root: &Path, by: Duration) {
             }
             let then = filetime::FileTime::from_system_time(meta.modified().unwrap() - by);
             filetime::set_file_mtime(entry.path(), then).unwrap();
-            let in_history = dir.ends_with("history");
+            let in_history = dir.parent().is_some_and(|p| p.ends_with("_berth/history"));
             let name = entry.file_name().into_string().unwrap();
             if let (true, Some((nanos, rest))) = (in_history, name.split_once('-')) {
                 if let Ok(nanos) = nanos.parse::<u128>() {
