@@ -382,33 +382,15 @@ impl Checker<'_> {
     }
 
     async fn repositories(&mut self) -> io::Result<()> {
-        let mut pending = vec![String::new()];
-        while let Some(name) = pending.pop() {
-            let prefix = if name.is_empty() {
-                layout::REPOSITORIES.to_owned()
-            } else {
-                format!("{}/{name}", layout::REPOSITORIES)
-            };
-            let children = sorted(self.storage, &prefix).await?;
-            let is_repository = children.iter().any(|c| c.starts_with('_'));
-            for child in children.into_iter().rev() {
-                if !child.starts_with('_') {
-                    pending.push(if name.is_empty() {
-                        child
-                    } else {
-                        format!("{name}/{child}")
-                    });
-                }
-            }
-            if is_repository {
-                match RepositoryName::parse(&name) {
-                    Some(repository) => self.repository(&repository).await?,
-                    None => self.found(
-                        Kind::Problem,
-                        format!("repository {name:?}"),
-                        "not a valid repository name",
-                    ),
-                }
+        let tree = super::repository_tree(self.storage).await?;
+        for dir in tree.into_iter().filter(|d| d.is_repository()) {
+            match RepositoryName::parse(&dir.path) {
+                Some(repository) => self.repository(&repository).await?,
+                None => self.found(
+                    Kind::Problem,
+                    format!("repository {:?}", dir.path),
+                    "not a valid repository name",
+                ),
             }
         }
         Ok(())

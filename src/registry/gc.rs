@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::lifecycle::UntaggedManifests;
-use super::{storage_error, Registry};
+use super::{repository_tree, storage_error, Registry};
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::storage::{layout, WriteMode};
 
@@ -520,37 +520,20 @@ impl Registry {
         &self,
         problems: &mut Vec<String>,
     ) -> Result<Vec<RepositoryName>> {
+        let tree = repository_tree(self.storage.as_ref())
+            .await
+            .map_err(storage_error)?;
         let mut names = Vec::new();
-        let mut pending = vec![String::new()];
-        while let Some(path) = pending.pop() {
-            let prefix = if path.is_empty() {
-                layout::REPOSITORIES.to_owned()
-            } else {
-                format!("{}/{path}", layout::REPOSITORIES)
-            };
-            let children = self.storage.list(&prefix).await.map_err(storage_error)?;
-            let is_repository = children
-                .iter()
-                .any(|c| layout::REPOSITORY_DIRS.contains(&c.as_str()));
-            if is_repository && !path.is_empty() {
-                match RepositoryName::parse(&path) {
-                    Some(name) => names.push(name),
-                    None => {
-                        problems.push(format!("{prefix}: not a valid repository name, skipped"))
-                    }
-                }
-            }
-            for child in children {
-                if !child.starts_with('_') {
-                    pending.push(if path.is_empty() {
-                        child
-                    } else {
-                        format!("{path}/{child}")
-                    });
-                }
+        for dir in tree.into_iter().filter(|d| d.is_repository()) {
+            match RepositoryName::parse(&dir.path) {
+                Some(name) => names.push(name),
+                None => problems.push(format!(
+                    "{}/{}: not a valid repository name, skipped",
+                    layout::REPOSITORIES,
+                    dir.path
+                )),
             }
         }
-        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(names)
     }
 

@@ -286,7 +286,7 @@ impl Registry {
 
     /// A tag's history entries as stored (deleted manifests included),
     /// newest first.
-    async fn history_entries(
+    pub(super) async fn history_entries(
         &self,
         name: &RepositoryName,
         tag: &Tag,

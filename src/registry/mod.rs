@@ -169,6 +169,52 @@ impl Registry {
     }
 }
 
+/// A directory below `repositories/` and the names of its children.
+pub(crate) struct RepositoryDir {
+    /// Relative to `repositories/`: a repository name if it is one.
+    pub path: String,
+    pub children: Vec<String>,
+}
+
+impl RepositoryDir {
+    /// Whether it holds a repository's registry folders (it may have blob
+    /// links or uploads and no manifest yet).
+    pub fn is_repository(&self) -> bool {
+        !self.path.is_empty()
+            && self
+                .children
+                .iter()
+                .any(|c| layout::REPOSITORY_DIRS.contains(&c.as_str()))
+    }
+}
+
+/// Every directory of the repository tree, sorted by path. Names nest
+/// (`team/app`, `team/app/tools`), so the walk descends into every child
+/// that is not a `_`-prefixed registry folder. The catalog, garbage
+/// collection and fsck all walk it; each decides what counts for it.
+pub(crate) async fn repository_tree(storage: &dyn Storage) -> io::Result<Vec<RepositoryDir>> {
+    let mut dirs = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(path) = pending.pop() {
+        let prefix = if path.is_empty() {
+            layout::REPOSITORIES.to_owned()
+        } else {
+            format!("{}/{path}", layout::REPOSITORIES)
+        };
+        let children = storage.list(&prefix).await?;
+        for child in children.iter().filter(|c| !c.starts_with('_')) {
+            pending.push(if path.is_empty() {
+                child.clone()
+            } else {
+                format!("{path}/{child}")
+            });
+        }
+        dirs.push(RepositoryDir { path, children });
+    }
+    dirs.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok(dirs)
+}
+
 fn storage_error(e: io::Error) -> RegistryError {
     if matches!(
         e.kind(),

@@ -119,14 +119,10 @@ impl Registry {
     /// Distribution) when its current link was written.
     async fn tag_changed_at(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<SystemTime>> {
         let newest = self
-            .storage
-            .list(&layout::tag_history_dir(name, tag))
-            .await
-            .map_err(storage_error)?
-            .iter()
-            .filter_map(|entry| layout::parse_tag_history_entry(entry))
-            .map(|(nanos, _)| nanos)
-            .max();
+            .history_entries(name, tag)
+            .await?
+            .first()
+            .map(|(nanos, _)| *nanos);
         if let Some(nanos) = newest {
             let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
             return Ok(Some(UNIX_EPOCH + Duration::from_nanos(nanos)));

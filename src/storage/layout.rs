@@ -42,7 +42,7 @@ pub const BLOBS: &str = "blobs";
 pub const MANIFESTS_DIR: &str = "_manifests";
 
 /// The children that mark a directory under `repositories/` as a repository
-/// for garbage collection: a repository can hold uploads or blob links before
+/// (for garbage collection and fsck): a repository can hold uploads or blob links before
 /// its first manifest, so `_manifests` alone (the catalog's test) would miss it.
 pub const REPOSITORY_DIRS: [&str; 5] =
     ["_manifests", "_layers", "_referrers", "_uploads", "_berth"];
