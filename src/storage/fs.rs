@@ -58,7 +58,45 @@ impl FsStorage {
             // Without a boot id, every process start is a new generation:
             // uploads in progress are then lost on any restart, never trusted wrongly.
             .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
-        Ok(FsStorage { root, boot_id })
+        let store = FsStorage { root, boot_id };
+        store.restore_trash()?;
+        Ok(store)
+    }
+
+    /// Puts back what a garbage collection had moved aside when it was
+    /// killed: the object may have been touched, and restoring is always
+    /// safe (the next collection decides again). A copy whose key holds the
+    /// object again is dropped: content, links and history entries are each
+    /// determined by their key.
+    fn restore_trash(&self) -> io::Result<()> {
+        let trash = self.path(layout::TRASH);
+        let Some(runs) = not_found_is_none(std::fs::read_dir(&trash))? else {
+            return Ok(());
+        };
+        for run in runs {
+            let run = run?.path();
+            let mut pending = vec![run.clone()];
+            while let Some(dir) = pending.pop() {
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    let moved = entry.path();
+                    if entry.file_type()?.is_dir() {
+                        pending.push(moved);
+                        continue;
+                    }
+                    let key = moved.strip_prefix(&run).expect("walked below the run");
+                    let home = self.root.join(key);
+                    if home.exists() {
+                        std::fs::remove_file(&moved)?;
+                    } else {
+                        std::fs::create_dir_all(home.parent().expect("keys have a parent"))?;
+                        std::fs::rename(&moved, &home)?;
+                    }
+                }
+            }
+            std::fs::remove_dir_all(&run)?;
+        }
+        Ok(())
     }
 
     /// Removes the now empty directories above a removed object, up to the
@@ -552,7 +590,7 @@ impl Storage for FsStorage {
 
     async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
         let path = self.path(key);
-        let trash = self.path(&layout::trash_entry(&uuid::Uuid::new_v4()));
+        let trash = self.path(&layout::trash_entry(&uuid::Uuid::new_v4(), key));
         let store = self.clone_handle();
         // File times come from a coarse kernel clock that can lag the
         // collector's clock: a margin keeps a touch made just after `cutoff`
@@ -575,14 +613,21 @@ impl Storage for FsStorage {
             if not_found_is_none(std::fs::rename(&path, &trash))?.is_none() {
                 return Ok(false);
             }
-            if untouched(&trash)? == Some(true) {
-                std::fs::remove_file(&trash)?;
+            // Gone from the trash: another process opening the store put it
+            // back (see `restore_trash`); the next collection decides again.
+            let decided = match untouched(&trash)? {
+                Some(true) => not_found_is_none(std::fs::remove_file(&trash))?.is_some(),
+                Some(false) => {
+                    not_found_is_none(std::fs::rename(&trash, &path))?;
+                    false
+                }
+                None => false,
+            };
+            store.prune_empty_parents(&trash);
+            if decided {
                 store.prune_empty_parents(&path);
-                Ok(true)
-            } else {
-                std::fs::rename(&trash, &path)?;
-                Ok(false)
             }
+            Ok(decided)
         })
         .await
         .map_err(io::Error::other)?
@@ -864,11 +909,29 @@ mod tests {
         assert_eq!(store.get("blobs/a/data").await.unwrap().unwrap(), "x");
         assert!(store.stat("blobs/b/data").await.unwrap().is_none());
         assert!(!dir.path().join("blobs/b").exists(), "empty parents pruned");
-        let trash = dir.path().join("_berth/trash");
+        assert!(!dir.path().join("_berth/trash").exists(), "trash emptied");
+    }
+
+    #[tokio::test]
+    async fn opening_the_store_puts_back_what_a_killed_collection_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("blobs/a")).unwrap();
+        std::fs::write(root.join("blobs/a/data"), "kept").unwrap();
+        // A collection killed between moving two objects aside and deciding.
+        let run = root.join("_berth/trash/0123/blobs");
+        for (key, body) in [("a/data", "kept"), ("b/data", "moved")] {
+            std::fs::create_dir_all(run.join(key).parent().unwrap()).unwrap();
+            std::fs::write(run.join(key), body).unwrap();
+        }
+        let store = FsStorage::open(root).unwrap();
+        assert_eq!(store.get("blobs/b/data").await.unwrap().unwrap(), "moved");
+        assert_eq!(store.get("blobs/a/data").await.unwrap().unwrap(), "kept");
         assert_eq!(
-            std::fs::read_dir(trash).unwrap().count(),
-            0,
-            "trash emptied"
+            std::fs::read_dir(root.join("_berth/trash"))
+                .unwrap()
+                .count(),
+            0
         );
     }
 

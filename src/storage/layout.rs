@@ -19,7 +19,8 @@
 //!   _berth/history/<tag>/<nanos>-<alg>-<hex>          Berth: the tag was pointed at that digest at that
 //!                                                     time (nanoseconds since the Unix epoch, 20 digits)
 //!   _berth/history/<tag>/<nanos>-deleted              Berth: the tag was deleted at that time
-//! _berth/trash/<uuid>                                 Berth: an object garbage collection is removing
+//! _berth/trash/<uuid>/<key>                           Berth: an object garbage collection is removing
+//!                                                     (put back at <key> if a crash leaves it here)
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
 //! ```
 //!
@@ -220,9 +221,14 @@ pub fn parse_tag_history_entry(entry: &str) -> Option<(u128, Option<Digest>)> {
     Some((nanos, Some(digest)))
 }
 
-/// Where garbage collection moves an object while it decides its fate.
-pub fn trash_entry(id: &uuid::Uuid) -> String {
-    format!("_berth/trash/{}", id.simple())
+/// Objects garbage collection is deciding about, each under its own key.
+pub const TRASH: &str = "_berth/trash";
+
+/// Where garbage collection moves the object at `key` while it decides its
+/// fate; the key is kept in the path so that the object can be put back
+/// after a crash.
+pub fn trash_entry(id: &uuid::Uuid, key: &str) -> String {
+    format!("{TRASH}/{}/{key}", id.simple())
 }
 
 /// Where a blob whose content does not match its digest is moved.
