@@ -30,6 +30,8 @@ use storage::fs::FsStorage;
 /// Builds the registry service over the configured store.
 pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
     let storage = FsStorage::open(config.storage_root())?;
+    // What a killed garbage collection left moved aside goes back first.
+    storage.restore_trash(std::time::Duration::from_secs(60))?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
     };

@@ -89,6 +89,9 @@ pub struct Manifest {
     pub media_type: String,
     pub kind: ManifestKind,
     pub requirements: Vec<Requirement>,
+    /// Blobs the manifest names but does not require to be pushed
+    /// (non-distributable layers): kept if a client pushed them anyway.
+    pub optional_blobs: Vec<Digest>,
     pub subject: Option<Digest>,
     /// The value the referrers API reports: `artifactType`, else (for an image
     /// manifest) the config's media type.
@@ -127,6 +130,7 @@ impl Manifest {
         }
 
         let mut requirements = Vec::new();
+        let mut optional_blobs = Vec::new();
         match kind {
             ManifestKind::Image => {
                 if doc.manifests.is_some() {
@@ -145,7 +149,9 @@ impl Manifest {
                 for layer in layers {
                     check_size(layer)?;
                     let digest = layer.digest()?;
-                    if !NON_DISTRIBUTABLE_LAYERS.contains(&layer.media_type.as_str()) {
+                    if NON_DISTRIBUTABLE_LAYERS.contains(&layer.media_type.as_str()) {
+                        optional_blobs.push(digest);
+                    } else {
                         requirements.push(Requirement::Blob(digest));
                     }
                 }
@@ -176,6 +182,7 @@ impl Manifest {
             media_type,
             kind,
             requirements,
+            optional_blobs,
             subject,
             artifact_type,
             annotations: doc.annotations,

@@ -410,6 +410,7 @@ impl Registry {
             }
             match self.read_stored_manifest(&digest).await? {
                 Ok(manifest) => {
+                    kept_blobs.extend(manifest.optional_blobs);
                     for requirement in manifest.requirements {
                         match requirement {
                             crate::oci::Requirement::Blob(d) => {

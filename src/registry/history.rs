@@ -257,14 +257,13 @@ impl Registry {
         // The history was filtered through the (cached) revision links; the
         // write must rest on storage, so a manifest deleted meanwhile by
         // another process is not brought back as a dangling tag.
-        if self
-            .read_link_uncached(&layout::revision_link(name, &digest))
-            .await?
-            .is_none()
-        {
+        // Touched, with all it requires, like any push: a collection running
+        // now may have judged this image unreachable (gc.rs).
+        let target = crate::oci::Requirement::Manifest(digest.clone());
+        if !self.touch_requirement(name, &target).await? {
             return Err(RegistryError::with_detail(
                 ErrorCode::ManifestUnknown,
-                format!("{digest} is no longer in {name}"),
+                format!("{digest} is no longer complete in {name}"),
             ));
         }
         self.change_tag(name, tag, previous.clone(), &digest)

@@ -55,6 +55,18 @@ impl Default for LifecycleConfig {
 }
 
 impl LifecycleConfig {
+    /// Refuses values that would stop the lifecycle task or defeat its
+    /// safety margin.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.gc_interval.is_some_and(|i| i < Duration::from_secs(1)) {
+            return Err("lifecycle.gc_interval must be at least 1s".to_owned());
+        }
+        if self.upload_expiry < Duration::from_secs(1) {
+            return Err("lifecycle.upload_expiry must be at least 1s".to_owned());
+        }
+        Ok(())
+    }
+
     /// Whether `tag` in `name` may not be moved to another digest or deleted.
     pub fn is_immutable(&self, name: &RepositoryName, tag: &Tag) -> bool {
         self.immutable_tags
@@ -191,5 +203,11 @@ mod tests {
         assert_eq!(dev.max_age, Some(Duration::from_secs(7 * 86400)));
         assert!(config.retention_rule(&name("a"), &tag("latest")).is_none());
         assert!(toml::from_str::<LifecycleConfig>("gc_grace = \"1h\"").is_err());
+        config.validate().unwrap();
+        let zero: LifecycleConfig = toml::from_str("gc_interval = \"0s\"").unwrap();
+        assert!(
+            zero.validate().is_err(),
+            "a zero interval would stop the task"
+        );
     }
 }

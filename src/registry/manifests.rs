@@ -143,7 +143,10 @@ impl Registry {
     }
 
     /// Touches a requirement's link and content; whether both were there.
-    async fn touch_requirement(
+    /// A child manifest's own requirements are touched too: they may be
+    /// old and kept by nothing but that child, and a collection running now
+    /// must keep the whole child.
+    pub(super) async fn touch_requirement(
         &self,
         name: &RepositoryName,
         requirement: &Requirement,
@@ -154,7 +157,40 @@ impl Registry {
         };
         let data = layout::blob_data(digest);
         let (linked, stored) = tokio::try_join!(self.touch(&link), self.touch(&data))?;
-        Ok(linked && stored)
+        if !(linked && stored) {
+            return Ok(false);
+        }
+        match requirement {
+            Requirement::Blob(_) => Ok(true),
+            Requirement::Manifest(d) => Box::pin(self.touch_manifest_requirements(name, d)).await,
+        }
+    }
+
+    /// Touches what a stored manifest requires; whether it was all there.
+    async fn touch_manifest_requirements(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let Some(body) = self
+            .storage
+            .get(&layout::blob_data(digest))
+            .await
+            .map_err(storage_error)?
+        else {
+            return Ok(false);
+        };
+        // Stored manifests were validated when pushed; one that no longer
+        // parses (a newer schema) has nothing this code could follow.
+        let Ok(manifest) = Manifest::parse(&body, None) else {
+            return Ok(true);
+        };
+        for requirement in &manifest.requirements {
+            if !self.touch_requirement(name, requirement).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The digest a reference names in `name`, or `MANIFEST_UNKNOWN`.
@@ -279,6 +315,43 @@ impl Registry {
     async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
         let current = layout::tag_current_link(name, tag);
         let _serialised = self.tag_locks.lock(&current).await;
+        self.remove_tag_locked(name, tag).await
+    }
+
+    /// Deletes a tag and its whole history, only if it still points at
+    /// `expected` (retention's judgement), deciding under the tag's lock so
+    /// that a push landing meanwhile wins. Returns the number of history
+    /// entries removed with it, or `None` when the tag stays.
+    pub(super) async fn delete_tag_and_history_if(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        expected: &Digest,
+    ) -> Result<Option<usize>> {
+        let current = layout::tag_current_link(name, tag);
+        let _serialised = self.tag_locks.lock(&current).await;
+        if self.read_link_uncached(&current).await?.as_ref() != Some(expected)
+            || self.lifecycle.is_immutable(name, tag)
+        {
+            return Ok(None);
+        }
+        self.storage
+            .delete_all(&layout::tag_dir(name, tag))
+            .await
+            .map_err(storage_error)?;
+        self.caches.wrote_link(&current, None);
+        self.caches.wrote_tags(name);
+        let entries = self.history_entries(name, tag).await?.len();
+        self.storage
+            .delete_all(&layout::tag_history_dir(name, tag))
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(entries))
+    }
+
+    /// Removes a tag whose lock the caller holds.
+    async fn remove_tag_locked(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        let current = layout::tag_current_link(name, tag);
         self.storage
             .delete_all(&layout::tag_dir(name, tag))
             .await

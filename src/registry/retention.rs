@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{storage_error, Registry};
-use crate::oci::{Digest, ErrorCode, Reference, RepositoryName, Result, Tag};
+use crate::oci::{Digest, RepositoryName, Result, Tag};
 use crate::storage::layout;
 
 /// A tag retention removed (or, in a dry run, would remove).
@@ -140,36 +140,13 @@ impl Registry {
         candidate: &Candidate,
         report: &mut RetentionReport,
     ) -> Result<bool> {
-        let current = layout::tag_current_link(name, &candidate.tag);
-        if self.read_link_uncached(&current).await?.as_ref() != Some(&candidate.digest) {
+        let Some(entries) = self
+            .delete_tag_and_history_if(name, &candidate.tag, &candidate.digest)
+            .await?
+        else {
             return Ok(false);
-        }
-        let reference = Reference::Tag(candidate.tag.clone());
-        match self.delete_manifest(name, &reference).await {
-            Ok(()) => {}
-            Err(e) if e.code == ErrorCode::ManifestUnknown => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        // Entries up to the deletion (its own entry included) go; one written
-        // later belongs to a push of the tag after its removal.
-        let deleted_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos();
-        let dir = layout::tag_history_dir(name, &candidate.tag);
-        for entry in self.storage.list(&dir).await.map_err(storage_error)? {
-            if let Some((nanos, _)) = layout::parse_tag_history_entry(&entry) {
-                if nanos <= deleted_at
-                    && self
-                        .storage
-                        .delete(&format!("{dir}/{entry}"))
-                        .await
-                        .map_err(storage_error)?
-                {
-                    report.history_entries_removed += 1;
-                }
-            }
-        }
+        };
+        report.history_entries_removed += entries;
         Ok(true)
     }
 }

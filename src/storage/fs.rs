@@ -58,45 +58,62 @@ impl FsStorage {
             // Without a boot id, every process start is a new generation:
             // uploads in progress are then lost on any restart, never trusted wrongly.
             .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
-        let store = FsStorage { root, boot_id };
-        store.restore_trash()?;
-        Ok(store)
+        Ok(FsStorage { root, boot_id })
     }
 
     /// Puts back what a garbage collection had moved aside when it was
     /// killed: the object may have been touched, and restoring is always
-    /// safe (the next collection decides again). A copy whose key holds the
-    /// object again is dropped: content, links and history entries are each
-    /// determined by their key.
-    fn restore_trash(&self) -> io::Result<()> {
+    /// safe (the next collection decides again). Only objects moved aside
+    /// more than `abandoned_after` ago are taken: a running collection
+    /// decides within microseconds, so those are left by a dead one. A copy
+    /// whose key holds the object again is dropped: content, links and
+    /// history entries are each determined by their key. Called when a
+    /// server or `berth gc` starts.
+    pub fn restore_trash(&self, abandoned_after: Duration) -> io::Result<usize> {
+        use std::os::unix::fs::MetadataExt;
         let trash = self.path(layout::TRASH);
         let Some(runs) = not_found_is_none(std::fs::read_dir(&trash))? else {
-            return Ok(());
+            return Ok(0);
         };
+        let cutoff = SystemTime::now() - abandoned_after;
+        let mut restored = 0;
         for run in runs {
             let run = run?.path();
             let mut pending = vec![run.clone()];
             while let Some(dir) = pending.pop() {
-                for entry in std::fs::read_dir(&dir)? {
-                    let entry = entry?;
-                    let moved = entry.path();
-                    if entry.file_type()?.is_dir() {
+                // Another process's collection may remove what we list.
+                let Some(entries) = not_found_is_none(std::fs::read_dir(&dir))? else {
+                    continue;
+                };
+                for entry in entries {
+                    let moved = entry?.path();
+                    let Some(meta) = not_found_is_none(std::fs::symlink_metadata(&moved))? else {
+                        continue;
+                    };
+                    if meta.is_dir() {
                         pending.push(moved);
+                        continue;
+                    }
+                    // A rename sets the change time: when it was moved aside.
+                    let moved_at = SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(u64::try_from(meta.ctime()).unwrap_or(0));
+                    if moved_at > cutoff {
                         continue;
                     }
                     let key = moved.strip_prefix(&run).expect("walked below the run");
                     let home = self.root.join(key);
                     if home.exists() {
-                        std::fs::remove_file(&moved)?;
+                        not_found_is_none(std::fs::remove_file(&moved))?;
                     } else {
                         std::fs::create_dir_all(home.parent().expect("keys have a parent"))?;
-                        std::fs::rename(&moved, &home)?;
+                        not_found_is_none(std::fs::rename(&moved, &home))?;
+                        restored += 1;
                     }
+                    self.prune_empty_parents(&moved);
                 }
             }
-            std::fs::remove_dir_all(&run)?;
         }
-        Ok(())
+        Ok(restored)
     }
 
     /// Removes the now empty directories above a removed object, up to the
@@ -185,11 +202,25 @@ struct DocumentWrite<'a> {
     placed: bool,
 }
 
-/// Refreshes the modification time of an existing document (see
-/// [`Storage::touch`]); false when it is gone.
+/// Refreshes the modification time of an existing object (see
+/// [`Storage::touch`]); false when it is gone. The time is set through an
+/// open handle, and the touch counts only if the name still leads to that
+/// same file afterwards: a collector that moved the file aside in between
+/// either saw the new time (and puts it back) or makes this return false.
 fn touch_path(path: &Path) -> io::Result<bool> {
-    not_found_is_none(filetime::set_file_mtime(path, filetime::FileTime::now()))
-        .map(|touched| touched.is_some())
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = not_found_is_none(std::fs::File::open(path))? else {
+        return Ok(false);
+    };
+    // SAFETY: a valid open descriptor; a null `times` means "now", which
+    // (unlike an explicit time) write access suffices for, not ownership.
+    if unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let touched = file.metadata()?;
+    Ok(not_found_is_none(std::fs::metadata(path))?
+        .is_some_and(|now| now.dev() == touched.dev() && now.ino() == touched.ino()))
 }
 
 /// Decides whether a document needs writing (what is there already is
@@ -913,7 +944,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opening_the_store_puts_back_what_a_killed_collection_moved_aside() {
+    async fn what_a_killed_collection_moved_aside_is_put_back() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("blobs/a")).unwrap();
@@ -925,14 +956,15 @@ mod tests {
             std::fs::write(run.join(key), body).unwrap();
         }
         let store = FsStorage::open(root).unwrap();
+        assert_eq!(
+            store.restore_trash(Duration::from_secs(60)).unwrap(),
+            0,
+            "too recent"
+        );
+        assert_eq!(store.restore_trash(Duration::ZERO).unwrap(), 1);
         assert_eq!(store.get("blobs/b/data").await.unwrap().unwrap(), "moved");
         assert_eq!(store.get("blobs/a/data").await.unwrap().unwrap(), "kept");
-        assert_eq!(
-            std::fs::read_dir(root.join("_berth/trash"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert!(!root.join("_berth/trash").exists());
     }
 
     #[tokio::test]
