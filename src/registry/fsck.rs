@@ -409,26 +409,11 @@ impl Checker<'_> {
     /// The digests of `<dir>/<alg>/<hex>/…`, and problems for names that are
     /// not digests.
     async fn digests_under(&mut self, dir: &str) -> io::Result<Vec<Digest>> {
-        let mut digests = Vec::new();
-        for alg in sorted(self.storage, dir).await? {
-            let Some(algorithm) = Algorithm::parse(&alg) else {
-                self.found(
-                    Kind::Problem,
-                    format!("{dir}/{alg}"),
-                    "not a digest algorithm",
-                );
-                continue;
-            };
-            for hex in sorted(self.storage, &format!("{dir}/{alg}")).await? {
-                match Digest::from_parts(algorithm, &hex) {
-                    Ok(digest) => digests.push(digest),
-                    Err(_) => {
-                        self.found(Kind::Problem, format!("{dir}/{alg}/{hex}"), "not a digest")
-                    }
-                }
-            }
+        let found = super::digests_under(self.storage, dir).await?;
+        for stray in found.strays {
+            self.found(Kind::Problem, stray, "not a digest");
         }
-        Ok(digests)
+        Ok(found.digests)
     }
 
     async fn layer_links(&mut self, name: &RepositoryName) -> io::Result<()> {

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::lifecycle::UntaggedManifests;
-use super::{repository_tree, storage_error, Registry};
+use super::{digests_under, repository_tree, storage_error, Registry};
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::storage::{layout, WriteMode};
 
@@ -479,9 +479,9 @@ impl Registry {
             for shard in self.storage.list(&dir).await.map_err(storage_error)? {
                 let shard_dir = layout::blob_shard(algorithm, &shard);
                 for hex in self.storage.list(&shard_dir).await.map_err(storage_error)? {
-                    let digest = match Digest::from_parts(algorithm, &hex) {
-                        Ok(d) if hex.starts_with(&shard) && shard.len() == 2 => d,
-                        _ => {
+                    let digest = match layout::parse_blob_dir(algorithm, &shard, &hex) {
+                        Some(d) => d,
+                        None => {
                             report
                                 .problems
                                 .push(format!("{shard_dir}/{hex}: not a blob, skipped"));
@@ -540,23 +540,16 @@ impl Registry {
 
     /// The digests named by a `<alg>/<hex>/` directory tree (links, referrers).
     async fn list_digests(&self, dir: &str, problems: &mut Vec<String>) -> Result<HashSet<Digest>> {
-        let mut digests = HashSet::new();
-        for algorithm in self.storage.list(dir).await.map_err(storage_error)? {
-            let Some(alg) = Algorithm::parse(&algorithm) else {
-                problems.push(format!("{dir}/{algorithm}: unknown algorithm, skipped"));
-                continue;
-            };
-            let alg_dir = format!("{dir}/{}", alg.as_str());
-            for hex in self.storage.list(&alg_dir).await.map_err(storage_error)? {
-                match Digest::from_parts(alg, &hex) {
-                    Ok(digest) => {
-                        digests.insert(digest);
-                    }
-                    Err(_) => problems.push(format!("{alg_dir}/{hex}: not a digest, skipped")),
-                }
-            }
-        }
-        Ok(digests)
+        let found = digests_under(self.storage.as_ref(), dir)
+            .await
+            .map_err(storage_error)?;
+        problems.extend(
+            found
+                .strays
+                .into_iter()
+                .map(|stray| format!("{stray}: not a digest, skipped")),
+        );
+        Ok(found.digests.into_iter().collect())
     }
 }
 

@@ -215,6 +215,38 @@ pub(crate) async fn repository_tree(storage: &dyn Storage) -> io::Result<Vec<Rep
     Ok(dirs)
 }
 
+/// The digests named by an `<alg>/<hex>/` directory tree (links,
+/// referrers), sorted, and the children that name no digest.
+pub(crate) struct DigestDirs {
+    pub digests: Vec<Digest>,
+    pub strays: Vec<String>,
+}
+
+pub(crate) async fn digests_under(storage: &dyn Storage, dir: &str) -> io::Result<DigestDirs> {
+    let mut found = DigestDirs {
+        digests: Vec::new(),
+        strays: Vec::new(),
+    };
+    let mut algorithms = storage.list(dir).await?;
+    algorithms.sort_unstable();
+    for name in algorithms {
+        let Some(algorithm) = crate::oci::Algorithm::parse(&name) else {
+            found.strays.push(format!("{dir}/{name}"));
+            continue;
+        };
+        let alg_dir = format!("{dir}/{name}");
+        let mut hexes = storage.list(&alg_dir).await?;
+        hexes.sort_unstable();
+        for hex in hexes {
+            match Digest::from_parts(algorithm, &hex) {
+                Ok(digest) => found.digests.push(digest),
+                Err(_) => found.strays.push(format!("{alg_dir}/{hex}")),
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn storage_error(e: io::Error) -> RegistryError {
     if matches!(
         e.kind(),
