@@ -10,10 +10,12 @@ pub mod config;
 pub mod http;
 pub mod oci;
 pub mod registry;
+pub mod server;
 pub mod storage;
 pub mod tls;
 
-use std::future::Future;
+pub use server::serve;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -141,30 +143,6 @@ pub async fn run_gc(
         .run_lifecycle(options)
         .await
         .map_err(|e| io::Error::other(e.to_string()))
-}
-
-/// Serves `app` until `shutdown` completes, then lets in-flight requests
-/// finish. Handlers see each connection's peer address (`ConnectInfo`): the
-/// login limiter counts failures per client address.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY a small response written in two segments waits for
-    // the peer's delayed ACK (~40 ms): small blob and manifest GETs stall.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// A server running in this process, for tests and embedding. Dropping it

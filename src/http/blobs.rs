@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::range::{self, RangeRequest};
+use super::zero_copy::ZeroCopy;
 use super::{digest_param, header_str, repository_name, ApiResult, DOCKER_CONTENT_DIGEST};
 use crate::oci::ErrorCode;
 use crate::registry::Registry;
@@ -52,10 +53,13 @@ pub async fn get(
             format!("bytes {}-{}/{size}", r.start, r.end - 1),
         );
     }
-    let body = if with_body && length > 0 {
-        Body::from_stream(registry.read_blob(&blob, range).await?)
-    } else {
+    let zero_copy = parts.extensions.get::<ZeroCopy>();
+    let body = if !with_body || length == 0 {
         Body::empty()
+    } else if let (Some(zero_copy), Some(local)) = (zero_copy, registry.blob_file(&blob).await?) {
+        Body::new(zero_copy.body(local.file, range.unwrap_or(0..size)))
+    } else {
+        Body::from_stream(registry.read_blob(&blob, range).await?)
     };
     Ok(response.body(body).expect("valid response"))
 }

@@ -18,6 +18,7 @@ mod tag_history;
 mod tags;
 mod token;
 mod uploads;
+pub mod zero_copy;
 
 use std::io;
 use std::sync::Arc;

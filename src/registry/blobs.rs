@@ -13,7 +13,7 @@ use futures::stream;
 use super::cache::SMALL_BLOB_BYTES;
 use super::{storage_error, Registry};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName, Result};
-use crate::storage::{layout, ByteStream};
+use crate::storage::{layout, ByteStream, LocalFile};
 
 /// A blob found in a repository (its link checked): what can be read.
 pub struct Blob {
@@ -77,6 +77,28 @@ impl Registry {
             Ok(read.stream)
         } else {
             Ok(self.verifying(digest, read.size, read.stream))
+        }
+    }
+
+    /// An opened blob as a local file, for sending without copying, where
+    /// that is safe: its content is verified, and the store has local
+    /// files. None means: read it with [`Registry::read_blob`]. Small blobs
+    /// are None too, as they are served from memory.
+    pub async fn blob_file(&self, blob: &Blob) -> Result<Option<LocalFile>> {
+        if blob.size <= SMALL_BLOB_BYTES || !self.caches.is_verified(&blob.digest) {
+            return Ok(None);
+        }
+        let local = self
+            .storage
+            .local_file(&layout::blob_data(&blob.digest))
+            .await
+            .map_err(storage_error)?;
+        match local {
+            Some(local) if local.size != blob.size => Err(RegistryError::internal(
+                "blob content changed size",
+                &blob.digest,
+            )),
+            local => Ok(local),
         }
     }
 

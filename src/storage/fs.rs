@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
 
-use super::{layout, ByteSource, ContentRead, Leftover, ObjectInfo, Storage, WriteMode};
+use super::{layout, ByteSource, ContentRead, Leftover, LocalFile, ObjectInfo, Storage, WriteMode};
 
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -683,14 +683,7 @@ impl Storage for FsStorage {
     }
 
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
-        let path = self.path(key);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = not_found_is_none(std::fs::File::open(path))?;
-            file.map(|f| f.metadata().map(|m| (f, m.len()))).transpose()
-        })
-        .await
-        .map_err(io::Error::other)??;
-        let Some((file, size)) = opened else {
+        let Some(LocalFile { file, size }) = self.local_file(key).await? else {
             return Ok(None);
         };
         let range = range.unwrap_or(0..size);
@@ -704,6 +697,22 @@ impl Storage for FsStorage {
             size,
             stream: Box::pin(ReadAhead::new(file, range)),
         }))
+    }
+
+    async fn local_file(&self, key: &str) -> io::Result<Option<LocalFile>> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            let file = not_found_is_none(std::fs::File::open(path))?;
+            file.map(|file| {
+                file.metadata().map(|m| LocalFile {
+                    size: m.len(),
+                    file,
+                })
+            })
+            .transpose()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn delete(&self, key: &str) -> io::Result<bool> {

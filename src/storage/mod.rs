@@ -62,6 +62,13 @@ pub struct ContentRead {
     pub stream: ByteStream,
 }
 
+/// An object that is a file on this machine's disk, opened: it can be sent
+/// to a socket by the kernel without passing through memory.
+pub struct LocalFile {
+    pub file: std::fs::File,
+    pub size: u64,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Reads a whole small document (links, session records, manifests).
@@ -116,6 +123,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Streams an object, or the `range` of it (which must lie within it).
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>>;
+
+    /// The object as an open local file, or None where it does not exist or
+    /// the store keeps no local files (the default).
+    async fn local_file(&self, _key: &str) -> io::Result<Option<LocalFile>> {
+        Ok(None)
+    }
 
     /// Deletes one object. Returns false when it did not exist.
     async fn delete(&self, key: &str) -> io::Result<bool>;

@@ -1,0 +1,95 @@
+//! Accepting connections and serving the application on them, in plain HTTP
+//! (HTTP/1.1 and h2c) and, through `tls.rs`, over TLS: TCP_NODELAY, the
+//! peer address for handlers (`ConnectInfo`: the login limiter counts
+//! failures per client address), graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::http::zero_copy::ZeroCopyStream;
+
+/// Serves `app` in plain HTTP until `shutdown` completes, then lets
+/// in-flight requests finish. HTTP/1 blob downloads are sent with
+/// `sendfile` (see `http/zero_copy.rs`).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    accept_loop(listener, shutdown, move |stream, peer, watcher| {
+        let stream = ZeroCopyStream::new(stream);
+        let zero_copy = stream.zero_copy();
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                // HTTP/2 copies frames into its own: placeholders would be
+                // sent as they are.
+                let http1 = request.version() < hyper::Version::HTTP_2;
+                let extensions = request.extensions_mut();
+                extensions.insert(ConnectInfo::<SocketAddr>(peer));
+                if http1 {
+                    extensions.insert(zero_copy.clone());
+                }
+                app.clone().oneshot(request)
+            },
+        );
+        async move {
+            let connection = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(stream, service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts connections until `shutdown` completes, handing each (with
+/// TCP_NODELAY set) to `connection`, whose future runs on its own task;
+/// then waits for the connections to finish their requests.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut connection: F,
+) -> io::Result<()>
+where
+    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors and the like: keep serving the others,
+                // after a pause so that a persistent error does not spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY a small response written in two segments
+        // waits for the peer's delayed ACK (~40 ms): small blob and manifest
+        // GETs stall.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        tokio::spawn(connection(stream, peer, graceful.watcher()));
+    }
+    graceful.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Blob downloads sent with `sendfile` (src/http/zero_copy.rs), over a real
+//! socket: the bytes must be the blob's, for whole and ranged reads, on
+//! reused connections, for ranges that are not in the page cache, and never
+//! through the zero-copy path where it must not be taken (HTTP/2, content
+//! not verified yet).
+//!
+//! One test function: the check that the path was taken reads a
+//! process-wide counter, so nothing else in this binary may pull blobs.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use berth::http::zero_copy;
+use common::{sha256_digest, TestRegistry};
+use reqwest::StatusCode;
+
+/// Distinct bytes everywhere (xorshift), so that a shifted or misplaced
+/// range cannot compare equal.
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> Vec<u8> {
+    let mut request = registry.client.get(registry.url(path));
+    if let Some(range) = range {
+        request = request.header("Range", range);
+    }
+    let resp = request.send().await.unwrap();
+    let want = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    assert_eq!(resp.status(), want, "GET {path}");
+    resp.bytes().await.unwrap().to_vec()
+}
+
+/// Drops a file's pages from the page cache (they are clean: the blob was
+/// synced when committed), so reading it must go to the disk.
+fn evict(path: &std::path::Path) {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a valid descriptor; the call only advises the kernel.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
+    let registry = TestRegistry::start().await;
+    let size = 5 * 1024 * 1024 + 123;
+    let content = random_bytes(size, 0x9e37_79b9_7f4a_7c15);
+    let digest = registry.push_blob("zc/app", &content).await;
+    let path = format!("/v2/zc/app/blobs/{digest}");
+
+    // Committed by this process, so verified: the whole blob goes by sendfile.
+    let before = zero_copy::bytes_sent();
+    let body = get_bytes(&registry, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "whole blob");
+    assert_eq!(zero_copy::bytes_sent() - before, size as u64);
+
+    // A range, across frame boundaries, and again on the same connection.
+    for _ in 0..2 {
+        let before = zero_copy::bytes_sent();
+        let part = get_bytes(&registry, &path, Some("bytes=1000-3000999")).await;
+        assert_eq!(part, &content[1000..3_001_000], "range");
+        assert_eq!(zero_copy::bytes_sent() - before, 3_000_000);
+    }
+
+    // The last byte alone.
+    let last = get_bytes(&registry, &path, Some(&format!("bytes={}-", size - 1))).await;
+    assert_eq!(last, &content[size - 1..]);
+
+    // HEAD sends nothing.
+    let before = zero_copy::bytes_sent();
+    let head = registry
+        .client
+        .head(registry.url(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(zero_copy::bytes_sent(), before);
+
+    // Not in the page cache: read into memory instead, still exact.
+    let blob_file = registry
+        .storage_root()
+        .join("blobs/sha256")
+        .join(&digest["sha256:".len()..][..2])
+        .join(&digest["sha256:".len()..])
+        .join("data");
+    evict(&blob_file);
+    let before = zero_copy::bytes_sent();
+    let body = get_bytes(&registry, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "cold blob");
+    assert!(
+        zero_copy::bytes_sent() - before < size as u64,
+        "an evicted blob must not be sent from the page cache alone"
+    );
+
+    // HTTP/2 (h2c) copies frames: it must get bytes, not placeholders.
+    let before = zero_copy::bytes_sent();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--http2-prior-knowledge"])
+        .arg(registry.url(&path))
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl: {out:?}");
+    assert_eq!(sha256_digest(&out.stdout), digest, "h2c");
+    assert_eq!(zero_copy::bytes_sent(), before, "h2c must not use sendfile");
+
+    // Another process (here: a fresh server on the same data) has not
+    // verified the blob: its first read is hashed as it streams, by copy;
+    // after that, reads are zero-copy.
+    let data = registry.data.path().to_path_buf();
+    let second = TestRegistry::start_with(|config| config.data_dir = data).await;
+    let before = zero_copy::bytes_sent();
+    let body = get_bytes(&second, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "first read elsewhere");
+    assert_eq!(
+        zero_copy::bytes_sent(),
+        before,
+        "unverified content is copied"
+    );
+    let body = get_bytes(&second, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest);
+    assert_eq!(zero_copy::bytes_sent() - before, size as u64);
+}
