@@ -45,6 +45,37 @@ async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> 
     resp.bytes().await.unwrap().to_vec()
 }
 
+/// Waits until the zero-copy counter has grown by `sent` since `before`: a
+/// server thread counts after `sendfile` returns, which can be just after
+/// the client has read the bytes. Fails if it grows by anything else.
+async fn expect_sent(before: u64, sent: u64) {
+    for _ in 0..200 {
+        let now = zero_copy::bytes_sent() - before;
+        assert!(now <= sent, "sent {now} bytes by sendfile, expected {sent}");
+        if now == sent {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "sent {} bytes by sendfile, expected {sent}",
+        zero_copy::bytes_sent() - before
+    );
+}
+
+/// The counter once no count is still on its way (unchanged for 100 ms).
+async fn settled() -> u64 {
+    let mut last = zero_copy::bytes_sent();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = zero_copy::bytes_sent();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Drops a file's pages from the page cache (they are clean: the blob was
 /// synced when committed), so reading it must go to the disk.
 fn evict(path: &std::path::Path) {
@@ -66,19 +97,21 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     let before = zero_copy::bytes_sent();
     let body = get_bytes(&registry, &path, None).await;
     assert_eq!(sha256_digest(&body), digest, "whole blob");
-    assert_eq!(zero_copy::bytes_sent() - before, size as u64);
+    expect_sent(before, size as u64).await;
 
     // A range, across frame boundaries, and again on the same connection.
     for _ in 0..2 {
         let before = zero_copy::bytes_sent();
         let part = get_bytes(&registry, &path, Some("bytes=1000-3000999")).await;
         assert_eq!(part, &content[1000..3_001_000], "range");
-        assert_eq!(zero_copy::bytes_sent() - before, 3_000_000);
+        expect_sent(before, 3_000_000).await;
     }
 
     // The last byte alone.
+    let before = zero_copy::bytes_sent();
     let last = get_bytes(&registry, &path, Some(&format!("bytes={}-", size - 1))).await;
     assert_eq!(last, &content[size - 1..]);
+    expect_sent(before, 1).await;
 
     // HEAD sends nothing.
     let before = zero_copy::bytes_sent();
@@ -89,7 +122,7 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
         .await
         .unwrap();
     assert_eq!(head.status(), StatusCode::OK);
-    assert_eq!(zero_copy::bytes_sent(), before);
+    assert_eq!(settled().await, before, "HEAD");
 
     // Not in the page cache: read into memory instead, still exact.
     let blob_file = registry
@@ -108,7 +141,7 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     );
 
     // HTTP/2 (h2c) copies frames: it must get bytes, not placeholders.
-    let before = zero_copy::bytes_sent();
+    let before = settled().await;
     let out = Command::new("curl")
         .args(["-sS", "--fail", "--http2-prior-knowledge"])
         .arg(registry.url(&path))
@@ -116,7 +149,7 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
         .expect("curl runs");
     assert!(out.status.success(), "curl: {out:?}");
     assert_eq!(sha256_digest(&out.stdout), digest, "h2c");
-    assert_eq!(zero_copy::bytes_sent(), before, "h2c must not use sendfile");
+    assert_eq!(settled().await, before, "h2c must not use sendfile");
 
     // Another process (here: a fresh server on the same data) has not
     // verified the blob: its first read is hashed as it streams, by copy;
@@ -126,12 +159,8 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     let before = zero_copy::bytes_sent();
     let body = get_bytes(&second, &path, None).await;
     assert_eq!(sha256_digest(&body), digest, "first read elsewhere");
-    assert_eq!(
-        zero_copy::bytes_sent(),
-        before,
-        "unverified content is copied"
-    );
+    assert_eq!(settled().await, before, "unverified content is copied");
     let body = get_bytes(&second, &path, None).await;
     assert_eq!(sha256_digest(&body), digest);
-    assert_eq!(zero_copy::bytes_sent() - before, size as u64);
+    expect_sent(before, size as u64).await;
 }
