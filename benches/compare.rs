@@ -971,6 +971,44 @@ async fn loopback(total: usize, conns: usize) -> R<f64> {
     Ok(got as f64 / secs / 1e6)
 }
 
+/// The file operations a durable registry cannot skip when a push creates a tag, and nothing
+/// else: make the tag's directory (Distribution's layout, `tags/<tag>/current/`), write its
+/// 71-byte link to a temp file, fdatasync it, rename it into place, fsync the directory.
+/// `threads` create `n` tags between them; tags per second.
+fn durable_tag_floor(dir: &Path, n: usize, threads: usize) -> R<f64> {
+    use std::io::Write as _;
+    let root = dir.join(format!("tag-floor-{threads}"));
+    let link = format!("sha256:{}", "a".repeat(64));
+    let start = Instant::now();
+    std::thread::scope(|scope| -> R<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (root, link) = (&root, &link);
+                scope.spawn(move || -> std::io::Result<()> {
+                    for k in (t..n).step_by(threads) {
+                        let current = root.join(format!("tags/t{k:06}/current"));
+                        std::fs::create_dir_all(&current)?;
+                        let temp = current.join(".tmp");
+                        let mut file = std::fs::File::create(&temp)?;
+                        file.write_all(link.as_bytes())?;
+                        file.sync_data()?;
+                        std::fs::rename(&temp, current.join("link"))?;
+                        std::fs::File::open(&current)?.sync_all()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| "tag floor thread panicked")??;
+        }
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&root)?;
+    Ok(n as f64 / secs)
+}
+
 async fn machine_limits(o: &Opts, dir: &Path, big: &Big) -> R<Vec<Limit>> {
     let mut out = Vec::new();
     eprintln!("== machine limits");
@@ -1029,6 +1067,24 @@ async fn machine_limits(o: &Opts, dir: &Path, big: &Big) -> R<Vec<Limit>> {
         value: dd_write(o, dir, false)?,
         unit: "MB/s",
     });
+    for (id, threads) in [
+        ("durable_tag_floor_c8", o.tag_conc),
+        ("durable_tag_floor_c1", 1),
+    ] {
+        let mut runs = Vec::new();
+        for _ in 0..o.rounds {
+            runs.push(durable_tag_floor(dir, o.tags, threads)?);
+        }
+        out.push(Limit {
+            id,
+            label: format!(
+                "new tag's durable file ops only (mkdir, write, fdatasync, rename, fsync dir), {threads} thread{}",
+                if threads == 1 { "" } else { "s" }
+            ),
+            value: median(&runs),
+            unit: "tags/s",
+        });
+    }
     for l in &out {
         eprintln!("  {:<44} {} {}", l.label, fmt_num(l.value), l.unit);
     }
