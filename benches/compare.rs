@@ -971,6 +971,17 @@ async fn loopback(total: usize, conns: usize) -> R<f64> {
     Ok(got as f64 / secs / 1e6)
 }
 
+/// Writes every dirty page out (`sync`), untimed, before a timed write workload: Distribution
+/// does not sync, so without this its last push's writeback lands in the next registry's timed
+/// window (and Berth's fsync waits behind it).
+fn settle_disk() -> R<()> {
+    let status = Command::new("sync").status()?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
+
 /// The file operations a durable registry cannot skip when a push creates a tag, and nothing
 /// else: make the tag's directory (Distribution's layout, `tags/<tag>/current/`), write its
 /// 71-byte link to a temp file, fdatasync it, rename it into place, fsync the directory.
@@ -1150,6 +1161,7 @@ impl Bench {
                 let blob = self.next_variant(big);
                 let repo = format!("bench/mono-r{round}");
                 let reg = self.servers[i].reg.clone();
+                settle_disk()?;
                 let t = Instant::now();
                 push_monolithic(&self.client, &reg, &repo, &blob).await?;
                 let secs = t.elapsed().as_secs_f64();
@@ -1166,6 +1178,7 @@ impl Bench {
                 let blob = self.next_variant(big);
                 let repo = format!("bench/chunked-r{round}");
                 let reg = self.servers[i].reg.clone();
+                settle_disk()?;
                 let t = Instant::now();
                 push_chunked(&self.client, &reg, &repo, &blob, self.o.chunk).await?;
                 let secs = t.elapsed().as_secs_f64();
@@ -1243,6 +1256,7 @@ impl Bench {
                 blobs.push(config);
                 let blobs = Arc::new(blobs);
                 let repo = format!("bench/image-r{round}");
+                settle_disk()?;
                 let t = Instant::now();
                 let (client, reg2, repo2) = (self.client.clone(), reg.clone(), repo.clone());
                 run_pool(blobs.len(), par, move |k| {
@@ -1393,6 +1407,7 @@ impl Bench {
                         repo.clone(),
                         manifest.clone(),
                     );
+                    settle_disk()?;
                     let (wall, times) =
                         run_pool(n, in_flight, move |k| {
                             let (client, reg, repo, m) =
@@ -1687,6 +1702,9 @@ async fn run(o: Opts) -> R<()> {
     );
     println!(
         "  RSS: VmRSS from /proc/PID/status right after each big push (max shown); VmHWM read before stopping each server"
+    );
+    println!(
+        "  disk: `sync` (untimed) before every timed push, image push and tag PUT run, so that one registry's writeback does not fall into the other's time"
     );
     println!(
         "  machine: openssl speed -evp sha256 -bytes 16384 -seconds {}; dd if=/dev/zero of=TMP bs=16M count={} [conv=fdatasync]; the same size of random bytes from memory in 16 MiB write()s + fdatasync; loopback: tokio TcpListener + client, 1 MiB writes/reads, median of the rounds",

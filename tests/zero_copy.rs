@@ -76,6 +76,54 @@ async fn settled() -> u64 {
     }
 }
 
+/// Sends GETs of `path` (with the given Range headers) in one write on one
+/// connection, HTTP/1.1 pipelining, and returns the bodies in order.
+async fn pipelined(registry: &TestRegistry, path: &str, ranges: &[Option<&str>]) -> Vec<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
+        .await
+        .unwrap();
+    let mut requests = String::new();
+    for range in ranges {
+        requests.push_str(&format!("GET {path} HTTP/1.1\r\nHost: registry\r\n"));
+        if let Some(range) = range {
+            requests.push_str(&format!("Range: {range}\r\n"));
+        }
+        requests.push_str("\r\n");
+    }
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut bodies = Vec::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    while bodies.len() < ranges.len() {
+        let end_of_head = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed after {} responses", bodies.len());
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buffer[..end_of_head].to_vec()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .expect("content-length");
+        buffer.drain(..end_of_head + 4);
+        while buffer.len() < length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed inside a body");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        bodies.push(buffer.drain(..length).collect());
+    }
+    bodies
+}
+
 /// Drops a file's pages from the page cache (they are clean: the blob was
 /// synced when committed), so reading it must go to the disk.
 fn evict(path: &std::path::Path) {
@@ -107,8 +155,43 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
         expect_sent(before, 3_000_000).await;
     }
 
-    // The last byte alone.
-    let before = zero_copy::bytes_sent();
+    // Pipelined on one connection: the responses' file ranges queue up in
+    // order behind each other.
+    let before = settled().await;
+    let responses = pipelined(
+        &registry,
+        &path,
+        &[
+            None,
+            Some("bytes=5-104"),
+            None,
+            Some("bytes=2097100-2097199"),
+        ],
+    )
+    .await;
+    assert_eq!(responses[0], content, "pipelined 1");
+    assert_eq!(responses[1], &content[5..105], "pipelined 2");
+    assert_eq!(responses[2], content, "pipelined 3");
+    assert_eq!(responses[3], &content[2_097_100..2_097_200], "pipelined 4");
+    expect_sent(before, 2 * size as u64 + 200).await;
+
+    // Clients that hang up mid-download leave the server serving.
+    for _ in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: registry\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut some = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut some).await.unwrap();
+        assert!(n > 0);
+    }
+    let body = get_bytes(&registry, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "after hang-ups");
+
+    // The last byte alone (once the hung-up connections' counts are in).
+    let before = settled().await;
     let last = get_bytes(&registry, &path, Some(&format!("bytes={}-", size - 1))).await;
     assert_eq!(last, &content[size - 1..]);
     expect_sent(before, 1).await;
