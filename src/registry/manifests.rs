@@ -125,45 +125,75 @@ impl Registry {
     /// touch keeps a collection running now from removing it (touch before
     /// use, gc.rs). The push relies only on what its touches found.
     async fn check_requirements(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
-        // A few at a time: each touch is a blocking-pool call.
-        for batch in manifest.requirements.chunks(8) {
-            let checks = batch.iter().map(|r| self.touch_requirement(name, r));
-            let found = futures::future::try_join_all(checks).await?;
-            if let Some((_, digest)) = found.iter().zip(batch).find(|(found, _)| !**found) {
-                let digest = match digest {
-                    Requirement::Blob(d) | Requirement::Manifest(d) => d,
-                };
-                return Err(RegistryError::with_detail(
-                    ErrorCode::ManifestBlobUnknown,
-                    format!("{digest} is not in repository {name}"),
-                ));
-            }
+        match self
+            .touch_requirements(name, &manifest.requirements)
+            .await?
+        {
+            None => Ok(()),
+            Some(digest) => Err(RegistryError::with_detail(
+                ErrorCode::ManifestBlobUnknown,
+                format!("{digest} is not in repository {name}"),
+            )),
         }
-        Ok(())
     }
 
     /// Touches a requirement's link and content; whether both were there.
-    /// A child manifest's own requirements are touched too: they may be
-    /// old and kept by nothing but that child, and a collection running now
-    /// must keep the whole child.
     pub(super) async fn touch_requirement(
         &self,
         name: &RepositoryName,
         requirement: &Requirement,
     ) -> Result<bool> {
-        let (link, digest) = match requirement {
-            Requirement::Blob(d) => (layout::layer_link(name, d), d),
-            Requirement::Manifest(d) => (layout::revision_link(name, d), d),
-        };
-        let data = layout::blob_data(digest);
-        let (linked, stored) = tokio::try_join!(self.touch(&link), self.touch(&data))?;
-        if !(linked && stored) {
-            return Ok(false);
+        let missing = self
+            .touch_requirements(name, std::slice::from_ref(requirement))
+            .await?;
+        Ok(missing.is_none())
+    }
+
+    /// Touches each requirement's link and content, and returns the first
+    /// requirement not wholly there, if any. A child manifest's own
+    /// requirements are touched too: they may be old and kept by nothing but
+    /// that child, and a collection running now must keep the whole child.
+    async fn touch_requirements(
+        &self,
+        name: &RepositoryName,
+        requirements: &[Requirement],
+    ) -> Result<Option<Digest>> {
+        // Storage calls of a few dozen touches each, side by side: one
+        // blocking-pool hand-off per call, not per object.
+        const TOUCHES_PER_CALL: usize = 32;
+        let keys: Vec<String> = requirements
+            .iter()
+            .flat_map(|requirement| {
+                let (link, digest) = match requirement {
+                    Requirement::Blob(d) => (layout::layer_link(name, d), d),
+                    Requirement::Manifest(d) => (layout::revision_link(name, d), d),
+                };
+                [link, layout::blob_data(digest)]
+            })
+            .collect();
+        let calls = keys
+            .chunks(TOUCHES_PER_CALL)
+            .map(|keys| self.storage.touch_all(keys.to_vec()));
+        let found: Vec<bool> = futures::future::try_join_all(calls)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .flatten()
+            .collect();
+        for (requirement, pair) in requirements.iter().zip(found.chunks(2)) {
+            let digest = match requirement {
+                Requirement::Blob(d) | Requirement::Manifest(d) => d,
+            };
+            if !pair.iter().all(|found| *found) {
+                return Ok(Some(digest.clone()));
+            }
+            if let Requirement::Manifest(d) = requirement {
+                if !Box::pin(self.touch_manifest_requirements(name, d)).await? {
+                    return Ok(Some(d.clone()));
+                }
+            }
         }
-        match requirement {
-            Requirement::Blob(_) => Ok(true),
-            Requirement::Manifest(d) => Box::pin(self.touch_manifest_requirements(name, d)).await,
-        }
+        Ok(None)
     }
 
     /// Touches what a stored manifest requires; whether it was all there.
@@ -185,12 +215,10 @@ impl Registry {
         let Ok(manifest) = Manifest::parse(&body, None) else {
             return Ok(true);
         };
-        for requirement in &manifest.requirements {
-            if !self.touch_requirement(name, requirement).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self
+            .touch_requirements(name, &manifest.requirements)
+            .await?
+            .is_none())
     }
 
     /// The digest a reference names in `name`, or `MANIFEST_UNKNOWN`.

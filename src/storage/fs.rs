@@ -619,6 +619,15 @@ impl Storage for FsStorage {
             .map_err(io::Error::other)?
     }
 
+    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<bool>> {
+        // One blocking call for all: a touch is a few fast syscalls, while a
+        // hand-off to the blocking pool and back costs two thread switches.
+        let paths: Vec<PathBuf> = keys.iter().map(|key| self.path(key)).collect();
+        tokio::task::spawn_blocking(move || paths.iter().map(|path| touch_path(path)).collect())
+            .await
+            .map_err(io::Error::other)?
+    }
+
     async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
         let path = self.path(key);
         let trash = self.path(&layout::trash_entry(&uuid::Uuid::new_v4(), key));

@@ -107,6 +107,16 @@ pub trait Storage: Send + Sync + 'static {
     /// then relies on it only if this returned true.
     async fn touch(&self, key: &str) -> io::Result<bool>;
 
+    /// [`Storage::touch`] for several objects at once (one round trip where
+    /// the store allows): whether each existed, in order.
+    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<bool>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in &keys {
+            found.push(self.touch(key).await?);
+        }
+        Ok(found)
+    }
+
     /// Deletes an object only if it was not modified or touched at or after
     /// `cutoff`, atomically with respect to [`Storage::touch`]: once a touch
     /// has returned true, this will not delete the object. Returns whether it
