@@ -980,18 +980,10 @@ async fn one_byte_chunks_upload() {
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
-/// Deterministic pseudo-random bytes (xorshift64), chunk by chunk.
+/// Deterministic pseudo-random bytes, chunk by chunk.
 fn generated_chunk(index: u64, len: usize) -> Bytes {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (index + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (index + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    Bytes::from(common::random_bytes(len, seed))
 }
 
 #[tokio::test]

@@ -13,22 +13,8 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use berth::http::zero_copy;
-use common::{sha256_digest, TestRegistry};
+use common::{random_bytes, sha256_digest, TestRegistry};
 use reqwest::StatusCode;
-
-/// Distinct bytes everywhere (xorshift), so that a shifted or misplaced
-/// range cannot compare equal.
-fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> Vec<u8> {
     let mut request = registry.client.get(registry.url(path));

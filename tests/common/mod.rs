@@ -181,6 +181,20 @@ pub fn sha512_digest(content: &[u8]) -> String {
 }
 
 /// Recognisable content: byte `i` is `i mod 251`.
+/// Deterministic pseudo-random bytes (xorshift64 from `seed`): unlike
+/// [`pattern`], no shifted or misplaced range compares equal.
+pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
