@@ -31,8 +31,8 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
-                // HTTP/2 copies frames into its own: placeholders would be
-                // sent as they are.
+                // HTTP/2 cuts data into frames of its own (and copies
+                // small ones): placeholders would not reach the IO whole.
                 let http1 = request.version() < hyper::Version::HTTP_2;
                 let extensions = request.extensions_mut();
                 extensions.insert(ConnectInfo::<SocketAddr>(peer));
@@ -43,7 +43,11 @@ pub async fn serve(
             },
         );
         async move {
-            let connection = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // What zero-copy relies on, pinned rather than inferred: body
+            // frames reach the IO's vectored write uncopied.
+            builder.http1().writev(true).pipeline_flush(false);
+            let connection = builder
                 .serve_connection_with_upgrades(stream, service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {

@@ -53,14 +53,16 @@ pub async fn get(
             format!("bytes {}-{}/{size}", r.start, r.end - 1),
         );
     }
-    let zero_copy = parts.extensions.get::<ZeroCopy>();
-    let body = if !with_body || length == 0 {
-        Body::empty()
-    } else if let (Some(zero_copy), Some(local)) = (zero_copy, registry.blob_file(&blob).await?) {
-        Body::new(zero_copy.body(local.file, range.unwrap_or(0..size)))
-    } else {
-        Body::from_stream(registry.read_blob(&blob, range).await?)
-    };
+    if !with_body || length == 0 {
+        return Ok(response.body(Body::empty()).expect("valid response"));
+    }
+    if let Some(zero_copy) = parts.extensions.get::<ZeroCopy>() {
+        if let Some(local) = registry.blob_file(&blob).await? {
+            let body = Body::new(zero_copy.body(local.file, range.unwrap_or(0..size)));
+            return Ok(response.body(body).expect("valid response"));
+        }
+    }
+    let body = Body::from_stream(registry.read_blob(&blob, range).await?);
     Ok(response.body(body).expect("valid response"))
 }
 

@@ -9,16 +9,18 @@
 //! sends that file range in its place.
 //!
 //! This relies on hyper's HTTP/1 writer handing body frames to
-//! `poll_write_vectored` uncopied, which it does for IO that reports
-//! vectored writes (its "queue" write strategy; the server never turns on
-//! pipeline flushing, which would switch it off). Guards:
+//! `poll_write_vectored` uncopied, which it does with its "queue" write
+//! strategy: vectored writes on and pipeline flushing off, both pinned in
+//! `server.rs`. Should a future hyper copy frames anyway, the client would
+//! get the placeholder's zeros: the tests pull blobs through this path and
+//! compare digests, and check that it was taken ([`bytes_sent`]). Guards:
 //! - the extension that enables placeholders ([`ZeroCopy`]) is given only
 //!   to HTTP/1 requests on connections served through [`ZeroCopyStream`];
 //! - every placeholder the IO meets must be exactly the next unsent part of
 //!   the oldest queued range, and placeholder bytes are never written as
 //!   bytes: anything else is an error that closes the connection;
-//! - the tests pull blobs through this path and compare digests, and check
-//!   that it was taken ([`bytes_sent`]).
+//! - a body dropped before its end poisons its connection's queue, so no
+//!   later response can be sent a range it left behind.
 //!
 //! Nothing between the handler and hyper may copy response frames (a
 //! compression layer would send the placeholder's zeros).
@@ -39,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -76,7 +78,15 @@ struct Pending {
 
 /// The ranges one connection's bodies have yielded as placeholders and its
 /// IO has not yet sent, in order.
-type SendQueue = Arc<Mutex<VecDeque<Pending>>>;
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// A body ended early: what it queued can no longer be told apart from
+    /// what the next response queues, so the connection sends nothing more.
+    poisoned: bool,
+}
+
+type SendQueue = Arc<Mutex<Queue>>;
 
 /// Request extension: this request's response may use placeholder frames,
 /// because its connection's IO will send them.
@@ -94,6 +104,7 @@ impl ZeroCopy {
             end: range.end,
             cold: None,
             queue: self.queue.clone(),
+            placeholders: 0,
         }
     }
 }
@@ -106,6 +117,8 @@ pub struct FileBody {
     end: u64,
     cold: Option<(usize, tokio::task::JoinHandle<io::Result<Bytes>>)>,
     queue: SendQueue,
+    /// Placeholder frames yielded so far.
+    placeholders: usize,
 }
 
 impl hyper::body::Body for FileBody {
@@ -125,15 +138,20 @@ impl hyper::body::Body for FileBody {
         if self.next >= self.end {
             return Poll::Ready(None);
         }
-        let (offset, len) = (self.next, FRAME.min((self.end - self.next) as usize));
+        let (offset, len) = (self.next, (self.end - self.next).min(FRAME as u64) as usize);
         self.next += len as u64;
         if in_page_cache(&self.file, offset, len) {
-            self.queue.lock().expect("queue lock").push_back(Pending {
-                file: self.file.clone(),
-                offset,
-                len,
-                sent: 0,
-            });
+            self.queue
+                .lock()
+                .expect("queue lock")
+                .pending
+                .push_back(Pending {
+                    file: self.file.clone(),
+                    offset,
+                    len,
+                    sent: 0,
+                });
+            self.placeholders += 1;
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                 &PLACEHOLDER[..len],
             )))));
@@ -156,6 +174,14 @@ impl hyper::body::Body for FileBody {
     fn size_hint(&self) -> SizeHint {
         let cold = self.cold.as_ref().map_or(0, |(len, _)| *len as u64);
         SizeHint::with_exact(self.end.saturating_sub(self.next) + cold)
+    }
+}
+
+impl Drop for FileBody {
+    fn drop(&mut self) {
+        if self.placeholders > 0 && !self.is_end_stream() {
+            self.queue.lock().expect("queue lock").poisoned = true;
+        }
     }
 }
 
@@ -202,8 +228,24 @@ struct Cachestat {
 
 /// `cachestat`'s number in the generic syscall table, which x86-64 and
 /// aarch64 share for it; libc does not name it yet.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 const SYS_CACHESTAT: libc::c_long = 451;
 
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn cachestat_pages(_file: &File, _offset: u64, _len: u64) -> io::Result<u64> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn cachestat_pages(file: &File, offset: u64, len: u64) -> io::Result<u64> {
     let range = CachestatRange { off: offset, len };
     let mut stat = Cachestat::default();
@@ -225,6 +267,9 @@ fn cachestat_pages(file: &File, offset: u64, len: u64) -> io::Result<u64> {
 }
 
 fn mincore_all(file: &File, offset: u64, len: usize) -> bool {
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
     // SAFETY: a fresh read-only shared mapping that is only passed to
     // mincore and unmapped; its memory is never read, so an I/O error or a
     // shrunken file cannot fault.
@@ -235,7 +280,7 @@ fn mincore_all(file: &File, offset: u64, len: usize) -> bool {
             libc::PROT_READ,
             libc::MAP_SHARED,
             file.as_raw_fd(),
-            offset as libc::off_t,
+            offset,
         );
         if map == libc::MAP_FAILED {
             return false;
@@ -271,7 +316,10 @@ impl ZeroCopyStream {
 
     fn poll_send_file(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut queue = self.queue.lock().expect("queue lock");
-        let Some(head) = queue.front_mut() else {
+        if queue.poisoned {
+            return Poll::Ready(Err(out_of_order()));
+        }
+        let Some(head) = queue.pending.front_mut() else {
             return Poll::Ready(Err(out_of_order()));
         };
         let expected = PLACEHOLDER.as_ptr().wrapping_add(head.sent);
@@ -281,7 +329,12 @@ impl ZeroCopyStream {
         let stream = self.io.inner();
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            let mut offset = (head.offset + head.sent as u64) as libc::off_t;
+            let Ok(mut offset) = libc::off_t::try_from(head.offset + head.sent as u64) else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "blob offset beyond this platform's file offsets",
+                )));
+            };
             let count = head.len - head.sent;
             let sent = stream.try_io(Interest::WRITABLE, || {
                 // SAFETY: both descriptors are open for the call's duration
@@ -311,7 +364,7 @@ impl ZeroCopyStream {
                     BYTES_SENT.fetch_add(n as u64, Ordering::Relaxed);
                     head.sent += n;
                     if head.sent == head.len {
-                        queue.pop_front();
+                        queue.pending.pop_front();
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -379,5 +432,104 @@ impl hyper::rt::Write for ZeroCopyStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Write as _;
+    use std::future::poll_fn;
+    use std::io::Write as _;
+    use tokio::io::AsyncReadExt;
+
+    /// A connected pair on loopback: the server end wrapped for zero-copy.
+    async fn connection() -> (ZeroCopyStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (ZeroCopyStream::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    fn file_of(content: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(content).unwrap();
+        file
+    }
+
+    async fn next_frame(body: &mut FileBody) -> Bytes {
+        let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        frame.unwrap().unwrap().into_data().unwrap()
+    }
+
+    async fn write_vectored(stream: &mut ZeroCopyStream, bufs: &[&[u8]]) -> io::Result<usize> {
+        let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        poll_fn(|cx| Pin::new(&mut *stream).poll_write_vectored(cx, &slices)).await
+    }
+
+    #[tokio::test]
+    async fn placeholders_are_sent_as_their_file_range() {
+        let content: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let (mut stream, mut client) = connection().await;
+        let mut body = stream.zero_copy().body(file_of(&content), 100..2100);
+        let frame = next_frame(&mut body).await;
+        assert!(is_placeholder(&frame), "a cached range is a placeholder");
+        assert_eq!(frame.len(), 2000);
+        // Bytes before a placeholder go out alone, then the placeholder.
+        assert_eq!(
+            write_vectored(&mut stream, &[b"head", &frame])
+                .await
+                .unwrap(),
+            4
+        );
+        let mut sent = 0;
+        while sent < frame.len() {
+            sent += write_vectored(&mut stream, &[&frame[sent..]])
+                .await
+                .unwrap();
+        }
+        let mut received = vec![0u8; 2004];
+        client.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received[..4], b"head");
+        assert_eq!(&received[4..], &content[100..2100]);
+    }
+
+    #[tokio::test]
+    async fn a_placeholder_that_is_not_the_next_range_fails_the_connection() {
+        let (mut stream, _client) = connection().await;
+        let mut body = stream.zero_copy().body(file_of(&[1u8; 5000]), 0..5000);
+        let frame = next_frame(&mut body).await;
+        let wrong = write_vectored(&mut stream, &[&frame[1..]]).await;
+        assert_eq!(wrong.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let short = write_vectored(&mut stream, &[&PLACEHOLDER[..10]]).await;
+        assert_eq!(short.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_poisons_the_connection() {
+        let content = vec![9u8; FRAME + 10];
+        let (mut stream, _client) = connection().await;
+        let zero_copy = stream.zero_copy();
+        let mut first = zero_copy.body(file_of(&content), 0..content.len() as u64);
+        let _left_behind = next_frame(&mut first).await;
+        drop(first);
+        // The next response's frame looks exactly like the range left behind.
+        let mut second = zero_copy.body(file_of(&content), 0..FRAME as u64);
+        let frame = next_frame(&mut second).await;
+        let sent = write_vectored(&mut stream, &[&frame]).await;
+        assert_eq!(sent.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_queued_nothing_leaves_the_connection_usable() {
+        let (mut stream, mut client) = connection().await;
+        let zero_copy = stream.zero_copy();
+        drop(zero_copy.body(file_of(b"never polled"), 0..12));
+        let mut body = zero_copy.body(file_of(b"hello"), 0..5);
+        let frame = next_frame(&mut body).await;
+        assert_eq!(write_vectored(&mut stream, &[&frame]).await.unwrap(), 5);
+        let mut received = [0u8; 5];
+        client.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received, b"hello");
     }
 }

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 
 use super::cache::CachedManifest;
 use super::{storage_error, Registry};
@@ -153,47 +155,73 @@ impl Registry {
     /// requirement not wholly there, if any. A child manifest's own
     /// requirements are touched too: they may be old and kept by nothing but
     /// that child, and a collection running now must keep the whole child.
-    async fn touch_requirements(
-        &self,
-        name: &RepositoryName,
-        requirements: &[Requirement],
-    ) -> Result<Option<Digest>> {
-        // Storage calls of a few dozen touches each, side by side: one
-        // blocking-pool hand-off per call, not per object.
-        const TOUCHES_PER_CALL: usize = 32;
-        let keys: Vec<String> = requirements
-            .iter()
-            .flat_map(|requirement| {
-                let (link, digest) = match requirement {
-                    Requirement::Blob(d) => (layout::layer_link(name, d), d),
-                    Requirement::Manifest(d) => (layout::revision_link(name, d), d),
-                };
-                [link, layout::blob_data(digest)]
-            })
-            .collect();
-        let calls = keys
-            .chunks(TOUCHES_PER_CALL)
-            .map(|keys| self.storage.touch_all(keys.to_vec()));
-        let found: Vec<bool> = futures::future::try_join_all(calls)
-            .await
-            .map_err(storage_error)?
-            .into_iter()
-            .flatten()
-            .collect();
-        for (requirement, pair) in requirements.iter().zip(found.chunks(2)) {
-            let digest = match requirement {
-                Requirement::Blob(d) | Requirement::Manifest(d) => d,
-            };
-            if !pair.iter().all(|found| *found) {
-                return Ok(Some(digest.clone()));
+    fn touch_requirements<'a>(
+        &'a self,
+        name: &'a RepositoryName,
+        requirements: &'a [Requirement],
+    ) -> BoxFuture<'a, Result<Option<Digest>>> {
+        // Boxed with its Send bound spelled out: it recurses through child
+        // manifests, and the compiler cannot infer Send through the cycle.
+        Box::pin(async move {
+            // Storage calls of a few dozen touches each, side by side: one
+            // blocking-pool hand-off per call, not per object.
+            const TOUCHES_PER_CALL: usize = 32;
+            let keys: Vec<String> = requirements
+                .iter()
+                .flat_map(|requirement| {
+                    let (link, digest) = match requirement {
+                        Requirement::Blob(d) => (layout::layer_link(name, d), d),
+                        Requirement::Manifest(d) => (layout::revision_link(name, d), d),
+                    };
+                    [link, layout::blob_data(digest)]
+                })
+                .collect();
+            // A few calls at a time, so that one huge manifest cannot fill the
+            // blocking pool that every other request's storage work needs.
+            const CALLS_AT_ONCE: usize = 4;
+            let calls: Vec<_> = keys
+                .chunks(TOUCHES_PER_CALL)
+                .map(|keys| self.storage.touch_all(keys.to_vec()))
+                .collect();
+            let found: Vec<bool> = futures::stream::iter(calls)
+                .buffered(CALLS_AT_ONCE)
+                .try_concat()
+                .await
+                .map_err(storage_error)?;
+            if found.len() != keys.len() {
+                return Err(RegistryError::internal(
+                    "storage answered a different number of touches",
+                    format!("{} of {}", found.len(), keys.len()),
+                ));
             }
-            if let Requirement::Manifest(d) = requirement {
-                if !Box::pin(self.touch_manifest_requirements(name, d)).await? {
-                    return Ok(Some(d.clone()));
+            let mut children = Vec::new();
+            for (requirement, pair) in requirements.iter().zip(found.chunks(2)) {
+                let digest = match requirement {
+                    Requirement::Blob(d) | Requirement::Manifest(d) => d,
+                };
+                if !pair.iter().all(|found| *found) {
+                    return Ok(Some(digest.clone()));
+                }
+                if let Requirement::Manifest(d) = requirement {
+                    children.push(d);
                 }
             }
-        }
-        Ok(None)
+            let checks: Vec<BoxFuture<'_, Result<bool>>> = children
+                .iter()
+                .map(|child| {
+                    Box::pin(self.touch_manifest_requirements(name, child)) as BoxFuture<'_, _>
+                })
+                .collect();
+            let wholes: Vec<bool> = futures::stream::iter(checks)
+                .buffered(CALLS_AT_ONCE)
+                .try_collect()
+                .await?;
+            Ok(children
+                .into_iter()
+                .zip(wholes)
+                .find(|(_, whole)| !whole)
+                .map(|(child, _)| child.clone()))
+        })
     }
 
     /// Touches what a stored manifest requires; whether it was all there.
