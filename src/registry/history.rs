@@ -105,7 +105,9 @@ impl Registry {
             // documents, written as one batch: a crash in between may leave
             // a history entry for a change that did not finish (it names an
             // image that exists) or a change missing from history; never a
-            // tag pointing at something that is not stored.
+            // tag pointing at something that is not stored. The entry is
+            // not synced (`WriteMode::Record`): a machine crash may lose
+            // it, an outcome the batch already allowed, for a sync less.
             let mut docs = self.tag_change_documents(name, tag, Some(digest));
             docs.push((
                 current_key.clone(),
@@ -146,7 +148,7 @@ impl Registry {
             .unwrap_or(Duration::ZERO)
             .as_nanos();
         let entry = layout::tag_history_entry(name, tag, nanos, digest);
-        vec![(entry, bytes::Bytes::new(), WriteMode::CreateIfAbsent)]
+        vec![(entry, bytes::Bytes::new(), WriteMode::Record)]
     }
 
     /// Removes every history entry naming `digest` in `name` (a deleted

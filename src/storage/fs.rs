@@ -229,7 +229,7 @@ fn touch_path(path: &Path) -> io::Result<bool> {
 fn prepare_document(doc: &mut DocumentWrite<'_>) -> io::Result<()> {
     use std::io::Write;
     let unchanged = match doc.mode {
-        WriteMode::CreateIfAbsent => doc.path.exists(),
+        WriteMode::CreateIfAbsent | WriteMode::Record => doc.path.exists(),
         WriteMode::Overwrite => holds(doc.path, doc.data)?,
         WriteMode::Scratch => false,
     };
@@ -239,7 +239,8 @@ fn prepare_document(doc: &mut DocumentWrite<'_>) -> io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(doc.path.parent().expect("keys have a parent"))?;
-    if doc.data.is_empty() && doc.mode == WriteMode::CreateIfAbsent {
+    let create_only = matches!(doc.mode, WriteMode::CreateIfAbsent | WriteMode::Record);
+    if doc.data.is_empty() && create_only {
         // An empty file appears whole: no temp file, no data sync.
         let created = match std::fs::OpenOptions::new()
             .write(true)
@@ -251,13 +252,13 @@ fn prepare_document(doc: &mut DocumentWrite<'_>) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         doc.outcome = Some(created);
-        doc.placed = created;
+        doc.placed = created && doc.mode.is_durable();
         return Ok(());
     }
     let temp = temp_sibling(doc.path);
     let mut file = std::fs::File::create(&temp)?;
     let written = file.write_all(doc.data);
-    if written.is_ok() && doc.mode != WriteMode::Scratch {
+    if written.is_ok() && doc.mode.is_durable() {
         start_writeback(&file);
     }
     doc.temp = Some((temp, file));
@@ -278,14 +279,14 @@ fn write_documents(docs: &mut [DocumentWrite<'_>]) -> io::Result<()> {
     all_at_once(&mut pending, |doc| prepare_document(doc))?;
     let mut files: Vec<&std::fs::File> = docs
         .iter()
-        .filter(|d| d.outcome.is_none() && d.mode != WriteMode::Scratch)
+        .filter(|d| d.outcome.is_none() && d.mode.is_durable())
         .filter_map(|d| d.temp.as_ref().map(|(_, file)| file))
         .collect();
     all_at_once(&mut files, |file| file.sync_data())?;
     for doc in docs.iter_mut().filter(|d| d.outcome.is_none()) {
         let written = match (doc.temp.take(), doc.mode) {
             (None, _) => unreachable!("prepared documents have a temp file"),
-            (Some((temp, _)), WriteMode::CreateIfAbsent) => {
+            (Some((temp, _)), WriteMode::CreateIfAbsent | WriteMode::Record) => {
                 let linked = match std::fs::hard_link(&temp, doc.path) {
                     Ok(()) => true,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
@@ -306,7 +307,7 @@ fn write_documents(docs: &mut [DocumentWrite<'_>]) -> io::Result<()> {
             }
         };
         doc.outcome = Some(written);
-        doc.placed = written && doc.mode != WriteMode::Scratch;
+        doc.placed = written && doc.mode.is_durable();
     }
     let mut synced_dirs: Vec<&Path> = Vec::new();
     for doc in docs.iter().filter(|d| d.placed) {
@@ -997,6 +998,23 @@ mod tests {
         assert!(!store.rename("a/b/data", "q/c").await.unwrap());
         assert_eq!(store.get("q/c").await.unwrap().unwrap(), "x");
         assert!(!dir.path().join("a").exists());
+    }
+
+    #[tokio::test]
+    async fn a_record_is_created_once_and_visible_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        for (key, data) in [
+            ("h/t/0002-y", Bytes::new()),
+            ("h/t/r", Bytes::from_static(b"r")),
+        ] {
+            let record = || store.put(key, data.clone(), WriteMode::Record);
+            assert!(record().await.unwrap(), "{key} created");
+            assert!(!record().await.unwrap(), "{key} left as it is");
+            assert_eq!(store.get(key).await.unwrap().unwrap(), data);
+        }
+        let leftovers = store.list_leftovers().await.unwrap();
+        assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
     }
 
     #[tokio::test]

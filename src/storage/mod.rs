@@ -36,6 +36,17 @@ pub enum WriteMode {
     /// Replace atomically, without waiting for durability: for records whose
     /// loss in a crash is harmless (an upload session: its client restarts).
     Scratch,
+    /// Write only if nothing is there, visible at once but durable only
+    /// eventually (no sync is awaited): for records whose loss in a machine
+    /// crash is accepted (tag history entries, see `registry/history.rs`).
+    Record,
+}
+
+impl WriteMode {
+    /// Whether a write in this mode is durable before it returns.
+    pub fn is_durable(self) -> bool {
+        matches!(self, WriteMode::Overwrite | WriteMode::CreateIfAbsent)
+    }
 }
 
 /// What is known of a stored object without reading it.
