@@ -1433,6 +1433,7 @@ impl Bench {
             for (i, reg) in self.regs().into_iter().enumerate() {
                 for (row, page) in [(list, page), (whole, 0)] {
                     let repo = format!("bench/tags-seq-r{round}");
+                    settle_disk()?;
                     let t = Instant::now();
                     let (tags, pages) = list_tags(&self.client, &reg, &repo, page).await?;
                     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -1708,7 +1709,7 @@ async fn run(o: Opts) -> R<()> {
         "  RSS: VmRSS from /proc/PID/status right after each big push (max shown); VmHWM read before stopping each server"
     );
     println!(
-        "  disk: `sync` (untimed) before every timed push, image push and tag PUT run, so that one registry's writeback does not fall into the other's time"
+        "  disk: `sync` (untimed) before every timed push, image push, tag PUT run and tag listing, so that one registry's writeback does not fall into the other's time"
     );
     println!(
         "  machine: openssl speed -evp sha256 -bytes 16384 -seconds {}; dd if=/dev/zero of=TMP bs=16M count={} [conv=fdatasync]; the same size of random bytes from memory in 16 MiB write()s + fdatasync; loopback: tokio TcpListener + client, 1 MiB writes/reads, median of the rounds",
