@@ -391,12 +391,7 @@ impl Registry {
         {
             return Ok(None);
         }
-        self.storage
-            .delete_all(&layout::tag_dir(name, tag))
-            .await
-            .map_err(storage_error)?;
-        self.caches.wrote_link(&current, None);
-        self.caches.wrote_tags(name);
+        self.remove_tag_directory(name, tag).await?;
         let entries = self.history_entries(name, tag).await?.len();
         self.storage
             .delete_all(&layout::tag_history_dir(name, tag))
@@ -407,13 +402,20 @@ impl Registry {
 
     /// Removes a tag whose lock the caller holds.
     async fn remove_tag_locked(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
-        let current = layout::tag_current_link(name, tag);
+        self.remove_tag_directory(name, tag).await?;
+        self.record_tag_change(name, tag, None).await
+    }
+
+    /// Deletes a tag's directory (its link) and forgets it in the caches;
+    /// the caller holds the tag's lock.
+    async fn remove_tag_directory(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
         self.storage
             .delete_all(&layout::tag_dir(name, tag))
             .await
             .map_err(storage_error)?;
-        self.caches.wrote_link(&current, None);
+        self.caches
+            .wrote_link(&layout::tag_current_link(name, tag), None);
         self.caches.wrote_tags(name);
-        self.record_tag_change(name, tag, None).await
+        Ok(())
     }
 }
