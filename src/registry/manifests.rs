@@ -63,7 +63,28 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
-        self.check_requirements(name, &manifest).await?;
+        // The manifest's own content and revision link are touched with its
+        // requirements: a push of a stored manifest (a new tag for an image)
+        // writes neither, and costs one storage call less for each.
+        let stored_keys = vec![
+            layout::blob_data(&digest),
+            layout::revision_link(name, &digest),
+        ];
+        let (missing, stored) = self
+            .touch_requirements_and(name, &manifest.requirements, stored_keys)
+            .await?;
+        if let Some(missing) = missing {
+            return Err(RegistryError::with_detail(
+                ErrorCode::ManifestBlobUnknown,
+                format!("{missing} is not in repository {name}"),
+            ));
+        }
+        let [content_stored, revision_stored] = stored[..] else {
+            return Err(RegistryError::internal(
+                "storage answered a different number of touches",
+                format!("{} of 2", stored.len()),
+            ));
+        };
 
         let tags: Vec<&Tag> = match reference {
             Reference::Tag(tag) => std::iter::once(tag).chain(extra_tags).collect(),
@@ -85,12 +106,15 @@ impl Registry {
             }
         }
         // Content first, then the revision link, then the tags: a reader that
-        // finds a link finds what it names.
-        // A re-push finds them stored already: touched instead of written, so
-        // that a running garbage collection does not remove them (gc.rs).
-        self.store_manifest_content(&digest, body).await?;
-        self.write_link_fresh(&layout::revision_link(name, &digest), &digest)
+        // finds a link finds what it names. What the touches found stored is
+        // not written again, and, touched, a running garbage collection
+        // does not remove it (gc.rs).
+        self.store_manifest_content(&digest, body, content_stored)
             .await?;
+        if !content_stored || !revision_stored {
+            self.write_link_fresh(&layout::revision_link(name, &digest), &digest)
+                .await?;
+        }
         if let Some(subject) = &manifest.subject {
             let key = layout::referrer_link(name, subject, &digest);
             self.write_link_fresh(&key, &digest).await?;
@@ -105,9 +129,15 @@ impl Registry {
     }
 
     /// Stores manifest bytes under their digest unless they are there
-    /// already, and keeps them in memory for reads.
-    async fn store_manifest_content(&self, digest: &Digest, body: Bytes) -> Result<()> {
-        if self.put_content_fresh(digest, body.clone()).await? {
+    /// already (`stored`: a touch just found them), and keeps them in memory
+    /// for reads.
+    async fn store_manifest_content(
+        &self,
+        digest: &Digest,
+        body: Bytes,
+        stored: bool,
+    ) -> Result<()> {
+        if !stored && self.put_content_fresh(digest, body.clone()).await? {
             self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, body.len() as u64);
@@ -119,24 +149,6 @@ impl Registry {
             }),
         );
         Ok(())
-    }
-
-    /// Every blob and child manifest must already be in this repository.
-    /// Each is touched, link and content, on storage: another process's
-    /// garbage collection may have removed it whatever a cache says, and the
-    /// touch keeps a collection running now from removing it (touch before
-    /// use, gc.rs). The push relies only on what its touches found.
-    async fn check_requirements(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
-        match self
-            .touch_requirements(name, &manifest.requirements)
-            .await?
-        {
-            None => Ok(()),
-            Some(digest) => Err(RegistryError::with_detail(
-                ErrorCode::ManifestBlobUnknown,
-                format!("{digest} is not in repository {name}"),
-            )),
-        }
     }
 
     /// Touches a requirement's link and content; whether both were there.
@@ -160,12 +172,37 @@ impl Registry {
         name: &'a RepositoryName,
         requirements: &'a [Requirement],
     ) -> BoxFuture<'a, Result<Option<Digest>>> {
+        Box::pin(async move {
+            let (missing, _) = self
+                .touch_requirements_and(name, requirements, Vec::new())
+                .await?;
+            Ok(missing)
+        })
+    }
+
+    /// [`Registry::touch_requirements`], touching `extra` keys in the same
+    /// storage calls: returns the first requirement missing, and whether
+    /// each extra key was found.
+    ///
+    /// A manifest push relies on this: every blob and child manifest must
+    /// already be in the repository, and each is touched, link and content,
+    /// on storage. Another process's garbage collection may have removed it
+    /// whatever a cache says, and the touch keeps a collection running now
+    /// from removing it (touch before use, gc.rs). The push relies only on
+    /// what its touches found.
+    fn touch_requirements_and<'a>(
+        &'a self,
+        name: &'a RepositoryName,
+        requirements: &'a [Requirement],
+        extra: Vec<String>,
+    ) -> BoxFuture<'a, Result<(Option<Digest>, Vec<bool>)>> {
         // Boxed with its Send bound spelled out: it recurses through child
         // manifests, and the compiler cannot infer Send through the cycle.
         Box::pin(async move {
             // Storage calls of a few dozen touches each, side by side: one
             // blocking-pool hand-off per call, not per object.
             const TOUCHES_PER_CALL: usize = 32;
+            let extras = extra.len();
             let keys: Vec<String> = requirements
                 .iter()
                 .flat_map(|requirement| {
@@ -175,6 +212,7 @@ impl Registry {
                     };
                     [link, layout::blob_data(digest)]
                 })
+                .chain(extra)
                 .collect();
             // A few calls at a time, so that one huge manifest cannot fill the
             // blocking pool that every other request's storage work needs.
@@ -183,7 +221,7 @@ impl Registry {
                 .chunks(TOUCHES_PER_CALL)
                 .map(|keys| self.storage.touch_all(keys.to_vec()))
                 .collect();
-            let found: Vec<bool> = futures::stream::iter(calls)
+            let mut found: Vec<bool> = futures::stream::iter(calls)
                 .buffered(CALLS_AT_ONCE)
                 .try_concat()
                 .await
@@ -194,13 +232,14 @@ impl Registry {
                     format!("{} of {}", found.len(), keys.len()),
                 ));
             }
+            let extra_found = found.split_off(found.len() - extras);
             let mut children = Vec::new();
             for (requirement, pair) in requirements.iter().zip(found.chunks(2)) {
                 let digest = match requirement {
                     Requirement::Blob(d) | Requirement::Manifest(d) => d,
                 };
                 if !pair.iter().all(|found| *found) {
-                    return Ok(Some(digest.clone()));
+                    return Ok((Some(digest.clone()), extra_found));
                 }
                 if let Requirement::Manifest(d) = requirement {
                     children.push(d);
@@ -216,11 +255,12 @@ impl Registry {
                 .buffered(CALLS_AT_ONCE)
                 .try_collect()
                 .await?;
-            Ok(children
+            let missing = children
                 .into_iter()
                 .zip(wholes)
                 .find(|(_, whole)| !whole)
-                .map(|(child, _)| child.clone()))
+                .map(|(child, _)| child.clone());
+            Ok((missing, extra_found))
         })
     }
 

@@ -22,6 +22,8 @@
 //! _berth/trash/<uuid>/<key>                           Berth: an object garbage collection is removing
 //!                                                     (put back at <key> if a crash leaves it here)
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
+//! _berth/journal/{lock,a,b}                           Berth: the filesystem store's write-ahead journal
+//!                                                     (storage/journal.rs), not keys
 //! ```
 //!
 //! History entries are empty files: the name is the record.
@@ -47,6 +49,15 @@ pub const MANIFESTS_DIR: &str = "_manifests";
 /// its first manifest, so `_manifests` alone (the catalog's test) would miss it.
 pub const REPOSITORY_DIRS: [&str; 5] =
     ["_manifests", "_layers", "_referrers", "_uploads", "_berth"];
+
+/// Whether `key` is made of plain segments (none empty, `.` or `..`), so
+/// that it names something below the store's root.
+pub fn is_safe_key(key: &str) -> bool {
+    !key.starts_with('/')
+        && !key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+}
 
 pub fn blob_data(digest: &Digest) -> String {
     let hex = digest.hex();
@@ -220,6 +231,9 @@ pub fn parse_tag_history_entry(entry: &str) -> Option<(u128, Option<Digest>)> {
     let digest = format!("{algorithm}:{hex}").parse().ok()?;
     Some((nanos, Some(digest)))
 }
+
+/// The filesystem store's write-ahead journal: files, not keys.
+pub const JOURNAL: &str = "_berth/journal";
 
 /// Objects garbage collection is deciding about, each under its own key.
 pub const TRASH: &str = "_berth/trash";

@@ -9,6 +9,7 @@
 //! maps registry objects to keys.
 
 pub mod fs;
+pub mod journal;
 pub mod layout;
 
 use std::io;
