@@ -547,6 +547,63 @@ async fn pull_count(c: &Client, reg: &Reg, repo: &str, blob: &Blob) -> R<()> {
     Ok(())
 }
 
+/// GET a blob with a bare HTTP/1.1 request on a new connection, reading with 1 MiB buffers and
+/// counting bytes: the receiver of the loopback limit, so that the two compare the servers and not
+/// two clients' costs.
+async fn pull_bare(reg: &Reg, repo: &str, blob: &Blob) -> R<()> {
+    let host = reg.base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(host).await?;
+    sock.set_nodelay(true)?;
+    let request = format!(
+        "GET /v2/{repo}/blobs/{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        blob.digest
+    );
+    sock.write_all(request.as_bytes()).await?;
+    let mut buf = vec![0u8; MIB];
+    let mut head = Vec::new();
+    let (status, length, mut got) = loop {
+        let k = sock.read(&mut buf).await?;
+        if k == 0 {
+            bail!("{}: connection closed before the response head", reg.name);
+        }
+        head.extend_from_slice(&buf[..k]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            let status = text.split(' ').nth(1).unwrap_or("").to_owned();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            break (status, length, head.len() - end - 4);
+        }
+        if head.len() > 64 * 1024 {
+            bail!("{}: response head over 64 KiB", reg.name);
+        }
+    };
+    if status != "200" || length != Some(blob.len()) {
+        bail!(
+            "{}: GET blob answered {status} with content-length {length:?}",
+            reg.name
+        );
+    }
+    loop {
+        let k = sock.read(&mut buf).await?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    if got != blob.len() {
+        bail!(
+            "{}: GET blob {}: {got} bytes, want {}",
+            reg.name,
+            blob.digest,
+            blob.len()
+        );
+    }
+    Ok(())
+}
+
 async fn put_manifest(c: &Client, reg: &Reg, repo: &str, reference: &str, body: Bytes) -> R<()> {
     let req = c
         .put(format!("{}/v2/{repo}/manifests/{reference}", reg.base))
@@ -971,9 +1028,10 @@ async fn loopback(total: usize, conns: usize) -> R<f64> {
     Ok(got as f64 / secs / 1e6)
 }
 
-/// Writes every dirty page out (`sync`), untimed, before a timed write workload: Distribution
-/// does not sync, so without this its last push's writeback lands in the next registry's timed
-/// window (and Berth's fsync waits behind it).
+/// Writes every dirty page out (`sync`), untimed, before a timed workload: Distribution does not
+/// sync, so without this its last push's writeback lands in the next registry's timed window
+/// (Berth's fsyncs wait behind it, and Berth's journal checkpoint, a `syncfs`, would do that
+/// writeback during Berth's pull).
 fn settle_disk() -> R<()> {
     let status = Command::new("sync").status()?;
     if !status.success() {
@@ -1198,6 +1256,7 @@ impl Bench {
         for slot in &pushed {
             for (i, entry) in slot.iter().enumerate() {
                 let (repo, blob) = entry.as_ref().expect("pushed");
+                settle_disk()?;
                 let t = Instant::now();
                 pull_count(&self.client, &self.servers[i].reg, repo, blob).await?;
                 let secs = t.elapsed().as_secs_f64();
@@ -1217,16 +1276,33 @@ impl Bench {
         for reg in self.regs() {
             push_monolithic(&self.client, &reg, "bench/pull", &blob).await?;
         }
+        let pull_bare_n = self.table.add(
+            &format!("pull_{conns}x{blob_mib}MiB_bare"),
+            &format!("pull {blob_mib} MiB × {conns} concurrent, bare client"),
+            "MB/s",
+            Kind::Higher,
+        );
+        eprintln!("== the same with a bare HTTP/1.1 client reading 1 MiB at a time");
         for _ in 0..self.o.rounds {
             for (i, reg) in self.regs().into_iter().enumerate() {
-                let (client, blob2) = (self.client.clone(), blob.clone());
+                settle_disk()?;
+                let (client, blob2, reg2) = (self.client.clone(), blob.clone(), reg.clone());
                 let (wall, _) = run_pool(conns, conns, move |_| {
-                    let (client, reg, blob) = (client.clone(), reg.clone(), blob2.clone());
+                    let (client, reg, blob) = (client.clone(), reg2.clone(), blob2.clone());
                     async move { pull_count(&client, &reg, "bench/pull", &blob).await }
                 })
                 .await?;
                 self.table
                     .push(pull_n, i, (conns * blob.len()) as f64 / wall / 1e6);
+                let blob2 = blob.clone();
+                settle_disk()?;
+                let (wall, _) = run_pool(conns, conns, move |_| {
+                    let (reg, blob) = (reg.clone(), blob2.clone());
+                    async move { pull_bare(&reg, "bench/pull", &blob).await }
+                })
+                .await?;
+                self.table
+                    .push(pull_bare_n, i, (conns * blob.len()) as f64 / wall / 1e6);
             }
         }
         Ok(())
@@ -1709,7 +1785,7 @@ async fn run(o: Opts) -> R<()> {
         "  RSS: VmRSS from /proc/PID/status right after each big push (max shown); VmHWM read before stopping each server"
     );
     println!(
-        "  disk: `sync` (untimed) before every timed push, image push, tag PUT run and tag listing, so that one registry's writeback does not fall into the other's time"
+        "  disk: `sync` (untimed) before every timed push, pull, image push, tag PUT run and tag listing, so that one registry's writeback does not fall into the other's time"
     );
     println!(
         "  machine: openssl speed -evp sha256 -bytes 16384 -seconds {}; dd if=/dev/zero of=TMP bs=16M count={} [conv=fdatasync]; the same size of random bytes from memory in 16 MiB write()s + fdatasync; loopback: tokio TcpListener + client, 1 MiB writes/reads, median of the rounds",

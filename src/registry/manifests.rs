@@ -111,16 +111,27 @@ impl Registry {
         // does not remove it (gc.rs).
         self.store_manifest_content(&digest, body, content_stored)
             .await?;
-        if !content_stored || !revision_stored {
-            self.write_link_fresh(&layout::revision_link(name, &digest), &digest)
-                .await?;
+        let revision = layout::revision_link(name, &digest);
+        let mut found_only = content_stored && revision_stored;
+        if found_only {
+            self.caches.wrote_link(&revision, Some(digest.clone()));
+        } else {
+            self.write_link_fresh(&revision, &digest).await?;
         }
         if let Some(subject) = &manifest.subject {
             let key = layout::referrer_link(name, subject, &digest);
             self.write_link_fresh(&key, &digest).await?;
+            found_only = false;
         }
         for tag in &tags {
-            self.set_tag(name, tag, &digest).await?;
+            if self.set_tag(name, tag, &digest).await? {
+                found_only = false;
+            }
+        }
+        if found_only {
+            // Nothing written: what the touches found may be another push's,
+            // placed but not yet durable; acknowledged only once it is.
+            self.storage.barrier().await.map_err(storage_error)?;
         }
         Ok(ManifestPut {
             digest,

@@ -53,6 +53,7 @@ pub struct FsStorage {
     boot_id: String,
     /// The write-ahead journal, when this process owns it.
     journal: Option<std::sync::Arc<Journal>>,
+    key_locks: std::sync::Arc<KeyLocks>,
 }
 
 impl FsStorage {
@@ -77,6 +78,7 @@ impl FsStorage {
             root,
             boot_id,
             journal: None,
+            key_locks: std::sync::Arc::new(KeyLocks::new()),
         };
         let recovery = match Journal::open(&store.root, &store.boot_id, tuning) {
             Ok(recovery) => recovery,
@@ -160,12 +162,31 @@ impl FsStorage {
         Ok(())
     }
 
-    /// Records changes made outside [`Storage::put_all`] in the journal, if
-    /// this process owns one; with `wait`, durably before it returns.
-    fn record(&self, changes: &[ChangeRef<'_>], wait: bool) -> io::Result<()> {
-        match &self.journal {
-            Some(journal) => journal.record(changes, wait),
-            None => Ok(()),
+    /// Stops as a killed process would: the journal is left unchecked, for
+    /// the next opener (tests of recovery).
+    #[cfg(test)]
+    fn abandon(self) {
+        if let Some(journal) = self.journal {
+            std::sync::Arc::into_inner(journal)
+                .expect("no other handle of the store")
+                .abandon();
+        }
+    }
+
+    /// Appends a record of changes made outside [`Storage::put_all`] to the
+    /// journal, if this process owns one (under the keys' locks, see
+    /// [`KeyLocks`]); its sequence, for [`FsStorage::wait_durable`].
+    fn append(&self, changes: &[ChangeRef<'_>]) -> io::Result<Option<u64>> {
+        self.journal
+            .as_ref()
+            .map(|journal| journal.append(changes))
+            .transpose()
+    }
+
+    fn wait_durable(&self, sequence: Option<u64>) -> io::Result<()> {
+        match (&self.journal, sequence) {
+            (Some(journal), Some(sequence)) => journal.wait_durable(sequence),
+            _ => Ok(()),
         }
     }
 
@@ -242,6 +263,7 @@ impl FsStorage {
             root: self.root.clone(),
             boot_id: self.boot_id.clone(),
             journal: self.journal.clone(),
+            key_locks: self.key_locks.clone(),
         }
     }
 
@@ -434,31 +456,55 @@ fn place_document(doc: &mut DocumentWrite<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// [`write_documents`] through the journal: each document is placed as
-/// there (whole or absent), without syncs, and one record of what was
-/// written is appended; the batch waits for that record's sync when it
-/// holds a durable document. Records ride along: a history entry becomes
-/// durable with its tag. Scratch documents are not recorded.
-fn write_documents_journaled(docs: &mut [DocumentWrite<'_>], journal: &Journal) -> io::Result<()> {
+/// Places documents without syncs (each whole or absent): the journal's
+/// record of them makes them durable.
+fn place_documents(docs: &mut [DocumentWrite<'_>]) -> io::Result<()> {
     for doc in docs.iter_mut().filter(|d| d.outcome.is_none()) {
         prepare_document(doc, false)?;
         if doc.outcome.is_none() {
             place_document(doc)?;
         }
     }
-    let written = || docs.iter().filter(|d| d.outcome == Some(true));
-    let changes: Vec<ChangeRef<'_>> = written()
-        .filter(|d| d.mode != WriteMode::Scratch)
-        .map(|d| ChangeRef::Put {
-            key: d.key,
-            data: d.data,
-        })
-        .collect();
-    if changes.is_empty() {
-        return Ok(());
+    Ok(())
+}
+
+/// Locks that order the changes to one key with their journal records: a
+/// change and the appending of its record happen under the lock of the
+/// key's stripe, so records of one key are in the order its file changed,
+/// and whoever finds a document another placed finds its record appended.
+struct KeyLocks {
+    stripes: Vec<std::sync::Mutex<()>>,
+}
+
+impl KeyLocks {
+    fn new() -> KeyLocks {
+        KeyLocks {
+            stripes: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
+        }
     }
-    let wait = written().any(|d| d.mode.is_durable());
-    journal.record(&changes, wait)
+
+    /// Locks the stripes of `keys`, in stripe order (no deadlock between
+    /// batches).
+    fn lock<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        use std::hash::{Hash, Hasher};
+        let mut stripes: Vec<usize> = keys
+            .into_iter()
+            .map(|key| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                (hasher.finish() % self.stripes.len() as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
 }
 
 /// Runs `sync` on every item, concurrently when there are several: syncs
@@ -506,12 +552,13 @@ fn start_writeback(file: &std::fs::File) {
     let _ = file;
 }
 
-/// Writes a batch in one blocking call, retrying when a concurrent delete
-/// removed a directory that had just become empty between our mkdir and our
-/// create. Failed writes leave no temp files and no directories they made.
+/// Writes a batch in one blocking call: through the journal when this
+/// process owns it, each document synced in place otherwise.
 fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<Vec<bool>> {
-    // A batch too big for one record (a huge manifest) is synced in place.
-    let journal = store.journal.as_deref().filter(|journal| {
+    let Some(journal) = store.journal.as_deref() else {
+        return write_batch_with(store, docs, write_documents);
+    };
+    let puts = |docs: &[DocumentWrite<'_>]| -> usize {
         let changes: Vec<ChangeRef<'_>> = docs
             .iter()
             .map(|d| ChangeRef::Put {
@@ -519,16 +566,62 @@ fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<
                 data: d.data,
             })
             .collect();
-        journal::record_len(&changes) <= journal.max_record()
-    });
+        journal::record_len(&changes)
+    };
+    // A batch too big for one record (a huge manifest) is synced in place,
+    // and recorded as written so that no older change to it is redone.
+    let fits = puts(docs) <= journal.max_record();
+    let locks = store.key_locks.lock(docs.iter().map(|d| d.key));
+    let written = if fits {
+        write_batch_with(store, docs, place_documents)?
+    } else {
+        write_batch_with(store, docs, write_documents)?
+    };
+    let placed = || docs.iter().filter(|d| d.outcome == Some(true));
+    let changes: Vec<ChangeRef<'_>> = if fits {
+        placed()
+            .filter(|d| d.mode != WriteMode::Scratch)
+            .map(|d| ChangeRef::Put {
+                key: d.key,
+                data: d.data,
+            })
+            .collect()
+    } else {
+        placed()
+            .map(|d| ChangeRef::Written { key: d.key })
+            .collect()
+    };
+    let sequence = match changes.is_empty() {
+        true => None,
+        false => Some(journal.append(&changes)?),
+    };
+    drop(locks);
+    let durable = |written: bool| {
+        docs.iter()
+            .any(|d| d.outcome == Some(written) && d.mode.is_durable())
+    };
+    if durable(false) {
+        // Found in place, maybe placed by a writer whose record is not yet
+        // synced: acknowledged only once it is.
+        journal.barrier()?;
+    } else if let Some(sequence) = sequence.filter(|_| durable(true) || !fits) {
+        journal.wait_durable(sequence)?;
+    }
+    Ok(written)
+}
+
+/// Runs `write` on a batch, retrying when a concurrent delete removed a
+/// directory that had just become empty between our mkdir and our create.
+/// Failed writes leave no temp files and no directories they made.
+fn write_batch_with(
+    store: &FsStorage,
+    docs: &mut [DocumentWrite<'_>],
+    write: fn(&mut [DocumentWrite<'_>]) -> io::Result<()>,
+) -> io::Result<Vec<bool>> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let outcome = match journal {
-            Some(journal) => write_documents_journaled(docs, journal),
-            None => write_documents(docs),
-        };
-        match outcome {
+        match write(docs) {
             Ok(()) => return Ok(docs.iter().map(|d| d.outcome.unwrap_or(false)).collect()),
             Err(e) => {
                 for doc in docs.iter_mut() {
@@ -754,6 +847,18 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
+    async fn barrier(&self) -> io::Result<()> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        if journal.all_durable() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || journal.barrier())
+            .await
+            .map_err(io::Error::other)?
+    }
+
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
         let meta = not_found_is_none(fs::metadata(self.path(key)).await)?;
         Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
@@ -772,19 +877,25 @@ impl Storage for FsStorage {
     }
 
     async fn touch(&self, key: &str) -> io::Result<bool> {
-        let path = self.path(key);
-        tokio::task::spawn_blocking(move || touch_path(&path))
+        self.touch_all(vec![key.to_owned()])
             .await
-            .map_err(io::Error::other)?
+            .map(|found| found[0])
     }
 
     async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<bool>> {
         // One blocking call for all: a touch is a few fast syscalls, while a
         // hand-off to the blocking pool and back costs two thread switches.
+        // Under the keys' locks, a document another request is placing is
+        // found with its journal record appended, so the toucher's own
+        // later record (or barrier) covers it.
         let paths: Vec<PathBuf> = keys.iter().map(|key| self.path(key)).collect();
-        tokio::task::spawn_blocking(move || paths.iter().map(|path| touch_path(path)).collect())
-            .await
-            .map_err(io::Error::other)?
+        let store = self.clone_handle();
+        tokio::task::spawn_blocking(move || {
+            let _locks = store.key_locks.lock(keys.iter().map(String::as_str));
+            paths.iter().map(|path| touch_path(path)).collect()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
@@ -797,6 +908,7 @@ impl Storage for FsStorage {
         // from looking older than it.
         let cutoff = cutoff - TIMESTAMP_MARGIN;
         tokio::task::spawn_blocking(move || {
+            let _locks = store.key_locks.lock([key.as_str()]);
             let untouched = |p: &Path| -> io::Result<Option<bool>> {
                 Ok(not_found_is_none(std::fs::metadata(p))?
                     .map(|m| m.modified())
@@ -826,7 +938,7 @@ impl Storage for FsStorage {
             store.prune_empty_parents(&trash);
             if decided {
                 store.prune_empty_parents(&path);
-                store.record(&[ChangeRef::Remove { key: &key }], false)?;
+                store.append(&[ChangeRef::Remove { key: &key }])?;
             }
             Ok(decided)
         })
@@ -840,6 +952,7 @@ impl Storage for FsStorage {
         let to = self.path(to);
         let store = self.clone_handle();
         tokio::task::spawn_blocking(move || {
+            let locks = store.key_locks.lock([from_key.as_str(), to_key.as_str()]);
             let parent = to.parent().expect("keys have a parent");
             std::fs::create_dir_all(parent)?;
             if not_found_is_none(std::fs::rename(&from, &to))?.is_none() {
@@ -847,13 +960,12 @@ impl Storage for FsStorage {
             }
             std::fs::File::open(parent)?.sync_all()?;
             store.prune_empty_parents(&from);
-            store.record(
-                &[
-                    ChangeRef::Remove { key: &from_key },
-                    ChangeRef::Written { key: &to_key },
-                ],
-                true,
-            )?;
+            let sequence = store.append(&[
+                ChangeRef::Remove { key: &from_key },
+                ChangeRef::Written { key: &to_key },
+            ])?;
+            drop(locks);
+            store.wait_durable(sequence)?;
             Ok(true)
         })
         .await
@@ -898,10 +1010,11 @@ impl Storage for FsStorage {
         let store = self.clone_handle();
         let key = key.to_owned();
         tokio::task::spawn_blocking(move || {
+            let _locks = store.key_locks.lock([key.as_str()]);
             let removed = not_found_is_none(std::fs::remove_file(&path))?.is_some();
             if removed {
                 store.prune_empty_parents(&path);
-                store.record(&[ChangeRef::Remove { key: &key }], false)?;
+                store.append(&[ChangeRef::Remove { key: &key }])?;
             }
             Ok(removed)
         })
@@ -913,9 +1026,12 @@ impl Storage for FsStorage {
         let path = self.path(prefix);
         let store = self.clone_handle();
         let prefix = prefix.to_owned();
+        // Not under key locks: a prefix removed whole (an upload's
+        // directory) holds nothing another request writes.
         tokio::task::spawn_blocking(move || {
             not_found_is_none(std::fs::remove_dir_all(path))?;
-            store.record(&[ChangeRef::RemoveTree { prefix: &prefix }], false)
+            store.append(&[ChangeRef::RemoveTree { prefix: &prefix }])?;
+            Ok(())
         })
         .await
         .map_err(io::Error::other)?
@@ -1003,11 +1119,16 @@ impl Storage for FsStorage {
             drop(file);
             let parent = dest.parent().expect("keys have a parent");
             std::fs::create_dir_all(parent)?;
+            // The content is synced; the key's lock covers only the move and
+            // its record.
+            let locks = store.key_locks.lock([dest_key.as_str()]);
             std::fs::rename(&source, &dest)?;
             std::fs::File::open(parent)?.sync_all()?;
             // A removal of this key still in the journal (a collection, a
             // quarantine) must not be redone over the new content.
-            store.record(&[ChangeRef::Written { key: &dest_key }], true)
+            let sequence = store.append(&[ChangeRef::Written { key: &dest_key }])?;
+            drop(locks);
+            store.wait_durable(sequence)
         })
         .await
         .map_err(io::Error::other)?
@@ -1253,7 +1374,7 @@ mod tests {
             )
             .await
             .unwrap();
-        drop(store);
+        store.abandon();
         // What the power cut took: the written documents never reached the
         // disk, and the removal did not either.
         std::fs::remove_dir_all(root.join("r/tags/t")).unwrap();
@@ -1278,7 +1399,7 @@ mod tests {
             .put("r/link", Bytes::from_static(b"x"), WriteMode::Overwrite)
             .await
             .unwrap();
-        drop(store);
+        store.abandon();
         // Removed by hand after the process died: the page cache held the
         // write, so nothing the journal says is redone.
         std::fs::remove_file(dir.path().join("r/link")).unwrap();
@@ -1322,5 +1443,102 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(owner.get("r/link").await.unwrap().unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn a_large_document_written_in_place_is_not_undone_by_a_redo() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = open_on_boot(root, "boot-1");
+        let key = "blobs/sha256/bb/bb/data";
+        let big = Bytes::from(vec![b'{'; 9 << 20]);
+        assert!(store
+            .put(key, big.clone(), WriteMode::CreateIfAbsent)
+            .await
+            .unwrap());
+        assert!(store.delete(key).await.unwrap());
+        assert!(store
+            .put(key, big.clone(), WriteMode::CreateIfAbsent)
+            .await
+            .unwrap());
+        store.abandon();
+        let _store = open_on_boot(root, "boot-2");
+        assert_eq!(std::fs::read(root.join(key)).unwrap().len(), big.len());
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_then_a_machine_restart_brings_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = open_on_boot(root, "boot-1");
+        store
+            .put("r/link", Bytes::from_static(b"x"), WriteMode::Overwrite)
+            .await
+            .unwrap();
+        // The removal's record is not waited for: the close writes it.
+        assert!(store.delete("r/link").await.unwrap());
+        drop(store);
+        let _store = open_on_boot(root, "boot-2");
+        assert!(!root.join("r/link").exists());
+    }
+
+    /// Concurrent writes, deletes and collections of the same few keys:
+    /// replayed from an empty store, the journal rebuilds exactly the state
+    /// they left, so its records are in the order the files changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_redo_from_nothing_rebuilds_what_concurrent_changes_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = std::sync::Arc::new(open_on_boot(root, "boot-1"));
+        let keys: Vec<String> = (0..2).map(|k| format!("r/k{k}/link")).collect();
+        let workers: Vec<_> = (0..8u64)
+            .map(|w| {
+                let (store, keys) = (store.clone(), keys.clone());
+                tokio::spawn(async move {
+                    let mut seed = w * 7919 + 1;
+                    for i in 0..300u64 {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let key = &keys[(seed >> 33) as usize % keys.len()];
+                        match (seed >> 40) % 3 {
+                            0 => {
+                                let body = Bytes::from(format!("w{w}-{i}"));
+                                store.put(key, body, WriteMode::Overwrite).await.unwrap();
+                            }
+                            1 => {
+                                store.delete(key).await.unwrap();
+                            }
+                            _ => {
+                                let cutoff = SystemTime::now() + Duration::from_secs(3600);
+                                store.delete_if_untouched_since(key, cutoff).await.unwrap();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        // A last durable write: every record before it is synced too.
+        store
+            .put("r/last", Bytes::from_static(b"x"), WriteMode::Overwrite)
+            .await
+            .unwrap();
+        let live: Vec<Option<Vec<u8>>> = keys
+            .iter()
+            .map(|k| std::fs::read(root.join(k)).ok())
+            .collect();
+        std::sync::Arc::into_inner(store).unwrap().abandon();
+        // The power cut took every document: only the journal remains.
+        std::fs::remove_dir_all(root.join("r")).unwrap();
+        let _store = open_on_boot(root, "boot-2");
+        let redone: Vec<Option<Vec<u8>>> = keys
+            .iter()
+            .map(|k| std::fs::read(root.join(k)).ok())
+            .collect();
+        assert_eq!(redone, live);
+        assert!(root.join("r/last").exists());
     }
 }

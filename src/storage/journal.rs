@@ -57,7 +57,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            capacity: 8 << 20,
+            capacity: 32 << 20,
             checkpoint_after: Duration::from_secs(1),
         }
     }
@@ -250,6 +250,17 @@ fn read_records(
     Ok(records)
 }
 
+/// A generation for a file's next turn: random, so that no record left in
+/// the file (whatever its header says after a torn write) can belong to it.
+fn new_generation(current: u64) -> u64 {
+    loop {
+        let (generation, _) = uuid::Uuid::new_v4().as_u64_pair();
+        if generation != current && generation != 0 {
+            return generation;
+        }
+    }
+}
+
 fn sync_filesystem(dir: &File) -> io::Result<()> {
     // SAFETY: a valid open descriptor; syncfs only reads it.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
@@ -278,11 +289,15 @@ struct State {
     durable: u64,
     /// A writer is writing and syncing the active file.
     writing: bool,
-    next_generation: u64,
-    /// Sequences (first, last) of batches whose write or sync failed: their
-    /// writers get the error; later records go on.
-    failures: Vec<(u64, u64, String)>,
+    /// A journal write, sync or checkpoint failed (a failing disk): from
+    /// this sequence on nothing is durable, every writer waiting for it
+    /// gets the error, and no record is taken again until the store is
+    /// reopened (and replays what was synced).
+    failed: Option<(u64, String)>,
     stop: bool,
+    /// Stop without the closing checkpoint: what a killed process leaves
+    /// (tests).
+    abandon: bool,
     /// Data syncs of the journal, and records they covered (for tests and
     /// the log).
     syncs: u64,
@@ -406,7 +421,6 @@ impl Journal {
         } else {
             Vec::new()
         };
-        let next_generation = generations.iter().max().copied().unwrap_or(0) + 1;
         let slot = |generation| Slot {
             generation,
             offset: HEADER_LEN,
@@ -425,14 +439,14 @@ impl Journal {
                 tuning,
                 state: Mutex::new(State {
                     active: 0,
-                    slots: [slot(0), slot(0)],
+                    slots: [slot(generations[0]), slot(generations[1])],
                     pending: Vec::new(),
                     next_sequence: 0,
                     durable: 0,
                     writing: false,
-                    next_generation,
-                    failures: Vec::new(),
+                    failed: None,
                     stop: false,
+                    abandon: false,
                     syncs: 0,
                     records: 0,
                 }),
@@ -448,6 +462,17 @@ impl Journal {
     /// Appends a record of `changes`; with `wait`, returns once it is
     /// durable (and so is every record appended before it).
     pub fn record(&self, changes: &[ChangeRef<'_>], wait: bool) -> io::Result<()> {
+        let sequence = self.append(changes)?;
+        if wait {
+            self.wait_durable(sequence)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends a record of `changes` to be written soon; its sequence, for
+    /// [`Journal::wait_durable`].
+    pub fn append(&self, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
         let payload = encode(changes)?;
         if payload.len() > self.max_record() {
             return Err(io::Error::new(
@@ -455,23 +480,28 @@ impl Journal {
                 "record larger than the journal takes",
             ));
         }
-        let shared = &self.shared;
-        let mut state = shared.lock();
+        let mut state = self.shared.lock();
+        if let Some((_, error)) = &state.failed {
+            return Err(io::Error::other(error.clone()));
+        }
         state.next_sequence += 1;
         let sequence = state.next_sequence;
         state.pending.push((sequence, payload));
-        if !wait {
-            // The checkpointer writes it soon.
-            shared.work.notify_one();
-            return Ok(());
-        }
+        // Written by the next writer that waits, or by the checkpointer.
+        self.shared.work.notify_one();
+        Ok(sequence)
+    }
+
+    /// Returns once every record up to `sequence` is durable, writing
+    /// pending records itself when no other writer is.
+    pub fn wait_durable(&self, sequence: u64) -> io::Result<()> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
         loop {
-            let failed = state
-                .failures
-                .iter()
-                .find(|(first, last, _)| (*first..=*last).contains(&sequence));
-            if let Some((_, _, error)) = failed {
-                return Err(io::Error::other(error.clone()));
+            if let Some((from, error)) = &state.failed {
+                if sequence >= *from {
+                    return Err(io::Error::other(error.clone()));
+                }
             }
             if state.durable >= sequence {
                 return Ok(());
@@ -489,6 +519,21 @@ impl Journal {
         }
     }
 
+    /// Whether every record appended so far is durable (a barrier would
+    /// return at once).
+    pub fn all_durable(&self) -> bool {
+        let state = self.shared.lock();
+        state.failed.is_none() && state.durable >= state.next_sequence
+    }
+
+    /// Returns once every record appended so far is durable: for a writer
+    /// that relies on what another placed (found it unchanged) and appends
+    /// nothing of its own.
+    pub fn barrier(&self) -> io::Result<()> {
+        let appended = self.shared.lock().next_sequence;
+        self.wait_durable(appended)
+    }
+
     /// The largest record (in [`record_len`] bytes) the journal takes: a
     /// bigger write goes the direct way.
     pub fn max_record(&self) -> usize {
@@ -499,6 +544,15 @@ impl Journal {
     pub fn counts(&self) -> (u64, u64) {
         let state = self.shared.lock();
         (state.syncs, state.records)
+    }
+}
+
+impl Journal {
+    /// Stops as a killed process would: no closing checkpoint, records
+    /// left for the next opener (tests of recovery).
+    pub fn abandon(self) {
+        self.shared.lock().abandon = true;
+        drop(self);
     }
 }
 
@@ -523,8 +577,7 @@ impl Recovery {
         {
             let mut state = shared.lock();
             for i in 0..2 {
-                let generation = state.next_generation;
-                state.next_generation += 1;
+                let generation = new_generation(state.slots[i].generation);
                 shared.reset(i, generation)?;
                 state.slots[i].generation = generation;
             }
@@ -577,6 +630,15 @@ impl Shared {
         Ok(())
     }
 
+    /// Marks the journal failed from `sequence` on and wakes every writer.
+    fn fail(&self, state: &mut State, sequence: u64, error: String) {
+        if state.failed.is_none() {
+            state.failed = Some((sequence, error));
+        }
+        state.pending.clear();
+        self.changed.notify_all();
+    }
+
     /// Writes and syncs as many pending records as the active file has room
     /// for, passing the turn to the other file when this one is full. Called
     /// with `writing` false; the lock is released during the I/O.
@@ -624,6 +686,10 @@ impl Shared {
         let mut state = self.lock();
         state.writing = false;
         let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
+        if !state.pending.is_empty() {
+            // Appended meanwhile by writers that do not wait.
+            self.work.notify_one();
+        }
         match written {
             Ok(()) => {
                 let slot = &mut state.slots[active];
@@ -638,17 +704,11 @@ impl Shared {
                 state.records += batch.len() as u64;
             }
             Err(e) => {
-                // The file's offset stays: the next batch overwrites what
-                // may have landed, and reading stops at its end (sequences
-                // only grow).
-                tracing::error!(error = %e, "the write-ahead journal could not be written");
-                state.durable = last;
-                state
-                    .failures
-                    .push((first, last, format!("journal write failed: {e}")));
-                if state.failures.len() > 4096 {
-                    state.failures.drain(..2048);
-                }
+                tracing::error!(
+                    error = %e,
+                    "the write-ahead journal could not be written: no write is acknowledged until restart"
+                );
+                self.fail(&mut state, first, format!("journal write failed: {e}"));
             }
         }
         self.changed.notify_all();
@@ -662,13 +722,15 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if state.stop {
+                if !state.abandon {
+                    self.close(state);
+                }
                 return;
             }
             let active = state.active;
             let other = 1 - active;
-            if state.slots[other].oldest.is_some() {
-                let generation = state.next_generation;
-                state.next_generation += 1;
+            if state.failed.is_none() && state.slots[other].oldest.is_some() {
+                let generation = new_generation(state.slots[other].generation);
                 drop(state);
                 let done = self
                     .sync_filesystems()
@@ -684,17 +746,17 @@ impl Shared {
                         self.changed.notify_all();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "journal checkpoint failed; retrying");
-                        state = self
-                            .work
-                            .wait_timeout(state, self.tuning.checkpoint_after)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .0;
+                        tracing::error!(
+                            error = %e,
+                            "journal checkpoint failed: no write is acknowledged until restart"
+                        );
+                        let from = state.durable + 1;
+                        self.fail(&mut state, from, format!("journal checkpoint failed: {e}"));
                     }
                 }
                 continue;
             }
-            if !state.writing {
+            if !state.writing && state.failed.is_none() {
                 if let Some(oldest) = state.slots[active].oldest {
                     if oldest.elapsed() >= self.tuning.checkpoint_after {
                         state.active = other;
@@ -706,18 +768,55 @@ impl Shared {
                     continue;
                 }
             }
-            let timeout = match state.slots[active].oldest {
-                Some(oldest) => self
-                    .tuning
-                    .checkpoint_after
-                    .saturating_sub(oldest.elapsed()),
-                None => Duration::from_secs(3600),
+            let timeout = if !state.pending.is_empty() {
+                // A writer is writing; what remains is written after it.
+                Duration::from_millis(5)
+            } else {
+                match state.slots[active].oldest {
+                    Some(oldest) => self
+                        .tuning
+                        .checkpoint_after
+                        .saturating_sub(oldest.elapsed()),
+                    None => Duration::from_secs(3600),
+                }
             };
             state = self
                 .work
                 .wait_timeout(state, timeout.max(Duration::from_millis(1)))
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+        }
+    }
+
+    /// A clean stop: what is pending is written, then everything is
+    /// checkpointed, so that a later replay (after a machine restart) has
+    /// nothing to redo, in particular no write whose removal was pending.
+    fn close<'a>(&'a self, mut state: MutexGuard<'a, State>) {
+        while state.failed.is_none() && !state.pending.is_empty() {
+            if state.writing {
+                state = self.wait(state);
+                continue;
+            }
+            let progress;
+            (state, progress) = self.write_pending(state);
+            if let Progress::Full = progress {
+                break; // the checkpoint below voids both files anyway
+            }
+        }
+        if state.failed.is_some() || state.slots.iter().all(|slot| slot.oldest.is_none()) {
+            return;
+        }
+        let generations = state
+            .slots
+            .each_ref()
+            .map(|slot| new_generation(slot.generation));
+        drop(state);
+        let closed = self.sync_filesystems().and_then(|()| {
+            self.reset(0, generations[0])?;
+            self.reset(1, generations[1])
+        });
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "journal not checkpointed at close: the next start replays it");
         }
     }
 }
@@ -956,6 +1055,35 @@ mod tests {
     /// Stops the checkpointer and releases the lock without a checkpoint,
     /// as a killed process would leave the files.
     fn stop_without_checkpoint(journal: Journal) {
+        journal.abandon();
+    }
+
+    #[test]
+    fn a_clean_close_leaves_nothing_to_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        journal.record(&[put("k", b"1")], true).unwrap();
+        // A removal nobody waited for is still pending when the store closes.
+        journal
+            .record(&[ChangeRef::Remove { key: "k" }], false)
+            .unwrap();
         drop(journal);
+        assert!(reopen(dir.path(), "boot-2", never_by_age(1 << 20))
+            .1
+            .is_empty());
+    }
+
+    #[test]
+    fn a_barrier_waits_for_records_appended_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let sequence = journal.append(&[put("k", b"1")]).unwrap();
+        journal.barrier().unwrap();
+        assert!(journal.shared.lock().durable >= sequence);
+        stop_without_checkpoint(journal);
+        assert_eq!(
+            reopen(dir.path(), "boot-2", never_by_age(1 << 20)).1.len(),
+            1
+        );
     }
 }

@@ -105,6 +105,13 @@ pub trait Storage: Send + Sync + 'static {
         Ok(written)
     }
 
+    /// Returns once every write this store has made visible so far is
+    /// durable: for a caller that acknowledges what it found, not what it
+    /// wrote (a write waits for its own durability).
+    async fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The size of a stored object, or `None` when it does not exist.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
 
