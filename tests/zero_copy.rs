@@ -2,7 +2,8 @@
 //! socket: the bytes must be the blob's, for whole and ranged reads, on
 //! reused connections, for ranges that are not in the page cache, and never
 //! through the zero-copy path where it must not be taken (HTTP/2, content
-//! not verified yet).
+//! not verified yet, a download alone). A companion download held open
+//! keeps the others beside one, where `sendfile` is used.
 //!
 //! One test function: the check that the path was taken reads a
 //! process-wide counter, so nothing else in this binary may pull blobs.
@@ -119,6 +120,25 @@ fn evict(path: &std::path::Path) {
     assert_eq!(rc, 0, "posix_fadvise");
 }
 
+/// Starts a download of a blob larger than the socket buffers and reads
+/// only its head: the server's response stays in progress (and, alone when
+/// it started, is copied: it sends nothing by `sendfile`).
+async fn companion(registry: &TestRegistry) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let content = random_bytes(48 * 1024 * 1024, 0x5bd1_e995);
+    let digest = registry.push_blob("zc/companion", &content).await;
+    assert_eq!(zero_copy::downloads_in_flight(), 0);
+    let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
+        .await
+        .unwrap();
+    let request = format!("GET /v2/zc/companion/blobs/{digest} HTTP/1.1\r\nHost: registry\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 64 * 1024];
+    assert!(stream.read(&mut head).await.unwrap() > 0);
+    assert_eq!(zero_copy::downloads_in_flight(), 1);
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     let registry = TestRegistry::start().await;
@@ -126,6 +146,14 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     let content = random_bytes(size, 0x9e37_79b9_7f4a_7c15);
     let digest = registry.push_blob("zc/app", &content).await;
     let path = format!("/v2/zc/app/blobs/{digest}");
+
+    // A download alone is copied, and exact.
+    let before = zero_copy::bytes_sent();
+    let body = get_bytes(&registry, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "alone");
+    assert_eq!(settled().await, before, "a download alone is copied");
+
+    let companion = companion(&registry).await;
 
     // Committed by this process, so verified: the whole blob goes by sendfile.
     let before = zero_copy::bytes_sent();
@@ -232,4 +260,18 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     let body = get_bytes(&second, &path, None).await;
     assert_eq!(sha256_digest(&body), digest);
     expect_sent(before, size as u64).await;
+
+    // Once the companion is gone, a download is alone again: copied.
+    drop(companion);
+    for _ in 0..500 {
+        if zero_copy::downloads_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(zero_copy::downloads_in_flight(), 0, "the companion ended");
+    let before = settled().await;
+    let body = get_bytes(&registry, &path, None).await;
+    assert_eq!(sha256_digest(&body), digest, "alone again");
+    assert_eq!(settled().await, before, "alone again: copied");
 }

@@ -4,9 +4,10 @@ use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use super::range::{self, RangeRequest};
-use super::zero_copy::ZeroCopy;
+use super::zero_copy::{Download, ZeroCopy};
 use super::{digest_param, header_str, repository_name, ApiResult, DOCKER_CONTENT_DIGEST};
 use crate::oci::ErrorCode;
 use crate::registry::Registry;
@@ -56,14 +57,24 @@ pub async fn get(
     if !with_body || length == 0 {
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
+    let download = Download::start();
     if let Some(zero_copy) = parts.extensions.get::<ZeroCopy>() {
-        if let Some(local) = registry.blob_file(&blob).await? {
-            let body = Body::new(zero_copy.body(local.file, range.unwrap_or(0..size)));
-            return Ok(response.body(body).expect("valid response"));
+        if download.zero_copy_pays() {
+            if let Some(local) = registry.blob_file(&blob).await? {
+                let range = range.unwrap_or(0..size);
+                let body = Body::new(zero_copy.body(local.file, range, download));
+                return Ok(response.body(body).expect("valid response"));
+            }
         }
     }
-    let body = Body::from_stream(registry.read_blob(&blob, range).await?);
-    Ok(response.body(body).expect("valid response"))
+    // Counted while the stream lives: the closure owns the count.
+    let stream = registry.read_blob(&blob, range).await?.map(move |chunk| {
+        let _counted = &download;
+        chunk
+    });
+    Ok(response
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
 }
 
 pub async fn delete(registry: &Registry, name: &str, digest: &str) -> ApiResult {

@@ -682,12 +682,49 @@ impl ReadAhead {
         self.next += len;
         let file = self.file.clone();
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buffer = bytes::BytesMut::zeroed(len as usize);
-            file.read_exact_at(&mut buffer, offset)?;
-            Ok(buffer.freeze())
+            read_exact_at(&file, len as usize, offset)
         }));
     }
+}
+
+/// Reads `len` bytes at `offset` into a new buffer that is not zeroed first:
+/// a blob read would otherwise pass over every byte one more time.
+pub fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buffer = bytes::BytesMut::with_capacity(len);
+    while buffer.len() < len {
+        let filled = buffer.len();
+        let at = libc::off_t::try_from(offset + filled as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        let spare = buffer.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `len - filled` bytes into the
+        // spare capacity, which has room for them; only what it wrote is
+        // then counted as the buffer's.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - filled,
+                at,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended before its size",
+            ));
+        }
+        // SAFETY: the first `filled + n` bytes are initialised now.
+        unsafe { buffer.set_len(filled + n as usize) };
+    }
+    Ok(buffer.freeze())
 }
 
 /// Counts a blob read in [`ACTIVE_READS`] while it lives.
