@@ -918,6 +918,16 @@ mod tests {
         }
     }
 
+    /// A journal as the first process on "boot-1" opens it.
+    fn start(root: &Path) -> Journal {
+        reopen(root, "boot-1", never_by_age(1 << 20)).0
+    }
+
+    /// What a process on `boot` replays, opening the journal after a stop.
+    fn replayed(root: &Path, boot: &str) -> Vec<Change> {
+        reopen(root, boot, never_by_age(1 << 20)).1
+    }
+
     fn reopen(root: &Path, boot: &str, tuning: Tuning) -> (Journal, Vec<Change>) {
         let mut recovery = Journal::open(root, boot, tuning).unwrap().unwrap();
         let replay = std::mem::take(&mut recovery.replay);
@@ -927,7 +937,7 @@ mod tests {
     #[test]
     fn a_new_boot_replays_what_the_last_one_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let journal = start(dir.path());
         journal.record(&[put("k", b"1")], true).unwrap();
         journal
             .record(&[ChangeRef::Remove { key: "k" }], false)
@@ -951,20 +961,16 @@ mod tests {
         );
         // Reopening reset the journal: nothing is replayed twice.
         stop_without_checkpoint(journal);
-        assert!(reopen(dir.path(), "boot-3", never_by_age(1 << 20))
-            .1
-            .is_empty());
+        assert!(replayed(dir.path(), "boot-3").is_empty());
     }
 
     #[test]
     fn the_same_boot_replays_nothing_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let journal = start(dir.path());
         journal.record(&[put("k", b"1")], true).unwrap();
         stop_without_checkpoint(journal);
-        assert!(reopen(dir.path(), "boot-1", never_by_age(1 << 20))
-            .1
-            .is_empty());
+        assert!(replayed(dir.path(), "boot-1").is_empty());
     }
 
     #[test]
@@ -1042,7 +1048,7 @@ mod tests {
     #[test]
     fn a_second_opener_gets_no_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let journal = start(dir.path());
         assert!(Journal::open(dir.path(), "boot-1", never_by_age(1 << 20))
             .unwrap()
             .is_none());
@@ -1061,29 +1067,24 @@ mod tests {
     #[test]
     fn a_clean_close_leaves_nothing_to_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let journal = start(dir.path());
         journal.record(&[put("k", b"1")], true).unwrap();
         // A removal nobody waited for is still pending when the store closes.
         journal
             .record(&[ChangeRef::Remove { key: "k" }], false)
             .unwrap();
         drop(journal);
-        assert!(reopen(dir.path(), "boot-2", never_by_age(1 << 20))
-            .1
-            .is_empty());
+        assert!(replayed(dir.path(), "boot-2").is_empty());
     }
 
     #[test]
     fn a_barrier_waits_for_records_appended_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = reopen(dir.path(), "boot-1", never_by_age(1 << 20));
+        let journal = start(dir.path());
         let sequence = journal.append(&[put("k", b"1")]).unwrap();
         journal.barrier().unwrap();
         assert!(journal.shared.lock().durable >= sequence);
         stop_without_checkpoint(journal);
-        assert_eq!(
-            reopen(dir.path(), "boot-2", never_by_age(1 << 20)).1.len(),
-            1
-        );
+        assert_eq!(replayed(dir.path(), "boot-2").len(), 1);
     }
 }
