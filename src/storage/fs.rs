@@ -51,8 +51,8 @@ pub struct FsStorage {
     /// Names this boot of the machine: upload content that was not fsynced
     /// survives a process crash (the page cache does) but not a reboot.
     boot_id: String,
-    /// The write-ahead journal, when this process owns it.
-    journal: Option<std::sync::Arc<Journal>>,
+    /// The write-ahead journal, once this process owns it.
+    journal: std::sync::Arc<JournalSlot>,
     key_locks: std::sync::Arc<KeyLocks>,
 }
 
@@ -74,13 +74,32 @@ impl FsStorage {
     /// boot to see what a machine restart replays.
     pub fn open_as(root: PathBuf, boot_id: String, tuning: Tuning) -> io::Result<FsStorage> {
         std::fs::create_dir_all(&root)?;
-        let mut store = FsStorage {
+        let store = FsStorage {
             root,
             boot_id,
-            journal: None,
+            journal: std::sync::Arc::new(JournalSlot {
+                journal: std::sync::OnceLock::new(),
+                retry_at: std::sync::Mutex::new(None),
+                tuning,
+            }),
             key_locks: std::sync::Arc::new(KeyLocks::new()),
         };
-        let recovery = match Journal::open(&store.root, &store.boot_id, tuning) {
+        if !store.take_journal()? {
+            *store
+                .journal
+                .retry_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now() + store.journal.tuning.retry_after);
+        }
+        Ok(store)
+    }
+
+    /// Takes the journal (redoing what it holds after a machine restart);
+    /// false when another process holds it (a later write tries again).
+    fn take_journal(&self) -> io::Result<bool> {
+        let slot = &self.journal;
+        let recovery = match Journal::open(&self.root, &self.boot_id, slot.tuning) {
             Ok(recovery) => recovery,
             // A store this process may not write needs no journal (its
             // writes fail anyway); a full disk has no room for one, and
@@ -92,27 +111,52 @@ impl FsStorage {
                 ) =>
             {
                 tracing::warn!(error = %e, "no write-ahead journal: writes sync themselves");
-                None
+                return Ok(true);
             }
             Err(e) => return Err(e),
         };
-        match recovery {
-            None => tracing::info!(
-                "another process owns the store's journal: this one syncs each write itself"
-            ),
-            Some(mut recovery) => {
-                let replay = std::mem::take(&mut recovery.replay);
-                if !replay.is_empty() {
-                    tracing::warn!(
-                        changes = replay.len(),
-                        "the machine restarted: redoing the journal's changes"
-                    );
-                    store.redo(replay)?;
-                }
-                store.journal = Some(std::sync::Arc::new(recovery.finish()?));
-            }
+        let Some(mut recovery) = recovery else {
+            tracing::info!(
+                "another process holds the store's journal: writes sync themselves until it lets go"
+            );
+            return Ok(false);
+        };
+        let replay = std::mem::take(&mut recovery.replay);
+        if !replay.is_empty() {
+            tracing::warn!(
+                changes = replay.len(),
+                "the machine restarted: redoing the journal's changes"
+            );
+            self.redo(replay)?;
         }
-        Ok(store)
+        // Only this call's caller can be setting it (see `journal`).
+        let _ = slot.journal.set(recovery.finish()?);
+        Ok(true)
+    }
+
+    /// The journal, if this process owns it; taken now if the process that
+    /// held it has let go (tried at most every `retry_after`). Called from
+    /// blocking code only.
+    fn journal(&self) -> Option<&Journal> {
+        let slot = &self.journal;
+        if let Some(journal) = slot.journal.get() {
+            return Some(journal);
+        }
+        let mut retry_at = slot.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        match *retry_at {
+            Some(at) if std::time::Instant::now() >= at => *retry_at = None,
+            _ => return None,
+        }
+        // Held while taking: one try at a time.
+        match self.take_journal() {
+            Ok(true) => {}
+            Ok(false) => {
+                *retry_at = Some(std::time::Instant::now() + slot.tuning.retry_after);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not take the write-ahead journal"),
+        }
+        drop(retry_at);
+        slot.journal.get()
     }
 
     /// Applies changes read back from the journal, in order. A change to
@@ -166,10 +210,9 @@ impl FsStorage {
     /// the next opener (tests of recovery).
     #[cfg(test)]
     fn abandon(self) {
-        if let Some(journal) = self.journal {
-            std::sync::Arc::into_inner(journal)
-                .expect("no other handle of the store")
-                .abandon();
+        let slot = std::sync::Arc::into_inner(self.journal).expect("no other handle of the store");
+        if let Some(journal) = slot.journal.into_inner() {
+            journal.abandon();
         }
     }
 
@@ -178,13 +221,14 @@ impl FsStorage {
     /// [`KeyLocks`]); its sequence, for [`FsStorage::wait_durable`].
     fn append(&self, changes: &[ChangeRef<'_>]) -> io::Result<Option<u64>> {
         self.journal
-            .as_ref()
+            .journal
+            .get()
             .map(|journal| journal.append(changes))
             .transpose()
     }
 
     fn wait_durable(&self, sequence: Option<u64>) -> io::Result<()> {
-        match (&self.journal, sequence) {
+        match (self.journal.journal.get(), sequence) {
             (Some(journal), Some(sequence)) => journal.wait_durable(sequence),
             _ => Ok(()),
         }
@@ -293,6 +337,25 @@ fn open_upload_at(path: &Path, offset: u64) -> io::Result<std::fs::File> {
     file.set_len(offset)?;
     file.seek(io::SeekFrom::Start(offset))?;
     Ok(file)
+}
+
+/// `create_dir_all` that outlasts a concurrent prune of the directories it
+/// is making (another request removing a directory that became empty).
+fn make_dirs(dir: &Path) -> io::Result<()> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempts < 5
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                    ) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
@@ -468,6 +531,17 @@ fn place_documents(docs: &mut [DocumentWrite<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// The store's journal once this process owns it: taken when the store
+/// opens, or later, when the process that held it (a `berth fsck`, a `berth
+/// gc`) has let go.
+struct JournalSlot {
+    journal: std::sync::OnceLock<Journal>,
+    /// When to try again to take a journal another process held; `None`:
+    /// not to (taken, or the store cannot hold one).
+    retry_at: std::sync::Mutex<Option<std::time::Instant>>,
+    tuning: Tuning,
+}
+
 /// Locks that order the changes to one key with their journal records: a
 /// change and the appending of its record happen under the lock of the
 /// key's stripe, so records of one key are in the order its file changed,
@@ -555,7 +629,7 @@ fn start_writeback(file: &std::fs::File) {
 /// Writes a batch in one blocking call: through the journal when this
 /// process owns it, each document synced in place otherwise.
 fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<Vec<bool>> {
-    let Some(journal) = store.journal.as_deref() else {
+    let Some(journal) = store.journal() else {
         return write_batch_with(store, docs, write_documents);
     };
     let puts = |docs: &[DocumentWrite<'_>]| -> usize {
@@ -611,7 +685,7 @@ fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<
 }
 
 /// Runs `write` on a batch, retrying when a concurrent delete removed a
-/// directory that had just become empty between our mkdir and our create.
+/// directory that had just become empty while we made or used it.
 /// Failed writes leave no temp files and no directories they made.
 fn write_batch_with(
     store: &FsStorage,
@@ -629,7 +703,16 @@ fn write_batch_with(
                         let _ = std::fs::remove_file(temp);
                     }
                 }
-                if e.kind() == io::ErrorKind::NotFound && attempts < 3 {
+                // NotFound: a directory we made was removed before our
+                // create. AlreadyExists: `create_dir_all` saw a directory
+                // that a concurrent prune removed before it could check it
+                // (create-only writes report an existing document as
+                // "not written", never as this error).
+                let raced = matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                );
+                if raced && attempts < 3 {
                     continue;
                 }
                 // Directories made for a write that failed (a full disk)
@@ -885,15 +968,16 @@ impl Storage for FsStorage {
     }
 
     async fn barrier(&self) -> io::Result<()> {
-        let Some(journal) = self.journal.clone() else {
-            return Ok(());
-        };
-        if journal.all_durable() {
+        let slot = self.journal.clone();
+        if slot.journal.get().is_none_or(Journal::all_durable) {
             return Ok(());
         }
-        tokio::task::spawn_blocking(move || journal.barrier())
-            .await
-            .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || match slot.journal.get() {
+            Some(journal) => journal.barrier(),
+            None => Ok(()),
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
@@ -958,9 +1042,21 @@ impl Storage for FsStorage {
             // Moved aside first, the object can no longer be touched under
             // its name: a touch either landed before the move (and shows in
             // the moved file's time, so it is put back) or fails.
-            std::fs::create_dir_all(trash.parent().expect("keys have a parent"))?;
-            if not_found_is_none(std::fs::rename(&path, &trash))?.is_none() {
-                return Ok(false);
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                make_dirs(trash.parent().expect("keys have a parent"))?;
+                match std::fs::rename(&path, &trash) {
+                    Ok(()) => break,
+                    // Another collection pruned the trash directory we made.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => {
+                        if !path.exists() {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(e),
+                }
             }
             // Gone from the trash: another process opening the store put it
             // back (see `restore_trash`); the next collection decides again.
@@ -1474,12 +1570,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let owner = open_on_boot(dir.path(), "boot-1");
         let other = open_on_boot(dir.path(), "boot-1");
-        assert!(owner.journal.is_some() && other.journal.is_none());
+        assert!(owner.journal.journal.get().is_some());
+        assert!(other.journal.journal.get().is_none());
         assert!(other
             .put("r/link", Bytes::from_static(b"x"), WriteMode::Overwrite)
             .await
             .unwrap());
         assert_eq!(owner.get("r/link").await.unwrap().unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn a_store_takes_the_journal_once_the_process_holding_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = open_on_boot(dir.path(), "boot-1");
+        let tuning = Tuning {
+            retry_after: Duration::ZERO,
+            ..Tuning::default()
+        };
+        let later = FsStorage::open_as(dir.path().to_path_buf(), "boot-1".into(), tuning).unwrap();
+        let put = |store: &FsStorage, key: &'static str| {
+            let store = store.clone_handle();
+            async move {
+                store
+                    .put(key, Bytes::from_static(b"x"), WriteMode::Overwrite)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(put(&later, "r/a").await);
+        assert!(later.journal.journal.get().is_none(), "still held");
+        drop(owner);
+        assert!(put(&later, "r/b").await);
+        assert!(
+            later.journal.journal.get().is_some(),
+            "taken at the next write"
+        );
     }
 
     #[tokio::test]

@@ -52,6 +52,9 @@ pub struct Tuning {
     /// replay redoes, and how long a deleted object can come back after a
     /// machine crash.
     pub checkpoint_after: Duration,
+    /// How often a store whose journal another process holds tries again
+    /// to take it.
+    pub retry_after: Duration,
 }
 
 impl Default for Tuning {
@@ -59,6 +62,7 @@ impl Default for Tuning {
         Tuning {
             capacity: 32 << 20,
             checkpoint_after: Duration::from_secs(1),
+            retry_after: Duration::from_secs(10),
         }
     }
 }
@@ -915,6 +919,7 @@ mod tests {
         Tuning {
             capacity,
             checkpoint_after: Duration::from_secs(3600),
+            ..Tuning::default()
         }
     }
 
@@ -979,6 +984,7 @@ mod tests {
         let tuning = Tuning {
             capacity: 1 << 20,
             checkpoint_after: Duration::from_millis(50),
+            ..Tuning::default()
         };
         let (journal, _) = reopen(dir.path(), "boot-1", tuning);
         journal.record(&[put("old", b"1")], true).unwrap();
