@@ -178,17 +178,15 @@ impl Registry {
     /// requirement not wholly there, if any. A child manifest's own
     /// requirements are touched too: they may be old and kept by nothing but
     /// that child, and a collection running now must keep the whole child.
-    fn touch_requirements<'a>(
-        &'a self,
-        name: &'a RepositoryName,
-        requirements: &'a [Requirement],
-    ) -> BoxFuture<'a, Result<Option<Digest>>> {
-        Box::pin(async move {
-            let (missing, _) = self
-                .touch_requirements_and(name, requirements, Vec::new())
-                .await?;
-            Ok(missing)
-        })
+    async fn touch_requirements(
+        &self,
+        name: &RepositoryName,
+        requirements: &[Requirement],
+    ) -> Result<Option<Digest>> {
+        let (missing, _) = self
+            .touch_requirements_and(name, requirements, Vec::new())
+            .await?;
+        Ok(missing)
     }
 
     /// [`Registry::touch_requirements`], touching `extra` keys in the same

@@ -186,7 +186,7 @@ impl FsStorage {
             match change {
                 Change::Put { data, .. } => {
                     if !holds(&path, data)? {
-                        std::fs::create_dir_all(path.parent().expect("keys have a parent"))?;
+                        make_dirs(path.parent().expect("keys have a parent"))?;
                         let temp = temp_sibling(&path);
                         std::fs::write(&temp, data)?;
                         std::fs::rename(&temp, &path)?;
@@ -321,7 +321,7 @@ impl FsStorage {
 /// failed earlier attempt left past it (the session's offset is the truth).
 fn open_upload_at(path: &Path, offset: u64) -> io::Result<std::fs::File> {
     use std::io::Seek;
-    std::fs::create_dir_all(path.parent().expect("keys have a parent"))?;
+    make_dirs(path.parent().expect("keys have a parent"))?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -431,7 +431,7 @@ fn prepare_document(doc: &mut DocumentWrite<'_>, sync_follows: bool) -> io::Resu
         doc.outcome = Some(false);
         return Ok(());
     }
-    std::fs::create_dir_all(doc.path.parent().expect("keys have a parent"))?;
+    make_dirs(doc.path.parent().expect("keys have a parent"))?;
     let create_only = matches!(doc.mode, WriteMode::CreateIfAbsent | WriteMode::Record);
     if doc.data.is_empty() && create_only {
         // An empty file appears whole: no temp file, no data sync.
@@ -632,19 +632,10 @@ fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<
     let Some(journal) = store.journal() else {
         return write_batch_with(store, docs, write_documents);
     };
-    let puts = |docs: &[DocumentWrite<'_>]| -> usize {
-        let changes: Vec<ChangeRef<'_>> = docs
-            .iter()
-            .map(|d| ChangeRef::Put {
-                key: d.key,
-                data: d.data,
-            })
-            .collect();
-        journal::record_len(&changes)
-    };
     // A batch too big for one record (a huge manifest) is synced in place,
     // and recorded as written so that no older change to it is redone.
-    let fits = puts(docs) <= journal.max_record();
+    let record_len: usize = docs.iter().map(|d| journal::put_len(d.key, d.data)).sum();
+    let fits = record_len <= journal.max_record();
     let locks = store.key_locks.lock(docs.iter().map(|d| d.key));
     let written = if fits {
         write_batch_with(store, docs, place_documents)?
@@ -685,7 +676,7 @@ fn write_batch(store: &FsStorage, docs: &mut [DocumentWrite<'_>]) -> io::Result<
 }
 
 /// Runs `write` on a batch, retrying when a concurrent delete removed a
-/// directory that had just become empty while we made or used it.
+/// directory that had just become empty between our mkdir and our create.
 /// Failed writes leave no temp files and no directories they made.
 fn write_batch_with(
     store: &FsStorage,
@@ -703,16 +694,7 @@ fn write_batch_with(
                         let _ = std::fs::remove_file(temp);
                     }
                 }
-                // NotFound: a directory we made was removed before our
-                // create. AlreadyExists: `create_dir_all` saw a directory
-                // that a concurrent prune removed before it could check it
-                // (create-only writes report an existing document as
-                // "not written", never as this error).
-                let raced = matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
-                );
-                if raced && attempts < 3 {
+                if e.kind() == io::ErrorKind::NotFound && attempts < 3 {
                     continue;
                 }
                 // Directories made for a write that failed (a full disk)
@@ -1087,7 +1069,7 @@ impl Storage for FsStorage {
         tokio::task::spawn_blocking(move || {
             let locks = store.key_locks.lock([from_key.as_str(), to_key.as_str()]);
             let parent = to.parent().expect("keys have a parent");
-            std::fs::create_dir_all(parent)?;
+            make_dirs(parent)?;
             if not_found_is_none(std::fs::rename(&from, &to))?.is_none() {
                 return Ok(false);
             }
@@ -1251,7 +1233,7 @@ impl Storage for FsStorage {
             file.sync_all()?;
             drop(file);
             let parent = dest.parent().expect("keys have a parent");
-            std::fs::create_dir_all(parent)?;
+            make_dirs(parent)?;
             // The content is synced; the key's lock covers only the move and
             // its record.
             let locks = store.key_locks.lock([dest_key.as_str()]);

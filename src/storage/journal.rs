@@ -104,12 +104,17 @@ fn record_limit(capacity: u64) -> usize {
     usize::try_from((capacity - HEADER_LEN) / 4).unwrap_or(usize::MAX) - FRAME_OVERHEAD
 }
 
+/// The encoded size of a `Put` of `data` at `key` in a record.
+pub fn put_len(key: &str, data: &[u8]) -> usize {
+    1 + 2 + key.len() + 4 + data.len()
+}
+
 /// The encoded size of a record of `changes`.
 pub fn record_len(changes: &[ChangeRef<'_>]) -> usize {
     changes
         .iter()
         .map(|change| match change {
-            ChangeRef::Put { key, data } => 1 + 2 + key.len() + 4 + data.len(),
+            ChangeRef::Put { key, data } => put_len(key, data),
             ChangeRef::Remove { key: name }
             | ChangeRef::RemoveTree { prefix: name }
             | ChangeRef::Written { key: name } => 1 + 2 + name.len(),
@@ -465,6 +470,7 @@ impl Journal {
 
     /// Appends a record of `changes`; with `wait`, returns once it is
     /// durable (and so is every record appended before it).
+    #[cfg(test)]
     pub fn record(&self, changes: &[ChangeRef<'_>], wait: bool) -> io::Result<()> {
         let sequence = self.append(changes)?;
         if wait {
@@ -545,6 +551,7 @@ impl Journal {
     }
 
     /// How many syncs the journal made, and how many records they covered.
+    #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {
         let state = self.shared.lock();
         (state.syncs, state.records)
