@@ -46,6 +46,16 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
 }
 
+/// Where the TLS certificate chain and its key are: with both configured,
+/// Berth serves HTTPS (`serve::tls` builds the acceptor from them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -79,10 +89,13 @@ impl Config {
     }
 
     /// The TLS settings, when both halves are configured; one without the
-    /// other is an error.
-    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+    /// other is an error. Only paths: `serve::tls` reads and checks the files.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, String> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => crate::tls::server_config(cert, key).map(Some),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
             (None, None) => Ok(None),
             _ => Err("tls_cert and tls_key must be given together".to_owned()),
         }

@@ -4,17 +4,19 @@
 //! rules in [`oci`]. This file assembles them from a [`Config`] and runs the
 //! server; tests start it the same way on an ephemeral port.
 
+// System calls go through `sys`, the one module allowed `unsafe`.
+#![deny(unsafe_code)]
+
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod oci;
 pub mod registry;
-pub mod server;
+pub mod serve;
 pub mod storage;
-pub mod tls;
-
-pub use server::serve;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::io;
 use std::net::SocketAddr;
@@ -132,6 +134,15 @@ impl<S: tower::Service<R>, T, R> tower::Service<R> for Held<S, T> {
     }
 }
 
+/// The TLS server settings the configuration asks for, with its files read
+/// and checked; `None` for plain HTTP.
+pub fn tls_acceptor_config(config: &Config) -> io::Result<Option<Arc<rustls::ServerConfig>>> {
+    config
+        .tls()
+        .and_then(|files| files.as_ref().map(serve::tls::server_config).transpose())
+        .map_err(io::Error::other)
+}
+
 /// `berth gc`: one lifecycle run (retention, garbage collection, upload
 /// expiry) over the configured store, outside any server.
 pub async fn run_gc(
@@ -156,7 +167,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(config: &Config) -> io::Result<RunningServer> {
-        let tls = config.tls().map_err(io::Error::other)?;
+        let tls = tls_acceptor_config(config)?;
         let app = build_app(config)?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -165,8 +176,8 @@ impl RunningServer {
             let _ = stopped.await;
         };
         let task = match tls {
-            Some(tls) => tokio::spawn(tls::serve_tls(listener, app, tls, stopped)),
-            None => tokio::spawn(serve(listener, app, stopped)),
+            Some(tls) => tokio::spawn(serve::tls::serve_tls(listener, app, tls, stopped)),
+            None => tokio::spawn(serve::serve(listener, app, stopped)),
         };
         Ok(RunningServer {
             addr,

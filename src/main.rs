@@ -1,5 +1,8 @@
 //! The `berth` command line.
 
+// System calls go through the library's `sys`, the one module allowed `unsafe`.
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -438,7 +441,7 @@ fn run_command(command: Command) -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
-    let tls = config.tls().map_err(std::io::Error::other)?;
+    let tls = berth::tls_acceptor_config(&config)?;
     let app = berth::build_app(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
@@ -450,7 +453,7 @@ async fn run(config: Config) -> std::io::Result<()> {
         "berth is serving"
     );
     match tls {
-        Some(tls) => berth::tls::serve_tls(listener, app, tls, shutdown_signal()).await,
-        None => berth::serve(listener, app, shutdown_signal()).await,
+        Some(tls) => berth::serve::tls::serve_tls(listener, app, tls, shutdown_signal()).await,
+        None => berth::serve::serve(listener, app, shutdown_signal()).await,
     }
 }

@@ -89,15 +89,31 @@ async fn a_blob_pushed_over_https_reads_back() {
     assert_eq!((status.as_str(), body.as_str()), ("200", "over tls"));
 }
 
+/// Plain HTTP to the TLS port is not a TLS record: the server answers with
+/// a fatal TLS alert (`decode_error`) and closes, never with HTTP. A server
+/// that is down fails this (the connection is refused).
 #[tokio::test(flavor = "multi_thread")]
-async fn plain_http_to_the_tls_port_gets_no_api() {
+async fn plain_http_to_the_tls_port_gets_a_tls_alert_and_no_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let registry = start_tls().await;
-    let url = format!("http://127.0.0.1:{}/v2/", registry.server.addr.port());
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
-        .output()
+    let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
+        .await
+        .expect("the TLS server accepts connections");
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+        .await
         .unwrap();
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    let mut reply = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut reply),
+    )
+    .await
+    .expect("the server closes the connection")
+    .unwrap();
+    // Content type 21 (alert), TLS 1.2 record version, length 2, level 2
+    // (fatal), description 50 (decode_error).
+    assert_eq!(reply, [21, 3, 3, 0, 2, 2, 50], "{reply:?}");
 }
 
 #[test]
@@ -106,14 +122,18 @@ fn a_certificate_without_its_key_is_refused_with_a_message() {
         tls_cert: Some(testdata("server.crt")),
         ..berth::Config::default()
     };
-    let err = config.tls().expect_err("refused");
+    let err = berth::tls_acceptor_config(&config)
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains("together"), "{err}");
     let config = berth::Config {
         tls_cert: Some(testdata("server.crt")),
         tls_key: Some(testdata("test-ca.crt")),
         ..berth::Config::default()
     };
-    let err = config.tls().expect_err("refused");
+    let err = berth::tls_acceptor_config(&config)
+        .expect_err("refused")
+        .to_string();
     assert!(
         err.contains("test-ca.crt"),
         "names the file at fault: {err}"

@@ -1,4 +1,4 @@
-//! Blob downloads sent with `sendfile` (src/http/zero_copy.rs), over a real
+//! Blob downloads sent with `sendfile` (src/serve/zero_copy.rs), over a real
 //! socket: the bytes must be the blob's, for whole and ranged reads, on
 //! reused connections, for ranges that are not in the page cache, and never
 //! through the zero-copy path where it must not be taken (HTTP/2, content
@@ -13,7 +13,8 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use berth::http::zero_copy;
+use berth::http::downloads_in_flight;
+use berth::serve::zero_copy;
 use common::{random_bytes, sha256_digest, TestRegistry};
 use reqwest::StatusCode;
 
@@ -127,7 +128,7 @@ async fn companion(registry: &TestRegistry) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let content = random_bytes(48 * 1024 * 1024, 0x5bd1_e995);
     let digest = registry.push_blob("zc/companion", &content).await;
-    assert_eq!(zero_copy::downloads_in_flight(), 0);
+    assert_eq!(downloads_in_flight(), 0);
     let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
         .await
         .unwrap();
@@ -135,7 +136,7 @@ async fn companion(registry: &TestRegistry) -> tokio::net::TcpStream {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut head = vec![0u8; 64 * 1024];
     assert!(stream.read(&mut head).await.unwrap() > 0);
-    assert_eq!(zero_copy::downloads_in_flight(), 1);
+    assert_eq!(downloads_in_flight(), 1);
     stream
 }
 
@@ -273,12 +274,12 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
     // Once the companion is gone, a download is alone again: copied.
     drop(companion);
     for _ in 0..500 {
-        if zero_copy::downloads_in_flight() == 0 {
+        if downloads_in_flight() == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(zero_copy::downloads_in_flight(), 0, "the companion ended");
+    assert_eq!(downloads_in_flight(), 0, "the companion ended");
     let before = settled().await;
     let body = get_bytes(&registry, &path, None).await;
     assert_eq!(sha256_digest(&body), digest, "alone again");

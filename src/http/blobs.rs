@@ -6,8 +6,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
+use super::connection::{Download, SendFile};
 use super::range::{self, RangeRequest};
-use super::zero_copy::{Download, ZeroCopy};
 use super::{digest_param, header_str, repository_name, ApiResult, DOCKER_CONTENT_DIGEST};
 use crate::oci::ErrorCode;
 use crate::registry::Registry;
@@ -58,11 +58,10 @@ pub async fn get(
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
     let download = Download::start();
-    if let Some(zero_copy) = parts.extensions.get::<ZeroCopy>() {
-        if download.zero_copy_pays() {
+    if let Some(send_file) = parts.extensions.get::<SendFile>() {
+        if send_file.pays() {
             if let Some(local) = registry.blob_file(&blob).await? {
-                let range = range.unwrap_or(0..size);
-                let body = Body::new(zero_copy.body(local.file, range, download));
+                let body = send_file.body(local, range.unwrap_or(0..size), download);
                 return Ok(response.body(body).expect("valid response"));
             }
         }

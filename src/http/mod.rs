@@ -7,6 +7,7 @@
 pub mod auth;
 mod blobs;
 mod catalog;
+pub mod connection;
 mod error;
 mod login_cache;
 mod manifests;
@@ -18,7 +19,6 @@ mod tag_history;
 mod tags;
 mod token;
 mod uploads;
-pub mod zero_copy;
 
 use std::io;
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use axum::Router;
 use futures::TryStreamExt;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFile};
 pub use error::{status_of, ApiError, ApiResult};
 
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
@@ -44,11 +45,6 @@ use routes::Route;
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
-
-/// Marks a request that arrived over TLS terminated by Berth itself (set by
-/// the TLS server), so that URLs Berth hands out use `https`.
-#[derive(Debug, Clone, Copy)]
-pub struct OverTls;
 
 /// What every handler shares: the registry, and access control when it is
 /// on (`None`: everyone may do everything).

@@ -61,12 +61,11 @@ impl FsStorage {
     /// (`<data-dir>/docker/registry/v2`); it is created if missing. Redoes
     /// what the journal holds if the machine restarted since it was written.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|id| id.trim().to_owned())
+        let boot_id = crate::sys::boot_id()
             // Without a boot id, every process start is a new generation:
             // uploads in progress are then lost on any restart, never trusted
             // wrongly, and the journal is always replayed.
-            .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         FsStorage::open_as(root.into(), boot_id, Tuning::default())
     }
 
@@ -106,8 +105,11 @@ impl FsStorage {
             // writes sync themselves.
             Err(e)
                 if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EROFS | libc::EACCES | libc::EPERM | libc::ENOSPC | libc::EDQUOT)
+                    e.kind(),
+                    io::ErrorKind::ReadOnlyFilesystem
+                        | io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::StorageFull
+                        | io::ErrorKind::QuotaExceeded
                 ) =>
             {
                 tracing::warn!(error = %e, "no write-ahead journal: writes sync themselves");
@@ -401,16 +403,11 @@ struct DocumentWrite<'a> {
 /// same file afterwards: a collector that moved the file aside in between
 /// either saw the new time (and puts it back) or makes this return false.
 fn touch_path(path: &Path) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let Some(file) = not_found_is_none(std::fs::File::open(path))? else {
         return Ok(false);
     };
-    // SAFETY: a valid open descriptor; a null `times` means "now", which
-    // (unlike an explicit time) write access suffices for, not ownership.
-    if unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sys::touch_now(&file)?;
     let touched = file.metadata()?;
     Ok(not_found_is_none(std::fs::metadata(path))?
         .is_some_and(|now| now.dev() == touched.dev() && now.ino() == touched.ino()))
@@ -613,17 +610,7 @@ fn all_at_once<T: Send>(
 /// filesystem allocates their blocks now and one journal commit covers
 /// several files.
 fn start_writeback(file: &std::fs::File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; the call only schedules I/O, and
-        // a failure just leaves the work to the data sync that follows.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
+    crate::sys::start_writeback(file);
 }
 
 /// Writes a batch in one blocking call: through the journal when this
@@ -747,49 +734,9 @@ impl ReadAhead {
         self.next += len;
         let file = self.file.clone();
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            read_exact_at(&file, len as usize, offset)
+            crate::sys::read_exact_at(&file, len as usize, offset)
         }));
     }
-}
-
-/// Reads `len` bytes at `offset` into a new buffer that is not zeroed first:
-/// a blob read would otherwise pass over every byte one more time.
-pub fn read_exact_at(file: &std::fs::File, len: usize, offset: u64) -> io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    let mut buffer = bytes::BytesMut::with_capacity(len);
-    while buffer.len() < len {
-        let filled = buffer.len();
-        let at = libc::off_t::try_from(offset + filled as u64)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
-        let spare = buffer.spare_capacity_mut();
-        // SAFETY: the kernel writes at most `len - filled` bytes into the
-        // spare capacity, which has room for them; only what it wrote is
-        // then counted as the buffer's.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                len - filled,
-                at,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file ended before its size",
-            ));
-        }
-        // SAFETY: the first `filled + n` bytes are initialised now.
-        unsafe { buffer.set_len(filled + n as usize) };
-    }
-    Ok(buffer.freeze())
 }
 
 /// Counts a blob read in [`ACTIVE_READS`] while it lives.

@@ -35,7 +35,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -271,11 +270,7 @@ fn new_generation(current: u64) -> u64 {
 }
 
 fn sync_filesystem(dir: &File) -> io::Result<()> {
-    // SAFETY: a valid open descriptor; syncfs only reads it.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::sync_filesystem(dir)
 }
 
 /// One of the two files' turn state.
@@ -327,6 +322,9 @@ struct Shared {
     work: Condvar,
     /// Held for the journal's life: one process owns it.
     _lock: File,
+    /// Tests hold a journal write here, to line writers up behind it.
+    #[cfg(test)]
+    hold: tests::WriteHold,
 }
 
 /// The open journal of one store; dropping it stops its checkpoints.
@@ -363,13 +361,8 @@ impl Journal {
             .read(true)
             .write(true)
             .open(dir.join("lock"))?;
-        // SAFETY: a valid open descriptor.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => Ok(None),
-                _ => Err(e),
-            };
+        if !crate::sys::try_lock_exclusive(&lock)? {
+            return Ok(None);
         }
         // A file made now and given its space; on a disk without room for
         // it, it is given back and the error returned (no journal then).
@@ -384,16 +377,14 @@ impl Journal {
             if had >= capacity {
                 return Ok((file, false));
             }
-            let len = libc::off_t::try_from(capacity)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "capacity"))?;
-            // SAFETY: a valid open descriptor. Preallocated, a record's sync
-            // writes its data and no size change.
-            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-                0 => {}
-                libc::EOPNOTSUPP | libc::EINVAL => file.set_len(capacity)?,
-                err => {
+            // Preallocated, a record's sync writes its data and no size
+            // change.
+            match crate::sys::preallocate(&file, capacity) {
+                Ok(true) => {}
+                Ok(false) => file.set_len(capacity)?,
+                Err(e) => {
                     file.set_len(had)?;
-                    return Err(io::Error::from_raw_os_error(err));
+                    return Err(e);
                 }
             }
             Ok((file, true))
@@ -462,6 +453,8 @@ impl Journal {
                 changed: Condvar::new(),
                 work: Condvar::new(),
                 _lock: lock,
+                #[cfg(test)]
+                hold: tests::WriteHold::default(),
             },
             replay,
             had_records,
@@ -686,6 +679,8 @@ impl Shared {
         let (generation, offset) = (state.slots[active].generation, state.slots[active].offset);
         state.writing = true;
         drop(state);
+        #[cfg(test)]
+        self.hold.pass();
         let mut buffer = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
         for (sequence, payload) in &batch {
             frame(&mut buffer, generation, *sequence, payload);
@@ -1055,6 +1050,100 @@ mod tests {
                 data: b"x".to_vec()
             }),
             "the newest record survives: {replay:?}"
+        );
+    }
+
+    /// A gate tests put in front of the next journal write (with the
+    /// state lock released, as a slow disk's sync would hold it).
+    #[derive(Default)]
+    pub(super) struct WriteHold {
+        state: Mutex<HoldState>,
+        changed: Condvar,
+    }
+
+    #[derive(Default, PartialEq)]
+    enum HoldState {
+        #[default]
+        Open,
+        /// The next write stops here.
+        Armed,
+        /// A write is stopped here.
+        Holding,
+    }
+
+    impl WriteHold {
+        pub(super) fn pass(&self) {
+            let mut state = self.state.lock().unwrap();
+            if *state != HoldState::Armed {
+                return;
+            }
+            *state = HoldState::Holding;
+            self.changed.notify_all();
+            while *state == HoldState::Holding {
+                state = self.changed.wait(state).unwrap();
+            }
+        }
+
+        fn arm(&self) {
+            *self.state.lock().unwrap() = HoldState::Armed;
+        }
+
+        fn wait_until_holding(&self) {
+            let mut state = self.state.lock().unwrap();
+            while *state != HoldState::Holding {
+                state = self.changed.wait(state).unwrap();
+            }
+        }
+
+        fn release(&self) {
+            *self.state.lock().unwrap() = HoldState::Open;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Group commit: writers that arrive while a sync is under way share
+    /// the next one. The first writer's write is held (a slow sync); the
+    /// others append meanwhile and wait; once it is released, one write and
+    /// one sync carry all of theirs. Were each record synced on its own,
+    /// there would be as many syncs as records.
+    #[test]
+    fn writers_waiting_behind_a_sync_share_the_next_one() {
+        const WRITERS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(start(dir.path()));
+        journal.shared.hold.arm();
+        let first = {
+            let journal = journal.clone();
+            std::thread::spawn(move || journal.record(&[put("first", b"1")], true))
+        };
+        journal.shared.hold.wait_until_holding();
+        let others: Vec<_> = (1..WRITERS)
+            .map(|w| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    let key = format!("w{w}");
+                    journal.record(&[put(&key, b"x")], true)
+                })
+            })
+            .collect();
+        // Every other writer has appended its record (and so waits, as a
+        // write is under way) before the held write goes on.
+        while journal.shared.lock().pending.len() < WRITERS - 1 {
+            std::thread::yield_now();
+        }
+        assert_eq!(journal.counts(), (0, 0), "nothing synced while held");
+        journal.shared.hold.release();
+        first.join().unwrap().unwrap();
+        for writer in others {
+            writer.join().unwrap().unwrap();
+        }
+        let (syncs, records) = journal.counts();
+        assert_eq!(records, WRITERS as u64, "every record written once");
+        assert_eq!(
+            syncs,
+            2,
+            "the held write's sync, then one shared by the {} writers that waited",
+            WRITERS - 1
         );
     }
 

@@ -11,10 +11,11 @@
 //! This relies on hyper's HTTP/1 writer handing body frames to
 //! `poll_write_vectored` uncopied, which it does with its "queue" write
 //! strategy: vectored writes on and pipeline flushing off, both pinned in
-//! `server.rs`. Should a future hyper copy frames anyway, the client would
+//! `serve/mod.rs`. Should a future hyper copy frames anyway, the client would
 //! get the placeholder's zeros: the tests pull blobs through this path and
 //! compare digests, and check that it was taken ([`bytes_sent`]). Guards:
-//! - the extension that enables placeholders ([`ZeroCopy`]) is given only
+//! - the extension that enables placeholders ([`SendFile`], which handlers
+//!   see as a `FileSender`: they know nothing of placeholders) is given only
 //!   to HTTP/1 requests on connections served through [`ZeroCopyStream`];
 //! - every placeholder the IO meets must be exactly the next unsent part of
 //!   the oldest queued range, and placeholder bytes are never written as
@@ -25,6 +26,10 @@
 //! Nothing between the handler and hyper may copy response frames (a
 //! compression layer would send the placeholder's zeros).
 //!
+//! The file comes from the store's local-file capability
+//! (`Storage::local_file`) and is read only through `sys`: this module knows
+//! no storage backend.
+//!
 //! Ranges not in the page cache are read into memory on a blocking thread
 //! instead: `sendfile` of a cold range would stall a runtime worker on the
 //! disk, and every other request on it.
@@ -34,17 +39,21 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::{Body as _, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::http::{downloads_in_flight, Download, FileSender, SendFile};
+use crate::storage::LocalFile;
+use crate::sys;
 
 /// The most one frame stands for. Larger frames mean fewer body polls; a
 /// cold frame is read into memory, so this also bounds that buffer.
@@ -55,40 +64,6 @@ const FRAME: usize = 1024 * 1024;
 static PLACEHOLDER: [u8; FRAME] = [0; FRAME];
 
 static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
-
-/// Blob downloads in progress, of either kind.
-static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a blob download (zero-copy or not) while it lives.
-pub struct Download(());
-
-impl Download {
-    pub fn start() -> Download {
-        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
-        Download(())
-    }
-
-    /// Whether this download should go by `sendfile`: only beside others.
-    /// `sendfile` spares the CPU a copy, which pays when downloads share
-    /// the cores (16 concurrent pulls: 3.6–4.3 GB/s against 2.6–2.9 copied);
-    /// a download alone is faster copied on the development VM's kernel
-    /// (6.18, loopback: 2.2–3.4 GB/s against 1.5–1.9 by `sendfile`), whose
-    /// page-by-page splice into the socket costs more than one copy.
-    pub fn zero_copy_pays(&self) -> bool {
-        DOWNLOADS.load(Ordering::Relaxed) > 1
-    }
-}
-
-impl Drop for Download {
-    fn drop(&mut self) {
-        DOWNLOADS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Blob downloads in progress in this process (tests wait for it).
-pub fn downloads_in_flight() -> usize {
-    DOWNLOADS.load(Ordering::Relaxed)
-}
 
 /// Bytes this process has sent with `sendfile`: how tests see that the
 /// zero-copy path was taken.
@@ -122,16 +97,17 @@ struct Queue {
 
 type SendQueue = Arc<Mutex<Queue>>;
 
-/// Request extension: this request's response may use placeholder frames,
-/// because its connection's IO will send them.
+/// What a connection's HTTP/1 requests get as their [`SendFile`]: their
+/// responses may use placeholder frames, because the connection's IO will
+/// send them.
 #[derive(Clone)]
-pub struct ZeroCopy {
+struct ZeroCopy {
     queue: SendQueue,
 }
 
 impl ZeroCopy {
     /// A body sending `range` of `file` through this connection.
-    pub fn body(&self, file: File, range: Range<u64>, download: Download) -> FileBody {
+    fn file_body(&self, file: File, range: Range<u64>, download: Download) -> FileBody {
         FileBody {
             _download: download,
             file: Arc::new(file),
@@ -141,6 +117,22 @@ impl ZeroCopy {
             queue: self.queue.clone(),
             placeholders: 0,
         }
+    }
+}
+
+impl FileSender for ZeroCopy {
+    /// Only beside other downloads. `sendfile` spares the CPU a copy, which
+    /// pays when downloads share the cores (16 concurrent pulls were
+    /// measured 3.6–4.3 GB/s against 2.6–2.9 copied); a download alone was
+    /// faster copied on the development VM's kernel (loopback: 2.2–3.4 GB/s
+    /// against 1.5–1.9 by `sendfile`), whose page-by-page splice into the
+    /// socket costs more than one copy. See docs/design/zero-copy.md.
+    fn pays(&self) -> bool {
+        downloads_in_flight() > 1
+    }
+
+    fn body(&self, file: LocalFile, range: Range<u64>, download: Download) -> Body {
+        Body::new(self.file_body(file.file, range, download))
     }
 }
 
@@ -193,9 +185,7 @@ impl hyper::body::Body for FileBody {
             )))));
         }
         let file = self.file.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            crate::storage::fs::read_exact_at(&file, len, offset)
-        });
+        let read = tokio::task::spawn_blocking(move || sys::read_exact_at(&file, len, offset));
         self.cold = Some((len, read));
         self.poll_frame(cx)
     }
@@ -219,114 +209,21 @@ impl Drop for FileBody {
 }
 
 /// Whether every page of the range is in the page cache, so that sending
-/// it will not wait for the disk. `cachestat(2)` (Linux 6.5) answers
-/// without touching the file; where it is missing, `mincore(2)` on a
-/// mapping that is never read.
+/// it will not wait for the disk. `cachestat(2)` answers without touching
+/// the file; where it is missing, `mincore(2)`.
 fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
-    let page = page_size();
+    let page = sys::page_size();
     let first = offset / page;
     let last = (offset + len as u64 - 1) / page;
     let pages = last - first + 1;
     let (start, bytes) = (first * page, pages * page);
-    match cachestat_pages(file, start, bytes) {
+    match sys::cached_pages(file, start, bytes) {
         Ok(cached) if cached >= pages => true,
         // A second opinion before paying for a copy: in the full test
         // suite, cachestat now and then reported a whole, clean range of a
         // just-committed blob short.
-        Ok(_) => mincore_all(file, start, bytes as usize),
-        Err(_) => mincore_all(file, start, bytes as usize),
-    }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
-}
-
-#[repr(C)]
-struct CachestatRange {
-    off: u64,
-    len: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Cachestat {
-    nr_cache: u64,
-    nr_dirty: u64,
-    nr_writeback: u64,
-    nr_evicted: u64,
-    nr_recently_evicted: u64,
-}
-
-/// `cachestat`'s number in the generic syscall table, which x86-64 and
-/// aarch64 share for it; libc does not name it yet.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-const SYS_CACHESTAT: libc::c_long = 451;
-
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-fn cachestat_pages(_file: &File, _offset: u64, _len: u64) -> io::Result<u64> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-fn cachestat_pages(file: &File, offset: u64, len: u64) -> io::Result<u64> {
-    let range = CachestatRange { off: offset, len };
-    let mut stat = Cachestat::default();
-    // SAFETY: both pointers are to live, correctly laid out structs.
-    let result = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const CachestatRange,
-            &mut stat as *mut Cachestat,
-            0,
-        )
-    };
-    if result == 0 {
-        Ok(stat.nr_cache)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn mincore_all(file: &File, offset: u64, len: usize) -> bool {
-    let Ok(offset) = libc::off_t::try_from(offset) else {
-        return false;
-    };
-    // SAFETY: a fresh read-only shared mapping that is only passed to
-    // mincore and unmapped; its memory is never read, so an I/O error or a
-    // shrunken file cannot fault.
-    unsafe {
-        let map = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            offset,
-        );
-        if map == libc::MAP_FAILED {
-            return false;
-        }
-        let mut pages = vec![0u8; len.div_ceil(page_size() as usize)];
-        let ok = libc::mincore(map, len, pages.as_mut_ptr()) == 0;
-        libc::munmap(map, len);
-        ok && pages.iter().all(|p| p & 1 == 1)
+        Ok(_) => sys::all_pages_resident(file, start, bytes as usize),
+        Err(_) => sys::all_pages_resident(file, start, bytes as usize),
     }
 }
 
@@ -346,7 +243,11 @@ impl ZeroCopyStream {
     }
 
     /// The extension for this connection's HTTP/1 requests.
-    pub fn zero_copy(&self) -> ZeroCopy {
+    pub fn send_file(&self) -> SendFile {
+        SendFile(Arc::new(self.zero_copy()))
+    }
+
+    fn zero_copy(&self) -> ZeroCopy {
         ZeroCopy {
             queue: self.queue.clone(),
         }
@@ -367,29 +268,9 @@ impl ZeroCopyStream {
         let stream = self.io.inner();
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            let Ok(mut offset) = libc::off_t::try_from(head.offset + head.sent as u64) else {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "blob offset beyond this platform's file offsets",
-                )));
-            };
-            let count = head.len - head.sent;
+            let (offset, count) = (head.offset + head.sent as u64, head.len - head.sent);
             let sent = stream.try_io(Interest::WRITABLE, || {
-                // SAFETY: both descriptors are open for the call's duration
-                // and `offset` is a live local.
-                let n = unsafe {
-                    libc::sendfile(
-                        stream.as_raw_fd(),
-                        head.file.as_raw_fd(),
-                        &mut offset,
-                        count,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+                sys::sendfile(stream, &head.file, offset, count)
             });
             match sent {
                 Ok(0) => {
@@ -509,9 +390,10 @@ mod tests {
     async fn placeholders_are_sent_as_their_file_range() {
         let content: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
         let (mut stream, mut client) = connection().await;
-        let mut body = stream
-            .zero_copy()
-            .body(file_of(&content), 100..2100, Download::start());
+        let mut body =
+            stream
+                .zero_copy()
+                .file_body(file_of(&content), 100..2100, Download::start());
         let frame = next_frame(&mut body).await;
         assert!(is_placeholder(&frame), "a cached range is a placeholder");
         assert_eq!(frame.len(), 2000);
@@ -537,9 +419,10 @@ mod tests {
     #[tokio::test]
     async fn a_placeholder_that_is_not_the_next_range_fails_the_connection() {
         let (mut stream, _client) = connection().await;
-        let mut body = stream
-            .zero_copy()
-            .body(file_of(&[1u8; 5000]), 0..5000, Download::start());
+        let mut body =
+            stream
+                .zero_copy()
+                .file_body(file_of(&[1u8; 5000]), 0..5000, Download::start());
         let frame = next_frame(&mut body).await;
         let wrong = write_vectored(&mut stream, &[&frame[1..]]).await;
         assert_eq!(wrong.unwrap_err().kind(), io::ErrorKind::InvalidData);
@@ -552,7 +435,7 @@ mod tests {
         let content = vec![9u8; FRAME + 10];
         let (mut stream, _client) = connection().await;
         let zero_copy = stream.zero_copy();
-        let mut first = zero_copy.body(
+        let mut first = zero_copy.file_body(
             file_of(&content),
             0..content.len() as u64,
             Download::start(),
@@ -560,7 +443,7 @@ mod tests {
         let _left_behind = next_frame(&mut first).await;
         drop(first);
         // The next response's frame looks exactly like the range left behind.
-        let mut second = zero_copy.body(file_of(&content), 0..FRAME as u64, Download::start());
+        let mut second = zero_copy.file_body(file_of(&content), 0..FRAME as u64, Download::start());
         let frame = next_frame(&mut second).await;
         let sent = write_vectored(&mut stream, &[&frame]).await;
         assert_eq!(sent.unwrap_err().kind(), io::ErrorKind::InvalidData);
@@ -570,8 +453,8 @@ mod tests {
     async fn a_body_that_queued_nothing_leaves_the_connection_usable() {
         let (mut stream, mut client) = connection().await;
         let zero_copy = stream.zero_copy();
-        drop(zero_copy.body(file_of(b"never polled"), 0..12, Download::start()));
-        let mut body = zero_copy.body(file_of(b"hello"), 0..5, Download::start());
+        drop(zero_copy.file_body(file_of(b"never polled"), 0..12, Download::start()));
+        let mut body = zero_copy.file_body(file_of(b"hello"), 0..5, Download::start());
         let frame = next_frame(&mut body).await;
         assert_eq!(write_vectored(&mut stream, &[&frame]).await.unwrap(), 5);
         let mut received = [0u8; 5];

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
@@ -17,11 +16,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::config::TlsFiles;
+use crate::http::OverTls;
+
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The server side of TLS from a PEM certificate chain and its private key.
-/// Errors name the file at fault, for the operator.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// The server side of TLS from the configured PEM certificate chain and its
+/// private key. Errors name the file at fault, for the operator.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (cert, key) = (files.cert.as_path(), files.key.as_path());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| format!("reading certificates from {}: {e}", cert.display()))?;
@@ -50,7 +53,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    crate::server::accept_loop(listener, shutdown, move |stream, peer, watcher| {
+    super::accept_loop(listener, shutdown, move |stream, peer, watcher| {
         let acceptor = acceptor.clone();
         let app = app.clone();
         async move {
@@ -72,7 +75,7 @@ pub async fn serve_tls(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let extensions = request.extensions_mut();
                     extensions.insert(ConnectInfo::<SocketAddr>(peer));
-                    extensions.insert(crate::http::OverTls);
+                    extensions.insert(OverTls);
                     app.clone().oneshot(request)
                 },
             );

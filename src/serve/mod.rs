@@ -1,7 +1,16 @@
 //! Accepting connections and serving the application on them, in plain HTTP
-//! (HTTP/1.1 and h2c) and, through `tls.rs`, over TLS: TCP_NODELAY, the
+//! (HTTP/1.1 and h2c) and, through [`tls`], over TLS: TCP_NODELAY, the
 //! peer address for handlers (`ConnectInfo`: the login limiter counts
-//! failures per client address), graceful shutdown.
+//! failures per client address), zero-copy blob downloads on plain HTTP/1.1
+//! ([`zero_copy`]), graceful shutdown.
+//!
+//! This is the transport under the application: it takes any axum `Router`
+//! and tells handlers about the connection only through the request
+//! extensions `http::connection` defines (`ConnectInfo`, `OverTls`,
+//! `SendFile`). `http` never imports from here.
+
+pub mod tls;
+pub mod zero_copy;
 
 use std::future::Future;
 use std::io;
@@ -15,11 +24,11 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
-use crate::http::zero_copy::ZeroCopyStream;
+use zero_copy::ZeroCopyStream;
 
 /// Serves `app` in plain HTTP until `shutdown` completes, then lets
 /// in-flight requests finish. HTTP/1 blob downloads are sent with
-/// `sendfile` (see `http/zero_copy.rs`).
+/// `sendfile` (see [`zero_copy`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -27,7 +36,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     accept_loop(listener, shutdown, move |stream, peer, watcher| {
         let stream = ZeroCopyStream::new(stream);
-        let zero_copy = stream.zero_copy();
+        let send_file = stream.send_file();
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -37,7 +46,7 @@ pub async fn serve(
                 let extensions = request.extensions_mut();
                 extensions.insert(ConnectInfo::<SocketAddr>(peer));
                 if http1 {
-                    extensions.insert(zero_copy.clone());
+                    extensions.insert(send_file.clone());
                 }
                 app.clone().oneshot(request)
             },
