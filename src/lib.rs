@@ -175,10 +175,7 @@ impl RunningServer {
         let stopped = async {
             let _ = stopped.await;
         };
-        let task = match tls {
-            Some(tls) => tokio::spawn(serve::tls::serve_tls(listener, app, tls, stopped)),
-            None => tokio::spawn(serve::serve(listener, app, stopped)),
-        };
+        let task = tokio::spawn(serve::run(listener, app, tls, stopped));
         Ok(RunningServer {
             addr,
             stop: Some(stop),

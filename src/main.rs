@@ -452,8 +452,5 @@ async fn run(config: Config) -> std::io::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
-    match tls {
-        Some(tls) => berth::serve::tls::serve_tls(listener, app, tls, shutdown_signal()).await,
-        None => berth::serve::serve(listener, app, shutdown_signal()).await,
-    }
+    berth::serve::run(listener, app, tls, shutdown_signal()).await
 }

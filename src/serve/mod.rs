@@ -26,6 +26,20 @@ use tower::ServiceExt;
 
 use zero_copy::ZeroCopyStream;
 
+/// Serves `app` over TLS with `tls`, or in plain HTTP without, until
+/// `shutdown` completes; then lets in-flight requests finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    match tls {
+        Some(tls) => tls::serve_tls(listener, app, tls, shutdown).await,
+        None => serve(listener, app, shutdown).await,
+    }
+}
+
 /// Serves `app` in plain HTTP until `shutdown` completes, then lets
 /// in-flight requests finish. HTTP/1 blob downloads are sent with
 /// `sendfile` (see [`zero_copy`]).
