@@ -7,6 +7,8 @@
 // System calls go through `sys`, the one module allowed `unsafe`.
 #![deny(unsafe_code)]
 
+#[cfg(test)]
+mod architecture_tests;
 pub mod auth;
 pub mod client;
 pub mod config;
