@@ -3,7 +3,8 @@
 //!
 //! The source is scanned as text, like `sys`'s libc test: every `crate::…`,
 //! `super::…` and `self::…` path (grouped `use` trees included) is resolved to
-//! the module it names, which gives the import graph. Text rather than `syn`:
+//! the module it names, following `pub use` re-exports to where a name lives,
+//! which gives the import graph. Text rather than `syn`:
 //! no new dependency, and paths inside macro bodies (`assert!`, `format!`),
 //! which `syn` leaves as unparsed tokens, are seen too. It relies on rustfmt's
 //! layout for one thing: an inline `mod x {` closes with a `}` at its indent.
@@ -60,7 +61,7 @@ const KNOWN_CYCLES: &[&[&str]] = &[&["auth::policy", "auth::robots"]];
 
 /// One import: `from` (the module, inline ones such as `tests` included)
 /// names something in `to`, at `at` (file:line).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct Import {
     from: Module,
     to: Module,
