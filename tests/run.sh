@@ -46,6 +46,9 @@ tests/e2e/run-berth.sh
 step "real clients logging in over HTTPS (tests/e2e/run-berth-auth.sh)"
 tests/e2e/run-berth-auth.sh
 
+step "the oras Python SDK logging in: the README's workaround and limit (tests/e2e/oras_sdk_auth.sh)"
+tests/e2e/oras_sdk_auth.sh
+
 step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
 tests/compat/distribution.sh
 
