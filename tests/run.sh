@@ -49,6 +49,9 @@ tests/e2e/run-berth-auth.sh
 step "the oras Python SDK logging in: the README's workaround and limit (tests/e2e/oras_sdk_auth.sh)"
 tests/e2e/oras_sdk_auth.sh
 
+step "the request sequences of crane and helm, which cannot be installed here (tests/e2e/client_sequences.sh)"
+tests/e2e/client_sequences.sh
+
 step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
 tests/compat/distribution.sh
 
