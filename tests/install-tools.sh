@@ -33,7 +33,8 @@ fi
 
 missing=()
 for pair in "${needs[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  # type -P: a file on PATH (kill is also a shell builtin, which Command::new cannot run)
+  type -P "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 # A compiler without the C library's start files and headers cannot link.
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)

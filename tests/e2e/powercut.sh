@@ -222,8 +222,9 @@ if [ "$status" -eq 0 ]; then
       "tests/e2e/powercut.sh --record" \
       "SNAPSHOTS=$SNAPSHOTS CLIENTS=$CLIENTS, snapshots 1-3 s apart, ext4 (commit=600,noauto_da_alloc) on a loop device, vm.dirty_expire_centisecs=$expire" \
       "snapshots of the device, each at an instant|$snapshots" \
-      "acknowledged images checked (manifest by tag and digest, every blob)|$images" \
-      "retagged tags checked|$tags" "bytes verified|$bytes" \
+      "acknowledged images checked, summed over the snapshots (manifest by tag and digest, every blob)|$images" \
+      "retagged tags checked, summed|$tags" "bytes verified, summed|$bytes" \
+      "rebooted servers whose journal replayed|$replays of $snapshots" \
       "checks on each snapshot|mounted (ext4 journal replay), \`e2fsck -fn\` clean, served by Berth under another boot id (its journal replays), \`berth fsck\` exit 0" \
       "proves|every push acknowledged before the instant is on the device: a power cut then loses none; ext4 on a loop device, not a disk's volatile cache"
   fi
