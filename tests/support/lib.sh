@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell helpers for Berth's script tests (sourced, not run).
 # Servers bind 127.0.0.1 on ports the kernel picks; everything started is
 # stopped by the caller's EXIT trap through stop_all.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # T and addr are set by the caller
 # Random-image pushers and the check of what they were told, shared by the
 # crash tests (tests/e2e/crash.sh: SIGKILL; tests/e2e/powercut.sh: the page
 # cache lost). Sourced, not run. The caller sets:
@@ -70,8 +71,8 @@ put_manifest() {
 
 # push_image CLIENT N: one random image, recorded in $T/acked once acknowledged.
 push_image() {
-  local c=$1 n=$2 repo=crash/c$1 w=$T/client$1 layers="" blobs="" size digest i kind
-  for i in $(seq $((RANDOM % 3 + 1))); do
+  local c=$1 n=$2 repo=crash/c$1 w=$T/client$1 layers="" blobs="" size digest kind
+  for _ in $(seq $((RANDOM % 3 + 1))); do
     kind=$((RANDOM % 3))
     case $kind in
       0) size=$((RANDOM % 4096 + 1)) ;;
