@@ -99,6 +99,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The image and one copy at a time hold what the clients push (a few hundred MiB).
+free_kib=$(df --output=avail -k "$T" | tail -1)
+if [ "$free_kib" -lt 1048576 ]; then
+  echo "FAIL power-cut test: needs 1 GiB free under /tmp, has $((free_kib / 1024)) MiB"
+  exit 1
+fi
 mkdir -p "$T/mnt" "$T/snapmnt"
 truncate -s 2G "$T/disk.img"
 loop=$(losetup --find --show "$T/disk.img") || skip "no free loop device"
