@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Berth's whole test suite: the README's test command, and what CI runs.
-# Installs the system tools it needs (apt, pip) itself, so it works on a fresh machine.
+# Installs the system tools it needs (apt, pip) itself, first, so that a fresh machine
+# (Debian or Ubuntu, run as root, with only the Rust toolchain) passes in one go.
 #
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
-#                           compatibility, and a quick run of the benchmark (that it works, not its timings)
-#   tests/run.sh --quick    lint, unit + integration tests only
+#                           compatibility, the crash and power-cut tests (quick), and a quick run of
+#                           the benchmark (that it works, not its timings)
+#   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
+#                           a C compiler, curl, procps; one test needs root and is skipped without)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +15,13 @@ quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "system tools the build and the tests call (tests/install-tools.sh)"
+if $quick; then
+  tests/install-tools.sh
+else
+  tests/install-tools.sh --e2e
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -36,11 +46,20 @@ tests/e2e/run-berth.sh
 step "real clients logging in over HTTPS (tests/e2e/run-berth-auth.sh)"
 tests/e2e/run-berth-auth.sh
 
+step "the oras Python SDK logging in: the README's workaround and limit (tests/e2e/oras_sdk_auth.sh)"
+tests/e2e/oras_sdk_auth.sh
+
+step "the request sequences of crane and helm, which cannot be installed here (tests/e2e/client_sequences.sh)"
+tests/e2e/client_sequences.sh
+
 step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
 tests/compat/distribution.sh
 
 step "acknowledged pushes survive SIGKILL, quick mode (tests/e2e/crash.sh, KILLS=8)"
 KILLS=8 tests/e2e/crash.sh
+
+step "acknowledged pushes survive losing unsynced writes, quick mode (tests/e2e/powercut.sh, SNAPSHOTS=2)"
+SNAPSHOTS=2 tests/e2e/powercut.sh
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick

@@ -14,6 +14,8 @@ APT_PACKAGES=(
   crun runc uidmap fuse-overlayfs slirp4netns catatonit
   # image content and tooling
   busybox-static jq curl ca-certificates
+  # pgrep (clients.sh), python3 (the oras driver, tests/support/lib.sh)
+  procps python3
   # reference registry (registry:2)
   docker-registry
   # lint

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell helpers for Berth's script tests (sourced, not run).
 # Servers bind 127.0.0.1 on ports the kernel picks; everything started is
 # stopped by the caller's EXIT trap through stop_all.
@@ -65,4 +66,32 @@ check() {
 summary() {
   echo "$PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
+}
+
+# write_result FILE TITLE COMMAND PARAMETERS "ROW|VALUE"...: a results file
+# under docs/results/ (the README quotes them): what was measured, when, on
+# which commit and with which parameters, and the command that reproduces it.
+# Only scripts run with --record call this, so CI leaves the tree clean.
+write_result() {
+  local file=$1 title=$2 command=$3 parameters=$4 row commit
+  shift 4
+  commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commit (with uncommitted changes to src/)"
+  mkdir -p "$(dirname "$file")"
+  {
+    echo "# $title"
+    echo
+    echo "Written by \`$command\`; rerun it to reproduce. Do not edit by hand."
+    echo
+    echo "| | |"
+    echo "|---|---|"
+    echo "| date (UTC) | $(date -u +%Y-%m-%dT%H:%M:%SZ) |"
+    echo "| Berth commit | $commit |"
+    echo "| machine | $(nproc) cores, kernel $(uname -r) |"
+    echo "| parameters | $parameters |"
+    for row in "$@"; do
+      echo "| ${row%%|*} | ${row#*|} |"
+    done
+  } >"$file"
+  echo "recorded in $file"
 }
