@@ -34,6 +34,7 @@ pub mod config;
 mod files;
 pub mod header;
 pub mod htpasswd;
+pub mod identity;
 pub mod limiter;
 pub mod policy;
 pub mod robots;
@@ -50,8 +51,9 @@ pub use config::{
     AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, LoginLimitConfig, RuleConfig,
 };
 pub use htpasswd::Htpasswd;
+pub use identity::{Grant, Identity};
 pub use limiter::FailureLimiter;
-pub use policy::{Grant, Identity, Policy};
+pub use policy::Policy;
 pub use robots::{Robot, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
 pub use token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
@@ -215,7 +217,7 @@ impl Auth {
     /// to hundreds of milliseconds, and the files are re-read when changed.
     /// Call it from `tokio::task::spawn_blocking`.
     pub fn authenticate(&self, user: &str, password: &str) -> Option<Identity> {
-        if robots::is_robot_user(user) {
+        if identity::is_robot_user(user) {
             return self.robots.authenticate(user, password);
         }
         let htpasswd = self.htpasswd.as_ref()?;

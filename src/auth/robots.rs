@@ -37,24 +37,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::files::{self, FileStamp};
-use super::policy::{Grant, Identity};
-use super::{from_unix_secs, unix_secs, AuthError, Secret};
+pub use super::identity::{is_robot_user, user_name, USER_PREFIX};
 
-/// Robot user names are this prefix and the robot's name.
-pub const USER_PREFIX: &str = "robot$";
+use super::identity::{Grant, Identity};
+use super::{from_unix_secs, unix_secs, AuthError, Secret};
 
 /// The store holds only hashes, but they are still nobody else's business.
 const NEW_FILE_MODE: u32 = 0o600;
-
-/// `robot$NAME`.
-pub fn user_name(robot: &str) -> String {
-    format!("{USER_PREFIX}{robot}")
-}
-
-/// Is this login name a robot's?
-pub fn is_robot_user(user: &str) -> bool {
-    user.starts_with(USER_PREFIX)
-}
 
 /// A robot as `berth robot list` shows it (no secret, no hash).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -394,7 +394,7 @@ impl AccessControl {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             });
         }
-        let robot = crate::auth::robots::is_robot_user(&user);
+        let robot = crate::auth::identity::is_robot_user(&user);
         // Read before the check: a change of the file during it invalidates
         // the entry.
         let users_version = self.auth.users_version().filter(|_| !robot);
@@ -438,7 +438,7 @@ impl AccessControl {
         if subject.is_empty() {
             return Some(Identity::Anonymous);
         }
-        let Some(robot) = subject.strip_prefix(crate::auth::robots::USER_PREFIX) else {
+        let Some(robot) = subject.strip_prefix(crate::auth::identity::USER_PREFIX) else {
             return Some(self.auth.policy().user(subject));
         };
         // A robot's grants live in its store; gone or expired: anonymous.
