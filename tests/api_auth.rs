@@ -787,6 +787,101 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
     assert!(resp.headers().contains_key("retry-after"));
 }
 
+/// A server that believes forwarding headers from `trusted` (a TOML list).
+async fn start_behind_proxies(trusted: &str) -> TestRegistry {
+    let extra = format!("trusted_proxies = {trusted}");
+    TestRegistry::start_with_auth(USERS, &auth_table(&extra)).await
+}
+
+/// `GET path` as `user` with `password`, forwarded for `client` with the
+/// extra `headers`.
+async fn forwarded_get(
+    registry: &TestRegistry,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut request = Client::new().get(registry.url(path));
+    if let Some((user, password)) = credentials {
+        request = request.header("authorization", basic_auth(user, password));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    // The test client (127.0.0.1) is not a trusted proxy here.
+    let registry = start_behind_proxies(r#"["10.0.0.0/8"]"#).await;
+    for spoofed in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let xff = [("x-forwarded-for", spoofed)];
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &xff).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Rotating the spoofed address bought nothing: bob at the peer is blocked.
+    let xff = [("x-forwarded-for", "198.51.100.4")];
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &xff).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The realm is not steered by the client's forwarding headers either.
+    let spoof = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    let resp = forwarded_get(&registry, "/v2/", None, &spoof).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_and_the_scheme_it_used() {
+    let registry = start_behind_proxies(r#"["127.0.0.1"]"#).await;
+    let attacker = [("x-forwarded-for", "198.51.100.1")];
+    for _ in 0..3 {
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &attacker).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &attacker).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // bob from another client address, through the same proxy, gets in; an
+    // address the client wrote left of the proxy's own entry is not used.
+    let elsewhere = [("x-forwarded-for", "198.51.100.1, 198.51.100.2")];
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &elsewhere).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "registry.example"),
+    ];
+    let resp = forwarded_get(&registry, "/v2/", None, &forwarded).await;
+    assert_eq!(
+        challenge(&resp),
+        r#"Bearer realm="https://registry.example/auth/token",service="berth""#
+    );
+}
+
+#[tokio::test]
+async fn one_users_failed_logins_do_not_lock_out_another_behind_the_same_proxy() {
+    let registry = start_behind_proxies(r#"["127.0.0.0/8"]"#).await;
+    let client = [("x-forwarded-for", "198.51.100.1")];
+    for _ in 0..3 {
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &client).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &client).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = forwarded_get(&registry, "/v2/", Some(("carol", "carol-pw")), &client).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The same holds with no proxy at all (the peer address is shared).
+    let direct = start().await;
+    for _ in 0..3 {
+        let resp = forwarded_get(&direct, "/v2/", Some(("bob", "guess")), &[]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&direct, "/v2/", Some(("carol", "carol-pw")), &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_changed_password_applies_at_once_despite_the_login_cache() {
     let registry = start().await;

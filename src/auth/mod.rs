@@ -5,8 +5,10 @@
 //!
 //! - [`htpasswd`]: users from an Apache htpasswd file (bcrypt only).
 //! - [`robots`]: robot accounts for CI (`robot$NAME`), stored as hashes.
-//! - [`policy`]: rules per repository pattern, groups, admins; the
-//!   [`Identity`] a login yields and what it may do.
+//! - [`identity`]: the [`Identity`] a login yields, a robot's [`Grant`]s
+//!   and robot user names (below both `policy` and `robots`).
+//! - [`policy`]: rules per repository pattern, groups, admins: what an
+//!   [`Identity`] may do.
 //! - [`scope`]: the Docker token spec's scopes (`repository:NAME:pull,push`).
 //! - [`token`]: the built-in token issuer (short-lived signed JWTs) and the
 //!   verifier for our own and an external issuer's tokens.
@@ -48,7 +50,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::oci::RepositoryPattern;
 pub use config::{
-    AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, LoginLimitConfig, RuleConfig,
+    AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, ForwardedHeader, LoginLimitConfig,
+    RuleConfig, TrustedProxy,
 };
 pub use htpasswd::Htpasswd;
 pub use identity::{Grant, Identity};
@@ -163,6 +166,8 @@ pub struct Auth {
     issuer: TokenIssuer,
     verifier: TokenVerifier,
     limiter: FailureLimiter,
+    trusted_proxies: Vec<TrustedProxy>,
+    forwarded_header: ForwardedHeader,
 }
 
 impl Auth {
@@ -194,6 +199,8 @@ impl Auth {
             issuer,
             verifier,
             limiter: FailureLimiter::new(&config.login_limit),
+            trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
         })
     }
 
@@ -235,13 +242,13 @@ impl Auth {
         user: &str,
         password: &str,
     ) -> Result<Identity, LoginError> {
-        if let Err(retry_after) = self.limiter.check(client) {
+        if let Err(retry_after) = self.limiter.check(client, user) {
             return Err(LoginError::TooManyAttempts { retry_after });
         }
         match self.authenticate(user, password) {
             Some(identity) => Ok(identity),
             None => {
-                self.limiter.record_failure(client);
+                self.limiter.record_failure(client, user);
                 tracing::info!(%client, user, "failed login");
                 Err(LoginError::InvalidCredentials)
             }
@@ -287,6 +294,16 @@ impl Auth {
 
     pub fn limiter(&self) -> &FailureLimiter {
         &self.limiter
+    }
+
+    /// The peers whose forwarding headers are believed (`trusted_proxies`).
+    pub fn trusted_proxies(&self) -> &[TrustedProxy] {
+        &self.trusted_proxies
+    }
+
+    /// The header those proxies put the client's address in.
+    pub fn forwarded_header(&self) -> ForwardedHeader {
+        self.forwarded_header
     }
 
     pub fn issuer(&self) -> &TokenIssuer {
@@ -461,12 +478,14 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        // Another client is not affected, and its success resets nothing.
+        // Another client is not affected, and its success resets nothing;
+        // nor is another user at the same address (a proxy's, say).
         assert!(auth.login(client(10), "bob", "bob-pw").is_ok());
         assert!(matches!(
-            auth.login(client(9), "carol", "carol-pw"),
+            auth.login(client(9), "bob", "bob-pw"),
             Err(LoginError::TooManyAttempts { .. })
         ));
+        assert!(auth.login(client(9), "carol", "carol-pw").is_ok());
     }
 
     #[test]

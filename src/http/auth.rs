@@ -17,9 +17,10 @@
 //!
 //! **Credentials.**
 //! - None: the anonymous identity; the policy's `anonymous` grants apply.
-//! - `Bearer <jwt>`: verified by [`Auth::verify_token`]; the token's grants
-//!   decide, the policy is not consulted again (a robot revoked after the
-//!   token was issued keeps its access until the token expires, at most
+//! - `Bearer <jwt>`: verified by [`Auth::verify_token`] once, then
+//!   remembered by [`TokenCache`] strictly until its `exp`; the token's
+//!   grants decide, the policy is not consulted again (a robot revoked after
+//!   the token was issued keeps its access until the token expires, at most
 //!   `token_ttl_secs`).
 //! - `Basic`: a user or robot login through [`Auth::login`] (brute-force
 //!   limited; bcrypt runs on the blocking pool), remembered briefly by
@@ -43,16 +44,17 @@
 //! Credentials are never logged: only the user name of a failed login is
 //! (by [`Auth::login`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
+use super::client_addr::{client_view, ClientView};
 use super::login_cache::LoginCache;
 use super::routes::Route;
+use super::token_cache::TokenCache;
 use super::{header_str, query_pairs, query_value, repository_name, ApiError};
 use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
 use crate::auth::{
@@ -68,6 +70,7 @@ pub struct AccessControl {
     auth: Auth,
     challenge: Challenge,
     logins: LoginCache,
+    tokens: TokenCache,
 }
 
 /// What a `/v2/` request needs of its caller.
@@ -146,7 +149,7 @@ pub enum Caller {
     },
     /// A bearer token: its grants decide.
     Token {
-        token: VerifiedToken,
+        token: Arc<VerifiedToken>,
         access: Arc<AccessControl>,
     },
 }
@@ -269,6 +272,7 @@ impl AccessControl {
             auth,
             challenge,
             logins: LoginCache::new(),
+            tokens: TokenCache::new(),
         }
     }
 
@@ -365,15 +369,30 @@ impl AccessControl {
                 identity: Identity::Anonymous,
                 access,
             }),
-            Presented::Bearer(token) => match self.auth.verify_token(&token) {
-                Ok(token) => Ok(Caller::Token { token, access }),
-                Err(e) => {
-                    tracing::debug!(reason = %e, "refused a bearer token");
-                    Err(Refusal::Invalid { token: true })
+            Presented::Bearer(token) => {
+                if let Some(verified) = self.tokens.get(&token) {
+                    return Ok(Caller::Token {
+                        token: verified,
+                        access,
+                    });
                 }
-            },
+                match self.auth.verify_token(&token) {
+                    Ok(verified) => {
+                        let verified = Arc::new(verified);
+                        self.tokens.insert(&token, Arc::clone(&verified));
+                        Ok(Caller::Token {
+                            token: verified,
+                            access,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::debug!(reason = %e, "refused a bearer token");
+                        Err(Refusal::Invalid { token: true })
+                    }
+                }
+            }
             Presented::Basic { user, password } => {
-                let identity = self.login(client_ip(parts), user, password).await?;
+                let identity = self.login(self.client(parts).addr, user, password).await?;
                 Ok(Caller::Identity { identity, access })
             }
             Presented::Unusable => Err(Refusal::Invalid { token: false }),
@@ -389,7 +408,7 @@ impl AccessControl {
         user: String,
         password: Secret,
     ) -> Result<Identity, Refusal> {
-        if let Err(retry_after) = self.auth.limiter().check(client) {
+        if let Err(retry_after) = self.auth.limiter().check(client, &user) {
             return Err(Refusal::TooManyAttempts {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             });
@@ -465,7 +484,7 @@ impl AccessControl {
         user: String,
         password: Secret,
     ) -> Result<Identity, Response> {
-        self.login(client_ip(parts), user, password)
+        self.login(self.client(parts).addr, user, password)
             .await
             .map_err(|refusal| match refusal {
                 Refusal::Invalid { .. } => self.basic_unauthorized(),
@@ -483,13 +502,22 @@ impl AccessControl {
         }
     }
 
+    /// The client as the configured trusted proxies report it.
+    fn client(&self, parts: &Parts) -> ClientView {
+        client_view(
+            parts,
+            self.auth.trusted_proxies(),
+            self.auth.forwarded_header(),
+        )
+    }
+
     /// 401 `UNAUTHORIZED` with the configured challenge.
     fn unauthorized(&self, parts: &Parts, scopes: &[Scope], error: Option<&str>) -> Response {
         let challenge = match self.challenge {
             Challenge::Bearer => {
                 let realm = match self.auth.realm() {
                     Some(realm) => realm.to_owned(),
-                    None => derived_realm(parts),
+                    None => derived_realm(parts, &self.client(parts)),
                 };
                 bearer_challenge(&realm, self.auth.service(), scopes, error)
             }
@@ -527,15 +555,20 @@ pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
     response
 }
 
-/// `<scheme>://<host>/auth/token` as the client addressed us: the `Host`
-/// (or HTTP/2 authority), and `https` when Berth terminated TLS itself or a
-/// proxy in front says the client used it.
-fn derived_realm(parts: &Parts) -> String {
-    let host = header_str(&parts.headers, header::HOST)
-        .map(str::to_owned)
+/// `<scheme>://<host>/auth/token` as the client addressed us: the host a
+/// trusted proxy reports, else the `Host` (or HTTP/2 authority) the client
+/// sent us; `https` when Berth terminated TLS itself or a trusted proxy says
+/// the client used it.
+fn derived_realm(parts: &Parts, client: &ClientView) -> String {
+    let host = client
+        .host
+        .clone()
+        .or_else(|| header_str(&parts.headers, header::HOST).map(str::to_owned))
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".to_owned());
-    let forwarded_https = header_str(&parts.headers, "x-forwarded-proto")
+    let forwarded_https = client
+        .proto
+        .as_deref()
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
     let scheme = if parts.extensions.get::<super::OverTls>().is_some() || forwarded_https {
         "https"
@@ -543,16 +576,6 @@ fn derived_realm(parts: &Parts) -> String {
         "http"
     };
     format!("{scheme}://{host}{TOKEN_PATH}")
-}
-
-/// The peer address the server recorded for the connection; all clients
-/// share one address only when the router is served without connect info
-/// (embedding), where the limiter then counts them together.
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod auth;
 mod blobs;
 mod catalog;
+mod client_addr;
 mod error;
 mod login_cache;
 mod manifests;
@@ -17,6 +18,7 @@ mod routes;
 mod tag_history;
 mod tags;
 mod token;
+mod token_cache;
 mod uploads;
 pub mod zero_copy;
 
