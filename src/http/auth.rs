@@ -2,18 +2,18 @@
 //! the request needs, and the 401/403/429 answers when it may not. The rules
 //! themselves live in [`crate::auth`]; this module only speaks HTTP for them.
 //!
-//! **What each request needs.** Reading (`GET`/`HEAD` of manifests, blobs,
-//! tags, referrers) needs `pull` on the repository; writing (every upload
-//! request, cancelling included, and manifest `PUT`) needs `push`; deleting a
-//! manifest or blob needs `delete`. Berth's tag history extension needs
-//! `pull` to read a history and both `push` and `delete` to roll a tag back
-//! (it moves the tag, and takes the current image away from it, as a delete
-//! of the tag would). The catalog needs the catalog right and
+//! **What each request needs** is the right in its row of the route table
+//! ([`super::routes::TABLE`]): `pull` to read, `push` to write (uploads,
+//! cancelling included, and manifest `PUT`), `delete` to delete, `push` and
+//! `delete` to roll a tag back; the catalog needs the catalog right and
 //! then shows only the repositories the caller may pull. `GET /v2/` needs
 //! valid credentials of any kind. The check runs before the registry is
 //! asked anything, so a refusal never depends on whether the repository
 //! exists: an anonymous client gets the same 401 for a private repository
-//! and for one that was never pushed.
+//! and for one that was never pushed. An unknown path (404), a method the
+//! resource does not have (405) and an invalid repository name (400
+//! `NAME_INVALID`) are answered before the caller is looked at: they depend
+//! on the path alone.
 //!
 //! **Credentials.**
 //! - None: the anonymous identity; the policy's `anonymous` grants apply.
@@ -48,14 +48,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::client_addr::{client_view, ClientView};
 use super::login_cache::LoginCache;
-use super::routes::Route;
+use super::routes::{Resource, Route};
 use super::token_cache::TokenCache;
-use super::{header_str, query_pairs, query_value, repository_name, ApiError};
+use super::{header_str, query_pairs, query_value, ApiError};
 use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
 use crate::auth::{
     Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Scope, Secret, VerifiedToken,
@@ -85,41 +85,6 @@ pub enum Need {
 }
 
 impl Need {
-    /// What `method` on `route` needs; `None` for the combinations the API
-    /// does not support (answered 405 without looking at the caller). An
-    /// invalid repository name is refused here, before anything else.
-    pub fn of(route: &Route<'_>, method: &Method) -> Result<Option<Need>, ApiError> {
-        let (name, actions): (_, Actions) = match (route, method) {
-            (Route::Catalog, &Method::GET) => return Ok(Some(Need::Catalog)),
-            (Route::UploadStart { name }, &Method::POST) => (name, Action::Push.into()),
-            (
-                Route::Upload { name, .. },
-                &Method::GET | &Method::PATCH | &Method::PUT | &Method::DELETE,
-            ) => (name, Action::Push.into()),
-            (Route::Blob { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull.into()),
-            (Route::Blob { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
-            (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => {
-                (name, Action::Pull.into())
-            }
-            (Route::Manifest { name, .. }, &Method::PUT) => (name, Action::Push.into()),
-            (Route::Manifest { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
-            (
-                Route::Tags { name }
-                | Route::Referrers { name, .. }
-                | Route::TagHistory { name, .. },
-                &Method::GET,
-            ) => (name, Action::Pull.into()),
-            (Route::TagRollback { name, .. }, &Method::POST) => {
-                (name, Actions::from_iter([Action::Push, Action::Delete]))
-            }
-            _ => return Ok(None),
-        };
-        Ok(Some(Need::Repository {
-            name: repository_name(name)?,
-            actions,
-        }))
-    }
-
     /// The scope a client should ask a token for. A push also asks for pull,
     /// as docker does: pushing starts by checking which blobs exist.
     fn scope(&self) -> Scope {
@@ -287,16 +252,12 @@ impl AccessControl {
         route: &Route<'_>,
         parts: &Parts,
     ) -> Result<Caller, Response> {
-        let need = Need::of(route, &parts.method).map_err(IntoResponse::into_response)?;
-        let scope = need.as_ref().map(Need::scope);
+        let need = route.need();
+        let scopes = vec![need.scope()];
         let caller = self
             .identify(parts)
             .await
-            .map_err(|refusal| self.refuse(refusal, parts, scope.as_slice()))?;
-        let Some(need) = need else {
-            return Ok(caller);
-        };
-        let scopes: Vec<Scope> = scope.into_iter().collect();
+            .map_err(|refusal| self.refuse(refusal, parts, &scopes))?;
         if caller.satisfies(&need) {
             if let Some(source) = self.mount_source_to_ask_for(&caller, route, parts) {
                 let scopes =
@@ -332,7 +293,7 @@ impl AccessControl {
         let Caller::Token { token, .. } = caller else {
             return None;
         };
-        if !matches!(route, Route::UploadStart { .. }) {
+        if route.row.resource != Resource::UploadStart {
             return None;
         }
         let pairs = query_pairs(parts);
@@ -580,11 +541,14 @@ fn derived_realm(parts: &Parts, client: &ClientView) -> String {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::Method;
+
     use super::*;
 
     fn need(path: &str, method: Method) -> Option<Need> {
-        let route = super::super::routes::parse(path).unwrap();
-        Need::of(&route, &method).ok().unwrap()
+        super::super::routes::resolve(path, &method)
+            .ok()
+            .map(|route| route.need())
     }
 
     fn on(name: &str, action: Action) -> Option<Need> {
@@ -645,11 +609,6 @@ mod tests {
         ] {
             assert_eq!(need(path, method.clone()), expected, "{method} {path}");
         }
-        let route = super::super::routes::parse("A/manifests/v1").unwrap();
-        assert!(
-            Need::of(&route, &Method::GET).is_err(),
-            "invalid names first"
-        );
     }
 
     #[test]
