@@ -127,7 +127,9 @@ pub enum AuthError {
     RobotNotFound(String),
     #[error("invalid grant {0:?}: expected PATTERN:ACTIONS, e.g. 'team-a/*:pull,push'")]
     InvalidGrant(String),
-    #[error("invalid duration {0:?}: expected a number and a unit (s, m, h, d, w), e.g. 90d")]
+    #[error(
+        "invalid duration {0:?}: expected a positive number and unit, e.g. 90d, 12h or 1d 12h"
+    )]
     InvalidDuration(String),
     #[error("signing key: {0}")]
     Key(String),
@@ -327,32 +329,15 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// RFC 3339 in UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`.
+/// RFC 3339 in UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`, by
+/// humantime (as the tag history's timestamps). humantime panics outside
+/// 1970 to 9999; a time there (a robot expiring in 20,000 years) is shown at
+/// that range's edge instead.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    /// 9999-12-31T23:59:59Z
+    const LAST_FORMATTABLE: u64 = 253_402_300_799;
+    let clamped = from_unix_secs(unix_secs(t).min(LAST_FORMATTABLE));
+    humantime::format_rfc3339_seconds(clamped).to_string()
 }
 
 #[cfg(test)]
@@ -378,6 +363,14 @@ mod tests {
         assert_eq!(
             rfc3339(from_unix_secs(4_102_444_799)),
             "2099-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(from_unix_secs(u64::MAX / 4)),
+            "9999-12-31T23:59:59Z"
         );
     }
 

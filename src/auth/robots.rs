@@ -317,29 +317,14 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
     }
 }
 
-/// Parses a lifetime like `90d`, `12h`, `30m`, `45s` or `2w` (for
-/// `--expires`).
+/// Parses a lifetime like `90d`, `12h`, `30m`, `45s`, `2w` or `1d 12h` (for
+/// `--expires`), with humantime, as the CLI's other durations. Zero is
+/// refused: a robot that expires as it is made is a typo.
 pub fn parse_duration(s: &str) -> Result<Duration, AuthError> {
-    let invalid = || AuthError::InvalidDuration(s.to_owned());
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
-    let (number, unit) = s.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(invalid()),
-    };
-    if number == 0 {
-        return Err(invalid());
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(AuthError::InvalidDuration(s.to_owned())),
     }
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(invalid)
 }
 
 #[cfg(test)]
@@ -545,16 +530,15 @@ mod tests {
             parse_duration("2w").unwrap(),
             Duration::from_secs(14 * 86_400)
         );
-        for bad in [
-            "",
-            "d",
-            "90",
-            "0d",
-            "-1d",
-            "1y",
-            "1.5d",
-            "99999999999999999999d",
-        ] {
+        assert_eq!(
+            parse_duration("1d 12h").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(
+            parse_duration("1.5d").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        for bad in ["", "d", "90", "0d", "-1d", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
