@@ -397,6 +397,38 @@ async fn a_tampered_token_is_refused() {
 }
 
 #[tokio::test]
+async fn a_token_used_again_keeps_exactly_its_grants() {
+    let registry = start().await;
+    let token = token(&registry, Some("dave"), &["repository:team-a/app:pull"]).await;
+    let tags = registry.url("/v2/team-a/app/tags/list");
+    let uploads = registry.url("/v2/team-a/app/blobs/uploads/");
+    for _ in 0..2 {
+        // Verified the first time, remembered the second: the same answers.
+        let resp = send(&bearer(&token), "GET", &tags).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "authorised");
+        let resp = send(&bearer(&token), "POST", &uploads).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            challenge(&resp),
+            expected_challenge(
+                &registry,
+                Some("repository:team-a/app:pull,push"),
+                Some("insufficient_scope")
+            )
+        );
+    }
+    // A token one character away from the remembered one is not served
+    // from the cache.
+    // (In the signature's middle: the last character carries padding bits.)
+    let at = token.len() - 10;
+    let swapped = if &token[at..at + 1] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+    let resp = send(&bearer(&forged), "GET", &tags).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).contains(r#"error="invalid_token""#));
+}
+
+#[tokio::test]
 async fn an_expired_token_is_refused() {
     let registry = start().await;
     let access =

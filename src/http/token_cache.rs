@@ -118,9 +118,9 @@ mod tests {
         // Another token of the same user, and the token with one byte
         // changed, are not served from the entry.
         assert_eq!(cache.get(&other), None);
-        let mut forged = token.clone();
-        let last = forged.pop().unwrap();
-        forged.push(if last == 'A' { 'B' } else { 'A' });
+        let at = token.len() - 10;
+        let swapped = if &token[at..at + 1] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
         assert_eq!(cache.get(&forged), None);
     }
 
