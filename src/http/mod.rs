@@ -115,7 +115,10 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     };
     let caller = match &state.access {
         None => Caller::Everyone,
-        Some(access) => match access.authorize(&route, &parts).await {
+        Some(access) => match access
+            .authorize(&route.need(), route.starts_upload(), &parts)
+            .await
+        {
             Ok(caller) => caller,
             Err(refusal) => return refusal,
         },

@@ -238,6 +238,11 @@ impl Route<'_> {
         }
     }
 
+    /// Whether the request starts an upload, which may carry a mount.
+    pub fn starts_upload(&self) -> bool {
+        self.row.resource == Resource::UploadStart
+    }
+
     /// Runs the row's handler.
     pub async fn call(
         &self,
@@ -323,6 +328,7 @@ fn extension<'a>(head: &'a str, last: &str) -> Option<Path<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Action;
 
     fn path<'a>(resource: Resource, name: &'a str, last: &'a str) -> Option<Path<'a>> {
         Some(Path {
@@ -393,5 +399,69 @@ mod tests {
         };
         assert_eq!(route.name.as_ref().map(RepositoryName::as_str), Some("a/b"));
         assert_eq!(route.last, "v1");
+    }
+
+    fn need(path: &str, method: Method) -> Option<Need> {
+        resolve(path, &method).ok().map(|route| route.need())
+    }
+
+    fn on(name: &str, action: Action) -> Option<Need> {
+        Some(Need::Repository {
+            name: RepositoryName::parse(name).unwrap(),
+            actions: action.into(),
+        })
+    }
+
+    #[test]
+    fn reads_need_pull_writes_push_and_deletes_delete() {
+        let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let blob = format!("a/b/blobs/{digest}");
+        let referrers = format!("a/b/referrers/{digest}");
+        for (path, method, expected) in [
+            ("a/b/manifests/v1", Method::GET, on("a/b", Action::Pull)),
+            ("a/b/manifests/v1", Method::HEAD, on("a/b", Action::Pull)),
+            ("a/b/manifests/v1", Method::PUT, on("a/b", Action::Push)),
+            (
+                "a/b/manifests/v1",
+                Method::DELETE,
+                on("a/b", Action::Delete),
+            ),
+            (&blob, Method::GET, on("a/b", Action::Pull)),
+            (&blob, Method::HEAD, on("a/b", Action::Pull)),
+            (&blob, Method::DELETE, on("a/b", Action::Delete)),
+            ("a/b/tags/list", Method::GET, on("a/b", Action::Pull)),
+            (&referrers, Method::GET, on("a/b", Action::Pull)),
+            ("a/b/blobs/uploads/", Method::POST, on("a/b", Action::Push)),
+            ("a/b/blobs/uploads/id", Method::GET, on("a/b", Action::Push)),
+            (
+                "a/b/blobs/uploads/id",
+                Method::PATCH,
+                on("a/b", Action::Push),
+            ),
+            ("a/b/blobs/uploads/id", Method::PUT, on("a/b", Action::Push)),
+            (
+                "a/b/blobs/uploads/id",
+                Method::DELETE,
+                on("a/b", Action::Push),
+            ),
+            (
+                "a/b/_berth/tags/v1/history",
+                Method::GET,
+                on("a/b", Action::Pull),
+            ),
+            (
+                "a/b/_berth/tags/v1/rollback",
+                Method::POST,
+                Some(Need::Repository {
+                    name: RepositoryName::parse("a/b").unwrap(),
+                    actions: Actions::from_iter([Action::Push, Action::Delete]),
+                }),
+            ),
+            ("a/b/_berth/tags/v1/rollback", Method::GET, None),
+            ("_catalog", Method::GET, Some(Need::Catalog)),
+            ("a/b/manifests/v1", Method::PATCH, None),
+        ] {
+            assert_eq!(need(path, method.clone()), expected, "{method} {path}");
+        }
     }
 }
