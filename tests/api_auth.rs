@@ -397,6 +397,38 @@ async fn a_tampered_token_is_refused() {
 }
 
 #[tokio::test]
+async fn a_token_used_again_keeps_exactly_its_grants() {
+    let registry = start().await;
+    let token = token(&registry, Some("dave"), &["repository:team-a/app:pull"]).await;
+    let tags = registry.url("/v2/team-a/app/tags/list");
+    let uploads = registry.url("/v2/team-a/app/blobs/uploads/");
+    for _ in 0..2 {
+        // Verified the first time, remembered the second: the same answers.
+        let resp = send(&bearer(&token), "GET", &tags).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "authorised");
+        let resp = send(&bearer(&token), "POST", &uploads).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            challenge(&resp),
+            expected_challenge(
+                &registry,
+                Some("repository:team-a/app:pull,push"),
+                Some("insufficient_scope")
+            )
+        );
+    }
+    // A token one character away from the remembered one is not served
+    // from the cache.
+    // (In the signature's middle: the last character carries padding bits.)
+    let at = token.len() - 10;
+    let swapped = if &token[at..at + 1] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+    let resp = send(&bearer(&forged), "GET", &tags).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).contains(r#"error="invalid_token""#));
+}
+
+#[tokio::test]
 async fn an_expired_token_is_refused() {
     let registry = start().await;
     let access =
@@ -785,6 +817,101 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
     let resp = send(&right, "GET", &registry.url("/auth/token?service=berth")).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().contains_key("retry-after"));
+}
+
+/// A server that believes forwarding headers from `trusted` (a TOML list).
+async fn start_behind_proxies(trusted: &str) -> TestRegistry {
+    let extra = format!("trusted_proxies = {trusted}");
+    TestRegistry::start_with_auth(USERS, &auth_table(&extra)).await
+}
+
+/// `GET path` as `user` with `password`, forwarded for `client` with the
+/// extra `headers`.
+async fn forwarded_get(
+    registry: &TestRegistry,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut request = Client::new().get(registry.url(path));
+    if let Some((user, password)) = credentials {
+        request = request.header("authorization", basic_auth(user, password));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    // The test client (127.0.0.1) is not a trusted proxy here.
+    let registry = start_behind_proxies(r#"["10.0.0.0/8"]"#).await;
+    for spoofed in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let xff = [("x-forwarded-for", spoofed)];
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &xff).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Rotating the spoofed address bought nothing: bob at the peer is blocked.
+    let xff = [("x-forwarded-for", "198.51.100.4")];
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &xff).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The realm is not steered by the client's forwarding headers either.
+    let spoof = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    let resp = forwarded_get(&registry, "/v2/", None, &spoof).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_and_the_scheme_it_used() {
+    let registry = start_behind_proxies(r#"["127.0.0.1"]"#).await;
+    let attacker = [("x-forwarded-for", "198.51.100.1")];
+    for _ in 0..3 {
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &attacker).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &attacker).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // bob from another client address, through the same proxy, gets in; an
+    // address the client wrote left of the proxy's own entry is not used.
+    let elsewhere = [("x-forwarded-for", "198.51.100.1, 198.51.100.2")];
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &elsewhere).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "registry.example"),
+    ];
+    let resp = forwarded_get(&registry, "/v2/", None, &forwarded).await;
+    assert_eq!(
+        challenge(&resp),
+        r#"Bearer realm="https://registry.example/auth/token",service="berth""#
+    );
+}
+
+#[tokio::test]
+async fn one_users_failed_logins_do_not_lock_out_another_behind_the_same_proxy() {
+    let registry = start_behind_proxies(r#"["127.0.0.0/8"]"#).await;
+    let client = [("x-forwarded-for", "198.51.100.1")];
+    for _ in 0..3 {
+        let resp = forwarded_get(&registry, "/v2/", Some(("bob", "guess")), &client).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&registry, "/v2/", Some(("bob", "bob-pw")), &client).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = forwarded_get(&registry, "/v2/", Some(("carol", "carol-pw")), &client).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The same holds with no proxy at all (the peer address is shared).
+    let direct = start().await;
+    for _ in 0..3 {
+        let resp = forwarded_get(&direct, "/v2/", Some(("bob", "guess")), &[]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = forwarded_get(&direct, "/v2/", Some(("carol", "carol-pw")), &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 #[tokio::test]

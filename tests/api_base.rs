@@ -72,3 +72,26 @@ async fn image_round_trip_through_the_api() {
     assert_eq!(resp.headers()["content-type"], common::OCI_MANIFEST);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
 }
+
+#[tokio::test]
+async fn an_unsupported_method_is_405_and_an_unknown_path_404() {
+    let registry = TestRegistry::start().await;
+    let send = |method: &str, path: &str| {
+        registry
+            .client
+            .request(method.parse().unwrap(), registry.url(path))
+            .send()
+    };
+    // The method decides before the name: an invalid name with an
+    // unsupported method is still 405.
+    for path in ["/v2/a/manifests/v1", "/v2/A/manifests/v1", "/v2/_catalog"] {
+        let resp = send("PATCH", path).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(common::error_code(resp).await, "UNSUPPORTED", "{path}");
+    }
+    let resp = send("GET", "/v2/A/manifests/v1").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(common::error_code(resp).await, "NAME_INVALID");
+    let resp = send("GET", "/v2/a/unknown/v1").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}

@@ -12,6 +12,8 @@
 //! robots = "data/berth/robots.json" # default: <data_dir>/berth/robots.json
 //! admins = ["alice"]                # users who may do everything
 //! admin_groups = ["ops"]            # groups whose members may do everything
+//! trusted_proxies = ["10.0.0.0/8"]  # believe these peers' forwarding headers
+//! forwarded_header = "x-forwarded-for"  # or "forwarded" (RFC 7239)
 //!
 //! [auth.groups]
 //! team-a = ["bob", "carol"]
@@ -48,6 +50,7 @@
 //! Relative paths are relative to the working directory, like `data_dir`.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -87,6 +90,62 @@ pub struct AuthConfig {
     pub catalog: CatalogConfig,
     pub login_limit: LoginLimitConfig,
     pub external: Option<ExternalIssuerConfig>,
+    /// Peers (addresses or CIDR networks) whose forwarding headers are
+    /// believed: the client address for the login limiter, and the scheme
+    /// and host for a derived realm. Empty: no header is believed, the peer
+    /// is the client.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// The header the trusted proxies record the client's address in.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// A `trusted_proxies` entry: `10.0.0.7`, `10.0.0.0/8`, `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TrustedProxy {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 proxy seen over an IPv6 socket is an IPv4-mapped address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TrustedProxy, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(TrustedProxy)
+            .map_err(|_| format!("trusted_proxies: {s:?} is not an address or a CIDR network"))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TrustedProxy, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where trusted proxies put the client's address: the de facto
+/// `X-Forwarded-For` (nginx, HAProxy, cloud load balancers) or RFC 7239
+/// `Forwarded`. Only the one configured is read: a proxy that sets one
+/// passes the other through from the client untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, with `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=…;proto=…;host=…`.
+    Forwarded,
 }
 
 impl Default for AuthConfig {
@@ -107,6 +166,8 @@ impl Default for AuthConfig {
             catalog: CatalogConfig::default(),
             login_limit: LoginLimitConfig::default(),
             external: None,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -319,6 +380,7 @@ mod tests {
         // Both key sources are shown there; one of them must go.
         assert!(config.validate().is_err());
         assert_eq!(config.admin_groups, ["ops"]);
+        assert_eq!(config.trusted_proxies, ["10.0.0.0/8".parse().unwrap()]);
     }
 
     #[test]

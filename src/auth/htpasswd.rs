@@ -240,7 +240,7 @@ pub fn validate_user_name(user: &str) -> Result<(), AuthError> {
         "starts with '#'"
     } else if user.trim() != user {
         "starts or ends with whitespace"
-    } else if super::robots::is_robot_user(user) {
+    } else if super::identity::is_robot_user(user) {
         "'robot$' names are for robot accounts"
     } else {
         return Ok(());

@@ -5,8 +5,10 @@
 //!
 //! - [`htpasswd`]: users from an Apache htpasswd file (bcrypt only).
 //! - [`robots`]: robot accounts for CI (`robot$NAME`), stored as hashes.
-//! - [`policy`]: rules per repository pattern, groups, admins; the
-//!   [`Identity`] a login yields and what it may do.
+//! - [`identity`]: the [`Identity`] a login yields, a robot's [`Grant`]s
+//!   and robot user names (below both `policy` and `robots`).
+//! - [`policy`]: rules per repository pattern, groups, admins: what an
+//!   [`Identity`] may do.
 //! - [`scope`]: the Docker token spec's scopes (`repository:NAME:pull,push`).
 //! - [`token`]: the built-in token issuer (short-lived signed JWTs) and the
 //!   verifier for our own and an external issuer's tokens.
@@ -34,6 +36,7 @@ pub mod config;
 mod files;
 pub mod header;
 pub mod htpasswd;
+pub mod identity;
 pub mod limiter;
 pub mod policy;
 pub mod robots;
@@ -47,11 +50,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::oci::RepositoryPattern;
 pub use config::{
-    AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, LoginLimitConfig, RuleConfig,
+    AuthConfig, CatalogConfig, Challenge, ExternalIssuerConfig, ForwardedHeader, LoginLimitConfig,
+    RuleConfig, TrustedProxy,
 };
 pub use htpasswd::Htpasswd;
+pub use identity::{Grant, Identity};
 pub use limiter::FailureLimiter;
-pub use policy::{Grant, Identity, Policy};
+pub use policy::Policy;
 pub use robots::{Robot, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
 pub use token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
@@ -122,7 +127,9 @@ pub enum AuthError {
     RobotNotFound(String),
     #[error("invalid grant {0:?}: expected PATTERN:ACTIONS, e.g. 'team-a/*:pull,push'")]
     InvalidGrant(String),
-    #[error("invalid duration {0:?}: expected a number and a unit (s, m, h, d, w), e.g. 90d")]
+    #[error(
+        "invalid duration {0:?}: expected a positive number and unit, e.g. 90d, 12h or 1d 12h"
+    )]
     InvalidDuration(String),
     #[error("signing key: {0}")]
     Key(String),
@@ -161,6 +168,8 @@ pub struct Auth {
     issuer: TokenIssuer,
     verifier: TokenVerifier,
     limiter: FailureLimiter,
+    trusted_proxies: Vec<TrustedProxy>,
+    forwarded_header: ForwardedHeader,
 }
 
 impl Auth {
@@ -192,6 +201,8 @@ impl Auth {
             issuer,
             verifier,
             limiter: FailureLimiter::new(&config.login_limit),
+            trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
         })
     }
 
@@ -215,7 +226,7 @@ impl Auth {
     /// to hundreds of milliseconds, and the files are re-read when changed.
     /// Call it from `tokio::task::spawn_blocking`.
     pub fn authenticate(&self, user: &str, password: &str) -> Option<Identity> {
-        if robots::is_robot_user(user) {
+        if identity::is_robot_user(user) {
             return self.robots.authenticate(user, password);
         }
         let htpasswd = self.htpasswd.as_ref()?;
@@ -233,13 +244,13 @@ impl Auth {
         user: &str,
         password: &str,
     ) -> Result<Identity, LoginError> {
-        if let Err(retry_after) = self.limiter.check(client) {
+        if let Err(retry_after) = self.limiter.check(client, user) {
             return Err(LoginError::TooManyAttempts { retry_after });
         }
         match self.authenticate(user, password) {
             Some(identity) => Ok(identity),
             None => {
-                self.limiter.record_failure(client);
+                self.limiter.record_failure(client, user);
                 tracing::info!(%client, user, "failed login");
                 Err(LoginError::InvalidCredentials)
             }
@@ -287,6 +298,16 @@ impl Auth {
         &self.limiter
     }
 
+    /// The peers whose forwarding headers are believed (`trusted_proxies`).
+    pub fn trusted_proxies(&self) -> &[TrustedProxy] {
+        &self.trusted_proxies
+    }
+
+    /// The header those proxies put the client's address in.
+    pub fn forwarded_header(&self) -> ForwardedHeader {
+        self.forwarded_header
+    }
+
     pub fn issuer(&self) -> &TokenIssuer {
         &self.issuer
     }
@@ -308,32 +329,15 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// RFC 3339 in UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`.
+/// RFC 3339 in UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`, by
+/// humantime (as the tag history's timestamps). humantime panics outside
+/// 1970 to 9999; a time there (a robot expiring in 20,000 years) is shown at
+/// that range's edge instead.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    /// 9999-12-31T23:59:59Z
+    const LAST_FORMATTABLE: u64 = 253_402_300_799;
+    let clamped = from_unix_secs(unix_secs(t).min(LAST_FORMATTABLE));
+    humantime::format_rfc3339_seconds(clamped).to_string()
 }
 
 #[cfg(test)]
@@ -359,6 +363,14 @@ mod tests {
         assert_eq!(
             rfc3339(from_unix_secs(4_102_444_799)),
             "2099-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(from_unix_secs(u64::MAX / 4)),
+            "9999-12-31T23:59:59Z"
         );
     }
 
@@ -459,12 +471,14 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        // Another client is not affected, and its success resets nothing.
+        // Another client is not affected, and its success resets nothing;
+        // nor is another user at the same address (a proxy's, say).
         assert!(auth.login(client(10), "bob", "bob-pw").is_ok());
         assert!(matches!(
-            auth.login(client(9), "carol", "carol-pw"),
+            auth.login(client(9), "bob", "bob-pw"),
             Err(LoginError::TooManyAttempts { .. })
         ));
+        assert!(auth.login(client(9), "carol", "carol-pw").is_ok());
     }
 
     #[test]

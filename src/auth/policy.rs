@@ -26,61 +26,13 @@
 //! a pattern without `*` is an exact name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+
+use super::identity::Identity;
 
 use super::config::{AuthConfig, CatalogConfig};
 use super::scope::{Action, Actions, Scope};
 use super::AuthError;
 use crate::oci::{RepositoryName, RepositoryPattern};
-
-/// Actions on the repositories matching a pattern: a robot's grant, written
-/// `PATTERN:ACTIONS` (e.g. `team-a/*:pull,push`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    pub repositories: RepositoryPattern,
-    pub actions: Actions,
-}
-
-impl Grant {
-    /// Parses `PATTERN:ACTIONS`; unknown actions are errors here (this is
-    /// what an operator typed).
-    pub fn parse(s: &str) -> Result<Grant, AuthError> {
-        let invalid = || AuthError::InvalidGrant(s.to_owned());
-        let (pattern, actions) = s.rsplit_once(':').ok_or_else(invalid)?;
-        Ok(Grant {
-            repositories: RepositoryPattern::parse(pattern).map_err(|_| invalid())?,
-            actions: Actions::parse_strict(actions).map_err(|_| invalid())?,
-        })
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.repositories, self.actions)
-    }
-}
-
-/// Who a client is, once its credentials are checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// No credentials.
-    Anonymous,
-    /// An htpasswd user and the configured groups it belongs to.
-    User { name: String, groups: Vec<String> },
-    /// A robot account (user name `robot$NAME`) and its grants.
-    Robot { name: String, grants: Vec<Grant> },
-}
-
-impl Identity {
-    /// The token `sub`: the user name, `robot$NAME`, or empty for anonymous.
-    pub fn subject(&self) -> String {
-        match self {
-            Identity::Anonymous => String::new(),
-            Identity::User { name, .. } => name.clone(),
-            Identity::Robot { name, .. } => super::robots::user_name(name),
-        }
-    }
-}
 
 /// A compiled `[[auth.rules]]` entry.
 #[derive(Debug, Clone)]
@@ -251,6 +203,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Grant;
 
     fn name(s: &str) -> RepositoryName {
         RepositoryName::parse(s).unwrap()

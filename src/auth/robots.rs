@@ -37,24 +37,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::files::{self, FileStamp};
-use super::policy::{Grant, Identity};
-use super::{from_unix_secs, unix_secs, AuthError, Secret};
+pub use super::identity::{is_robot_user, user_name, USER_PREFIX};
 
-/// Robot user names are this prefix and the robot's name.
-pub const USER_PREFIX: &str = "robot$";
+use super::identity::{Grant, Identity};
+use super::{from_unix_secs, unix_secs, AuthError, Secret};
 
 /// The store holds only hashes, but they are still nobody else's business.
 const NEW_FILE_MODE: u32 = 0o600;
-
-/// `robot$NAME`.
-pub fn user_name(robot: &str) -> String {
-    format!("{USER_PREFIX}{robot}")
-}
-
-/// Is this login name a robot's?
-pub fn is_robot_user(user: &str) -> bool {
-    user.starts_with(USER_PREFIX)
-}
 
 /// A robot as `berth robot list` shows it (no secret, no hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,29 +317,14 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
     }
 }
 
-/// Parses a lifetime like `90d`, `12h`, `30m`, `45s` or `2w` (for
-/// `--expires`).
+/// Parses a lifetime like `90d`, `12h`, `30m`, `45s`, `2w` or `1d 12h` (for
+/// `--expires`), with humantime, as the CLI's other durations. Zero is
+/// refused: a robot that expires as it is made is a typo.
 pub fn parse_duration(s: &str) -> Result<Duration, AuthError> {
-    let invalid = || AuthError::InvalidDuration(s.to_owned());
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
-    let (number, unit) = s.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(invalid()),
-    };
-    if number == 0 {
-        return Err(invalid());
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(AuthError::InvalidDuration(s.to_owned())),
     }
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(invalid)
 }
 
 #[cfg(test)]
@@ -556,16 +530,15 @@ mod tests {
             parse_duration("2w").unwrap(),
             Duration::from_secs(14 * 86_400)
         );
-        for bad in [
-            "",
-            "d",
-            "90",
-            "0d",
-            "-1d",
-            "1y",
-            "1.5d",
-            "99999999999999999999d",
-        ] {
+        assert_eq!(
+            parse_duration("1d 12h").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(
+            parse_duration("1.5d").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        for bad in ["", "d", "90", "0d", "-1d", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }

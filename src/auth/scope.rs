@@ -44,7 +44,7 @@ impl Action {
         }
     }
 
-    fn bit(self) -> u8 {
+    const fn bit(self) -> u8 {
         match self {
             Action::Pull => 1,
             Action::Push => 2,
@@ -68,6 +68,16 @@ pub struct Actions(u8);
 impl Actions {
     pub const NONE: Actions = Actions(0);
     pub const ALL: Actions = Actions(7);
+
+    /// Just `action` (usable in constants, unlike `From`).
+    pub const fn only(action: Action) -> Actions {
+        Actions(action.bit())
+    }
+
+    /// These and `action`.
+    pub const fn and(self, action: Action) -> Actions {
+        Actions(self.0 | action.bit())
+    }
     #[cfg(test)]
     pub(crate) const PULL_ONLY: Actions = Actions(1);
 

@@ -2,24 +2,25 @@
 //! the request needs, and the 401/403/429 answers when it may not. The rules
 //! themselves live in [`crate::auth`]; this module only speaks HTTP for them.
 //!
-//! **What each request needs.** Reading (`GET`/`HEAD` of manifests, blobs,
-//! tags, referrers) needs `pull` on the repository; writing (every upload
-//! request, cancelling included, and manifest `PUT`) needs `push`; deleting a
-//! manifest or blob needs `delete`. Berth's tag history extension needs
-//! `pull` to read a history and both `push` and `delete` to roll a tag back
-//! (it moves the tag, and takes the current image away from it, as a delete
-//! of the tag would). The catalog needs the catalog right and
+//! **What each request needs** is the right in its row of the route table
+//! ([`super::routes::TABLE`]): `pull` to read, `push` to write (uploads,
+//! cancelling included, and manifest `PUT`), `delete` to delete, `push` and
+//! `delete` to roll a tag back; the catalog needs the catalog right and
 //! then shows only the repositories the caller may pull. `GET /v2/` needs
 //! valid credentials of any kind. The check runs before the registry is
 //! asked anything, so a refusal never depends on whether the repository
 //! exists: an anonymous client gets the same 401 for a private repository
-//! and for one that was never pushed.
+//! and for one that was never pushed. An unknown path (404), a method the
+//! resource does not have (405) and an invalid repository name (400
+//! `NAME_INVALID`) are answered before the caller is looked at: they depend
+//! on the path alone.
 //!
 //! **Credentials.**
 //! - None: the anonymous identity; the policy's `anonymous` grants apply.
-//! - `Bearer <jwt>`: verified by [`Auth::verify_token`]; the token's grants
-//!   decide, the policy is not consulted again (a robot revoked after the
-//!   token was issued keeps its access until the token expires, at most
+//! - `Bearer <jwt>`: verified by [`Auth::verify_token`] once, then
+//!   remembered by [`TokenCache`] strictly until its `exp`; the token's
+//!   grants decide, the policy is not consulted again (a robot revoked after
+//!   the token was issued keeps its access until the token expires, at most
 //!   `token_ttl_secs`).
 //! - `Basic`: a user or robot login through [`Auth::login`] (brute-force
 //!   limited; bcrypt runs on the blocking pool), remembered briefly by
@@ -43,17 +44,17 @@
 //! Credentials are never logged: only the user name of a failed login is
 //! (by [`Auth::login`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use super::client_addr::{client_view, ClientView};
 use super::login_cache::LoginCache;
-use super::routes::Route;
-use super::{header_str, query_pairs, query_value, repository_name, ApiError};
+use super::token_cache::TokenCache;
+use super::{header_str, query_pairs, query_value, ApiError};
 use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
 use crate::auth::{
     Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Scope, Secret, VerifiedToken,
@@ -68,6 +69,7 @@ pub struct AccessControl {
     auth: Auth,
     challenge: Challenge,
     logins: LoginCache,
+    tokens: TokenCache,
 }
 
 /// What a `/v2/` request needs of its caller.
@@ -82,41 +84,6 @@ pub enum Need {
 }
 
 impl Need {
-    /// What `method` on `route` needs; `None` for the combinations the API
-    /// does not support (answered 405 without looking at the caller). An
-    /// invalid repository name is refused here, before anything else.
-    pub fn of(route: &Route<'_>, method: &Method) -> Result<Option<Need>, ApiError> {
-        let (name, actions): (_, Actions) = match (route, method) {
-            (Route::Catalog, &Method::GET) => return Ok(Some(Need::Catalog)),
-            (Route::UploadStart { name }, &Method::POST) => (name, Action::Push.into()),
-            (
-                Route::Upload { name, .. },
-                &Method::GET | &Method::PATCH | &Method::PUT | &Method::DELETE,
-            ) => (name, Action::Push.into()),
-            (Route::Blob { name, .. }, &Method::GET | &Method::HEAD) => (name, Action::Pull.into()),
-            (Route::Blob { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
-            (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => {
-                (name, Action::Pull.into())
-            }
-            (Route::Manifest { name, .. }, &Method::PUT) => (name, Action::Push.into()),
-            (Route::Manifest { name, .. }, &Method::DELETE) => (name, Action::Delete.into()),
-            (
-                Route::Tags { name }
-                | Route::Referrers { name, .. }
-                | Route::TagHistory { name, .. },
-                &Method::GET,
-            ) => (name, Action::Pull.into()),
-            (Route::TagRollback { name, .. }, &Method::POST) => {
-                (name, Actions::from_iter([Action::Push, Action::Delete]))
-            }
-            _ => return Ok(None),
-        };
-        Ok(Some(Need::Repository {
-            name: repository_name(name)?,
-            actions,
-        }))
-    }
-
     /// The scope a client should ask a token for. A push also asks for pull,
     /// as docker does: pushing starts by checking which blobs exist.
     fn scope(&self) -> Scope {
@@ -146,7 +113,7 @@ pub enum Caller {
     },
     /// A bearer token: its grants decide.
     Token {
-        token: VerifiedToken,
+        token: Arc<VerifiedToken>,
         access: Arc<AccessControl>,
     },
 }
@@ -269,6 +236,7 @@ impl AccessControl {
             auth,
             challenge,
             logins: LoginCache::new(),
+            tokens: TokenCache::new(),
         }
     }
 
@@ -276,25 +244,25 @@ impl AccessControl {
         &self.auth
     }
 
-    /// Authorises a `/v2/` request for `route`: the caller it may proceed
+    /// Authorises a `/v2/` request that needs `need` (an upload start, which
+    /// may carry a mount, when `starts_upload`): the caller it may proceed
     /// as, or the response refusing it.
     pub async fn authorize(
         self: &Arc<Self>,
-        route: &Route<'_>,
+        need: &Need,
+        starts_upload: bool,
         parts: &Parts,
     ) -> Result<Caller, Response> {
-        let need = Need::of(route, &parts.method).map_err(IntoResponse::into_response)?;
-        let scope = need.as_ref().map(Need::scope);
+        let scopes = vec![need.scope()];
         let caller = self
             .identify(parts)
             .await
-            .map_err(|refusal| self.refuse(refusal, parts, scope.as_slice()))?;
-        let Some(need) = need else {
-            return Ok(caller);
-        };
-        let scopes: Vec<Scope> = scope.into_iter().collect();
-        if caller.satisfies(&need) {
-            if let Some(source) = self.mount_source_to_ask_for(&caller, route, parts) {
+            .map_err(|refusal| self.refuse(refusal, parts, &scopes))?;
+        if caller.satisfies(need) {
+            let source = starts_upload
+                .then(|| self.mount_source_to_ask_for(&caller, parts))
+                .flatten();
+            if let Some(source) = source {
                 let scopes =
                     [scopes, vec![Scope::repository(source, Action::Pull.into())]].concat();
                 return Err(self.unauthorized(parts, &scopes, Some("insufficient_scope")));
@@ -319,18 +287,10 @@ impl AccessControl {
     /// the client a token that mounts (Distribution does the same). When it
     /// may not, `None`: the upload handler starts a plain upload instead,
     /// which tells nothing about the source.
-    fn mount_source_to_ask_for(
-        &self,
-        caller: &Caller,
-        route: &Route<'_>,
-        parts: &Parts,
-    ) -> Option<RepositoryName> {
+    fn mount_source_to_ask_for(&self, caller: &Caller, parts: &Parts) -> Option<RepositoryName> {
         let Caller::Token { token, .. } = caller else {
             return None;
         };
-        if !matches!(route, Route::UploadStart { .. }) {
-            return None;
-        }
         let pairs = query_pairs(parts);
         query_value(&pairs, "mount")?;
         let source = RepositoryName::parse(query_value(&pairs, "from")?)?;
@@ -365,15 +325,30 @@ impl AccessControl {
                 identity: Identity::Anonymous,
                 access,
             }),
-            Presented::Bearer(token) => match self.auth.verify_token(&token) {
-                Ok(token) => Ok(Caller::Token { token, access }),
-                Err(e) => {
-                    tracing::debug!(reason = %e, "refused a bearer token");
-                    Err(Refusal::Invalid { token: true })
+            Presented::Bearer(token) => {
+                if let Some(verified) = self.tokens.get(&token) {
+                    return Ok(Caller::Token {
+                        token: verified,
+                        access,
+                    });
                 }
-            },
+                match self.auth.verify_token(&token) {
+                    Ok(verified) => {
+                        let verified = Arc::new(verified);
+                        self.tokens.insert(&token, Arc::clone(&verified));
+                        Ok(Caller::Token {
+                            token: verified,
+                            access,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::debug!(reason = %e, "refused a bearer token");
+                        Err(Refusal::Invalid { token: true })
+                    }
+                }
+            }
             Presented::Basic { user, password } => {
-                let identity = self.login(client_ip(parts), user, password).await?;
+                let identity = self.login(self.client(parts).addr, user, password).await?;
                 Ok(Caller::Identity { identity, access })
             }
             Presented::Unusable => Err(Refusal::Invalid { token: false }),
@@ -389,12 +364,12 @@ impl AccessControl {
         user: String,
         password: Secret,
     ) -> Result<Identity, Refusal> {
-        if let Err(retry_after) = self.auth.limiter().check(client) {
+        if let Err(retry_after) = self.auth.limiter().check(client, &user) {
             return Err(Refusal::TooManyAttempts {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             });
         }
-        let robot = crate::auth::robots::is_robot_user(&user);
+        let robot = crate::auth::identity::is_robot_user(&user);
         // Read before the check: a change of the file during it invalidates
         // the entry.
         let users_version = self.auth.users_version().filter(|_| !robot);
@@ -438,7 +413,7 @@ impl AccessControl {
         if subject.is_empty() {
             return Some(Identity::Anonymous);
         }
-        let Some(robot) = subject.strip_prefix(crate::auth::robots::USER_PREFIX) else {
+        let Some(robot) = subject.strip_prefix(crate::auth::identity::USER_PREFIX) else {
             return Some(self.auth.policy().user(subject));
         };
         // A robot's grants live in its store; gone or expired: anonymous.
@@ -465,7 +440,7 @@ impl AccessControl {
         user: String,
         password: Secret,
     ) -> Result<Identity, Response> {
-        self.login(client_ip(parts), user, password)
+        self.login(self.client(parts).addr, user, password)
             .await
             .map_err(|refusal| match refusal {
                 Refusal::Invalid { .. } => self.basic_unauthorized(),
@@ -483,13 +458,22 @@ impl AccessControl {
         }
     }
 
+    /// The client as the configured trusted proxies report it.
+    fn client(&self, parts: &Parts) -> ClientView {
+        client_view(
+            parts,
+            self.auth.trusted_proxies(),
+            self.auth.forwarded_header(),
+        )
+    }
+
     /// 401 `UNAUTHORIZED` with the configured challenge.
     fn unauthorized(&self, parts: &Parts, scopes: &[Scope], error: Option<&str>) -> Response {
         let challenge = match self.challenge {
             Challenge::Bearer => {
                 let realm = match self.auth.realm() {
                     Some(realm) => realm.to_owned(),
-                    None => derived_realm(parts),
+                    None => derived_realm(parts, &self.client(parts)),
                 };
                 bearer_challenge(&realm, self.auth.service(), scopes, error)
             }
@@ -527,15 +511,20 @@ pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
     response
 }
 
-/// `<scheme>://<host>/auth/token` as the client addressed us: the `Host`
-/// (or HTTP/2 authority), and `https` when Berth terminated TLS itself or a
-/// proxy in front says the client used it.
-fn derived_realm(parts: &Parts) -> String {
-    let host = header_str(&parts.headers, header::HOST)
-        .map(str::to_owned)
+/// `<scheme>://<host>/auth/token` as the client addressed us: the host a
+/// trusted proxy reports, else the `Host` (or HTTP/2 authority) the client
+/// sent us; `https` when Berth terminated TLS itself or a trusted proxy says
+/// the client used it.
+fn derived_realm(parts: &Parts, client: &ClientView) -> String {
+    let host = client
+        .host
+        .clone()
+        .or_else(|| header_str(&parts.headers, header::HOST).map(str::to_owned))
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".to_owned());
-    let forwarded_https = header_str(&parts.headers, "x-forwarded-proto")
+    let forwarded_https = client
+        .proto
+        .as_deref()
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
     let scheme = if parts.extensions.get::<super::OverTls>().is_some() || forwarded_https {
         "https"
@@ -545,88 +534,15 @@ fn derived_realm(parts: &Parts) -> String {
     format!("{scheme}://{host}{TOKEN_PATH}")
 }
 
-/// The peer address the server recorded for the connection; all clients
-/// share one address only when the router is served without connect info
-/// (embedding), where the limiter then counts them together.
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn need(path: &str, method: Method) -> Option<Need> {
-        let route = super::super::routes::parse(path).unwrap();
-        Need::of(&route, &method).ok().unwrap()
-    }
 
     fn on(name: &str, action: Action) -> Option<Need> {
         Some(Need::Repository {
             name: RepositoryName::parse(name).unwrap(),
             actions: action.into(),
         })
-    }
-
-    #[test]
-    fn reads_need_pull_writes_push_and_deletes_delete() {
-        let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-        let blob = format!("a/b/blobs/{digest}");
-        let referrers = format!("a/b/referrers/{digest}");
-        for (path, method, expected) in [
-            ("a/b/manifests/v1", Method::GET, on("a/b", Action::Pull)),
-            ("a/b/manifests/v1", Method::HEAD, on("a/b", Action::Pull)),
-            ("a/b/manifests/v1", Method::PUT, on("a/b", Action::Push)),
-            (
-                "a/b/manifests/v1",
-                Method::DELETE,
-                on("a/b", Action::Delete),
-            ),
-            (&blob, Method::GET, on("a/b", Action::Pull)),
-            (&blob, Method::HEAD, on("a/b", Action::Pull)),
-            (&blob, Method::DELETE, on("a/b", Action::Delete)),
-            ("a/b/tags/list", Method::GET, on("a/b", Action::Pull)),
-            (&referrers, Method::GET, on("a/b", Action::Pull)),
-            ("a/b/blobs/uploads/", Method::POST, on("a/b", Action::Push)),
-            ("a/b/blobs/uploads/id", Method::GET, on("a/b", Action::Push)),
-            (
-                "a/b/blobs/uploads/id",
-                Method::PATCH,
-                on("a/b", Action::Push),
-            ),
-            ("a/b/blobs/uploads/id", Method::PUT, on("a/b", Action::Push)),
-            (
-                "a/b/blobs/uploads/id",
-                Method::DELETE,
-                on("a/b", Action::Push),
-            ),
-            (
-                "a/b/_berth/tags/v1/history",
-                Method::GET,
-                on("a/b", Action::Pull),
-            ),
-            (
-                "a/b/_berth/tags/v1/rollback",
-                Method::POST,
-                Some(Need::Repository {
-                    name: RepositoryName::parse("a/b").unwrap(),
-                    actions: Actions::from_iter([Action::Push, Action::Delete]),
-                }),
-            ),
-            ("a/b/_berth/tags/v1/rollback", Method::GET, None),
-            ("_catalog", Method::GET, Some(Need::Catalog)),
-            ("a/b/manifests/v1", Method::PATCH, None),
-        ] {
-            assert_eq!(need(path, method.clone()), expected, "{method} {path}");
-        }
-        let route = super::super::routes::parse("A/manifests/v1").unwrap();
-        assert!(
-            Need::of(&route, &Method::GET).is_err(),
-            "invalid names first"
-        );
     }
 
     #[test]

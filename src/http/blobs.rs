@@ -8,20 +8,20 @@ use futures::StreamExt;
 
 use super::connection::{Download, SendFile};
 use super::range::{self, RangeRequest};
-use super::{digest_param, header_str, repository_name, ApiResult, DOCKER_CONTENT_DIGEST};
+use super::{digest_param, header_str, ApiResult, DOCKER_CONTENT_DIGEST};
 use crate::oci::ErrorCode;
+use crate::oci::RepositoryName;
 use crate::registry::Registry;
 
 pub async fn get(
     registry: &Registry,
-    name: &str,
+    name: &RepositoryName,
     digest: &str,
     parts: &Parts,
     with_body: bool,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let digest = digest_param(digest)?;
-    let blob = registry.open_blob(&name, &digest).await?;
+    let blob = registry.open_blob(name, &digest).await?;
     let size = blob.size;
     let range = match range::parse(header_str(&parts.headers, header::RANGE), size) {
         RangeRequest::Unsatisfiable => {
@@ -76,10 +76,9 @@ pub async fn get(
         .expect("valid response"))
 }
 
-pub async fn delete(registry: &Registry, name: &str, digest: &str) -> ApiResult {
-    let name = repository_name(name)?;
+pub async fn delete(registry: &Registry, name: &RepositoryName, digest: &str) -> ApiResult {
     let digest = digest_param(digest)?;
-    registry.delete_blob(&name, &digest).await?;
+    registry.delete_blob(name, &digest).await?;
     Ok((
         StatusCode::ACCEPTED,
         [(DOCKER_CONTENT_DIGEST, digest.to_string())],

@@ -10,11 +10,10 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::{
-    digest_param, header_str, location, query_pairs, repository_name, ApiError, ApiResult,
-    DOCKER_CONTENT_DIGEST,
+    digest_param, header_str, location, query_pairs, ApiError, ApiResult, DOCKER_CONTENT_DIGEST,
 };
 use crate::oci::manifest::kind_of_media_type;
-use crate::oci::{ErrorCode, Reference, RegistryError, Tag};
+use crate::oci::{ErrorCode, Reference, RegistryError, RepositoryName, Tag};
 use crate::registry::Registry;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
@@ -31,14 +30,13 @@ fn reference_param(reference: &str, unknown: ErrorCode) -> Result<Reference, Api
 
 pub async fn get(
     registry: &Registry,
-    name: &str,
+    name: &RepositoryName,
     reference: &str,
     parts: &Parts,
     with_body: bool,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let reference = reference_param(reference, ErrorCode::ManifestUnknown)?;
-    let manifest = registry.get_manifest(&name, &reference).await?;
+    let manifest = registry.get_manifest(name, &reference).await?;
     if !accepts(&parts.headers, &manifest.media_type) {
         return Err(RegistryError::with_detail(
             ErrorCode::ManifestUnknown,
@@ -79,12 +77,11 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 
 pub async fn put(
     registry: &Registry,
-    name: &str,
+    name: &RepositoryName,
     reference: &str,
     parts: &Parts,
     body: RequestBody,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let reference = reference_param(reference, ErrorCode::ManifestInvalid)?;
     let mut extra_tags = Vec::new();
     for (key, value) in query_pairs(parts) {
@@ -120,13 +117,7 @@ pub async fn put(
         .to_bytes();
 
     let put = registry
-        .put_manifest(
-            &name,
-            &reference,
-            content_type.as_deref(),
-            body,
-            &extra_tags,
-        )
+        .put_manifest(name, &reference, content_type.as_deref(), body, &extra_tags)
         .await?;
     let mut response = (
         StatusCode::CREATED,
@@ -153,9 +144,8 @@ pub async fn put(
     Ok(response)
 }
 
-pub async fn delete(registry: &Registry, name: &str, reference: &str) -> ApiResult {
-    let name = repository_name(name)?;
+pub async fn delete(registry: &Registry, name: &RepositoryName, reference: &str) -> ApiResult {
     let reference = reference_param(reference, ErrorCode::ManifestUnknown)?;
-    registry.delete_manifest(&name, &reference).await?;
+    registry.delete_manifest(name, &reference).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 mod blobs;
 mod catalog;
+mod client_addr;
 pub mod connection;
 mod error;
 mod login_cache;
@@ -18,6 +19,7 @@ mod routes;
 mod tag_history;
 mod tags;
 mod token;
+mod token_cache;
 mod uploads;
 
 use std::io;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -40,7 +42,6 @@ use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
 use crate::storage::ByteStream;
 use auth::{AccessControl, Caller};
-use routes::Route;
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -92,72 +93,36 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn not_found() -> Response {
+    not_found_response()
+}
+
+fn not_found_response() -> Response {
     (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
+/// Every `/v2/<rest>` request: the route table finds the row, access
+/// control checks the row's right, the row's handler answers.
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let rest = path.strip_prefix("/v2/").unwrap_or_default();
-    let Some(route) = routes::parse(rest) else {
-        return not_found().await;
-    };
     let (parts, body) = request.into_parts();
+    let rest = parts.uri.path().strip_prefix("/v2/").unwrap_or_default();
+    let route = match routes::resolve(rest, &parts.method) {
+        Ok(route) => route,
+        Err(unrouted) => return unrouted.into_response(),
+    };
     let caller = match &state.access {
         None => Caller::Everyone,
-        Some(access) => match access.authorize(&route, &parts).await {
+        Some(access) => match access
+            .authorize(&route.need(), route.starts_upload(), &parts)
+            .await
+        {
             Ok(caller) => caller,
             Err(refusal) => return refusal,
         },
     };
-    let r = &state.registry;
-    let result = match (route, &parts.method) {
-        (Route::Catalog, &Method::GET) => catalog::list(r, &caller, &parts).await,
-        (Route::UploadStart { name }, &Method::POST) => {
-            uploads::start(r, &caller, name, &parts, body).await
-        }
-        (Route::Upload { name, id }, &Method::GET) => uploads::status(r, name, id).await,
-        (Route::Upload { name, id }, &Method::PATCH) => {
-            uploads::patch(r, name, id, &parts, body).await
-        }
-        (Route::Upload { name, id }, &Method::PUT) => {
-            uploads::finish(r, name, id, &parts, body).await
-        }
-        (Route::Upload { name, id }, &Method::DELETE) => uploads::cancel(r, name, id).await,
-        (Route::Blob { name, digest }, &Method::GET) => {
-            blobs::get(r, name, digest, &parts, true).await
-        }
-        (Route::Blob { name, digest }, &Method::HEAD) => {
-            blobs::get(r, name, digest, &parts, false).await
-        }
-        (Route::Blob { name, digest }, &Method::DELETE) => blobs::delete(r, name, digest).await,
-        (Route::Manifest { name, reference }, &Method::GET) => {
-            manifests::get(r, name, reference, &parts, true).await
-        }
-        (Route::Manifest { name, reference }, &Method::HEAD) => {
-            manifests::get(r, name, reference, &parts, false).await
-        }
-        (Route::Manifest { name, reference }, &Method::PUT) => {
-            manifests::put(r, name, reference, &parts, body).await
-        }
-        (Route::Manifest { name, reference }, &Method::DELETE) => {
-            manifests::delete(r, name, reference).await
-        }
-        (Route::Tags { name }, &Method::GET) => tags::list(r, name, &parts).await,
-        (Route::Referrers { name, digest }, &Method::GET) => {
-            referrers::list(r, name, digest, &parts).await
-        }
-        (Route::TagHistory { name, tag }, &Method::GET) => {
-            tag_history::history(r, name, tag, &parts).await
-        }
-        (Route::TagRollback { name, tag }, &Method::POST) => {
-            tag_history::rollback(r, name, tag, &parts).await
-        }
-        (_, method) => Err(ApiError::from(RegistryError::with_detail(
-            ErrorCode::Unsupported,
-            format!("{method} is not supported on this resource"),
-        ))),
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    route
+        .call(&state.registry, &caller, &parts, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn repository_name(name: &str) -> Result<RepositoryName, ApiError> {

@@ -23,14 +23,17 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::{
-    digest_param, location, query_pairs, query_value, repository_name, ApiError, ApiResult,
-    DOCKER_CONTENT_DIGEST,
+    digest_param, location, query_pairs, query_value, ApiError, ApiResult, DOCKER_CONTENT_DIGEST,
 };
-use crate::oci::{ErrorCode, RegistryError, Tag};
+use crate::oci::{ErrorCode, RegistryError, RepositoryName, Tag};
 use crate::registry::{Registry, RollbackTarget};
 
-pub async fn history(registry: &Registry, name: &str, tag: &str, parts: &Parts) -> ApiResult {
-    let name = repository_name(name)?;
+pub async fn history(
+    registry: &Registry,
+    name: &RepositoryName,
+    tag: &str,
+    parts: &Parts,
+) -> ApiResult {
     let tag = tag_param(tag)?;
     let pairs = query_pairs(parts);
     let limit = match query_value(&pairs, "n") {
@@ -40,7 +43,7 @@ pub async fn history(registry: &Registry, name: &str, tag: &str, parts: &Parts) 
                 .map_err(|_| ErrorCode::PaginationNumberInvalid)?,
         ),
     };
-    let history = registry.tag_history_view(&name, &tag, limit).await?;
+    let history = registry.tag_history_view(name, &tag, limit).await?;
     let changes: Vec<_> = history
         .changes
         .iter()
@@ -61,11 +64,15 @@ pub async fn history(registry: &Registry, name: &str, tag: &str, parts: &Parts) 
     .into_response())
 }
 
-pub async fn rollback(registry: &Registry, name: &str, tag: &str, parts: &Parts) -> ApiResult {
-    let name = repository_name(name)?;
+pub async fn rollback(
+    registry: &Registry,
+    name: &RepositoryName,
+    tag: &str,
+    parts: &Parts,
+) -> ApiResult {
     let tag = tag_param(tag)?;
     let target = rollback_target(&query_pairs(parts))?;
-    let rollback = registry.rollback_tag(&name, &tag, &target).await?;
+    let rollback = registry.rollback_tag(name, &tag, &target).await?;
     let digest = rollback.digest.to_string();
     Ok((
         StatusCode::OK,

@@ -5,13 +5,13 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::{next_page_link, pagination, query_pairs, repository_name, ApiResult};
+use super::{next_page_link, pagination, query_pairs, ApiResult};
+use crate::oci::RepositoryName;
 use crate::registry::Registry;
 
-pub async fn list(registry: &Registry, name: &str, parts: &Parts) -> ApiResult {
-    let name = repository_name(name)?;
+pub async fn list(registry: &Registry, name: &RepositoryName, parts: &Parts) -> ApiResult {
     let (n, last) = pagination(&query_pairs(parts))?;
-    let page = registry.list_tags(&name, n, last.as_deref()).await?;
+    let page = registry.list_tags(name, n, last.as_deref()).await?;
     let mut response =
         axum::Json(json!({ "name": name.as_str(), "tags": page.entries })).into_response();
     if let (true, Some(n), Some(last)) = (page.more, n, page.entries.last()) {

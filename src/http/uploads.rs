@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
 use super::{
-    body_stream, digest_param, has_body, header_str, location, query_pairs, query_value,
-    repository_name, ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
+    body_stream, digest_param, has_body, header_str, location, query_pairs, query_value, ApiError,
+    ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
 };
 use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepositoryName};
@@ -19,11 +19,10 @@ use crate::registry::{Registry, UploadSession, UploadStart};
 pub async fn start(
     registry: &Registry,
     caller: &Caller,
-    name: &str,
+    name: &RepositoryName,
     parts: &Parts,
     body: Body,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let pairs = query_pairs(parts);
     if let Some(mount) = query_value(&pairs, "mount") {
         let digest = digest_param(mount)?;
@@ -40,52 +39,50 @@ pub async fn start(
         };
         let start = if may_mount {
             registry
-                .start_upload_with_mount(&name, &digest, from.flatten().as_ref())
+                .start_upload_with_mount(name, &digest, from.flatten().as_ref())
                 .await?
         } else {
-            UploadStart::Session(registry.start_upload(&name, digest.algorithm()).await?)
+            UploadStart::Session(registry.start_upload(name, digest.algorithm()).await?)
         };
         return match start {
-            UploadStart::Mounted => Ok(blob_created(&name, &digest)),
+            UploadStart::Mounted => Ok(blob_created(name, &digest)),
             UploadStart::Session(session) => {
-                Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+                Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
             }
         };
     }
     if let Some(digest) = query_value(&pairs, "digest") {
         let digest = digest_param(digest)?;
         registry
-            .upload_whole(&name, &digest, body_stream(body))
+            .upload_whole(name, &digest, body_stream(body))
             .await?;
-        return Ok(blob_created(&name, &digest));
+        return Ok(blob_created(name, &digest));
     }
-    let session = registry.start_upload(&name, Algorithm::Sha256).await?;
-    Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+    let session = registry.start_upload(name, Algorithm::Sha256).await?;
+    Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
 }
 
 pub async fn patch(
     registry: &Registry,
-    name: &str,
+    name: &RepositoryName,
     id: &str,
     parts: &Parts,
     body: Body,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let start = chunk_start(&parts.headers)?;
     let session = registry
-        .append_chunk(&name, id, start, body_stream(body))
+        .append_chunk(name, id, start, body_stream(body))
         .await?;
-    Ok(upload_accepted(&name, &session, StatusCode::ACCEPTED))
+    Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
 }
 
 pub async fn finish(
     registry: &Registry,
-    name: &str,
+    name: &RepositoryName,
     id: &str,
     parts: &Parts,
     body: Body,
 ) -> ApiResult {
-    let name = repository_name(name)?;
     let pairs = query_pairs(parts);
     let digest = query_value(&pairs, "digest").ok_or_else(|| {
         RegistryError::with_detail(ErrorCode::DigestInvalid, "the digest parameter is required")
@@ -94,20 +91,18 @@ pub async fn finish(
     let start = chunk_start(&parts.headers)?;
     let body = has_body(&parts.headers).then(|| body_stream(body));
     registry
-        .finish_upload(&name, id, &digest, start, body)
+        .finish_upload(name, id, &digest, start, body)
         .await?;
-    Ok(blob_created(&name, &digest))
+    Ok(blob_created(name, &digest))
 }
 
-pub async fn status(registry: &Registry, name: &str, id: &str) -> ApiResult {
-    let name = repository_name(name)?;
-    let session = registry.upload_status(&name, id).await?;
-    Ok(upload_accepted(&name, &session, StatusCode::NO_CONTENT))
+pub async fn status(registry: &Registry, name: &RepositoryName, id: &str) -> ApiResult {
+    let session = registry.upload_status(name, id).await?;
+    Ok(upload_accepted(name, &session, StatusCode::NO_CONTENT))
 }
 
-pub async fn cancel(registry: &Registry, name: &str, id: &str) -> ApiResult {
-    let name = repository_name(name)?;
-    registry.cancel_upload(&name, id).await?;
+pub async fn cancel(registry: &Registry, name: &RepositoryName, id: &str) -> ApiResult {
+    registry.cancel_upload(name, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
