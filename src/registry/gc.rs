@@ -30,9 +30,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::lifecycle::UntaggedManifests;
-use super::{digests_under, repository_tree, storage_error, Registry};
+use super::{digests_under, storage_error, Registry, RepositoryWalk};
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
-use crate::storage::{layout, WriteMode};
+use crate::storage::{layout, Listing, WriteMode};
 
 /// How a collection runs.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +173,8 @@ impl Registry {
         // tell manifest documents from layers in the report).
         let mut referenced = HashSet::new();
         let mut manifests = HashSet::new();
-        for name in self.repositories(&mut report.problems).await? {
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = Registry::next_repository(&mut walk, &mut report.problems).await? {
             report.repositories += 1;
             self.collect_repository(
                 &name,
@@ -296,13 +297,15 @@ impl Registry {
         }
         let mut history = Vec::new();
         let histories = layout::tag_histories(name);
-        for tag in self.storage.list(&histories).await.map_err(storage_error)? {
+        let mut tags = Listing::new(self.storage.as_ref(), histories.as_str());
+        while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 problems.push(format!("{histories}/{tag}: not a valid tag, skipped"));
                 continue;
             };
             let dir = layout::tag_history_dir(name, &tag);
-            for entry in self.storage.list(&dir).await.map_err(storage_error)? {
+            let mut entries = Listing::new(self.storage.as_ref(), dir.as_str());
+            while let Some(entry) = entries.next().await.map_err(storage_error)? {
                 match layout::parse_tag_history_entry(&entry) {
                     Some((_, digest)) => history.push((tag.clone(), entry, digest)),
                     None => problems.push(format!("{dir}/{entry}: not a history entry, skipped")),
@@ -327,7 +330,8 @@ impl Registry {
         report: &mut GcReport,
     ) -> Result<Vec<Digest>> {
         let mut roots = Vec::new();
-        for tag in self.all_tags(name).await? {
+        let mut tags = self.tags(name);
+        while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 report
                     .problems
@@ -462,12 +466,9 @@ impl Registry {
         manifests: &HashSet<Digest>,
         report: &mut GcReport,
     ) -> Result<()> {
-        for algorithm in self
-            .storage
-            .list(layout::BLOBS)
-            .await
-            .map_err(storage_error)?
-        {
+        let storage = self.storage.as_ref();
+        let mut algorithms = Listing::new(storage, layout::BLOBS);
+        while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
             let Some(algorithm) = Algorithm::parse(&algorithm) else {
                 report.problems.push(format!(
                     "{}/{algorithm}: unknown algorithm, skipped",
@@ -476,9 +477,11 @@ impl Registry {
                 continue;
             };
             let dir = layout::blobs_of(algorithm);
-            for shard in self.storage.list(&dir).await.map_err(storage_error)? {
+            let mut shards = Listing::new(storage, dir);
+            while let Some(shard) = shards.next().await.map_err(storage_error)? {
                 let shard_dir = layout::blob_shard(algorithm, &shard);
-                for hex in self.storage.list(&shard_dir).await.map_err(storage_error)? {
+                let mut hexes = Listing::new(storage, shard_dir.as_str());
+                while let Some(hex) = hexes.next().await.map_err(storage_error)? {
                     let digest = match layout::parse_blob_dir(algorithm, &shard, &hex) {
                         Some(d) => d,
                         None => {
@@ -514,20 +517,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Every repository in the store: a directory under `repositories/` with
-    /// a registry folder (`_manifests`, `_layers`, …), whether or not it has
-    /// a manifest yet. Names are validated; others are reported and skipped.
-    pub(super) async fn repositories(
-        &self,
+    /// The next repository of a walk over the store: a directory under
+    /// `repositories/` with a registry folder (`_manifests`, `_layers`, …),
+    /// whether or not it has a manifest yet. Names are validated; others are
+    /// reported and skipped.
+    pub(super) async fn next_repository(
+        walk: &mut RepositoryWalk<'_>,
         problems: &mut Vec<String>,
-    ) -> Result<Vec<RepositoryName>> {
-        let tree = repository_tree(self.storage.as_ref())
-            .await
-            .map_err(storage_error)?;
-        let mut names = Vec::new();
-        for dir in tree.into_iter().filter(|d| d.is_repository()) {
+    ) -> Result<Option<RepositoryName>> {
+        while let Some(dir) = walk.next().await.map_err(storage_error)? {
+            if !dir.is_repository() {
+                continue;
+            }
             match RepositoryName::parse(&dir.path) {
-                Some(name) => names.push(name),
+                Some(name) => return Ok(Some(name)),
                 None => problems.push(format!(
                     "{}/{}: not a valid repository name, skipped",
                     layout::REPOSITORIES,
@@ -535,7 +538,7 @@ impl Registry {
                 )),
             }
         }
-        Ok(names)
+        Ok(None)
     }
 
     /// The digests named by a `<alg>/<hex>/` directory tree (links, referrers).

@@ -131,7 +131,9 @@ impl Registry {
         if found_only {
             // Nothing written: what the touches found may be another push's,
             // placed but not yet durable; acknowledged only once it is.
-            self.storage.barrier().await.map_err(storage_error)?;
+            if let Some(deferred) = self.storage.deferred_durability() {
+                deferred.barrier().await.map_err(storage_error)?;
+            }
         }
         Ok(ManifestPut {
             digest,
@@ -379,7 +381,8 @@ impl Registry {
             Reference::Digest(digest) => {
                 let stored = self.get_manifest(name, reference).await?;
                 let mut pointing = Vec::new();
-                for tag in self.all_tags(name).await? {
+                let mut tags = self.tags(name);
+                while let Some(tag) = tags.next().await.map_err(storage_error)? {
                     let Some(tag) = Tag::parse(&tag) else {
                         continue;
                     };

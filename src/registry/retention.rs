@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{storage_error, Registry};
+use super::{storage_error, Registry, RepositoryWalk};
 use crate::oci::{Digest, RepositoryName, Result, Tag};
 use crate::storage::layout;
 
@@ -55,10 +55,12 @@ impl Registry {
             return Ok(report);
         }
         let now = SystemTime::now();
-        for name in self.repositories(&mut report.problems).await? {
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = Registry::next_repository(&mut walk, &mut report.problems).await? {
             // The tags each rule decides, by the rule's position.
             let mut decided: BTreeMap<usize, Vec<Candidate>> = BTreeMap::new();
-            for tag in self.all_tags(&name).await? {
+            let mut tags = self.tags(&name);
+            while let Some(tag) = tags.next().await.map_err(storage_error)? {
                 let Some(tag) = Tag::parse(&tag) else {
                     report
                         .problems

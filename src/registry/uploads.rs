@@ -109,7 +109,11 @@ impl Registry {
             offset: 0,
             algorithm: algorithm.as_str().to_owned(),
             hash_state: Hasher::new(algorithm).save_state(),
-            generation: self.storage.upload_generation().to_owned(),
+            generation: self
+                .storage
+                .upload_generation()
+                .unwrap_or_default()
+                .to_owned(),
         };
         self.save_session(name, &session).await?;
         Ok(session)
@@ -388,7 +392,7 @@ impl Registry {
             .ok_or(ErrorCode::BlobUploadUnknown)?;
         let session: UploadSession = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::internal("corrupt upload session", e))?;
-        if session.generation != self.storage.upload_generation() {
+        if session.generation != self.storage.upload_generation().unwrap_or_default() {
             return Err(RegistryError::with_detail(
                 ErrorCode::BlobUploadUnknown,
                 "the upload was interrupted by a restart of the machine; start it again",
