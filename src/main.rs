@@ -439,7 +439,7 @@ fn run_command(command: Command) -> ExitCode {
 /// `berth fsck`: one line per finding as it is found, then the summary;
 /// failure when a problem remains.
 fn fsck(config: &Config, repair: bool) -> ExitCode {
-    use berth::registry::fsck;
+    use berth::registry::lifecycle::fsck;
     use std::io::Write;
     let root = config.storage_root();
     if !root.is_dir() {

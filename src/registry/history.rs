@@ -262,7 +262,7 @@ impl Registry {
         // write must rest on storage, so a manifest deleted meanwhile by
         // another process is not brought back as a dangling tag.
         // Touched, with all it requires, like any push: a collection running
-        // now may have judged this image unreachable (gc.rs).
+        // now may have judged this image unreachable (touch.rs; docs/design/gc.md).
         let target = crate::oci::Requirement::Manifest(digest.clone());
         if !self.touch_requirement(name, &target).await? {
             return Err(RegistryError::with_detail(

@@ -5,31 +5,26 @@
 mod blobs;
 pub mod cache;
 mod catalog;
-mod expiry;
-pub mod fsck;
-mod gc;
 mod history;
 mod integrity;
 pub mod lifecycle;
 mod locks;
-pub mod maintenance;
 mod manifests;
 mod referrers;
-mod retention;
 mod tags;
+mod touch;
 mod uploads;
 
 use std::io;
 use std::sync::Arc;
 
 pub use blobs::Blob;
-pub use expiry::ExpiryReport;
-pub use gc::{GcOptions, GcReport};
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
-pub use lifecycle::LifecycleConfig;
-pub use maintenance::{LifecycleReport, LifecycleTask};
+pub use lifecycle::{
+    ExpiryReport, GcOptions, GcReport, LifecycleConfig, LifecycleReport, LifecycleTask, RemovedTag,
+    RetentionReport,
+};
 pub use manifests::{ManifestPut, StoredManifest};
-pub use retention::{RemovedTag, RetentionReport};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::oci::{Digest, ErrorCode, RegistryError};

@@ -266,7 +266,7 @@ impl Registry {
         }
         let size = content.len() as u64;
         // Content already stored is touched instead of written, and so is an
-        // existing link: a running garbage collection spares both (gc.rs).
+        // existing link: a running garbage collection spares both (touch.rs; docs/design/gc.md).
         // Content found already in place was not hashed by us.
         if self.put_content_fresh(digest, content).await? {
             self.caches.verified(digest);
@@ -358,7 +358,7 @@ impl Registry {
         } else {
             // The content keeps its time through the commit, and that of a
             // chunked upload's last chunk can be older than a running garbage
-            // collection's cutoff: touched now, the blob is spared (gc.rs).
+            // collection's cutoff: touched now, the blob is spared (touch.rs; docs/design/gc.md).
             self.touch(&data_key).await?;
             self.storage
                 .commit_upload(&data_key, size, &layout::blob_data(digest))

@@ -195,7 +195,9 @@ pub trait Storage: Send + Sync + 'static {
     /// after `start_after` in ascending byte order (all when `None`), sorted,
     /// and whether more follow. A missing prefix has no children. Callers
     /// walk a prefix page by page ([`Listing`]) and never assume one page
-    /// holds it all; names removed or added meanwhile may or may not show.
+    /// holds it all. A walk lists every name present throughout it exactly
+    /// once (garbage collection relies on it, see `docs/design/gc.md`);
+    /// names added or removed meanwhile may or may not show.
     async fn list(
         &self,
         prefix: &str,

@@ -17,22 +17,21 @@
 //! removal is [`Storage::delete_if_untouched_since`] with a cutoff of the
 //! run's start minus the grace period, and whoever makes an existing object
 //! reachable touches it first and relies on it only if the touch found it
-//! (the helpers below; `ARCHITECTURE.md`, "Garbage collection", has the whole
-//! argument). So anything written or touched after the cutoff survives this
-//! run, and a push that lost its race against a removal is refused
-//! (`MANIFEST_BLOB_UNKNOWN`) instead of acknowledged incomplete.
+//! (the write path's side of the protocol is `registry/touch.rs`;
+//! `docs/design/gc.md` has the whole argument). So anything written or
+//! touched after the cutoff survives this run, and a push that lost its race
+//! against a removal is refused (`MANIFEST_BLOB_UNKNOWN`) instead of
+//! acknowledged incomplete.
 //!
 //! [`Storage::delete_if_untouched_since`]: crate::storage::Storage::delete_if_untouched_since
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
-use super::lifecycle::UntaggedManifests;
-use super::{digests_under, storage_error, Registry, RepositoryWalk};
+use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
-use crate::storage::{layout, Listing, WriteMode};
+use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
+use crate::storage::{layout, Listing};
 
 /// How a collection runs.
 #[derive(Debug, Clone, Default)]
@@ -110,36 +109,6 @@ struct RepositoryScan {
 }
 
 impl Registry {
-    // The touch-before-use protocol: the operations that make an existing
-    // object reachable again use these, so that a collection running now
-    // either spares the object or the operation learns it is gone.
-
-    /// Marks `key` as in use now; false when it does not exist (any more).
-    pub(super) async fn touch(&self, key: &str) -> Result<bool> {
-        self.storage.touch(key).await.map_err(storage_error)
-    }
-
-    /// Writes a link, or, when storage holds that link already, touches it
-    /// (storage does both in one step): either way it is newer than any
-    /// running collection's cutoff.
-    pub(super) async fn write_link_fresh(&self, key: &str, digest: &Digest) -> Result<()> {
-        self.write_link(key, digest).await.map(drop)
-    }
-
-    /// Stores content under its digest unless it is there, and touches it
-    /// when it is: the content is newer than any running collection's
-    /// cutoff. Returns whether it was written (hashed by us, then).
-    pub(super) async fn put_content_fresh(&self, digest: &Digest, content: Bytes) -> Result<bool> {
-        self.storage
-            .put(
-                &layout::blob_data(digest),
-                content,
-                WriteMode::CreateIfAbsent,
-            )
-            .await
-            .map_err(storage_error)
-    }
-
     /// Collects unreferenced manifests, links and content (see the module
     /// documentation).
     pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
@@ -559,6 +528,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use bytes::Bytes;
 
     use super::*;
     use crate::oci::{ErrorCode, Reference};

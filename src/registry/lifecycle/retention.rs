@@ -2,7 +2,7 @@
 //! longer keep, so that garbage collection can reclaim their images.
 //!
 //! For each tag the first rule that matches it decides (see
-//! [`super::lifecycle::RetentionRule`]). A tag's age is the time of its newest
+//! [`super::RetentionRule`]). A tag's age is the time of its newest
 //! history entry, or, for a tag without Berth history (data written by
 //! Distribution), when its current link was written. Immutable tags are never
 //! removed, though they count among a rule's newest. A removed tag goes
@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{storage_error, Registry, RepositoryWalk};
 use crate::oci::{Digest, RepositoryName, Result, Tag};
+use crate::registry::{storage_error, Registry, RepositoryWalk};
 use crate::storage::layout;
 
 /// A tag retention removed (or, in a dry run, would remove).

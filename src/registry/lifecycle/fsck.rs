@@ -338,7 +338,7 @@ impl Checker<'_> {
     }
 
     async fn repositories(&mut self) -> io::Result<()> {
-        let mut walk = super::RepositoryWalk::new(self.storage);
+        let mut walk = crate::registry::RepositoryWalk::new(self.storage);
         while let Some(dir) = walk.next().await? {
             if !dir.is_repository() {
                 continue;
@@ -368,7 +368,7 @@ impl Checker<'_> {
     /// The digests of `<dir>/<alg>/<hex>/…`, and problems for names that are
     /// not digests.
     async fn digests_under(&mut self, dir: &str) -> io::Result<Vec<Digest>> {
-        let found = super::digests_under(self.storage, dir).await?;
+        let found = crate::registry::digests_under(self.storage, dir).await?;
         for stray in found.strays {
             self.found(Kind::Problem, stray, "not a digest");
         }

@@ -11,8 +11,8 @@
 
 use std::time::SystemTime;
 
-use super::{storage_error, Registry, RepositoryWalk};
 use crate::oci::{RepositoryName, Result};
+use crate::registry::{storage_error, Registry, RepositoryWalk};
 use crate::storage::{layout, Listing};
 
 /// What upload expiry removed (or, in a dry run, would remove).
