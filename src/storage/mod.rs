@@ -28,6 +28,8 @@
 pub mod fs;
 pub mod journal;
 pub mod layout;
+#[cfg(test)]
+pub mod memory;
 
 use std::io;
 use std::ops::Range;
