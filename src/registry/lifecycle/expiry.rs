@@ -38,7 +38,7 @@ impl Registry {
             .checked_sub(self.lifecycle.upload_expiry)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
-        while let Some(name) = Registry::next_repository(&mut walk, &mut report.problems).await? {
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
             let uploads = layout::uploads_dir(&name);
             let mut ids = Listing::new(self.storage.as_ref(), uploads.as_str());
             while let Some(id) = ids.next().await.map_err(storage_error)? {

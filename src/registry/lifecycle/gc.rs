@@ -66,14 +66,16 @@ pub struct GcReport {
     pub problems: Vec<String>,
 }
 
-/// Removes (or, in a dry run, judges) objects against the run's cutoff.
-struct Sweeper<'a> {
+/// One collection run over a registry's store: the mark and sweep steps,
+/// removing (or, in a dry run, judging) objects against the run's cutoff.
+/// The registry only offers the entry points ([`Registry::collect_garbage`]).
+struct Collection<'a> {
     registry: &'a Registry,
     cutoff: SystemTime,
     dry_run: bool,
 }
 
-impl Sweeper<'_> {
+impl Collection<'_> {
     /// Whether `key` was removed (would be, in a dry run): only if it was not
     /// written or touched at or after the cutoff.
     async fn remove(&self, key: &str) -> Result<bool> {
@@ -96,75 +98,11 @@ impl Sweeper<'_> {
         }
         Ok(removed)
     }
-}
-
-/// One repository as the mark phase found it.
-struct RepositoryScan {
-    revisions: HashSet<Digest>,
-    layers: HashSet<Digest>,
-    /// (subject, referrer) for every referrer link.
-    referrers: Vec<(Digest, Digest)>,
-    /// Every history entry: tag, entry name, the digest it names.
-    history: Vec<(Tag, String, Option<Digest>)>,
-}
-
-impl Registry {
-    /// Collects unreferenced manifests, links and content (see the module
-    /// documentation).
-    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
-        self.collect_garbage_ignoring(options, &HashSet::new())
-            .await
-    }
-
-    /// [`Registry::collect_garbage`] as if the `ignored` tags and their
-    /// histories were gone: a dry run's view of what retention would remove.
-    pub(super) async fn collect_garbage_ignoring(
-        &self,
-        options: &GcOptions,
-        ignored: &HashSet<(RepositoryName, Tag)>,
-    ) -> Result<GcReport> {
-        let grace = options
-            .grace_period
-            .unwrap_or(self.lifecycle.gc_grace_period);
-        let sweeper = Sweeper {
-            registry: self,
-            cutoff: SystemTime::now()
-                .checked_sub(grace)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-            dry_run: options.dry_run,
-        };
-        let mut report = GcReport {
-            dry_run: options.dry_run,
-            ..GcReport::default()
-        };
-        // Content some remaining link or kept manifest names, over all
-        // repositories; and every digest that was a manifest somewhere (to
-        // tell manifest documents from layers in the report).
-        let mut referenced = HashSet::new();
-        let mut manifests = HashSet::new();
-        let mut walk = RepositoryWalk::new(self.storage.as_ref());
-        while let Some(name) = Registry::next_repository(&mut walk, &mut report.problems).await? {
-            report.repositories += 1;
-            self.collect_repository(
-                &name,
-                ignored,
-                &sweeper,
-                &mut report,
-                &mut referenced,
-                &mut manifests,
-            )
-            .await?;
-        }
-        self.sweep_content(&sweeper, &referenced, &manifests, &mut report)
-            .await?;
-        Ok(report)
-    }
 
     async fn collect_repository(
         &self,
         name: &RepositoryName,
         ignored: &HashSet<(RepositoryName, Tag)>,
-        sweeper: &Sweeper<'_>,
         report: &mut GcReport,
         referenced: &mut HashSet<Digest>,
         manifests: &mut HashSet<Digest>,
@@ -184,9 +122,9 @@ impl Registry {
         }
 
         let mut removed_manifests = HashSet::new();
-        if self.lifecycle.untagged_manifests == UntaggedManifests::Delete {
+        if self.registry.lifecycle.untagged_manifests == UntaggedManifests::Delete {
             for digest in scan.revisions.difference(&kept_manifests) {
-                if sweeper
+                if self
                     .remove_link(&layout::revision_link(name, digest))
                     .await?
                 {
@@ -209,7 +147,7 @@ impl Registry {
             let gone = removed_manifests.contains(referrer) || !scan.revisions.contains(referrer);
             if gone && !kept_manifests.contains(referrer) {
                 let key = layout::referrer_link(name, subject, referrer);
-                if sweeper.remove(&key).await? {
+                if self.remove(&key).await? {
                     report.referrer_links_removed += 1;
                 } else {
                     report.spared += 1;
@@ -224,17 +162,14 @@ impl Registry {
                 .is_some_and(|d| removed_manifests.contains(d))
             {
                 let key = format!("{}/{entry}", layout::tag_history_dir(name, tag));
-                if sweeper.remove(&key).await? {
+                if self.remove(&key).await? {
                     report.history_entries_removed += 1;
                 }
             }
         }
 
         for digest in scan.layers.difference(&kept_blobs) {
-            if sweeper
-                .remove_link(&layout::layer_link(name, digest))
-                .await?
-            {
+            if self.remove_link(&layout::layer_link(name, digest)).await? {
                 report.layer_links_removed += 1;
             } else {
                 report.spared += 1;
@@ -266,14 +201,14 @@ impl Registry {
         }
         let mut history = Vec::new();
         let histories = layout::tag_histories(name);
-        let mut tags = Listing::new(self.storage.as_ref(), histories.as_str());
+        let mut tags = Listing::new(self.registry.storage.as_ref(), histories.as_str());
         while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 problems.push(format!("{histories}/{tag}: not a valid tag, skipped"));
                 continue;
             };
             let dir = layout::tag_history_dir(name, &tag);
-            let mut entries = Listing::new(self.storage.as_ref(), dir.as_str());
+            let mut entries = Listing::new(self.registry.storage.as_ref(), dir.as_str());
             while let Some(entry) = entries.next().await.map_err(storage_error)? {
                 match layout::parse_tag_history_entry(&entry) {
                     Some((_, digest)) => history.push((tag.clone(), entry, digest)),
@@ -299,7 +234,7 @@ impl Registry {
         report: &mut GcReport,
     ) -> Result<Vec<Digest>> {
         let mut roots = Vec::new();
-        let mut tags = self.tags(name);
+        let mut tags = self.registry.tags(name);
         while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 report
@@ -312,6 +247,7 @@ impl Registry {
             }
             // Read uncached: the cache may not know of another process's push.
             match self
+                .registry
                 .read_link_uncached(&layout::tag_current_link(name, &tag))
                 .await
             {
@@ -338,11 +274,11 @@ impl Registry {
             roots.extend(
                 entries
                     .into_iter()
-                    .take(self.lifecycle.history_keep)
+                    .take(self.registry.lifecycle.history_keep)
                     .map(|(_, d)| d.clone()),
             );
         }
-        if self.lifecycle.untagged_manifests == UntaggedManifests::Keep {
+        if self.registry.lifecycle.untagged_manifests == UntaggedManifests::Keep {
             roots.extend(scan.revisions.iter().cloned());
         }
         Ok(roots)
@@ -414,14 +350,26 @@ impl Registry {
     ) -> Result<std::result::Result<Manifest, String>> {
         let key = layout::blob_data(digest);
         // Bounded memory: a "manifest" larger than any accepted one is not read.
-        match self.storage.size(&key).await.map_err(storage_error)? {
+        match self
+            .registry
+            .storage
+            .size(&key)
+            .await
+            .map_err(storage_error)?
+        {
             None => return Ok(Err("manifest content is missing".into())),
-            Some(size) if size > self.limits.max_manifest_bytes as u64 => {
+            Some(size) if size > self.registry.limits.max_manifest_bytes as u64 => {
                 return Ok(Err(format!("{size} bytes is too large for a manifest")))
             }
             Some(_) => {}
         }
-        let Some(body) = self.storage.get(&key).await.map_err(storage_error)? else {
+        let Some(body) = self
+            .registry
+            .storage
+            .get(&key)
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(Err("manifest content is missing".into()));
         };
         Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
@@ -430,12 +378,11 @@ impl Registry {
     /// Removes content no remaining link or kept manifest names.
     async fn sweep_content(
         &self,
-        sweeper: &Sweeper<'_>,
         referenced: &HashSet<Digest>,
         manifests: &HashSet<Digest>,
         report: &mut GcReport,
     ) -> Result<()> {
-        let storage = self.storage.as_ref();
+        let storage = self.registry.storage.as_ref();
         let mut algorithms = Listing::new(storage, layout::BLOBS);
         while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
             let Some(algorithm) = Algorithm::parse(&algorithm) else {
@@ -464,18 +411,24 @@ impl Registry {
                         continue;
                     }
                     let key = layout::blob_data(&digest);
-                    let Some(info) = self.storage.stat(&key).await.map_err(storage_error)? else {
+                    let Some(info) = self
+                        .registry
+                        .storage
+                        .stat(&key)
+                        .await
+                        .map_err(storage_error)?
+                    else {
                         continue;
                     };
-                    if sweeper.remove(&key).await? {
+                    if self.remove(&key).await? {
                         report.blobs_removed += 1;
                         report.bytes_removed += info.size;
                         if manifests.contains(&digest) {
                             report.manifest_blobs_removed += 1;
                             report.manifest_bytes_removed += info.size;
                         }
-                        if !sweeper.dry_run {
-                            self.caches.removed_content(&digest);
+                        if !self.dry_run {
+                            self.registry.caches.removed_content(&digest);
                         }
                     } else {
                         report.spared += 1;
@@ -486,33 +439,9 @@ impl Registry {
         Ok(())
     }
 
-    /// The next repository of a walk over the store: a directory under
-    /// `repositories/` with a registry folder (`_manifests`, `_layers`, …),
-    /// whether or not it has a manifest yet. Names are validated; others are
-    /// reported and skipped.
-    pub(super) async fn next_repository(
-        walk: &mut RepositoryWalk<'_>,
-        problems: &mut Vec<String>,
-    ) -> Result<Option<RepositoryName>> {
-        while let Some(dir) = walk.next().await.map_err(storage_error)? {
-            if !dir.is_repository() {
-                continue;
-            }
-            match RepositoryName::parse(&dir.path) {
-                Some(name) => return Ok(Some(name)),
-                None => problems.push(format!(
-                    "{}/{}: not a valid repository name, skipped",
-                    layout::REPOSITORIES,
-                    dir.path
-                )),
-            }
-        }
-        Ok(None)
-    }
-
     /// The digests named by a `<alg>/<hex>/` directory tree (links, referrers).
     async fn list_digests(&self, dir: &str, problems: &mut Vec<String>) -> Result<HashSet<Digest>> {
-        let found = digests_under(self.storage.as_ref(), dir)
+        let found = digests_under(self.registry.storage.as_ref(), dir)
             .await
             .map_err(storage_error)?;
         problems.extend(
@@ -522,6 +451,64 @@ impl Registry {
                 .map(|stray| format!("{stray}: not a digest, skipped")),
         );
         Ok(found.digests.into_iter().collect())
+    }
+}
+
+/// One repository as the mark phase found it.
+struct RepositoryScan {
+    revisions: HashSet<Digest>,
+    layers: HashSet<Digest>,
+    /// (subject, referrer) for every referrer link.
+    referrers: Vec<(Digest, Digest)>,
+    /// Every history entry: tag, entry name, the digest it names.
+    history: Vec<(Tag, String, Option<Digest>)>,
+}
+
+impl Registry {
+    /// Collects unreferenced manifests, links and content (see the module
+    /// documentation).
+    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
+        self.collect_garbage_ignoring(options, &HashSet::new())
+            .await
+    }
+
+    /// [`Registry::collect_garbage`] as if the `ignored` tags and their
+    /// histories were gone: a dry run's view of what retention would remove.
+    pub(super) async fn collect_garbage_ignoring(
+        &self,
+        options: &GcOptions,
+        ignored: &HashSet<(RepositoryName, Tag)>,
+    ) -> Result<GcReport> {
+        let grace = options
+            .grace_period
+            .unwrap_or(self.lifecycle.gc_grace_period);
+        let collection = Collection {
+            registry: self,
+            cutoff: SystemTime::now()
+                .checked_sub(grace)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            dry_run: options.dry_run,
+        };
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        // Content some remaining link or kept manifest names, over all
+        // repositories; and every digest that was a manifest somewhere (to
+        // tell manifest documents from layers in the report).
+        let mut referenced = HashSet::new();
+        let mut manifests = HashSet::new();
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
+            report.repositories += 1;
+            collection
+                .collect_repository(&name, ignored, &mut report, &mut referenced, &mut manifests)
+                .await?;
+        }
+        collection
+            .sweep_content(&referenced, &manifests, &mut report)
+            .await?;
+        Ok(report)
     }
 }
 

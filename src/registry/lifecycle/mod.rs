@@ -27,6 +27,34 @@ pub use retention::{RemovedTag, RetentionReport};
 pub use rules::{LifecycleConfig, RetentionRule, TagPattern, TagRule, UntaggedManifests};
 pub use task::{LifecycleReport, LifecycleTask};
 
+use crate::oci::{RepositoryName, Result};
+use crate::registry::{storage_error, RepositoryWalk};
+use crate::storage::layout;
+
+/// The next repository of a walk over the store: a directory under
+/// `repositories/` with a registry folder (`_manifests`, `_layers`, …),
+/// whether or not it has a manifest yet. Names are validated; others are
+/// reported and skipped.
+pub(super) async fn next_repository(
+    walk: &mut RepositoryWalk<'_>,
+    problems: &mut Vec<String>,
+) -> Result<Option<RepositoryName>> {
+    while let Some(dir) = walk.next().await.map_err(storage_error)? {
+        if !dir.is_repository() {
+            continue;
+        }
+        match RepositoryName::parse(&dir.path) {
+            Some(name) => return Ok(Some(name)),
+            None => problems.push(format!(
+                "{}/{}: not a valid repository name, skipped",
+                layout::REPOSITORIES,
+                dir.path
+            )),
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

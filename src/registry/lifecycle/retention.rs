@@ -56,7 +56,7 @@ impl Registry {
         }
         let now = SystemTime::now();
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
-        while let Some(name) = Registry::next_repository(&mut walk, &mut report.problems).await? {
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
             // The tags each rule decides, by the rule's position.
             let mut decided: BTreeMap<usize, Vec<Candidate>> = BTreeMap::new();
             let mut tags = self.tags(&name);
