@@ -21,9 +21,11 @@
 //! - [`Storage::upload_generation`]: appended upload bytes are not durable
 //!   until committed, so an upload may have lost bytes across a machine crash.
 //!
-//! An object store (S3) implements the core only: its writes are durable
-//! when they return, its objects are not local files, and a write leaves no
-//! debris under another key.
+//! An object store (S3) can implement the core only: its writes are durable
+//! when they return and its objects are not local files. (Its incomplete
+//! multipart uploads are debris it may report through `leftovers` later.)
+//! `storage::memory` (tests) is such a core-only store: the registry and the
+//! whole lifecycle run on it.
 
 pub mod fs;
 pub mod journal;
