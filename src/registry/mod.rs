@@ -317,6 +317,7 @@ mod tests {
     use crate::oci::{RepositoryName, Tag};
     use crate::storage::fs::FsStorage;
     use crate::storage::LIST_PAGE;
+    use bytes::Bytes;
 
     fn registry(root: &std::path::Path) -> Registry {
         Registry::new(
@@ -399,12 +400,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_walk_finds_nested_repositories_across_listing_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = registry(dir.path());
-        // More top-level repositories than one page, one of them with
+        // A store that walks in pages of LIST_PAGE (the filesystem's are
+        // larger). More top-level repositories than one page, one of them with
         // repositories nested below it, and a directory that is none.
         let mut expected = Vec::new();
         let mut docs = Vec::new();
+        let storage = crate::storage::memory::MemoryStorage::default();
+        assert_eq!(storage.walk_page(), LIST_PAGE);
         for i in 0..LIST_PAGE + 3 {
             expected.push(format!("r{i:04}"));
         }
@@ -417,10 +419,14 @@ mod tests {
                 WriteMode::Overwrite,
             ));
         }
-        registry.storage.put_all(docs).await.unwrap();
-        std::fs::create_dir_all(dir.path().join("repositories/plain/dir")).unwrap();
+        docs.push((
+            "repositories/plain/dir/_other".to_owned(),
+            Bytes::new(),
+            WriteMode::Overwrite,
+        ));
+        storage.put_all(docs).await.unwrap();
 
-        let mut walk = RepositoryWalk::new(registry.storage.as_ref());
+        let mut walk = RepositoryWalk::new(&storage);
         let mut found = Vec::new();
         let mut others = Vec::new();
         while let Some(dir) = walk.next().await.unwrap() {

@@ -1232,6 +1232,13 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
+    fn walk_page(&self) -> usize {
+        // Each page reads the whole directory (about 50 ms for 100,000
+        // entries), so a walk of such a directory in S3-sized pages would
+        // read it 100 times; pages of 10,000 names (about 0.5 MB) read it 10.
+        10_000
+    }
+
     fn upload_generation(&self) -> Option<&str> {
         Some(&self.boot_id)
     }
@@ -1435,6 +1442,30 @@ mod tests {
         assert_eq!(store.get("blobs/b/data").await.unwrap().unwrap(), "moved");
         assert_eq!(store.get("blobs/a/data").await.unwrap().unwrap(), "kept");
         assert!(!root.join("_berth/trash").exists());
+    }
+
+    #[tokio::test]
+    async fn a_listing_page_is_sorted_starts_after_and_skips_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        for name in ["c", "a", "e", "b", "d"] {
+            let key = format!("repositories/x/{name}/link");
+            store
+                .put(&key, Bytes::from_static(b"1"), WriteMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("repositories/x/.tmp-0"), b"").unwrap();
+        let page = store.list("repositories/x", None, 2).await.unwrap();
+        assert_eq!(
+            (page.names, page.more),
+            (vec!["a".into(), "b".into()], true)
+        );
+        let page = store.list("repositories/x", Some("b"), 10).await.unwrap();
+        assert_eq!(page.names, ["c", "d", "e"]);
+        assert!(!page.more);
+        let page = store.list("repositories/none", None, 10).await.unwrap();
+        assert_eq!(page, ListPage::default());
     }
 
     #[tokio::test]

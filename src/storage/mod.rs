@@ -232,6 +232,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Checks that the store can be written (readiness).
     async fn check_writable(&self) -> io::Result<()>;
 
+    /// How many names a walk ([`Listing`]) asks [`Storage::list`] for at a
+    /// time. Default [`LIST_PAGE`], an object store's page; a backend that
+    /// reads a whole directory per call asks for more, trading one page of
+    /// memory for fewer reads.
+    fn walk_page(&self) -> usize {
+        LIST_PAGE
+    }
+
     // Optional capabilities: `None` unless the backend has them.
 
     /// Objects as open local files, for `sendfile`. Default: none.
@@ -333,7 +341,11 @@ impl<'a> Listing<'a> {
             }
             let page = self
                 .storage
-                .list(&self.prefix, self.after.as_deref(), LIST_PAGE)
+                .list(
+                    &self.prefix,
+                    self.after.as_deref(),
+                    self.storage.walk_page(),
+                )
                 .await?;
             // A page that is empty yet says more follow would loop forever.
             self.more = page.more && !page.names.is_empty();
