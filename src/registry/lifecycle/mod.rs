@@ -7,7 +7,7 @@
 //! a backend, so it runs on any store; what only some backends have (a
 //! filesystem's leftover temporary files) is asked for as an optional
 //! capability. It walks the store a listing page at a time
-//! ([`crate::storage::Listing`], [`super::RepositoryWalk`]).
+//! (`storage::Listing`, `registry::RepositoryWalk`).
 //!
 //! Retention, collection and expiry run while clients push and pull; their
 //! safety rests on the touch-before-use protocol, whose write-path side is
