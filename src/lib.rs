@@ -33,11 +33,21 @@ use registry::cache::CacheConfig;
 use registry::{Limits, Registry};
 use storage::fs::FsStorage;
 
+/// Opens the configured store: the one place that picks a backend. With
+/// `recover`, what a killed garbage collection left moved aside goes back
+/// first (a server, `berth gc`; not `berth fsck`, which without `--repair`
+/// writes nothing).
+pub fn open_storage(config: &Config, recover: bool) -> io::Result<Arc<dyn storage::Storage>> {
+    let storage = FsStorage::open(config.storage_root())?;
+    if recover {
+        storage.restore_trash(std::time::Duration::from_secs(60))?;
+    }
+    Ok(Arc::new(storage))
+}
+
 /// Builds the registry service over the configured store.
 pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
-    let storage = FsStorage::open(config.storage_root())?;
-    // What a killed garbage collection left moved aside goes back first.
-    storage.restore_trash(std::time::Duration::from_secs(60))?;
+    let storage = open_storage(config, true)?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
     };
@@ -46,7 +56,7 @@ pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
         ttl: std::time::Duration::from_millis(config.cache_ttl_ms),
     };
     Ok(Arc::new(Registry::new(
-        Arc::new(storage),
+        storage,
         limits,
         &cache,
         config.lifecycle.clone(),

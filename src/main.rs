@@ -396,12 +396,11 @@ fn run_command(command: Command) -> ExitCode {
             }
         }
         Command::Tag(command) => berth::client::tag::main(command),
-        Command::Fsck { data_dir, repair } => berth::registry::fsck::command(
+        Command::Fsck { data_dir, repair } => fsck(
             &Config {
                 data_dir,
                 ..Config::default()
-            }
-            .storage_root(),
+            },
             repair,
         ),
         Command::Gc {
@@ -437,6 +436,48 @@ fn run_command(command: Command) -> ExitCode {
             }
         }
         Command::User(_) | Command::Robot(_) => unreachable!("handled in main"),
+    }
+}
+
+/// `berth fsck`: one line per finding as it is found, then the summary;
+/// failure when a problem remains.
+fn fsck(config: &Config, repair: bool) -> ExitCode {
+    use berth::registry::lifecycle::fsck;
+    use std::io::Write;
+    let root = config.storage_root();
+    if !root.is_dir() {
+        eprintln!("berth: no registry data at {}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let storage = match berth::open_storage(config, false) {
+        Ok(storage) => storage,
+        Err(e) => {
+            eprintln!("berth: opening {}: {e}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = fsck::Options {
+        repair,
+        ..fsck::Options::default()
+    };
+    let stdout = std::io::stdout();
+    let mut print = |finding: &fsck::Finding| {
+        let _ = writeln!(stdout.lock(), "{finding}");
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(fsck::check(storage.as_ref(), &options, &mut print)) {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("berth: fsck stopped: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

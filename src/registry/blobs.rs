@@ -88,8 +88,10 @@ impl Registry {
         if blob.size <= SMALL_BLOB_BYTES || !self.caches.is_verified(&blob.digest) {
             return Ok(None);
         }
-        let local = self
-            .storage
+        let Some(files) = self.storage.local_files() else {
+            return Ok(None);
+        };
+        let local = files
             .local_file(&layout::blob_data(&blob.digest))
             .await
             .map_err(storage_error)?;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{storage_error, Registry};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName, Result, Tag};
-use crate::storage::{layout, WriteMode};
+use crate::storage::{layout, Listing, WriteMode};
 
 /// One change of a tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,12 +159,14 @@ impl Registry {
         digest: &Digest,
     ) -> Result<()> {
         let histories = layout::tag_histories(name);
-        for tag in self.storage.list(&histories).await.map_err(storage_error)? {
+        let mut tags = Listing::new(self.storage.as_ref(), histories);
+        while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 continue;
             };
             let dir = layout::tag_history_dir(name, &tag);
-            for entry in self.storage.list(&dir).await.map_err(storage_error)? {
+            let mut entries = Listing::new(self.storage.as_ref(), dir.as_str());
+            while let Some(entry) = entries.next().await.map_err(storage_error)? {
                 if let Some((_, Some(d))) = layout::parse_tag_history_entry(&entry) {
                     if &d == digest {
                         self.storage
@@ -260,7 +262,7 @@ impl Registry {
         // write must rest on storage, so a manifest deleted meanwhile by
         // another process is not brought back as a dangling tag.
         // Touched, with all it requires, like any push: a collection running
-        // now may have judged this image unreachable (gc.rs).
+        // now may have judged this image unreachable (touch.rs; docs/design/gc.md).
         let target = crate::oci::Requirement::Manifest(digest.clone());
         if !self.touch_requirement(name, &target).await? {
             return Err(RegistryError::with_detail(
@@ -292,14 +294,17 @@ impl Registry {
         name: &RepositoryName,
         tag: &Tag,
     ) -> Result<Vec<(u128, Option<Digest>)>> {
-        let mut entries: Vec<(u128, Option<Digest>)> = self
-            .storage
-            .list(&layout::tag_history_dir(name, tag))
-            .await
-            .map_err(storage_error)?
-            .iter()
-            .filter_map(|entry| layout::parse_tag_history_entry(entry))
-            .collect();
+        // The caller needs the newest entries first, and names sort oldest
+        // first: the whole history is read (bounded by `history_keep` once
+        // garbage collection runs).
+        let mut entries: Vec<(u128, Option<Digest>)> =
+            Listing::new(self.storage.as_ref(), layout::tag_history_dir(name, tag))
+                .collect()
+                .await
+                .map_err(storage_error)?
+                .iter()
+                .filter_map(|entry| layout::parse_tag_history_entry(entry))
+                .collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         Ok(entries)
     }

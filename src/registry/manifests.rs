@@ -108,7 +108,7 @@ impl Registry {
         // Content first, then the revision link, then the tags: a reader that
         // finds a link finds what it names. What the touches found stored is
         // not written again, and, touched, a running garbage collection
-        // does not remove it (gc.rs).
+        // does not remove it (touch.rs; docs/design/gc.md).
         self.store_manifest_content(&digest, body, content_stored)
             .await?;
         let revision = layout::revision_link(name, &digest);
@@ -131,7 +131,9 @@ impl Registry {
         if found_only {
             // Nothing written: what the touches found may be another push's,
             // placed but not yet durable; acknowledged only once it is.
-            self.storage.barrier().await.map_err(storage_error)?;
+            if let Some(deferred) = self.storage.deferred_durability() {
+                deferred.barrier().await.map_err(storage_error)?;
+            }
         }
         Ok(ManifestPut {
             digest,
@@ -197,7 +199,7 @@ impl Registry {
     /// already be in the repository, and each is touched, link and content,
     /// on storage. Another process's garbage collection may have removed it
     /// whatever a cache says, and the touch keeps a collection running now
-    /// from removing it (touch before use, gc.rs). The push relies only on
+    /// from removing it (touch before use: touch.rs, docs/design/gc.md). The push relies only on
     /// what its touches found.
     fn touch_requirements_and<'a>(
         &'a self,
@@ -379,7 +381,8 @@ impl Registry {
             Reference::Digest(digest) => {
                 let stored = self.get_manifest(name, reference).await?;
                 let mut pointing = Vec::new();
-                for tag in self.all_tags(name).await? {
+                let mut tags = self.tags(name);
+                while let Some(tag) = tags.next().await.map_err(storage_error)? {
                     let Some(tag) = Tag::parse(&tag) else {
                         continue;
                     };

@@ -5,35 +5,30 @@
 mod blobs;
 pub mod cache;
 mod catalog;
-mod expiry;
-pub mod fsck;
-mod gc;
 mod history;
 mod integrity;
 pub mod lifecycle;
 mod locks;
-pub mod maintenance;
 mod manifests;
 mod referrers;
-mod retention;
 mod tags;
+mod touch;
 mod uploads;
 
 use std::io;
 use std::sync::Arc;
 
 pub use blobs::Blob;
-pub use expiry::ExpiryReport;
-pub use gc::{GcOptions, GcReport};
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
-pub use lifecycle::LifecycleConfig;
-pub use maintenance::{LifecycleReport, LifecycleTask};
+pub use lifecycle::{
+    ExpiryReport, GcOptions, GcReport, LifecycleConfig, LifecycleReport, LifecycleTask, RemovedTag,
+    RetentionReport,
+};
 pub use manifests::{ManifestPut, StoredManifest};
-pub use retention::{RemovedTag, RetentionReport};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::storage::{layout, Storage, WriteMode};
+use crate::storage::{layout, Listing, Storage, WriteMode};
 use cache::{CacheConfig, Caches};
 
 /// Limits the registry enforces, whatever the transport.
@@ -160,19 +155,20 @@ impl Registry {
         &self,
         name: &crate::oci::RepositoryName,
     ) -> Result<bool, RegistryError> {
-        let children = self
+        let first = self
             .storage
-            .list(&layout::repository(name))
+            .list(&layout::repository(name), None, 1)
             .await
             .map_err(storage_error)?;
-        Ok(!children.is_empty())
+        Ok(!first.names.is_empty())
     }
 }
 
-/// A directory below `repositories/` and the names of its children.
+/// A directory below `repositories/` and the registry folders in it.
 pub(crate) struct RepositoryDir {
     /// Relative to `repositories/`: a repository name if it is one.
     pub path: String,
+    /// Its `_`-prefixed registry folders (`_manifests`, `_layers`, …).
     pub children: Vec<String>,
 }
 
@@ -188,28 +184,68 @@ impl RepositoryDir {
     }
 }
 
-/// Every directory of the repository tree, sorted by path. Names nest
-/// (`team/app`, `team/app/tools`), so the walk descends into every child
-/// that is not a `_`-prefixed registry folder. The catalog, garbage
-/// collection and fsck all walk it; each decides what counts for it.
+/// Walks the repository tree depth first, a listing page at a time: memory
+/// holds one page per level of nesting, whatever the number of
+/// repositories. Names nest (`team/app`, `team/app/tools`), so the walk
+/// descends into every child that is not a `_`-prefixed registry folder, and
+/// hands out a directory once its listing is done (after its sub-directories).
+pub(crate) struct RepositoryWalk<'a> {
+    storage: &'a dyn Storage,
+    /// The directories being listed, outermost first.
+    open: Vec<(RepositoryDir, Listing<'a>)>,
+}
+
+impl<'a> RepositoryWalk<'a> {
+    pub fn new(storage: &'a dyn Storage) -> RepositoryWalk<'a> {
+        let root = RepositoryDir {
+            path: String::new(),
+            children: Vec::new(),
+        };
+        RepositoryWalk {
+            storage,
+            open: vec![(root, Listing::new(storage, layout::REPOSITORIES))],
+        }
+    }
+
+    /// The next directory below `repositories/`, or `None` at the end.
+    pub async fn next(&mut self) -> io::Result<Option<RepositoryDir>> {
+        while let Some((dir, listing)) = self.open.last_mut() {
+            match listing.next().await? {
+                Some(child) if child.starts_with('_') => dir.children.push(child),
+                Some(child) => {
+                    let path = if dir.path.is_empty() {
+                        child
+                    } else {
+                        format!("{}/{child}", dir.path)
+                    };
+                    let listing =
+                        Listing::new(self.storage, format!("{}/{path}", layout::REPOSITORIES));
+                    let dir = RepositoryDir {
+                        path,
+                        children: Vec::new(),
+                    };
+                    self.open.push((dir, listing));
+                }
+                None => {
+                    let (done, _) = self.open.pop().expect("looked at it above");
+                    if !done.path.is_empty() {
+                        return Ok(Some(done));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Every directory of the repository tree, sorted by path: for the catalog,
+/// which answers in lexical order (a walk's order differs: `-` and `.` sort
+/// before `/`).
 pub(crate) async fn repository_tree(storage: &dyn Storage) -> io::Result<Vec<RepositoryDir>> {
     let mut dirs = Vec::new();
-    let mut pending = vec![String::new()];
-    while let Some(path) = pending.pop() {
-        let prefix = if path.is_empty() {
-            layout::REPOSITORIES.to_owned()
-        } else {
-            format!("{}/{path}", layout::REPOSITORIES)
-        };
-        let children = storage.list(&prefix).await?;
-        for child in children.iter().filter(|c| !c.starts_with('_')) {
-            pending.push(if path.is_empty() {
-                child.clone()
-            } else {
-                format!("{path}/{child}")
-            });
-        }
-        dirs.push(RepositoryDir { path, children });
+    let mut walk = RepositoryWalk::new(storage);
+    while let Some(dir) = walk.next().await? {
+        dirs.push(dir);
     }
     dirs.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(dirs)
@@ -227,17 +263,15 @@ pub(crate) async fn digests_under(storage: &dyn Storage, dir: &str) -> io::Resul
         digests: Vec::new(),
         strays: Vec::new(),
     };
-    let mut algorithms = storage.list(dir).await?;
-    algorithms.sort_unstable();
-    for name in algorithms {
+    let mut algorithms = Listing::new(storage, dir);
+    while let Some(name) = algorithms.next().await? {
         let Some(algorithm) = crate::oci::Algorithm::parse(&name) else {
             found.strays.push(format!("{dir}/{name}"));
             continue;
         };
         let alg_dir = format!("{dir}/{name}");
-        let mut hexes = storage.list(&alg_dir).await?;
-        hexes.sort_unstable();
-        for hex in hexes {
+        let mut hexes = Listing::new(storage, alg_dir.as_str());
+        while let Some(hex) = hexes.next().await? {
             match Digest::from_parts(algorithm, &hex) {
                 Ok(digest) => found.digests.push(digest),
                 Err(_) => found.strays.push(format!("{alg_dir}/{hex}")),
@@ -280,6 +314,133 @@ pub fn paginate(sorted: &[String], n: Option<usize>, last: Option<&str>) -> Page
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{RepositoryName, Tag};
+    use crate::storage::fs::FsStorage;
+    use crate::storage::LIST_PAGE;
+    use bytes::Bytes;
+
+    fn registry(root: &std::path::Path) -> Registry {
+        Registry::new(
+            Arc::new(FsStorage::open(root).unwrap()),
+            Limits::default(),
+            &CacheConfig::default(),
+            LifecycleConfig::default(),
+        )
+    }
+
+    fn digest() -> Digest {
+        format!("sha256:{}", "a".repeat(64)).parse().unwrap()
+    }
+
+    /// Writes `count` tags `t00000`, `t00001`, … naming the same manifest.
+    async fn tags(registry: &Registry, name: &RepositoryName, count: usize) -> Vec<String> {
+        let tags: Vec<String> = (0..count).map(|i| format!("t{i:05}")).collect();
+        let docs = tags
+            .iter()
+            .map(|tag| {
+                let tag = Tag::parse(tag).unwrap();
+                let key = layout::tag_current_link(name, &tag);
+                (key, layout::link_body(&digest()), WriteMode::Overwrite)
+            })
+            .collect();
+        registry.storage.put_all(docs).await.unwrap();
+        tags
+    }
+
+    #[tokio::test]
+    async fn a_repository_larger_than_a_storage_page_lists_its_tags_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let name = RepositoryName::parse("big/app").unwrap();
+        let all = tags(&registry, &name, LIST_PAGE * 2 + 17).await;
+
+        // Pages of 700 that cross the storage's pages, as a client follows them.
+        let mut listed = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = registry
+                .list_tags(&name, Some(700), last.as_deref())
+                .await
+                .unwrap();
+            assert!(page.entries.len() <= 700);
+            listed.extend(page.entries.iter().cloned());
+            if !page.more {
+                break;
+            }
+            last = page.entries.last().cloned();
+        }
+        assert_eq!(listed, all);
+        // Without `n`, everything after `last`.
+        let rest = registry
+            .list_tags(&name, None, Some("t01500"))
+            .await
+            .unwrap();
+        assert_eq!(rest.entries, all[1501..]);
+        assert!(!rest.more);
+        let whole = registry.list_tags(&name, None, None).await.unwrap();
+        assert_eq!(whole.entries, all);
+    }
+
+    #[tokio::test]
+    async fn a_small_repository_lists_from_one_page_and_an_unknown_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let name = RepositoryName::parse("small").unwrap();
+        let all = tags(&registry, &name, 5).await;
+        let page = registry
+            .list_tags(&name, Some(2), Some("t00001"))
+            .await
+            .unwrap();
+        assert_eq!(page.entries, all[2..4]);
+        assert!(page.more);
+        let unknown = RepositoryName::parse("nothing/here").unwrap();
+        let refused = registry.list_tags(&unknown, None, None).await;
+        assert!(matches!(refused, Err(e) if e.code == ErrorCode::NameUnknown));
+    }
+
+    #[tokio::test]
+    async fn the_walk_finds_nested_repositories_across_listing_pages() {
+        // A store that walks in pages of LIST_PAGE (the filesystem's are
+        // larger). More top-level repositories than one page, one of them with
+        // repositories nested below it, and a directory that is none.
+        let mut expected = Vec::new();
+        let mut docs = Vec::new();
+        let storage = crate::storage::memory::MemoryStorage::default();
+        assert_eq!(storage.walk_page(), LIST_PAGE);
+        for i in 0..LIST_PAGE + 3 {
+            expected.push(format!("r{i:04}"));
+        }
+        expected.extend(["r0007/tools".to_owned(), "r0007/tools/x-y".to_owned()]);
+        for path in &expected {
+            let name = RepositoryName::parse(path).unwrap();
+            docs.push((
+                layout::layer_link(&name, &digest()),
+                layout::link_body(&digest()),
+                WriteMode::Overwrite,
+            ));
+        }
+        docs.push((
+            "repositories/plain/dir/_other".to_owned(),
+            Bytes::new(),
+            WriteMode::Overwrite,
+        ));
+        storage.put_all(docs).await.unwrap();
+
+        let mut walk = RepositoryWalk::new(&storage);
+        let mut found = Vec::new();
+        let mut others = Vec::new();
+        while let Some(dir) = walk.next().await.unwrap() {
+            if dir.is_repository() {
+                found.push(dir.path);
+            } else {
+                others.push(dir.path);
+            }
+        }
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected);
+        assert_eq!(others, ["plain/dir", "plain"]);
+    }
 
     #[test]
     fn pagination_starts_after_last_and_reports_more() {

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{storage_error, Registry};
-use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result};
+use crate::oci::{Digest, Manifest, RepositoryName, Result};
 use crate::storage::layout;
 
 impl Registry {
@@ -18,22 +18,11 @@ impl Registry {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Value>> {
         let prefix = layout::referrers_of(name, subject);
-        let mut digests = Vec::new();
-        for algorithm in self.storage.list(&prefix).await.map_err(storage_error)? {
-            let Some(algorithm) = Algorithm::parse(&algorithm) else {
-                continue;
-            };
-            let hexes = self
-                .storage
-                .list(&format!("{prefix}/{}", algorithm.as_str()))
-                .await
-                .map_err(storage_error)?;
-            digests.extend(
-                hexes
-                    .iter()
-                    .filter_map(|hex| Digest::from_parts(algorithm, hex).ok()),
-            );
-        }
+        // The answer lists every referrer, so they are all read anyway.
+        let mut digests = super::digests_under(self.storage.as_ref(), &prefix)
+            .await
+            .map_err(storage_error)?
+            .digests;
         digests.sort();
 
         let mut descriptors = Vec::with_capacity(digests.len());

@@ -5,38 +5,74 @@ use std::sync::Arc;
 
 use super::{paginate, storage_error, Page, Registry};
 use crate::oci::{ErrorCode, RepositoryName, Result};
-use crate::storage::layout;
+use crate::storage::{layout, Listing, LIST_PAGE};
 
 impl Registry {
-    /// One page of a repository's tags, or `NAME_UNKNOWN` if it does not exist.
-    /// The sorted list is cached, so following `Link` pages costs no listing.
+    /// One page of a repository's tags, or `NAME_UNKNOWN` if it does not
+    /// exist. A repository whose tags fit in one storage page has its sorted
+    /// list cached, so following `Link` pages costs no listing; a larger one
+    /// is read a page at a time, `last` and `n` mapped onto the storage's
+    /// listing, never whole.
     pub async fn list_tags(
         &self,
         name: &RepositoryName,
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Page> {
-        let tags = match self.caches.tag_list(name) {
-            Some(tags) => tags,
-            None => {
-                let ticket = self.caches.ticket();
-                let mut tags = self.all_tags(name).await?;
-                tags.sort_unstable();
-                let tags = Arc::new(tags);
-                self.caches.fill_tag_list(ticket, name, tags.clone());
-                tags
-            }
-        };
-        if tags.is_empty() && !self.repository_exists(name).await? {
-            return Err(ErrorCode::NameUnknown.into());
+        if let Some(tags) = self.caches.tag_list(name) {
+            return Ok(paginate(&tags, n, last));
         }
-        Ok(paginate(&tags, n, last))
+        let dir = layout::tags_dir(name);
+        let ticket = self.caches.ticket();
+        let first = self
+            .storage
+            .list(&dir, None, LIST_PAGE)
+            .await
+            .map_err(storage_error)?;
+        if !first.more {
+            if first.names.is_empty() && !self.repository_exists(name).await? {
+                return Err(ErrorCode::NameUnknown.into());
+            }
+            let tags = Arc::new(first.names);
+            self.caches.fill_tag_list(ticket, name, tags.clone());
+            return Ok(paginate(&tags, n, last));
+        }
+        match (n, last) {
+            // The first page asked for lies within the page just read.
+            (Some(n), None) if n <= first.names.len() => {
+                let mut entries = first.names;
+                entries.truncate(n);
+                Ok(Page {
+                    entries,
+                    more: true,
+                })
+            }
+            (Some(n), last) => {
+                let page = self
+                    .storage
+                    .list(&dir, last, n)
+                    .await
+                    .map_err(storage_error)?;
+                Ok(Page {
+                    entries: page.names,
+                    more: page.more,
+                })
+            }
+            // Without `n` the client asked for every tag: the answer holds
+            // them all anyway.
+            (None, last) => Ok(Page {
+                entries: Listing::new(self.storage.as_ref(), dir)
+                    .starting_after(last)
+                    .collect()
+                    .await
+                    .map_err(storage_error)?,
+                more: false,
+            }),
+        }
     }
 
-    pub(super) async fn all_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
-        self.storage
-            .list(&layout::tags_dir(name))
-            .await
-            .map_err(storage_error)
+    /// A repository's tags, a page at a time.
+    pub(super) fn tags(&self, name: &RepositoryName) -> Listing<'_> {
+        Listing::new(self.storage.as_ref(), layout::tags_dir(name))
     }
 }

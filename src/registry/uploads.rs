@@ -109,7 +109,11 @@ impl Registry {
             offset: 0,
             algorithm: algorithm.as_str().to_owned(),
             hash_state: Hasher::new(algorithm).save_state(),
-            generation: self.storage.upload_generation().to_owned(),
+            generation: self
+                .storage
+                .upload_generation()
+                .unwrap_or_default()
+                .to_owned(),
         };
         self.save_session(name, &session).await?;
         Ok(session)
@@ -262,7 +266,7 @@ impl Registry {
         }
         let size = content.len() as u64;
         // Content already stored is touched instead of written, and so is an
-        // existing link: a running garbage collection spares both (gc.rs).
+        // existing link: a running garbage collection spares both (touch.rs; docs/design/gc.md).
         // Content found already in place was not hashed by us.
         if self.put_content_fresh(digest, content).await? {
             self.caches.verified(digest);
@@ -354,7 +358,7 @@ impl Registry {
         } else {
             // The content keeps its time through the commit, and that of a
             // chunked upload's last chunk can be older than a running garbage
-            // collection's cutoff: touched now, the blob is spared (gc.rs).
+            // collection's cutoff: touched now, the blob is spared (touch.rs; docs/design/gc.md).
             self.touch(&data_key).await?;
             self.storage
                 .commit_upload(&data_key, size, &layout::blob_data(digest))
@@ -388,7 +392,7 @@ impl Registry {
             .ok_or(ErrorCode::BlobUploadUnknown)?;
         let session: UploadSession = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::internal("corrupt upload session", e))?;
-        if session.generation != self.storage.upload_generation() {
+        if session.generation != self.storage.upload_generation().unwrap_or_default() {
             return Err(RegistryError::with_detail(
                 ErrorCode::BlobUploadUnknown,
                 "the upload was interrupted by a restart of the machine; start it again",

@@ -1,16 +1,37 @@
 //! Where bytes live, behind one small async trait.
 //!
 //! The trait is shaped by intent so that both a filesystem and an object store
-//! (no rename, no append, multipart uploads) can implement it: whole small
-//! documents with a write mode, streamed reads with a byte range, listing of a
-//! prefix's children, and upload data that is appended in order and then
-//! committed under its final key in one operation. Registry rules (what a key
-//! means, what must exist) live above it; [`layout`] is the one place that
-//! maps registry objects to keys.
+//! (no rename, no append, multipart uploads, listings a page at a time) can
+//! implement it: whole small documents with a write mode, streamed reads with
+//! a byte range, listing one sorted page of a prefix's children, and upload
+//! data that is appended in order and then committed under its final key in
+//! one operation. Registry rules (what a key means, what must exist) live
+//! above it; [`layout`] is the one place that maps registry objects to keys.
+//!
+//! **The core** ([`Storage`]'s required methods) is what every backend
+//! implements. **Capabilities** are what only some backends can do; each is
+//! asked for through a method that returns `None` by default, and the
+//! registry goes without when it gets `None`:
+//! - [`Storage::local_files`]: objects are files on this machine, which can
+//!   be sent to a socket by the kernel (`sendfile`);
+//! - [`Storage::leftovers`]: interrupted writes leave debris under temporary
+//!   names that a check (`berth fsck`) lists and removes;
+//! - [`Storage::deferred_durability`]: small documents become visible before
+//!   they are durable (a write-ahead journal), with a barrier to wait for them;
+//! - [`Storage::upload_generation`]: appended upload bytes are not durable
+//!   until committed, so an upload may have lost bytes across a machine crash.
+//!
+//! An object store (S3) can implement the core only: its writes are durable
+//! when they return and its objects are not local files. (Its incomplete
+//! multipart uploads are debris it may report through `leftovers` later.)
+//! `storage::memory` (tests) is such a core-only store: the registry and the
+//! whole lifecycle run on it.
 
 pub mod fs;
 pub mod journal;
 pub mod layout;
+#[cfg(test)]
+pub mod memory;
 
 use std::io;
 use std::ops::Range;
@@ -81,35 +102,46 @@ pub struct LocalFile {
     pub size: u64,
 }
 
+/// How many names one [`Storage::list`] call returns at most when a caller
+/// walks a whole prefix: S3's page, so a walk costs an object store one
+/// request a page and holds one page in memory.
+pub const LIST_PAGE: usize = 1000;
+
+/// One page of a listing: names in ascending byte order, and whether more
+/// follow the last of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub names: Vec<String>,
+    pub more: bool,
+}
+
+/// The core every backend implements. Keys are `/`-separated paths made by
+/// [`layout`] (checked by [`layout::is_safe_key`]); an object is a whole
+/// value under a key, and a prefix is a key's leading segments.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Reads a whole small document (links, session records, manifests).
+    /// `None` when it does not exist.
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
 
     /// Writes a whole small document so that readers see the old or the new
-    /// version, never a mix. Returns false when nothing needed writing:
-    /// `CreateIfAbsent` found a document, or `Overwrite` found the same bytes;
-    /// the document found is then touched (see [`Storage::touch`]), so that
-    /// writing something is always a use of it.
+    /// version, never a mix, and durably before it returns for the durable
+    /// modes ([`WriteMode::is_durable`]). Returns false when nothing needed
+    /// writing: `CreateIfAbsent`/`Record` found a document, or `Overwrite`
+    /// found the same bytes; the document found is then touched (see
+    /// [`Storage::touch`]), so that writing something is always a use of it.
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
 
     /// [`Storage::put`] for several independent documents at once (each is
     /// whole or absent, the batch as a whole is not atomic), for a backend
     /// to share the cost of durability between them. Returns, per document,
-    /// whether it was written.
+    /// whether it was written. Default: one `put` after another.
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
         let mut written = Vec::with_capacity(docs.len());
         for (key, data, mode) in docs {
             written.push(self.put(&key, data, mode).await?);
         }
         Ok(written)
-    }
-
-    /// Returns once every write this store has made visible so far is
-    /// durable: for a caller that acknowledges what it found, not what it
-    /// wrote (a write waits for its own durability).
-    async fn barrier(&self) -> io::Result<()> {
-        Ok(())
     }
 
     /// The size of a stored object, or `None` when it does not exist.
@@ -123,7 +155,7 @@ pub trait Storage: Send + Sync + 'static {
     /// garbage collector that decided to collect it before then spares it.
     /// Returns false when it does not exist. Whoever makes an existing object
     /// reachable (a manifest naming a blob, a mount) touches it first and
-    /// then relies on it only if this returned true.
+    /// then relies on it only if this returned true (see `docs/design/gc.md`).
     async fn touch(&self, key: &str) -> io::Result<bool>;
 
     /// [`Storage::touch`] for several objects at once (one round trip where
@@ -146,33 +178,41 @@ pub trait Storage: Send + Sync + 'static {
         cutoff: std::time::SystemTime,
     ) -> io::Result<bool>;
 
-    /// Moves an object to another key (replacing what is there). Returns
-    /// false when `from` does not exist.
+    /// Moves an object to another key (replacing what is there), durably.
+    /// Returns false when `from` does not exist. Rare (quarantine of damaged
+    /// content): an object store may copy then delete, so a reader may see
+    /// both keys for a moment, never neither.
     async fn rename(&self, from: &str, to: &str) -> io::Result<bool>;
 
     /// Streams an object, or the `range` of it (which must lie within it).
+    /// `None` when it does not exist.
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>>;
-
-    /// The object as an open local file, or None where it does not exist or
-    /// the store keeps no local files (the default).
-    async fn local_file(&self, _key: &str) -> io::Result<Option<LocalFile>> {
-        Ok(None)
-    }
 
     /// Deletes one object. Returns false when it did not exist.
     async fn delete(&self, key: &str) -> io::Result<bool>;
 
-    /// Deletes every object under `prefix`.
+    /// Deletes every object under `prefix` (an upload's objects).
     async fn delete_all(&self, prefix: &str) -> io::Result<()>;
 
-    /// The names of the immediate children of `prefix` (objects and
-    /// sub-prefixes), in no promised order.
-    async fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// One page of the names of `prefix`'s immediate children (objects and
+    /// sub-prefixes, the last segment only): at most `limit` of them, those
+    /// after `start_after` in ascending byte order (all when `None`), sorted,
+    /// and whether more follow. A missing prefix has no children. Callers
+    /// walk a prefix page by page ([`Listing`]) and never assume one page
+    /// holds it all. A walk lists every name present throughout it exactly
+    /// once (garbage collection relies on it, see `docs/design/gc.md`);
+    /// names added or removed meanwhile may or may not show.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<ListPage>;
 
     /// Appends `data` to an upload's content at `offset`. Anything stored past
     /// `offset` by an earlier, failed attempt is discarded first, so the
     /// session record (which holds the offset) is the truth. Appended bytes
-    /// survive a crash of this process, but a machine crash only while
+    /// survive a crash of this process; across a machine crash only while
     /// [`Storage::upload_generation`] stays the same. Returns the number of
     /// bytes appended.
     async fn append_upload(
@@ -189,21 +229,180 @@ pub trait Storage: Send + Sync + 'static {
     /// verified (and a re-push heals a damaged copy).
     async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()>;
 
+    /// Checks that the store can be written (readiness).
+    async fn check_writable(&self) -> io::Result<()>;
+
+    /// How many names a walk ([`Listing`]) asks [`Storage::list`] for at a
+    /// time. Default [`LIST_PAGE`], an object store's page; a backend that
+    /// reads a whole directory per call asks for more, trading one page of
+    /// memory for fewer reads.
+    fn walk_page(&self) -> usize {
+        LIST_PAGE
+    }
+
+    // Optional capabilities: `None` unless the backend has them.
+
+    /// Objects as open local files, for `sendfile`. Default: none.
+    fn local_files(&self) -> Option<&dyn LocalFiles> {
+        None
+    }
+
+    /// Debris of interrupted writes, for `berth fsck`. Default: a backend
+    /// whose writes leave no debris under other names.
+    fn leftovers(&self) -> Option<&dyn Leftovers> {
+        None
+    }
+
+    /// Writes that are visible before they are durable. Default: every
+    /// write is durable when it returns, and there is nothing to wait for.
+    fn deferred_durability(&self) -> Option<&dyn DeferredDurability> {
+        None
+    }
+
     /// Names the period during which appended upload content stays readable
     /// (for a filesystem: this boot of the machine, since appends are not
     /// fsynced). An upload session recorded under another generation may have
-    /// lost bytes it counts and must not be continued.
-    fn upload_generation(&self) -> &str;
+    /// lost bytes it counts and must not be continued. Default `None`:
+    /// appended content is durable once [`Storage::append_upload`] returns
+    /// (an object store's uploaded parts), so every session may continue.
+    fn upload_generation(&self) -> Option<&str> {
+        None
+    }
+}
 
+/// Capability: objects are files on this machine's disk.
+#[async_trait]
+pub trait LocalFiles: Send + Sync {
+    /// The object as an open local file, or `None` where it does not exist.
+    async fn local_file(&self, key: &str) -> io::Result<Option<LocalFile>>;
+}
+
+/// Capability: interrupted writes leave debris under temporary names.
+#[async_trait]
+pub trait Leftovers: Send + Sync {
     /// Every object left under a temporary name by a write that did not
     /// finish (a crash, a full disk). A write in progress has one too, for
     /// a moment: look at `modified` before removing one.
     async fn list_leftovers(&self) -> io::Result<Vec<Leftover>>;
 
-    /// Removes a leftover named by [`Storage::list_leftovers`]. Returns false
-    /// when it was gone already; refuses any name that is not a leftover's.
+    /// Removes a leftover named by [`Leftovers::list_leftovers`]. Returns
+    /// false when it was gone already; refuses any name that is not a
+    /// leftover's.
     async fn remove_leftover(&self, name: &str) -> io::Result<bool>;
+}
 
-    /// Checks that the store can be written (readiness).
-    async fn check_writable(&self) -> io::Result<()>;
+/// Capability: small documents are visible before they are durable.
+#[async_trait]
+pub trait DeferredDurability: Send + Sync {
+    /// Returns once every write this store has made visible so far is
+    /// durable: for a caller that acknowledges what it found, not what it
+    /// wrote (a write waits for its own durability).
+    async fn barrier(&self) -> io::Result<()>;
+}
+
+/// Walks a prefix's children a page at a time, in ascending byte order: the
+/// way every caller reads a listing, so memory holds one page whatever the
+/// prefix holds.
+pub struct Listing<'a> {
+    storage: &'a dyn Storage,
+    prefix: String,
+    page: std::vec::IntoIter<String>,
+    /// The last name handed out, where the next page starts after.
+    after: Option<String>,
+    more: bool,
+}
+
+impl<'a> Listing<'a> {
+    pub fn new(storage: &'a dyn Storage, prefix: impl Into<String>) -> Listing<'a> {
+        Listing {
+            storage,
+            prefix: prefix.into(),
+            page: Vec::new().into_iter(),
+            after: None,
+            more: true,
+        }
+    }
+
+    /// The listing of the names after `start_after` only.
+    pub fn starting_after(mut self, start_after: Option<&str>) -> Listing<'a> {
+        self.after = start_after.map(str::to_owned);
+        self
+    }
+
+    /// The next name, or `None` at the end.
+    pub async fn next(&mut self) -> io::Result<Option<String>> {
+        loop {
+            if let Some(name) = self.page.next() {
+                self.after = Some(name.clone());
+                return Ok(Some(name));
+            }
+            if !self.more {
+                return Ok(None);
+            }
+            let page = self
+                .storage
+                .list(
+                    &self.prefix,
+                    self.after.as_deref(),
+                    self.storage.walk_page(),
+                )
+                .await?;
+            // A page that is empty yet says more follow would loop forever.
+            self.more = page.more && !page.names.is_empty();
+            self.page = page.names.into_iter();
+        }
+    }
+
+    /// Every remaining name, for a caller whose result holds them all anyway
+    /// (a sorted set it returns whole).
+    pub async fn collect(mut self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        while let Some(name) = self.next().await? {
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
+/// The page of `names` (unsorted, as a directory read gives them) after
+/// `start_after`, at most `limit`, sorted: for a backend whose native listing
+/// is a whole unsorted directory. Selects before sorting, so a small page of
+/// a large directory costs a linear pass, not a full sort.
+pub fn page_of(mut names: Vec<String>, start_after: Option<&str>, limit: usize) -> ListPage {
+    if let Some(after) = start_after {
+        names.retain(|name| name.as_str() > after);
+    }
+    let more = names.len() > limit;
+    if more {
+        names.select_nth_unstable(limit);
+        names.truncate(limit);
+    }
+    names.sort_unstable();
+    ListPage { names, more }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_page_is_the_smallest_names_after_the_start_sorted() {
+        let all = names(&["d", "b", "e", "a", "c"]);
+        let page = page_of(all.clone(), None, 2);
+        assert_eq!(page.names, ["a", "b"]);
+        assert!(page.more);
+        let page = page_of(all.clone(), Some("b"), 2);
+        assert_eq!(page.names, ["c", "d"]);
+        assert!(page.more);
+        let page = page_of(all.clone(), Some("bb"), 3);
+        assert_eq!(page.names, ["c", "d", "e"]);
+        assert!(!page.more);
+        let page = page_of(all, Some("e"), 3);
+        assert!(page.names.is_empty());
+        assert!(!page.more);
+    }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use super::expiry::ExpiryReport;
 use super::gc::{GcOptions, GcReport};
 use super::retention::RetentionReport;
-use super::Registry;
 use crate::oci::Result;
+use crate::registry::Registry;
 
 /// What one lifecycle run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -236,14 +236,14 @@ mod tests {
     async fn the_task_stops_when_asked_even_in_the_middle_of_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::storage::fs::FsStorage::open(dir.path()).unwrap();
-        let lifecycle = super::super::LifecycleConfig {
+        let lifecycle = crate::registry::LifecycleConfig {
             gc_interval: Some(Duration::from_secs(3600)),
             ..Default::default()
         };
         let registry = Arc::new(Registry::new(
             Arc::new(storage),
-            super::super::Limits::default(),
-            &super::super::cache::CacheConfig::default(),
+            crate::registry::Limits::default(),
+            &crate::registry::cache::CacheConfig::default(),
             lifecycle,
         ));
         let task = LifecycleTask::spawn(registry.clone());

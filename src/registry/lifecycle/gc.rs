@@ -17,22 +17,21 @@
 //! removal is [`Storage::delete_if_untouched_since`] with a cutoff of the
 //! run's start minus the grace period, and whoever makes an existing object
 //! reachable touches it first and relies on it only if the touch found it
-//! (the helpers below; `ARCHITECTURE.md`, "Garbage collection", has the whole
-//! argument). So anything written or touched after the cutoff survives this
-//! run, and a push that lost its race against a removal is refused
-//! (`MANIFEST_BLOB_UNKNOWN`) instead of acknowledged incomplete.
+//! (the write path's side of the protocol is `registry/touch.rs`;
+//! `docs/design/gc.md` has the whole argument). So anything written or
+//! touched after the cutoff survives this run, and a push that lost its race
+//! against a removal is refused (`MANIFEST_BLOB_UNKNOWN`) instead of
+//! acknowledged incomplete.
 //!
 //! [`Storage::delete_if_untouched_since`]: crate::storage::Storage::delete_if_untouched_since
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
-use super::lifecycle::UntaggedManifests;
-use super::{digests_under, repository_tree, storage_error, Registry};
+use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
-use crate::storage::{layout, WriteMode};
+use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
+use crate::storage::{layout, Listing};
 
 /// How a collection runs.
 #[derive(Debug, Clone, Default)]
@@ -67,14 +66,16 @@ pub struct GcReport {
     pub problems: Vec<String>,
 }
 
-/// Removes (or, in a dry run, judges) objects against the run's cutoff.
-struct Sweeper<'a> {
+/// One collection run over a registry's store: the mark and sweep steps,
+/// removing (or, in a dry run, judging) objects against the run's cutoff.
+/// The registry only offers the entry points ([`Registry::collect_garbage`]).
+struct Collection<'a> {
     registry: &'a Registry,
     cutoff: SystemTime,
     dry_run: bool,
 }
 
-impl Sweeper<'_> {
+impl Collection<'_> {
     /// Whether `key` was removed (would be, in a dry run): only if it was not
     /// written or touched at or after the cutoff.
     async fn remove(&self, key: &str) -> Result<bool> {
@@ -97,104 +98,11 @@ impl Sweeper<'_> {
         }
         Ok(removed)
     }
-}
-
-/// One repository as the mark phase found it.
-struct RepositoryScan {
-    revisions: HashSet<Digest>,
-    layers: HashSet<Digest>,
-    /// (subject, referrer) for every referrer link.
-    referrers: Vec<(Digest, Digest)>,
-    /// Every history entry: tag, entry name, the digest it names.
-    history: Vec<(Tag, String, Option<Digest>)>,
-}
-
-impl Registry {
-    // The touch-before-use protocol: the operations that make an existing
-    // object reachable again use these, so that a collection running now
-    // either spares the object or the operation learns it is gone.
-
-    /// Marks `key` as in use now; false when it does not exist (any more).
-    pub(super) async fn touch(&self, key: &str) -> Result<bool> {
-        self.storage.touch(key).await.map_err(storage_error)
-    }
-
-    /// Writes a link, or, when storage holds that link already, touches it
-    /// (storage does both in one step): either way it is newer than any
-    /// running collection's cutoff.
-    pub(super) async fn write_link_fresh(&self, key: &str, digest: &Digest) -> Result<()> {
-        self.write_link(key, digest).await.map(drop)
-    }
-
-    /// Stores content under its digest unless it is there, and touches it
-    /// when it is: the content is newer than any running collection's
-    /// cutoff. Returns whether it was written (hashed by us, then).
-    pub(super) async fn put_content_fresh(&self, digest: &Digest, content: Bytes) -> Result<bool> {
-        self.storage
-            .put(
-                &layout::blob_data(digest),
-                content,
-                WriteMode::CreateIfAbsent,
-            )
-            .await
-            .map_err(storage_error)
-    }
-
-    /// Collects unreferenced manifests, links and content (see the module
-    /// documentation).
-    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
-        self.collect_garbage_ignoring(options, &HashSet::new())
-            .await
-    }
-
-    /// [`Registry::collect_garbage`] as if the `ignored` tags and their
-    /// histories were gone: a dry run's view of what retention would remove.
-    pub(super) async fn collect_garbage_ignoring(
-        &self,
-        options: &GcOptions,
-        ignored: &HashSet<(RepositoryName, Tag)>,
-    ) -> Result<GcReport> {
-        let grace = options
-            .grace_period
-            .unwrap_or(self.lifecycle.gc_grace_period);
-        let sweeper = Sweeper {
-            registry: self,
-            cutoff: SystemTime::now()
-                .checked_sub(grace)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-            dry_run: options.dry_run,
-        };
-        let mut report = GcReport {
-            dry_run: options.dry_run,
-            ..GcReport::default()
-        };
-        // Content some remaining link or kept manifest names, over all
-        // repositories; and every digest that was a manifest somewhere (to
-        // tell manifest documents from layers in the report).
-        let mut referenced = HashSet::new();
-        let mut manifests = HashSet::new();
-        for name in self.repositories(&mut report.problems).await? {
-            report.repositories += 1;
-            self.collect_repository(
-                &name,
-                ignored,
-                &sweeper,
-                &mut report,
-                &mut referenced,
-                &mut manifests,
-            )
-            .await?;
-        }
-        self.sweep_content(&sweeper, &referenced, &manifests, &mut report)
-            .await?;
-        Ok(report)
-    }
 
     async fn collect_repository(
         &self,
         name: &RepositoryName,
         ignored: &HashSet<(RepositoryName, Tag)>,
-        sweeper: &Sweeper<'_>,
         report: &mut GcReport,
         referenced: &mut HashSet<Digest>,
         manifests: &mut HashSet<Digest>,
@@ -214,9 +122,9 @@ impl Registry {
         }
 
         let mut removed_manifests = HashSet::new();
-        if self.lifecycle.untagged_manifests == UntaggedManifests::Delete {
+        if self.registry.lifecycle.untagged_manifests == UntaggedManifests::Delete {
             for digest in scan.revisions.difference(&kept_manifests) {
-                if sweeper
+                if self
                     .remove_link(&layout::revision_link(name, digest))
                     .await?
                 {
@@ -239,7 +147,7 @@ impl Registry {
             let gone = removed_manifests.contains(referrer) || !scan.revisions.contains(referrer);
             if gone && !kept_manifests.contains(referrer) {
                 let key = layout::referrer_link(name, subject, referrer);
-                if sweeper.remove(&key).await? {
+                if self.remove(&key).await? {
                     report.referrer_links_removed += 1;
                 } else {
                     report.spared += 1;
@@ -254,17 +162,14 @@ impl Registry {
                 .is_some_and(|d| removed_manifests.contains(d))
             {
                 let key = format!("{}/{entry}", layout::tag_history_dir(name, tag));
-                if sweeper.remove(&key).await? {
+                if self.remove(&key).await? {
                     report.history_entries_removed += 1;
                 }
             }
         }
 
         for digest in scan.layers.difference(&kept_blobs) {
-            if sweeper
-                .remove_link(&layout::layer_link(name, digest))
-                .await?
-            {
+            if self.remove_link(&layout::layer_link(name, digest)).await? {
                 report.layer_links_removed += 1;
             } else {
                 report.spared += 1;
@@ -296,13 +201,15 @@ impl Registry {
         }
         let mut history = Vec::new();
         let histories = layout::tag_histories(name);
-        for tag in self.storage.list(&histories).await.map_err(storage_error)? {
+        let mut tags = Listing::new(self.registry.storage.as_ref(), histories.as_str());
+        while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 problems.push(format!("{histories}/{tag}: not a valid tag, skipped"));
                 continue;
             };
             let dir = layout::tag_history_dir(name, &tag);
-            for entry in self.storage.list(&dir).await.map_err(storage_error)? {
+            let mut entries = Listing::new(self.registry.storage.as_ref(), dir.as_str());
+            while let Some(entry) = entries.next().await.map_err(storage_error)? {
                 match layout::parse_tag_history_entry(&entry) {
                     Some((_, digest)) => history.push((tag.clone(), entry, digest)),
                     None => problems.push(format!("{dir}/{entry}: not a history entry, skipped")),
@@ -327,7 +234,8 @@ impl Registry {
         report: &mut GcReport,
     ) -> Result<Vec<Digest>> {
         let mut roots = Vec::new();
-        for tag in self.all_tags(name).await? {
+        let mut tags = self.registry.tags(name);
+        while let Some(tag) = tags.next().await.map_err(storage_error)? {
             let Some(tag) = Tag::parse(&tag) else {
                 report
                     .problems
@@ -339,6 +247,7 @@ impl Registry {
             }
             // Read uncached: the cache may not know of another process's push.
             match self
+                .registry
                 .read_link_uncached(&layout::tag_current_link(name, &tag))
                 .await
             {
@@ -365,11 +274,11 @@ impl Registry {
             roots.extend(
                 entries
                     .into_iter()
-                    .take(self.lifecycle.history_keep)
+                    .take(self.registry.lifecycle.history_keep)
                     .map(|(_, d)| d.clone()),
             );
         }
-        if self.lifecycle.untagged_manifests == UntaggedManifests::Keep {
+        if self.registry.lifecycle.untagged_manifests == UntaggedManifests::Keep {
             roots.extend(scan.revisions.iter().cloned());
         }
         Ok(roots)
@@ -441,14 +350,26 @@ impl Registry {
     ) -> Result<std::result::Result<Manifest, String>> {
         let key = layout::blob_data(digest);
         // Bounded memory: a "manifest" larger than any accepted one is not read.
-        match self.storage.size(&key).await.map_err(storage_error)? {
+        match self
+            .registry
+            .storage
+            .size(&key)
+            .await
+            .map_err(storage_error)?
+        {
             None => return Ok(Err("manifest content is missing".into())),
-            Some(size) if size > self.limits.max_manifest_bytes as u64 => {
+            Some(size) if size > self.registry.limits.max_manifest_bytes as u64 => {
                 return Ok(Err(format!("{size} bytes is too large for a manifest")))
             }
             Some(_) => {}
         }
-        let Some(body) = self.storage.get(&key).await.map_err(storage_error)? else {
+        let Some(body) = self
+            .registry
+            .storage
+            .get(&key)
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(Err("manifest content is missing".into()));
         };
         Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
@@ -457,17 +378,13 @@ impl Registry {
     /// Removes content no remaining link or kept manifest names.
     async fn sweep_content(
         &self,
-        sweeper: &Sweeper<'_>,
         referenced: &HashSet<Digest>,
         manifests: &HashSet<Digest>,
         report: &mut GcReport,
     ) -> Result<()> {
-        for algorithm in self
-            .storage
-            .list(layout::BLOBS)
-            .await
-            .map_err(storage_error)?
-        {
+        let storage = self.registry.storage.as_ref();
+        let mut algorithms = Listing::new(storage, layout::BLOBS);
+        while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
             let Some(algorithm) = Algorithm::parse(&algorithm) else {
                 report.problems.push(format!(
                     "{}/{algorithm}: unknown algorithm, skipped",
@@ -476,9 +393,11 @@ impl Registry {
                 continue;
             };
             let dir = layout::blobs_of(algorithm);
-            for shard in self.storage.list(&dir).await.map_err(storage_error)? {
+            let mut shards = Listing::new(storage, dir);
+            while let Some(shard) = shards.next().await.map_err(storage_error)? {
                 let shard_dir = layout::blob_shard(algorithm, &shard);
-                for hex in self.storage.list(&shard_dir).await.map_err(storage_error)? {
+                let mut hexes = Listing::new(storage, shard_dir.as_str());
+                while let Some(hex) = hexes.next().await.map_err(storage_error)? {
                     let digest = match layout::parse_blob_dir(algorithm, &shard, &hex) {
                         Some(d) => d,
                         None => {
@@ -492,18 +411,24 @@ impl Registry {
                         continue;
                     }
                     let key = layout::blob_data(&digest);
-                    let Some(info) = self.storage.stat(&key).await.map_err(storage_error)? else {
+                    let Some(info) = self
+                        .registry
+                        .storage
+                        .stat(&key)
+                        .await
+                        .map_err(storage_error)?
+                    else {
                         continue;
                     };
-                    if sweeper.remove(&key).await? {
+                    if self.remove(&key).await? {
                         report.blobs_removed += 1;
                         report.bytes_removed += info.size;
                         if manifests.contains(&digest) {
                             report.manifest_blobs_removed += 1;
                             report.manifest_bytes_removed += info.size;
                         }
-                        if !sweeper.dry_run {
-                            self.caches.removed_content(&digest);
+                        if !self.dry_run {
+                            self.registry.caches.removed_content(&digest);
                         }
                     } else {
                         report.spared += 1;
@@ -514,33 +439,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Every repository in the store: a directory under `repositories/` with
-    /// a registry folder (`_manifests`, `_layers`, …), whether or not it has
-    /// a manifest yet. Names are validated; others are reported and skipped.
-    pub(super) async fn repositories(
-        &self,
-        problems: &mut Vec<String>,
-    ) -> Result<Vec<RepositoryName>> {
-        let tree = repository_tree(self.storage.as_ref())
-            .await
-            .map_err(storage_error)?;
-        let mut names = Vec::new();
-        for dir in tree.into_iter().filter(|d| d.is_repository()) {
-            match RepositoryName::parse(&dir.path) {
-                Some(name) => names.push(name),
-                None => problems.push(format!(
-                    "{}/{}: not a valid repository name, skipped",
-                    layout::REPOSITORIES,
-                    dir.path
-                )),
-            }
-        }
-        Ok(names)
-    }
-
     /// The digests named by a `<alg>/<hex>/` directory tree (links, referrers).
     async fn list_digests(&self, dir: &str, problems: &mut Vec<String>) -> Result<HashSet<Digest>> {
-        let found = digests_under(self.storage.as_ref(), dir)
+        let found = digests_under(self.registry.storage.as_ref(), dir)
             .await
             .map_err(storage_error)?;
         problems.extend(
@@ -553,9 +454,69 @@ impl Registry {
     }
 }
 
+/// One repository as the mark phase found it.
+struct RepositoryScan {
+    revisions: HashSet<Digest>,
+    layers: HashSet<Digest>,
+    /// (subject, referrer) for every referrer link.
+    referrers: Vec<(Digest, Digest)>,
+    /// Every history entry: tag, entry name, the digest it names.
+    history: Vec<(Tag, String, Option<Digest>)>,
+}
+
+impl Registry {
+    /// Collects unreferenced manifests, links and content (see the module
+    /// documentation).
+    pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
+        self.collect_garbage_ignoring(options, &HashSet::new())
+            .await
+    }
+
+    /// [`Registry::collect_garbage`] as if the `ignored` tags and their
+    /// histories were gone: a dry run's view of what retention would remove.
+    pub(super) async fn collect_garbage_ignoring(
+        &self,
+        options: &GcOptions,
+        ignored: &HashSet<(RepositoryName, Tag)>,
+    ) -> Result<GcReport> {
+        let grace = options
+            .grace_period
+            .unwrap_or(self.lifecycle.gc_grace_period);
+        let collection = Collection {
+            registry: self,
+            cutoff: SystemTime::now()
+                .checked_sub(grace)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            dry_run: options.dry_run,
+        };
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        // Content some remaining link or kept manifest names, over all
+        // repositories; and every digest that was a manifest somewhere (to
+        // tell manifest documents from layers in the report).
+        let mut referenced = HashSet::new();
+        let mut manifests = HashSet::new();
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
+            report.repositories += 1;
+            collection
+                .collect_repository(&name, ignored, &mut report, &mut referenced, &mut manifests)
+                .await?;
+        }
+        collection
+            .sweep_content(&referenced, &manifests, &mut report)
+            .await?;
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use bytes::Bytes;
 
     use super::*;
     use crate::oci::{ErrorCode, Reference};

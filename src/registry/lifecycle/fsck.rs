@@ -28,16 +28,14 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, Write};
-use std::path::Path;
-use std::sync::Arc;
+use std::io;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 
 use crate::oci::manifest::Requirement;
 use crate::oci::{Algorithm, Digest, Hasher, Manifest, RepositoryName, Tag};
-use crate::storage::{layout, Storage};
+use crate::storage::{layout, Listing, Storage};
 
 /// A temporary file younger than this may belong to a write in progress.
 pub const LEFTOVER_MIN_AGE: Duration = Duration::from_secs(60);
@@ -164,57 +162,12 @@ pub async fn check(
     checker.repositories().await?;
     checker.temporaries().await?;
     for algorithm in ALGORITHMS {
-        checker.report.quarantined +=
-            storage.list(&layout::quarantine_of(algorithm)).await?.len() as u64;
+        let mut quarantined = Listing::new(storage, layout::quarantine_of(algorithm));
+        while quarantined.next().await?.is_some() {
+            checker.report.quarantined += 1;
+        }
     }
     Ok(checker.report)
-}
-
-/// `berth fsck`: checks the store under `storage_root`, prints one line per
-/// finding and a summary; failure when a problem remains.
-pub fn command(storage_root: &Path, repair: bool) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    if !storage_root.is_dir() {
-        eprintln!("berth: no registry data at {}", storage_root.display());
-        return ExitCode::FAILURE;
-    }
-    let storage = match crate::storage::fs::FsStorage::open(storage_root) {
-        Ok(storage) => Arc::new(storage),
-        Err(e) => {
-            eprintln!("berth: opening {}: {e}", storage_root.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let options = Options {
-        repair,
-        ..Options::default()
-    };
-    let stdout = io::stdout();
-    let mut print = |finding: &Finding| {
-        let _ = writeln!(stdout.lock(), "{finding}");
-    };
-    match runtime.block_on(check(storage.as_ref(), &options, &mut print)) {
-        Ok(report) => {
-            println!("{report}");
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("berth: fsck stopped: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The names below `prefix`, sorted (listings promise no order).
-async fn sorted(storage: &dyn Storage, prefix: &str) -> io::Result<Vec<String>> {
-    let mut names = storage.list(prefix).await?;
-    names.sort_unstable();
-    Ok(names)
 }
 
 fn age(modified: SystemTime) -> Duration {
@@ -239,7 +192,8 @@ impl Checker<'_> {
     }
 
     async fn blobs(&mut self) -> io::Result<()> {
-        for name in sorted(self.storage, layout::BLOBS).await? {
+        let mut names = Listing::new(self.storage, layout::BLOBS);
+        while let Some(name) = names.next().await? {
             if Algorithm::parse(&name).is_none() {
                 self.found(
                     Kind::Problem,
@@ -249,9 +203,11 @@ impl Checker<'_> {
             }
         }
         for algorithm in ALGORITHMS {
-            for shard in sorted(self.storage, &layout::blobs_of(algorithm)).await? {
+            let mut shards = Listing::new(self.storage, layout::blobs_of(algorithm));
+            while let Some(shard) = shards.next().await? {
                 let shard_key = layout::blob_shard(algorithm, &shard);
-                for hex in sorted(self.storage, &shard_key).await? {
+                let mut hexes = Listing::new(self.storage, shard_key.as_str());
+                while let Some(hex) = hexes.next().await? {
                     match layout::parse_blob_dir(algorithm, &shard, &hex) {
                         Some(digest) => self.blob(&digest).await?,
                         None => self.found(
@@ -382,8 +338,11 @@ impl Checker<'_> {
     }
 
     async fn repositories(&mut self) -> io::Result<()> {
-        let tree = super::repository_tree(self.storage).await?;
-        for dir in tree.into_iter().filter(|d| d.is_repository()) {
+        let mut walk = crate::registry::RepositoryWalk::new(self.storage);
+        while let Some(dir) = walk.next().await? {
+            if !dir.is_repository() {
+                continue;
+            }
             match RepositoryName::parse(&dir.path) {
                 Some(repository) => self.repository(&repository).await?,
                 None => self.found(
@@ -409,7 +368,7 @@ impl Checker<'_> {
     /// The digests of `<dir>/<alg>/<hex>/…`, and problems for names that are
     /// not digests.
     async fn digests_under(&mut self, dir: &str) -> io::Result<Vec<Digest>> {
-        let found = super::digests_under(self.storage, dir).await?;
+        let found = crate::registry::digests_under(self.storage, dir).await?;
         for stray in found.strays {
             self.found(Kind::Problem, stray, "not a digest");
         }
@@ -555,7 +514,8 @@ impl Checker<'_> {
     }
 
     async fn tags(&mut self, name: &RepositoryName) -> io::Result<()> {
-        for tag in sorted(self.storage, &layout::tags_dir(name)).await? {
+        let mut tags = Listing::new(self.storage, layout::tags_dir(name));
+        while let Some(tag) = tags.next().await? {
             let Some(tag) = Tag::parse(&tag) else {
                 self.found(
                     Kind::Problem,
@@ -588,14 +548,16 @@ impl Checker<'_> {
     }
 
     async fn histories(&mut self, name: &RepositoryName) -> io::Result<()> {
-        for tag in sorted(self.storage, &layout::tag_histories(name)).await? {
+        let mut tags = Listing::new(self.storage, layout::tag_histories(name));
+        while let Some(tag) = tags.next().await? {
             let Some(tag) = Tag::parse(&tag) else {
                 let dir = layout::tag_histories(name);
                 self.found(Kind::Problem, format!("{dir}/{tag}"), "not a valid tag");
                 continue;
             };
             let dir = layout::tag_history_dir(name, &tag);
-            for entry in sorted(self.storage, &dir).await? {
+            let mut entries = Listing::new(self.storage, dir.as_str());
+            while let Some(entry) = entries.next().await? {
                 let object = format!("tag history {name}:{tag} {entry}");
                 match layout::parse_tag_history_entry(&entry) {
                     None => self.found(Kind::Problem, object, "not a history entry"),
@@ -633,7 +595,8 @@ impl Checker<'_> {
     }
 
     async fn uploads(&mut self, name: &RepositoryName) -> io::Result<()> {
-        for id in sorted(self.storage, &layout::uploads_dir(name)).await? {
+        let mut ids = Listing::new(self.storage, layout::uploads_dir(name));
+        while let Some(id) = ids.next().await? {
             let object = format!("upload {name} {id}");
             if !layout::is_upload_id(&id) {
                 self.found(Kind::Problem, object, "not an upload id");
@@ -660,8 +623,13 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// Debris of interrupted writes, where the backend leaves any (a
+    /// filesystem's temporary files; see [`Storage::leftovers`]).
     async fn temporaries(&mut self) -> io::Result<()> {
-        let mut leftovers = self.storage.list_leftovers().await?;
+        let Some(debris) = self.storage.leftovers() else {
+            return Ok(());
+        };
+        let mut leftovers = debris.list_leftovers().await?;
         leftovers.sort_by(|a, b| a.name.cmp(&b.name));
         for leftover in leftovers {
             let age = age(leftover.modified);
@@ -677,7 +645,7 @@ impl Checker<'_> {
             if age < self.options.leftover_min_age {
                 continue;
             }
-            if self.storage.remove_leftover(&leftover.name).await? {
+            if debris.remove_leftover(&leftover.name).await? {
                 self.found(Kind::Repaired, object, "removed");
             }
         }
@@ -709,7 +677,7 @@ fn descriptor_sizes(body: &[u8]) -> Vec<(Digest, u64)> {
 mod tests {
     use super::*;
     use crate::storage::fs::FsStorage;
-    use crate::storage::WriteMode;
+    use crate::storage::{Leftovers, WriteMode};
     use bytes::Bytes;
 
     async fn run(storage: &FsStorage, repair: bool) -> (Report, Vec<Finding>) {

@@ -11,9 +11,9 @@
 
 use std::time::SystemTime;
 
-use super::{storage_error, Registry};
 use crate::oci::{RepositoryName, Result};
-use crate::storage::layout;
+use crate::registry::{storage_error, Registry, RepositoryWalk};
+use crate::storage::{layout, Listing};
 
 /// What upload expiry removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,9 +37,11 @@ impl Registry {
         let cutoff = SystemTime::now()
             .checked_sub(self.lifecycle.upload_expiry)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        for name in self.repositories(&mut report.problems).await? {
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
             let uploads = layout::uploads_dir(&name);
-            for id in self.storage.list(&uploads).await.map_err(storage_error)? {
+            let mut ids = Listing::new(self.storage.as_ref(), uploads.as_str());
+            while let Some(id) = ids.next().await.map_err(storage_error)? {
                 if !layout::is_upload_id(&id) {
                     report
                         .problems

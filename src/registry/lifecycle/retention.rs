@@ -2,7 +2,7 @@
 //! longer keep, so that garbage collection can reclaim their images.
 //!
 //! For each tag the first rule that matches it decides (see
-//! [`super::lifecycle::RetentionRule`]). A tag's age is the time of its newest
+//! [`super::RetentionRule`]). A tag's age is the time of its newest
 //! history entry, or, for a tag without Berth history (data written by
 //! Distribution), when its current link was written. Immutable tags are never
 //! removed, though they count among a rule's newest. A removed tag goes
@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{storage_error, Registry};
 use crate::oci::{Digest, RepositoryName, Result, Tag};
+use crate::registry::{storage_error, Registry, RepositoryWalk};
 use crate::storage::layout;
 
 /// A tag retention removed (or, in a dry run, would remove).
@@ -55,10 +55,12 @@ impl Registry {
             return Ok(report);
         }
         let now = SystemTime::now();
-        for name in self.repositories(&mut report.problems).await? {
+        let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
             // The tags each rule decides, by the rule's position.
             let mut decided: BTreeMap<usize, Vec<Candidate>> = BTreeMap::new();
-            for tag in self.all_tags(&name).await? {
+            let mut tags = self.tags(&name);
+            while let Some(tag) = tags.next().await.map_err(storage_error)? {
                 let Some(tag) = Tag::parse(&tag) else {
                     report
                         .problems
