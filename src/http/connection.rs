@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 
-use crate::storage::LocalFile;
+use crate::registry::LocalFile;
 
 /// Marks a request that arrived over TLS terminated by Berth itself (set by
 /// the TLS server), so that URLs Berth hands out use `https`.

@@ -40,7 +40,7 @@ pub use error::{status_of, ApiError, ApiResult};
 
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
-use crate::storage::ByteStream;
+use crate::registry::ByteStream;
 use auth::{AccessControl, Caller};
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");

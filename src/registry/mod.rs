@@ -26,6 +26,9 @@ pub use lifecycle::{
 };
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
+/// What the registry hands out of storage: body streams, and a blob as a local
+/// file where the backend keeps them (so the layers above never name storage).
+pub use crate::storage::{ByteStream, LocalFile};
 
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::storage::{layout, Listing, Storage, WriteMode};

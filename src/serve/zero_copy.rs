@@ -52,7 +52,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::http::{downloads_in_flight, Download, FileSender, SendFile};
-use crate::storage::LocalFile;
+use crate::registry::LocalFile;
 use crate::sys;
 
 /// The most one frame stands for. Larger frames mean fewer body polls; a
