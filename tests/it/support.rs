@@ -275,3 +275,32 @@ pub fn client_with_authorization(authorization: &str) -> Client {
         .build()
         .expect("client")
 }
+
+/// The environment variable that tells a child process of this test binary
+/// which test it was started to run alone.
+const ALONE_VAR: &str = "BERTH_TEST_ALONE";
+
+/// Runs `body` in a fresh process of this test binary that runs only the
+/// test named `test` (its full name, `module::function`), for a test that
+/// reads process-wide state (counters in the library) which the other tests,
+/// running in parallel in this process, would disturb. In the child, runs
+/// `body`; in the parent, starts the child and fails unless exactly that one
+/// test ran there and passed, printing the child's output.
+pub fn in_own_process(test: &str, body: impl FnOnce()) {
+    if std::env::var(ALONE_VAR).as_deref() == Ok(test) {
+        body();
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_VAR, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in its own process failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}

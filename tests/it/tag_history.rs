@@ -3,10 +3,8 @@
 //! `[lifecycle]` `immutable_tags` rules on pushes and deletes, and who may
 //! read a history or roll a tag back when access control is on.
 
-mod common;
-
+use crate::support::*;
 use berth::Config;
-use common::*;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 

@@ -1,18 +1,17 @@
 //! Garbage collection, upload expiry and `berth gc`, against a real server
 //! on a real socket and its data directory.
 
-mod common;
-mod lifecycle_support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::lifecycle_support::{age, collector, delete, get_bytes, stored_blobs, Image};
+use crate::support::{
+    error_code, sha256_digest, with_query, TestRegistry, OCI_INDEX, OCI_MANIFEST,
+};
 use berth::registry::lifecycle::UntaggedManifests;
 use berth::registry::{GcOptions, GcReport, LifecycleConfig};
-use common::{error_code, sha256_digest, with_query, TestRegistry, OCI_INDEX, OCI_MANIFEST};
-use lifecycle_support::{age, collector, delete, get_bytes, stored_blobs, Image};
 use reqwest::StatusCode;
 
 const TWO_HOURS: Duration = Duration::from_secs(2 * 3600);
@@ -741,7 +740,7 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..8)
             .map(|i| {
-                common::pattern(300 + i * 1000)
+                crate::support::pattern(300 + i * 1000)
                     .into_iter()
                     .map(|b| b ^ i as u8)
                     .collect()

@@ -1,9 +1,7 @@
 //! Round trips with a third-party client: the `oci-client` crate (what
 //! wasmtime, krustlet and others use), over plain HTTP.
 
-mod common;
-
-use common::{sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST};
+use crate::support::{sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer, PushResponse};
 use oci_client::manifest::{
     ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, IMAGE_CONFIG_MEDIA_TYPE,

@@ -5,16 +5,15 @@
 //! not verified yet, a download alone). A companion download held open
 //! keeps the others beside one, where `sendfile` is used.
 //!
-//! One test function: the check that the path was taken reads a
-//! process-wide counter, so nothing else in this binary may pull blobs.
-
-mod common;
+//! One test function, run in a process of its own: the check that the path
+//! was taken reads process-wide counters, and the other tests in this binary
+//! pull blobs at the same time.
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+use crate::support::{random_bytes, sha256_digest, TestRegistry};
 use berth::http::zero_copy;
-use common::{random_bytes, sha256_digest, TestRegistry};
 use reqwest::StatusCode;
 
 async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> Vec<u8> {
@@ -139,8 +138,21 @@ async fn companion(registry: &TestRegistry) -> tokio::net::TcpStream {
     stream
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
+#[test]
+fn blob_downloads_are_sent_from_the_file_and_are_exact() {
+    crate::support::in_own_process(
+        "zero_copy::blob_downloads_are_sent_from_the_file_and_are_exact",
+        || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(downloads_are_sent_from_the_file_and_are_exact())
+        },
+    );
+}
+
+async fn downloads_are_sent_from_the_file_and_are_exact() {
     let registry = TestRegistry::start().await;
     let size = 5 * 1024 * 1024 + 123;
     let content = random_bytes(size, 0x9e37_79b9_7f4a_7c15);

@@ -2,17 +2,15 @@
 //! monolithic, streamed and chunked uploads, their failure modes, resumption,
 //! cancellation, cross-repository mounts and concurrency.
 
-mod common;
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{
+use crate::support::{
     error_code, get, header_str, pattern, sha256_digest, sha512_digest, with_query, TestRegistry,
 };
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::{header, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
@@ -983,7 +981,7 @@ async fn one_byte_chunks_upload() {
 /// Deterministic pseudo-random bytes, chunk by chunk.
 fn generated_chunk(index: u64, len: usize) -> Bytes {
     let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (index + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    Bytes::from(common::random_bytes(len, seed))
+    Bytes::from(crate::support::random_bytes(len, seed))
 }
 
 #[tokio::test]

@@ -5,16 +5,14 @@
 //! team-a: pull+push on team-a/*), carol (any user: pull+push on public/*),
 //! dave (pull on team-a/*); anonymous clients may pull public/*.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use berth::auth::{Grant, RobotStore, TokenIssuer};
-use common::*;
 use reqwest::{Client, Response, StatusCode};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");

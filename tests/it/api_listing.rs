@@ -1,8 +1,8 @@
 //! Listings: tags (end-8a, end-8b), the catalog, and referrers (end-12a, end-12b).
 
-mod common;
-
-use common::{error_code, get, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use crate::support::{
+    error_code, get, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,11 +1,9 @@
 //! Manifests (distribution-spec "Pushing Manifests", "Pulling manifests",
 //! "Deleting tags", "Deleting Manifests"): end-3, end-7, end-9.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{
+use crate::support::{
     error_code, header_str, image_manifest, sha256_digest, sha512_digest, TestRegistry,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };

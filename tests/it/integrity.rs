@@ -3,15 +3,13 @@
 //! match its digest; a full disk (a real size-limited tmpfs) refuses pushes
 //! cleanly and keeps pulls working.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth::{Config, RunningServer};
-use common::{
+use crate::support::{
     error_code, get, image_manifest, pattern, sha256_digest, with_query, TestRegistry, OCI_MANIFEST,
 };
+use berth::{Config, RunningServer};
 use reqwest::{header, StatusCode};
 use sha2::{Digest as _, Sha256};
 

@@ -12,7 +12,7 @@ use berth::registry::{LifecycleConfig, Registry};
 use berth::Config;
 use reqwest::StatusCode;
 
-use crate::common::{image_manifest, sha256_digest, TestRegistry, OCI_MANIFEST};
+use crate::support::{image_manifest, sha256_digest, TestRegistry, OCI_MANIFEST};
 
 /// Makes everything stored `by` older, as if that much time had passed:
 /// every file's modification time, and the times in tag history entry names.

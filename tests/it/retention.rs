@@ -1,15 +1,12 @@
 //! Tag retention (`[[lifecycle.retention]]`), alone and as the first step of
 //! a lifecycle run.
 
-mod common;
-mod lifecycle_support;
-
 use std::time::Duration;
 
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
+use crate::support::TestRegistry;
 use berth::oci::{RepositoryName, Tag};
 use berth::registry::{GcOptions, LifecycleConfig};
-use common::TestRegistry;
-use lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
 use reqwest::StatusCode;
 
 fn lifecycle(toml: &str) -> LifecycleConfig {

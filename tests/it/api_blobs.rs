@@ -2,9 +2,9 @@
 //! headers, Range requests, per-repository visibility, and the validation of
 //! digests and repository names in the path.
 
-mod common;
-
-use common::{error_code, get, header_str, pattern, sha256_digest, sha512_digest, TestRegistry};
+use crate::support::{
+    error_code, get, header_str, pattern, sha256_digest, sha512_digest, TestRegistry,
+};
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -556,7 +556,10 @@ async fn sha512_blob_push_and_fetch() {
     let location = registry.location(&resp);
     let resp = registry
         .client
-        .put(common::with_query(&location, &format!("digest={digest}")))
+        .put(crate::support::with_query(
+            &location,
+            &format!("digest={digest}"),
+        ))
         .body(content.clone())
         .send()
         .await

@@ -2,13 +2,11 @@
 //! exit status and the registry's message on failure, the Docker token flow
 //! and Basic logins, and HTTPS with a private CA.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
+use crate::support::*;
 use berth::{Config, RunningServer};
-use common::*;
 use reqwest::{Client, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;

@@ -1,8 +1,6 @@
 //! end-1 and the operational endpoints.
 
-mod common;
-
-use common::TestRegistry;
+use crate::support::TestRegistry;
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -63,12 +61,12 @@ async fn image_round_trip_through_the_api() {
     let resp = registry
         .client
         .get(registry.url("/v2/team/app/manifests/1.0"))
-        .header("Accept", common::OCI_MANIFEST)
+        .header("Accept", crate::support::OCI_MANIFEST)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
-    assert_eq!(resp.headers()["content-type"], common::OCI_MANIFEST);
+    assert_eq!(resp.headers()["content-type"], crate::support::OCI_MANIFEST);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
 }
