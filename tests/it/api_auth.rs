@@ -15,12 +15,6 @@ use base64::Engine;
 use berth::auth::{Grant, RobotStore, TokenIssuer};
 use reqwest::{Client, Response, StatusCode};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-const SIGNING_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/auth/testdata/ec-p256-pkcs8.pem"
-);
-
 const USERS: &[(&str, &str)] = &[
     ("alice", "alice-pw"),
     ("bob", "bob-pw"),
@@ -97,18 +91,7 @@ fn expected_challenge(registry: &TestRegistry, scope: Option<&str>, error: Optio
 
 /// A token from `GET /auth/token` for `scopes`, as `user` (None: anonymous).
 async fn token(registry: &TestRegistry, user: Option<&str>, scopes: &[&str]) -> String {
-    let mut url = registry.url("/auth/token?service=berth");
-    for scope in scopes {
-        url.push_str(&format!("&scope={scope}"));
-    }
-    let mut request = Client::new().get(url);
-    if let Some(user) = user {
-        request = request.header("authorization", basic(user));
-    }
-    let resp = request.send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
+    crate::support::token(registry, user.map(basic).as_deref(), scopes).await
 }
 
 fn bearer(token: &str) -> Client {
@@ -152,7 +135,7 @@ fn crafted_token(exp: u64, access: serde_json::Value) -> String {
 async fn base_without_credentials_is_401_with_a_bearer_challenge() {
     let registry = start().await;
     let resp = get(&registry, "/v2/").await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
     assert_eq!(error_code(resp).await, "UNAUTHORIZED");
 }
@@ -166,17 +149,17 @@ async fn base_with_valid_credentials_is_200_and_with_a_wrong_password_401() {
         &registry.url("/v2/"),
     )
     .await;
-    assert_eq!(ok.status(), StatusCode::OK);
+    expect_status(ok, StatusCode::OK).await;
     let ok = send(
         &client_with_authorization(&basic("carol")),
         "GET",
         &registry.url("/v2/"),
     )
     .await;
-    assert_eq!(ok.status(), StatusCode::OK);
+    expect_status(ok, StatusCode::OK).await;
     let wrong = client_with_authorization(&basic_auth("carol", "nope"));
     let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
 }
 
@@ -208,7 +191,7 @@ async fn basic_challenge_mode_asks_for_basic_credentials() {
     let mut registry =
         TestRegistry::start_with_auth(USERS, &auth_table("challenge = \"basic\"")).await;
     let resp = get(&registry, "/v2/team-a/app/tags/list").await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), r#"Basic realm="berth""#);
     act_as(&mut registry, "bob");
     registry.push_image("team-a/app", "v1", b"layer").await;
@@ -218,7 +201,7 @@ async fn basic_challenge_mode_asks_for_basic_credentials() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -233,7 +216,7 @@ async fn a_token_from_the_token_endpoint_pulls_and_pushes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "cache-control"), "no-store");
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
@@ -249,7 +232,7 @@ async fn a_token_from_the_token_endpoint_pulls_and_pushes() {
         &registry.url("/v2/team-a/app/manifests/v1"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), manifest);
 }
 
@@ -264,7 +247,7 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap();
     let resp = send(
@@ -273,7 +256,7 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 
     let wrong = Client::new()
         .post(registry.url("/auth/token"))
@@ -281,14 +264,14 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    expect_status(wrong, StatusCode::UNAUTHORIZED).await;
     let refresh = Client::new()
         .post(registry.url("/auth/token"))
         .body("grant_type=refresh_token&refresh_token=x&service=berth")
         .send()
         .await
         .unwrap();
-    assert_eq!(refresh.status(), StatusCode::BAD_REQUEST);
+    expect_status(refresh, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]
@@ -300,16 +283,16 @@ async fn the_token_endpoint_refuses_bad_credentials_and_bad_requests() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(error_code(resp).await, "UNAUTHORIZED");
     let bad_scope = get(
         &registry,
         "/auth/token?service=berth&scope=repository:BAD:pull",
     )
     .await;
-    assert_eq!(bad_scope.status(), StatusCode::BAD_REQUEST);
+    expect_status(bad_scope, StatusCode::BAD_REQUEST).await;
     let other_service = get(&registry, "/auth/token?service=elsewhere").await;
-    assert_eq!(other_service.status(), StatusCode::BAD_REQUEST);
+    expect_status(other_service, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]
@@ -333,21 +316,21 @@ async fn an_anonymous_token_carries_only_what_anonymous_clients_may_do() {
         &registry.url("/v2/public/tool/manifests/latest"),
     )
     .await;
-    assert_eq!(pull.status(), StatusCode::OK);
+    expect_status(pull, StatusCode::OK).await;
     let push = send(
         &client,
         "POST",
         &registry.url("/v2/public/tool/blobs/uploads/"),
     )
     .await;
-    assert_eq!(push.status(), StatusCode::UNAUTHORIZED);
+    expect_status(push, StatusCode::UNAUTHORIZED).await;
     let private = send(
         &client,
         "GET",
         &registry.url("/v2/team-a/app/manifests/latest"),
     )
     .await;
-    assert_eq!(private.status(), StatusCode::UNAUTHORIZED);
+    expect_status(private, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -371,7 +354,7 @@ async fn a_tampered_token_is_refused() {
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -419,7 +402,7 @@ async fn an_expired_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
 }
 
@@ -435,7 +418,7 @@ async fn a_token_signed_by_another_key_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
 }
 
@@ -452,7 +435,7 @@ async fn a_token_for_one_repository_does_not_open_another() {
         &registry.url("/v2/team-a/other/manifests/latest"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -477,7 +460,7 @@ async fn anonymous_clients_pull_public_repositories_but_cannot_push() {
         &registry.url("/v2/public/tool/manifests/v1"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), manifest);
     let resp = send(
         &anonymous,
@@ -485,7 +468,7 @@ async fn anonymous_clients_pull_public_repositories_but_cannot_push() {
         &registry.url("/v2/public/tool/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(&registry, Some("repository:public/tool:pull,push"), None)
@@ -503,18 +486,18 @@ async fn a_user_without_push_is_denied_with_403() {
         &registry.url("/v2/team-a/app/manifests/latest"),
     )
     .await;
-    assert_eq!(pull.status(), StatusCode::OK);
+    expect_status(pull, StatusCode::OK).await;
     let push = send(
         &dave,
         "POST",
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(push.status(), StatusCode::FORBIDDEN);
+    let push = expect_status(push, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(push).await, "DENIED");
     // A private repository of no rule: denied whether or not it exists.
     let other = send(&dave, "GET", &registry.url("/v2/team-b/x/manifests/latest")).await;
-    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    expect_status(other, StatusCode::FORBIDDEN).await;
 }
 
 #[tokio::test]
@@ -524,7 +507,7 @@ async fn deleting_needs_the_delete_right() {
     let path = format!("/v2/team-a/app/manifests/{digest}");
     let bob = client_with_authorization(&basic("bob"));
     let resp = send(&bob, "DELETE", &registry.url(&path)).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     let blob = sha256_digest(b"layer");
     let resp = send(
@@ -533,10 +516,10 @@ async fn deleting_needs_the_delete_right() {
         &registry.url(&format!("/v2/team-a/app/blobs/{blob}")),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    expect_status(resp, StatusCode::FORBIDDEN).await;
     let alice = client_with_authorization(&basic("alice"));
     let resp = send(&alice, "DELETE", &registry.url(&path)).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 }
 
 #[tokio::test]
@@ -571,25 +554,25 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
 
     // Without `from`, only admins mount: bob gets an upload too.
     let resp = send(&bob, "POST", &mount(&secret, None)).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let head = send(
         &bob,
         "HEAD",
         &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+    expect_status(head, StatusCode::NOT_FOUND).await;
 
     // From a repository bob may pull, the mount happens.
     let resp = send(&bob, "POST", &mount(&shared, Some("team-a/base"))).await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let head = send(
         &bob,
         "HEAD",
         &registry.url(&format!("/v2/team-a/app/blobs/{shared}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::OK);
+    expect_status(head, StatusCode::OK).await;
 
     let alice = client_with_authorization(&basic("alice"));
     let resp = send(&alice, "POST", &mount(&secret, None)).await;
@@ -620,7 +603,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
         &mount(&shared, "team-a/base"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -639,7 +622,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
     )
     .await;
     let resp = send(&bearer(&both), "POST", &mount(&shared, "team-a/base")).await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     // A source bob may not pull: no challenge, a plain upload.
     let resp = send(
         &bearer(&target_only),
@@ -647,7 +630,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
         &mount(&secret, "team-b/secret"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 }
 
 #[tokio::test]
@@ -701,7 +684,7 @@ async fn the_catalog_lists_what_each_caller_may_pull_and_paginates_that() {
         ["public/a", "team-a/app", "team-a/tools"]
     );
     let anonymous = get(&registry, "/v2/_catalog").await;
-    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    expect_status(anonymous, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -721,8 +704,8 @@ async fn anonymous_clients_get_the_same_401_for_existing_and_missing_private_rep
     ] {
         let a = get(&registry, existing).await;
         let b = get(&registry, missing).await;
-        assert_eq!(a.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(b.status(), StatusCode::UNAUTHORIZED);
+        let a = expect_status(a, StatusCode::UNAUTHORIZED).await;
+        let b = expect_status(b, StatusCode::UNAUTHORIZED).await;
         assert_eq!(challenge(&a).replace("secret", "ghost"), challenge(&b));
         assert_eq!(a.text().await.unwrap(), b.text().await.unwrap());
     }
@@ -746,7 +729,7 @@ async fn a_robot_logs_in_until_it_is_revoked() {
         .send()
         .await
         .unwrap();
-    assert_eq!(token.status(), StatusCode::OK);
+    expect_status(token, StatusCode::OK).await;
 
     store.revoke("ci").unwrap();
     let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
@@ -762,7 +745,7 @@ async fn an_expired_robot_is_refused() {
     let secret = store.create("old", grants, Some(expired)).unwrap();
     let robot = client_with_authorization(&basic_auth("robot$old", secret.expose()));
     let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -771,17 +754,17 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
     let wrong = client_with_authorization(&basic_auth("bob", "guess"));
     for _ in 0..3 {
         let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        expect_status(resp, StatusCode::UNAUTHORIZED).await;
     }
     // Blocked now, even with the right password, on /v2/ and the token endpoint.
     let right = client_with_authorization(&basic("bob"));
     let resp = send(&right, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
     let retry_after: u64 = header_str(&resp, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
     let resp = send(&right, "GET", &registry.url("/auth/token?service=berth")).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
     assert!(resp.headers().contains_key("retry-after"));
 }
 
@@ -906,10 +889,10 @@ async fn serve_with_htpasswd_requires_login_and_lets_users_pull_and_push() {
     ]);
     let anonymous = Client::new();
     let resp = send(&anonymous, "GET", &served.url("/v2/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
     let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let resp = send(&erin, "POST", &served.url("/v2/app/blobs/uploads/")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = send(&erin, "DELETE", &served.url("/v2/app/manifests/latest")).await;
     assert_eq!(
         resp.status(),
@@ -948,7 +931,7 @@ async fn passwords_and_tokens_never_reach_the_log() {
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
     let resp = send(&bearer(&token), "GET", &served.url("/v2/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
     let wrong = client_with_authorization(&basic_auth("erin", "wrong-pw-9f3b"));
     assert_eq!(
         send(&wrong, "GET", &served.url("/v2/")).await.status(),

@@ -1,11 +1,10 @@
 //! The `berth` binary itself: flags, config precedence, logs, graceful shutdown.
 
+use crate::support::BERTH;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 /// A `berth serve` child process on an ephemeral port; killed on drop.
 struct Served {

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle_support::{age, collector, delete, get_bytes, stored_blobs, Image};
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
 use crate::support::{
-    error_code, sha256_digest, with_query, TestRegistry, OCI_INDEX, OCI_MANIFEST,
+    error_code, expect_status, sha256_digest, with_query, TestRegistry, BERTH, OCI_INDEX,
+    OCI_MANIFEST,
 };
 use berth::registry::lifecycle::UntaggedManifests;
 use berth::registry::{GcOptions, GcReport, LifecycleConfig};
@@ -50,7 +51,7 @@ async fn kept_dropped_and_stray(registry: &TestRegistry) -> (Image, Image, Strin
     dropped.push(registry, "app", "old").await;
     let stray = registry.push_blob("app", b"never referenced").await;
     assert_eq!(
-        delete(registry, "/v2/app/manifests/old").await,
+        registry.delete_manifest("app", "old").await.status(),
         StatusCode::ACCEPTED
     );
     (kept, dropped, stray)
@@ -167,7 +168,7 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     let resp = registry
         .put_manifest("app", "multi", OCI_INDEX, &index.manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let sbom = artifact_of("sbom", &index, OCI_INDEX);
     sbom.push(&registry, "app", &sbom.digest).await;
     let signature = artifact_of("signature", &sbom, OCI_MANIFEST);
@@ -187,7 +188,7 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     assert_eq!(referrers["manifests"][0]["digest"], sbom.digest.as_str());
 
     assert_eq!(
-        delete(&registry, "/v2/app/manifests/multi").await,
+        registry.delete_manifest("app", "multi").await.status(),
         StatusCode::ACCEPTED
     );
     age(&registry.storage_root(), TWO_HOURS);
@@ -238,7 +239,7 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
 
     // A deleted tag's history still keeps its rollback targets…
     assert_eq!(
-        delete(&registry, "/v2/app/manifests/live").await,
+        registry.delete_manifest("app", "live").await.status(),
         StatusCode::ACCEPTED
     );
     age(&registry.storage_root(), TWO_HOURS);
@@ -269,12 +270,12 @@ async fn the_grace_period_spares_fresh_uploads_and_whatever_was_used_again() {
         .send()
         .await
         .unwrap();
-    assert_eq!(mount.status(), StatusCode::CREATED);
+    expect_status(mount, StatusCode::CREATED).await;
     registry.push_blob("a", b"old, uploaded again").await;
     let resp = registry
         .put_manifest("a", &repushed.digest, OCI_MANIFEST, &repushed.manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
 
     let report = collect(&registry, deleting()).await;
     assert_eq!(
@@ -369,17 +370,6 @@ async fn a_dry_run_changes_nothing_and_reports_what_a_run_removes() {
     kept.assert_intact(&registry, "app").await;
 }
 
-async fn start_upload(registry: &TestRegistry, name: &str) -> String {
-    let resp = registry
-        .client
-        .post(registry.url(&format!("/v2/{name}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    registry.location(&resp)
-}
-
 async fn patch(registry: &TestRegistry, location: &str, chunk: &[u8]) -> reqwest::Response {
     registry
         .client
@@ -394,7 +384,7 @@ async fn patch(registry: &TestRegistry, location: &str, chunk: &[u8]) -> reqwest
 #[tokio::test]
 async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     let registry = TestRegistry::start().await;
-    let abandoned = start_upload(&registry, "app").await;
+    let abandoned = registry.start_upload("app").await;
     assert_eq!(
         patch(&registry, &abandoned, b"abandoned chunk")
             .await
@@ -410,7 +400,7 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("data"), b"junk").unwrap();
     age(&registry.storage_root(), Duration::from_secs(48 * 3600));
-    let live = start_upload(&registry, "app").await;
+    let live = registry.start_upload("app").await;
     assert_eq!(
         patch(&registry, &live, b"live chunk").await.status(),
         StatusCode::ACCEPTED
@@ -433,14 +423,14 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     );
 
     let resp = patch(&registry, &abandoned, b"more").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let put = with_query(
         &abandoned,
         &format!("digest={}", sha256_digest(b"abandoned chunk")),
     );
     let resp = registry.client.put(put).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
 
     let put = with_query(&live, &format!("digest={}", sha256_digest(b"live chunk")));
@@ -465,7 +455,7 @@ fn uuid_like() -> String {
 }
 
 async fn berth_gc(args: &[&str]) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+    let output = tokio::process::Command::new(BERTH)
         .arg("gc")
         .args(args)
         .output()
@@ -544,7 +534,7 @@ async fn a_server_with_gc_interval_collects_by_itself() {
     let dropped = Image::new("dropped", &[b"dropped layer"]);
     dropped.push(&registry, "app", "old").await;
     assert_eq!(
-        delete(&registry, "/v2/app/manifests/old").await,
+        registry.delete_manifest("app", "old").await.status(),
         StatusCode::ACCEPTED
     );
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
@@ -608,7 +598,7 @@ async fn push_racing(
         if resp.status() == StatusCode::CREATED {
             continue;
         }
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let resp = expect_status(resp, StatusCode::ACCEPTED).await;
         let put = with_query(&registry.location(&resp), &format!("digest={digest}"));
         let resp = registry
             .client
@@ -671,8 +661,8 @@ async fn race_client(
                 let mut tags: Vec<_> = log.live.keys().cloned().collect();
                 tags.sort();
                 let tag = tags[choices.next(tags.len())].clone();
-                let path = format!("/v2/{name}/manifests/{tag}");
-                assert_eq!(delete(&registry, &path).await, StatusCode::ACCEPTED);
+                let resp = registry.delete_manifest(&name, &tag).await;
+                expect_status(resp, StatusCode::ACCEPTED).await;
                 let image = log.live.remove(&tag).unwrap();
                 log.deleted.push(image);
             }
@@ -708,9 +698,9 @@ async fn race_client(
                         .send()
                         .await
                         .unwrap();
-                    assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
+                    expect_status(cancel, StatusCode::NO_CONTENT).await;
                 } else {
-                    assert_eq!(resp.status(), StatusCode::CREATED);
+                    expect_status(resp, StatusCode::CREATED).await;
                 }
             }
         }

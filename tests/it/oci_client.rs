@@ -1,7 +1,7 @@
 //! Round trips with a third-party client: the `oci-client` crate (what
 //! wasmtime, krustlet and others use), over plain HTTP.
 
-use crate::support::{sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST};
+use crate::support::{expect_status, sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer, PushResponse};
 use oci_client::manifest::{
     ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, IMAGE_CONFIG_MEDIA_TYPE,
@@ -76,7 +76,7 @@ async fn raw_manifest(registry: &TestRegistry, name: &str, reference: &str) -> (
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let digest = resp.headers()["docker-content-digest"]
         .to_str()
         .unwrap()

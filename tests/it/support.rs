@@ -1,7 +1,6 @@
 //! Shared set-up for the integration tests: a real Berth server on an
 //! ephemeral loopback port with its own data directory, and a few helpers that
 //! speak the distribution-spec over real HTTP.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -15,6 +14,22 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The `berth` binary of this build.
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// The ES256 key the servers with access control sign their tokens with.
+pub const SIGNING_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/auth/testdata/ec-p256-pkcs8.pem"
+);
+
+/// A file of tests/testdata: the test CA, and a server certificate and key it signed.
+pub fn testdata(file: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/testdata")
+        .join(file)
+}
 
 pub struct TestRegistry {
     pub server: RunningServer,
@@ -55,17 +70,22 @@ impl TestRegistry {
         self.data.path().join("docker/registry/v2")
     }
 
-    /// Uploads a blob with POST + PUT and asserts 201.
-    pub async fn push_blob(&self, name: &str, content: &[u8]) -> String {
-        let digest = sha256_digest(content);
+    /// `POST /v2/<name>/blobs/uploads/`, asserting 202; the session's absolute URL.
+    pub async fn start_upload(&self, name: &str) -> String {
         let resp = self
             .client
             .post(self.url(&format!("/v2/{name}/blobs/uploads/")))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "start upload");
-        let location = self.location(&resp);
+        let resp = expect_status(resp, StatusCode::ACCEPTED).await;
+        self.location(&resp)
+    }
+
+    /// Uploads a blob with POST + PUT and asserts 201.
+    pub async fn push_blob(&self, name: &str, content: &[u8]) -> String {
+        let digest = sha256_digest(content);
+        let location = self.start_upload(name).await;
         let resp = self
             .client
             .put(with_query(&location, &format!("digest={digest}")))
@@ -73,13 +93,30 @@ impl TestRegistry {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "finish upload: {:?}",
-            resp.text().await
-        );
+        expect_status(resp, StatusCode::CREATED).await;
         digest
+    }
+
+    /// `DELETE /v2/<name>/manifests/<reference>`.
+    pub async fn delete_manifest(&self, name: &str, reference: &str) -> Response {
+        self.client
+            .delete(self.url(&format!("/v2/{name}/manifests/{reference}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The tags of `name` (`GET /v2/<name>/tags/list`, asserting 200), sorted.
+    pub async fn tags(&self, name: &str) -> Vec<String> {
+        let resp = get(self, &format!("/v2/{name}/tags/list")).await;
+        let resp = expect_status(resp, StatusCode::OK).await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let mut tags: Vec<String> = body["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        tags.sort();
+        tags
     }
 
     /// Pushes a manifest and returns the response.
@@ -110,12 +147,7 @@ impl TestRegistry {
         let layer_digest = self.push_blob(name, layer).await;
         let manifest = image_manifest(&config_digest, config.len(), &[(layer_digest, layer.len())]);
         let resp = self.put_manifest(name, tag, OCI_MANIFEST, &manifest).await;
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "{:?}",
-            resp.text().await
-        );
+        expect_status(resp, StatusCode::CREATED).await;
         let digest = sha256_digest(&manifest);
         (manifest, digest)
     }
@@ -276,6 +308,55 @@ pub fn client_with_authorization(authorization: &str) -> Client {
         .expect("client")
 }
 
+/// A token from `GET /auth/token` for `scopes`, sent with `authorization`
+/// (None: anonymous); asserts 200.
+pub async fn token(
+    registry: &TestRegistry,
+    authorization: Option<&str>,
+    scopes: &[&str],
+) -> String {
+    let mut url = registry.url("/auth/token?service=berth");
+    for scope in scopes {
+        url.push_str(&format!("&scope={scope}"));
+    }
+    let mut request = Client::new().get(url);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let resp = expect_status(request.send().await.unwrap(), StatusCode::OK).await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// A server with access control over `app/*`: bob may pull and push, erin
+/// also delete, dave only pull. `extra` is added to the `[auth]` table (TOML).
+pub async fn start_with_app_rules(extra: &str) -> TestRegistry {
+    TestRegistry::start_with_auth(
+        &[("bob", "bob-pw"), ("erin", "erin-pw"), ("dave", "dave-pw")],
+        &format!(
+            r#"
+            signing_key = "{SIGNING_KEY}"
+            {extra}
+            [[rules]]
+            repositories = ["app/*"]
+            users = {{ bob = ["pull", "push"], erin = ["pull", "push", "delete"], dave = ["pull"] }}
+            "#
+        ),
+    )
+    .await
+}
+
+/// Two images under `app/web:latest` of [`start_with_app_rules`], pushed as
+/// erin; the registry's client is anonymous again afterwards. Returns their
+/// digests, older first.
+pub async fn seed_app_web(registry: &mut TestRegistry) -> (String, String) {
+    registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
+    let (_, a) = registry.push_image("app/web", "latest", b"a").await;
+    let (_, b) = registry.push_image("app/web", "latest", b"b").await;
+    registry.client = Client::new();
+    (a, b)
+}
+
 /// The environment variable that tells a child process of this test binary
 /// which test it was started to run alone.
 const ALONE_VAR: &str = "BERTH_TEST_ALONE";
@@ -303,4 +384,17 @@ pub fn in_own_process(test: &str, body: impl FnOnce()) {
         "{test} in its own process failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
+}
+
+/// Asserts that `resp` has status `want` and hands it back for further
+/// checks; on a different status, fails with the request's method and URL
+/// and the response body (the spec's JSON error says why).
+pub async fn expect_status(resp: Response, want: StatusCode) -> Response {
+    let status = resp.status();
+    if status != want {
+        let url = resp.url().clone();
+        let body = resp.text().await;
+        panic!("{url}: expected status {want}, got {status}; body: {body:?}");
+    }
+    resp
 }

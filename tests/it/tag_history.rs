@@ -10,7 +10,7 @@ use serde_json::Value;
 
 async fn history(registry: &TestRegistry, name: &str, tag: &str) -> Value {
     let resp = get(registry, &format!("/v2/{name}/_berth/tags/{tag}/history")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     resp.json().await.unwrap()
 }
 
@@ -28,15 +28,6 @@ async fn rollback(registry: &TestRegistry, name: &str, tag: &str, query: &str) -
     registry
         .client
         .post(registry.url(&format!("/v2/{name}/_berth/tags/{tag}/rollback{query}")))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn delete(registry: &TestRegistry, name: &str, reference: &str) -> Response {
-    registry
-        .client
-        .delete(registry.url(&format!("/v2/{name}/manifests/{reference}")))
         .send()
         .await
         .unwrap()
@@ -76,9 +67,9 @@ async fn history_lists_changes_newest_first_with_times_and_deletions() {
     let resp = registry
         .put_manifest("app", "latest", OCI_MANIFEST, &a_bytes)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
-        delete(&registry, "app", "latest").await.status(),
+        registry.delete_manifest("app", "latest").await.status(),
         StatusCode::ACCEPTED
     );
 
@@ -122,7 +113,7 @@ async fn history_shows_the_current_digest_and_honours_n() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(digests(&body), [some(&b)]);
     let resp = get(&registry, "/v2/app/_berth/tags/v/history?n=x").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PAGINATION_NUMBER_INVALID");
 }
 
@@ -131,7 +122,7 @@ async fn history_survives_deleting_the_tag() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     assert_eq!(
-        delete(&registry, "app", "latest").await.status(),
+        registry.delete_manifest("app", "latest").await.status(),
         StatusCode::ACCEPTED
     );
     let resp = get(&registry, "/v2/app/manifests/latest").await;
@@ -146,7 +137,7 @@ async fn deleting_a_manifest_removes_its_history_entries() {
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     assert_eq!(
-        delete(&registry, "app", &a).await.status(),
+        registry.delete_manifest("app", &a).await.status(),
         StatusCode::ACCEPTED
     );
     let body = history(&registry, "app", "latest").await;
@@ -154,7 +145,7 @@ async fn deleting_a_manifest_removes_its_history_entries() {
     // Deleting the current image deletes the tag too: what remains is that
     // deletion, with no image to roll back to.
     assert_eq!(
-        delete(&registry, "app", &b).await.status(),
+        registry.delete_manifest("app", &b).await.status(),
         StatusCode::ACCEPTED
     );
     let body = history(&registry, "app", "latest").await;
@@ -167,16 +158,16 @@ async fn history_of_an_unknown_tag_or_repository_is_404() {
     let registry = TestRegistry::start().await;
     registry.push_image("app", "latest", b"a").await;
     let resp = get(&registry, "/v2/app/_berth/tags/other/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = get(&registry, "/v2/nothing/_berth/tags/latest/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
     let resp = get(&registry, "/v2/app/_berth/tags/-bad/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = get(&registry, "/v2/App/_berth/tags/latest/history").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
 }
 
@@ -188,7 +179,7 @@ async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
     let (_, c) = registry.push_image("app", "latest", b"c").await;
 
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), b);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["digest"], b.as_str());
@@ -200,7 +191,7 @@ async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
 
     // From b, the distinct earlier images are c, then a.
     let resp = rollback(&registry, "app", "latest", "?steps=2").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app", "latest").await, (a_bytes, a.clone()));
     assert_eq!(
         digests(&history(&registry, "app", "latest").await),
@@ -215,7 +206,7 @@ async fn rollback_to_a_digest_from_the_history() {
     registry.push_image("app", "latest", b"b").await;
     registry.push_image("app", "latest", b"c").await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app", "latest").await, (a_bytes, a));
 }
 
@@ -224,10 +215,10 @@ async fn rollback_re_creates_a_deleted_tag() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (b_bytes, b) = registry.push_image("app", "latest", b"b").await;
-    delete(&registry, "app", "latest").await;
+    registry.delete_manifest("app", "latest").await;
 
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["previous"], Value::Null);
     assert_eq!(body["digest"], b.as_str(), "the image it had when deleted");
@@ -252,18 +243,18 @@ async fn rollback_refuses_a_digest_not_in_the_history() {
     // In the repository, but never under this tag.
     let (_, other) = registry.push_image("app", "other", b"o").await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={other}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "MANIFEST_UNKNOWN");
     assert!(detail.contains("not an image in the history"), "{detail}");
     let resp = rollback(&registry, "app", "latest", "?to=sha256:beef").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}&steps=1")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PARAMETER_INVALID");
     let resp = rollback(&registry, "app", "latest", "?steps=0").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PARAMETER_INVALID");
     assert_eq!(pull(&registry, "app", "latest").await.1, b, "unchanged");
 }
@@ -273,9 +264,9 @@ async fn rollback_refuses_an_image_whose_manifest_was_deleted() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
-    delete(&registry, "app", &a).await;
+    registry.delete_manifest("app", &a).await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = rollback(&registry, "app", "latest", "").await;
     assert_eq!(
@@ -292,13 +283,13 @@ async fn rollback_beyond_the_history_says_how_far_it_goes() {
     registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     let resp = rollback(&registry, "app", "latest", "?steps=2").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "MANIFEST_UNKNOWN");
     assert!(detail.contains("holds 1 earlier image"), "{detail}");
     assert_eq!(pull(&registry, "app", "latest").await.1, b);
     let resp = rollback(&registry, "app", "never", "").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
 }
 
@@ -325,7 +316,7 @@ async fn immutable_tag_takes_the_same_digest_again() {
     let resp = registry
         .put_manifest("prod/app", "v1", OCI_MANIFEST, &bytes)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
         digests(&history(&registry, "prod/app", "v1").await),
         [some(&a)],
@@ -341,7 +332,7 @@ async fn immutable_tag_refuses_another_digest_and_keeps_serving_its_image() {
     let resp = registry
         .put_manifest("prod/app", "v1", OCI_MANIFEST, &other)
         .await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "DENIED");
     assert!(detail.contains("prod/app:v1"), "{detail}");
@@ -352,11 +343,11 @@ async fn immutable_tag_refuses_another_digest_and_keeps_serving_its_image() {
 async fn immutable_tag_and_its_manifest_cannot_be_deleted() {
     let registry = start_immutable().await;
     let (bytes, a) = registry.push_image("prod/app", "v1", b"a").await;
-    let resp = delete(&registry, "prod/app", "v1").await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = registry.delete_manifest("prod/app", "v1").await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
-    let resp = delete(&registry, "prod/app", &a).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = registry.delete_manifest("prod/app", &a).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     assert_eq!(pull(&registry, "prod/app", "v1").await, (bytes, a));
 }
@@ -371,7 +362,7 @@ async fn tags_the_rules_do_not_match_stay_mutable() {
     let (_, b) = registry.push_image("dev/app", "v1", b"b").await;
     assert_eq!(pull(&registry, "dev/app", "v1").await.1, b);
     assert_eq!(
-        delete(&registry, "dev/app", "v1").await.status(),
+        registry.delete_manifest("dev/app", "v1").await.status(),
         StatusCode::ACCEPTED
     );
 }
@@ -389,12 +380,12 @@ async fn extra_tags_of_a_push_are_checked_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     assert_eq!(pull(&registry, "prod/app", "v1").await.1, a);
     // Refused as a whole: the other tag of the push was not created either.
     let resp = get(&registry, "/v2/prod/app/manifests/v2").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -402,7 +393,7 @@ async fn rollback_of_an_immutable_tag_is_refused() {
     let registry = start_immutable().await;
     let (_, a) = registry.push_image("prod/app", "v1", b"a").await;
     let resp = rollback(&registry, "prod/app", "v1", "").await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "DENIED");
     assert!(detail.contains("prod/app:v1"), "{detail}");
@@ -459,54 +450,13 @@ async fn concurrent_pushes_to_a_fresh_immutable_tag_have_exactly_one_winner() {
 // With access control: bob may pull and push app/*, erin also delete, dave
 // only pull.
 
-const SIGNING_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/auth/testdata/ec-p256-pkcs8.pem"
-);
-
-async fn start_with_auth() -> TestRegistry {
-    TestRegistry::start_with_auth(
-        &[("bob", "bob-pw"), ("erin", "erin-pw"), ("dave", "dave-pw")],
-        &format!(
-            r#"
-            signing_key = "{SIGNING_KEY}"
-            [[rules]]
-            repositories = ["app/*"]
-            users = {{ bob = ["pull", "push"], erin = ["pull", "push", "delete"], dave = ["pull"] }}
-            "#
-        ),
-    )
-    .await
-}
-
-/// Two images under `app/web:latest`, pushed as erin.
-async fn seed(registry: &mut TestRegistry) -> (String, String) {
-    registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
-    let (_, a) = registry.push_image("app/web", "latest", b"a").await;
-    let (_, b) = registry.push_image("app/web", "latest", b"b").await;
-    registry.client = Client::new();
-    (a, b)
-}
-
-async fn token(registry: &TestRegistry, user: &str, password: &str, scope: &str) -> String {
-    let resp = Client::new()
-        .get(registry.url(&format!("/auth/token?service=berth&scope={scope}")))
-        .header("authorization", basic_auth(user, password))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn reading_a_history_needs_pull() {
-    let mut registry = start_with_auth().await;
-    seed(&mut registry).await;
+    let mut registry = start_with_app_rules("").await;
+    seed_app_web(&mut registry).await;
     let url = registry.url("/v2/app/web/_berth/tags/latest/history");
     let resp = Client::new().get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(
         header_str(&resp, "www-authenticate").contains(r#"scope="repository:app/web:pull""#),
         "{:?}",
@@ -514,19 +464,19 @@ async fn reading_a_history_needs_pull() {
     );
     let dave = client_with_authorization(&basic_auth("dave", "dave-pw"));
     let resp = dave.get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["history"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn rolling_back_needs_push_and_delete() {
-    let mut registry = start_with_auth().await;
-    let (a, b) = seed(&mut registry).await;
+    let mut registry = start_with_app_rules("").await;
+    let (a, b) = seed_app_web(&mut registry).await;
     let url = registry.url("/v2/app/web/_berth/tags/latest/rollback");
 
     let resp = Client::new().post(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(
         header_str(&resp, "www-authenticate")
             .contains(r#"scope="repository:app/web:pull,push,delete""#),
@@ -542,9 +492,8 @@ async fn rolling_back_needs_push_and_delete() {
     // bob's token is cut down to pull,push: not enough.
     let bob_token = token(
         &registry,
-        "bob",
-        "bob-pw",
-        "repository:app/web:pull,push,delete",
+        Some(&basic_auth("bob", "bob-pw")),
+        &["repository:app/web:pull,push,delete"],
     )
     .await;
     let resp = client_with_authorization(&format!("Bearer {bob_token}"))
@@ -552,7 +501,7 @@ async fn rolling_back_needs_push_and_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(header_str(&resp, "www-authenticate").contains(r#"error="insufficient_scope""#));
     registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
     assert_eq!(
@@ -563,9 +512,8 @@ async fn rolling_back_needs_push_and_delete() {
 
     let erin_token = token(
         &registry,
-        "erin",
-        "erin-pw",
-        "repository:app/web:pull,push,delete",
+        Some(&basic_auth("erin", "erin-pw")),
+        &["repository:app/web:pull,push,delete"],
     )
     .await;
     let resp = client_with_authorization(&format!("Bearer {erin_token}"))
@@ -573,6 +521,6 @@ async fn rolling_back_needs_push_and_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app/web", "latest").await.1, a);
 }

@@ -1,16 +1,9 @@
 //! HTTPS: Berth with `tls_cert`/`tls_key` serves the API over TLS, HTTP/1.1
 //! and HTTP/2 by ALPN, to a real client (curl) that trusts the test CA.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::TestRegistry;
-
-fn testdata(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/testdata")
-        .join(file)
-}
+use crate::support::{testdata, TestRegistry};
 
 async fn start_tls() -> TestRegistry {
     TestRegistry::start_with(|config| {

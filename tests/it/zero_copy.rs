@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use crate::support::{random_bytes, sha256_digest, TestRegistry};
+use crate::support::{expect_status, random_bytes, sha256_digest, TestRegistry};
 use berth::http::zero_copy;
 use reqwest::StatusCode;
 
@@ -244,7 +244,7 @@ async fn downloads_are_sent_from_the_file_and_are_exact() {
         .send()
         .await
         .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
+    expect_status(head, StatusCode::OK).await;
     assert_eq!(settled().await, before, "HEAD");
 
     // Not in the page cache: read into memory instead, still exact.
