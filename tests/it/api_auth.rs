@@ -5,9 +5,9 @@
 //! team-a: pull+push on team-a/*), carol (any user: pull+push on public/*),
 //! dave (pull on team-a/*); anonymous clients may pull public/*.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -808,69 +808,6 @@ async fn without_auth_there_is_no_token_endpoint() {
     assert_eq!(get(&registry, "/v2/").await.status(), StatusCode::OK);
 }
 
-/// `berth serve` as a child process on an ephemeral port; its log (stderr)
-/// is read once it has stopped.
-struct Served {
-    child: Child,
-    addr: String,
-    log: BufReader<std::process::ChildStderr>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(BERTH)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("berth starts");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                Instant::now() < deadline,
-                "berth did not report its address"
-            );
-            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
-            if let Some(rest) = line.split("listen").nth(1) {
-                break rest
-                    .trim_start_matches(['=', '"', ':'])
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-            }
-        };
-        Served { child, addr, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops the server (SIGTERM, so queued log lines are flushed) and
-    /// returns the rest of its log.
-    fn stop(mut self) -> String {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-        let mut rest = String::new();
-        self.log.read_to_string(&mut rest).unwrap();
-        rest
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
     let path = dir.join("htpasswd");
     berth::auth::Htpasswd::add_or_update_user(&path, user, password, TEST_BCRYPT_COST).unwrap();
@@ -881,12 +818,17 @@ fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path
 async fn serve_with_htpasswd_requires_login_and_lets_users_pull_and_push() {
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = htpasswd_with(dir.path(), "erin", "erin-pw");
-    let served = Served::start(&[
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--htpasswd",
-        htpasswd.to_str().unwrap(),
-    ]);
+    let served = ServeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+        ],
+        &[],
+    );
     let anonymous = Client::new();
     let resp = send(&anonymous, "GET", &served.url("/v2/app/tags/list")).await;
     expect_status(resp, StatusCode::UNAUTHORIZED).await;
@@ -907,16 +849,21 @@ async fn passwords_and_tokens_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let password = "pw-4a7c1e-do-not-log";
     let htpasswd = htpasswd_with(dir.path(), "erin", password);
-    let served = Served::start(&[
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--htpasswd",
-        htpasswd.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "trace",
-    ]);
+    let served = ServeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ],
+        &[],
+    );
     let erin = client_with_authorization(&basic_auth("erin", password));
     assert_eq!(
         send(&erin, "GET", &served.url("/v2/")).await.status(),

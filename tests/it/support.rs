@@ -2,7 +2,10 @@
 //! ephemeral loopback port with its own data directory, and a few helpers that
 //! speak the distribution-spec over real HTTP.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use berth::{Config, RunningServer};
 use reqwest::{Client, Response, StatusCode};
@@ -308,6 +311,95 @@ pub fn client_with_authorization(authorization: &str) -> Client {
         .expect("client")
 }
 
+/// A `berth serve` child process; killed on drop. Its address is the one
+/// its log reports, so `--listen 127.0.0.1:0` (or a config file's) works.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    log: BufReader<std::process::ChildStderr>,
+}
+
+impl ServeProcess {
+    /// Runs `berth serve <args>` with `envs` added to the environment, and
+    /// waits until it logs its address.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
+        let mut child = std::process::Command::new(BERTH)
+            .arg("serve")
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth starts");
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                Instant::now() < deadline,
+                "berth did not report its address"
+            );
+            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
+            if let Some(rest) = line.split("listen").nth(1) {
+                break rest
+                    .trim_start_matches(['=', '"', ':'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+            }
+        };
+        ServeProcess { child, addr, log }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `raw` on a new connection and reads the response until the
+    /// server closes it (so `raw` says `Connection: close`).
+    pub fn request(&self, raw: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(&self.addr).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    /// The next line of its log (stderr).
+    pub fn next_log_line(&mut self) -> String {
+        let mut line = String::new();
+        self.log.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Sends SIGTERM (a graceful shutdown).
+    pub fn terminate(&self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Stops the server (SIGTERM, so queued log lines are flushed) and
+    /// returns the rest of its log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.child.wait().unwrap();
+        let mut rest = String::new();
+        self.log.read_to_string(&mut rest).unwrap();
+        rest
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A token from `GET /auth/token` for `scopes`, sent with `authorization`
 /// (None: anonymous); asserts 200.
 pub async fn token(
@@ -397,4 +489,46 @@ pub async fn expect_status(resp: Response, want: StatusCode) -> Response {
         panic!("{url}: expected status {want}, got {status}; body: {body:?}");
     }
     resp
+}
+
+/// The helpers' own checks: a helper that cannot fail would let every test
+/// that relies on it pass for the wrong reason.
+mod checks {
+    use std::panic::AssertUnwindSafe;
+
+    use futures::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn expect_status_fails_with_the_url_status_and_error_body() {
+        let registry = TestRegistry::start().await;
+        let path = format!("/v2/app/blobs/{}", sha256_digest(b"never pushed"));
+        let resp = get(&registry, &path).await;
+        let failure = AssertUnwindSafe(expect_status(resp, StatusCode::OK))
+            .catch_unwind()
+            .await
+            .expect_err("a 404 does not pass for 200");
+        let message = failure
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert!(message.contains(&path), "{message}");
+        assert!(message.contains("404 Not Found"), "{message}");
+        assert!(message.contains("errors"), "the JSON error body: {message}");
+
+        let resp = get(&registry, &path).await;
+        let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
+        assert!(
+            !error_code(resp).await.is_empty(),
+            "the body is handed back"
+        );
+    }
+
+    #[test]
+    fn in_own_process_fails_unless_exactly_the_named_test_ran_and_passed() {
+        let ran_nothing = std::panic::catch_unwind(|| {
+            in_own_process("support::checks::no_such_test", || {});
+        });
+        assert!(ran_nothing.is_err(), "a name that matches no test fails");
+    }
 }
