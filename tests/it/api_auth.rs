@@ -177,7 +177,8 @@ async fn a_refused_request_names_the_scope_it_needs_in_the_challenge() {
     ];
     for (method, path, scope) in cases {
         let resp = send(&registry.client, method, &registry.url(path)).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let resp =
+            expect_status_of(resp, StatusCode::UNAUTHORIZED, &format!("{method} {path}")).await;
         assert_eq!(
             challenge(&resp),
             expected_challenge(&registry, Some(scope), None),
@@ -370,11 +371,7 @@ async fn a_tampered_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::NOT_FOUND,
-        "authorised, nothing pushed"
-    );
+    expect_status_of(resp, StatusCode::NOT_FOUND, "authorised, nothing pushed").await;
 }
 
 #[tokio::test]
@@ -389,11 +386,12 @@ async fn an_expired_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(
-        resp.status(),
+    expect_status_of(
+        resp,
         StatusCode::NOT_FOUND,
-        "a valid crafted token is accepted"
-    );
+        "a valid crafted token is accepted",
+    )
+    .await;
     // Past the expiry and the 30 s allowed for clock skew.
     let expired = crafted_token(now_secs() - 120, access);
     let resp = send(
@@ -538,11 +536,7 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
     };
 
     let resp = send(&bob, "POST", &mount(&secret, Some("team-b/secret"))).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::ACCEPTED,
-        "an upload, not a mount"
-    );
+    let resp = expect_status_of(resp, StatusCode::ACCEPTED, "an upload, not a mount").await;
     assert!(header_str(&resp, "location").contains("/v2/team-a/app/blobs/uploads/"));
     let head = send(
         &bob,
@@ -550,7 +544,7 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
         &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::NOT_FOUND, "nothing was mounted");
+    expect_status_of(head, StatusCode::NOT_FOUND, "nothing was mounted").await;
 
     // Without `from`, only admins mount: bob gets an upload too.
     let resp = send(&bob, "POST", &mount(&secret, None)).await;
@@ -576,11 +570,7 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
 
     let alice = client_with_authorization(&basic("alice"));
     let resp = send(&alice, "POST", &mount(&secret, None)).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "admins mount from anywhere"
-    );
+    expect_status_of(resp, StatusCode::CREATED, "admins mount from anywhere").await;
 }
 
 /// Clients ask for the scopes a challenge names; the POST's names only the
@@ -722,7 +712,7 @@ async fn a_robot_logs_in_until_it_is_revoked() {
     registry.client = robot.clone();
     registry.push_image("team-a/app", "v1", b"layer").await;
     let resp = send(&robot, "GET", &registry.url("/v2/team-b/x/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "only its grants");
+    expect_status_of(resp, StatusCode::FORBIDDEN, "only its grants").await;
     let token = Client::new()
         .get(registry.url("/auth/token?service=berth&scope=repository:team-a/app:pull"))
         .header("authorization", basic_auth("robot$ci", secret.expose()))
@@ -733,7 +723,7 @@ async fn a_robot_logs_in_until_it_is_revoked() {
 
     store.revoke("ci").unwrap();
     let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "refused at once");
+    expect_status_of(resp, StatusCode::UNAUTHORIZED, "refused at once").await;
 }
 
 #[tokio::test]
@@ -772,14 +762,16 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
 async fn a_changed_password_applies_at_once_despite_the_login_cache() {
     let registry = start().await;
     let old = client_with_authorization(&basic("bob"));
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
     berth::auth::Htpasswd::add_or_update_user(
         &registry.htpasswd_path(),
         "bob",
@@ -787,25 +779,24 @@ async fn a_changed_password_applies_at_once_despite_the_login_cache() {
         TEST_BCRYPT_COST,
     )
     .unwrap();
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let new = client_with_authorization(&basic_auth("bob", "new-pw"));
-    assert_eq!(
-        send(&new, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
+    expect_status(
+        send(&new, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn without_auth_there_is_no_token_endpoint() {
     let registry = TestRegistry::start().await;
-    assert_eq!(
-        get(&registry, "/auth/token").await.status(),
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(get(&registry, "/v2/").await.status(), StatusCode::OK);
+    expect_status(get(&registry, "/auth/token").await, StatusCode::NOT_FOUND).await;
+    expect_status(get(&registry, "/v2/").await, StatusCode::OK).await;
 }
 
 fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
@@ -836,11 +827,12 @@ async fn serve_with_htpasswd_requires_login_and_lets_users_pull_and_push() {
     let resp = send(&erin, "POST", &served.url("/v2/app/blobs/uploads/")).await;
     expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = send(&erin, "DELETE", &served.url("/v2/app/manifests/latest")).await;
-    assert_eq!(
-        resp.status(),
+    expect_status_of(
+        resp,
         StatusCode::FORBIDDEN,
-        "the default policy: no deletes"
-    );
+        "the default policy: no deletes",
+    )
+    .await;
     served.stop();
 }
 
@@ -865,10 +857,11 @@ async fn passwords_and_tokens_never_reach_the_log() {
         &[],
     );
     let erin = client_with_authorization(&basic_auth("erin", password));
-    assert_eq!(
-        send(&erin, "GET", &served.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
+    expect_status(
+        send(&erin, "GET", &served.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
     let resp = send(
         &erin,
         "GET",
@@ -880,10 +873,11 @@ async fn passwords_and_tokens_never_reach_the_log() {
     let resp = send(&bearer(&token), "GET", &served.url("/v2/app/tags/list")).await;
     expect_status(resp, StatusCode::NOT_FOUND).await;
     let wrong = client_with_authorization(&basic_auth("erin", "wrong-pw-9f3b"));
-    assert_eq!(
-        send(&wrong, "GET", &served.url("/v2/")).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    expect_status(
+        send(&wrong, "GET", &served.url("/v2/")).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let encoded = basic_auth("erin", password);
     let log = served.stop();
     assert!(

@@ -3,7 +3,8 @@
 //! digests and repository names in the path.
 
 use crate::support::{
-    error_code, expect_status, get, header_str, pattern, sha256_digest, sha512_digest, TestRegistry,
+    error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
+    sha512_digest, TestRegistry,
 };
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -260,7 +261,7 @@ async fn range_starting_beyond_the_blob_is_416_with_content_range_star() {
     let digest = registry.push_blob("r/app", &content).await;
     for range in ["bytes=100-", "bytes=100-200", "bytes=5000-5001"] {
         let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), range).await;
-        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        let resp = expect_status_of(resp, StatusCode::RANGE_NOT_SATISFIABLE, range).await;
         assert_eq!(header_str(&resp, "content-range"), "bytes */100", "{range}");
     }
     // The blob is intact.
@@ -288,7 +289,7 @@ async fn range_on_a_zero_length_blob_is_416() {
     let digest = registry.push_blob("r/app", b"").await;
     for range in ["bytes=0-0", "bytes=0-", "bytes=-1"] {
         let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), range).await;
-        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        let resp = expect_status_of(resp, StatusCode::RANGE_NOT_SATISFIABLE, range).await;
         assert_eq!(header_str(&resp, "content-range"), "bytes */0", "{range}");
     }
 }
@@ -381,7 +382,7 @@ async fn invalid_digest_in_path_is_400_digest_invalid() {
     for d in &bad {
         let path = format!("/v2/team/app/blobs/{d}");
         let resp = get(&registry, &path).await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "GET {d}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("GET {d}")).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "GET {d}");
         let resp = registry
             .client
@@ -389,14 +390,14 @@ async fn invalid_digest_in_path_is_400_digest_invalid() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "HEAD {d}");
+        expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("HEAD {d}")).await;
         let resp = registry
             .client
             .delete(registry.url(&path))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "DELETE {d}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("DELETE {d}")).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "DELETE {d}");
     }
     // Nothing was deleted by the uppercase spelling of the real digest.

@@ -1,7 +1,8 @@
 //! Listings: tags (end-8a, end-8b), the catalog, and referrers (end-12a, end-12b).
 
 use crate::support::{
-    error_code, expect_status, get, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, get, sha256_digest, TestRegistry, OCI_INDEX,
+    OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -51,7 +52,7 @@ async fn tag_one_image(registry: &TestRegistry, name: &str, tags: &[&str]) {
         let resp = registry
             .put_manifest(name, tag, OCI_MANIFEST, &manifest)
             .await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "tag {tag}");
+        expect_status_of(resp, StatusCode::CREATED, &format!("tag {tag}")).await;
     }
 }
 
@@ -252,7 +253,7 @@ async fn tags_list_with_a_non_numeric_n_is_rejected() {
     tag_one_image(&registry, "team/app", &["a"]).await;
     for n in ["abc", "-1", "1.5"] {
         let resp = get(&registry, &format!("/v2/team/app/tags/list?n={n}")).await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "n={n}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("n={n}")).await;
         error_code(resp).await;
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use crate::support::{
-    error_code, expect_status, header_str, image_manifest, sha256_digest, sha512_digest,
-    TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
-    OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
+    sha512_digest, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
+    OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;
@@ -94,14 +94,14 @@ async fn assert_served(
     digest: &str,
 ) {
     let resp = get_manifest(registry, name, reference, ACCEPT_ALL_MANIFESTS).await;
-    assert_eq!(resp.status(), StatusCode::OK, "GET {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("GET {name}:{reference}")).await;
     assert_eq!(header_str(&resp, "content-type"), media_type);
     assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), body);
 
     let resp = head_manifest(registry, name, reference).await;
-    assert_eq!(resp.status(), StatusCode::OK, "HEAD {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("HEAD {name}:{reference}")).await;
     assert_eq!(header_str(&resp, "content-type"), media_type);
     assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
@@ -198,7 +198,7 @@ async fn head_manifest_by_tag_and_digest_returns_headers_without_body() {
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     for reference in ["v1", digest.as_str()] {
         let resp = head_manifest(&registry, "team/app", reference).await;
-        assert_eq!(resp.status(), StatusCode::OK, "HEAD {reference}");
+        let resp = expect_status_of(resp, StatusCode::OK, &format!("HEAD {reference}")).await;
         assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
         assert_eq!(
             header_str(&resp, "content-length"),
@@ -978,7 +978,7 @@ async fn put_with_an_invalid_tag_is_rejected() {
         let resp = registry
             .put_manifest("team/app", tag, OCI_MANIFEST, &manifest)
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "tag {tag:?}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("tag {tag:?}")).await;
         error_code(resp).await;
     }
     // A tag of exactly 128 characters is fine.

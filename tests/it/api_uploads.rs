@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    error_code, expect_status, get, header_str, pattern, sha256_digest, sha512_digest, with_query,
-    TestRegistry,
+    error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
+    sha512_digest, with_query, TestRegistry,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -55,7 +55,7 @@ async fn status(registry: &TestRegistry, session: &str) -> Response {
 /// Asserts the session answers `GET` with 204 and this `Range`.
 async fn assert_session_range(registry: &TestRegistry, session: &str, range: &str) {
     let resp = status(registry, session).await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "upload status");
+    let resp = expect_status_of(resp, StatusCode::NO_CONTENT, "upload status").await;
     assert_eq!(header_str(&resp, "range"), range, "upload status Range");
     assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(session));
 }
@@ -338,7 +338,8 @@ async fn chunked_patch_with_content_range_reports_the_received_range() {
             Some(&format!("{start}-{end}")),
         )
         .await;
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk {start}-{end}");
+        let resp =
+            expect_status_of(resp, StatusCode::ACCEPTED, &format!("chunk {start}-{end}")).await;
         assert_eq!(header_str(&resp, "range"), format!("0-{end}"));
         assert_eq!(registry.location(&resp), session);
         assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(&session));
@@ -539,16 +540,16 @@ async fn unknown_upload_id_is_404_blob_upload_unknown() {
     for id in &ids {
         let url = registry.url(&format!("/v2/team/app/blobs/uploads/{id}"));
         let resp = status(&registry, &url).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "GET {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("GET {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "GET {id}");
         let resp = patch(&registry, &url, b"def".to_vec(), None).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "PATCH {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("PATCH {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "PATCH {id}");
         let resp = put_final(&registry, &url, &digest, None).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "PUT {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("PUT {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "PUT {id}");
         let resp = registry.client.delete(&url).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "DELETE {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("DELETE {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "DELETE {id}");
     }
     // Literal dot segments, as sent by a client that does not normalize: no
@@ -800,7 +801,7 @@ async fn mount_from_an_invalid_repository_name_is_202_not_201() {
             .await
             .unwrap();
         // The client named a source that cannot hold the blob: it uploads.
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "from={from}");
+        expect_status_of(resp, StatusCode::ACCEPTED, &format!("from={from}")).await;
         let (status, _) = fetch_blob(&registry, "team/c", &digest).await;
         assert_eq!(
             status,
@@ -827,7 +828,7 @@ async fn mount_with_an_invalid_digest_is_400_digest_invalid() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &bad).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "{bad}");
     }
     assert_eq!(
@@ -927,8 +928,8 @@ async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
         registry.client.patch(&session).body(slow(&a)).send(),
         registry.client.patch(&session).body(slow(&b)).send(),
     );
-    assert_eq!(ra.unwrap().status(), StatusCode::ACCEPTED);
-    assert_eq!(rb.unwrap().status(), StatusCode::ACCEPTED);
+    expect_status(ra.unwrap(), StatusCode::ACCEPTED).await;
+    expect_status(rb.unwrap(), StatusCode::ACCEPTED).await;
     assert_session_range(&registry, &session, &format!("0-{}", a.len() + b.len() - 1)).await;
     let ab = [a.as_slice(), b.as_slice()].concat();
     let ba = [b.as_slice(), a.as_slice()].concat();
@@ -938,11 +939,12 @@ async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
     } else {
         expect_status(resp, StatusCode::BAD_REQUEST).await;
         let resp = put_final(&registry, &session, &sha256_digest(&ba), None).await;
-        assert_eq!(
-            resp.status(),
+        expect_status_of(
+            resp,
             StatusCode::CREATED,
-            "the content is neither a+b nor b+a"
-        );
+            "the content is neither a+b nor b+a",
+        )
+        .await;
         ba
     };
     assert_blob(&registry, "team/app", &sha256_digest(&stored), &stored).await;
@@ -955,7 +957,7 @@ async fn one_byte_chunks_upload() {
     let session = registry.start_upload("team/app").await;
     for (i, byte) in content.iter().enumerate() {
         let resp = patch(&registry, &session, vec![*byte], Some(&format!("{i}-{i}"))).await;
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "byte {i}");
+        let resp = expect_status_of(resp, StatusCode::ACCEPTED, &format!("byte {i}")).await;
         assert_eq!(header_str(&resp, "range"), format!("0-{i}"));
     }
     let digest = sha256_digest(&content);
@@ -1114,7 +1116,7 @@ async fn a_session_from_before_a_machine_restart_is_unknown() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "nothing is committed");
+    expect_status_of(resp, StatusCode::NOT_FOUND, "nothing is committed").await;
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
     expect_status(resp, StatusCode::NOT_FOUND).await;
 }

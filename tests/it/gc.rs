@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
 use crate::support::{
-    error_code, expect_status, sha256_digest, with_query, TestRegistry, BERTH, OCI_INDEX,
-    OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, sha256_digest, with_query, TestRegistry, BERTH,
+    OCI_INDEX, OCI_MANIFEST,
 };
 use berth::registry::lifecycle::UntaggedManifests;
 use berth::registry::{GcOptions, GcReport, LifecycleConfig};
@@ -50,10 +50,11 @@ async fn kept_dropped_and_stray(registry: &TestRegistry) -> (Image, Image, Strin
     kept.push(registry, "app", "stable").await;
     dropped.push(registry, "app", "old").await;
     let stray = registry.push_blob("app", b"never referenced").await;
-    assert_eq!(
-        registry.delete_manifest("app", "old").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "old").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     (kept, dropped, stray)
 }
 
@@ -187,10 +188,11 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     let referrers: serde_json::Value = serde_json::from_slice(&referrers).unwrap();
     assert_eq!(referrers["manifests"][0]["digest"], sbom.digest.as_str());
 
-    assert_eq!(
-        registry.delete_manifest("app", "multi").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "multi").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     age(&registry.storage_root(), TWO_HOURS);
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 5);
@@ -238,10 +240,11 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
     );
 
     // A deleted tag's history still keeps its rollback targets…
-    assert_eq!(
-        registry.delete_manifest("app", "live").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "live").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     age(&registry.storage_root(), TWO_HOURS);
     let report = collect(&registry, keep_two).await;
     assert_eq!(report.manifests_removed, 0);
@@ -385,12 +388,11 @@ async fn patch(registry: &TestRegistry, location: &str, chunk: &[u8]) -> reqwest
 async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     let registry = TestRegistry::start().await;
     let abandoned = registry.start_upload("app").await;
-    assert_eq!(
-        patch(&registry, &abandoned, b"abandoned chunk")
-            .await
-            .status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        patch(&registry, &abandoned, b"abandoned chunk").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let uploads = registry.storage_root().join("repositories/app/_uploads");
     let orphan = uploads.join(uuid_like());
     std::fs::create_dir_all(&orphan).unwrap();
@@ -401,10 +403,11 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     std::fs::write(junk.join("data"), b"junk").unwrap();
     age(&registry.storage_root(), Duration::from_secs(48 * 3600));
     let live = registry.start_upload("app").await;
-    assert_eq!(
-        patch(&registry, &live, b"live chunk").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        patch(&registry, &live, b"live chunk").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     let gc = collector(&registry, LifecycleConfig::default());
     let dry = gc.expire_uploads(true).await.unwrap();
@@ -435,11 +438,7 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
 
     let put = with_query(&live, &format!("digest={}", sha256_digest(b"live chunk")));
     let resp = registry.client.put(put).send().await.unwrap();
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "a live upload is untouched"
-    );
+    expect_status_of(resp, StatusCode::CREATED, "a live upload is untouched").await;
 }
 
 fn uuid_like() -> String {
@@ -533,10 +532,11 @@ async fn a_server_with_gc_interval_collects_by_itself() {
     kept.push(&registry, "app", "stable").await;
     let dropped = Image::new("dropped", &[b"dropped layer"]);
     dropped.push(&registry, "app", "old").await;
-    assert_eq!(
-        registry.delete_manifest("app", "old").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "old").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     while stored_blobs(&registry.storage_root()) != expected {
@@ -607,7 +607,7 @@ async fn push_racing(
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "upload of {digest}");
+        expect_status_of(resp, StatusCode::CREATED, &format!("upload of {digest}")).await;
     }
     let resp = registry
         .put_manifest(name, reference, OCI_MANIFEST, &image.manifest)
@@ -675,11 +675,12 @@ async fn race_client(
                 let resp = registry
                     .put_manifest(&name, &tag, OCI_MANIFEST, &image.manifest)
                     .await;
-                assert_eq!(
-                    resp.status(),
+                expect_status_of(
+                    resp,
                     StatusCode::CREATED,
-                    "re-tag of an image the client holds"
-                );
+                    "re-tag of an image the client holds",
+                )
+                .await;
                 log.live.insert(tag, image);
             }
             _ => {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::{
-    error_code, expect_status, get, image_manifest, pattern, sha256_digest, with_query,
-    TestRegistry, BERTH, OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, get, image_manifest, pattern, sha256_digest,
+    with_query, TestRegistry, BERTH, OCI_MANIFEST,
 };
 use berth::{Config, RunningServer};
 use reqwest::{header, StatusCode};
@@ -280,10 +280,7 @@ async fn repair_quarantines_a_corrupt_blob_and_a_second_run_reports_what_remains
     // The server no longer has the blob; pushing the content again heals it.
     let registry = restart(image.registry).await;
     let path_url = format!("/v2/team/app/blobs/{}", image.layer_digest);
-    assert_eq!(
-        get(&registry, &path_url).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    expect_status(get(&registry, &path_url).await, StatusCode::NOT_FOUND).await;
     registry.push_blob("team/app", &image.layer).await;
     let healed = fsck(registry.data.path(), false);
     assert!(healed.ok, "{:#?}", healed.lines);
@@ -303,11 +300,7 @@ async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
     let url = format!("/v2/team/app/blobs/{}", image.layer_digest);
 
     let resp = get(&registry, &url).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::OK,
-        "headers go out before the body"
-    );
+    let resp = expect_status_of(resp, StatusCode::OK, "headers go out before the body").await;
     // Content-Length promised the whole blob: a client sees the cut as a
     // failed transfer.
     let body = read_body(resp).await;
@@ -533,10 +526,11 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
             .body(body)
             .send()
     };
-    assert_eq!(
-        put_manifest("v1", manifest.clone()).await.unwrap().status(),
-        StatusCode::CREATED
-    );
+    expect_status(
+        put_manifest("v1", manifest.clone()).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
 
     // Fill the disk, then leave 200 KiB: a session can start, 400 KiB cannot land.
     let filler = mount_point.join("filler");

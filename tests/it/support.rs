@@ -482,11 +482,17 @@ pub fn in_own_process(test: &str, body: impl FnOnce()) {
 /// checks; on a different status, fails with the request's method and URL
 /// and the response body (the spec's JSON error says why).
 pub async fn expect_status(resp: Response, want: StatusCode) -> Response {
+    expect_status_of(resp, want, "").await
+}
+
+/// [`expect_status`] with a word on what was asked (the method, a header
+/// the URL does not show), put first in the failure message.
+pub async fn expect_status_of(resp: Response, want: StatusCode, what: &str) -> Response {
     let status = resp.status();
     if status != want {
         let url = resp.url().clone();
         let body = resp.text().await;
-        panic!("{url}: expected status {want}, got {status}; body: {body:?}");
+        panic!("{what} {url}: expected status {want}, got {status}; body: {body:?}");
     }
     resp
 }

@@ -42,7 +42,7 @@ async fn pull(registry: &TestRegistry, name: &str, reference: &str) -> (Vec<u8>,
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "pull {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("pull {name}:{reference}")).await;
     let digest = header_str(&resp, "docker-content-digest").to_owned();
     (resp.bytes().await.unwrap().to_vec(), digest)
 }
@@ -68,10 +68,11 @@ async fn history_lists_changes_newest_first_with_times_and_deletions() {
         .put_manifest("app", "latest", OCI_MANIFEST, &a_bytes)
         .await;
     expect_status(resp, StatusCode::CREATED).await;
-    assert_eq!(
-        registry.delete_manifest("app", "latest").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "latest").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     let body = history(&registry, "app", "latest").await;
     assert_eq!(body["name"], "app");
@@ -121,12 +122,13 @@ async fn history_shows_the_current_digest_and_honours_n() {
 async fn history_survives_deleting_the_tag() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
-    assert_eq!(
-        registry.delete_manifest("app", "latest").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "latest").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let resp = get(&registry, "/v2/app/manifests/latest").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "the tag is gone");
+    expect_status_of(resp, StatusCode::NOT_FOUND, "the tag is gone").await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(digests(&body), [None, some(&a)]);
 }
@@ -136,18 +138,20 @@ async fn deleting_a_manifest_removes_its_history_entries() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
-    assert_eq!(
-        registry.delete_manifest("app", &a).await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", &a).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(digests(&body), [some(&b)]);
     // Deleting the current image deletes the tag too: what remains is that
     // deletion, with no image to roll back to.
-    assert_eq!(
-        registry.delete_manifest("app", &b).await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", &b).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(body["current"], Value::Null);
     assert_eq!(digests(&body), [None]);
@@ -269,11 +273,7 @@ async fn rollback_refuses_an_image_whose_manifest_was_deleted() {
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::NOT_FOUND,
-        "no earlier image left"
-    );
+    expect_status_of(resp, StatusCode::NOT_FOUND, "no earlier image left").await;
     assert_eq!(pull(&registry, "app", "latest").await.1, b);
 }
 
@@ -361,10 +361,11 @@ async fn tags_the_rules_do_not_match_stay_mutable() {
     registry.push_image("dev/app", "v1", b"a").await;
     let (_, b) = registry.push_image("dev/app", "v1", b"b").await;
     assert_eq!(pull(&registry, "dev/app", "v1").await.1, b);
-    assert_eq!(
-        registry.delete_manifest("dev/app", "v1").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("dev/app", "v1").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -486,7 +487,7 @@ async fn rolling_back_needs_push_and_delete() {
     for user in ["bob", "dave"] {
         let client = client_with_authorization(&basic_auth(user, &format!("{user}-pw")));
         let resp = client.post(&url).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{user}");
+        let resp = expect_status_of(resp, StatusCode::FORBIDDEN, user).await;
         assert_eq!(error_code(resp).await, "DENIED");
     }
     // bob's token is cut down to pull,push: not enough.

@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use crate::support::{expect_status, random_bytes, sha256_digest, TestRegistry};
+use crate::support::{expect_status, expect_status_of, random_bytes, sha256_digest, TestRegistry};
 use berth::http::zero_copy;
 use reqwest::StatusCode;
 
@@ -27,7 +27,7 @@ async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> 
     } else {
         StatusCode::OK
     };
-    assert_eq!(resp.status(), want, "GET {path}");
+    let resp = expect_status_of(resp, want, &format!("GET {path}")).await;
     resp.bytes().await.unwrap().to_vec()
 }
 
