@@ -215,7 +215,6 @@ pub fn sha512_digest(content: &[u8]) -> String {
     format!("sha512:{}", hex::encode(Sha512::digest(content)))
 }
 
-/// Recognisable content: byte `i` is `i mod 251`.
 /// Deterministic pseudo-random bytes (xorshift64 from `seed`): unlike
 /// [`pattern`], no shifted or misplaced range compares equal.
 pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
@@ -230,6 +229,7 @@ pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
+/// Recognisable content: byte `i` is `i mod 251`.
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
