@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
 use crate::support::{
     error_code, expect_status, expect_status_of, sha256_digest, with_query, TestRegistry, BERTH,
     OCI_INDEX, OCI_MANIFEST,
@@ -24,12 +24,6 @@ fn deleting() -> LifecycleConfig {
         history_keep: 0,
         ..LifecycleConfig::default()
     }
-}
-
-/// A server that reads storage on every request, so another process's
-/// collection shows at once.
-async fn uncached() -> TestRegistry {
-    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
 }
 
 async fn collect(registry: &TestRegistry, lifecycle: LifecycleConfig) -> GcReport {

@@ -133,6 +133,12 @@ impl Image {
     }
 }
 
+/// A server that reads storage on every request, so another process's
+/// collection shows at once.
+pub async fn uncached() -> TestRegistry {
+    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
+}
+
 /// Status and body of a GET.
 pub async fn get_bytes(registry: &TestRegistry, path: &str) -> (StatusCode, Vec<u8>) {
     let resp = registry

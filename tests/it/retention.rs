@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
 use crate::support::TestRegistry;
 use berth::oci::{RepositoryName, Tag};
 use berth::registry::{GcOptions, LifecycleConfig};
@@ -11,10 +11,6 @@ use reqwest::StatusCode;
 
 fn lifecycle(toml: &str) -> LifecycleConfig {
     toml::from_str(toml).unwrap()
-}
-
-async fn uncached() -> TestRegistry {
-    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
 }
 
 fn removed(report: &berth::registry::RetentionReport) -> Vec<String> {
