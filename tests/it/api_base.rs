@@ -1,8 +1,6 @@
 //! end-1 and the operational endpoints.
 
-mod common;
-
-use common::TestRegistry;
+use crate::support::{expect_status, TestRegistry};
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -14,7 +12,7 @@ async fn base_endpoint_answers_with_the_api_version_header() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(
         resp.headers()["docker-distribution-api-version"],
         "registry/2.0"
@@ -30,14 +28,14 @@ async fn health_and_readiness() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     let resp = registry
         .client
         .get(registry.url("/readyz"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -53,7 +51,7 @@ async fn readiness_fails_when_the_store_is_not_writable() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
 }
 
 #[tokio::test]
@@ -63,13 +61,13 @@ async fn image_round_trip_through_the_api() {
     let resp = registry
         .client
         .get(registry.url("/v2/team/app/manifests/1.0"))
-        .header("Accept", common::OCI_MANIFEST)
+        .header("Accept", crate::support::OCI_MANIFEST)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
-    assert_eq!(resp.headers()["content-type"], common::OCI_MANIFEST);
+    assert_eq!(resp.headers()["content-type"], crate::support::OCI_MANIFEST);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), manifest.as_slice());
 }
 

@@ -2,34 +2,21 @@
 //! monolithic, streamed and chunked uploads, their failure modes, resumption,
 //! cancellation, cross-repository mounts and concurrency.
 
-mod common;
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{
-    error_code, get, header_str, pattern, sha256_digest, sha512_digest, with_query, TestRegistry,
+use crate::support::{
+    error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
+    sha512_digest, with_query, TestRegistry,
 };
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::{header, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `POST /v2/<name>/blobs/uploads/`, asserting 202; the session's absolute URL.
-async fn new_session(registry: &TestRegistry, name: &str) -> String {
-    let resp = registry
-        .client
-        .post(registry.url(&format!("/v2/{name}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED, "start upload");
-    registry.location(&resp)
-}
 
 /// The upload id: the last path segment of a session URL.
 fn upload_id(session: &str) -> String {
@@ -68,7 +55,7 @@ async fn status(registry: &TestRegistry, session: &str) -> Response {
 /// Asserts the session answers `GET` with 204 and this `Range`.
 async fn assert_session_range(registry: &TestRegistry, session: &str, range: &str) {
     let resp = status(registry, session).await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "upload status");
+    let resp = expect_status_of(resp, StatusCode::NO_CONTENT, "upload status").await;
     assert_eq!(header_str(&resp, "range"), range, "upload status Range");
     assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(session));
 }
@@ -91,14 +78,16 @@ async fn put_final(
     request.send().await.unwrap()
 }
 
-/// Asserts a 201 for `digest` in `name` with the spec's headers.
-fn assert_created(resp: &Response, name: &str, digest: &str) {
-    assert_eq!(resp.status(), StatusCode::CREATED);
+/// Asserts a 201 for `digest` in `name` with the spec's headers; hands the
+/// response back.
+async fn assert_created(resp: Response, name: &str, digest: &str) -> Response {
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
-        header_str(resp, "location"),
+        header_str(&resp, "location"),
         format!("/v2/{name}/blobs/{digest}")
     );
-    assert_eq!(header_str(resp, "docker-content-digest"), digest);
+    assert_eq!(header_str(&resp, "docker-content-digest"), digest);
+    resp
 }
 
 /// GETs a blob: its status and bytes.
@@ -237,7 +226,7 @@ async fn post_starts_an_upload_with_location_uuid_and_empty_range() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     let location = header_str(&resp, "location").to_owned();
     let id = header_str(&resp, "docker-upload-uuid").to_owned();
     assert_eq!(location, format!("/v2/team/app/blobs/uploads/{id}"));
@@ -245,7 +234,7 @@ async fn post_starts_an_upload_with_location_uuid_and_empty_range() {
     assert_eq!(header_str(&resp, "range"), "0-0");
     assert_eq!(header_str(&resp, "content-length"), "0");
     // Each POST is a new session.
-    let other = new_session(&registry, "team/app").await;
+    let other = registry.start_upload("team/app").await;
     assert_ne!(upload_id(&other), id);
     // The session answers at its Location.
     assert_session_range(&registry, &registry.url(&location), "0-0").await;
@@ -264,7 +253,7 @@ async fn monolithic_post_with_digest_creates_the_blob() {
         .send()
         .await
         .unwrap();
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
     assert!(blob_data_path(&registry, &digest).is_file());
     assert!(files_under(&uploads_dir(&registry, "team/app")).is_empty());
@@ -284,7 +273,7 @@ async fn monolithic_post_with_wrong_digest_is_400_and_stores_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     assert_eq!(
         head_status(&registry, "team/app", &claimed).await,
@@ -307,7 +296,7 @@ async fn monolithic_post_with_wrong_digest_is_400_and_stores_nothing() {
 #[tokio::test]
 async fn streamed_patch_without_content_range_appends() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let content = pattern(300_000);
     let (first, second) = content.split_at(100_000);
     let mut received = 0;
@@ -325,21 +314,21 @@ async fn streamed_patch_without_content_range_appends() {
             .await
             .unwrap();
         received += part.len();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let resp = expect_status(resp, StatusCode::ACCEPTED).await;
         assert_eq!(header_str(&resp, "range"), format!("0-{}", received - 1));
         assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(&session));
         assert_eq!(registry.location(&resp), session);
     }
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 #[tokio::test]
 async fn chunked_patch_with_content_range_reports_the_received_range() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let content = pattern(25);
     for (start, end) in [(0, 9), (10, 19), (20, 24)] {
         let resp = patch(
@@ -349,7 +338,8 @@ async fn chunked_patch_with_content_range_reports_the_received_range() {
             Some(&format!("{start}-{end}")),
         )
         .await;
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk {start}-{end}");
+        let resp =
+            expect_status_of(resp, StatusCode::ACCEPTED, &format!("chunk {start}-{end}")).await;
         assert_eq!(header_str(&resp, "range"), format!("0-{end}"));
         assert_eq!(registry.location(&resp), session);
         assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(&session));
@@ -357,74 +347,74 @@ async fn chunked_patch_with_content_range_reports_the_received_range() {
     assert_session_range(&registry, &session, "0-24").await;
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 #[tokio::test]
 async fn chunk_with_a_gap_is_416_and_upload_survives() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let content = pattern(20);
     let resp = patch(&registry, &session, content[..10].to_vec(), Some("0-9")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // Skips bytes 10..15.
     let resp = patch(&registry, &session, content[15..].to_vec(), Some("15-19")).await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_session_range(&registry, &session, "0-9").await;
     let resp = patch(&registry, &session, content[10..].to_vec(), Some("10-19")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-19");
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 #[tokio::test]
 async fn chunk_resending_received_bytes_is_416_and_upload_survives() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let content = pattern(20);
     let resp = patch(&registry, &session, content[..10].to_vec(), Some("0-9")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // The same chunk again, and an overlapping one with other bytes.
     let resp = patch(&registry, &session, content[..10].to_vec(), Some("0-9")).await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     let resp = patch(&registry, &session, vec![0xff; 10], Some("5-14")).await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_session_range(&registry, &session, "0-9").await;
     let resp = patch(&registry, &session, content[10..].to_vec(), Some("10-19")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-19");
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 #[tokio::test]
 async fn content_range_disagreeing_with_content_length_is_416() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let content = b"abcdefgh".to_vec();
     let resp = patch(&registry, &session, content[..3].to_vec(), Some("0-2")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // Content-Range says 10 bytes, Content-Length says 5.
     let resp = patch(&registry, &session, content[3..].to_vec(), Some("3-12")).await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let resp = expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_eq!(error_code(resp).await, "RANGE_INVALID");
     // And the other way round.
     let resp = patch(&registry, &session, content[3..].to_vec(), Some("3-4")).await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let resp = expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_eq!(error_code(resp).await, "RANGE_INVALID");
     assert_session_range(&registry, &session, "0-2").await;
     let resp = patch(&registry, &session, content[3..].to_vec(), Some("3-7")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-7");
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
@@ -434,9 +424,9 @@ async fn final_put_carries_the_last_chunk() {
     let content = b"hello world".to_vec();
     let digest = sha256_digest(&content);
     // With Content-Range on the PUT.
-    let session = new_session(&registry, "team/a").await;
+    let session = registry.start_upload("team/a").await;
     let resp = patch(&registry, &session, content[..5].to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = registry
         .client
         .put(with_query(&session, &format!("digest={digest}")))
@@ -446,14 +436,14 @@ async fn final_put_carries_the_last_chunk() {
         .send()
         .await
         .unwrap();
-    assert_created(&resp, "team/a", &digest);
+    assert_created(resp, "team/a", &digest).await;
     assert_blob(&registry, "team/a", &digest, &content).await;
     // Without Content-Range.
-    let session = new_session(&registry, "team/b").await;
+    let session = registry.start_upload("team/b").await;
     let resp = patch(&registry, &session, content[..5].to_vec(), None).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = put_final(&registry, &session, &digest, Some(content[5..].to_vec())).await;
-    assert_created(&resp, "team/b", &digest);
+    assert_created(resp, "team/b", &digest).await;
     assert_blob(&registry, "team/b", &digest, &content).await;
 }
 
@@ -462,9 +452,9 @@ async fn final_put_with_out_of_order_content_range_is_416_and_upload_survives() 
     let registry = TestRegistry::start().await;
     let content = b"hello world".to_vec();
     let digest = sha256_digest(&content);
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, content[..5].to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = registry
         .client
         .put(with_query(&session, &format!("digest={digest}")))
@@ -473,14 +463,14 @@ async fn final_put_with_out_of_order_content_range_is_416_and_upload_survives() 
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_eq!(
         head_status(&registry, "team/app", &digest).await,
         StatusCode::NOT_FOUND
     );
     assert_session_range(&registry, &session, "0-4").await;
     let resp = put_final(&registry, &session, &digest, Some(content[5..].to_vec())).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
@@ -490,11 +480,11 @@ async fn final_put_with_wrong_digest_is_400_and_session_stays_usable() {
     let content = b"hello world".to_vec();
     let digest = sha256_digest(&content);
     let wrong = sha256_digest(b"hello there");
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, content[..5].to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = put_final(&registry, &session, &wrong, Some(content[5..].to_vec())).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     assert_eq!(
         head_status(&registry, "team/app", &wrong).await,
@@ -508,7 +498,7 @@ async fn final_put_with_wrong_digest_is_400_and_session_stays_usable() {
     // The final chunk was not kept: the session is where it was.
     assert_session_range(&registry, &session, "0-4").await;
     let resp = put_final(&registry, &session, &digest, Some(content[5..].to_vec())).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
@@ -516,29 +506,29 @@ async fn final_put_with_wrong_digest_is_400_and_session_stays_usable() {
 async fn put_without_digest_is_400_digest_invalid() {
     let registry = TestRegistry::start().await;
     let content = b"abc".to_vec();
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, content.clone(), Some("0-2")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = registry.client.put(&session).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     // An unparseable digest is the same error.
     let resp = put_final(&registry, &session, "sha256:abc", None).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     assert_session_range(&registry, &session, "0-2").await;
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 #[tokio::test]
 async fn unknown_upload_id_is_404_blob_upload_unknown() {
     let registry = TestRegistry::start().await;
-    let real = new_session(&registry, "team/app").await;
+    let real = registry.start_upload("team/app").await;
     let resp = patch(&registry, &real, b"abc".to_vec(), Some("0-2")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let digest = sha256_digest(b"abc");
     let ids = [
         uuid::Uuid::new_v4().to_string(),
@@ -550,16 +540,16 @@ async fn unknown_upload_id_is_404_blob_upload_unknown() {
     for id in &ids {
         let url = registry.url(&format!("/v2/team/app/blobs/uploads/{id}"));
         let resp = status(&registry, &url).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "GET {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("GET {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "GET {id}");
         let resp = patch(&registry, &url, b"def".to_vec(), None).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "PATCH {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("PATCH {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "PATCH {id}");
         let resp = put_final(&registry, &url, &digest, None).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "PUT {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("PUT {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "PUT {id}");
         let resp = registry.client.delete(&url).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "DELETE {id}");
+        let resp = expect_status_of(resp, StatusCode::NOT_FOUND, &format!("DELETE {id}")).await;
         assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN", "DELETE {id}");
     }
     // Literal dot segments, as sent by a client that does not normalize: no
@@ -573,29 +563,29 @@ async fn unknown_upload_id_is_404_blob_upload_unknown() {
     // The real session was not touched by any of it.
     assert_session_range(&registry, &real, "0-2").await;
     let resp = put_final(&registry, &real, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, b"abc").await;
 }
 
 #[tokio::test]
 async fn upload_session_belongs_to_its_repository() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/a").await;
+    let session = registry.start_upload("team/a").await;
     let resp = patch(&registry, &session, b"abc".to_vec(), Some("0-2")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let digest = sha256_digest(b"abc");
     let elsewhere = registry.url(&format!("/v2/team/b/blobs/uploads/{}", upload_id(&session)));
     let resp = status(&registry, &elsewhere).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = patch(&registry, &elsewhere, b"def".to_vec(), Some("3-5")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = put_final(&registry, &elsewhere, &digest, None).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = registry.client.delete(&elsewhere).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     assert_eq!(
         head_status(&registry, "team/b", &digest).await,
@@ -603,29 +593,29 @@ async fn upload_session_belongs_to_its_repository() {
     );
     assert_session_range(&registry, &session, "0-2").await;
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/a", &digest);
+    assert_created(resp, "team/a", &digest).await;
 }
 
 #[tokio::test]
 async fn delete_upload_is_204_then_404() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, pattern(100), Some("0-99")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = registry.client.delete(&session).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    expect_status(resp, StatusCode::NO_CONTENT).await;
     let resp = status(&registry, &session).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = patch(&registry, &session, pattern(10), Some("100-109")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let digest = sha256_digest(&pattern(100));
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = registry.client.delete(&session).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     assert_eq!(
         head_status(&registry, "team/app", &digest).await,
@@ -639,17 +629,17 @@ async fn completed_upload_session_is_gone() {
     let registry = TestRegistry::start().await;
     let content = b"done".to_vec();
     let digest = sha256_digest(&content);
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = put_final(&registry, &session, &digest, Some(content.clone())).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     let resp = status(&registry, &session).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = patch(&registry, &session, b"more".to_vec(), None).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let resp = put_final(&registry, &session, &digest, Some(content.clone())).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     assert_blob(&registry, "team/app", &digest, &content).await;
     assert!(files_under(&uploads_dir(&registry, "team/app")).is_empty());
@@ -659,7 +649,7 @@ async fn completed_upload_session_is_gone() {
 async fn chunked_upload_finished_with_a_sha512_digest_is_rehashed() {
     let registry = TestRegistry::start().await;
     let content = pattern(70_000);
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(
         &registry,
         &session,
@@ -667,7 +657,7 @@ async fn chunked_upload_finished_with_a_sha512_digest_is_rehashed() {
         Some("0-39999"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = patch(
         &registry,
         &session,
@@ -675,10 +665,10 @@ async fn chunked_upload_finished_with_a_sha512_digest_is_rehashed() {
         Some("40000-69999"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let digest = sha512_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
     // Only the sha512 name was linked.
     assert_eq!(
@@ -690,24 +680,19 @@ async fn chunked_upload_finished_with_a_sha512_digest_is_rehashed() {
 #[tokio::test]
 async fn sha512_finish_after_a_rejected_final_chunk_ignores_its_bytes() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // A final chunk with a wrong digest is rejected and dropped...
     let wrong = sha512_digest(b"nope");
     let resp = put_final(&registry, &session, &wrong, Some(b" world".to_vec())).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     assert_session_range(&registry, &session, "0-4").await;
     // ...so the upload holds "hello", whatever algorithm names it.
     let digest = sha512_digest(b"hello");
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     assert_blob(&registry, "team/app", &digest, b"hello").await;
 }
 
@@ -724,7 +709,7 @@ async fn cross_repository_mount_is_201_with_location_and_digest() {
         .send()
         .await
         .unwrap();
-    assert_created(&resp, "team/dst", &digest);
+    let resp = assert_created(resp, "team/dst", &digest).await;
     assert!(resp.headers().get("docker-upload-uuid").is_none());
     assert_blob(&registry, "team/dst", &digest, &content).await;
     assert_blob(&registry, "team/src", &digest, &content).await;
@@ -742,7 +727,7 @@ async fn mount_without_from_finds_a_blob_stored_anywhere() {
         .send()
         .await
         .unwrap();
-    assert_created(&resp, "other/dst", &digest);
+    assert_created(resp, "other/dst", &digest).await;
     assert_blob(&registry, "other/dst", &digest, &content).await;
 }
 
@@ -760,7 +745,7 @@ async fn mount_of_an_unknown_blob_is_202_with_a_working_session() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-0");
     let session = registry.location(&resp);
     assert_eq!(header_str(&resp, "docker-upload-uuid"), upload_id(&session));
@@ -770,10 +755,10 @@ async fn mount_of_an_unknown_blob_is_202_with_a_working_session() {
         StatusCode::NOT_FOUND
     );
     let resp = patch(&registry, &session, content.clone(), Some("0-4999")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-4999");
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/dst", &digest);
+    assert_created(resp, "team/dst", &digest).await;
     assert_blob(&registry, "team/dst", &digest, &content).await;
 }
 
@@ -791,14 +776,14 @@ async fn mount_from_a_repository_without_the_blob_is_202_not_201() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert!(resp.headers().get("docker-content-digest").is_none());
     let session = registry.location(&resp);
     let (status, _) = fetch_blob(&registry, "team/c", &digest).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "mount leaked team/a's blob");
     // The client can still upload it itself.
     let resp = put_final(&registry, &session, &digest, Some(content.clone())).await;
-    assert_created(&resp, "team/c", &digest);
+    assert_created(resp, "team/c", &digest).await;
     assert_blob(&registry, "team/c", &digest, &content).await;
 }
 
@@ -816,7 +801,7 @@ async fn mount_from_an_invalid_repository_name_is_202_not_201() {
             .await
             .unwrap();
         // The client named a source that cannot hold the blob: it uploads.
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "from={from}");
+        expect_status_of(resp, StatusCode::ACCEPTED, &format!("from={from}")).await;
         let (status, _) = fetch_blob(&registry, "team/c", &digest).await;
         assert_eq!(
             status,
@@ -843,7 +828,7 @@ async fn mount_with_an_invalid_digest_is_400_digest_invalid() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &bad).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "{bad}");
     }
     assert_eq!(
@@ -867,7 +852,7 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
         let digest = digest.clone();
         tasks.push(tokio::spawn(async move {
             let resp = client.post(&start).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::ACCEPTED);
+            let resp = expect_status(resp, StatusCode::ACCEPTED).await;
             let location = resp.headers()["location"].to_str().unwrap().to_owned();
             let session = format!("{base}{location}");
             let finish = with_query(&session, &format!("digest={digest}"));
@@ -886,7 +871,7 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                expect_status(resp, StatusCode::ACCEPTED).await;
                 client.put(&finish).send().await.unwrap()
             };
             resp.status()
@@ -902,7 +887,7 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
 #[tokio::test]
 async fn concurrent_patches_with_the_same_content_range_accept_exactly_one() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let a = vec![0xaa; 1024];
     let b = vec![0xbb; 1024];
     let (ra, rb) = tokio::join!(
@@ -918,14 +903,14 @@ async fn concurrent_patches_with_the_same_content_range_accept_exactly_one() {
     assert_session_range(&registry, &session, "0-1023").await;
     let digest = sha256_digest(&winner);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &winner).await;
 }
 
 #[tokio::test]
 async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let a = vec![0xaa; 256 * 1024];
     let b = vec![0xbb; 256 * 1024];
     // Slow bodies, so that both requests are in flight at once.
@@ -943,8 +928,8 @@ async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
         registry.client.patch(&session).body(slow(&a)).send(),
         registry.client.patch(&session).body(slow(&b)).send(),
     );
-    assert_eq!(ra.unwrap().status(), StatusCode::ACCEPTED);
-    assert_eq!(rb.unwrap().status(), StatusCode::ACCEPTED);
+    expect_status(ra.unwrap(), StatusCode::ACCEPTED).await;
+    expect_status(rb.unwrap(), StatusCode::ACCEPTED).await;
     assert_session_range(&registry, &session, &format!("0-{}", a.len() + b.len() - 1)).await;
     let ab = [a.as_slice(), b.as_slice()].concat();
     let ba = [b.as_slice(), a.as_slice()].concat();
@@ -952,13 +937,14 @@ async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
     let stored = if resp.status() == StatusCode::CREATED {
         ab
     } else {
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        expect_status(resp, StatusCode::BAD_REQUEST).await;
         let resp = put_final(&registry, &session, &sha256_digest(&ba), None).await;
-        assert_eq!(
-            resp.status(),
+        expect_status_of(
+            resp,
             StatusCode::CREATED,
-            "the content is neither a+b nor b+a"
-        );
+            "the content is neither a+b nor b+a",
+        )
+        .await;
         ba
     };
     assert_blob(&registry, "team/app", &sha256_digest(&stored), &stored).await;
@@ -968,22 +954,22 @@ async fn concurrent_streamed_patches_to_one_session_do_not_interleave() {
 async fn one_byte_chunks_upload() {
     let registry = TestRegistry::start().await;
     let content = pattern(64);
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     for (i, byte) in content.iter().enumerate() {
         let resp = patch(&registry, &session, vec![*byte], Some(&format!("{i}-{i}"))).await;
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "byte {i}");
+        let resp = expect_status_of(resp, StatusCode::ACCEPTED, &format!("byte {i}")).await;
         assert_eq!(header_str(&resp, "range"), format!("0-{i}"));
     }
     let digest = sha256_digest(&content);
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, &content).await;
 }
 
 /// Deterministic pseudo-random bytes, chunk by chunk.
 fn generated_chunk(index: u64, len: usize) -> Bytes {
     let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (index + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    Bytes::from(common::random_bytes(len, seed))
+    Bytes::from(crate::support::random_bytes(len, seed))
 }
 
 #[tokio::test]
@@ -992,7 +978,7 @@ async fn large_streamed_upload_round_trips_by_digest() {
     const CHUNKS: u64 = 64;
     const TOTAL: u64 = CHUNK as u64 * CHUNKS;
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/big").await;
+    let session = registry.start_upload("team/big").await;
     let sent = Arc::new(Mutex::new(Sha256::new()));
     let hasher = sent.clone();
     let body = futures::stream::iter(0..CHUNKS).map(move |i| {
@@ -1008,14 +994,14 @@ async fn large_streamed_upload_round_trips_by_digest() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), format!("0-{}", TOTAL - 1));
     let digest = format!(
         "sha256:{}",
         hex::encode(sent.lock().unwrap().clone().finalize())
     );
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/big", &digest);
+    assert_created(resp, "team/big", &digest).await;
 
     let resp = registry
         .client
@@ -1023,7 +1009,7 @@ async fn large_streamed_upload_round_trips_by_digest() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), TOTAL.to_string());
     let mut received = Sha256::new();
     let mut length = 0u64;
@@ -1043,27 +1029,27 @@ async fn large_streamed_upload_round_trips_by_digest() {
 #[tokio::test]
 async fn interrupted_chunk_leaves_the_session_at_its_offset_and_can_continue() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // Declares 1000 bytes, sends 10, hangs up.
     interrupted_patch(&registry, &session, 1000, &[b'X'; 10], || true).await;
     assert_session_range(&registry, &session, "0-4").await;
     let resp = patch(&registry, &session, b" world".to_vec(), Some("5-10")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-10");
     let digest = sha256_digest(b"hello world");
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, b"hello world").await;
 }
 
 #[tokio::test]
 async fn interrupted_large_chunk_leaves_no_bytes_in_the_blob() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     // Enough bytes that some reach the upload's file before the hang-up.
     let data = uploads_dir(&registry, "team/app")
         .join(upload_id(&session))
@@ -1074,20 +1060,20 @@ async fn interrupted_large_chunk_leaves_no_bytes_in_the_blob() {
     .await;
     assert_session_range(&registry, &session, "0-4").await;
     let resp = patch(&registry, &session, b" world".to_vec(), None).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(header_str(&resp, "range"), "0-10");
     let digest = sha256_digest(b"hello world");
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_created(&resp, "team/app", &digest);
+    assert_created(resp, "team/app", &digest).await;
     assert_blob(&registry, "team/app", &digest, b"hello world").await;
 }
 
 #[tokio::test]
 async fn sha512_finish_after_an_interrupted_chunk_ignores_its_bytes() {
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let data = uploads_dir(&registry, "team/app")
         .join(upload_id(&session))
         .join("data");
@@ -1100,12 +1086,7 @@ async fn sha512_finish_after_an_interrupted_chunk_ignores_its_bytes() {
     // session hashed with must be computed over those 5 bytes only.
     let digest = sha512_digest(b"hello");
     let resp = put_final(&registry, &session, &digest, None).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     assert_blob(&registry, "team/app", &digest, b"hello").await;
 }
 
@@ -1114,9 +1095,9 @@ async fn a_session_from_before_a_machine_restart_is_unknown() {
     // Appended bytes are not fsynced until the final PUT, so a session
     // recorded under another boot of the machine must not be continued.
     let registry = TestRegistry::start().await;
-    let session = new_session(&registry, "team/app").await;
+    let session = registry.start_upload("team/app").await;
     let resp = patch(&registry, &session, b"hello".to_vec(), Some("0-4")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let record = uploads_dir(&registry, "team/app")
         .join(upload_id(&session))
         .join("berth-session.json");
@@ -1126,7 +1107,7 @@ async fn a_session_from_before_a_machine_restart_is_unknown() {
     std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
 
     let resp = patch(&registry, &session, b" world".to_vec(), Some("5-10")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let digest = sha256_digest(b"hello");
     let resp = registry
@@ -1135,7 +1116,7 @@ async fn a_session_from_before_a_machine_restart_is_unknown() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "nothing is committed");
+    expect_status_of(resp, StatusCode::NOT_FOUND, "nothing is committed").await;
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }

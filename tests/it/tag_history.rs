@@ -3,16 +3,14 @@
 //! `[lifecycle]` `immutable_tags` rules on pushes and deletes, and who may
 //! read a history or roll a tag back when access control is on.
 
-mod common;
-
+use crate::support::*;
 use berth::Config;
-use common::*;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 
 async fn history(registry: &TestRegistry, name: &str, tag: &str) -> Value {
     let resp = get(registry, &format!("/v2/{name}/_berth/tags/{tag}/history")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     resp.json().await.unwrap()
 }
 
@@ -35,15 +33,6 @@ async fn rollback(registry: &TestRegistry, name: &str, tag: &str, query: &str) -
         .unwrap()
 }
 
-async fn delete(registry: &TestRegistry, name: &str, reference: &str) -> Response {
-    registry
-        .client
-        .delete(registry.url(&format!("/v2/{name}/manifests/{reference}")))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The bytes `name:reference` serves, and its digest header.
 async fn pull(registry: &TestRegistry, name: &str, reference: &str) -> (Vec<u8>, String) {
     let resp = registry
@@ -53,7 +42,7 @@ async fn pull(registry: &TestRegistry, name: &str, reference: &str) -> (Vec<u8>,
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "pull {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("pull {name}:{reference}")).await;
     let digest = header_str(&resp, "docker-content-digest").to_owned();
     (resp.bytes().await.unwrap().to_vec(), digest)
 }
@@ -78,11 +67,12 @@ async fn history_lists_changes_newest_first_with_times_and_deletions() {
     let resp = registry
         .put_manifest("app", "latest", OCI_MANIFEST, &a_bytes)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    assert_eq!(
-        delete(&registry, "app", "latest").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(resp, StatusCode::CREATED).await;
+    expect_status(
+        registry.delete_manifest("app", "latest").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     let body = history(&registry, "app", "latest").await;
     assert_eq!(body["name"], "app");
@@ -124,7 +114,7 @@ async fn history_shows_the_current_digest_and_honours_n() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(digests(&body), [some(&b)]);
     let resp = get(&registry, "/v2/app/_berth/tags/v/history?n=x").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PAGINATION_NUMBER_INVALID");
 }
 
@@ -132,12 +122,13 @@ async fn history_shows_the_current_digest_and_honours_n() {
 async fn history_survives_deleting_the_tag() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
-    assert_eq!(
-        delete(&registry, "app", "latest").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "latest").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let resp = get(&registry, "/v2/app/manifests/latest").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "the tag is gone");
+    expect_status_of(resp, StatusCode::NOT_FOUND, "the tag is gone").await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(digests(&body), [None, some(&a)]);
 }
@@ -147,18 +138,20 @@ async fn deleting_a_manifest_removes_its_history_entries() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
-    assert_eq!(
-        delete(&registry, "app", &a).await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", &a).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(digests(&body), [some(&b)]);
     // Deleting the current image deletes the tag too: what remains is that
     // deletion, with no image to roll back to.
-    assert_eq!(
-        delete(&registry, "app", &b).await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", &b).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let body = history(&registry, "app", "latest").await;
     assert_eq!(body["current"], Value::Null);
     assert_eq!(digests(&body), [None]);
@@ -169,16 +162,16 @@ async fn history_of_an_unknown_tag_or_repository_is_404() {
     let registry = TestRegistry::start().await;
     registry.push_image("app", "latest", b"a").await;
     let resp = get(&registry, "/v2/app/_berth/tags/other/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = get(&registry, "/v2/nothing/_berth/tags/latest/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
     let resp = get(&registry, "/v2/app/_berth/tags/-bad/history").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = get(&registry, "/v2/App/_berth/tags/latest/history").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
 }
 
@@ -190,7 +183,7 @@ async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
     let (_, c) = registry.push_image("app", "latest", b"c").await;
 
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), b);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["digest"], b.as_str());
@@ -202,7 +195,7 @@ async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
 
     // From b, the distinct earlier images are c, then a.
     let resp = rollback(&registry, "app", "latest", "?steps=2").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app", "latest").await, (a_bytes, a.clone()));
     assert_eq!(
         digests(&history(&registry, "app", "latest").await),
@@ -217,7 +210,7 @@ async fn rollback_to_a_digest_from_the_history() {
     registry.push_image("app", "latest", b"b").await;
     registry.push_image("app", "latest", b"c").await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app", "latest").await, (a_bytes, a));
 }
 
@@ -226,10 +219,10 @@ async fn rollback_re_creates_a_deleted_tag() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (b_bytes, b) = registry.push_image("app", "latest", b"b").await;
-    delete(&registry, "app", "latest").await;
+    registry.delete_manifest("app", "latest").await;
 
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["previous"], Value::Null);
     assert_eq!(body["digest"], b.as_str(), "the image it had when deleted");
@@ -254,18 +247,18 @@ async fn rollback_refuses_a_digest_not_in_the_history() {
     // In the repository, but never under this tag.
     let (_, other) = registry.push_image("app", "other", b"o").await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={other}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "MANIFEST_UNKNOWN");
     assert!(detail.contains("not an image in the history"), "{detail}");
     let resp = rollback(&registry, "app", "latest", "?to=sha256:beef").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}&steps=1")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PARAMETER_INVALID");
     let resp = rollback(&registry, "app", "latest", "?steps=0").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PARAMETER_INVALID");
     assert_eq!(pull(&registry, "app", "latest").await.1, b, "unchanged");
 }
@@ -275,16 +268,12 @@ async fn rollback_refuses_an_image_whose_manifest_was_deleted() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
-    delete(&registry, "app", &a).await;
+    registry.delete_manifest("app", &a).await;
     let resp = rollback(&registry, "app", "latest", &format!("?to={a}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = rollback(&registry, "app", "latest", "").await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::NOT_FOUND,
-        "no earlier image left"
-    );
+    expect_status_of(resp, StatusCode::NOT_FOUND, "no earlier image left").await;
     assert_eq!(pull(&registry, "app", "latest").await.1, b);
 }
 
@@ -294,13 +283,13 @@ async fn rollback_beyond_the_history_says_how_far_it_goes() {
     registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     let resp = rollback(&registry, "app", "latest", "?steps=2").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "MANIFEST_UNKNOWN");
     assert!(detail.contains("holds 1 earlier image"), "{detail}");
     assert_eq!(pull(&registry, "app", "latest").await.1, b);
     let resp = rollback(&registry, "app", "never", "").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
 }
 
@@ -327,7 +316,7 @@ async fn immutable_tag_takes_the_same_digest_again() {
     let resp = registry
         .put_manifest("prod/app", "v1", OCI_MANIFEST, &bytes)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
         digests(&history(&registry, "prod/app", "v1").await),
         [some(&a)],
@@ -343,7 +332,7 @@ async fn immutable_tag_refuses_another_digest_and_keeps_serving_its_image() {
     let resp = registry
         .put_manifest("prod/app", "v1", OCI_MANIFEST, &other)
         .await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "DENIED");
     assert!(detail.contains("prod/app:v1"), "{detail}");
@@ -354,11 +343,11 @@ async fn immutable_tag_refuses_another_digest_and_keeps_serving_its_image() {
 async fn immutable_tag_and_its_manifest_cannot_be_deleted() {
     let registry = start_immutable().await;
     let (bytes, a) = registry.push_image("prod/app", "v1", b"a").await;
-    let resp = delete(&registry, "prod/app", "v1").await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = registry.delete_manifest("prod/app", "v1").await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
-    let resp = delete(&registry, "prod/app", &a).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = registry.delete_manifest("prod/app", &a).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     assert_eq!(pull(&registry, "prod/app", "v1").await, (bytes, a));
 }
@@ -372,10 +361,11 @@ async fn tags_the_rules_do_not_match_stay_mutable() {
     registry.push_image("dev/app", "v1", b"a").await;
     let (_, b) = registry.push_image("dev/app", "v1", b"b").await;
     assert_eq!(pull(&registry, "dev/app", "v1").await.1, b);
-    assert_eq!(
-        delete(&registry, "dev/app", "v1").await.status(),
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("dev/app", "v1").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -391,12 +381,12 @@ async fn extra_tags_of_a_push_are_checked_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     assert_eq!(pull(&registry, "prod/app", "v1").await.1, a);
     // Refused as a whole: the other tag of the push was not created either.
     let resp = get(&registry, "/v2/prod/app/manifests/v2").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -404,7 +394,7 @@ async fn rollback_of_an_immutable_tag_is_refused() {
     let registry = start_immutable().await;
     let (_, a) = registry.push_image("prod/app", "v1", b"a").await;
     let resp = rollback(&registry, "prod/app", "v1", "").await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     let (code, detail) = detail(resp).await;
     assert_eq!(code, "DENIED");
     assert!(detail.contains("prod/app:v1"), "{detail}");
@@ -461,54 +451,13 @@ async fn concurrent_pushes_to_a_fresh_immutable_tag_have_exactly_one_winner() {
 // With access control: bob may pull and push app/*, erin also delete, dave
 // only pull.
 
-const SIGNING_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/auth/testdata/ec-p256-pkcs8.pem"
-);
-
-async fn start_with_auth() -> TestRegistry {
-    TestRegistry::start_with_auth(
-        &[("bob", "bob-pw"), ("erin", "erin-pw"), ("dave", "dave-pw")],
-        &format!(
-            r#"
-            signing_key = "{SIGNING_KEY}"
-            [[rules]]
-            repositories = ["app/*"]
-            users = {{ bob = ["pull", "push"], erin = ["pull", "push", "delete"], dave = ["pull"] }}
-            "#
-        ),
-    )
-    .await
-}
-
-/// Two images under `app/web:latest`, pushed as erin.
-async fn seed(registry: &mut TestRegistry) -> (String, String) {
-    registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
-    let (_, a) = registry.push_image("app/web", "latest", b"a").await;
-    let (_, b) = registry.push_image("app/web", "latest", b"b").await;
-    registry.client = Client::new();
-    (a, b)
-}
-
-async fn token(registry: &TestRegistry, user: &str, password: &str, scope: &str) -> String {
-    let resp = Client::new()
-        .get(registry.url(&format!("/auth/token?service=berth&scope={scope}")))
-        .header("authorization", basic_auth(user, password))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn reading_a_history_needs_pull() {
-    let mut registry = start_with_auth().await;
-    seed(&mut registry).await;
+    let mut registry = start_with_app_rules("").await;
+    seed_app_web(&mut registry).await;
     let url = registry.url("/v2/app/web/_berth/tags/latest/history");
     let resp = Client::new().get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(
         header_str(&resp, "www-authenticate").contains(r#"scope="repository:app/web:pull""#),
         "{:?}",
@@ -516,19 +465,19 @@ async fn reading_a_history_needs_pull() {
     );
     let dave = client_with_authorization(&basic_auth("dave", "dave-pw"));
     let resp = dave.get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["history"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn rolling_back_needs_push_and_delete() {
-    let mut registry = start_with_auth().await;
-    let (a, b) = seed(&mut registry).await;
+    let mut registry = start_with_app_rules("").await;
+    let (a, b) = seed_app_web(&mut registry).await;
     let url = registry.url("/v2/app/web/_berth/tags/latest/rollback");
 
     let resp = Client::new().post(&url).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(
         header_str(&resp, "www-authenticate")
             .contains(r#"scope="repository:app/web:pull,push,delete""#),
@@ -538,15 +487,14 @@ async fn rolling_back_needs_push_and_delete() {
     for user in ["bob", "dave"] {
         let client = client_with_authorization(&basic_auth(user, &format!("{user}-pw")));
         let resp = client.post(&url).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{user}");
+        let resp = expect_status_of(resp, StatusCode::FORBIDDEN, user).await;
         assert_eq!(error_code(resp).await, "DENIED");
     }
     // bob's token is cut down to pull,push: not enough.
     let bob_token = token(
         &registry,
-        "bob",
-        "bob-pw",
-        "repository:app/web:pull,push,delete",
+        Some(&basic_auth("bob", "bob-pw")),
+        &["repository:app/web:pull,push,delete"],
     )
     .await;
     let resp = client_with_authorization(&format!("Bearer {bob_token}"))
@@ -554,7 +502,7 @@ async fn rolling_back_needs_push_and_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(header_str(&resp, "www-authenticate").contains(r#"error="insufficient_scope""#));
     registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
     assert_eq!(
@@ -565,9 +513,8 @@ async fn rolling_back_needs_push_and_delete() {
 
     let erin_token = token(
         &registry,
-        "erin",
-        "erin-pw",
-        "repository:app/web:pull,push,delete",
+        Some(&basic_auth("erin", "erin-pw")),
+        &["repository:app/web:pull,push,delete"],
     )
     .await;
     let resp = client_with_authorization(&format!("Bearer {erin_token}"))
@@ -575,6 +522,6 @@ async fn rolling_back_needs_push_and_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(pull(&registry, "app/web", "latest").await.1, a);
 }

@@ -1,13 +1,12 @@
 //! Manifests (distribution-spec "Pushing Manifests", "Pulling manifests",
 //! "Deleting tags", "Deleting Manifests"): end-3, end-7, end-9.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{
-    error_code, header_str, image_manifest, sha256_digest, sha512_digest, TestRegistry,
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+use crate::support::{
+    error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
+    sha512_digest, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
+    OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;
@@ -84,32 +83,6 @@ async fn head_manifest(registry: &TestRegistry, name: &str, reference: &str) -> 
         .unwrap()
 }
 
-async fn delete_manifest(registry: &TestRegistry, name: &str, reference: &str) -> Response {
-    registry
-        .client
-        .delete(registry.url(&format!("/v2/{name}/manifests/{reference}")))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn tags(registry: &TestRegistry, name: &str) -> Vec<String> {
-    let resp = registry
-        .client
-        .get(registry.url(&format!("/v2/{name}/tags/list")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let mut tags: Vec<String> = body["tags"]
-        .as_array()
-        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
-        .unwrap_or_default();
-    tags.sort();
-    tags
-}
-
 /// Asserts that `reference` in `name` is served (GET and HEAD) as exactly
 /// `body`, with `media_type` and `digest`.
 async fn assert_served(
@@ -121,14 +94,14 @@ async fn assert_served(
     digest: &str,
 ) {
     let resp = get_manifest(registry, name, reference, ACCEPT_ALL_MANIFESTS).await;
-    assert_eq!(resp.status(), StatusCode::OK, "GET {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("GET {name}:{reference}")).await;
     assert_eq!(header_str(&resp, "content-type"), media_type);
     assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), body);
 
     let resp = head_manifest(registry, name, reference).await;
-    assert_eq!(resp.status(), StatusCode::OK, "HEAD {name}:{reference}");
+    let resp = expect_status_of(resp, StatusCode::OK, &format!("HEAD {name}:{reference}")).await;
     assert_eq!(header_str(&resp, "content-type"), media_type);
     assert_eq!(header_str(&resp, "content-length"), body.len().to_string());
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
@@ -181,7 +154,7 @@ async fn put_manifest_by_tag_returns_201_with_location_and_digest() {
     let resp = registry
         .put_manifest("team/app", "v1", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
         registry.location(&resp),
         registry.url(&format!("/v2/team/app/manifests/{digest}"))
@@ -194,7 +167,7 @@ async fn get_manifest_by_tag_returns_exact_bytes_and_headers() {
     let registry = TestRegistry::start().await;
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = get_manifest(&registry, "team/app", "v1", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
     assert_eq!(
         header_str(&resp, "content-length"),
@@ -209,7 +182,7 @@ async fn get_manifest_by_digest_returns_exact_bytes_and_headers() {
     let registry = TestRegistry::start().await;
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = get_manifest(&registry, "team/app", &digest, OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
     assert_eq!(
         header_str(&resp, "content-length"),
@@ -225,7 +198,7 @@ async fn head_manifest_by_tag_and_digest_returns_headers_without_body() {
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     for reference in ["v1", digest.as_str()] {
         let resp = head_manifest(&registry, "team/app", reference).await;
-        assert_eq!(resp.status(), StatusCode::OK, "HEAD {reference}");
+        let resp = expect_status_of(resp, StatusCode::OK, &format!("HEAD {reference}")).await;
         assert_eq!(header_str(&resp, "content-type"), OCI_MANIFEST);
         assert_eq!(
             header_str(&resp, "content-length"),
@@ -252,7 +225,7 @@ async fn oci_image_index_is_stored_and_served_with_its_media_type() {
     let resp = registry
         .put_manifest("multi", "latest", OCI_INDEX, &index)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&index);
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_served(&registry, "multi", "latest", OCI_INDEX, &index, &digest).await;
@@ -277,12 +250,7 @@ async fn docker_schema2_manifest_is_stored_and_served_with_its_media_type() {
     let resp = registry
         .put_manifest("docker/app", "v2", DOCKER_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&manifest);
     assert_served(
         &registry,
@@ -322,7 +290,7 @@ async fn docker_manifest_list_is_stored_and_served_with_its_media_type() {
     let resp = registry
         .put_manifest("docker/multi", &child_digest, DOCKER_MANIFEST, &child)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let list = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST_LIST,
@@ -335,12 +303,7 @@ async fn docker_manifest_list_is_stored_and_served_with_its_media_type() {
     let resp = registry
         .put_manifest("docker/multi", "latest", DOCKER_MANIFEST_LIST, &list)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&list);
     assert_served(
         &registry,
@@ -383,12 +346,7 @@ async fn artifact_manifest_with_artifact_type_and_empty_config_is_accepted() {
     let resp = registry
         .put_manifest("artifacts", "sbom", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&manifest);
     assert_served(
         &registry,
@@ -415,12 +373,7 @@ async fn manifest_bytes_are_stored_exactly_as_pushed() {
     let resp = registry
         .put_manifest("exact", "odd", OCI_MANIFEST, manifest.as_bytes())
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_served(
         &registry,
@@ -451,7 +404,7 @@ async fn put_manifest_by_digest_with_matching_body_is_created() {
     let resp = registry
         .put_manifest("bydigest", &digest, OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(
         registry.location(&resp),
         registry.url(&format!("/v2/bydigest/manifests/{digest}"))
@@ -478,12 +431,12 @@ async fn put_manifest_by_digest_with_mismatched_body_is_digest_invalid() {
     let resp = registry
         .put_manifest("bydigest", &claimed_digest, OCI_MANIFEST, &sent)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     // Nothing was stored under either digest.
     for digest in [claimed_digest, sha256_digest(&sent)] {
         let resp = get_manifest(&registry, "bydigest", &digest, OCI_MANIFEST).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{digest}");
+        expect_status(resp, StatusCode::NOT_FOUND).await;
     }
 }
 
@@ -501,12 +454,7 @@ async fn put_manifest_by_sha512_digest_is_served_with_a_sha512_digest() {
             &manifest,
         )
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(
         registry.location(&resp),
@@ -546,12 +494,7 @@ async fn manifests_without_a_media_type_field_are_served_with_the_pushed_content
     let resp = registry
         .put_manifest("untyped", "image", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&manifest);
     assert_served(
         &registry,
@@ -571,12 +514,7 @@ async fn manifests_without_a_media_type_field_are_served_with_the_pushed_content
     let resp = registry
         .put_manifest("untyped", "index", OCI_INDEX, &index)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let index_digest = sha256_digest(&index);
     assert_served(
         &registry,
@@ -610,7 +548,7 @@ async fn docker_manifest_without_media_type_is_rejected_or_served_as_pushed() {
         assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
         return;
     }
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&manifest);
     assert_served(
         &registry,
@@ -632,7 +570,7 @@ async fn put_manifest_by_malformed_digest_is_rejected() {
         let resp = registry
             .put_manifest("team/app", reference, OCI_MANIFEST, &manifest)
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{reference}");
+        let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "{reference}");
     }
 }
@@ -653,7 +591,7 @@ async fn manifest_with_missing_layer_is_manifest_blob_unknown_and_tag_does_not_m
     let resp = registry
         .put_manifest("team/app", "latest", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
     // The tag still names the previous manifest, and the rejected one is not stored.
     assert_served(
@@ -672,7 +610,7 @@ async fn manifest_with_missing_layer_is_manifest_blob_unknown_and_tag_does_not_m
         OCI_MANIFEST,
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -687,7 +625,7 @@ async fn manifest_with_missing_config_blob_is_manifest_blob_unknown() {
     let resp = registry
         .put_manifest("team/app", "latest", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
 }
 
@@ -708,10 +646,10 @@ async fn index_referencing_an_unknown_manifest_is_manifest_blob_unknown() {
     let resp = registry
         .put_manifest("multi", "latest", OCI_INDEX, &index)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
     let resp = get_manifest(&registry, "multi", "latest", OCI_INDEX).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -722,7 +660,7 @@ async fn blobs_of_another_repository_do_not_satisfy_a_manifest() {
     let resp = registry
         .put_manifest("intruder", "latest", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
 }
 
@@ -747,12 +685,7 @@ async fn non_distributable_layer_need_not_be_pushed() {
     let resp = registry
         .put_manifest("windows", "ltsc", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     let digest = sha256_digest(&manifest);
     assert_served(
         &registry,
@@ -779,10 +712,10 @@ async fn malformed_json_is_manifest_invalid() {
             b"{\"schemaVersion\": 2, ",
         )
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
     let resp = get_manifest(&registry, "team/app", "latest", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -798,7 +731,7 @@ async fn manifest_without_config_is_manifest_invalid() {
     let resp = registry
         .put_manifest("team/app", "latest", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
 }
 
@@ -816,7 +749,7 @@ async fn schema_version_1_is_manifest_invalid() {
     let resp = registry
         .put_manifest("team/app", "latest", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
 }
 
@@ -828,10 +761,10 @@ async fn media_type_differing_from_content_type_is_manifest_invalid() {
     let resp = registry
         .put_manifest("team/app", "latest", DOCKER_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
     let resp = get_manifest(&registry, "team/app", "latest", ACCEPT_ALL_MANIFESTS).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -843,10 +776,10 @@ async fn manifest_over_4_mib_is_rejected_with_413_and_not_stored() {
     let resp = registry
         .put_manifest("big", "huge", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    expect_status(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
     for reference in ["huge", digest.as_str()] {
         let resp = get_manifest(&registry, "big", reference, OCI_MANIFEST).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{reference}");
+        expect_status(resp, StatusCode::NOT_FOUND).await;
     }
     let blob_path = registry.storage_root().join(format!(
         "blobs/sha256/{}/{}",
@@ -865,12 +798,7 @@ async fn manifest_of_3_9_mb_is_accepted() {
     let resp = registry
         .put_manifest("big", "large", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     assert_served(&registry, "big", "large", OCI_MANIFEST, &manifest, &digest).await;
 }
 
@@ -891,12 +819,7 @@ async fn put_by_digest_with_tag_parameters_creates_every_tag() {
             &manifest,
         )
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     let oci_tags: Vec<&str> = resp
         .headers()
         .get_all("oci-tag")
@@ -905,7 +828,7 @@ async fn put_by_digest_with_tag_parameters_creates_every_tag() {
         .map(str::trim)
         .collect();
     assert_eq!(oci_tags, ["a", "b"]);
-    assert_eq!(tags(&registry, "tagged").await, ["a", "b"]);
+    assert_eq!(registry.tags("tagged").await, ["a", "b"]);
     for tag in ["a", "b"] {
         assert_served(&registry, "tagged", tag, OCI_MANIFEST, &manifest, &digest).await;
     }
@@ -924,9 +847,9 @@ async fn accept_excluding_the_stored_media_type_is_manifest_unknown() {
     let resp = registry
         .put_manifest("multi", "latest", OCI_INDEX, &index)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let resp = get_manifest(&registry, "multi", "latest", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
 }
 
@@ -943,10 +866,10 @@ async fn accept_wildcard_or_absent_serves_any_media_type() {
     let resp = registry
         .put_manifest("multi", "latest", OCI_INDEX, &index)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
 
     let resp = get_manifest(&registry, "multi", "latest", "*/*").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-type"), OCI_INDEX);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), index.as_slice());
 
@@ -972,12 +895,7 @@ async fn manifest_with_subject_returns_oci_subject_even_if_the_subject_is_missin
     let resp = registry
         .put_manifest("signed", &digest, OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(header_str(&resp, "oci-subject"), subject);
     assert_served(
         &registry,
@@ -998,7 +916,7 @@ async fn manifest_without_subject_has_no_oci_subject_header() {
     let resp = registry
         .put_manifest("plain", "v1", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert!(resp.headers().get("oci-subject").is_none());
 }
 
@@ -1010,10 +928,10 @@ async fn unknown_tag_is_manifest_unknown() {
     let registry = TestRegistry::start().await;
     registry.push_image("team/app", "v1", b"layer").await;
     let resp = get_manifest(&registry, "team/app", "v2", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     let resp = head_manifest(&registry, "team/app", "v2").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -1022,7 +940,7 @@ async fn unknown_digest_is_manifest_unknown() {
     registry.push_image("team/app", "v1", b"layer").await;
     let digest = sha256_digest(b"not a manifest here");
     let resp = get_manifest(&registry, "team/app", &digest, OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
 }
 
@@ -1031,14 +949,14 @@ async fn manifest_of_another_repository_is_not_served_by_digest() {
     let registry = TestRegistry::start().await;
     let (_, digest) = registry.push_image("owner", "v1", b"layer").await;
     let resp = get_manifest(&registry, "other", &digest, OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
 async fn unknown_repository_is_404() {
     let registry = TestRegistry::start().await;
     let resp = get_manifest(&registry, "no/such/repo", "latest", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     let code = error_code(resp).await;
     assert!(
         code == "NAME_UNKNOWN" || code == "MANIFEST_UNKNOWN",
@@ -1054,13 +972,13 @@ async fn put_with_an_invalid_tag_is_rejected() {
     let resp = registry
         .put_manifest("team/app", "good", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let too_long = "a".repeat(129);
     for tag in [".bad", "-bad", too_long.as_str()] {
         let resp = registry
             .put_manifest("team/app", tag, OCI_MANIFEST, &manifest)
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "tag {tag:?}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("tag {tag:?}")).await;
         error_code(resp).await;
     }
     // A tag of exactly 128 characters is fine.
@@ -1068,11 +986,8 @@ async fn put_with_an_invalid_tag_is_rejected() {
     let resp = registry
         .put_manifest("team/app", &longest, OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    assert_eq!(
-        tags(&registry, "team/app").await,
-        [longest.as_str(), "good"]
-    );
+    expect_status(resp, StatusCode::CREATED).await;
+    assert_eq!(registry.tags("team/app").await, [longest.as_str(), "good"]);
 }
 
 #[tokio::test]
@@ -1089,9 +1004,9 @@ async fn put_with_an_invalid_tag_parameter_is_rejected_and_creates_nothing() {
             &manifest,
         )
         .await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    expect_status(resp, StatusCode::BAD_REQUEST).await;
     let resp = get_manifest(&registry, "team/app", "ok", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1101,10 +1016,10 @@ async fn put_with_an_invalid_tag_parameter_is_rejected_and_creates_nothing() {
 async fn delete_by_tag_removes_the_tag_but_not_the_manifest() {
     let registry = TestRegistry::start().await;
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
-    let resp = delete_manifest(&registry, "team/app", "v1").await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = registry.delete_manifest("team/app", "v1").await;
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = get_manifest(&registry, "team/app", "v1", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     assert_served(
         &registry,
@@ -1115,7 +1030,7 @@ async fn delete_by_tag_removes_the_tag_but_not_the_manifest() {
         &digest,
     )
     .await;
-    assert!(tags(&registry, "team/app").await.is_empty());
+    assert!(registry.tags("team/app").await.is_empty());
 }
 
 #[tokio::test]
@@ -1125,19 +1040,19 @@ async fn delete_by_digest_removes_the_manifest_and_its_tags() {
     let resp = registry
         .put_manifest("team/app", "two", OCI_MANIFEST, &manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let (other, other_digest) = registry
         .push_image("team/app", "other", b"other layer")
         .await;
 
-    let resp = delete_manifest(&registry, "team/app", &digest).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = registry.delete_manifest("team/app", &digest).await;
+    expect_status(resp, StatusCode::ACCEPTED).await;
     for reference in [digest.as_str(), "one", "two"] {
         let resp = get_manifest(&registry, "team/app", reference, OCI_MANIFEST).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{reference}");
+        let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
         assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     }
-    assert_eq!(tags(&registry, "team/app").await, ["other"]);
+    assert_eq!(registry.tags("team/app").await, ["other"]);
     assert_served(
         &registry,
         "team/app",
@@ -1155,10 +1070,10 @@ async fn delete_by_digest_leaves_other_repositories_alone() {
     let (manifest, digest) = registry.push_image("first", "v1", b"shared layer").await;
     let (again, same_digest) = registry.push_image("second", "v1", b"shared layer").await;
     assert_eq!((&manifest, &digest), (&again, &same_digest));
-    let resp = delete_manifest(&registry, "first", &digest).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = registry.delete_manifest("first", &digest).await;
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = get_manifest(&registry, "first", &digest, OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_served(&registry, "second", "v1", OCI_MANIFEST, &manifest, &digest).await;
 }
 
@@ -1168,12 +1083,12 @@ async fn delete_unknown_manifest_is_404() {
     registry.push_image("team/app", "v1", b"layer").await;
     let unknown = sha256_digest(b"unknown");
     for reference in ["v2", unknown.as_str()] {
-        let resp = delete_manifest(&registry, "team/app", reference).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{reference}");
+        let resp = registry.delete_manifest("team/app", reference).await;
+        let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
         assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     }
-    let resp = delete_manifest(&registry, "no/such/repo", "v1").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = registry.delete_manifest("no/such/repo", "v1").await;
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1247,7 +1162,7 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
     }
 
     let resp = get_manifest(&registry, "race", "contended", OCI_MANIFEST).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let digest = header_str(&resp, "docker-content-digest").to_owned();
     let body = resp.bytes().await.unwrap();
     assert_eq!(
@@ -1271,7 +1186,7 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
         );
     }
     assert!(history.last().unwrap().ends_with(hex_of(&digest)));
-    assert_eq!(tags(&registry, "race").await, ["contended"]);
+    assert_eq!(registry.tags("race").await, ["contended"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,18 +1,9 @@
 //! HTTPS: Berth with `tls_cert`/`tls_key` serves the API over TLS, HTTP/1.1
 //! and HTTP/2 by ALPN, to a real client (curl) that trusts the test CA.
 
-mod common;
-
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::TestRegistry;
-
-fn testdata(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/testdata")
-        .join(file)
-}
+use crate::support::{testdata, TestRegistry};
 
 async fn start_tls() -> TestRegistry {
     TestRegistry::start_with(|config| {
@@ -67,7 +58,7 @@ async fn a_blob_pushed_over_https_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("blob");
     std::fs::write(&content, b"over tls").unwrap();
-    let digest = common::sha256_digest(b"over tls");
+    let digest = crate::support::sha256_digest(b"over tls");
     let path = format!("/v2/secure/app/blobs/uploads/?digest={digest}");
     let (_, status, _) = curl(
         &registry,
@@ -150,7 +141,7 @@ async fn the_token_realm_offered_over_https_is_https() {
             &htpasswd,
             "alice",
             "pw",
-            common::TEST_BCRYPT_COST,
+            crate::support::TEST_BCRYPT_COST,
         )
         .unwrap();
         config.auth = Some(berth::auth::AuthConfig {

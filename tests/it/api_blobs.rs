@@ -2,9 +2,10 @@
 //! headers, Range requests, per-repository visibility, and the validation of
 //! digests and repository names in the path.
 
-mod common;
-
-use common::{error_code, get, header_str, pattern, sha256_digest, sha512_digest, TestRegistry};
+use crate::support::{
+    error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
+    sha512_digest, TestRegistry,
+};
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,7 +96,7 @@ async fn get_blob_returns_content_with_length_digest_type_and_accept_ranges() {
     let content = pattern(1000);
     let digest = registry.push_blob("team/app", &content).await;
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), "1000");
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(header_str(&resp, "accept-ranges"), "bytes");
@@ -117,7 +118,7 @@ async fn head_blob_has_the_get_headers_and_an_empty_body() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), "777");
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(header_str(&resp, "accept-ranges"), "bytes");
@@ -137,7 +138,7 @@ async fn get_unknown_blob_is_404_blob_unknown() {
     registry.push_blob("team/app", b"something else").await;
     let digest = sha256_digest(b"never pushed");
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     let resp = registry
         .client
@@ -145,7 +146,7 @@ async fn get_unknown_blob_is_404_blob_unknown() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert!(resp.bytes().await.unwrap().is_empty());
 }
 
@@ -156,7 +157,7 @@ async fn blob_is_visible_only_in_repositories_that_link_it() {
     let digest = registry.push_blob("team/a", &content).await;
     // The content exists in the store, but team/b never linked it.
     let resp = get(&registry, &format!("/v2/team/b/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     let resp = registry
         .client
@@ -164,18 +165,18 @@ async fn blob_is_visible_only_in_repositories_that_link_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
     let resp = get_range(
         &registry,
         &format!("/v2/team/b/blobs/{digest}"),
         "bytes=0-3",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     // Still readable where it was pushed.
     let resp = get(&registry, &format!("/v2/team/a/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
 }
 
@@ -190,14 +191,14 @@ async fn range_a_to_b_is_206_with_content_range() {
         "bytes=10-19",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 10-19/100");
     assert_eq!(header_str(&resp, "content-length"), "10");
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[10..20]);
     // A single byte.
     let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), "bytes=0-0").await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 0-0/100");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[..1]);
 }
@@ -208,7 +209,7 @@ async fn range_open_ended_is_206_to_the_last_byte() {
     let content = pattern(100);
     let digest = registry.push_blob("r/app", &content).await;
     let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), "bytes=90-").await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 90-99/100");
     assert_eq!(header_str(&resp, "content-length"), "10");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[90..]);
@@ -220,7 +221,7 @@ async fn range_suffix_is_206_with_the_last_n_bytes() {
     let content = pattern(100);
     let digest = registry.push_blob("r/app", &content).await;
     let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), "bytes=-5").await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 95-99/100");
     assert_eq!(header_str(&resp, "content-length"), "5");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[95..]);
@@ -231,7 +232,7 @@ async fn range_suffix_is_206_with_the_last_n_bytes() {
         "bytes=-500",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 0-99/100");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
 }
@@ -247,7 +248,7 @@ async fn range_end_beyond_the_blob_is_clamped() {
         "bytes=50-100000",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes 50-99/100");
     assert_eq!(header_str(&resp, "content-length"), "50");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[50..]);
@@ -260,7 +261,7 @@ async fn range_starting_beyond_the_blob_is_416_with_content_range_star() {
     let digest = registry.push_blob("r/app", &content).await;
     for range in ["bytes=100-", "bytes=100-200", "bytes=5000-5001"] {
         let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), range).await;
-        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        let resp = expect_status_of(resp, StatusCode::RANGE_NOT_SATISFIABLE, range).await;
         assert_eq!(header_str(&resp, "content-range"), "bytes */100", "{range}");
     }
     // The blob is intact.
@@ -278,7 +279,7 @@ async fn inverted_range_is_416_with_content_range_star() {
         "bytes=20-10",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let resp = expect_status(resp, StatusCode::RANGE_NOT_SATISFIABLE).await;
     assert_eq!(header_str(&resp, "content-range"), "bytes */100");
 }
 
@@ -288,7 +289,7 @@ async fn range_on_a_zero_length_blob_is_416() {
     let digest = registry.push_blob("r/app", b"").await;
     for range in ["bytes=0-0", "bytes=0-", "bytes=-1"] {
         let resp = get_range(&registry, &format!("/v2/r/app/blobs/{digest}"), range).await;
-        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        let resp = expect_status_of(resp, StatusCode::RANGE_NOT_SATISFIABLE, range).await;
         assert_eq!(header_str(&resp, "content-range"), "bytes */0", "{range}");
     }
 }
@@ -304,7 +305,7 @@ async fn multiple_ranges_are_ignored_and_the_whole_blob_is_sent() {
         "bytes=0-9,20-29",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert!(resp.headers().get("content-range").is_none());
     assert_eq!(header_str(&resp, "content-length"), "100");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
@@ -322,9 +323,9 @@ async fn delete_blob_is_202_then_404_in_that_repository_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = get(&registry, &format!("/v2/team/a/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     let resp = registry
         .client
@@ -332,10 +333,10 @@ async fn delete_blob_is_202_then_404_in_that_repository_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
     // team/b still has it, byte for byte.
     let resp = get(&registry, &format!("/v2/team/b/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
     // A second delete in team/a finds nothing.
@@ -345,7 +346,7 @@ async fn delete_blob_is_202_then_404_in_that_repository_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
 }
 
@@ -360,7 +361,7 @@ async fn delete_unknown_blob_is_404_blob_unknown() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     let resp = get(&registry, &format!("/v2/team/a/blobs/{kept}")).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), b"kept");
@@ -381,7 +382,7 @@ async fn invalid_digest_in_path_is_400_digest_invalid() {
     for d in &bad {
         let path = format!("/v2/team/app/blobs/{d}");
         let resp = get(&registry, &path).await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "GET {d}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("GET {d}")).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "GET {d}");
         let resp = registry
             .client
@@ -389,19 +390,19 @@ async fn invalid_digest_in_path_is_400_digest_invalid() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "HEAD {d}");
+        expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("HEAD {d}")).await;
         let resp = registry
             .client
             .delete(registry.url(&path))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "DELETE {d}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("DELETE {d}")).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "DELETE {d}");
     }
     // Nothing was deleted by the uppercase spelling of the real digest.
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
 }
 
@@ -410,7 +411,7 @@ async fn uppercase_repository_name_is_400_name_invalid() {
     let registry = TestRegistry::start().await;
     let digest = sha256_digest(b"x");
     let resp = get(&registry, &format!("/v2/UPPER/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     let resp = registry
         .client
@@ -418,14 +419,14 @@ async fn uppercase_repository_name_is_400_name_invalid() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    expect_status(resp, StatusCode::BAD_REQUEST).await;
     let resp = registry
         .client
         .delete(registry.url(&format!("/v2/UPPER/blobs/{digest}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     let resp = registry
         .client
@@ -433,7 +434,7 @@ async fn uppercase_repository_name_is_400_name_invalid() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     assert!(
         !registry.storage_root().join("repositories/UPPER").exists(),
@@ -457,7 +458,7 @@ async fn empty_name_component_is_400_name_invalid() {
     }
     // reqwest keeps empty segments too.
     let resp = get(&registry, &format!("/v2/a//b/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
 }
 
@@ -487,7 +488,7 @@ async fn dot_dot_name_components_are_400_name_invalid() {
     assert_eq!(resp.error_code(), "NAME_INVALID");
     // x's blob was not touched.
     let resp = get(&registry, &format!("/v2/x/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
 }
 
@@ -497,17 +498,17 @@ async fn name_longer_than_255_characters_is_400_name_invalid() {
     let digest = sha256_digest(b"x");
     let too_long = "a".repeat(256);
     let resp = get(&registry, &format!("/v2/{too_long}/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     let nested = format!("{}/{}", "a".repeat(128), "b".repeat(127));
     assert_eq!(nested.len(), 256);
     let resp = get(&registry, &format!("/v2/{nested}/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     // 255 characters is a valid name: the blob is merely unknown there.
     let longest = "a".repeat(255);
     let resp = get(&registry, &format!("/v2/{longest}/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
 }
 
@@ -524,14 +525,14 @@ async fn sha512_blob_push_and_fetch() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(
         header_str(&resp, "location"),
         format!("/v2/team/app/blobs/{digest}")
     );
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(header_str(&resp, "content-length"), "5000");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
@@ -541,7 +542,7 @@ async fn sha512_blob_push_and_fetch() {
         "bytes=4990-",
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &content[4990..]);
 
@@ -552,16 +553,19 @@ async fn sha512_blob_push_and_fetch() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     let location = registry.location(&resp);
     let resp = registry
         .client
-        .put(common::with_query(&location, &format!("digest={digest}")))
+        .put(crate::support::with_query(
+            &location,
+            &format!("digest={digest}"),
+        ))
         .body(content.clone())
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = expect_status(resp, StatusCode::CREATED).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     let resp = registry
         .client
@@ -569,7 +573,7 @@ async fn sha512_blob_push_and_fetch() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     assert_eq!(header_str(&resp, "content-length"), "5000");
     // The sha256 name of the same bytes is not linked anywhere.
@@ -578,7 +582,7 @@ async fn sha512_blob_push_and_fetch() {
         &format!("/v2/team/app/blobs/{}", sha256_digest(&content)),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -595,11 +599,11 @@ async fn zero_length_blob_push_head_and_get() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), "0");
     assert_eq!(header_str(&resp, "docker-content-digest"), digest);
     let resp = get(&registry, &format!("/v2/team/app/blobs/{digest}")).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), "0");
     assert!(resp.bytes().await.unwrap().is_empty());
     // Monolithic, in another repository.
@@ -610,13 +614,13 @@ async fn zero_length_blob_push_head_and_get() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let resp = registry
         .client
         .head(registry.url(&format!("/v2/team/other/blobs/{digest}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "content-length"), "0");
 }

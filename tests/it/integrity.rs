@@ -3,19 +3,16 @@
 //! match its digest; a full disk (a real size-limited tmpfs) refuses pushes
 //! cleanly and keeps pulls working.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth::{Config, RunningServer};
-use common::{
-    error_code, get, image_manifest, pattern, sha256_digest, with_query, TestRegistry, OCI_MANIFEST,
+use crate::support::{
+    error_code, expect_status, expect_status_of, get, image_manifest, pattern, sha256_digest,
+    with_query, TestRegistry, BERTH, OCI_MANIFEST,
 };
+use berth::{Config, RunningServer};
 use reqwest::{header, StatusCode};
 use sha2::{Digest as _, Sha256};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 /// What `berth fsck` said: exit success, and its output lines.
 struct Fsck {
@@ -283,10 +280,7 @@ async fn repair_quarantines_a_corrupt_blob_and_a_second_run_reports_what_remains
     // The server no longer has the blob; pushing the content again heals it.
     let registry = restart(image.registry).await;
     let path_url = format!("/v2/team/app/blobs/{}", image.layer_digest);
-    assert_eq!(
-        get(&registry, &path_url).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    expect_status(get(&registry, &path_url).await, StatusCode::NOT_FOUND).await;
     registry.push_blob("team/app", &image.layer).await;
     let healed = fsck(registry.data.path(), false);
     assert!(healed.ok, "{:#?}", healed.lines);
@@ -306,11 +300,7 @@ async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
     let url = format!("/v2/team/app/blobs/{}", image.layer_digest);
 
     let resp = get(&registry, &url).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::OK,
-        "headers go out before the body"
-    );
+    let resp = expect_status_of(resp, StatusCode::OK, "headers go out before the body").await;
     // Content-Length promised the whole blob: a client sees the cut as a
     // failed transfer.
     let body = read_body(resp).await;
@@ -322,7 +312,7 @@ async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
     assert!(quarantine_path(&registry, &image.layer_digest).exists());
     assert!(!blob_path(&registry, &image.layer_digest).exists());
     let resp = get(&registry, &url).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
 }
 
@@ -342,7 +332,7 @@ async fn a_range_of_an_unverified_corrupt_blob_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     assert!(quarantine_path(&registry, &image.layer_digest).exists());
 }
@@ -359,10 +349,10 @@ async fn an_intact_blob_is_served_whole_and_in_ranges_after_a_restart() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(read_body(resp).await.unwrap(), &image.layer[100..200]);
     let resp = get(&registry, &url).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(read_body(resp).await.unwrap(), image.layer);
     let resp = get(&registry, "/v2/team/app/manifests/v1").await;
     assert_eq!(read_body(resp).await.unwrap(), image.manifest);
@@ -380,11 +370,11 @@ async fn a_corrupt_small_blob_or_manifest_is_not_served() {
         &format!("/v2/team/app/blobs/{}", image.config_digest),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
     for reference in ["v1", image.manifest_digest.as_str()] {
         let resp = get(&registry, &format!("/v2/team/app/manifests/{reference}")).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
         assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     }
     assert!(quarantine_path(&registry, &image.config_digest).exists());
@@ -550,7 +540,7 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
+        expect_status(resp, StatusCode::CREATED).await;
         digests.push(digest);
     }
     let manifest = image_manifest(
@@ -565,10 +555,11 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
             .body(body)
             .send()
     };
-    assert_eq!(
-        put_manifest("v1", manifest.clone()).await.unwrap().status(),
-        StatusCode::CREATED
-    );
+    expect_status(
+        put_manifest("v1", manifest.clone()).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
 
     // Fill the disk, then leave 200 KiB: a session can start, 400 KiB cannot land.
     let filler = mount_point.join("filler");
@@ -584,7 +575,7 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     let session = absolute(&resp);
     let id = session
         .split('?')
@@ -669,7 +660,7 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
         format!("/v2/full/app/blobs/{big_digest}"),
     ] {
         let resp = client.get(url(&path)).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        expect_status(resp, StatusCode::NOT_FOUND).await;
     }
     let tags: serde_json::Value = client
         .get(url("/v2/full/app/tags/list"))
@@ -692,7 +683,7 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = client
         .put(with_query(
             &absolute(&resp),
@@ -701,9 +692,9 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let resp = put_manifest("v2", other.clone()).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let resp = client
         .get(url(&format!("/v2/full/app/blobs/{big_digest}")))
         .send()

@@ -1,37 +1,16 @@
 //! Tag retention (`[[lifecycle.retention]]`), alone and as the first step of
 //! a lifecycle run.
 
-mod common;
-mod lifecycle_support;
-
 use std::time::Duration;
 
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
+use crate::support::TestRegistry;
 use berth::oci::{RepositoryName, Tag};
 use berth::registry::{GcOptions, LifecycleConfig};
-use common::TestRegistry;
-use lifecycle_support::{age, collector, get_bytes, stored_blobs, Image};
 use reqwest::StatusCode;
 
 fn lifecycle(toml: &str) -> LifecycleConfig {
     toml::from_str(toml).unwrap()
-}
-
-async fn uncached() -> TestRegistry {
-    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
-}
-
-async fn tags(registry: &TestRegistry, name: &str) -> Vec<String> {
-    let (status, body) = get_bytes(registry, &format!("/v2/{name}/tags/list")).await;
-    assert_eq!(status, StatusCode::OK);
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let mut tags: Vec<String> = body["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_owned())
-        .collect();
-    tags.sort();
-    tags
 }
 
 fn removed(report: &berth::registry::RetentionReport) -> Vec<String> {
@@ -45,7 +24,7 @@ fn removed(report: &berth::registry::RetentionReport) -> Vec<String> {
 }
 
 /// Pushes one small image per tag, in this order (so later tags are newer).
-async fn push_tags(registry: &TestRegistry, name: &str, tags: &[&str]) {
+async fn push_images_tagged(registry: &TestRegistry, name: &str, tags: &[&str]) {
     for tag in tags {
         Image::new(tag, &[format!("layer of {tag}").as_bytes()])
             .push(registry, name, tag)
@@ -56,7 +35,7 @@ async fn push_tags(registry: &TestRegistry, name: &str, tags: &[&str]) {
 #[tokio::test]
 async fn keep_newest_keeps_the_most_recently_changed_tags_and_drops_the_others_history() {
     let registry = uncached().await;
-    push_tags(&registry, "app", &["dev-1", "dev-2", "dev-3", "latest"]).await;
+    push_images_tagged(&registry, "app", &["dev-1", "dev-2", "dev-3", "latest"]).await;
     let rules = lifecycle(
         r#"
         [[retention]]
@@ -70,7 +49,7 @@ async fn keep_newest_keeps_the_most_recently_changed_tags_and_drops_the_others_h
     assert_eq!(removed(&report), ["app:dev-1"]);
     // The entry of its push; its removal leaves no history behind.
     assert_eq!(report.history_entries_removed, 1);
-    assert_eq!(tags(&registry, "app").await, ["dev-2", "dev-3", "latest"]);
+    assert_eq!(registry.tags("app").await, ["dev-2", "dev-3", "latest"]);
     let history = retention
         .tag_history(
             &RepositoryName::parse("app").unwrap(),
@@ -84,9 +63,9 @@ async fn keep_newest_keeps_the_most_recently_changed_tags_and_drops_the_others_h
 #[tokio::test]
 async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
     let registry = uncached().await;
-    push_tags(&registry, "app", &["nightly-1", "nightly-2", "nightly-3"]).await;
+    push_images_tagged(&registry, "app", &["nightly-1", "nightly-2", "nightly-3"]).await;
     age(&registry.storage_root(), Duration::from_secs(3 * 3600));
-    push_tags(&registry, "app", &["nightly-4"]).await;
+    push_images_tagged(&registry, "app", &["nightly-4"]).await;
     let report = collector(
         &registry,
         lifecycle(
@@ -105,10 +84,10 @@ async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
         removed(&report),
         ["app:nightly-1", "app:nightly-2", "app:nightly-3"]
     );
-    assert_eq!(tags(&registry, "app").await, ["nightly-4"]);
+    assert_eq!(registry.tags("app").await, ["nightly-4"]);
 
     // keep_newest keeps old tags too, when they are among the newest.
-    push_tags(&registry, "other", &["n-1", "n-2", "n-3"]).await;
+    push_images_tagged(&registry, "other", &["n-1", "n-2", "n-3"]).await;
     age(&registry.storage_root(), Duration::from_secs(3 * 3600));
     let report = collector(
         &registry,
@@ -126,13 +105,13 @@ async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
     .await
     .unwrap();
     assert_eq!(removed(&report), ["other:n-1"]);
-    assert_eq!(tags(&registry, "other").await, ["n-2", "n-3"]);
+    assert_eq!(registry.tags("other").await, ["n-2", "n-3"]);
 }
 
 #[tokio::test]
 async fn the_first_matching_rule_decides() {
     let registry = uncached().await;
-    push_tags(&registry, "app", &["v1", "v2", "old", "newer"]).await;
+    push_images_tagged(&registry, "app", &["v1", "v2", "old", "newer"]).await;
     let report = collector(
         &registry,
         lifecycle(
@@ -152,13 +131,13 @@ async fn the_first_matching_rule_decides() {
     .unwrap();
     // v1 and v2 match the first rule (kept forever), not the catch-all.
     assert_eq!(removed(&report), ["app:old"]);
-    assert_eq!(tags(&registry, "app").await, ["newer", "v1", "v2"]);
+    assert_eq!(registry.tags("app").await, ["newer", "v1", "v2"]);
 }
 
 #[tokio::test]
 async fn immutable_tags_are_never_removed() {
     let registry = uncached().await;
-    push_tags(&registry, "app", &["prod-1", "dev"]).await;
+    push_images_tagged(&registry, "app", &["prod-1", "dev"]).await;
     let report = collector(
         &registry,
         lifecycle(
@@ -177,13 +156,13 @@ async fn immutable_tags_are_never_removed() {
     .await
     .unwrap();
     assert_eq!(removed(&report), ["app:dev"]);
-    assert_eq!(tags(&registry, "app").await, ["prod-1"]);
+    assert_eq!(registry.tags("app").await, ["prod-1"]);
 }
 
 #[tokio::test]
 async fn tags_without_history_age_by_their_link() {
     let registry = uncached().await;
-    push_tags(
+    push_images_tagged(
         &registry,
         "app",
         &["from-distribution", "also-from-distribution"],
@@ -211,13 +190,13 @@ async fn tags_without_history_age_by_their_link() {
     .await
     .unwrap();
     assert_eq!(removed(&report), ["app:from-distribution"]);
-    assert_eq!(tags(&registry, "app").await, ["also-from-distribution"]);
+    assert_eq!(registry.tags("app").await, ["also-from-distribution"]);
 }
 
 #[tokio::test]
 async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does_it() {
     let registry = uncached().await;
-    push_tags(&registry, "app", &["dev-1", "dev-2"]).await;
+    push_images_tagged(&registry, "app", &["dev-1", "dev-2"]).await;
     let gone = Image::new("dev-1", &[b"layer of dev-1"]);
     let stays = Image::new("dev-2", &[b"layer of dev-2"]);
     age(&registry.storage_root(), Duration::from_secs(2 * 3600));
@@ -242,7 +221,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
     assert_eq!(removed(&dry.retention), ["app:dev-1"]);
     assert_eq!(dry.gc.manifests_removed, 1, "the removed tag's image");
     assert_eq!(dry.gc.blobs_removed, 3);
-    assert_eq!(tags(&registry, "app").await, ["dev-1", "dev-2"]);
+    assert_eq!(registry.tags("app").await, ["dev-1", "dev-2"]);
     assert_eq!(stored_blobs(&registry.storage_root()), blobs_before);
 
     let run = gc.run_lifecycle(&GcOptions::default()).await.unwrap();
@@ -250,7 +229,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
     assert_eq!(run.gc.manifests_removed, 1);
     assert_eq!(run.gc.blobs_removed, 3);
     assert_eq!(run.gc.bytes_removed, dry.gc.bytes_removed);
-    assert_eq!(tags(&registry, "app").await, ["dev-2"]);
+    assert_eq!(registry.tags("app").await, ["dev-2"]);
     stays.assert_intact(&registry, "app").await;
     let manifest = format!("/v2/app/manifests/{}", gone.digest);
     assert_eq!(

@@ -1,18 +1,17 @@
 //! Helpers shared by the lifecycle tests (garbage collection, retention,
 //! upload expiry): making stored data older, a collector over a server's
 //! data directory, and pushing and pulling whole images.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth::registry::{LifecycleConfig, Registry};
 use berth::Config;
 use reqwest::StatusCode;
 
-use crate::common::{image_manifest, sha256_digest, TestRegistry, OCI_MANIFEST};
+use crate::support::{expect_status, image_manifest, sha256_digest, TestRegistry, OCI_MANIFEST};
 
 /// Makes everything stored `by` older, as if that much time had passed:
 /// every file's modification time, and the times in tag history entry names.
@@ -117,12 +116,7 @@ impl Image {
         let resp = registry
             .put_manifest(name, reference, OCI_MANIFEST, &self.manifest)
             .await;
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "{:?}",
-            resp.text().await
-        );
+        expect_status(resp, StatusCode::CREATED).await;
     }
 
     /// Pulls the image by digest and checks every byte.
@@ -139,6 +133,12 @@ impl Image {
     }
 }
 
+/// A server that reads storage on every request, so another process's
+/// collection shows at once.
+pub async fn uncached() -> TestRegistry {
+    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
+}
+
 /// Status and body of a GET.
 pub async fn get_bytes(registry: &TestRegistry, path: &str) -> (StatusCode, Vec<u8>) {
     let resp = registry
@@ -149,22 +149,4 @@ pub async fn get_bytes(registry: &TestRegistry, path: &str) -> (StatusCode, Vec<
         .unwrap();
     let status = resp.status();
     (status, resp.bytes().await.unwrap().to_vec())
-}
-
-/// Status of a DELETE.
-pub async fn delete(registry: &TestRegistry, path: &str) -> StatusCode {
-    registry
-        .client
-        .delete(registry.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-pub fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }

@@ -1,81 +1,10 @@
 //! The `berth` binary itself: flags, config precedence, logs, graceful shutdown.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::support::{ServeProcess, BERTH};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// A `berth serve` child process on an ephemeral port; killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-    log: BufReader<std::process::ChildStderr>,
-}
-
-impl Served {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
-        let mut command = Command::new(BERTH);
-        command
-            .arg("serve")
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("berth starts");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            line.clear();
-            assert!(
-                Instant::now() < deadline,
-                "berth did not report its address"
-            );
-            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
-            if let Some(rest) = line.split("listen").nth(1) {
-                let addr: String = rest
-                    .trim_start_matches(['=', '"', ':'])
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                break addr;
-            }
-        };
-        Served { child, addr, log }
-    }
-
-    fn request(&self, raw: &str) -> String {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream.write_all(raw.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    }
-
-    fn next_log_line(&mut self) -> String {
-        let mut line = String::new();
-        self.log.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn terminate(&self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn version_flag_prints_the_version() {
@@ -104,14 +33,14 @@ fn flags_override_env_which_overrides_the_config_file() {
     .unwrap();
     let config = config.to_str().unwrap();
 
-    let served = Served::start(&["--config", config], &[]);
+    let served = ServeProcess::start(&["--config", config], &[]);
     drop(served);
     assert!(
         from_file.join("docker/registry/v2").is_dir(),
         "file's data_dir used"
     );
 
-    let served = Served::start(
+    let served = ServeProcess::start(
         &["--config", config],
         &[("BERTH_DATA_DIR", from_env.to_str().unwrap())],
     );
@@ -121,7 +50,7 @@ fn flags_override_env_which_overrides_the_config_file() {
         "env beats file"
     );
 
-    let served = Served::start(
+    let served = ServeProcess::start(
         &[
             "--config",
             config,
@@ -153,7 +82,7 @@ fn a_bad_config_file_is_refused_with_a_message() {
 #[test]
 fn json_logs_have_one_line_per_request_without_query_strings() {
     let dir = tempfile::tempdir().unwrap();
-    let mut served = Served::start(
+    let mut served = ServeProcess::start(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -183,7 +112,7 @@ fn json_logs_have_one_line_per_request_without_query_strings() {
 #[test]
 fn sigterm_lets_an_in_flight_upload_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(
+    let served = ServeProcess::start(
         &[
             "--listen",
             "127.0.0.1:0",

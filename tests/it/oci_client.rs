@@ -1,9 +1,9 @@
 //! Round trips with a third-party client: the `oci-client` crate (what
 //! wasmtime, krustlet and others use), over plain HTTP.
 
-mod common;
-
-use common::{sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST};
+use crate::support::{
+    expect_status, random_bytes, sha256_digest, TestRegistry, OCI_INDEX, OCI_MANIFEST,
+};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer, PushResponse};
 use oci_client::manifest::{
     ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, IMAGE_CONFIG_MEDIA_TYPE,
@@ -36,25 +36,12 @@ fn reference(registry: &TestRegistry, repository_and_tag: &str) -> Reference {
         .expect("valid reference")
 }
 
-/// Deterministic, incompressible-looking bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u8
-        })
-        .collect()
-}
-
 /// Two layers: a small tar one, and a gzip one larger than the client's
 /// 4 MiB chunk so a chunked push needs several PATCHes.
 fn layers() -> Vec<ImageLayer> {
     vec![
         ImageLayer::oci_v1(b"first layer: a tar stream".to_vec(), None),
-        ImageLayer::oci_v1_gzip(pseudo_random(5 * 1024 * 1024 + 123, 7), None),
+        ImageLayer::oci_v1_gzip(random_bytes(5 * 1024 * 1024 + 123, 7), None),
     ]
 }
 
@@ -78,7 +65,7 @@ async fn raw_manifest(registry: &TestRegistry, name: &str, reference: &str) -> (
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let digest = resp.headers()["docker-content-digest"]
         .to_str()
         .unwrap()

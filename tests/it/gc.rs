@@ -1,18 +1,18 @@
 //! Garbage collection, upload expiry and `berth gc`, against a real server
 //! on a real socket and its data directory.
 
-mod common;
-mod lifecycle_support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
+use crate::support::{
+    error_code, expect_status, expect_status_of, sha256_digest, with_query, TestRegistry, BERTH,
+    OCI_INDEX, OCI_MANIFEST,
+};
 use berth::registry::lifecycle::UntaggedManifests;
 use berth::registry::{GcOptions, GcReport, LifecycleConfig};
-use common::{error_code, sha256_digest, with_query, TestRegistry, OCI_INDEX, OCI_MANIFEST};
-use lifecycle_support::{age, collector, delete, get_bytes, stored_blobs, Image};
 use reqwest::StatusCode;
 
 const TWO_HOURS: Duration = Duration::from_secs(2 * 3600);
@@ -24,12 +24,6 @@ fn deleting() -> LifecycleConfig {
         history_keep: 0,
         ..LifecycleConfig::default()
     }
-}
-
-/// A server that reads storage on every request, so another process's
-/// collection shows at once.
-async fn uncached() -> TestRegistry {
-    TestRegistry::start_with(|c| c.cache_ttl_ms = 0).await
 }
 
 async fn collect(registry: &TestRegistry, lifecycle: LifecycleConfig) -> GcReport {
@@ -50,10 +44,11 @@ async fn kept_dropped_and_stray(registry: &TestRegistry) -> (Image, Image, Strin
     kept.push(registry, "app", "stable").await;
     dropped.push(registry, "app", "old").await;
     let stray = registry.push_blob("app", b"never referenced").await;
-    assert_eq!(
-        delete(registry, "/v2/app/manifests/old").await,
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "old").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     (kept, dropped, stray)
 }
 
@@ -168,7 +163,7 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     let resp = registry
         .put_manifest("app", "multi", OCI_INDEX, &index.manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let sbom = artifact_of("sbom", &index, OCI_INDEX);
     sbom.push(&registry, "app", &sbom.digest).await;
     let signature = artifact_of("signature", &sbom, OCI_MANIFEST);
@@ -187,10 +182,11 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     let referrers: serde_json::Value = serde_json::from_slice(&referrers).unwrap();
     assert_eq!(referrers["manifests"][0]["digest"], sbom.digest.as_str());
 
-    assert_eq!(
-        delete(&registry, "/v2/app/manifests/multi").await,
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "multi").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     age(&registry.storage_root(), TWO_HOURS);
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 5);
@@ -238,10 +234,11 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
     );
 
     // A deleted tag's history still keeps its rollback targets…
-    assert_eq!(
-        delete(&registry, "/v2/app/manifests/live").await,
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "live").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     age(&registry.storage_root(), TWO_HOURS);
     let report = collect(&registry, keep_two).await;
     assert_eq!(report.manifests_removed, 0);
@@ -270,12 +267,12 @@ async fn the_grace_period_spares_fresh_uploads_and_whatever_was_used_again() {
         .send()
         .await
         .unwrap();
-    assert_eq!(mount.status(), StatusCode::CREATED);
+    expect_status(mount, StatusCode::CREATED).await;
     registry.push_blob("a", b"old, uploaded again").await;
     let resp = registry
         .put_manifest("a", &repushed.digest, OCI_MANIFEST, &repushed.manifest)
         .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
 
     let report = collect(&registry, deleting()).await;
     assert_eq!(
@@ -370,17 +367,6 @@ async fn a_dry_run_changes_nothing_and_reports_what_a_run_removes() {
     kept.assert_intact(&registry, "app").await;
 }
 
-async fn start_upload(registry: &TestRegistry, name: &str) -> String {
-    let resp = registry
-        .client
-        .post(registry.url(&format!("/v2/{name}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    registry.location(&resp)
-}
-
 async fn patch(registry: &TestRegistry, location: &str, chunk: &[u8]) -> reqwest::Response {
     registry
         .client
@@ -395,13 +381,12 @@ async fn patch(registry: &TestRegistry, location: &str, chunk: &[u8]) -> reqwest
 #[tokio::test]
 async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     let registry = TestRegistry::start().await;
-    let abandoned = start_upload(&registry, "app").await;
-    assert_eq!(
-        patch(&registry, &abandoned, b"abandoned chunk")
-            .await
-            .status(),
-        StatusCode::ACCEPTED
-    );
+    let abandoned = registry.start_upload("app").await;
+    expect_status(
+        patch(&registry, &abandoned, b"abandoned chunk").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let uploads = registry.storage_root().join("repositories/app/_uploads");
     let orphan = uploads.join(uuid_like());
     std::fs::create_dir_all(&orphan).unwrap();
@@ -411,11 +396,12 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("data"), b"junk").unwrap();
     age(&registry.storage_root(), Duration::from_secs(48 * 3600));
-    let live = start_upload(&registry, "app").await;
-    assert_eq!(
-        patch(&registry, &live, b"live chunk").await.status(),
-        StatusCode::ACCEPTED
-    );
+    let live = registry.start_upload("app").await;
+    expect_status(
+        patch(&registry, &live, b"live chunk").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     let gc = collector(&registry, LifecycleConfig::default());
     let dry = gc.expire_uploads(true).await.unwrap();
@@ -434,23 +420,19 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     );
 
     let resp = patch(&registry, &abandoned, b"more").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     let put = with_query(
         &abandoned,
         &format!("digest={}", sha256_digest(b"abandoned chunk")),
     );
     let resp = registry.client.put(put).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
 
     let put = with_query(&live, &format!("digest={}", sha256_digest(b"live chunk")));
     let resp = registry.client.put(put).send().await.unwrap();
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "a live upload is untouched"
-    );
+    expect_status_of(resp, StatusCode::CREATED, "a live upload is untouched").await;
 }
 
 fn uuid_like() -> String {
@@ -466,7 +448,7 @@ fn uuid_like() -> String {
 }
 
 async fn berth_gc(args: &[&str]) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+    let output = tokio::process::Command::new(BERTH)
         .arg("gc")
         .args(args)
         .output()
@@ -544,10 +526,11 @@ async fn a_server_with_gc_interval_collects_by_itself() {
     kept.push(&registry, "app", "stable").await;
     let dropped = Image::new("dropped", &[b"dropped layer"]);
     dropped.push(&registry, "app", "old").await;
-    assert_eq!(
-        delete(&registry, "/v2/app/manifests/old").await,
-        StatusCode::ACCEPTED
-    );
+    expect_status(
+        registry.delete_manifest("app", "old").await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     while stored_blobs(&registry.storage_root()) != expected {
@@ -609,7 +592,7 @@ async fn push_racing(
         if resp.status() == StatusCode::CREATED {
             continue;
         }
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let resp = expect_status(resp, StatusCode::ACCEPTED).await;
         let put = with_query(&registry.location(&resp), &format!("digest={digest}"));
         let resp = registry
             .client
@@ -618,7 +601,7 @@ async fn push_racing(
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "upload of {digest}");
+        expect_status_of(resp, StatusCode::CREATED, &format!("upload of {digest}")).await;
     }
     let resp = registry
         .put_manifest(name, reference, OCI_MANIFEST, &image.manifest)
@@ -672,8 +655,8 @@ async fn race_client(
                 let mut tags: Vec<_> = log.live.keys().cloned().collect();
                 tags.sort();
                 let tag = tags[choices.next(tags.len())].clone();
-                let path = format!("/v2/{name}/manifests/{tag}");
-                assert_eq!(delete(&registry, &path).await, StatusCode::ACCEPTED);
+                let resp = registry.delete_manifest(&name, &tag).await;
+                expect_status(resp, StatusCode::ACCEPTED).await;
                 let image = log.live.remove(&tag).unwrap();
                 log.deleted.push(image);
             }
@@ -686,11 +669,12 @@ async fn race_client(
                 let resp = registry
                     .put_manifest(&name, &tag, OCI_MANIFEST, &image.manifest)
                     .await;
-                assert_eq!(
-                    resp.status(),
+                expect_status_of(
+                    resp,
                     StatusCode::CREATED,
-                    "re-tag of an image the client holds"
-                );
+                    "re-tag of an image the client holds",
+                )
+                .await;
                 log.live.insert(tag, image);
             }
             _ => {
@@ -709,9 +693,9 @@ async fn race_client(
                         .send()
                         .await
                         .unwrap();
-                    assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
+                    expect_status(cancel, StatusCode::NO_CONTENT).await;
                 } else {
-                    assert_eq!(resp.status(), StatusCode::CREATED);
+                    expect_status(resp, StatusCode::CREATED).await;
                 }
             }
         }
@@ -741,7 +725,7 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..8)
             .map(|i| {
-                common::pattern(300 + i * 1000)
+                crate::support::pattern(300 + i * 1000)
                     .into_iter()
                     .map(|b| b ^ i as u8)
                     .collect()

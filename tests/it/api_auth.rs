@@ -5,23 +5,15 @@
 //! team-a: pull+push on team-a/*), carol (any user: pull+push on public/*),
 //! dave (pull on team-a/*); anonymous clients may pull public/*.
 
-mod common;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use berth::auth::{Grant, RobotStore, TokenIssuer};
-use common::*;
 use reqwest::{Client, Response, StatusCode};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-const SIGNING_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/auth/testdata/ec-p256-pkcs8.pem"
-);
 
 const USERS: &[(&str, &str)] = &[
     ("alice", "alice-pw"),
@@ -99,18 +91,7 @@ fn expected_challenge(registry: &TestRegistry, scope: Option<&str>, error: Optio
 
 /// A token from `GET /auth/token` for `scopes`, as `user` (None: anonymous).
 async fn token(registry: &TestRegistry, user: Option<&str>, scopes: &[&str]) -> String {
-    let mut url = registry.url("/auth/token?service=berth");
-    for scope in scopes {
-        url.push_str(&format!("&scope={scope}"));
-    }
-    let mut request = Client::new().get(url);
-    if let Some(user) = user {
-        request = request.header("authorization", basic(user));
-    }
-    let resp = request.send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
+    crate::support::token(registry, user.map(basic).as_deref(), scopes).await
 }
 
 fn bearer(token: &str) -> Client {
@@ -154,7 +135,7 @@ fn crafted_token(exp: u64, access: serde_json::Value) -> String {
 async fn base_without_credentials_is_401_with_a_bearer_challenge() {
     let registry = start().await;
     let resp = get(&registry, "/v2/").await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
     assert_eq!(error_code(resp).await, "UNAUTHORIZED");
 }
@@ -168,17 +149,17 @@ async fn base_with_valid_credentials_is_200_and_with_a_wrong_password_401() {
         &registry.url("/v2/"),
     )
     .await;
-    assert_eq!(ok.status(), StatusCode::OK);
+    expect_status(ok, StatusCode::OK).await;
     let ok = send(
         &client_with_authorization(&basic("carol")),
         "GET",
         &registry.url("/v2/"),
     )
     .await;
-    assert_eq!(ok.status(), StatusCode::OK);
+    expect_status(ok, StatusCode::OK).await;
     let wrong = client_with_authorization(&basic_auth("carol", "nope"));
     let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), expected_challenge(&registry, None, None));
 }
 
@@ -196,7 +177,8 @@ async fn a_refused_request_names_the_scope_it_needs_in_the_challenge() {
     ];
     for (method, path, scope) in cases {
         let resp = send(&registry.client, method, &registry.url(path)).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let resp =
+            expect_status_of(resp, StatusCode::UNAUTHORIZED, &format!("{method} {path}")).await;
         assert_eq!(
             challenge(&resp),
             expected_challenge(&registry, Some(scope), None),
@@ -210,7 +192,7 @@ async fn basic_challenge_mode_asks_for_basic_credentials() {
     let mut registry =
         TestRegistry::start_with_auth(USERS, &auth_table("challenge = \"basic\"")).await;
     let resp = get(&registry, "/v2/team-a/app/tags/list").await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(challenge(&resp), r#"Basic realm="berth""#);
     act_as(&mut registry, "bob");
     registry.push_image("team-a/app", "v1", b"layer").await;
@@ -220,7 +202,7 @@ async fn basic_challenge_mode_asks_for_basic_credentials() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    expect_status(resp, StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -235,7 +217,7 @@ async fn a_token_from_the_token_endpoint_pulls_and_pushes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(header_str(&resp, "cache-control"), "no-store");
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
@@ -251,7 +233,7 @@ async fn a_token_from_the_token_endpoint_pulls_and_pushes() {
         &registry.url("/v2/team-a/app/manifests/v1"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), manifest);
 }
 
@@ -266,7 +248,7 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap();
     let resp = send(
@@ -275,7 +257,7 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 
     let wrong = Client::new()
         .post(registry.url("/auth/token"))
@@ -283,14 +265,14 @@ async fn the_oauth2_password_grant_issues_a_token_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    expect_status(wrong, StatusCode::UNAUTHORIZED).await;
     let refresh = Client::new()
         .post(registry.url("/auth/token"))
         .body("grant_type=refresh_token&refresh_token=x&service=berth")
         .send()
         .await
         .unwrap();
-    assert_eq!(refresh.status(), StatusCode::BAD_REQUEST);
+    expect_status(refresh, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]
@@ -302,16 +284,16 @@ async fn the_token_endpoint_refuses_bad_credentials_and_bad_requests() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(error_code(resp).await, "UNAUTHORIZED");
     let bad_scope = get(
         &registry,
         "/auth/token?service=berth&scope=repository:BAD:pull",
     )
     .await;
-    assert_eq!(bad_scope.status(), StatusCode::BAD_REQUEST);
+    expect_status(bad_scope, StatusCode::BAD_REQUEST).await;
     let other_service = get(&registry, "/auth/token?service=elsewhere").await;
-    assert_eq!(other_service.status(), StatusCode::BAD_REQUEST);
+    expect_status(other_service, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]
@@ -335,21 +317,21 @@ async fn an_anonymous_token_carries_only_what_anonymous_clients_may_do() {
         &registry.url("/v2/public/tool/manifests/latest"),
     )
     .await;
-    assert_eq!(pull.status(), StatusCode::OK);
+    expect_status(pull, StatusCode::OK).await;
     let push = send(
         &client,
         "POST",
         &registry.url("/v2/public/tool/blobs/uploads/"),
     )
     .await;
-    assert_eq!(push.status(), StatusCode::UNAUTHORIZED);
+    expect_status(push, StatusCode::UNAUTHORIZED).await;
     let private = send(
         &client,
         "GET",
         &registry.url("/v2/team-a/app/manifests/latest"),
     )
     .await;
-    assert_eq!(private.status(), StatusCode::UNAUTHORIZED);
+    expect_status(private, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -373,7 +355,7 @@ async fn a_tampered_token_is_refused() {
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -389,11 +371,7 @@ async fn a_tampered_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::NOT_FOUND,
-        "authorised, nothing pushed"
-    );
+    expect_status_of(resp, StatusCode::NOT_FOUND, "authorised, nothing pushed").await;
 }
 
 #[tokio::test]
@@ -440,11 +418,12 @@ async fn an_expired_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(
-        resp.status(),
+    expect_status_of(
+        resp,
         StatusCode::NOT_FOUND,
-        "a valid crafted token is accepted"
-    );
+        "a valid crafted token is accepted",
+    )
+    .await;
     // Past the expiry and the 30 s allowed for clock skew.
     let expired = crafted_token(now_secs() - 120, access);
     let resp = send(
@@ -453,7 +432,7 @@ async fn an_expired_token_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
 }
 
@@ -469,7 +448,7 @@ async fn a_token_signed_by_another_key_is_refused() {
         &registry.url("/v2/team-a/app/tags/list"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert!(challenge(&resp).ends_with(r#"error="invalid_token""#));
 }
 
@@ -486,7 +465,7 @@ async fn a_token_for_one_repository_does_not_open_another() {
         &registry.url("/v2/team-a/other/manifests/latest"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -511,7 +490,7 @@ async fn anonymous_clients_pull_public_repositories_but_cannot_push() {
         &registry.url("/v2/public/tool/manifests/v1"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), manifest);
     let resp = send(
         &anonymous,
@@ -519,7 +498,7 @@ async fn anonymous_clients_pull_public_repositories_but_cannot_push() {
         &registry.url("/v2/public/tool/blobs/uploads/"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(&registry, Some("repository:public/tool:pull,push"), None)
@@ -537,18 +516,18 @@ async fn a_user_without_push_is_denied_with_403() {
         &registry.url("/v2/team-a/app/manifests/latest"),
     )
     .await;
-    assert_eq!(pull.status(), StatusCode::OK);
+    expect_status(pull, StatusCode::OK).await;
     let push = send(
         &dave,
         "POST",
         &registry.url("/v2/team-a/app/blobs/uploads/"),
     )
     .await;
-    assert_eq!(push.status(), StatusCode::FORBIDDEN);
+    let push = expect_status(push, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(push).await, "DENIED");
     // A private repository of no rule: denied whether or not it exists.
     let other = send(&dave, "GET", &registry.url("/v2/team-b/x/manifests/latest")).await;
-    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    expect_status(other, StatusCode::FORBIDDEN).await;
 }
 
 #[tokio::test]
@@ -558,7 +537,7 @@ async fn deleting_needs_the_delete_right() {
     let path = format!("/v2/team-a/app/manifests/{digest}");
     let bob = client_with_authorization(&basic("bob"));
     let resp = send(&bob, "DELETE", &registry.url(&path)).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
     assert_eq!(error_code(resp).await, "DENIED");
     let blob = sha256_digest(b"layer");
     let resp = send(
@@ -567,10 +546,10 @@ async fn deleting_needs_the_delete_right() {
         &registry.url(&format!("/v2/team-a/app/blobs/{blob}")),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    expect_status(resp, StatusCode::FORBIDDEN).await;
     let alice = client_with_authorization(&basic("alice"));
     let resp = send(&alice, "DELETE", &registry.url(&path)).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 }
 
 #[tokio::test]
@@ -589,11 +568,7 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
     };
 
     let resp = send(&bob, "POST", &mount(&secret, Some("team-b/secret"))).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::ACCEPTED,
-        "an upload, not a mount"
-    );
+    let resp = expect_status_of(resp, StatusCode::ACCEPTED, "an upload, not a mount").await;
     assert!(header_str(&resp, "location").contains("/v2/team-a/app/blobs/uploads/"));
     let head = send(
         &bob,
@@ -601,37 +576,33 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_uploads_instead() {
         &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::NOT_FOUND, "nothing was mounted");
+    expect_status_of(head, StatusCode::NOT_FOUND, "nothing was mounted").await;
 
     // Without `from`, only admins mount: bob gets an upload too.
     let resp = send(&bob, "POST", &mount(&secret, None)).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let head = send(
         &bob,
         "HEAD",
         &registry.url(&format!("/v2/team-a/app/blobs/{secret}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+    expect_status(head, StatusCode::NOT_FOUND).await;
 
     // From a repository bob may pull, the mount happens.
     let resp = send(&bob, "POST", &mount(&shared, Some("team-a/base"))).await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     let head = send(
         &bob,
         "HEAD",
         &registry.url(&format!("/v2/team-a/app/blobs/{shared}")),
     )
     .await;
-    assert_eq!(head.status(), StatusCode::OK);
+    expect_status(head, StatusCode::OK).await;
 
     let alice = client_with_authorization(&basic("alice"));
     let resp = send(&alice, "POST", &mount(&secret, None)).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "admins mount from anywhere"
-    );
+    expect_status_of(resp, StatusCode::CREATED, "admins mount from anywhere").await;
 }
 
 /// Clients ask for the scopes a challenge names; the POST's names only the
@@ -654,7 +625,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
         &mount(&shared, "team-a/base"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = expect_status(resp, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         challenge(&resp),
         expected_challenge(
@@ -673,7 +644,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
     )
     .await;
     let resp = send(&bearer(&both), "POST", &mount(&shared, "team-a/base")).await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    expect_status(resp, StatusCode::CREATED).await;
     // A source bob may not pull: no challenge, a plain upload.
     let resp = send(
         &bearer(&target_only),
@@ -681,7 +652,7 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
         &mount(&secret, "team-b/secret"),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 }
 
 #[tokio::test]
@@ -735,7 +706,7 @@ async fn the_catalog_lists_what_each_caller_may_pull_and_paginates_that() {
         ["public/a", "team-a/app", "team-a/tools"]
     );
     let anonymous = get(&registry, "/v2/_catalog").await;
-    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    expect_status(anonymous, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -755,8 +726,8 @@ async fn anonymous_clients_get_the_same_401_for_existing_and_missing_private_rep
     ] {
         let a = get(&registry, existing).await;
         let b = get(&registry, missing).await;
-        assert_eq!(a.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(b.status(), StatusCode::UNAUTHORIZED);
+        let a = expect_status(a, StatusCode::UNAUTHORIZED).await;
+        let b = expect_status(b, StatusCode::UNAUTHORIZED).await;
         assert_eq!(challenge(&a).replace("secret", "ghost"), challenge(&b));
         assert_eq!(a.text().await.unwrap(), b.text().await.unwrap());
     }
@@ -773,18 +744,18 @@ async fn a_robot_logs_in_until_it_is_revoked() {
     registry.client = robot.clone();
     registry.push_image("team-a/app", "v1", b"layer").await;
     let resp = send(&robot, "GET", &registry.url("/v2/team-b/x/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "only its grants");
+    expect_status_of(resp, StatusCode::FORBIDDEN, "only its grants").await;
     let token = Client::new()
         .get(registry.url("/auth/token?service=berth&scope=repository:team-a/app:pull"))
         .header("authorization", basic_auth("robot$ci", secret.expose()))
         .send()
         .await
         .unwrap();
-    assert_eq!(token.status(), StatusCode::OK);
+    expect_status(token, StatusCode::OK).await;
 
     store.revoke("ci").unwrap();
     let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "refused at once");
+    expect_status_of(resp, StatusCode::UNAUTHORIZED, "refused at once").await;
 }
 
 #[tokio::test]
@@ -796,7 +767,7 @@ async fn an_expired_robot_is_refused() {
     let secret = store.create("old", grants, Some(expired)).unwrap();
     let robot = client_with_authorization(&basic_auth("robot$old", secret.expose()));
     let resp = send(&robot, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -805,17 +776,17 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
     let wrong = client_with_authorization(&basic_auth("bob", "guess"));
     for _ in 0..3 {
         let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        expect_status(resp, StatusCode::UNAUTHORIZED).await;
     }
     // Blocked now, even with the right password, on /v2/ and the token endpoint.
     let right = client_with_authorization(&basic("bob"));
     let resp = send(&right, "GET", &registry.url("/v2/team-a/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
     let retry_after: u64 = header_str(&resp, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
     let resp = send(&right, "GET", &registry.url("/auth/token?service=berth")).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
     assert!(resp.headers().contains_key("retry-after"));
 }
 
@@ -918,14 +889,16 @@ async fn one_users_failed_logins_do_not_lock_out_another_behind_the_same_proxy()
 async fn a_changed_password_applies_at_once_despite_the_login_cache() {
     let registry = start().await;
     let old = client_with_authorization(&basic("bob"));
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
     berth::auth::Htpasswd::add_or_update_user(
         &registry.htpasswd_path(),
         "bob",
@@ -933,88 +906,24 @@ async fn a_changed_password_applies_at_once_despite_the_login_cache() {
         TEST_BCRYPT_COST,
     )
     .unwrap();
-    assert_eq!(
-        send(&old, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    expect_status(
+        send(&old, "GET", &registry.url("/v2/")).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let new = client_with_authorization(&basic_auth("bob", "new-pw"));
-    assert_eq!(
-        send(&new, "GET", &registry.url("/v2/")).await.status(),
-        StatusCode::OK
-    );
+    expect_status(
+        send(&new, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn without_auth_there_is_no_token_endpoint() {
     let registry = TestRegistry::start().await;
-    assert_eq!(
-        get(&registry, "/auth/token").await.status(),
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(get(&registry, "/v2/").await.status(), StatusCode::OK);
-}
-
-/// `berth serve` as a child process on an ephemeral port; its log (stderr)
-/// is read once it has stopped.
-struct Served {
-    child: Child,
-    addr: String,
-    log: BufReader<std::process::ChildStderr>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(BERTH)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("berth starts");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                Instant::now() < deadline,
-                "berth did not report its address"
-            );
-            assert!(log.read_line(&mut line).unwrap() > 0, "berth exited early");
-            if let Some(rest) = line.split("listen").nth(1) {
-                break rest
-                    .trim_start_matches(['=', '"', ':'])
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-            }
-        };
-        Served { child, addr, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops the server (SIGTERM, so queued log lines are flushed) and
-    /// returns the rest of its log.
-    fn stop(mut self) -> String {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-        let mut rest = String::new();
-        self.log.read_to_string(&mut rest).unwrap();
-        rest
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    expect_status(get(&registry, "/auth/token").await, StatusCode::NOT_FOUND).await;
+    expect_status(get(&registry, "/v2/").await, StatusCode::OK).await;
 }
 
 fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
@@ -1027,24 +936,30 @@ fn htpasswd_with(dir: &std::path::Path, user: &str, password: &str) -> std::path
 async fn serve_with_htpasswd_requires_login_and_lets_users_pull_and_push() {
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = htpasswd_with(dir.path(), "erin", "erin-pw");
-    let served = Served::start(&[
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--htpasswd",
-        htpasswd.to_str().unwrap(),
-    ]);
+    let served = ServeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+        ],
+        &[],
+    );
     let anonymous = Client::new();
     let resp = send(&anonymous, "GET", &served.url("/v2/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
     let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let resp = send(&erin, "POST", &served.url("/v2/app/blobs/uploads/")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     let resp = send(&erin, "DELETE", &served.url("/v2/app/manifests/latest")).await;
-    assert_eq!(
-        resp.status(),
+    expect_status_of(
+        resp,
         StatusCode::FORBIDDEN,
-        "the default policy: no deletes"
-    );
+        "the default policy: no deletes",
+    )
+    .await;
     served.stop();
 }
 
@@ -1053,21 +968,27 @@ async fn passwords_and_tokens_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let password = "pw-4a7c1e-do-not-log";
     let htpasswd = htpasswd_with(dir.path(), "erin", password);
-    let served = Served::start(&[
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--htpasswd",
-        htpasswd.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "trace",
-    ]);
-    let erin = client_with_authorization(&basic_auth("erin", password));
-    assert_eq!(
-        send(&erin, "GET", &served.url("/v2/")).await.status(),
-        StatusCode::OK
+    let served = ServeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ],
+        &[],
     );
+    let erin = client_with_authorization(&basic_auth("erin", password));
+    expect_status(
+        send(&erin, "GET", &served.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
     let resp = send(
         &erin,
         "GET",
@@ -1077,12 +998,13 @@ async fn passwords_and_tokens_never_reach_the_log() {
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
     let resp = send(&bearer(&token), "GET", &served.url("/v2/app/tags/list")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    expect_status(resp, StatusCode::NOT_FOUND).await;
     let wrong = client_with_authorization(&basic_auth("erin", "wrong-pw-9f3b"));
-    assert_eq!(
-        send(&wrong, "GET", &served.url("/v2/")).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    expect_status(
+        send(&wrong, "GET", &served.url("/v2/")).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let encoded = basic_auth("erin", password);
     let log = served.stop();
     assert!(

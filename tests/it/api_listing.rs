@@ -1,8 +1,9 @@
 //! Listings: tags (end-8a, end-8b), the catalog, and referrers (end-12a, end-12b).
 
-mod common;
-
-use common::{error_code, get, sha256_digest, TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use crate::support::{
+    error_code, expect_status, expect_status_of, get, sha256_digest, TestRegistry, OCI_INDEX,
+    OCI_LAYER, OCI_MANIFEST,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -45,13 +46,13 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// One image in `name`, then the same manifest under every tag in `tags`.
-async fn push_tags(registry: &TestRegistry, name: &str, tags: &[&str]) {
+async fn tag_one_image(registry: &TestRegistry, name: &str, tags: &[&str]) {
     let (manifest, _) = registry.push_image(name, tags[0], b"layer").await;
     for tag in &tags[1..] {
         let resp = registry
             .put_manifest(name, tag, OCI_MANIFEST, &manifest)
             .await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "tag {tag}");
+        expect_status_of(resp, StatusCode::CREATED, &format!("tag {tag}")).await;
     }
 }
 
@@ -63,7 +64,7 @@ async fn follow_pages(registry: &TestRegistry, first: &str, key: &str) -> Vec<Ve
     while let Some(path) = next.take() {
         assert!(pages.len() < 100, "pagination does not end");
         let resp = get(registry, &path).await;
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let resp = expect_status(resp, StatusCode::OK).await;
         next = link(&resp).map(|l| next_path(&l));
         let body: Value = resp.json().await.unwrap();
         pages.push(strings(&body[key]));
@@ -95,12 +96,7 @@ async fn put_by_digest(registry: &TestRegistry, name: &str, manifest: &[u8]) -> 
     let resp = registry
         .put_manifest(name, &digest, OCI_MANIFEST, manifest)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
     digest
 }
 
@@ -110,7 +106,7 @@ async fn referrers(registry: &TestRegistry, name: &str, digest: &str, query: &st
 
 /// Asserts the response is an OCI index and returns its `manifests`.
 async fn referrer_descriptors(resp: Response) -> Vec<Value> {
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.headers()["content-type"], OCI_INDEX);
     let index: Value = resp.json().await.unwrap();
     assert_eq!(index["schemaVersion"], 2);
@@ -127,14 +123,14 @@ async fn referrer_descriptors(resp: Response) -> Vec<Value> {
 #[tokio::test]
 async fn tags_are_listed_in_lexical_order() {
     let registry = TestRegistry::start().await;
-    push_tags(
+    tag_one_image(
         &registry,
         "team/app",
         &["b", "a", "10", "9", "A", "_z", "a-1"],
     )
     .await;
     let resp = get(&registry, "/v2/team/app/tags/list").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert!(link(&resp).is_none(), "no Link without n");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["name"], "team/app");
@@ -157,9 +153,9 @@ async fn listed_tags(registry: &TestRegistry, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn tags_list_reflects_tags_added_and_deleted_after_a_listing() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["a", "b"]).await;
+    tag_one_image(&registry, "team/app", &["a", "b"]).await;
     assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b"]);
-    push_tags(&registry, "team/app", &["c"]).await;
+    tag_one_image(&registry, "team/app", &["c"]).await;
     assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b", "c"]);
     let resp = registry
         .client
@@ -167,16 +163,16 @@ async fn tags_list_reflects_tags_added_and_deleted_after_a_listing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
     assert_eq!(listed_tags(&registry, "team/app").await, ["b", "c"]);
 }
 
 #[tokio::test]
 async fn tags_page_has_a_link_to_the_next_page() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["e", "d", "c", "b", "a"]).await;
+    tag_one_image(&registry, "team/app", &["e", "d", "c", "b", "a"]).await;
     let resp = get(&registry, "/v2/team/app/tags/list?n=2").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(
         link(&resp).as_deref(),
         Some("</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"")
@@ -185,7 +181,7 @@ async fn tags_page_has_a_link_to_the_next_page() {
     assert_eq!(strings(&body["tags"]), ["a", "b"]);
 
     let resp = get(&registry, "/v2/team/app/tags/list?n=2&last=b").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(
         link(&resp).as_deref(),
         Some("</v2/team/app/tags/list?n=2&last=d>; rel=\"next\"")
@@ -200,7 +196,7 @@ async fn following_tag_links_returns_every_tag_exactly_once() {
     let mut all: Vec<String> = (0..11).map(|i| format!("v{i}")).collect();
     all.push("latest".into());
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    push_tags(&registry, "paged", &refs).await;
+    tag_one_image(&registry, "paged", &refs).await;
 
     let pages = follow_pages(&registry, "/v2/paged/tags/list?n=5", "tags").await;
     assert_eq!(
@@ -216,9 +212,9 @@ async fn following_tag_links_returns_every_tag_exactly_once() {
 #[tokio::test]
 async fn last_tag_page_has_no_link() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["a", "b", "c", "d", "e"]).await;
+    tag_one_image(&registry, "team/app", &["a", "b", "c", "d", "e"]).await;
     let resp = get(&registry, "/v2/team/app/tags/list?n=2&last=c").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert!(link(&resp).is_none());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(strings(&body["tags"]), ["d", "e"]);
@@ -233,9 +229,9 @@ async fn last_tag_page_has_no_link() {
 #[tokio::test]
 async fn tags_after_a_last_that_is_not_a_tag_start_after_it() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["a", "c", "e"]).await;
+    tag_one_image(&registry, "team/app", &["a", "c", "e"]).await;
     let resp = get(&registry, "/v2/team/app/tags/list?last=b").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(strings(&body["tags"]), ["c", "e"]);
 }
@@ -243,9 +239,9 @@ async fn tags_after_a_last_that_is_not_a_tag_start_after_it() {
 #[tokio::test]
 async fn tags_list_with_n_zero_is_empty() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["a", "b"]).await;
+    tag_one_image(&registry, "team/app", &["a", "b"]).await;
     let resp = get(&registry, "/v2/team/app/tags/list?n=0").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["name"], "team/app");
     assert!(strings(&body["tags"]).is_empty(), "{body}");
@@ -254,10 +250,10 @@ async fn tags_list_with_n_zero_is_empty() {
 #[tokio::test]
 async fn tags_list_with_a_non_numeric_n_is_rejected() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "team/app", &["a"]).await;
+    tag_one_image(&registry, "team/app", &["a"]).await;
     for n in ["abc", "-1", "1.5"] {
         let resp = get(&registry, &format!("/v2/team/app/tags/list?n={n}")).await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "n={n}");
+        let resp = expect_status_of(resp, StatusCode::BAD_REQUEST, &format!("n={n}")).await;
         error_code(resp).await;
     }
 }
@@ -265,9 +261,9 @@ async fn tags_list_with_a_non_numeric_n_is_rejected() {
 #[tokio::test]
 async fn tags_list_of_an_unknown_repository_is_name_unknown() {
     let registry = TestRegistry::start().await;
-    push_tags(&registry, "known", &["a"]).await;
+    tag_one_image(&registry, "known", &["a"]).await;
     let resp = get(&registry, "/v2/unknown/tags/list").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
 }
 
@@ -275,7 +271,7 @@ async fn tags_list_of_an_unknown_repository_is_name_unknown() {
 async fn tags_list_of_an_invalid_name_is_name_invalid() {
     let registry = TestRegistry::start().await;
     let resp = get(&registry, "/v2/Bad/Name/tags/list").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
 }
 
@@ -289,7 +285,7 @@ async fn catalog_lists_repositories_lexically_including_nested_names() {
         registry.push_image(name, "latest", name.as_bytes()).await;
     }
     let resp = get(&registry, "/v2/_catalog").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert!(link(&resp).is_none());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -306,7 +302,7 @@ async fn catalog_pagination_follows_link_until_exhausted() {
         registry.push_image(name, "latest", name.as_bytes()).await;
     }
     let resp = get(&registry, "/v2/_catalog?n=2").await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(
         link(&resp).as_deref(),
         Some("</v2/_catalog?n=2&last=a-b>; rel=\"next\"")
@@ -416,12 +412,7 @@ async fn index_referrer_is_listed_with_the_index_media_type() {
     let resp = registry
         .put_manifest("team/app", &index_digest, OCI_INDEX, &index)
         .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{:?}",
-        resp.text().await
-    );
+    expect_status(resp, StatusCode::CREATED).await;
 
     let query = "?artifactType=application/vnd.example.bundle.v1";
     let resp = referrers(&registry, "team/app", &subject_digest, query).await;
@@ -489,7 +480,7 @@ async fn referrers_with_an_invalid_digest_is_rejected() {
         "latest",
     ] {
         let resp = referrers(&registry, "team/app", digest, "").await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{digest}");
+        let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
         assert_eq!(error_code(resp).await, "DIGEST_INVALID", "{digest}");
     }
 }
@@ -512,7 +503,7 @@ async fn deleting_a_referrer_removes_it_from_the_list() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    expect_status(resp, StatusCode::ACCEPTED).await;
 
     let resp = referrers(&registry, "team/app", &subject_digest, "").await;
     let descriptors = referrer_descriptors(resp).await;

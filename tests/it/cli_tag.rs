@@ -2,22 +2,13 @@
 //! exit status and the registry's message on failure, the Docker token flow
 //! and Basic logins, and HTTPS with a private CA.
 
-mod common;
-
-use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
+use crate::support::*;
 use berth::{Config, RunningServer};
-use common::*;
 use reqwest::{Client, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-const SIGNING_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/auth/testdata/ec-p256-pkcs8.pem"
-);
 
 /// Runs `berth tag <args>` with `stdin` as its input and nothing from the
 /// test's environment that would change how it logs in.
@@ -65,7 +56,7 @@ async fn current(registry: &TestRegistry, client: &Client, name: &str, tag: &str
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = expect_status(resp, StatusCode::OK).await;
     header_str(&resp, "docker-content-digest").to_owned()
 }
 
@@ -158,36 +149,11 @@ async fn cli_fails_with_the_registrys_message() {
     );
 }
 
-async fn start_with_auth(challenge: &str) -> TestRegistry {
-    TestRegistry::start_with_auth(
-        &[("bob", "bob-pw"), ("erin", "erin-pw")],
-        &format!(
-            r#"
-            signing_key = "{SIGNING_KEY}"
-            challenge = "{challenge}"
-            [[rules]]
-            repositories = ["app/*"]
-            users = {{ bob = ["pull", "push"], erin = ["pull", "push", "delete"] }}
-            "#
-        ),
-    )
-    .await
-}
-
-/// Two images under `app/web:latest`, pushed as erin; returns erin's client
-/// and the two digests.
-async fn seed(registry: &mut TestRegistry) -> (Client, String, String) {
-    let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
-    registry.client = erin.clone();
-    let (_, a) = registry.push_image("app/web", "latest", b"a").await;
-    let (_, b) = registry.push_image("app/web", "latest", b"b").await;
-    (erin, a, b)
-}
-
 #[tokio::test]
 async fn cli_logs_in_with_the_token_flow_and_rolls_back() {
-    let mut registry = start_with_auth("bearer").await;
-    let (erin, a, b) = seed(&mut registry).await;
+    let mut registry = start_with_app_rules(r#"challenge = "bearer""#).await;
+    let (a, b) = seed_app_web(&mut registry).await;
+    let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let url = registry.url("");
 
     let out = berth_tag(&["history", "app/web", "--registry", &url], &[], "").await;
@@ -263,8 +229,9 @@ async fn cli_logs_in_with_the_token_flow_and_rolls_back() {
 
 #[tokio::test]
 async fn cli_sends_basic_credentials_when_challenged_with_basic() {
-    let mut registry = start_with_auth("basic").await;
-    let (erin, a, b) = seed(&mut registry).await;
+    let mut registry = start_with_app_rules(r#"challenge = "basic""#).await;
+    let (a, b) = seed_app_web(&mut registry).await;
+    let erin = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let url = registry.url("");
     let out = berth_tag(
         &[
@@ -302,12 +269,6 @@ async fn cli_sends_basic_credentials_when_challenged_with_basic() {
     .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("403 DENIED"), "{}", stderr(&out));
-}
-
-fn testdata(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/testdata")
-        .join(file)
 }
 
 #[tokio::test]

@@ -5,17 +5,16 @@
 //! not verified yet, a download alone). A companion download held open
 //! keeps the others beside one, where `sendfile` is used.
 //!
-//! One test function: the check that the path was taken reads a
-//! process-wide counter, so nothing else in this binary may pull blobs.
-
-mod common;
+//! One test function, run in a process of its own: the check that the path
+//! was taken reads process-wide counters, and the other tests in this binary
+//! pull blobs at the same time.
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+use crate::support::{expect_status, expect_status_of, random_bytes, sha256_digest, TestRegistry};
 use berth::http::downloads_in_flight;
 use berth::serve::zero_copy;
-use common::{random_bytes, sha256_digest, TestRegistry};
 use reqwest::StatusCode;
 
 async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> Vec<u8> {
@@ -29,7 +28,7 @@ async fn get_bytes(registry: &TestRegistry, path: &str, range: Option<&str>) -> 
     } else {
         StatusCode::OK
     };
-    assert_eq!(resp.status(), want, "GET {path}");
+    let resp = expect_status_of(resp, want, &format!("GET {path}")).await;
     resp.bytes().await.unwrap().to_vec()
 }
 
@@ -140,8 +139,21 @@ async fn companion(registry: &TestRegistry) -> tokio::net::TcpStream {
     stream
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
+#[test]
+fn blob_downloads_are_sent_from_the_file_and_are_exact() {
+    crate::support::in_own_process(
+        "zero_copy::blob_downloads_are_sent_from_the_file_and_are_exact",
+        || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(downloads_are_sent_from_the_file_and_are_exact())
+        },
+    );
+}
+
+async fn downloads_are_sent_from_the_file_and_are_exact() {
     let registry = TestRegistry::start().await;
     let size = 5 * 1024 * 1024 + 123;
     let content = random_bytes(size, 0x9e37_79b9_7f4a_7c15);
@@ -233,7 +245,7 @@ async fn blob_downloads_are_sent_from_the_file_and_are_exact() {
         .send()
         .await
         .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
+    expect_status(head, StatusCode::OK).await;
     assert_eq!(settled().await, before, "HEAD");
 
     // Not in the page cache: read into memory instead, still exact.

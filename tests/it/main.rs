@@ -1,0 +1,23 @@
+//! Berth's integration tests, in one binary: each runs a real server on a
+//! real loopback socket (or the `berth` binary itself) and speaks to it the
+//! way a client would. One module per area; the shared set-up lives in
+//! `support` (and the lifecycle helpers in `lifecycle_support`).
+
+mod lifecycle_support;
+mod support;
+
+mod api_auth;
+mod api_base;
+mod api_blobs;
+mod api_listing;
+mod api_manifests;
+mod api_uploads;
+mod cli;
+mod cli_tag;
+mod gc;
+mod integrity;
+mod oci_client;
+mod retention;
+mod tag_history;
+mod tls;
+mod zero_copy;
