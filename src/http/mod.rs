@@ -39,8 +39,8 @@ pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFil
 pub use error::{status_of, ApiError, ApiResult};
 
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
-use crate::registry::Registry;
 use crate::registry::ByteStream;
+use crate::registry::Registry;
 use auth::{AccessControl, Caller};
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");

@@ -18,6 +18,9 @@ mod uploads;
 use std::io;
 use std::sync::Arc;
 
+/// What the registry hands out of storage: body streams, and a blob as a local
+/// file where the backend keeps them (so the layers above never name storage).
+pub use crate::storage::{ByteStream, LocalFile};
 pub use blobs::Blob;
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
 pub use lifecycle::{
@@ -26,9 +29,6 @@ pub use lifecycle::{
 };
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
-/// What the registry hands out of storage: body streams, and a blob as a local
-/// file where the backend keeps them (so the layers above never name storage).
-pub use crate::storage::{ByteStream, LocalFile};
 
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::storage::{layout, Listing, Storage, WriteMode};

@@ -85,11 +85,15 @@ async fn an_unsupported_method_is_405_and_an_unknown_path_404() {
     for path in ["/v2/a/manifests/v1", "/v2/A/manifests/v1", "/v2/_catalog"] {
         let resp = send("PATCH", path).await.unwrap();
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
-        assert_eq!(common::error_code(resp).await, "UNSUPPORTED", "{path}");
+        assert_eq!(
+            crate::support::error_code(resp).await,
+            "UNSUPPORTED",
+            "{path}"
+        );
     }
     let resp = send("GET", "/v2/A/manifests/v1").await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(common::error_code(resp).await, "NAME_INVALID");
+    assert_eq!(crate::support::error_code(resp).await, "NAME_INVALID");
     let resp = send("GET", "/v2/a/unknown/v1").await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
