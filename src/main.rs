@@ -257,6 +257,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    berth::bound_allocator_arenas();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::User(command) => user(command),
@@ -386,7 +387,7 @@ fn run_command(command: Command) -> ExitCode {
                 }
             };
             let _log_guard = init_logging(&config);
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let runtime = berth::runtime().expect("tokio runtime");
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -419,7 +420,7 @@ fn run_command(command: Command) -> ExitCode {
                         dry_run,
                         grace_period,
                     };
-                    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                    let runtime = berth::runtime().map_err(|e| e.to_string())?;
                     runtime
                         .block_on(berth::run_gc(&config, &options))
                         .map_err(|e| e.to_string())

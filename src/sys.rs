@@ -278,6 +278,20 @@ pub fn all_pages_resident(file: &File, offset: u64, len: usize) -> bool {
     }
 }
 
+/// Caps glibc's malloc arenas at `arenas` (`M_ARENA_MAX`): arenas made
+/// afterwards share the existing ones. Call before threads start allocating.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn limit_malloc_arenas(arenas: usize) {
+    let arenas = libc::c_int::try_from(arenas.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only changes a malloc tunable; M_ARENA_MAX takes any
+    // positive count and is safe to set at any time (it limits the arenas
+    // made afterwards). Its return value only says whether the option was
+    // known, and this one is in every glibc since 2.10.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ pub const SMALL_BLOB_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// Weight budget for manifest bytes and small blobs, each.
+    /// Weight budget for manifest bytes, small blobs and tag lists, each.
     pub content_bytes: u64,
     /// How long a cached link or size is trusted without re-reading storage.
     pub ttl: Duration,
@@ -71,13 +71,39 @@ impl Weighter<Digest, Bytes> for ByteWeight {
     }
 }
 
-/// Entries for mutable state are small; this many fit in a few MiB.
+/// A tag list weighs what its strings take on the heap: one repository with
+/// 100,000 tags holds megabytes, so a count of lists alone bounds nothing.
+impl Weighter<RepositoryName, Fresh<Arc<Vec<String>>>> for ByteWeight {
+    fn weight(&self, name: &RepositoryName, list: &Fresh<Arc<Vec<String>>>) -> u64 {
+        let strings: usize = list
+            .value
+            .iter()
+            .map(|tag| tag.len() + STRING_OVERHEAD)
+            .sum();
+        (name.as_str().len() + 64 + strings) as u64
+    }
+}
+
+/// A `String`'s header and its allocation's rounding, about.
+const STRING_OVERHEAD: usize = 32;
+
+// What the caches may hold, all told: `cache_bytes` each for manifest
+// bytes, small blobs and tag lists (weighed by their bytes), and a count of
+// entries for links, sizes and verified digests, whose entries are small and
+// of bounded size. Measured with `Caches::new` full: a link entry takes about
+// 250 bytes with typical names (at most ~700 with 255-character names and
+// 128-character tags), a size or verified entry about 200, so the three
+// counted caches hold at most about 40 MiB together with typical names. The
+// repository index (catalog.rs) holds every repository's name (its length +
+// about 50 bytes each), which is as many as the store has.
+
+/// Links and sizes remembered, each.
 const STATE_ENTRIES: usize = 64 * 1024;
 
-/// Digests remembered as verified (about 10 MiB when full).
+/// Digests remembered as verified.
 const VERIFIED_ENTRIES: usize = 64 * 1024;
 
-/// Repositories whose sorted tag lists are kept.
+/// Repositories whose tag lists are kept, at most (their bytes bound them first).
 const TAG_LISTS: usize = 1024;
 
 pub struct Caches {
@@ -87,7 +113,7 @@ pub struct Caches {
     /// Blob digest → size of its content, or `None` when absent.
     sizes: Cache<Digest, Fresh<Option<u64>>>,
     /// Repository → its tags, sorted.
-    tag_lists: Cache<RepositoryName, Fresh<Arc<Vec<String>>>>,
+    tag_lists: Cache<RepositoryName, Fresh<Arc<Vec<String>>>, ByteWeight>,
     manifests: Cache<Digest, Arc<CachedManifest>, ByteWeight>,
     small_blobs: Cache<Digest, Bytes, ByteWeight>,
     /// Content this process has seen hash to its digest (it hashed it while
@@ -109,7 +135,7 @@ impl Caches {
             ttl: config.ttl,
             links: Cache::new(STATE_ENTRIES),
             sizes: Cache::new(STATE_ENTRIES),
-            tag_lists: Cache::new(TAG_LISTS),
+            tag_lists: Cache::with_weighter(TAG_LISTS, config.content_bytes, ByteWeight),
             manifests: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
             small_blobs: Cache::with_weighter(content_items, config.content_bytes, ByteWeight),
             verified: Cache::new(VERIFIED_ENTRIES),
@@ -276,6 +302,35 @@ mod tests {
         assert_eq!(caches.link("k"), Some(None));
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(caches.link("k"), None);
+    }
+
+    #[test]
+    fn tag_lists_are_bounded_by_their_bytes() {
+        let budget = 64 * 1024;
+        let caches = Caches::new(&CacheConfig {
+            content_bytes: budget,
+            ..CacheConfig::default()
+        });
+        // 200 repositories of 20 tags (about 1 KB each) offer three times
+        // the budget.
+        let tags: Arc<Vec<String>> =
+            Arc::new((0..20).map(|i| format!("release-{i:012}")).collect());
+        let names: Vec<RepositoryName> = (0..200)
+            .map(|i| RepositoryName::parse(&format!("repo{i}")).unwrap())
+            .collect();
+        for name in &names {
+            caches.fill_tag_list(caches.ticket(), name, tags.clone());
+        }
+        let kept = names
+            .iter()
+            .filter(|n| caches.tag_list(n).is_some())
+            .count();
+        assert!(
+            caches.tag_lists.weight() <= budget,
+            "{}",
+            caches.tag_lists.weight()
+        );
+        assert!(kept > 0 && kept < 100, "kept {kept} lists");
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Registry {
         } else {
             self.write_link_fresh(&revision, &digest).await?;
         }
+        self.repository_index.added(name);
         if let Some(subject) = &manifest.subject {
             let key = layout::referrer_link(name, subject, &digest);
             self.write_link_fresh(&key, &digest).await?;
@@ -413,7 +414,7 @@ impl Registry {
                 }
                 self.remove_link(&layout::revision_link(name, digest))
                     .await?;
-                Ok(())
+                self.recheck_repository(name).await
             }
         }
     }

@@ -60,6 +60,8 @@ pub struct Registry {
     /// history records changes in the order they happened.
     tag_locks: locks::KeyedLocks,
     lifecycle: Arc<LifecycleConfig>,
+    /// Every repository's name, for the catalog (catalog.rs).
+    repository_index: Arc<catalog::RepositoryIndex>,
 }
 
 impl Registry {
@@ -76,6 +78,7 @@ impl Registry {
             upload_locks: locks::KeyedLocks::default(),
             tag_locks: locks::KeyedLocks::default(),
             lifecycle: Arc::new(lifecycle),
+            repository_index: Arc::new(catalog::RepositoryIndex::new(cache.ttl)),
         }
     }
 

@@ -320,6 +320,269 @@ async fn catalog_pagination_follows_link_until_exhausted() {
     );
 }
 
+/// `count` repository names that nest and use every separator, so that their
+/// lexical order is not their push order.
+fn many_names(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i % 3 {
+            0 => format!("n{:03}", count - i),
+            1 => format!("n{:03}/app", count - i),
+            _ => format!("n{:03}-x/y.z", count - i),
+        })
+        .collect()
+}
+
+/// Pushes an image into each of `names`, a few at a time. The blobs are
+/// pushed once and mounted into each repository, as clients do.
+async fn push_repositories(registry: &TestRegistry, names: &[String]) {
+    let (manifest, _) = registry.push_image("seed", "latest", b"layer").await;
+    let blobs: Vec<String> = {
+        let m: Value = serde_json::from_slice(&manifest).unwrap();
+        std::iter::once(&m["config"])
+            .chain(m["layers"].as_array().unwrap())
+            .map(|d| d["digest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for chunk in names.chunks(8) {
+        let pushes = chunk.iter().map(|name| {
+            let (manifest, blobs) = (&manifest, &blobs);
+            async move {
+                for digest in blobs {
+                    let url = registry.url(&format!(
+                        "/v2/{name}/blobs/uploads/?mount={digest}&from=seed"
+                    ));
+                    let resp = registry.client.post(url).send().await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::CREATED, "mount into {name}");
+                }
+                let resp = registry
+                    .put_manifest(name, "latest", OCI_MANIFEST, manifest)
+                    .await;
+                assert_eq!(resp.status(), StatusCode::CREATED, "manifest of {name}");
+            }
+        });
+        futures::future::join_all(pushes).await;
+    }
+}
+
+async fn catalog(registry: &TestRegistry) -> Vec<String> {
+    let resp = get(registry, "/v2/_catalog").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    strings(&body["repositories"])
+}
+
+/// Copies a directory tree, as an offline tool filling a data directory would.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Long enough that no walk of the store happens during a test: what the
+/// catalog shows then comes from the index and this process's writes.
+const NO_REFRESH_MS: u64 = 600_000;
+
+/// Short, so that a test can wait it out.
+const SHORT_TTL_MS: u64 = 300;
+
+#[tokio::test]
+async fn catalog_pages_of_many_repositories_list_each_once_in_lexical_order() {
+    let registry = TestRegistry::start().await;
+    let mut names = many_names(150);
+    push_repositories(&registry, &names).await;
+    names.push("seed".to_owned());
+    names.sort();
+
+    let pages = follow_pages(&registry, "/v2/_catalog?n=40", "repositories").await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [40, 40, 40, 31]
+    );
+    assert_eq!(pages.concat(), names);
+
+    // `last` need not be a repository: the page starts after where it would sort.
+    let resp = get(&registry, "/v2/_catalog?n=3&last=n050-").await;
+    let body: Value = resp.json().await.unwrap();
+    let after: Vec<String> = names
+        .iter()
+        .filter(|n| n.as_str() > "n050-")
+        .take(3)
+        .cloned()
+        .collect();
+    assert_eq!(after, ["n050/app", "n051", "n052-x/y.z"]);
+    assert_eq!(strings(&body["repositories"]), after);
+    let resp = get(&registry, "/v2/_catalog?n=5&last=seed").await;
+    assert!(link(&resp).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert!(strings(&body["repositories"]).is_empty());
+}
+
+#[tokio::test]
+async fn a_repository_pushed_after_the_catalog_was_listed_appears_at_once() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    registry.push_image("first", "latest", b"one").await;
+    assert_eq!(catalog(&registry).await, ["first"]);
+    registry.push_image("team/second", "v1", b"two").await;
+    registry.push_image("a", "v1", b"three").await;
+    assert_eq!(catalog(&registry).await, ["a", "first", "team/second"]);
+}
+
+#[tokio::test]
+async fn a_repository_without_a_manifest_is_not_listed() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    registry.push_image("image", "latest", b"one").await;
+    assert_eq!(catalog(&registry).await, ["image"]);
+    registry.push_blob("blobs-only", b"no manifest").await;
+    assert_eq!(catalog(&registry).await, ["image"]);
+}
+
+#[tokio::test]
+async fn pages_are_served_from_the_index_until_it_is_stale() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    registry.push_image("a", "latest", b"one").await;
+    assert_eq!(catalog(&registry).await, ["a"]);
+    // Written behind the server's back: no page walks the store, so it is
+    // not seen until the index is stale.
+    let repositories = registry.storage_root().join("repositories");
+    copy_tree(&repositories.join("a"), &repositories.join("offline"));
+    for _ in 0..3 {
+        assert_eq!(catalog(&registry).await, ["a"]);
+    }
+}
+
+#[tokio::test]
+async fn a_repository_written_by_another_process_appears_after_the_staleness_bound() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = SHORT_TTL_MS).await;
+    registry.push_image("a", "latest", b"one").await;
+    assert_eq!(catalog(&registry).await, ["a"]);
+    let repositories = registry.storage_root().join("repositories");
+    copy_tree(&repositories.join("a"), &repositories.join("offline/copy"));
+    // The bound is max(cache_ttl_ms, 10 × the last walk's duration); a walk
+    // of two repositories takes well under 30 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(SHORT_TTL_MS + 100)).await;
+    assert_eq!(catalog(&registry).await, ["a", "offline/copy"]);
+    // The offline copy is a repository like any other.
+    let resp = get(&registry, "/v2/offline/copy/manifests/latest").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_repository_whose_manifests_directory_is_emptied_leaves_the_catalog_at_once() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    registry.push_image("keep", "latest", b"one").await;
+    // Pushed by digest only: deleting its one manifest leaves `_manifests`
+    // empty, and the store prunes it (a tag's directory would stay, and so
+    // would the repository, as in Distribution).
+    let push_untagged = || async {
+        let config = registry.push_blob("drop", b"{}").await;
+        let layer = registry.push_blob("drop", b"two").await;
+        let manifest = common::image_manifest(&config, 2, &[(layer, 3)]);
+        put_by_digest(&registry, "drop", &manifest).await
+    };
+    let digest = push_untagged().await;
+    assert_eq!(catalog(&registry).await, ["drop", "keep"]);
+    let resp = registry
+        .client
+        .delete(registry.url(&format!("/v2/drop/manifests/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(!registry
+        .storage_root()
+        .join("repositories/drop/_manifests")
+        .exists());
+    assert_eq!(catalog(&registry).await, ["keep"]);
+    // Pushed again, it is back.
+    push_untagged().await;
+    assert_eq!(catalog(&registry).await, ["drop", "keep"]);
+}
+
+#[tokio::test]
+async fn a_repository_removed_by_another_process_leaves_after_the_staleness_bound() {
+    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = SHORT_TTL_MS).await;
+    registry.push_image("keep", "latest", b"one").await;
+    registry.push_image("gone", "latest", b"two").await;
+    assert_eq!(catalog(&registry).await, ["gone", "keep"]);
+    std::fs::remove_dir_all(registry.storage_root().join("repositories/gone")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(SHORT_TTL_MS + 100)).await;
+    assert_eq!(catalog(&registry).await, ["keep"]);
+}
+
+#[tokio::test]
+async fn a_data_directory_without_an_index_is_listed_from_its_first_page() {
+    // A `registry:2` data directory: the layout only, nothing of Berth's.
+    let source = TestRegistry::start().await;
+    source.push_image("library/app", "latest", b"one").await;
+    source.push_image("other", "v1", b"two").await;
+    let root = source.storage_root();
+    let served = TestRegistry::start_with(|c| {
+        let target = c.data_dir.join("docker/registry/v2");
+        for dir in ["repositories", "blobs"] {
+            copy_tree(&root.join(dir), &target.join(dir));
+        }
+        c.cache_ttl_ms = NO_REFRESH_MS;
+    })
+    .await;
+    assert_eq!(catalog(&served).await, ["library/app", "other"]);
+}
+
+#[tokio::test]
+async fn the_catalog_filters_by_access_before_it_paginates() {
+    let mut registry = TestRegistry::start_with_auth(
+        &[("alice", "alice-pw"), ("bob", "bob-pw")],
+        r#"
+        challenge = "basic"
+        admins = ["alice"]
+        [[rules]]
+        repositories = ["team-a/*"]
+        users = { bob = ["pull"] }
+        [catalog]
+        authenticated = true
+        "#,
+    )
+    .await;
+    registry.client = common::client_with_authorization(&common::basic_auth("alice", "alice-pw"));
+    // Visible and hidden repositories interleave in lexical order.
+    let names: Vec<String> = (0..30)
+        .map(|i| match i % 2 {
+            0 => format!("team-a/r{i:02}"),
+            _ => format!("team-a-{i:02}/hidden"),
+        })
+        .collect();
+    push_repositories(&registry, &names).await;
+
+    let bob = common::client_with_authorization(&common::basic_auth("bob", "bob-pw"));
+    let mut seen = Vec::new();
+    let mut next = Some("/v2/_catalog?n=4".to_owned());
+    while let Some(path) = next.take() {
+        let resp = bob.get(registry.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        next = link(&resp).map(|l| next_path(&l));
+        let body: Value = resp.json().await.unwrap();
+        let page = strings(&body["repositories"]);
+        assert!(
+            page.len() == 4 || next.is_none(),
+            "only the last page is short: {page:?}"
+        );
+        seen.extend(page);
+    }
+    let mut visible: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with("team-a/"))
+        .cloned()
+        .collect();
+    visible.sort();
+    assert_eq!(seen, visible);
+}
+
 // ---------------------------------------------------------------------------
 // referrers
 

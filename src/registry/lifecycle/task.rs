@@ -43,6 +43,11 @@ impl Registry {
         };
         let gc = self.collect_garbage_ignoring(options, &ignored).await?;
         let uploads = self.expire_uploads(options.dry_run).await?;
+        if !options.dry_run {
+            // A collection may have emptied repositories: the catalog's
+            // index should not wait for its staleness bound to drop them.
+            self.rebuild_repository_index().await?;
+        }
         Ok(LifecycleReport {
             retention,
             gc,
