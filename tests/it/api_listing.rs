@@ -483,7 +483,7 @@ async fn a_repository_whose_manifests_directory_is_emptied_leaves_the_catalog_at
     let push_untagged = || async {
         let config = registry.push_blob("drop", b"{}").await;
         let layer = registry.push_blob("drop", b"two").await;
-        let manifest = common::image_manifest(&config, 2, &[(layer, 3)]);
+        let manifest = crate::support::image_manifest(&config, 2, &[(layer, 3)]);
         put_by_digest(&registry, "drop", &manifest).await
     };
     let digest = push_untagged().await;
@@ -549,7 +549,8 @@ async fn the_catalog_filters_by_access_before_it_paginates() {
         "#,
     )
     .await;
-    registry.client = common::client_with_authorization(&common::basic_auth("alice", "alice-pw"));
+    registry.client =
+        crate::support::client_with_authorization(&crate::support::basic_auth("alice", "alice-pw"));
     // Visible and hidden repositories interleave in lexical order.
     let names: Vec<String> = (0..30)
         .map(|i| match i % 2 {
@@ -559,7 +560,8 @@ async fn the_catalog_filters_by_access_before_it_paginates() {
         .collect();
     push_repositories(&registry, &names).await;
 
-    let bob = common::client_with_authorization(&common::basic_auth("bob", "bob-pw"));
+    let bob =
+        crate::support::client_with_authorization(&crate::support::basic_auth("bob", "bob-pw"));
     let mut seen = Vec::new();
     let mut next = Some("/v2/_catalog?n=4".to_owned());
     while let Some(path) = next.take() {
