@@ -17,6 +17,13 @@
 //! failure (a wrong status, a short pull, wrk errors) exits non-zero; the timings themselves
 //! never do. Each row is also printed as one `BENCH key=value …` line.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
