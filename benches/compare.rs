@@ -1203,6 +1203,14 @@ impl Settler {
     }
 }
 
+/// The 1-minute load average (NaN when unreadable).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Dirty + Writeback from /proc/meminfo, in KiB.
 fn dirty_kib() -> R<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
@@ -2311,6 +2319,12 @@ struct Report<'a> {
     settle_timeouts: usize,
     settle_secs: f64,
     total_secs: f64,
+    /// Wall time of each workload group and of the limits.
+    group_secs: Vec<(&'static str, f64)>,
+    /// The 1-minute load average before and after: on a quiet machine both are well under
+    /// one; anything near the number of CPUs means something else ran beside the benchmark.
+    load_start: f64,
+    load_end: f64,
 }
 
 impl Report<'_> {
@@ -2528,6 +2542,8 @@ impl Report<'_> {
                 "distribution_config_auth": self.auth_distribution_yaml,
                 "wrk": self.commands,
             },
+            "load_average_1min": {"start": number(self.load_start), "end": number(self.load_end)},
+            "group_seconds": self.group_secs.iter().map(|(k, v)| ((*k).to_owned(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "settling": {
                 "settles": self.settles,
                 "timeouts": self.settle_timeouts,
@@ -2540,7 +2556,7 @@ impl Report<'_> {
     fn summary_line(&self) -> String {
         let f = &self.facts;
         format!(
-            "{}, commit `{}`: {}, {} CPUs, {:.0} GiB memory, Linux {}, {}; {} mode, {} round{}, medians; {:.0} s in all",
+            "{}, commit `{}`: {}, {} CPUs, {:.0} GiB memory, Linux {}, {}; load average {:.2} before, {:.2} after; {} mode, {} round{}, medians; {:.0} s in all",
             f.date,
             self.short_commit(),
             f.cpu,
@@ -2548,6 +2564,8 @@ impl Report<'_> {
             f.memory_gib,
             f.kernel,
             f.disk,
+            self.load_start,
+            self.load_end,
             if self.o.quick { "quick" } else { "full" },
             self.o.rounds,
             if self.o.rounds == 1 { "" } else { "s" },
@@ -2662,6 +2680,16 @@ impl Report<'_> {
             SETTLE_TIMEOUT.as_secs(),
             SETTLED_DIRTY_KIB / 1024
         ));
+        let took: Vec<String> = self
+            .group_secs
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.0} s"))
+            .collect();
+        md.push_str(&format!(
+            "- wall time: {:.0} s in all; {}\n",
+            self.total_secs,
+            took.join(", ")
+        ));
         md.push_str("\n## Method, commands and parameters\n\n");
         md.push_str(&format!(
             "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
@@ -2755,6 +2783,7 @@ fn report_dir(o: &Opts) -> PathBuf {
 
 async fn run(o: Opts) -> R<()> {
     let started = Instant::now();
+    let load_start = load_average();
     ensure_wrk()?;
     let berth_bin = berth_binary()?;
     let dist_bin = PathBuf::from(
@@ -2809,20 +2838,36 @@ async fn run(o: Opts) -> R<()> {
     let [blobs, image, wrk, tags, growth, auth] = groups;
     let server_cmds: [String; 2] = [b.servers[0].command.clone(), b.servers[1].command.clone()];
     let result = async {
+        let timed = |name: &'static str, since: Instant| {
+            let secs = since.elapsed().as_secs_f64();
+            eprintln!("== {name} took {secs:.0} s");
+            (name, secs)
+        };
+        let mut took = Vec::new();
         if blobs {
+            let t = Instant::now();
             b.blobs_and_pulls(&big).await?;
+            took.push(timed("blobs", t));
         }
         if image {
+            let t = Instant::now();
             b.image_push().await?;
+            took.push(timed("image", t));
         }
         if wrk {
+            let t = Instant::now();
             b.wrk_workloads().await?;
+            took.push(timed("wrk", t));
         }
         if tags {
+            let t = Instant::now();
             b.tags().await?;
+            took.push(timed("tags", t));
         }
         if growth {
+            let t = Instant::now();
             b.growth().await?;
+            took.push(timed("growth", t));
         }
         let hwm = b
             .table
@@ -2834,14 +2879,17 @@ async fn run(o: Opts) -> R<()> {
         for s in &mut b.servers {
             s.stop();
         }
+        let mut auth_yaml = None;
         if auth {
-            return Ok::<_, Error>(Some(b.auth(&launch, &berth_bin).await?));
+            let t = Instant::now();
+            auth_yaml = Some(b.auth(&launch, &berth_bin).await?);
+            took.push(timed("auth", t));
         }
-        Ok(None)
+        Ok::<_, Error>((auth_yaml, took))
     }
     .await;
-    let auth_yaml = match result {
-        Ok(yaml) => yaml,
+    let (auth_yaml, mut group_secs) = match result {
+        Ok(done) => done,
         Err(e) => {
             for s in &b.servers {
                 eprintln!("--- last lines of {} log:\n{}", s.reg.name, s.log_tail());
@@ -2849,7 +2897,9 @@ async fn run(o: Opts) -> R<()> {
             return Err(e);
         }
     };
+    let t = Instant::now();
     let limits = machine_limits(&b.o, tmp.path(), &big, &mut b.settler).await?;
+    group_secs.push(("limits", t.elapsed().as_secs_f64()));
     let total = started.elapsed().as_secs_f64();
 
     let report = Report {
@@ -2865,6 +2915,9 @@ async fn run(o: Opts) -> R<()> {
         settle_timeouts: b.settler.timeouts,
         settle_secs: b.settler.waited.as_secs_f64(),
         total_secs: total,
+        group_secs,
+        load_start,
+        load_end: load_average(),
     };
     let markdown = report.markdown();
     println!("{markdown}");
