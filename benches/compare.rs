@@ -1,13 +1,21 @@
 //! Berth against CNCF Distribution (Debian's `docker-registry`), side by side on this machine.
 //!
-//! `cargo bench --bench compare` (3 rounds, 512 MiB blobs, 10 s wrk runs: a few minutes) or
-//! `cargo bench --bench compare -- --quick` (1 round, smaller sizes). `--rounds N` overrides the
-//! number of rounds. `BERTH_BIN` and `DISTRIBUTION_BIN` override the two server binaries.
+//! `cargo bench --bench compare` (3 rounds, 512 MiB blobs, 10 s wrk runs) or
+//! `cargo bench --bench compare -- --quick` (1 round, smaller sizes: what CI runs). `--rounds N`
+//! overrides the number of rounds, `--only GROUP,…` runs some workload groups.
+//! `BERTH_BIN` and `DISTRIBUTION_BIN` override the two server binaries.
 //!
-//! Both registries run on 127.0.0.1 with fresh data directories under one temp dir; every workload
-//! runs against Berth then Distribution, round after round (A B A B …), and the table shows
-//! medians. Any protocol failure (a wrong status, a short pull, wrk errors) exits non-zero; the
-//! timings themselves never do. Each row is also printed as one `BENCH key=value …` line.
+//! Fairness (docs/design/benchmark.md): Distribution runs in its standard configuration
+//! (Debian's config.yml); the order of the two alternates per round; before every timed run the
+//! disk settles (Berth's journal checkpoint has passed, `sync`, dirty pages written back); the
+//! machine limits a row is held against are measured on the same random bytes and with the
+//! same durability as the workload.
+//!
+//! A complete full run writes docs/benchmarks/latest.json and latest.md and rewrites the table
+//! between the README's `<!-- bench:begin -->` and `<!-- bench:end -->` markers; `--quick` and
+//! `--only` runs write under target/bench/ instead, so CI never dirties the tree. Any protocol
+//! failure (a wrong status, a short pull, wrk errors) exits non-zero; the timings themselves
+//! never do. Each row is also printed as one `BENCH key=value …` line.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Client, RequestBuilder, StatusCode};
@@ -58,15 +67,19 @@ struct Opts {
     page: usize,
     loopback: usize,
     loopback_conns: usize,
+    /// Growth: new repositories (one tagged image each), then tags pushed into one repository.
+    growth_repos: usize,
+    growth_tags: usize,
+    /// Catalog page size (`/v2/_catalog?n=`).
+    catalog_page: usize,
     /// Workload groups to run (all when `None`): a quick look at one change.
     only: Option<Vec<String>>,
-    dd_count: usize,
     openssl_secs: u32,
     sha_bytes: usize,
 }
 
 /// Workload groups `--only` can pick.
-const GROUPS: [&str; 4] = ["blobs", "image", "wrk", "tags"];
+const GROUPS: [&str; 6] = ["blobs", "image", "wrk", "tags", "growth", "auth"];
 
 impl Opts {
     fn parse() -> R<Opts> {
@@ -125,10 +138,18 @@ impl Opts {
             page: 100,
             loopback: q(512, 2048) * MIB,
             loopback_conns: 16,
-            dd_count: q(16, 64),
+            growth_repos: q(300, 3000),
+            growth_tags: q(1000, 20_000),
+            catalog_page: q(100, 1000),
             openssl_secs: q(1, 3) as u32,
             sha_bytes: q(64, 512) * MIB,
         })
+    }
+
+    /// The results are kept in the repository (and the README's table rewritten) only by a
+    /// complete full run; anything else writes under target/ so that CI never dirties the tree.
+    fn publishes(&self) -> bool {
+        !self.quick && self.only.is_none()
     }
 }
 
@@ -324,7 +345,8 @@ impl Server {
                 }
             }
             if let Ok(resp) = client.get(&url).send().await {
-                if resp.status() == StatusCode::OK {
+                // 401: up, with authentication on.
+                if matches!(resp.status(), StatusCode::OK | StatusCode::UNAUTHORIZED) {
                     return Ok(());
                 }
             }
@@ -408,11 +430,46 @@ fn berth_binary() -> R<PathBuf> {
     Ok(bin)
 }
 
-fn distribution_config(root: &Path, port: u16) -> String {
-    format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+/// Distribution's standard configuration: Debian's `/etc/docker/registry/config.yml` (the same
+/// keys as the upstream image's `config-example.yml`), with the blob descriptor cache in memory,
+/// the `nosniff` header and the storage health check, plus htpasswd authentication when
+/// `htpasswd` is given. Only the address, the data directory and logging differ: errors and
+/// warnings only, no access log, as for Berth (`--log-level warn`), so neither pays for logging.
+fn distribution_config(root: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+    let mut yaml = format!(
+        "version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+",
         root.display()
-    )
+    );
+    if let Some(file) = htpasswd {
+        yaml.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+            file.display()
+        ));
+    }
+    yaml
 }
 
 /// wrk from apt when missing (`apt-get update` only if the plain install fails).
@@ -654,21 +711,53 @@ struct WrkResult {
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
+    /// Requests that took longer than `WRK_TIMEOUT_SECS`.
+    timeouts: u64,
 }
 
-fn wrk_args(o: &Opts, url: &str, accept: Option<&str>) -> Vec<String> {
+/// wrk's arguments; `headers` are whole header lines (`Accept: …`, `Authorization: …`).
+/// A request slower than this is a timeout, which fails the run: well above any latency either
+/// registry shows, yet an htpasswd check queued behind 32 bcrypt verifications on a busy
+/// 2-core machine stays under it (wrk's default of 2 s does not).
+const WRK_TIMEOUT_SECS: u64 = 10;
+
+fn wrk_args(o: &Opts, secs: u64, url: &str, headers: &[String]) -> Vec<String> {
     let mut args = vec![
         format!("-t{}", o.wrk_threads),
         format!("-c{}", o.wrk_conns),
-        format!("-d{}s", o.wrk_secs),
+        format!("-d{secs}s"),
+        format!("--timeout={WRK_TIMEOUT_SECS}s"),
         "--latency".to_owned(),
     ];
-    if let Some(a) = accept {
+    for h in headers {
         args.push("-H".to_owned());
-        args.push(format!("Accept: {a}"));
+        args.push(h.clone());
     }
     args.push(url.to_owned());
     args
+}
+
+/// A wrk command line as a shell would take it, with each credential replaced by `hidden`
+/// (the report is kept in the repository; a token or password never goes there).
+fn wrk_command_text(args: &[String], hidden: &str) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            let a = match a.strip_prefix("Authorization: ") {
+                Some(v) => format!(
+                    "Authorization: {} {hidden}",
+                    v.split(' ').next().unwrap_or("")
+                ),
+                None => a.clone(),
+            };
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect();
+    format!("wrk {}", quoted.join(" "))
 }
 
 /// wrk's durations: `123.45us`, `1.20ms`, `2.00s`, `1.00m`.
@@ -687,8 +776,8 @@ fn wrk_ms(text: &str) -> Option<f64> {
     Some(num.parse::<f64>().ok()? * scale)
 }
 
-async fn run_wrk(o: &Opts, url: &str, accept: Option<&str>) -> R<WrkResult> {
-    let args = wrk_args(o, url, accept);
+async fn run_wrk(o: &Opts, secs: u64, url: &str, headers: &[String]) -> R<WrkResult> {
+    let args = wrk_args(o, secs, url, headers);
     let out = tokio::process::Command::new("wrk")
         .args(&args)
         .stdin(Stdio::null())
@@ -697,8 +786,8 @@ async fn run_wrk(o: &Opts, url: &str, accept: Option<&str>) -> R<WrkResult> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let fail = |why: &str| -> Error {
         format!(
-            "wrk {}: {why}\n{text}{}",
-            args.join(" "),
+            "{}: {why}\n{text}{}",
+            wrk_command_text(&args, "…"),
             String::from_utf8_lossy(&out.stderr)
         )
         .into()
@@ -709,8 +798,30 @@ async fn run_wrk(o: &Opts, url: &str, accept: Option<&str>) -> R<WrkResult> {
     if text.contains("Non-2xx or 3xx responses") {
         return Err(fail("non-2xx responses"));
     }
-    if text.contains("Socket errors") {
-        return Err(fail("socket errors"));
+    // `Socket errors: connect 0, read 0, write 0, timeout 3`. Connection failures are failures;
+    // a timeout is a request slower than WRK_TIMEOUT_SECS, which is a measurement (counted
+    // and reported), not a wrong answer.
+    let mut timeouts = 0;
+    if let Some(line) = text.lines().find(|l| l.contains("Socket errors:")) {
+        let count = |key: &str| {
+            line.split(',')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("Socket errors:")
+                        .trim()
+                        .strip_prefix(key)
+                })
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        match (
+            count("connect"),
+            count("read"),
+            count("write"),
+            count("timeout"),
+        ) {
+            (Some(0), Some(0), Some(0), Some(t)) => timeouts = t,
+            _ => return Err(fail("socket errors")),
+        }
     }
     let field = |prefix: &str| {
         text.lines()
@@ -726,11 +837,22 @@ async fn run_wrk(o: &Opts, url: &str, accept: Option<&str>) -> R<WrkResult> {
         .find(|l| l.contains(" requests in "))
         .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
     match (rps, p50, p99, requests) {
-        (Some(rps), Some(p50_ms), Some(p99_ms), Some(requests)) if requests > 0 => Ok(WrkResult {
+        // No request finished within the run: every one took longer than the run (Distribution's
+        // bcrypt check on every request, on a busy machine). The rate is 0 and there is no
+        // latency to report; the caller notes it. The answers were checked before the run.
+        (Some(_), _, _, Some(0)) => Ok(WrkResult {
+            rps: 0.0,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            requests: 0,
+            timeouts,
+        }),
+        (Some(rps), Some(p50_ms), Some(p99_ms), Some(requests)) => Ok(WrkResult {
             rps,
             p50_ms,
             p99_ms,
             requests,
+            timeouts,
         }),
         _ => Err(fail("cannot parse the output")),
     }
@@ -755,6 +877,14 @@ struct Row {
     unit: &'static str,
     kind: Kind,
     vals: [Vec<f64>; 2],
+    /// Why a registry has no value, when it cannot run the workload.
+    missing: Option<&'static str>,
+}
+
+impl Row {
+    fn medians(&self) -> [f64; 2] {
+        [median(&self.vals[0]), median(&self.vals[1])]
+    }
 }
 
 #[derive(Default)]
@@ -771,6 +901,7 @@ impl Table {
             unit,
             kind,
             vals: [Vec::new(), Vec::new()],
+            missing: None,
         });
         self.rows.len() - 1
     }
@@ -797,12 +928,28 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// A number for people: no decimals from 1,000 up (with thousands separators), three
+/// significant digits below.
 fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
-        "-".to_owned()
+        "n/a".to_owned()
     } else if v.abs() >= 1000.0 {
-        format!("{v:.0}")
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (k, c) in digits.chars().enumerate() {
+            if k > 0 && (digits.len() - k) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 {
+            format!("-{out}")
+        } else {
+            out
+        }
     } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
         format!("{v:.1}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")
@@ -812,54 +959,72 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn ratio_text(kind: Kind, berth: f64, dist: f64) -> String {
+    if !(berth.is_finite() && dist.is_finite()) || berth <= 0.0 || dist <= 0.0 {
+        return "n/a".to_owned();
+    }
+    let times = |r: f64| {
+        if r >= 100.0 {
+            format!("{}×", fmt_num(r))
+        } else if r >= 10.0 {
+            format!("{r:.1}×")
+        } else {
+            format!("{r:.2}×")
+        }
+    };
     match kind {
-        Kind::Higher | Kind::Memory => format!("{:.2}×", berth / dist),
+        Kind::Higher | Kind::Memory => times(berth / dist),
         Kind::Time => {
             let speedup = dist / berth;
             if speedup >= 1.0 {
-                format!("{speedup:.2}× faster")
+                format!("{} faster", times(speedup))
             } else {
-                format!("{:.2}× slower", 1.0 / speedup)
+                format!("{} slower", times(1.0 / speedup))
             }
         }
     }
 }
 
-fn print_table(headers: [&str; 4], rows: &[[String; 4]]) {
-    let mut w = headers.map(|h| h.chars().count());
+/// A markdown table; the first column left-aligned, the others right-aligned, padded so that it
+/// also reads as plain text.
+fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    markdown_table_aligned(headers, rows, headers.len())
+}
+
+/// A markdown table whose columns from `text_from` on are left-aligned text.
+fn markdown_table_aligned(headers: &[&str], rows: &[Vec<String>], text_from: usize) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 4]| {
-        let pad = |s: &str, n: usize, right: bool| {
-            let fill = " ".repeat(n - s.chars().count());
-            if right {
-                format!("{fill}{s}")
+    let line = |cells: Vec<&str>| {
+        let mut out = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            let fill = " ".repeat(w[i] - c.chars().count());
+            if i == 0 || i >= text_from {
+                out.push_str(&format!(" {c}{fill} |"));
             } else {
-                format!("{s}{fill}")
+                out.push_str(&format!(" {fill}{c} |"));
             }
-        };
-        println!(
-            "| {} | {} | {} | {} |",
-            pad(cells[0], w[0], false),
-            pad(cells[1], w[1], true),
-            pad(cells[2], w[2], true),
-            pad(cells[3], w[3], true)
-        );
+        }
+        out.push('\n');
+        out
     };
-    line(headers);
-    println!(
-        "|{}|{}:|{}:|{}:|",
-        "-".repeat(w[0] + 2),
-        "-".repeat(w[1] + 1),
-        "-".repeat(w[2] + 1),
-        "-".repeat(w[3] + 1)
-    );
-    for r in rows {
-        line([&r[0], &r[1], &r[2], &r[3]]);
+    let mut out = line(headers.to_vec());
+    out.push('|');
+    for (i, width) in w.iter().enumerate() {
+        if i == 0 || i >= text_from {
+            out.push_str(&format!("{}|", "-".repeat(width + 2)));
+        } else {
+            out.push_str(&format!("{}:|", "-".repeat(width + 1)));
+        }
     }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn join_vals(v: &[f64]) -> String {
@@ -888,7 +1053,10 @@ struct Limit {
     id: &'static str,
     label: String,
     value: f64,
+    runs: Vec<f64>,
     unit: &'static str,
+    /// What it measures, in one sentence (the workload it bounds and how).
+    method: String,
 }
 
 fn openssl_sha256(o: &Opts) -> R<f64> {
@@ -914,67 +1082,41 @@ fn openssl_sha256(o: &Opts) -> R<f64> {
     }
 }
 
-/// dd of `count` × 16 MiB zeros; MB/s from dd's own report (falls back to our timing).
-fn dd_write(o: &Opts, dir: &Path, sync: bool) -> R<f64> {
-    let file = dir.join("dd-test");
-    let mut args = vec![
-        "if=/dev/zero".to_owned(),
-        format!("of={}", file.display()),
-        "bs=16M".to_owned(),
-        format!("count={}", o.dd_count),
-    ];
-    if sync {
-        args.push("conv=fdatasync".to_owned());
-    }
-    let t = Instant::now();
-    let out = Command::new("dd").args(&args).output()?;
-    let elapsed = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&file);
-    let text = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("dd {}: {text}", args.join(" "));
-    }
-    // "1073741824 bytes (1.1 GB, 1.0 GiB) copied, 2.5 s, 430 MB/s"
-    let parsed = text
-        .lines()
-        .find(|l| l.contains(" copied, "))
-        .and_then(|l| {
-            let bytes: f64 = l.split_whitespace().next()?.parse().ok()?;
-            let after = l.split(" copied, ").nth(1)?;
-            let secs: f64 = after.split_whitespace().next()?.parse().ok()?;
-            (secs > 0.0).then_some(bytes / secs / 1e6)
-        });
-    Ok(parsed.unwrap_or((o.dd_count * 16 * MIB) as f64 / elapsed / 1e6))
-}
-
-/// `total` bytes of random data (cycling over `data`) written with 16 MiB writes, then
-/// fdatasync: what a registry does with a pushed blob. The host's disk may treat zeros (dd's
-/// input) differently from random bytes.
-fn write_random(dir: &Path, data: &[u8], total: usize) -> R<f64> {
+/// Writes `blob` (random bytes, as pushed) to a new file in 16 MiB `write()`s, the way a push
+/// lands in an upload file. With `durable`, then the file operations Berth's blob commit does
+/// (`FsStorage::commit_upload`): fsync the file, rename it into place, fsync the directory.
+/// Without, nothing is synced: what a registry that never fsyncs (Distribution) waits for.
+/// MB/s over the whole sequence.
+fn write_blob_file(dir: &Path, blob: &Blob, durable: bool) -> R<f64> {
     use std::io::Write as _;
-    let path = dir.join("write-test");
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let placed = dir.join(format!("write-test-{run}"));
+    std::fs::create_dir_all(&placed)?;
+    let temp = dir.join(format!("write-test-{run}.tmp"));
     let start = Instant::now();
-    let mut file = std::fs::File::create(&path)?;
-    let mut left = total;
-    while left > 0 {
-        for piece in data.chunks(16 * MIB) {
-            let k = piece.len().min(left);
-            file.write_all(&piece[..k])?;
-            left -= k;
-            if left == 0 {
-                break;
-            }
+    let mut file = std::fs::File::create(&temp)?;
+    for piece in blob.pieces(0, blob.len()) {
+        for part in piece.chunks(16 * MIB) {
+            file.write_all(part)?;
         }
     }
-    file.sync_data()?;
-    let secs = start.elapsed().as_secs_f64();
+    if durable {
+        file.sync_all()?;
+    }
     drop(file);
-    std::fs::remove_file(&path)?;
-    Ok(total as f64 / secs / 1e6)
+    std::fs::rename(&temp, placed.join("data"))?;
+    if durable {
+        std::fs::File::open(&placed)?.sync_all()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&placed)?;
+    Ok(blob.len() as f64 / secs / 1e6)
 }
 
-/// `total` bytes over `conns` loopback TCP connections with 1 MiB buffers; MB/s at the receiver.
-async fn loopback(total: usize, conns: usize) -> R<f64> {
+/// `total` bytes of the benchmark's random data over `conns` loopback TCP connections with
+/// 1 MiB writes and reads; MB/s at the receiver.
+async fn loopback(data: Bytes, total: usize, conns: usize) -> R<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let per = total / conns;
@@ -1003,15 +1145,17 @@ async fn loopback(total: usize, conns: usize) -> R<f64> {
     let start = Instant::now();
     let mut senders = Vec::new();
     for _ in 0..conns {
+        let data = data.clone();
         senders.push(tokio::spawn(async move {
             let mut sock = tokio::net::TcpStream::connect(addr).await?;
             sock.set_nodelay(true)?;
-            let buf = vec![0x5au8; MIB];
             let mut left = per;
+            let mut at = 0;
             while left > 0 {
-                let k = left.min(buf.len());
-                sock.write_all(&buf[..k]).await?;
+                let k = left.min(MIB).min(data.len() - at);
+                sock.write_all(&data[at..at + k]).await?;
                 left -= k;
+                at = if at + k == data.len() { 0 } else { at + k };
             }
             sock.shutdown().await?;
             Ok::<(), std::io::Error>(())
@@ -1028,16 +1172,92 @@ async fn loopback(total: usize, conns: usize) -> R<f64> {
     Ok(got as f64 / secs / 1e6)
 }
 
-/// Writes every dirty page out (`sync`), untimed, before a timed workload: Distribution does not
-/// sync, so without this its last push's writeback lands in the next registry's timed window
-/// (Berth's fsyncs wait behind it, and Berth's journal checkpoint, a `syncfs`, would do that
-/// writeback during Berth's pull).
-fn settle_disk() -> R<()> {
-    let status = Command::new("sync").status()?;
-    if !status.success() {
-        bail!("sync failed: {status}");
+/// Berth's journal checkpoint (a `syncfs`) runs about 1 s after its last write
+/// (`journal::Tuning::checkpoint_after`); waiting this long after its last write lets it finish
+/// before the next timed run instead of inside it.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(1500);
+/// "Writeback is done" once Dirty + Writeback in /proc/meminfo is at most this.
+const SETTLED_DIRTY_KIB: u64 = 8 * 1024;
+/// Give up waiting after this (the machine is busy with something else); counted and reported.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Keeps one registry's deferred disk work out of the next timed run (point 10 of issue 11):
+/// before every timed run, wait until `CHECKPOINT_WAIT` has passed since Berth's last write,
+/// `sync`, then wait until the kernel's dirty and writeback pages are few.
+/// Distribution never syncs, so without this its pushes' writeback lands in the next run's
+/// time; Berth's checkpoint would land in Distribution's.
+struct Settler {
+    /// Berth's last write.
+    last_write: Instant,
+    settles: usize,
+    timeouts: usize,
+    waited: Duration,
+}
+
+impl Settler {
+    fn new() -> Settler {
+        Settler {
+            last_write: Instant::now(),
+            settles: 0,
+            timeouts: 0,
+            waited: Duration::ZERO,
+        }
     }
-    Ok(())
+
+    /// A workload wrote to registry `i` just now. Only Berth's writes start a checkpoint to
+    /// wait out; the writeback of anyone's writes is waited for by `sync` and the dirty count.
+    fn wrote(&mut self, i: usize) {
+        if i == 0 {
+            self.last_write = Instant::now();
+        }
+    }
+
+    async fn settle(&mut self) -> R<()> {
+        let start = Instant::now();
+        let since = self.last_write.elapsed();
+        if since < CHECKPOINT_WAIT {
+            tokio::time::sleep(CHECKPOINT_WAIT - since).await;
+        }
+        let status = tokio::process::Command::new("sync").status().await?;
+        if !status.success() {
+            bail!("sync failed: {status}");
+        }
+        loop {
+            if dirty_kib()? <= SETTLED_DIRTY_KIB {
+                break;
+            }
+            if start.elapsed() > SETTLE_TIMEOUT {
+                self.timeouts += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.settles += 1;
+        self.waited += start.elapsed();
+        Ok(())
+    }
+}
+
+/// The 1-minute load average (NaN when unreadable).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Dirty + Writeback from /proc/meminfo, in KiB.
+fn dirty_kib() -> R<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    match (field("Dirty"), field("Writeback")) {
+        (Some(d), Some(w)) => Ok(d + w),
+        _ => bail!("/proc/meminfo has no Dirty or Writeback"),
+    }
 }
 
 /// The file operations a durable registry cannot skip when a push creates a tag, and nothing
@@ -1046,8 +1266,8 @@ fn settle_disk() -> R<()> {
 /// `threads` create `n` tags between them; tags per second.
 fn durable_tag_floor(dir: &Path, n: usize, threads: usize) -> R<f64> {
     use std::io::Write as _;
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let root = dir.join(format!("tag-floor-{threads}-{run}"));
     let link = format!("sha256:{}", "a".repeat(64));
     let start = Instant::now();
@@ -1082,80 +1302,104 @@ fn durable_tag_floor(dir: &Path, n: usize, threads: usize) -> R<f64> {
     Ok(n as f64 / secs)
 }
 
-async fn machine_limits(o: &Opts, dir: &Path, big: &Big) -> R<Vec<Limit>> {
+/// The machine's limits, each measured on the data and with the durability of the workload it
+/// bounds, after the registries have stopped, settled like the timed runs.
+async fn machine_limits(o: &Opts, dir: &Path, big: &Big, settler: &mut Settler) -> R<Vec<Limit>> {
     let mut out = Vec::new();
     eprintln!("== machine limits");
+    settler.settle().await?;
     let v = openssl_sha256(o)?;
     out.push(Limit {
         id: "sha256_openssl",
         label: "SHA-256, one core (openssl, 16 KiB blocks)".to_owned(),
         value: v,
+        runs: vec![v],
         unit: "MB/s",
+        method: format!(
+            "openssl speed -evp sha256 -bytes 16384 -seconds {}",
+            o.openssl_secs
+        ),
     });
     let n = o.sha_bytes.min(big.head.len());
     let t = Instant::now();
     let digest = Sha256::digest(&big.head[..n]);
     let secs = t.elapsed().as_secs_f64();
     std::hint::black_box(digest);
+    let v = n as f64 / secs / 1e6;
     out.push(Limit {
         id: "sha256_sha2_crate",
         label: format!(
             "SHA-256, one core (sha2 crate, {:.0} MiB)",
             n as f64 / MIB as f64
         ),
-        value: n as f64 / secs / 1e6,
+        value: v,
+        runs: vec![v],
         unit: "MB/s",
+        method: "Sha256::digest over the benchmark's random data, in memory".to_owned(),
     });
-    // Loopback before dd, so no writeback from the file test is still going on.
     let gib = o.loopback as f64 / (1024.0 * MIB as f64);
     for (id, conns) in [("loopback_tcp_1", 1), ("loopback_tcp_16", o.loopback_conns)] {
         let mut runs = Vec::new();
         for _ in 0..o.rounds {
-            runs.push(loopback(o.loopback, conns).await?);
+            runs.push(loopback(big.head.clone(), o.loopback, conns).await?);
         }
         let plural = if conns == 1 { "" } else { "s" };
         out.push(Limit {
             id,
             label: format!("loopback TCP {gib} GiB, {conns} connection{plural}"),
             value: median(&runs),
+            runs,
             unit: "MB/s",
+            method: "tokio TcpListener and TcpStreams on 127.0.0.1, random bytes, 1 MiB writes and reads, no HTTP".to_owned(),
         });
     }
-    let gib = (o.dd_count * 16) as f64 / 1024.0;
-    out.push(Limit {
-        id: "disk_write_fdatasync",
-        label: format!("file write {gib} GiB, fdatasync at end (dd)"),
-        value: dd_write(o, dir, true)?,
-        unit: "MB/s",
-    });
-    out.push(Limit {
-        id: "disk_write_random_fdatasync",
-        label: format!("file write {gib} GiB random, fdatasync at end"),
-        value: write_random(dir, &big.head, o.dd_count * 16 * MIB)?,
-        unit: "MB/s",
-    });
-    out.push(Limit {
-        id: "disk_write_cached",
-        label: format!("file write {gib} GiB, no sync (dd)"),
-        value: dd_write(o, dir, false)?,
-        unit: "MB/s",
-    });
+    let mib = o.big / MIB;
+    for (id, durable) in [("blob_write_durable", true), ("blob_write_cached", false)] {
+        let mut runs = Vec::new();
+        for round in 0..o.rounds {
+            settler.settle().await?;
+            let blob = big.variant(u64::MAX - round as u64);
+            runs.push(write_blob_file(dir, &blob, durable)?);
+        }
+        let (label, method) = if durable {
+            (
+                format!("write a {mib} MiB random blob durably"),
+                "16 MiB write()s to a new file, fsync, rename into place, fsync the directory: the file operations of Berth's blob commit, on the same random bytes as the pushes",
+            )
+        } else {
+            (
+                format!("write a {mib} MiB random blob, no sync"),
+                "16 MiB write()s to a new file and a rename, nothing synced: the page cache, which is where a registry that never fsyncs (Distribution) leaves a push",
+            )
+        };
+        out.push(Limit {
+            id,
+            label,
+            value: median(&runs),
+            runs,
+            unit: "MB/s",
+            method: method.to_owned(),
+        });
+    }
     for (id, threads) in [
         ("durable_tag_floor_c8", o.tag_conc),
         ("durable_tag_floor_c1", 1),
     ] {
         let mut runs = Vec::new();
         for _ in 0..o.rounds {
+            settler.settle().await?;
             runs.push(durable_tag_floor(dir, o.tags, threads)?);
         }
         out.push(Limit {
             id,
             label: format!(
-                "new tag's durable file ops only (mkdir, write, fdatasync, rename, fsync dir), {threads} thread{}",
+                "a new tag's durable file ops only, {threads} thread{}",
                 if threads == 1 { "" } else { "s" }
             ),
             value: median(&runs),
+            runs,
             unit: "tags/s",
+            method: format!("{} tags in Distribution's layout: mkdir -p tags/<tag>/current, write the 71-byte link to a temp file, fdatasync, rename, fsync the directory", o.tags),
         });
     }
     for l in &out {
@@ -1167,6 +1411,71 @@ async fn machine_limits(o: &Opts, dir: &Path, big: &Big) -> R<Vec<Limit>> {
 // ---------------------------------------------------------------------------------------------
 // The run
 
+/// The order of the two registries in round `round`: Berth first in even rounds, Distribution
+/// first in odd ones, so that neither always runs right after the other's writes.
+fn order(round: usize) -> [usize; 2] {
+    if round % 2 == 0 {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
+const NAMES: [&str; 2] = ["Berth", "Distribution"];
+
+/// Where the binaries are and how the two servers of a pair are started.
+struct Launch {
+    berth_bin: PathBuf,
+    dist_bin: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A started pair and how it was started (the report quotes both).
+struct Pair {
+    servers: Vec<Server>,
+    distribution_yaml: String,
+}
+
+impl Launch {
+    /// Berth and Distribution on free ports with fresh data directories under `tmp/<label>`;
+    /// with `htpasswd`, both check the same bcrypt file.
+    async fn start(&self, label: &str, htpasswd: Option<&Path>, client: &Client) -> R<Pair> {
+        let dir = self.tmp.join(label);
+        let berth_port = free_port()?;
+        let berth_data = dir.join("berth-data");
+        std::fs::create_dir_all(&berth_data)?;
+        let mut cmd = Command::new(&self.berth_bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{berth_port}"))
+            .arg("--data-dir")
+            .arg(&berth_data)
+            .args(["--log-level", "warn"]);
+        if let Some(file) = htpasswd {
+            cmd.arg("--htpasswd").arg(file);
+        }
+        let berth = Server::spawn("berth", cmd, berth_port, dir.join("berth.log"))?;
+
+        let dist_port = free_port()?;
+        let dist_data = dir.join("distribution-data");
+        std::fs::create_dir_all(&dist_data)?;
+        let dist_yml = dir.join("distribution.yml");
+        let yaml = distribution_config(&dist_data, dist_port, htpasswd);
+        std::fs::write(&dist_yml, &yaml)?;
+        let mut cmd = Command::new(&self.dist_bin);
+        cmd.arg("serve").arg(&dist_yml);
+        let dist = Server::spawn("distribution", cmd, dist_port, dir.join("distribution.log"))?;
+        let mut servers = vec![berth, dist];
+        for s in &mut servers {
+            s.wait_ready(client).await?;
+        }
+        Ok(Pair {
+            servers,
+            distribution_yaml: yaml,
+        })
+    }
+}
+
 struct Bench {
     o: Opts,
     client: Client,
@@ -1175,6 +1484,7 @@ struct Bench {
     rng: Rng,
     variants: u64,
     commands: Vec<String>,
+    settler: Settler,
 }
 
 impl Bench {
@@ -1210,7 +1520,7 @@ impl Bench {
         );
         let rss_after = self.table.add(
             &format!("rss_after_push_{size_mib}MiB"),
-            &format!("RSS after {size_mib} MiB push (max)"),
+            &format!("RSS after {size_mib} MiB pushes (max)"),
             "MiB",
             Kind::Memory,
         );
@@ -1219,16 +1529,17 @@ impl Bench {
         let mut pushed: Vec<[Option<(String, Blob)>; 2]> = vec![[None, None]; self.o.rounds];
         eprintln!("== push {size_mib} MiB, monolithic (POST + PUT)");
         for round in 0..self.o.rounds {
-            for (i, rss) in max_rss.iter_mut().enumerate() {
+            for i in order(round) {
                 let blob = self.next_variant(big);
                 let repo = format!("bench/mono-r{round}");
                 let reg = self.servers[i].reg.clone();
-                settle_disk()?;
+                self.settler.settle().await?;
                 let t = Instant::now();
                 push_monolithic(&self.client, &reg, &repo, &blob).await?;
                 let secs = t.elapsed().as_secs_f64();
+                self.settler.wrote(i);
                 self.table.push(mono, i, blob.len() as f64 / secs / 1e6);
-                *rss = rss.max(self.servers[i].status_mib("VmRSS")?);
+                max_rss[i] = max_rss[i].max(self.servers[i].status_mib("VmRSS")?);
             }
         }
         eprintln!(
@@ -1236,27 +1547,28 @@ impl Bench {
             self.o.chunk / MIB
         );
         for (round, slot) in pushed.iter_mut().enumerate() {
-            for (i, dst) in slot.iter_mut().enumerate() {
+            for i in order(round) {
                 let blob = self.next_variant(big);
                 let repo = format!("bench/chunked-r{round}");
                 let reg = self.servers[i].reg.clone();
-                settle_disk()?;
+                self.settler.settle().await?;
                 let t = Instant::now();
                 push_chunked(&self.client, &reg, &repo, &blob, self.o.chunk).await?;
                 let secs = t.elapsed().as_secs_f64();
+                self.settler.wrote(i);
                 self.table.push(chunked, i, blob.len() as f64 / secs / 1e6);
                 max_rss[i] = max_rss[i].max(self.servers[i].status_mib("VmRSS")?);
-                *dst = Some((repo, blob));
+                slot[i] = Some((repo, blob));
             }
         }
         for (i, rss) in max_rss.iter().enumerate() {
             self.table.push(rss_after, i, *rss);
         }
         eprintln!("== pull {size_mib} MiB");
-        for slot in &pushed {
-            for (i, entry) in slot.iter().enumerate() {
-                let (repo, blob) = entry.as_ref().expect("pushed");
-                settle_disk()?;
+        for (round, slot) in pushed.iter().enumerate() {
+            for i in order(round) {
+                let (repo, blob) = slot[i].as_ref().expect("pushed");
+                self.settler.settle().await?;
                 let t = Instant::now();
                 pull_count(&self.client, &self.servers[i].reg, repo, blob).await?;
                 let secs = t.elapsed().as_secs_f64();
@@ -1276,6 +1588,7 @@ impl Bench {
         for reg in self.regs() {
             push_monolithic(&self.client, &reg, "bench/pull", &blob).await?;
         }
+        self.settler.wrote(0);
         let pull_bare_n = self.table.add(
             &format!("pull_{conns}x{blob_mib}MiB_bare"),
             &format!("pull {blob_mib} MiB × {conns} concurrent, bare client"),
@@ -1283,9 +1596,10 @@ impl Bench {
             Kind::Higher,
         );
         eprintln!("== the same with a bare HTTP/1.1 client reading 1 MiB at a time");
-        for _ in 0..self.o.rounds {
-            for (i, reg) in self.regs().into_iter().enumerate() {
-                settle_disk()?;
+        for round in 0..self.o.rounds {
+            for i in order(round) {
+                let reg = self.servers[i].reg.clone();
+                self.settler.settle().await?;
                 let (client, blob2, reg2) = (self.client.clone(), blob.clone(), reg.clone());
                 let (wall, _) = run_pool(conns, conns, move |_| {
                     let (client, reg, blob) = (client.clone(), reg2.clone(), blob2.clone());
@@ -1295,7 +1609,7 @@ impl Bench {
                 self.table
                     .push(pull_n, i, (conns * blob.len()) as f64 / wall / 1e6);
                 let blob2 = blob.clone();
-                settle_disk()?;
+                self.settler.settle().await?;
                 let (wall, _) = run_pool(conns, conns, move |_| {
                     let (reg, blob) = (reg.clone(), blob2.clone());
                     async move { pull_bare(&reg, "bench/pull", &blob).await }
@@ -1321,7 +1635,8 @@ impl Bench {
         );
         eprintln!("== push an image of {n} × {size} B layers, {par} uploads in flight");
         for round in 0..self.o.rounds {
-            for (i, reg) in self.regs().into_iter().enumerate() {
+            for i in order(round) {
+                let reg = self.servers[i].reg.clone();
                 // Fresh content every time: nothing is already there.
                 let layers: Vec<Blob> = (0..n)
                     .map(|_| Blob::whole(Bytes::from(self.rng.bytes(size))))
@@ -1336,7 +1651,7 @@ impl Bench {
                 blobs.push(config);
                 let blobs = Arc::new(blobs);
                 let repo = format!("bench/image-r{round}");
-                settle_disk()?;
+                self.settler.settle().await?;
                 let t = Instant::now();
                 let (client, reg2, repo2) = (self.client.clone(), reg.clone(), repo.clone());
                 run_pool(blobs.len(), par, move |k| {
@@ -1346,26 +1661,28 @@ impl Bench {
                 })
                 .await?;
                 put_manifest(&self.client, &reg, &repo, "v1", manifest).await?;
-                self.table.push(row, i, t.elapsed().as_secs_f64());
+                let secs = t.elapsed().as_secs_f64();
+                self.settler.wrote(i);
+                self.table.push(row, i, secs);
             }
         }
         Ok(())
     }
 
-    async fn wrk_workloads(&mut self) -> R<()> {
+    /// Pushes the small image the wrk rows read (`client` carries any credentials) and checks
+    /// that its manifest and blob URLs answer what wrk will count as success.
+    async fn push_wrk_image(&mut self, client: &Client) -> R<(Vec<(String, String)>, Blob)> {
         let small = Blob::whole(Bytes::from(self.rng.bytes(4096)));
         let config = config_blob("wrk");
         let manifest = image_manifest(&config, std::slice::from_ref(&small));
         let mut urls = Vec::new();
         for reg in self.regs() {
-            let c = &self.client;
-            push_monolithic(c, &reg, "bench/wrk", &small).await?;
-            push_monolithic(c, &reg, "bench/wrk", &config).await?;
-            put_manifest(c, &reg, "bench/wrk", "latest", manifest.clone()).await?;
-            // Check both URLs answer what wrk will count as success.
+            push_monolithic(client, &reg, "bench/wrk", &small).await?;
+            push_monolithic(client, &reg, "bench/wrk", &config).await?;
+            put_manifest(client, &reg, "bench/wrk", "latest", manifest.clone()).await?;
             let m_url = format!("{}/v2/bench/wrk/manifests/latest", reg.base);
             let (_, body) = call(
-                c.get(&m_url).header(header::ACCEPT, ACCEPT_MANIFESTS),
+                client.get(&m_url).header(header::ACCEPT, ACCEPT_MANIFESTS),
                 StatusCode::OK,
                 "GET manifest",
             )
@@ -1374,72 +1691,118 @@ impl Bench {
                 bail!("{}: GET manifest returned other bytes", reg.name);
             }
             let b_url = format!("{}/v2/bench/wrk/blobs/{}", reg.base, small.digest);
-            let (_, body) = call(c.get(&b_url), StatusCode::OK, "GET blob").await?;
+            let (_, body) = call(client.get(&b_url), StatusCode::OK, "GET blob").await?;
             if body.len() != small.len() {
                 bail!("{}: GET small blob returned {} bytes", reg.name, body.len());
             }
             urls.push((m_url, b_url));
         }
-        let secs = self.o.wrk_secs;
-        let workloads = [
-            ("manifest_get", "manifest GET by tag", true),
-            ("blob_get_4KiB", "blob GET 4 KiB", false),
-        ];
-        for (id, label, is_manifest) in workloads {
-            let conns = self.o.wrk_conns;
-            let rps = self.table.add(
-                &format!("{id}_c{conns}_rps"),
-                &format!("{label}, {conns} conns"),
-                "req/s",
-                Kind::Higher,
-            );
-            let p99 = self.table.add(
-                &format!("{id}_c{conns}_p99"),
-                &format!("{label}, {conns} conns, p99"),
-                "ms",
-                Kind::Time,
-            );
-            eprintln!("== {label}: wrk, {conns} connections, {secs} s");
-            let mut p50s = [Vec::new(), Vec::new()];
-            for _ in 0..self.o.rounds {
-                for (i, (m_url, b_url)) in urls.iter().enumerate() {
-                    let (url, accept) = if is_manifest {
-                        (m_url, Some(ACCEPT_MANIFESTS))
-                    } else {
-                        (b_url, None)
-                    };
-                    let r = run_wrk(&self.o, url, accept).await?;
-                    self.table.push(rps, i, r.rps);
-                    self.table.push(p99, i, r.p99_ms);
-                    p50s[i].push(r.p50_ms);
-                    eprintln!("    ({} requests, p50 {:.3} ms)", r.requests, r.p50_ms);
-                }
-            }
-            self.table.notes.push(format!(
-                "{label}: wrk p50 latency (median of rounds) Berth {:.3} ms, Distribution {:.3} ms",
-                median(&p50s[0]),
-                median(&p50s[1])
-            ));
-            for (i, (m_url, b_url)) in urls.iter().enumerate() {
-                let url = if is_manifest { m_url } else { b_url };
-                let args = wrk_args(&self.o, url, accept_of(is_manifest));
-                let quoted: Vec<String> = args
-                    .iter()
-                    .map(|a| {
-                        if a.contains(' ') {
-                            format!("'{a}'")
-                        } else {
-                            a.clone()
-                        }
-                    })
-                    .collect();
-                self.commands.push(format!(
-                    "{label} ({}): wrk {}",
-                    self.servers[i].reg.name,
-                    quoted.join(" ")
+        self.settler.wrote(0);
+        Ok((urls, small))
+    }
+
+    /// One wrk workload on the registries that have headers for it (`None`: the registry
+    /// cannot run it), round after round in alternating order; rows `<id>_rps` and `<id>_p99`.
+    async fn wrk_rows(
+        &mut self,
+        id: &str,
+        label: &str,
+        secs: u64,
+        urls: [&str; 2],
+        headers: [Option<Vec<String>>; 2],
+        missing: Option<&'static str>,
+    ) -> R<()> {
+        let conns = self.o.wrk_conns;
+        let rps = self.table.add(
+            &format!("{id}_c{conns}_rps"),
+            &format!("{label}, {conns} conns"),
+            "req/s",
+            Kind::Higher,
+        );
+        let p99 = self.table.add(
+            &format!("{id}_c{conns}_p99"),
+            &format!("{label}, {conns} conns, p99"),
+            "ms",
+            Kind::Time,
+        );
+        self.table.rows[rps].missing = missing;
+        self.table.rows[p99].missing = missing;
+        for (i, h) in headers.iter().enumerate() {
+            if h.is_none() {
+                self.table.notes.push(format!(
+                    "{label}: n/a for {}: {}",
+                    NAMES[i],
+                    missing.unwrap_or("it cannot run this workload")
                 ));
             }
         }
+        eprintln!("== {label}: wrk, {conns} connections, {secs} s");
+        let mut p50s = [Vec::new(), Vec::new()];
+        for round in 0..self.o.rounds {
+            for i in order(round) {
+                let Some(h) = &headers[i] else { continue };
+                self.settler.settle().await?;
+                let r = run_wrk(&self.o, secs, urls[i], h).await?;
+                self.table.push(rps, i, r.rps);
+                if r.p99_ms.is_finite() {
+                    self.table.push(p99, i, r.p99_ms);
+                    p50s[i].push(r.p50_ms);
+                }
+                if r.requests == 0 || r.timeouts > 0 {
+                    self.table.notes.push(format!(
+                        "{label}, {} round {}: {} requests finished in {secs} s, {} took longer than {WRK_TIMEOUT_SECS} s",
+                        NAMES[i],
+                        round + 1,
+                        r.requests,
+                        r.timeouts
+                    ));
+                }
+                eprintln!("    ({} requests, p50 {:.3} ms)", r.requests, r.p50_ms);
+            }
+        }
+        let p50_text: Vec<String> = (0..2)
+            .filter(|&i| headers[i].is_some())
+            .map(|i| format!("{} {} ms", NAMES[i], fmt_num(median(&p50s[i]))))
+            .collect();
+        self.table.notes.push(format!(
+            "{label}: wrk p50 latency (median of rounds): {}",
+            p50_text.join(", ")
+        ));
+        for i in 0..2 {
+            if let Some(h) = &headers[i] {
+                let args = wrk_args(&self.o, secs, urls[i], h);
+                self.commands.push(format!(
+                    "{label} ({}): {}",
+                    NAMES[i],
+                    wrk_command_text(&args, "<credential>")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wrk_workloads(&mut self) -> R<()> {
+        let client = self.client.clone();
+        let (urls, _) = self.push_wrk_image(&client).await?;
+        let accept = vec![format!("Accept: {ACCEPT_MANIFESTS}")];
+        self.wrk_rows(
+            "manifest_get",
+            "manifest GET by tag",
+            self.o.wrk_secs,
+            [&urls[0].0, &urls[1].0],
+            [Some(accept.clone()), Some(accept)],
+            None,
+        )
+        .await?;
+        self.wrk_rows(
+            "blob_get_4KiB",
+            "blob GET 4 KiB",
+            self.o.wrk_secs,
+            [&urls[0].1, &urls[1].1],
+            [Some(Vec::new()), Some(Vec::new())],
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -1477,17 +1840,19 @@ impl Bench {
         for (label, row, in_flight) in [("par", par, conc), ("seq", seq, 1)] {
             eprintln!("== tag PUT × {n}, {in_flight} in flight");
             for round in 0..self.o.rounds {
-                for (i, reg) in self.regs().into_iter().enumerate() {
+                for i in order(round) {
+                    let reg = self.servers[i].reg.clone();
                     let repo = format!("bench/tags-{label}-r{round}");
                     push_monolithic(&self.client, &reg, &repo, &layer).await?;
                     push_monolithic(&self.client, &reg, &repo, &config).await?;
+                    self.settler.wrote(i);
                     let (client, reg2, repo2, m) = (
                         self.client.clone(),
                         reg.clone(),
                         repo.clone(),
                         manifest.clone(),
                     );
-                    settle_disk()?;
+                    self.settler.settle().await?;
                     let (wall, times) =
                         run_pool(n, in_flight, move |k| {
                             let (client, reg, repo, m) =
@@ -1497,6 +1862,7 @@ impl Bench {
                             }
                         })
                         .await?;
+                    self.settler.wrote(i);
                     self.table.push(row, i, n as f64 / wall);
                     if in_flight == 1 {
                         seq_times[i].extend(times);
@@ -1505,15 +1871,20 @@ impl Bench {
             }
         }
         eprintln!("== list {n} tags, n={page} per page following Link, and in one request");
+        let want: BTreeSet<String> = (0..n).map(|k| format!("t{k:06}")).collect();
         for round in 0..self.o.rounds {
-            for (i, reg) in self.regs().into_iter().enumerate() {
+            for i in order(round) {
+                let reg = self.servers[i].reg.clone();
                 for (row, page) in [(list, page), (whole, 0)] {
                     let repo = format!("bench/tags-seq-r{round}");
-                    settle_disk()?;
+                    let first = match page {
+                        0 => format!("{}/v2/{repo}/tags/list", reg.base),
+                        _ => format!("{}/v2/{repo}/tags/list?n={page}", reg.base),
+                    };
+                    self.settler.settle().await?;
                     let t = Instant::now();
-                    let (tags, pages) = list_tags(&self.client, &reg, &repo, page).await?;
+                    let (tags, pages) = list_paged(&self.client, &reg, &first, "tags").await?;
                     let ms = t.elapsed().as_secs_f64() * 1e3;
-                    let want: BTreeSet<String> = (0..n).map(|k| format!("t{k:06}")).collect();
                     let got: BTreeSet<String> = tags.iter().cloned().collect();
                     if tags.len() != n || got != want {
                         bail!(
@@ -1530,7 +1901,7 @@ impl Bench {
                 }
             }
         }
-        for (i, name) in ["Berth", "Distribution"].iter().enumerate() {
+        for (i, name) in NAMES.iter().enumerate() {
             self.table.notes.push(format!(
                 "sequential tag PUT latency, {name}: {}",
                 latency_summary(&seq_times[i])
@@ -1548,33 +1919,313 @@ impl Bench {
         ));
         Ok(())
     }
+
+    /// The registry grows (`growth_repos` new repositories holding one tagged image each, then
+    /// `growth_tags` tags in one repository), then: how long that took, the RSS it leaves, and
+    /// the cost of listing the catalog `catalog_page` repositories at a time.
+    async fn growth(&mut self) -> R<()> {
+        let (repos, tags, page) = (self.o.growth_repos, self.o.growth_tags, self.o.catalog_page);
+        let conc = self.o.tag_conc;
+        let layer = Blob::whole(Bytes::from(self.rng.bytes(4096)));
+        let config = config_blob("growth");
+        let manifest = image_manifest(&config, std::slice::from_ref(&layer));
+        let grow = self.table.add(
+            &format!("grow_{repos}_repos_{tags}_tags"),
+            &format!("{repos} new repositories, then {tags} tags, {conc} in flight"),
+            "s",
+            Kind::Time,
+        );
+        let rss = self.table.add(
+            &format!("rss_after_{repos}_repos_{tags}_tags"),
+            &format!("RSS after {repos} new repositories and {tags} tags"),
+            "MiB",
+            Kind::Memory,
+        );
+        let catalog = self.table.add(
+            &format!("catalog_{repos}_n{page}"),
+            &format!("catalog of {repos}+ repositories, n={page} pages"),
+            "ms",
+            Kind::Time,
+        );
+        eprintln!("== growth: {repos} new repositories (blobs mounted, one tag each), {tags} tags in one repository");
+        // The growth happens once per registry (a second round would measure a bigger store),
+        // Berth first; the settle between keeps each apart.
+        for i in [0, 1] {
+            let reg = self.servers[i].reg.clone();
+            let source = "bench/growth-source";
+            push_monolithic(&self.client, &reg, source, &layer).await?;
+            push_monolithic(&self.client, &reg, source, &config).await?;
+            self.settler.wrote(i);
+            self.settler.settle().await?;
+            let t = Instant::now();
+            let (client, reg2, m, digests) = (
+                self.client.clone(),
+                reg.clone(),
+                manifest.clone(),
+                [layer.digest.clone(), config.digest.clone()],
+            );
+            run_pool(repos, conc, move |k| {
+                let (client, reg, m, digests) =
+                    (client.clone(), reg2.clone(), m.clone(), digests.clone());
+                async move {
+                    let repo = format!("bench/growth/r{k:05}");
+                    for digest in &digests {
+                        mount_blob(&client, &reg, &repo, digest, source).await?;
+                    }
+                    put_manifest(&client, &reg, &repo, "v1", m).await
+                }
+            })
+            .await?;
+            let (client, reg2, m) = (self.client.clone(), reg.clone(), manifest.clone());
+            run_pool(tags, conc, move |k| {
+                let (client, reg, m) = (client.clone(), reg2.clone(), m.clone());
+                async move { put_manifest(&client, &reg, source, &format!("g{k:06}"), m).await }
+            })
+            .await?;
+            let secs = t.elapsed().as_secs_f64();
+            self.settler.wrote(i);
+            self.table.push(grow, i, secs);
+            // After the checkpoint and writeback, so the RSS is what stays.
+            self.settler.settle().await?;
+            let mib = self.servers[i].status_mib("VmRSS")?;
+            self.table.push(rss, i, mib);
+        }
+        eprintln!("== catalog, n={page} per page following Link");
+        let want: BTreeSet<String> = (0..repos)
+            .map(|k| format!("bench/growth/r{k:05}"))
+            .collect();
+        let mut pages_seen = [0usize; 2];
+        let mut listed = [0usize; 2];
+        for round in 0..self.o.rounds {
+            for i in order(round) {
+                let reg = self.servers[i].reg.clone();
+                let first = format!("{}/v2/_catalog?n={page}", reg.base);
+                self.settler.settle().await?;
+                let t = Instant::now();
+                let (names, pages) = list_paged(&self.client, &reg, &first, "repositories").await?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let got: BTreeSet<String> = names.iter().cloned().collect();
+                if got.len() != names.len() || !want.is_subset(&got) {
+                    bail!(
+                        "{}: the catalog listed {} names ({} distinct), missing {} of the {repos} new repositories",
+                        reg.name,
+                        names.len(),
+                        got.len(),
+                        want.difference(&got).count()
+                    );
+                }
+                self.table.push(catalog, i, ms);
+                pages_seen[i] = pages;
+                listed[i] = names.len();
+            }
+        }
+        self.table.notes.push(format!(
+            "catalog with n={page}: Berth listed {} repositories in {} pages, Distribution {} in {} pages",
+            listed[0], pages_seen[0], listed[1], pages_seen[1]
+        ));
+        Ok(())
+    }
+
+    /// Manifest GET by tag with authentication on: both registries check one bcrypt htpasswd
+    /// file; Basic credentials on every request for both, and Berth's Bearer token (from its
+    /// `/auth/token`). Distribution's htpasswd mode has no token endpoint, so it has no Bearer
+    /// row: its token mode needs a separate token server, which is not Distribution.
+    async fn auth(&mut self, launch: &Launch, berth_bin: &Path) -> R<String> {
+        let dir = launch.tmp.join("auth");
+        std::fs::create_dir_all(&dir)?;
+        let htpasswd = dir.join("htpasswd");
+        let user = "bench";
+        let password = hex::encode(self.rng.bytes(16));
+        add_htpasswd_user(berth_bin, &htpasswd, user, &password)?;
+        let pair = launch.start("auth", Some(&htpasswd), &self.client).await?;
+        self.servers = pair.servers;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let mut auth_headers = HeaderMap::new();
+        auth_headers.insert(header::AUTHORIZATION, basic.parse()?);
+        let authed = Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .default_headers(auth_headers)
+            .build()?;
+        // Both must refuse an anonymous pull before they are measured with credentials.
+        for reg in self.regs() {
+            let url = format!("{}/v2/bench/wrk/manifests/latest", reg.base);
+            call(
+                self.client.get(&url),
+                StatusCode::UNAUTHORIZED,
+                "anonymous GET manifest",
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", reg.name))?;
+        }
+        let (urls, _) = self.push_wrk_image(&authed).await?;
+        let token = berth_token(&self.client, &self.servers[0].reg, &basic, "bench/wrk").await?;
+        let bearer = format!("Bearer {token}");
+        let (_, body) = call(
+            self.client
+                .get(&urls[0].0)
+                .header(header::ACCEPT, ACCEPT_MANIFESTS)
+                .header(header::AUTHORIZATION, &bearer),
+            StatusCode::OK,
+            "GET manifest with the Bearer token",
+        )
+        .await?;
+        if body.is_empty() {
+            bail!("berth: empty manifest with the Bearer token");
+        }
+        // 5 s in both modes: Distribution checks bcrypt on every request (tens of ms each), so
+        // quick mode's 2 s may complete none of them, while 5 s already gives it thousands on
+        // a quiet machine; a full run's 10 s would add 45 s for no steadier median.
+        let auth_secs = 5;
+        let accept = format!("Accept: {ACCEPT_MANIFESTS}");
+        let with_basic = vec![accept.clone(), format!("Authorization: {basic}")];
+        let with_bearer = vec![accept, format!("Authorization: {bearer}")];
+        self.wrk_rows(
+            "manifest_get_basic",
+            "manifest GET by tag, Basic auth",
+            auth_secs,
+            [&urls[0].0, &urls[1].0],
+            [Some(with_basic.clone()), Some(with_basic)],
+            None,
+        )
+        .await?;
+        self.wrk_rows(
+            "manifest_get_bearer",
+            "manifest GET by tag, Bearer token",
+            auth_secs,
+            [&urls[0].0, &urls[1].0],
+            [Some(with_bearer), None],
+            Some("Distribution's htpasswd mode issues no tokens"),
+        )
+        .await?;
+        let cost = bcrypt_cost(&htpasswd)?;
+        self.table.notes.push(format!(
+            "auth rows: one user in one bcrypt htpasswd file (cost {cost}, written by `berth user add`), read by both registries; Berth's Bearer token from GET /auth/token with Basic credentials, scope repository:bench/wrk:pull"
+        ));
+        for s in &mut self.servers {
+            s.stop();
+        }
+        Ok(pair.distribution_yaml)
+    }
 }
 
-fn accept_of(is_manifest: bool) -> Option<&'static str> {
-    is_manifest.then_some(ACCEPT_MANIFESTS)
+/// `berth user add NAME --htpasswd FILE`, the password on stdin: the file both registries read.
+fn add_htpasswd_user(berth_bin: &Path, file: &Path, user: &str, password: &str) -> R<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(berth_bin)
+        .args(["user", "add", user, "--htpasswd"])
+        .arg(file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "berth user add: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
-/// Lists a repository's tags `page` at a time, following `Link: <…>; rel="next"`
-/// (`page` 0: one request without `n`).
-async fn list_tags(c: &Client, reg: &Reg, repo: &str, page: usize) -> R<(Vec<String>, usize)> {
-    let first = match page {
-        0 => format!("{}/v2/{repo}/tags/list", reg.base),
-        _ => format!("{}/v2/{repo}/tags/list?n={page}", reg.base),
+/// The bcrypt cost of the first entry (`user:$2y$10$…`).
+fn bcrypt_cost(file: &Path) -> R<u32> {
+    let text = std::fs::read_to_string(file)?;
+    let hash = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, h)| h);
+    match hash.and_then(|h| h.split('$').nth(2)?.parse().ok()) {
+        Some(cost) => Ok(cost),
+        None => bail!("{}: not a bcrypt htpasswd entry", file.display()),
+    }
+}
+
+/// Berth's token for pulling `repo`: the realm and service from the 401 challenge of `/v2/`,
+/// then `GET realm?service=…&scope=repository:<repo>:pull` with Basic credentials.
+async fn berth_token(c: &Client, reg: &Reg, basic: &str, repo: &str) -> R<String> {
+    let (headers, _) = call(
+        c.get(format!("{}/v2/", reg.base)),
+        StatusCode::UNAUTHORIZED,
+        "GET /v2/ without credentials",
+    )
+    .await?;
+    let challenge = headers
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("berth: 401 without WWW-Authenticate")?;
+    let param = |key: &str| {
+        let at = challenge.find(&format!("{key}=\""))? + key.len() + 2;
+        let len = challenge[at..].find('"')?;
+        Some(challenge[at..at + len].to_owned())
     };
-    let mut url = Some(first);
-    let mut tags = Vec::new();
+    let (Some(realm), Some(service)) = (param("realm"), param("service")) else {
+        bail!("berth: cannot read realm and service from {challenge}");
+    };
+    let url = reqwest::Url::parse_with_params(
+        &abs(&reg.base, &realm),
+        &[
+            ("service", service.as_str()),
+            ("scope", &format!("repository:{repo}:pull")),
+        ],
+    )?;
+    let (_, body) = call(
+        c.get(url).header(header::AUTHORIZATION, basic),
+        StatusCode::OK,
+        "GET token",
+    )
+    .await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)?;
+    match doc["token"].as_str() {
+        Some(t) if !t.is_empty() => Ok(t.to_owned()),
+        _ => bail!("berth: token response without a token"),
+    }
+}
+
+/// `POST /v2/<repo>/blobs/uploads/?mount=<digest>&from=<from>`: 201, the blob linked without
+/// sending it.
+async fn mount_blob(c: &Client, reg: &Reg, repo: &str, digest: &str, from: &str) -> R<()> {
+    let url = format!(
+        "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
+        reg.base
+    );
+    call(
+        c.post(url).body(Bytes::new()),
+        StatusCode::CREATED,
+        "POST mount",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lists `key` (`tags` or `repositories`) from `first`, following `Link: <…>; rel="next"`;
+/// the names and the number of pages.
+async fn list_paged(c: &Client, reg: &Reg, first: &str, key: &str) -> R<(Vec<String>, usize)> {
+    let mut url = Some(first.to_owned());
+    let mut names = Vec::new();
     let mut pages = 0;
     while let Some(u) = url.take() {
         pages += 1;
         if pages > 100_000 {
-            bail!("{}: tag listing does not end", reg.name);
+            bail!("{}: listing does not end", reg.name);
         }
-        let (headers, body) = call(c.get(&u), StatusCode::OK, "GET tags/list").await?;
+        let (headers, body) = call(c.get(&u), StatusCode::OK, "GET list").await?;
         let doc: serde_json::Value = serde_json::from_slice(&body)?;
-        let Some(list) = doc["tags"].as_array() else {
-            bail!("{}: tags/list without a tags array", reg.name);
+        let Some(list) = doc[key].as_array() else {
+            bail!("{}: {u} answered without a {key} array", reg.name);
         };
-        tags.extend(list.iter().filter_map(|t| t.as_str().map(str::to_owned)));
+        names.extend(list.iter().filter_map(|t| t.as_str().map(str::to_owned)));
         url = headers
             .get_all(header::LINK)
             .iter()
@@ -1587,15 +2238,608 @@ async fn list_tags(c: &Client, reg: &Reg, repo: &str, page: usize) -> R<(Vec<Str
                 Some(abs(&reg.base, &part[s + 1..e]))
             });
     }
-    Ok((tags, pages))
+    Ok((names, pages))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine facts and the report
+
+/// What the results depend on besides the code, recorded with them.
+struct Facts {
+    date: String,
+    commit: String,
+    dirty: bool,
+    cpu: String,
+    cpus: usize,
+    memory_gib: f64,
+    kernel: String,
+    os: String,
+    disk: String,
+    versions: Vec<(&'static str, String)>,
+}
+
+/// The first line a command prints on stdout or stderr, or "unknown".
+fn first_line_of(program: &Path, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("unknown")
+                .to_owned()
+        }
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
+fn gather_facts(data_dir: &Path, berth_bin: &Path, dist_bin: &Path) -> Facts {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / (1024.0 * 1024.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let mount = first_line_of(
+        Path::new("findmnt"),
+        &[
+            "-n",
+            "-o",
+            "SOURCE,FSTYPE,OPTIONS",
+            "-T",
+            &data_dir.display().to_string(),
+        ],
+    );
+    let disk = format!(
+        "{} on {}",
+        std::env::temp_dir().display(),
+        mount.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let versions = vec![
+        ("berth", first_line_of(berth_bin, &["--version"])),
+        ("distribution", first_line_of(dist_bin, &["--version"])),
+        ("wrk", first_line_of(Path::new("wrk"), &["-v"])),
+        ("rustc", first_line_of(Path::new("rustc"), &["-V"])),
+        ("openssl", first_line_of(Path::new("openssl"), &["version"])),
+    ];
+    Facts {
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        commit,
+        dirty,
+        cpu,
+        cpus,
+        memory_gib,
+        kernel,
+        os,
+        disk,
+        versions,
+    }
+}
+
+struct Report<'a> {
+    o: &'a Opts,
+    facts: Facts,
+    table: &'a Table,
+    limits: &'a [Limit],
+    commands: &'a [String],
+    server_cmds: [String; 2],
+    distribution_yaml: String,
+    auth_distribution_yaml: Option<String>,
+    settles: usize,
+    settle_timeouts: usize,
+    settle_secs: f64,
+    total_secs: f64,
+    /// Wall time of each workload group and of the limits.
+    group_secs: Vec<(&'static str, f64)>,
+    /// The 1-minute load average before and after: on a quiet machine both are well under
+    /// one; anything near the number of CPUs means something else ran beside the benchmark.
+    load_start: f64,
+    load_end: f64,
+}
+
+impl Report<'_> {
+    fn row(&self, id: &str) -> Option<[f64; 2]> {
+        self.table
+            .rows
+            .iter()
+            .find(|r| r.id == id)
+            .map(Row::medians)
+    }
+
+    fn limit(&self, id: &str) -> Option<f64> {
+        self.limits.iter().find(|l| l.id == id).map(|l| l.value)
+    }
+
+    fn short_commit(&self) -> String {
+        let short: String = self.facts.commit.chars().take(12).collect();
+        if self.facts.dirty {
+            format!("{short} (with uncommitted changes)")
+        } else {
+            short
+        }
+    }
+
+    fn results_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .table
+            .rows
+            .iter()
+            .map(|r| {
+                let [bm, dm] = r.medians();
+                let ratio = ratio_text(r.kind, bm, dm);
+                vec![
+                    format!("{} ({})", r.label, r.unit),
+                    fmt_num(bm),
+                    fmt_num(dm),
+                    ratio,
+                ]
+            })
+            .collect();
+        markdown_table(
+            &["workload", "Berth", "Distribution", "Berth/Distribution"],
+            &rows,
+        )
+    }
+
+    /// Each measured row set against the machine limit that bounds it (the analysis the README
+    /// used to type by hand).
+    fn bounds(&self) -> Vec<String> {
+        let o = self.o;
+        let mib = o.big / MIB;
+        let pct = |v: f64, limit: f64| format!("{:.0}%", 100.0 * v / limit);
+        let mut out = Vec::new();
+        let (durable, cached) = (
+            self.limit("blob_write_durable"),
+            self.limit("blob_write_cached"),
+        );
+        for (id, what) in [
+            (format!("push_chunked_{mib}MiB"), "chunked push"),
+            (format!("push_monolithic_{mib}MiB"), "monolithic push"),
+        ] {
+            if let (Some([b, d]), Some(durable), Some(cached)) = (self.row(&id), durable, cached) {
+                out.push(format!(
+                    "{mib} MiB {what}: Berth (fsyncs the blob before answering) {} MB/s, {} of the durable blob write limit ({} MB/s); Distribution (never fsyncs) {} MB/s, {} of the no-sync write limit ({} MB/s).",
+                    fmt_num(b), pct(b, durable), fmt_num(durable), fmt_num(d), pct(d, cached), fmt_num(cached)
+                ));
+            }
+        }
+        let (l1, l16) = (self.limit("loopback_tcp_1"), self.limit("loopback_tcp_16"));
+        if let (Some([b, d]), Some(l1)) = (self.row(&format!("pull_{mib}MiB")), l1) {
+            out.push(format!(
+                "one {mib} MiB pull: Berth {}, Distribution {} of one loopback TCP connection without HTTP ({} MB/s).",
+                pct(b, l1), pct(d, l1), fmt_num(l1)
+            ));
+        }
+        let (conns, blob_mib) = (o.pull_conns, o.pull_blob / MIB);
+        if let (Some([b, d]), Some(l16)) =
+            (self.row(&format!("pull_{conns}x{blob_mib}MiB_bare")), l16)
+        {
+            out.push(format!(
+                "{conns} concurrent pulls, bare client: Berth {}, Distribution {} of {conns} loopback TCP connections without HTTP ({} MB/s), whose receivers do the same reads.",
+                pct(b, l16), pct(d, l16), fmt_num(l16)
+            ));
+        }
+        for (id, floor, what) in [
+            (
+                format!("tag_put_{}_c1", o.tags),
+                "durable_tag_floor_c1",
+                "sequential tag PUT".to_owned(),
+            ),
+            (
+                format!("tag_put_{}_c{}", o.tags, o.tag_conc),
+                "durable_tag_floor_c8",
+                format!("tag PUT with {} in flight", o.tag_conc),
+            ),
+        ] {
+            if let (Some([b, _]), Some(f)) = (self.row(&id), self.limit(floor)) {
+                out.push(format!(
+                    "{what}: Berth {} tags/s, every tag durable before its 201 through the write-ahead journal; a new tag's durable file operations done directly, the syncs the journal replaces, reach {} tags/s with as many threads ({} of that). Distribution does not sync its tags.",
+                    fmt_num(b), fmt_num(f), pct(b, f)
+                ));
+            }
+        }
+        out
+    }
+
+    fn parameters(&self) -> serde_json::Value {
+        let o = self.o;
+        serde_json::json!({
+            "mode": if o.quick { "quick" } else { "full" },
+            "rounds": o.rounds,
+            "only": o.only,
+            "big_blob_bytes": o.big,
+            "chunk_bytes": o.chunk,
+            "pull_concurrent": o.pull_conns,
+            "pull_concurrent_blob_bytes": o.pull_blob,
+            "image_layers": o.layers,
+            "image_layer_bytes": o.layer_size,
+            "image_parallel": o.layer_par,
+            "wrk_seconds": o.wrk_secs,
+            "wrk_threads": o.wrk_threads,
+            "wrk_connections": o.wrk_conns,
+            "wrk_timeout_seconds": WRK_TIMEOUT_SECS,
+            "tags": o.tags,
+            "tag_concurrency": o.tag_conc,
+            "tag_page": o.page,
+            "growth_repositories": o.growth_repos,
+            "growth_tags": o.growth_tags,
+            "catalog_page": o.catalog_page,
+            "loopback_bytes": o.loopback,
+            "loopback_connections": o.loopback_conns,
+            "openssl_seconds": o.openssl_secs,
+            "sha2_bytes": o.sha_bytes,
+            "settle": {
+                "checkpoint_wait_ms": CHECKPOINT_WAIT.as_millis() as u64,
+                "dirty_plus_writeback_kib_at_most": SETTLED_DIRTY_KIB,
+                "timeout_s": SETTLE_TIMEOUT.as_secs(),
+            },
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let f = &self.facts;
+        let number = |v: f64| {
+            if v.is_finite() {
+                serde_json::json!(v)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        let rows: Vec<_> = self
+            .table
+            .rows
+            .iter()
+            .map(|r| {
+                let [bm, dm] = r.medians();
+                let side = |i: usize, m: f64| {
+                    if r.vals[i].is_empty() {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::json!({"median": number(m), "runs": r.vals[i]})
+                    }
+                };
+                serde_json::json!({
+                    "id": r.id,
+                    "label": r.label,
+                    "unit": r.unit,
+                    "better": if r.kind == Kind::Higher { "higher" } else { "lower" },
+                    "berth": side(0, bm),
+                    "distribution": side(1, dm),
+                    "ratio_berth_over_distribution": number(bm / dm),
+                    "missing": r.missing,
+                })
+            })
+            .collect();
+        let limits: Vec<_> = self
+            .limits
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "id": l.id, "label": l.label, "unit": l.unit,
+                    "value": number(l.value), "runs": l.runs, "method": l.method,
+                })
+            })
+            .collect();
+        let versions: serde_json::Map<String, serde_json::Value> = f
+            .versions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        serde_json::json!({
+            "schema": 1,
+            "generated_by": "cargo bench --bench compare",
+            "date": f.date,
+            "git_commit": f.commit,
+            "git_dirty": f.dirty,
+            "machine": {
+                "cpu": f.cpu,
+                "cpus": f.cpus,
+                "memory_gib": number(f.memory_gib),
+                "kernel": f.kernel,
+                "os": f.os,
+                "disk": f.disk,
+            },
+            "versions": versions,
+            "parameters": self.parameters(),
+            "rows": rows,
+            "limits": limits,
+            "bounds": self.bounds(),
+            "notes": self.table.notes,
+            "commands": {
+                "berth": self.server_cmds[0],
+                "distribution": self.server_cmds[1],
+                "distribution_config": self.distribution_yaml,
+                "distribution_config_auth": self.auth_distribution_yaml,
+                "wrk": self.commands,
+            },
+            "load_average_1min": {"start": number(self.load_start), "end": number(self.load_end)},
+            "group_seconds": self.group_secs.iter().map(|(k, v)| ((*k).to_owned(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "settling": {
+                "settles": self.settles,
+                "timeouts": self.settle_timeouts,
+                "seconds": self.settle_secs,
+            },
+            "total_seconds": self.total_secs,
+        })
+    }
+
+    fn summary_line(&self) -> String {
+        let f = &self.facts;
+        format!(
+            "{}, commit `{}`: {}, {} CPUs, {:.0} GiB memory, Linux {}, {}; load average {:.2} before, {:.2} after; {} mode, {} round{}, medians; {:.0} s in all",
+            f.date,
+            self.short_commit(),
+            f.cpu,
+            f.cpus,
+            f.memory_gib,
+            f.kernel,
+            f.disk,
+            self.load_start,
+            self.load_end,
+            if self.o.quick { "quick" } else { "full" },
+            self.o.rounds,
+            if self.o.rounds == 1 { "" } else { "s" },
+            self.total_secs
+        )
+    }
+
+    /// What the README quotes between its markers.
+    fn readme_block(&self) -> String {
+        let mut out = String::new();
+        out.push_str(README_BEGIN);
+        out.push('\n');
+        out.push_str("<!-- Written by `cargo bench --bench compare` (a full run); edit benches/compare.rs, not this. -->\n");
+        out.push_str(&format!(
+            "Run: {}. Machine limits, every round's values, notes and the exact commands: [docs/benchmarks/latest.md](docs/benchmarks/latest.md) ([JSON](docs/benchmarks/latest.json)).\n\n",
+            self.summary_line()
+        ));
+        out.push_str(&self.results_table());
+        out.push_str("\nEach row against the machine limit that bounds it, in the same run:\n\n");
+        for b in self.bounds() {
+            out.push_str(&format!("- {b}\n"));
+        }
+        out.push_str(README_END);
+        out.push('\n');
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let f = &self.facts;
+        let o = self.o;
+        let mut md = String::new();
+        md.push_str("# Berth against CNCF Distribution: benchmark results\n\n");
+        md.push_str("Written by `cargo bench --bench compare`; do not edit: the next full run rewrites this file, `latest.json` beside it and the table in the README. The method (why the runs are fair) is in [docs/design/benchmark.md](../design/benchmark.md).\n\n");
+        md.push_str(&format!("Run: {}.\n\n", self.summary_line()));
+        md.push_str("## Machine\n\n");
+        md.push_str(&format!("- CPU: {} ({} CPUs available)\n", f.cpu, f.cpus));
+        md.push_str(&format!("- memory: {:.1} GiB\n", f.memory_gib));
+        md.push_str(&format!("- kernel: Linux {} ({})\n", f.kernel, f.os));
+        md.push_str(&format!("- data directories and limit files: {}\n", f.disk));
+        for (name, v) in &f.versions {
+            md.push_str(&format!("- {name}: {v}\n"));
+        }
+        md.push_str(&format!(
+            "- git commit: {}{}\n\n",
+            f.commit,
+            if f.dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        ));
+        md.push_str("## Results\n\n");
+        md.push_str(&self.results_table());
+        md.push_str("\nThroughput, rate and memory rows: ratio = Berth / Distribution (memory: lower is better). Time rows (s, ms, p99): \"N× faster\" = Distribution's time / Berth's time.\n\n");
+        md.push_str("## What bounds the rows\n\n");
+        let bounds = self.bounds();
+        if bounds.is_empty() {
+            md.push_str("(none of the bounded rows ran)\n");
+        }
+        for b in bounds {
+            md.push_str(&format!("- {b}\n"));
+        }
+        md.push_str("\n## Machine limits\n\nMeasured after both registries stopped, each on the data and with the durability of the workload it bounds, settled like the timed runs.\n\n");
+        let rows: Vec<Vec<String>> = self
+            .limits
+            .iter()
+            .map(|l| {
+                let runs: Vec<String> = l.runs.iter().map(|v| fmt_num(*v)).collect();
+                vec![
+                    format!("{} ({})", l.label, l.unit),
+                    fmt_num(l.value),
+                    runs.join(", "),
+                    l.method.clone(),
+                ]
+            })
+            .collect();
+        md.push_str(&markdown_table_aligned(
+            &["limit", "median", "runs", "how"],
+            &rows,
+            3,
+        ));
+        md.push_str("\n## Every round\n\n");
+        let rows: Vec<Vec<String>> = self
+            .table
+            .rows
+            .iter()
+            .map(|r| {
+                let runs = |i: usize| {
+                    let v: Vec<String> = r.vals[i].iter().map(|v| fmt_num(*v)).collect();
+                    if v.is_empty() {
+                        "n/a".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                vec![format!("{} ({})", r.label, r.unit), runs(0), runs(1)]
+            })
+            .collect();
+        md.push_str(&markdown_table(
+            &["workload", "Berth", "Distribution"],
+            &rows,
+        ));
+        md.push_str("\n## Notes\n\n");
+        for n in &self.table.notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+        md.push_str(&format!(
+            "- settling: {} settles before timed runs took {:.0} s in all; {}\n",
+            self.settles,
+            self.settle_secs,
+            match self.settle_timeouts {
+                0 => "each ended with the disk settled".to_owned(),
+                n => format!(
+                    "{n} gave up after {} s with Dirty + Writeback still above {} MiB (something else was writing: read the rows with care)",
+                    SETTLE_TIMEOUT.as_secs(),
+                    SETTLED_DIRTY_KIB / 1024
+                ),
+            }
+        ));
+        let took: Vec<String> = self
+            .group_secs
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.0} s"))
+            .collect();
+        md.push_str(&format!(
+            "- wall time: {:.0} s in all; {}\n",
+            self.total_secs,
+            took.join(", ")
+        ));
+        md.push_str("\n## Method, commands and parameters\n\n");
+        md.push_str(&format!(
+            "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
+            CHECKPOINT_WAIT.as_millis(),
+            SETTLED_DIRTY_KIB / 1024
+        ));
+        md.push_str(&format!("- berth: `{}`\n", self.server_cmds[0]));
+        md.push_str(&format!(
+            "- distribution: `{}` with its standard configuration (Debian's /etc/docker/registry/config.yml: blob descriptor cache in memory, nosniff header, storage health check), only the address, the data directory and logging changed:\n\n```yaml\n{}```\n",
+            self.server_cmds[1], self.distribution_yaml
+        ));
+        if let Some(yaml) = &self.auth_distribution_yaml {
+            md.push_str(&format!(
+                "- with authentication: berth adds `--htpasswd FILE`; distribution adds Debian's `auth: htpasswd` block:\n\n```yaml\n{yaml}```\n"
+            ));
+        }
+        md.push_str("- client: reqwest (HTTP/1.1 keep-alive, TCP_NODELAY), bodies sent from memory as `Bytes` slices, Content-Length always set; every response checked (a wrong status, a short pull, an incomplete listing or wrk errors fail the run)\n");
+        md.push_str(&format!(
+            "- push monolithic: POST /v2/bench/mono-rN/blobs/uploads/ -> PUT <Location>&digest=sha256:… with the whole {} MiB body; a new random blob every push (no deduplication)\n",
+            o.big / MIB
+        ));
+        md.push_str(&format!(
+            "- push chunked: POST -> PATCH <Location> × {} ({} MiB each, Content-Range: start-end) -> PUT <Location>&digest=… (empty body)\n",
+            o.big.div_ceil(o.chunk),
+            o.chunk / MIB
+        ));
+        md.push_str(&format!(
+            "- pull: GET /v2/<repo>/blobs/<digest> of the chunked-pushed blob, bytes counted (not hashed); concurrent: {} GETs at once of one {} MiB blob, by reqwest and by a bare HTTP/1.1 client reading 1 MiB at a time\n",
+            o.pull_conns,
+            o.pull_blob / MIB
+        ));
+        md.push_str(&format!(
+            "- image: {} layers of {} B random + config, each POST + PUT ?digest=, {} in flight, then PUT manifest (OCI); time from the first POST to the manifest's 201\n",
+            o.layers, o.layer_size, o.layer_par
+        ));
+        md.push_str(&format!(
+            "- tags: PUT /v2/bench/tags-*-rN/manifests/t000000… (one small OCI manifest), {} in flight and 1 in flight; listing: GET /v2/<repo>/tags/list?n={} then each Link rel=\"next\", and once without n\n",
+            o.tag_conc, o.page
+        ));
+        md.push_str(&format!(
+            "- growth: {} repositories bench/growth/rNNNNN, each with the layer and config mounted (POST ?mount=&from=) and one manifest PUT, then {} tags in bench/growth-source, {} in flight; RSS (VmRSS) read after settling; catalog: GET /v2/_catalog?n={} then each Link rel=\"next\"\n",
+            o.growth_repos, o.growth_tags, o.tag_conc, o.catalog_page
+        ));
+        md.push_str("- RSS: VmRSS from /proc/PID/status at start, after each big push (max shown) and after the growth; peak: VmHWM before stopping each server\n");
+        for c in self.commands {
+            md.push_str(&format!("- {c}\n"));
+        }
+        md
+    }
+}
+
+const README_BEGIN: &str = "<!-- bench:begin -->";
+const README_END: &str = "<!-- bench:end -->";
+
+/// Replaces what lies between the README's markers (markers included) by `block`.
+fn rewrite_readme(path: &Path, block: &str) -> R<()> {
+    let text = std::fs::read_to_string(path)?;
+    let (Some(start), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        bail!(
+            "{}: no {README_BEGIN} … {README_END} markers to rewrite",
+            path.display()
+        );
+    };
+    if end < start {
+        bail!("{}: {README_END} before {README_BEGIN}", path.display());
+    }
+    let mut end = end + README_END.len();
+    if text[end..].starts_with('\n') {
+        end += 1;
+    }
+    let new = format!("{}{block}{}", &text[..start], &text[end..]);
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// Where the report goes: the repository's docs/benchmarks for a complete full run, the target
+/// directory otherwise (CI's `--quick` must never dirty the tree).
+fn report_dir(o: &Opts) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if o.publishes() {
+        return repo.join("docs/benchmarks");
+    }
+    // The bench runs as target/<profile>/deps/compare-<hash>.
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|t| t.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| repo.join("target"));
+    target.join("bench")
 }
 
 async fn run(o: Opts) -> R<()> {
     let started = Instant::now();
+    let load_start = load_average();
     ensure_wrk()?;
     let berth_bin = berth_binary()?;
-    let dist_bin =
-        std::env::var("DISTRIBUTION_BIN").unwrap_or_else(|_| "/usr/bin/docker-registry".into());
+    let dist_bin = PathBuf::from(
+        std::env::var("DISTRIBUTION_BIN").unwrap_or_else(|_| "/usr/bin/docker-registry".into()),
+    );
     // Declared before the servers so the servers are stopped before it is removed.
     let tmp = tempfile::Builder::new()
         .prefix("berth-bench.")
@@ -1612,46 +2856,22 @@ async fn run(o: Opts) -> R<()> {
         o.big / MIB
     );
     let big = Big::new(o.big, &mut rng);
-
-    let berth_port = free_port()?;
-    let berth_data = tmp.path().join("berth-data");
-    std::fs::create_dir_all(&berth_data)?;
-    let mut cmd = Command::new(&berth_bin);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{berth_port}"))
-        .arg("--data-dir")
-        .arg(&berth_data)
-        .args(["--log-level", "warn"]);
-    let berth = Server::spawn("berth", cmd, berth_port, tmp.path().join("berth.log"))?;
-
-    let dist_port = free_port()?;
-    let dist_data = tmp.path().join("distribution-data");
-    std::fs::create_dir_all(&dist_data)?;
-    let dist_yml = tmp.path().join("distribution.yml");
-    let yaml = distribution_config(&dist_data, dist_port);
-    std::fs::write(&dist_yml, &yaml)?;
-    let mut cmd = Command::new(&dist_bin);
-    cmd.arg("serve").arg(&dist_yml);
-    let dist = Server::spawn(
-        "distribution",
-        cmd,
-        dist_port,
-        tmp.path().join("distribution.log"),
-    )?;
-
+    let launch = Launch {
+        berth_bin: berth_bin.clone(),
+        dist_bin: dist_bin.clone(),
+        tmp: tmp.path().to_path_buf(),
+    };
+    let pair = launch.start("main", None, &client).await?;
     let mut b = Bench {
         o,
         client,
-        servers: vec![berth, dist],
+        servers: pair.servers,
         table: Table::default(),
         rng,
         variants: 0,
         commands: Vec::new(),
+        settler: Settler::new(),
     };
-    for s in &mut b.servers {
-        s.wait_ready(&b.client).await?;
-    }
     let rss_start = b
         .table
         .add("rss_idle", "RSS idle after start", "MiB", Kind::Memory);
@@ -1665,135 +2885,95 @@ async fn run(o: Opts) -> R<()> {
             .as_ref()
             .is_none_or(|g| g.iter().any(|x| x == group))
     };
-    let (blobs, image, wrk, tags) = (runs("blobs"), runs("image"), runs("wrk"), runs("tags"));
+    let groups = GROUPS.map(runs);
+    let [blobs, image, wrk, tags, growth, auth] = groups;
+    let server_cmds: [String; 2] = [b.servers[0].command.clone(), b.servers[1].command.clone()];
     let result = async {
+        let timed = |name: &'static str, since: Instant| {
+            let secs = since.elapsed().as_secs_f64();
+            eprintln!("== {name} took {secs:.0} s");
+            (name, secs)
+        };
+        let mut took = Vec::new();
         if blobs {
+            let t = Instant::now();
             b.blobs_and_pulls(&big).await?;
+            took.push(timed("blobs", t));
         }
         if image {
+            let t = Instant::now();
             b.image_push().await?;
+            took.push(timed("image", t));
         }
         if wrk {
+            let t = Instant::now();
             b.wrk_workloads().await?;
+            took.push(timed("wrk", t));
         }
         if tags {
+            let t = Instant::now();
             b.tags().await?;
+            took.push(timed("tags", t));
         }
-        Ok::<(), Error>(())
+        if growth {
+            let t = Instant::now();
+            b.growth().await?;
+            took.push(timed("growth", t));
+        }
+        let hwm = b
+            .table
+            .add("rss_peak", "peak RSS (VmHWM at end)", "MiB", Kind::Memory);
+        for i in 0..2 {
+            let v = b.servers[i].status_mib("VmHWM")?;
+            b.table.push(hwm, i, v);
+        }
+        for s in &mut b.servers {
+            s.stop();
+        }
+        let mut auth_yaml = None;
+        if auth {
+            let t = Instant::now();
+            auth_yaml = Some(b.auth(&launch, &berth_bin).await?);
+            took.push(timed("auth", t));
+        }
+        Ok::<_, Error>((auth_yaml, took))
     }
     .await;
-    if let Err(e) = result {
-        for s in &b.servers {
-            eprintln!("--- last lines of {} log:\n{}", s.reg.name, s.log_tail());
+    let (auth_yaml, mut group_secs) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            for s in &b.servers {
+                eprintln!("--- last lines of {} log:\n{}", s.reg.name, s.log_tail());
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-
-    let hwm = b
-        .table
-        .add("rss_peak", "peak RSS (VmHWM at end)", "MiB", Kind::Memory);
-    for i in 0..2 {
-        let v = b.servers[i].status_mib("VmHWM")?;
-        b.table.push(hwm, i, v);
-    }
-    let server_cmds: Vec<String> = b.servers.iter().map(|s| s.command.clone()).collect();
-    for s in &mut b.servers {
-        s.stop();
-    }
-    let limits = machine_limits(&b.o, tmp.path(), &big).await?;
+    };
+    let t = Instant::now();
+    let limits = machine_limits(&b.o, tmp.path(), &big, &mut b.settler).await?;
+    group_secs.push(("limits", t.elapsed().as_secs_f64()));
     let total = started.elapsed().as_secs_f64();
 
-    // ------------------------------------------------------------------ report
-    let o = &b.o;
-    println!();
-    println!(
-        "Berth vs CNCF Distribution ({} mode, {} round{}, medians; MB = 10^6 bytes)",
-        if o.quick { "quick" } else { "full" },
-        o.rounds,
-        if o.rounds == 1 { "" } else { "s" }
-    );
-    println!();
-    let rows: Vec<[String; 4]> = b
-        .table
-        .rows
-        .iter()
-        .map(|r| {
-            let (bm, dm) = (median(&r.vals[0]), median(&r.vals[1]));
-            [
-                format!("{} ({})", r.label, r.unit),
-                fmt_num(bm),
-                fmt_num(dm),
-                ratio_text(r.kind, bm, dm),
-            ]
-        })
-        .collect();
-    print_table(
-        ["workload", "Berth", "Distribution", "Berth/Distribution"],
-        &rows,
-    );
-    println!();
-    println!(
-        "Throughput, rate and memory rows: ratio = Berth / Distribution (memory: lower is better)."
-    );
-    println!("Time rows (s, ms, p99): \"N× faster\" = Distribution time / Berth time.");
-    println!();
-    println!("Machine limits:");
-    for l in &limits {
-        println!("  {:<46} {:>8} {}", l.label, fmt_num(l.value), l.unit);
-    }
-    println!();
-    println!("Notes:");
-    for n in &b.table.notes {
-        println!("  - {n}");
-    }
-    println!();
-    println!("Commands and parameters:");
-    println!("  berth:        {}", server_cmds[0]);
-    println!("  distribution: {}  with:", server_cmds[1]);
-    for l in yaml.lines() {
-        println!("      {l}");
-    }
-    println!("  client: reqwest (HTTP/1.1 keep-alive, TCP_NODELAY), bodies sent from memory as Bytes slices, Content-Length always set");
-    println!(
-        "  push monolithic: POST /v2/bench/mono-rN/blobs/uploads/ -> PUT <Location>&digest=sha256:… with the whole {} MiB body; a new random blob every push",
-        o.big / MIB
-    );
-    println!(
-        "  push chunked: POST -> PATCH <Location> × {} ({} MiB each, Content-Range: start-end) -> PUT <Location>&digest=… (empty body)",
-        o.big.div_ceil(o.chunk),
-        o.chunk / MIB
-    );
-    println!(
-        "  pull: GET /v2/<repo>/blobs/<digest> of the chunked-pushed blob, bytes counted (not hashed); concurrent: {} GETs at once of one {} MiB blob",
-        o.pull_conns,
-        o.pull_blob / MIB
-    );
-    println!(
-        "  image: {} layers of {} B random + config, each POST + PUT ?digest=, {} in flight, then PUT manifest (OCI); time from first POST to manifest 201",
-        o.layers, o.layer_size, o.layer_par
-    );
-    for c in &b.commands {
-        println!("  {c}");
-    }
-    println!(
-        "  tags: PUT /v2/bench/tags-*-rN/manifests/t000000… (one ~{} B OCI manifest), {} in flight and 1 in flight; listing: GET /v2/<repo>/tags/list?n={} then each Link rel=\"next\"",
-        image_manifest(&config_blob("tags"), &[Blob::whole(Bytes::from_static(&[0; 4096]))]).len(),
-        o.tag_conc,
-        o.page
-    );
-    println!(
-        "  RSS: VmRSS from /proc/PID/status right after each big push (max shown); VmHWM read before stopping each server"
-    );
-    println!(
-        "  disk: `sync` (untimed) before every timed push, pull, image push, tag PUT run and tag listing, so that one registry's writeback does not fall into the other's time"
-    );
-    println!(
-        "  machine: openssl speed -evp sha256 -bytes 16384 -seconds {}; dd if=/dev/zero of=TMP bs=16M count={} [conv=fdatasync]; the same size of random bytes from memory in 16 MiB write()s + fdatasync; loopback: tokio TcpListener + client, 1 MiB writes/reads, median of the rounds",
-        o.openssl_secs, o.dd_count
-    );
-    println!();
+    let report = Report {
+        o: &b.o,
+        facts: gather_facts(tmp.path(), &berth_bin, &dist_bin),
+        table: &b.table,
+        limits: &limits,
+        commands: &b.commands,
+        server_cmds,
+        distribution_yaml: pair.distribution_yaml,
+        auth_distribution_yaml: auth_yaml,
+        settles: b.settler.settles,
+        settle_timeouts: b.settler.timeouts,
+        settle_secs: b.settler.waited.as_secs_f64(),
+        total_secs: total,
+        group_secs,
+        load_start,
+        load_end: load_average(),
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
     for r in &b.table.rows {
-        let (bm, dm) = (median(&r.vals[0]), median(&r.vals[1]));
+        let [bm, dm] = r.medians();
         let better = if r.kind == Kind::Higher {
             "higher"
         } else {
@@ -1817,6 +2997,28 @@ async fn run(o: Opts) -> R<()> {
         );
     }
     println!("BENCH total_seconds={total:.1}");
+
+    let dir = report_dir(&b.o);
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::to_string_pretty(&report.json())? + "\n";
+    std::fs::write(dir.join("latest.json"), json)?;
+    std::fs::write(dir.join("latest.md"), &markdown)?;
+    let block = report.readme_block();
+    if b.o.publishes() {
+        rewrite_readme(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+            &block,
+        )?;
+        println!(
+            "wrote docs/benchmarks/latest.json, docs/benchmarks/latest.md and README.md's table"
+        );
+    } else {
+        std::fs::write(dir.join("readme-block.md"), &block)?;
+        println!(
+            "wrote {}/latest.json, latest.md and readme-block.md (only a complete full run writes docs/benchmarks and the README)",
+            dir.display()
+        );
+    }
     println!();
     println!("bench finished in {total:.0} s");
     drop(b);

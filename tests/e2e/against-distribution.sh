@@ -58,6 +58,9 @@ free_port() {
 started=""
 for attempt in 1 2 3 4 5; do
   PORT="$(free_port)"
+  # Distribution's standard configuration (the keys of Debian's
+  # /etc/docker/registry/config.yml, as benches/compare.rs uses), with a private
+  # address and data dir; no auth, since clients.sh pushes anonymously.
   cat >"$WORK/config.yml" <<EOF
 version: 0.1
 log:
@@ -73,6 +76,13 @@ storage:
     blobdescriptor: inmemory
 http:
   addr: 127.0.0.1:$PORT
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
 EOF
   "$REGISTRY_BIN" serve "$WORK/config.yml" >"$WORK/registry.log" 2>&1 &
   REG_PID=$!
