@@ -124,6 +124,14 @@ pub fn build_app(config: &Config) -> io::Result<Router> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Ok(app);
     }
+    // The catalog's repository index is built while the server starts
+    // serving, so that no catalog page waits for a walk of the store.
+    let warming = registry.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warming.rebuild_repository_index().await {
+            tracing::warn!(error = %e, "building the repository index failed");
+        }
+    });
     let task = registry::LifecycleTask::spawn(registry);
     Ok(app.layer(Holding(Arc::new(task))))
 }

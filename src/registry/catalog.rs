@@ -15,11 +15,14 @@
 //!   Distribution;
 //! - what other processes do (another replica's pushes, `berth gc`, a data
 //!   directory filled offline, a `registry:2` data directory that never had
-//!   an index) is seen through the walk: a page is served from a walk
-//!   started at most [`RepositoryIndex::max_age`] before the request, which is
-//!   `max(cache_ttl_ms, 10 × the last walk's duration)`. After half of that,
-//!   a page starts a walk in the background, so under steady use the walk
-//!   stays off the request path.
+//!   an index) is seen through the walk. The server walks once when it
+//!   starts; after that a page is always served from the index, and a page
+//!   that finds the last walk older than [`RepositoryIndex::max_age`]
+//!   (`max(cache_ttl_ms, 10 × the last walk's duration)`) starts the next walk
+//!   in the background. So no page waits for a walk (only a page asked for
+//!   before the first walk ended), and another process's change is listed
+//!   once a walk that started after it has ended: at most the bound plus one
+//!   walk after the change, for a catalog in use.
 //!
 //! Why in memory and not a stored index: a stored index must be written by
 //! every process that creates a repository, and on an object store without
@@ -85,10 +88,11 @@ enum Change {
 enum Freshness {
     /// Young enough to serve as it is.
     Fresh,
-    /// Serve it, and refresh it in the background for the next request.
-    Aging,
-    /// Too old (or never built): walk first.
+    /// Older than the bound: serve it, and refresh it in the background for
+    /// the requests that follow.
     Stale,
+    /// Never built: walk first (or wait for the walk in flight).
+    Missing,
 }
 
 impl RepositoryIndex {
@@ -112,14 +116,10 @@ impl RepositoryIndex {
     fn freshness(&self, now: Instant) -> Freshness {
         let state = self.state();
         let Some(walked) = state.walked else {
-            return Freshness::Stale;
+            return Freshness::Missing;
         };
-        let age = now.saturating_duration_since(walked.started);
-        let max_age = self.max_age(&walked);
-        if age >= max_age {
+        if now.saturating_duration_since(walked.started) >= self.max_age(&walked) {
             Freshness::Stale
-        } else if age >= max_age / 2 {
-            Freshness::Aging
         } else {
             Freshness::Fresh
         }
@@ -146,14 +146,14 @@ impl RepositoryIndex {
     }
 
     /// Walks the store and replaces the index with what it found, unless a
-    /// walk that started after `requested` finished while this one waited
-    /// for its turn.
-    async fn walk(&self, storage: &dyn Storage, requested: Instant) -> io::Result<()> {
+    /// walk that started after `requested` (with `None`: any walk) finished
+    /// while this one waited for its turn.
+    async fn walk(&self, storage: &dyn Storage, requested: Option<Instant>) -> io::Result<()> {
         let _one_walk = self.walking.lock().await;
         if self
             .state()
             .walked
-            .is_some_and(|walked| walked.started >= requested)
+            .is_some_and(|walked| requested.is_none_or(|at| walked.started >= at))
         {
             return Ok(());
         }
@@ -232,21 +232,21 @@ impl Registry {
         let now = Instant::now();
         match self.repository_index.freshness(now) {
             Freshness::Fresh => {}
-            Freshness::Aging => {
+            Freshness::Stale => {
                 let (index, storage) = (self.repository_index.clone(), self.storage.clone());
                 tokio::spawn(async move {
                     // One walk is enough: skip when one is running.
                     if index.walking.try_lock().is_err() {
                         return;
                     }
-                    if let Err(e) = index.walk(storage.as_ref(), now).await {
+                    if let Err(e) = index.walk(storage.as_ref(), Some(now)).await {
                         tracing::warn!(error = %e, "refreshing the repository index failed");
                     }
                 });
             }
-            Freshness::Stale => self
+            Freshness::Missing => self
                 .repository_index
-                .walk(self.storage.as_ref(), now)
+                .walk(self.storage.as_ref(), None)
                 .await
                 .map_err(storage_error)?,
         }
@@ -260,7 +260,7 @@ impl Registry {
     /// repairs) and wants the catalog to show it before the staleness bound.
     pub async fn rebuild_repository_index(&self) -> Result<()> {
         self.repository_index
-            .walk(self.storage.as_ref(), Instant::now())
+            .walk(self.storage.as_ref(), Some(Instant::now()))
             .await
             .map_err(storage_error)
     }
@@ -324,12 +324,12 @@ mod tests {
     fn the_staleness_bound_grows_with_the_walk() {
         let index = RepositoryIndex::new(Duration::from_secs(2));
         let now = Instant::now();
-        assert_eq!(index.freshness(now), Freshness::Stale, "never walked");
+        assert_eq!(index.freshness(now), Freshness::Missing, "never walked");
         walked(&index, &[], now, Duration::from_millis(10));
         assert_eq!(index.freshness(now), Freshness::Fresh);
         assert_eq!(
-            index.freshness(now + Duration::from_millis(1500)),
-            Freshness::Aging
+            index.freshness(now + Duration::from_millis(1999)),
+            Freshness::Fresh
         );
         assert_eq!(
             index.freshness(now + Duration::from_secs(2)),
@@ -372,6 +372,6 @@ mod tests {
             index.state().names.is_empty(),
             "an unwalked index lists nothing by itself"
         );
-        assert_eq!(index.freshness(Instant::now()), Freshness::Stale);
+        assert_eq!(index.freshness(Instant::now()), Freshness::Missing);
     }
 }
