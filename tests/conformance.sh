@@ -140,27 +140,15 @@ if $record; then
     command="tests/conformance.sh --record PATH-TO-SUITE"
     mode="open registry (no authentication)"
   fi
-  commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-  git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commit (with uncommitted changes to src/)"
   suite_commit=$(sed -nE 's/^\s*commit:\s*([0-9a-f]+)\s*$/\1/p' "$out" | head -1)
+  # shellcheck source=tests/support/lib.sh
+  . tests/support/lib.sh
+  write_result "$file" "OCI conformance: $mode" "$command" \
+    "\`OCI_VERSION=dev\` (every optional check on), \`OCI_REPO1=conformance/repo1\`, \`OCI_REPO2=conformance/repo2\`, plain HTTP on 127.0.0.1" \
+    "suite|opencontainers/distribution-spec \`conformance/\` at ${suite_commit:-unknown}" \
+    "Pass|$pass" "FAIL|$fail" "Skip|$skip" "Error|$error" "Disabled|$disabled" "Total|$total" \
+    "checked|FAIL, Error and Disabled 0; Skip exactly the expected ones; Pass = Total - Skip and at least $min_pass"
   {
-    echo "# OCI conformance: $mode"
-    echo
-    echo "Written by \`$command\`; rerun it to reproduce. Do not edit by hand."
-    echo
-    echo "| | |"
-    echo "|---|---|"
-    echo "| date (UTC) | $(date -u +%Y-%m-%dT%H:%M:%SZ) |"
-    echo "| Berth commit | $commit |"
-    echo "| suite | opencontainers/distribution-spec \`conformance/\` at ${suite_commit:-unknown} |"
-    echo "| parameters | \`OCI_VERSION=dev\` (every optional check on), \`OCI_REPO1=conformance/repo1\`, \`OCI_REPO2=conformance/repo2\`, plain HTTP on 127.0.0.1 |"
-    echo "| Pass | $pass |"
-    echo "| FAIL | $fail |"
-    echo "| Skip | $skip |"
-    echo "| Error | $error |"
-    echo "| Disabled | $disabled |"
-    echo "| Total | $total |"
-    echo "| checked | FAIL, Error and Disabled 0; Skip exactly the expected ones; Pass = Total - Skip and at least $min_pass |"
     echo
     if ((${#expected_skips[@]})); then
       echo "Skipped, as expected: a blob mount without \`from\` is for admins only (the conformance user is not"
@@ -175,7 +163,6 @@ if $record; then
     echo '```'
     sed -n '/^OCI Conformance Result:/,$p' "$out"
     echo '```'
-  } >"$file"
-  echo "conformance: recorded in $file"
+  } >>"$file"
 fi
 echo "conformance: $pass passed, 0 failed, $skip skipped as expected, 0 errors"
