@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use super::{paginate, storage_error, Page, Registry};
 use crate::oci::{ErrorCode, RepositoryName, Result};
-use crate::storage::{layout, Listing, LIST_PAGE};
+use crate::storage::{layout, Listing};
 
 impl Registry {
     /// One page of a repository's tags, or `NAME_UNKNOWN` if it does not
-    /// exist. A repository whose tags fit in one storage page has its sorted
-    /// list cached, so following `Link` pages costs no listing; a larger one
-    /// is read a page at a time, `last` and `n` mapped onto the storage's
-    /// listing, never whole.
+    /// exist. A repository whose tags fit in one walk page of the backend
+    /// (`Storage::walk_page`: 1,000 names on an object store, 10,000 on a
+    /// filesystem, which reads a whole directory per listing anyway) has its
+    /// sorted list cached (weighed within `cache_bytes`), so following `Link`
+    /// pages costs no listing; a larger one is read a page at a time, `last`
+    /// and `n` mapped onto the storage's listing, never whole.
     pub async fn list_tags(
         &self,
         name: &RepositoryName,
@@ -26,7 +28,7 @@ impl Registry {
         let ticket = self.caches.ticket();
         let first = self
             .storage
-            .list(&dir, None, LIST_PAGE)
+            .list(&dir, None, self.storage.walk_page())
             .await
             .map_err(storage_error)?;
         if !first.more {
