@@ -1189,15 +1189,19 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 struct Settler {
     /// Berth's last write.
     last_write: Instant,
+    /// How long after it to wait: `CHECKPOINT_WAIT`, or nothing in quick mode, whose timings
+    /// are not judged (it still syncs and waits for writeback, so the path is exercised).
+    checkpoint_wait: Duration,
     settles: usize,
     timeouts: usize,
     waited: Duration,
 }
 
 impl Settler {
-    fn new() -> Settler {
+    fn new(checkpoint_wait: Duration) -> Settler {
         Settler {
             last_write: Instant::now(),
+            checkpoint_wait,
             settles: 0,
             timeouts: 0,
             waited: Duration::ZERO,
@@ -1215,8 +1219,8 @@ impl Settler {
     async fn settle(&mut self) -> R<()> {
         let start = Instant::now();
         let since = self.last_write.elapsed();
-        if since < CHECKPOINT_WAIT {
-            tokio::time::sleep(CHECKPOINT_WAIT - since).await;
+        if since < self.checkpoint_wait {
+            tokio::time::sleep(self.checkpoint_wait - since).await;
         }
         let status = tokio::process::Command::new("sync").status().await?;
         if !status.success() {
@@ -2506,7 +2510,7 @@ impl Report<'_> {
             "openssl_seconds": o.openssl_secs,
             "sha2_bytes": o.sha_bytes,
             "settle": {
-                "checkpoint_wait_ms": CHECKPOINT_WAIT.as_millis() as u64,
+                "checkpoint_wait_ms": if o.quick { 0 } else { CHECKPOINT_WAIT.as_millis() as u64 },
                 "dirty_plus_writeback_kib_at_most": SETTLED_DIRTY_KIB,
                 "timeout_s": SETTLE_TIMEOUT.as_secs(),
             },
@@ -2744,8 +2748,8 @@ impl Report<'_> {
         ));
         md.push_str("\n## Method, commands and parameters\n\n");
         md.push_str(&format!(
-            "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
-            CHECKPOINT_WAIT.as_millis(),
+            "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write; 0 in quick mode, whose timings are not judged), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
+            if o.quick { 0 } else { CHECKPOINT_WAIT.as_millis() },
             SETTLED_DIRTY_KIB / 1024
         ));
         md.push_str(&format!("- berth: `{}`\n", self.server_cmds[0]));
@@ -2863,6 +2867,11 @@ async fn run(o: Opts) -> R<()> {
         tmp: tmp.path().to_path_buf(),
     };
     let pair = launch.start("main", None, &client).await?;
+    let checkpoint_wait = if o.quick {
+        Duration::ZERO
+    } else {
+        CHECKPOINT_WAIT
+    };
     let mut b = Bench {
         o,
         client,
@@ -2871,7 +2880,7 @@ async fn run(o: Opts) -> R<()> {
         rng,
         variants: 0,
         commands: Vec::new(),
-        settler: Settler::new(),
+        settler: Settler::new(checkpoint_wait),
     };
     let rss_start = b
         .table
