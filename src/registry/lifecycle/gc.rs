@@ -235,13 +235,7 @@ impl Collection<'_> {
     ) -> Result<Vec<Digest>> {
         let mut roots = Vec::new();
         let mut tags = self.registry.tags(name);
-        while let Some(tag) = tags.next().await.map_err(storage_error)? {
-            let Some(tag) = Tag::parse(&tag) else {
-                report
-                    .problems
-                    .push(format!("{name}: tag directory {tag:?} is not a valid tag"));
-                continue;
-            };
+        while let Some(tag) = super::next_tag(&mut tags, name, &mut report.problems).await? {
             if ignored.contains(&(name.clone(), tag.clone())) {
                 continue;
             }

@@ -27,9 +27,9 @@ pub use retention::{RemovedTag, RetentionReport};
 pub use rules::{LifecycleConfig, RetentionRule, TagPattern, TagRule, UntaggedManifests};
 pub use task::{LifecycleReport, LifecycleTask};
 
-use crate::oci::{RepositoryName, Result};
+use crate::oci::{RepositoryName, Result, Tag};
 use crate::registry::{storage_error, RepositoryWalk};
-use crate::storage::layout;
+use crate::storage::{layout, Listing};
 
 /// The next repository of a walk over the store: a directory under
 /// `repositories/` with a registry folder (`_manifests`, `_layers`, …),
@@ -50,6 +50,22 @@ pub(super) async fn next_repository(
                 layout::REPOSITORIES,
                 dir.path
             )),
+        }
+    }
+    Ok(None)
+}
+
+/// The next tag of repository `name` from a listing of its tags directory.
+/// Tags are validated; a directory that is not one is reported and skipped.
+pub(super) async fn next_tag(
+    tags: &mut Listing<'_>,
+    name: &RepositoryName,
+    problems: &mut Vec<String>,
+) -> Result<Option<Tag>> {
+    while let Some(tag) = tags.next().await.map_err(storage_error)? {
+        match Tag::parse(&tag) {
+            Some(tag) => return Ok(Some(tag)),
+            None => problems.push(format!("{name}: tag directory {tag:?} is not a valid tag")),
         }
     }
     Ok(None)

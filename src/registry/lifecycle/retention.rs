@@ -60,13 +60,7 @@ impl Registry {
             // The tags each rule decides, by the rule's position.
             let mut decided: BTreeMap<usize, Vec<Candidate>> = BTreeMap::new();
             let mut tags = self.tags(&name);
-            while let Some(tag) = tags.next().await.map_err(storage_error)? {
-                let Some(tag) = Tag::parse(&tag) else {
-                    report
-                        .problems
-                        .push(format!("{name}: tag directory {tag:?} is not a valid tag"));
-                    continue;
-                };
+            while let Some(tag) = super::next_tag(&mut tags, &name, &mut report.problems).await? {
                 let Some(index) = rules.iter().position(|r| r.tags.matches(&name, &tag)) else {
                     continue;
                 };
