@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds since the run began, so a slow step shows in the log.
+started=$SECONDS
+step() { printf '\n==> [%ss] %s\n' "$((SECONDS - started))" "$*"; }
 
 step "system tools the build and the tests call (tests/install-tools.sh)"
 if $quick; then
@@ -63,3 +65,5 @@ SNAPSHOTS=2 tests/e2e/powercut.sh
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick
+
+step "done"
