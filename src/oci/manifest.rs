@@ -105,8 +105,11 @@ impl Manifest {
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Manifest> {
         let invalid =
             |detail: String| RegistryError::with_detail(ErrorCode::ManifestInvalid, detail);
+        // JSON is UTF-8 (RFC 8259), and serde_json checks only the strings it
+        // keeps: invalid bytes in a field we skip would be accepted and stored.
+        let text = std::str::from_utf8(body).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
         let doc: Document =
-            serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
 
         let media_type = match (&doc.media_type, content_type) {
             (Some(declared), Some(sent)) if declared != sent => {

@@ -3,6 +3,10 @@
 
 pub mod digest;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+pub(crate) mod fuzzing;
 pub mod manifest;
 pub mod name;
 pub mod pattern;
