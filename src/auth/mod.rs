@@ -34,6 +34,8 @@
 
 pub mod config;
 mod files;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod header;
 pub mod htpasswd;
 pub mod identity;
@@ -318,9 +320,15 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The time `secs` after the epoch, at most the end of year 9999 (what
+/// [`rfc3339`] shows): a token's `exp` is the signer's number, and adding
+/// `u64::MAX` seconds to a `SystemTime` panics.
 pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH + Duration::from_secs(secs.min(LAST_FORMATTABLE))
 }
+
+/// 9999-12-31T23:59:59Z
+const LAST_FORMATTABLE: u64 = 253_402_300_799;
 
 /// `N` bytes from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
@@ -334,8 +342,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 /// 1970 to 9999; a time there (a robot expiring in 20,000 years) is shown at
 /// that range's edge instead.
 pub fn rfc3339(t: SystemTime) -> String {
-    /// 9999-12-31T23:59:59Z
-    const LAST_FORMATTABLE: u64 = 253_402_300_799;
     let clamped = from_unix_secs(unix_secs(t).min(LAST_FORMATTABLE));
     humantime::format_rfc3339_seconds(clamped).to_string()
 }

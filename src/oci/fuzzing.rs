@@ -234,6 +234,19 @@ pub fn bytes(target: &str) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// `seed` changed by one to eight mutations, for inputs made at run time
+/// (a freshly signed token); it may, rarely, come out unchanged.
+pub fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let seeds = [seed];
+    proptest::collection::vec(mutation(), 1..8).prop_map(move |mutations| {
+        let mut bytes = seeds[0].clone();
+        for mutation in &mutations {
+            mutation.apply(&mut bytes, &seeds);
+        }
+        bytes
+    })
+}
+
 /// [`bytes`] as text (invalid UTF-8 replaced), for parsers of `&str`.
 pub fn text(target: &str) -> impl Strategy<Value = String> {
     bytes(target).prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
