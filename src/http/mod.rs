@@ -10,6 +10,8 @@ mod catalog;
 mod client_addr;
 pub mod connection;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod login_cache;
 mod manifests;
 mod range;
@@ -160,10 +162,7 @@ fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> 
 fn pagination(pairs: &[(String, String)]) -> Result<(Option<usize>, Option<String>), ApiError> {
     let n = match query_value(pairs, "n") {
         None | Some("") => None,
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| ErrorCode::PaginationNumberInvalid)?,
-        ),
+        Some(n) => Some(decimal::<usize>(n).ok_or(ErrorCode::PaginationNumberInvalid)?),
     };
     let last = query_value(pairs, "last")
         .filter(|l| !l.is_empty())
@@ -176,6 +175,14 @@ fn next_page_link(path: &str, n: usize, last: &str) -> HeaderValue {
     let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
     HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\""))
         .expect("encoded link is a valid header")
+}
+
+/// A decimal number as HTTP and the spec write one: ASCII digits only
+/// (`str::parse` also takes a leading `+`, which RFC 9110's `1*DIGIT` and
+/// the spec's `[0-9]+` do not).
+fn decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| s.parse().ok()).flatten()
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {

@@ -25,7 +25,7 @@ pub fn parse(header: Option<&str>, size: u64) -> RangeRequest {
         return RangeRequest::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let number = |s: &str| s.parse::<u64>().ok();
+    let number = super::decimal::<u64>;
     match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes.
         (true, false) => match number(last) {

@@ -38,10 +38,7 @@ pub async fn history(
     let pairs = query_pairs(parts);
     let limit = match query_value(&pairs, "n") {
         None | Some("") => None,
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| ErrorCode::PaginationNumberInvalid)?,
-        ),
+        Some(n) => Some(super::decimal::<usize>(n).ok_or(ErrorCode::PaginationNumberInvalid)?),
     };
     let history = registry.tag_history_view(name, &tag, limit).await?;
     let changes: Vec<_> = history
@@ -108,8 +105,8 @@ fn rollback_target(pairs: &[(String, String)]) -> Result<RollbackTarget, ApiErro
         (Some(_), Some(_)) => Err(invalid("give either `to` or `steps`, not both")),
         (Some(to), None) => Ok(RollbackTarget::Digest(digest_param(to)?)),
         (None, None) => Ok(RollbackTarget::Steps(1)),
-        (None, Some(steps)) => match steps.parse::<usize>() {
-            Ok(steps) if steps >= 1 => Ok(RollbackTarget::Steps(steps)),
+        (None, Some(steps)) => match super::decimal::<usize>(steps) {
+            Some(steps) if steps >= 1 => Ok(RollbackTarget::Steps(steps)),
             _ => Err(invalid("`steps` must be a whole number of at least 1")),
         },
     }

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
 use super::{
-    body_stream, digest_param, has_body, header_str, location, query_pairs, query_value, ApiError,
-    ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
+    body_stream, decimal, digest_param, has_body, header_str, location, query_pairs, query_value,
+    ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
 };
 use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepositoryName};
@@ -109,7 +109,7 @@ pub async fn cancel(registry: &Registry, name: &RepositoryName, id: &str) -> Api
 /// The first byte of a chunk from `Content-Range: <start>-<end>` (the spec's
 /// form, without the `bytes ` unit, which is accepted too). The end must agree
 /// with `Content-Length` when both are sent.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = header_str(headers, header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -122,14 +122,15 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let spec = value.trim().trim_start_matches("bytes ").trim();
     let (start, end) = spec.split_once('-').ok_or_else(invalid)?;
     let end = end.split('/').next().unwrap_or_default();
-    let (start, end) = match (start.trim().parse::<u64>(), end.trim().parse::<u64>()) {
-        (Ok(s), Ok(e)) if s <= e => (s, e),
+    let (start, end) = match (decimal::<u64>(start.trim()), decimal::<u64>(end.trim())) {
+        (Some(s), Some(e)) if s <= e => (s, e),
         _ => return Err(invalid().into()),
     };
     if let Some(length) =
         header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
     {
-        if length != end - start + 1 {
+        // `0-<u64 max>` is a length no u64 holds (and no body has).
+        if Some(length) != (end - start).checked_add(1) {
             return Err(invalid().into());
         }
     }
