@@ -14,6 +14,7 @@ mod api_manifests;
 mod api_uploads;
 mod cli;
 mod cli_tag;
+mod fuzz;
 mod gc;
 mod integrity;
 mod oci_client;
