@@ -3,6 +3,8 @@
 //! query. The whole router under arbitrary requests is `tests/it/fuzz.rs`;
 //! the harness and how to run longer: `crate::oci::fuzzing`.
 
+use std::sync::LazyLock;
+
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 use regex::Regex;
@@ -82,8 +84,10 @@ fn whole(pattern: &str) -> Regex {
 /// trims whitespace around each part; several ranges or another unit are
 /// ignored, so the whole blob is sent), written from the RFC, not the code.
 fn expected_range(header: &str, size: u64) -> RangeRequest {
-    let first_last = whole(r"\s*bytes=\s*([0-9]+)\s*-\s*([0-9]*)\s*");
-    let suffix = whole(r"\s*bytes=\s*-\s*([0-9]+)\s*");
+    static FIRST_LAST: LazyLock<Regex> =
+        LazyLock::new(|| whole(r"\s*bytes=\s*([0-9]+)\s*-\s*([0-9]*)\s*"));
+    static SUFFIX: LazyLock<Regex> = LazyLock::new(|| whole(r"\s*bytes=\s*-\s*([0-9]+)\s*"));
+    let (first_last, suffix) = (&*FIRST_LAST, &*SUFFIX);
     if let Some(c) = first_last.captures(header) {
         let Ok(first) = c[1].parse::<u64>() else {
             return RangeRequest::Whole;
@@ -148,7 +152,9 @@ fn check_content_range(value: &[u8], length: Option<&str>) -> Result<(), TestCas
         headers.insert(header::CONTENT_LENGTH, length);
     }
     let text = std::str::from_utf8(value).unwrap_or("");
-    let spec = whole(r"\s*(?:bytes )*\s*([0-9]+)\s*-\s*([0-9]+)\s*(?s:/.*)?");
+    static SPEC: LazyLock<Regex> =
+        LazyLock::new(|| whole(r"\s*(?:bytes )*\s*([0-9]+)\s*-\s*([0-9]+)\s*(?s:/.*)?"));
+    let spec = &*SPEC;
     match chunk_start(&headers) {
         Ok(None) => prop_assert!(header_value_is_opaque(value)),
         Ok(Some(start)) => {

@@ -270,7 +270,7 @@ fn fuzzed_requests_never_get_a_server_error() {
     );
     let authorization = header_value("authorization").boxed();
     let addr = registry.server.addr;
-    let mut runner = TestRunner::new(fuzzing::config(300));
+    let mut runner = TestRunner::new(fuzzing::config(400));
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, u32>::new());
     let outcome = runner.run(&request(paths, authorization), |request| {
         let status = check_response(&request, exchange(addr, &request))?;
@@ -347,7 +347,7 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
     ]
     .boxed();
     let addr = registry.server.addr;
-    let mut runner = TestRunner::new(fuzzing::config(300));
+    let mut runner = TestRunner::new(fuzzing::config(400));
     let outcome = runner.run(&request(paths, authorization), |request| {
         let status = check_response(&request, exchange(addr, &request))?;
         if request.is_write() && !request.target.starts_with("/auth/") {
