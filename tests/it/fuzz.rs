@@ -65,10 +65,13 @@ impl Request {
     }
 }
 
+/// A response: status, headers (names lowercased), body.
+type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A raw HTTP/1.1 exchange on a fresh connection: the status and, when the
 /// response says its length, the body. `None` when the server closed the
 /// connection without an answer.
-fn exchange(addr: SocketAddr, request: &Request) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+fn exchange(addr: SocketAddr, request: &Request) -> Option<Response> {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -199,10 +202,7 @@ fn request(
 }
 
 /// No 5xx, an answer to every request, JSON errors with known codes.
-fn check_response(
-    request: &Request,
-    response: Option<(u16, Vec<(String, String)>, Vec<u8>)>,
-) -> Result<u16, TestCaseError> {
+fn check_response(request: &Request, response: Option<Response>) -> Result<u16, TestCaseError> {
     let (status, headers, body) =
         response.ok_or_else(|| TestCaseError::fail("no response (did a handler panic?)"))?;
     prop_assert!(status < 500, "{} for {:?}", status, request);
@@ -389,4 +389,65 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
         .unwrap();
     assert_eq!(catalog["repositories"], serde_json::json!(["fuzz/app"]));
     rt.block_on(registry.server.shutdown()).unwrap();
+}
+
+/// What the fuzzing found, over HTTP: each input now gets the spec's status
+/// and error code (before: a stored non-JSON manifest, a dropped connection,
+/// a 206 for a header RFC 9110 says to ignore, a number with a `+`).
+#[tokio::test]
+async fn what_the_fuzzing_found_gets_the_spec_answers() {
+    let registry = TestRegistry::start().await;
+    let layer = b"fuzz layer".to_vec();
+    let (_, _) = registry.push_image("fuzz/app", "latest", &layer).await;
+
+    // Invalid UTF-8 in a field Berth does not read: not JSON, refused.
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/manifest");
+    let body = std::fs::read(corpus.join("regression-invalid-utf8-in-ignored-field.json")).unwrap();
+    let resp = registry
+        .put_manifest("fuzz/app", "bad", OCI_INDEX, &body)
+        .await;
+    let resp = expect_status(resp, reqwest::StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
+
+    // A chunk whose length no u64 holds (its Content-Length is 1): 416, not
+    // a dropped connection.
+    let session = registry.start_upload("fuzz/app").await;
+    let resp = registry
+        .client
+        .patch(&session)
+        .header("Content-Range", "0-18446744073709551615")
+        .body(vec![1u8])
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, reqwest::StatusCode::RANGE_NOT_SATISFIABLE).await;
+    assert_eq!(error_code(resp).await, "RANGE_INVALID");
+    let resp = registry
+        .client
+        .patch(&session)
+        .header("Content-Range", "+0-0")
+        .body(vec![1u8])
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, reqwest::StatusCode::RANGE_NOT_SATISFIABLE).await;
+
+    // `bytes=+1-0` is not RFC 9110's syntax: ignored, the whole blob.
+    let resp = registry
+        .client
+        .get(registry.url(&format!("/v2/fuzz/app/blobs/{}", sha256_digest(&layer))))
+        .header("Range", "bytes=+1-0")
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, reqwest::StatusCode::OK).await;
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), layer.as_slice());
+
+    // `n=+5` is not a number of the spec's.
+    let resp = get(&registry, "/v2/fuzz/app/tags/list?n=%2B5").await;
+    let resp = expect_status(resp, reqwest::StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "PAGINATION_NUMBER_INVALID");
+    let resp = get(&registry, "/v2/fuzz/app/tags/list?n=5").await;
+    expect_status(resp, reqwest::StatusCode::OK).await;
 }
