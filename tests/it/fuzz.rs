@@ -244,6 +244,14 @@ fn known_paths(
     ]
 }
 
+/// 400 requests per server by default. A runner outside `proptest!` knows
+/// its source file only if told, and without it persists no failure.
+fn runner() -> TestRunner {
+    let mut config = fuzzing::config(400);
+    config.source_file = Some(file!());
+    TestRunner::new(config)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -270,7 +278,7 @@ fn fuzzed_requests_never_get_a_server_error() {
     );
     let authorization = header_value("authorization").boxed();
     let addr = registry.server.addr;
-    let mut runner = TestRunner::new(fuzzing::config(400));
+    let mut runner = runner();
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, u32>::new());
     let outcome = runner.run(&request(paths, authorization), |request| {
         let status = check_response(&request, exchange(addr, &request))?;
@@ -347,7 +355,7 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
     ]
     .boxed();
     let addr = registry.server.addr;
-    let mut runner = TestRunner::new(fuzzing::config(400));
+    let mut runner = runner();
     let outcome = runner.run(&request(paths, authorization), |request| {
         let status = check_response(&request, exchange(addr, &request))?;
         if request.is_write() && !request.target.starts_with("/auth/") {
