@@ -836,7 +836,8 @@ async fn parallel_wrong_guesses_get_at_most_max_failures_password_checks() {
     let client = Client::new();
     let v2 = registry.url("/v2/");
     let token_url = registry.url("/auth/token?service=berth");
-    let cases: Vec<(&str, Box<dyn Fn() -> reqwest::RequestBuilder>)> = vec![
+    type Request<'a> = Box<dyn Fn() -> reqwest::RequestBuilder + 'a>;
+    let cases: Vec<(&str, Request)> = vec![
         (
             "/v2/ Basic",
             Box::new(|| {
