@@ -22,9 +22,10 @@
 //!   grants decide, the policy is not consulted again (a robot revoked after
 //!   the token was issued keeps its access until the token expires, at most
 //!   `token_ttl_secs`).
-//! - `Basic`: a user or robot login through [`Auth::login`] (brute-force
-//!   limited; bcrypt runs on the blocking pool), remembered briefly by
-//!   [`LoginCache`]; the policy decides.
+//! - `Basic`: a user or robot login through [`Auth::login_with`]
+//!   (brute-force limited: an attempt is reserved before bcrypt, which runs
+//!   on the blocking pool, so parallel guesses count as they start),
+//!   remembered briefly by [`LoginCache`]; the policy decides.
 //!
 //! **Refusals** (distribution-spec error codes, Docker token spec
 //! challenges):
