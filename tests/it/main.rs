@@ -16,6 +16,7 @@ mod cli;
 mod cli_tag;
 mod gc;
 mod integrity;
+mod manifest_limits;
 mod oci_client;
 mod retention;
 mod tag_history;
