@@ -227,6 +227,21 @@ async fn every_descriptor_size_must_be_its_contents_in_images_and_indexes() {
         }
     }
 
+    // A refused first push leaves a new repository out of the catalog.
+    let catalog = repo.catalog().await;
+    let registry = &repo.registry;
+    registry.push_blob("fresh", CONFIG).await;
+    registry.push_blob("fresh", LAYER).await;
+    let bad = serde_json::to_vec(&repo.image(OCI_MANIFEST, 49, &[11])).unwrap();
+    let resp = registry
+        .put_manifest("fresh", "v1", OCI_MANIFEST, &bad)
+        .await;
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
+    assert_eq!(repo.catalog().await, catalog);
+    let resp = get(registry, "/v2/fresh/manifests/v1").await;
+    expect_status(resp, StatusCode::NOT_FOUND).await;
+
     // The same documents with the right sizes are accepted, and fsck agrees.
     repo.accept(
         "oci",
