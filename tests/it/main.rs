@@ -17,6 +17,7 @@ mod cli_tag;
 mod gc;
 mod host_header;
 mod integrity;
+mod manifest_limits;
 mod oci_client;
 mod retention;
 mod tag_history;
