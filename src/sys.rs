@@ -316,12 +316,11 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     if target <= soft {
         return Ok(soft);
     }
-    let (Ok(rlim_cur), Ok(rlim_max)) =
-        (libc::rlim_t::try_from(target), libc::rlim_t::try_from(hard))
-    else {
-        return Ok(soft);
+    // Both came from an `rlim_t` (or `nr_open`, an int): they fit.
+    let limit = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
     };
-    let limit = libc::rlimit { rlim_cur, rlim_max };
     // SAFETY: setrlimit reads one `rlimit` through the pointer, which
     // points to a live one; raising the soft limit up to the hard one needs
     // no privilege and affects only this process's later `open`s.

@@ -17,10 +17,14 @@
 //!   next piece of the body, and only between pieces: an upload that keeps
 //!   arriving is never cut, however long, and a handler that works (hashes,
 //!   syncs) without reading is not waiting on the client, so no timer runs.
-//! - **response** ([`Monitored`]): a write the socket refuses (the client's
-//!   window is full) starts `send_timeout`; any write that goes through ends
-//!   it. A slow client that keeps reading is never cut; the zero-copy path
-//!   writes through the same IO, so it is bounded the same way.
+//! - **response** ([`Monitored`], [`TrackedBody`]): `send_timeout` runs
+//!   while a response has data for the client and nothing is sent: a write
+//!   the socket refuses (HTTP/1.1: the client's receive window is full), or
+//!   a frame a response body handed hyper that waits (HTTP/2: the client's
+//!   flow-control window is closed, so the socket never refuses anything).
+//!   Any write that goes through restarts it. A slow client that keeps
+//!   reading is never cut; the zero-copy path writes through the same IO,
+//!   so it is bounded the same way.
 //! - **TLS handshake**: `tls.rs`, `handshake_timeout` around the accept.
 //! - **graceful stop** ([`drive`]): connections with no request in flight
 //!   close at once (a half-sent head has no request yet); the others finish
@@ -59,6 +63,13 @@ pub(crate) struct Activity {
     idle_since: AtomicU64,
     read_since_idle: AtomicU64,
     write_blocked_since: AtomicU64,
+    /// When a write last went through.
+    last_write: AtomicU64,
+    /// Response bodies that have handed hyper a frame and not been asked
+    /// for the next (the frame waits for the client's window), and since
+    /// when one has.
+    responses_waiting: AtomicUsize,
+    waiting_since: AtomicU64,
     /// Wakes the watch when a deadline may have moved earlier.
     wake: Notify,
 }
@@ -82,6 +93,9 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             read_since_idle: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            responses_waiting: AtomicUsize::new(0),
+            waiting_since: AtomicU64::new(0),
             wake: Notify::new(),
         })
     }
@@ -123,6 +137,9 @@ impl Activity {
     }
 
     fn on_write(&self, progress: bool) {
+        if progress {
+            self.last_write.store(self.now(), Ordering::Relaxed);
+        }
         let blocked = self.write_blocked_since.load(Ordering::Relaxed) != 0;
         if progress && blocked {
             self.write_blocked_since.store(0, Ordering::Relaxed);
@@ -133,6 +150,35 @@ impl Activity {
         }
     }
 
+    /// A response body handed hyper a frame (`true`) or was asked for the
+    /// next one (`false`).
+    fn response_waiting(&self, waiting: bool) {
+        if waiting {
+            if self.responses_waiting.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.waiting_since.store(self.now(), Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+        } else {
+            self.responses_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Since when the connection has had a response frame to send and has
+    /// sent nothing: on HTTP/2 a client that stops reading closes its
+    /// window, so the socket never refuses a write, and only this shows it.
+    fn send_stalled_since(&self) -> Option<u64> {
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        let waiting = (self.responses_waiting.load(Ordering::SeqCst) > 0).then(|| {
+            let since = self.waiting_since.load(Ordering::SeqCst);
+            since.max(self.last_write.load(Ordering::Relaxed))
+        });
+        match (blocked, waiting) {
+            (0, waiting) => waiting,
+            (blocked, Some(waiting)) => Some(blocked.min(waiting)),
+            (blocked, None) => Some(blocked),
+        }
+    }
+
     /// When the connection is to be closed, and why; `None`: not while
     /// nothing changes (a request is in flight and its writes go through).
     pub(crate) fn deadline(
@@ -140,8 +186,9 @@ impl Activity {
         limits: &ServerConfig,
         draining: bool,
     ) -> Option<(Instant, Stage)> {
-        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
-        let send = (blocked != 0).then(|| (self.at(blocked) + limits.send_timeout, Stage::Send));
+        let send = self
+            .send_stalled_since()
+            .map(|since| (self.at(since) + limits.send_timeout, Stage::Send));
         if !self.is_idle() {
             return send;
         }
@@ -378,17 +425,34 @@ impl Body for TimedBody {
 
 /// A response body that keeps its request [`InFlight`] until hyper drops
 /// it (sent whole, or the connection gone). Frames pass through untouched.
+/// While a frame it yielded waits for the client, it counts as waiting in
+/// its connection's [`Activity`].
 pub(crate) struct TrackedBody {
     inner: axum::body::Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    waiting: bool,
 }
 
 impl TrackedBody {
     pub(crate) fn new(inner: axum::body::Body, in_flight: InFlight) -> TrackedBody {
         TrackedBody {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            waiting: false,
         }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            self.in_flight.0.response_waiting(waiting);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.set_waiting(false);
     }
 }
 
@@ -400,7 +464,12 @@ impl Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        self.set_waiting(false);
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &poll {
+            self.set_waiting(true);
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -469,6 +538,14 @@ mod tests {
         let (_, stage) = activity.deadline(&limits(), false).unwrap();
         assert_eq!(stage, Stage::Send);
         activity.on_write(true);
+        assert_eq!(activity.deadline(&limits(), false), None);
+        // A frame that waits (an HTTP/2 window closed: no write refused) is
+        // bounded from the later of its hand-over and the last write.
+        activity.response_waiting(true);
+        let (at, stage) = activity.deadline(&limits(), false).unwrap();
+        assert_eq!(stage, Stage::Send);
+        assert!(at > Instant::now() + Duration::from_secs(6));
+        activity.response_waiting(false);
         assert_eq!(activity.deadline(&limits(), false), None);
     }
 

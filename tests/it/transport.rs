@@ -353,6 +353,37 @@ async fn a_slow_reader_gets_the_whole_blob_and_a_stalled_one_is_cut() {
 }
 
 #[tokio::test]
+async fn http2_a_client_that_closes_its_window_is_cut_after_the_send_timeout() {
+    let registry = TestRegistry::start_with(quick).await;
+    let content = random_bytes(4 << 20, 12);
+    let digest = registry.push_blob("app", &content).await;
+    let tcp = connect(&registry).await;
+    let (mut send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let mut connection = tokio::spawn(connection);
+    let request = hyper::Request::get(registry.url(&format!("/v2/app/blobs/{digest}")))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    // The body is never read: the client's window stays closed after 64 KiB,
+    // and the socket never refuses a write.
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let stalled = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(1) + MARGIN, &mut connection).await;
+    assert!(ended.is_ok(), "the stalled HTTP/2 download is still open");
+    assert!(
+        stalled.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        stalled.elapsed()
+    );
+    drop(response);
+}
+
+#[tokio::test]
 async fn at_the_cap_the_longest_idle_connection_is_closed_for_a_new_client() {
     let registry = TestRegistry::start_with(|config| {
         patient(config);
