@@ -24,6 +24,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -40,6 +41,9 @@ use zero_copy::ZeroCopyStream;
 /// Descriptors kept back from connections for everything else: the
 /// listener, the journal, logs, the blocking pool's files.
 const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How often a full server says that it refuses connections.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Connections served at once under a descriptor limit of `limit`: each
 /// connection may need a file beside its socket (a blob being sent, an
@@ -209,6 +213,10 @@ impl Connections {
         match oldest_idle {
             Some(id) => {
                 if let Some((_, close)) = self.open.remove(&id) {
+                    tracing::debug!(
+                        cap,
+                        "connection cap reached: closing the longest idle connection"
+                    );
                     close.cancel();
                 }
                 true
@@ -239,6 +247,7 @@ where
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_refusal_warning = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -247,7 +256,7 @@ where
                 // after a pause so that a persistent error does not spin.
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -259,7 +268,13 @@ where
         let id = {
             let mut open = connections.lock().expect("connections lock");
             if !open.make_room(cap) {
-                tracing::warn!(%peer, cap, "connection cap reached with every connection busy: refusing");
+                // At most one warning a minute: a flood must not flood the log.
+                if last_refusal_warning
+                    .is_none_or(|at: Instant| at.elapsed() >= REFUSAL_WARNING_EVERY)
+                {
+                    last_refusal_warning = Some(Instant::now());
+                    tracing::warn!(%peer, cap, "connection cap reached with a request in flight on every connection: refusing new connections");
+                }
                 continue;
             }
             let id = open.next;

@@ -237,6 +237,79 @@ async fn over_tls_a_stalled_handshake_and_a_half_sent_head_are_closed() {
     );
 }
 
+/// Serves `app` (not Berth's API) with the `quick` bounds on a free port.
+async fn serve_app(app: axum::Router) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config::default();
+    quick(&mut config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        berth::serve::run(listener, app, None, &config.server, stopped).await
+    });
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn a_handler_that_works_longer_than_every_timeout_is_not_cut() {
+    use axum::routing::{get, put};
+    // 2.5 s of work without I/O: longer than the head (0.8 s), body (1 s),
+    // send (1 s) and idle (2 s) bounds. And a handler that reads a body
+    // the client sent at once, pausing 1.5 s between pieces.
+    let app = axum::Router::new()
+        .route(
+            "/work",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/slow-read",
+            put(|body: axum::body::Body| async move {
+                let mut stream = body.into_data_stream();
+                let mut total = 0;
+                while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+                    total += piece.unwrap().len();
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                total.to_string()
+            }),
+        );
+    let (addr, _stop) = serve_app(app).await;
+
+    let mut http1 = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut http1, "GET /work HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        200
+    );
+    let body = vec![1u8; 20_000];
+    let head = format!(
+        "PUT /slow-read HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    http1.write_all(head.as_bytes()).await.unwrap();
+    http1.write_all(&body).await.unwrap();
+    assert_eq!(read_response(&mut http1).await, 200);
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{addr}/work"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"done");
+}
+
 /// Opens an upload and sends the head of a `PATCH` of `len` bytes on a
 /// connection of its own.
 async fn start_patch(registry: &TestRegistry, len: usize) -> (TcpStream, String) {
@@ -485,6 +558,35 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_ends_after_its_grac
     );
     assert!(closed_within(&mut uploading, Duration::from_secs(1)).await);
     drop(data);
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_client_holding_half_a_head() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    // Default bounds: the head timeout (30 s) is not what ends it.
+    let served = crate::support::ServeProcess::start(
+        &["--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        &[],
+    );
+    let mut half = std::net::TcpStream::connect(&served.addr).unwrap();
+    half.write_all(b"GET /v2/ HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = Instant::now();
+    served.terminate();
+    let mut served = served;
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let mut rest = Vec::new();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = half.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
 
 /// The shell's hard limit on open files, `None` for unlimited.
