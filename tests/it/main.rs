@@ -22,4 +22,5 @@ mod oci_client;
 mod retention;
 mod tag_history;
 mod tls;
+mod transport;
 mod zero_copy;
