@@ -70,6 +70,10 @@ pub(crate) struct Activity {
     /// when one has.
     responses_waiting: AtomicUsize,
     waiting_since: AtomicU64,
+    /// Request bodies whose handler waits for the client's next piece, and
+    /// since when one has.
+    bodies_waiting: AtomicUsize,
+    body_waiting_since: AtomicU64,
     /// Wakes the watch when a deadline may have moved earlier.
     wake: Notify,
 }
@@ -96,6 +100,8 @@ impl Activity {
             last_write: AtomicU64::new(0),
             responses_waiting: AtomicUsize::new(0),
             waiting_since: AtomicU64::new(0),
+            bodies_waiting: AtomicUsize::new(0),
+            body_waiting_since: AtomicU64::new(0),
             wake: Notify::new(),
         })
     }
@@ -161,6 +167,34 @@ impl Activity {
         } else {
             self.responses_waiting.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// A request body's handler started (`true`) or stopped (`false`)
+    /// waiting for the client's next piece. Its timer is the body's own
+    /// ([`TimedBody`]); this is for the cap, which may shed a connection
+    /// whose client keeps it busy by trickling.
+    fn body_waiting(&self, waiting: bool) {
+        if waiting {
+            if self.bodies_waiting.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.body_waiting_since.store(self.now(), Ordering::SeqCst);
+            }
+        } else {
+            self.bodies_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Since when a request in flight has been held up by its client alone:
+    /// a body the handler waits for, or a response the client does not
+    /// take. `None` while every request moves or works on the server's side.
+    pub(crate) fn waiting_on_client_since(&self) -> Option<Instant> {
+        let body = (self.bodies_waiting.load(Ordering::SeqCst) > 0)
+            .then(|| self.body_waiting_since.load(Ordering::SeqCst));
+        let send = self.send_stalled_since();
+        let since = match (body, send) {
+            (Some(body), Some(send)) => body.min(send),
+            (since, None) | (None, since) => since?,
+        };
+        Some(self.at(since))
     }
 
     /// Since when the connection has had a response frame to send and has
@@ -367,15 +401,35 @@ pub(crate) struct TimedBody {
     timeout: Duration,
     /// Runs while the handler waits for a piece.
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Told while the handler waits (for the cap: see
+    /// [`Activity::waiting_on_client_since`]).
+    activity: Arc<Activity>,
 }
 
 impl TimedBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, timeout: Duration) -> TimedBody {
+    pub(crate) fn new(
+        inner: hyper::body::Incoming,
+        timeout: Duration,
+        activity: Arc<Activity>,
+    ) -> TimedBody {
         TimedBody {
             inner,
             timeout,
             waiting: None,
+            activity,
         }
+    }
+
+    fn stop_waiting(&mut self) {
+        if self.waiting.take().is_some() {
+            self.activity.body_waiting(false);
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.stop_waiting();
     }
 }
 
@@ -395,17 +449,20 @@ impl Body for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.waiting = None;
+                this.stop_waiting();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let timeout = this.timeout;
+                if this.waiting.is_none() {
+                    this.activity.body_waiting(true);
+                }
                 let waiting = this
                     .waiting
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match waiting.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        this.waiting = None;
+                        this.stop_waiting();
                         Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))))
                     }
                     Poll::Pending => Poll::Pending,

@@ -8,7 +8,9 @@
 //! head, request body, stalled response, idle keep-alive, drain), and so is
 //! the number of connections: at most [`connection_cap`] of the descriptor
 //! limit (or `max_connections`); at the cap, the connection idle longest is
-//! closed for the new one, so idle or slow clients cannot lock others out.
+//! closed for the new one, else the one whose client has held up its
+//! request longest (trickling a body, not reading a response), so idle or
+//! slow clients cannot lock others out.
 //!
 //! This is the transport under the application: it takes any axum `Router`
 //! and tells handlers about the connection only through the request
@@ -41,6 +43,12 @@ use zero_copy::ZeroCopyStream;
 /// Descriptors kept back from connections for everything else: the
 /// listener, the journal, logs, the blocking pool's files.
 const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How long a request must have waited on its client alone before, at the
+/// cap, its connection may be closed for a new one. A client that sends or
+/// reads steadily waits milliseconds between pieces; one that paces itself
+/// to hold a place waits most of `body_timeout`.
+const STALLED_AT_THE_CAP: Duration = Duration::from_secs(1);
 
 /// How often a full server says that it refuses connections.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -136,7 +144,8 @@ fn service(
         let in_flight = activity.request_started(request.version());
         let (mut parts, body) = request.into_parts();
         extend(&mut parts.extensions, parts.version);
-        let request = hyper::Request::from_parts(parts, TimedBody::new(body, body_timeout));
+        let request =
+            hyper::Request::from_parts(parts, TimedBody::new(body, body_timeout, activity.clone()));
         let response = app.clone().oneshot(request);
         async move {
             let response = response.await?;
@@ -199,7 +208,11 @@ struct Connections {
 impl Connections {
     /// Makes room for one more connection under `cap`: closes the one idle
     /// longest (no request in flight: kept alive, or still sending its
-    /// head). False when every connection has a request in flight.
+    /// head); else the one whose client has held up its request longest,
+    /// for at least [`STALLED_AT_THE_CAP`] (a body trickled a byte per
+    /// `body_timeout`, a response not read: without this, clients pacing
+    /// just inside the timeouts could hold every place). False when every
+    /// connection has a request in flight that moves.
     fn make_room(&mut self, cap: usize) -> bool {
         if self.open.len() < cap {
             return true;
@@ -209,14 +222,21 @@ impl Connections {
             .iter()
             .filter(|(_, (activity, _))| activity.is_idle())
             .min_by_key(|(_, (activity, _))| activity.idle_since())
-            .map(|(id, _)| *id);
-        match oldest_idle {
-            Some(id) => {
+            .map(|(id, _)| (*id, "the longest idle connection"));
+        let longest_stalled = || {
+            self.open
+                .iter()
+                .filter_map(|(id, (activity, _))| {
+                    let since = activity.waiting_on_client_since()?;
+                    (since.elapsed() >= STALLED_AT_THE_CAP).then_some((*id, since))
+                })
+                .min_by_key(|(_, since)| *since)
+                .map(|(id, _)| (id, "the connection its client has held up longest"))
+        };
+        match oldest_idle.or_else(longest_stalled) {
+            Some((id, which)) => {
                 if let Some((_, close)) = self.open.remove(&id) {
-                    tracing::debug!(
-                        cap,
-                        "connection cap reached: closing the longest idle connection"
-                    );
+                    tracing::debug!(cap, "connection cap reached: closing {which}");
                     close.cancel();
                 }
                 true

@@ -2,7 +2,8 @@
 //! a client paces closes the connection when the client takes too long
 //! (head, idle keep-alive, request body, a response it does not read, the
 //! TLS handshake), on HTTP/1.1, HTTP/2 and TLS; progress is never cut; the
-//! number of connections is capped, shedding the longest idle one; a
+//! number of connections is capped, shedding the longest idle one (else the
+//! one its client has held up longest); a
 //! graceful stop closes idle connections at once and ends after its grace.
 //! Timeouts are set to about a second so that each test waits little.
 
@@ -497,7 +498,8 @@ async fn at_the_cap_with_every_connection_busy_the_new_one_is_refused() {
     let (mut second, _) = start_patch(&registry, content.len()).await;
     second.write_all(&content[..1000]).await.unwrap();
     // Both heads are read (their handlers wait for the body) before the next
-    // client comes.
+    // client comes, which is well within the second a request must have
+    // waited on its client before its connection may be shed.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = connect(&registry).await;
     let _ = refused.write_all(GET_V2.as_bytes()).await;
@@ -514,6 +516,37 @@ async fn at_the_cap_with_every_connection_busy_the_new_one_is_refused() {
     assert_eq!(read_response(&mut first).await, 202);
     second.write_all(&content[1000..]).await.unwrap();
     assert_eq!(read_response(&mut second).await, 202);
+}
+
+#[tokio::test]
+async fn at_the_cap_the_connection_its_client_held_up_longest_is_closed_for_a_new_client() {
+    // A client can hold a place while never idle: it sends a body byte just
+    // inside body_timeout. At the cap such a connection goes for a newcomer.
+    let registry = TestRegistry::start_with(|config| {
+        patient(config);
+        config.server.max_connections = Some(2);
+    })
+    .await;
+    let content = random_bytes(64 * 1024, 12);
+    let (mut trickling, _) = start_patch(&registry, content.len()).await;
+    trickling.write_all(&content[..1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut stalled, _) = start_patch(&registry, content.len()).await;
+    stalled.write_all(&content[..1000]).await.unwrap();
+    // Both have waited on their clients for over a second, the first longer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut newcomer = connect(&registry).await;
+    assert_eq!(exchange(&mut newcomer, GET_V2).await, 200);
+    assert!(
+        closed_within(&mut trickling, MARGIN).await,
+        "the connection held up longest was kept"
+    );
+    stalled.write_all(&content[1000..]).await.unwrap();
+    assert_eq!(
+        read_response(&mut stalled).await,
+        202,
+        "the other upload goes on"
+    );
 }
 
 #[tokio::test]
