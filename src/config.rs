@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -44,6 +45,81 @@ pub struct Config {
     /// Garbage collection, retention, immutable tags, tag history, upload
     /// expiry (the `[lifecycle]` table).
     pub lifecycle: LifecycleConfig,
+    /// The transport's limits (the `[server]` table): how long a client may
+    /// take over each stage it controls, how many connections are served at
+    /// once, how long a graceful stop waits.
+    pub server: ServerConfig,
+}
+
+/// The `[server]` table. Every stage of a connection that the client paces
+/// has a bound, so that a client cannot hold a connection (a descriptor and
+/// a task) by being slow or silent; `serve` enforces them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The TLS handshake, from accept to its end.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A request's head: from the connection's start (or from the first byte
+    /// of the next request on a kept-alive HTTP/1.1 connection) until the
+    /// head is read whole.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A kept-alive connection with no request in flight, from the end of its
+    /// last response.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Between two pieces of a request body while the handler waits for one
+    /// (not while it works, not in total: a slow upload that keeps arriving
+    /// is never cut).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A write to the client that cannot progress (its receive window stays
+    /// full): a slow reader that keeps reading is never cut.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// On SIGTERM: how long requests in flight may go on; connections with
+    /// none are closed at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Connections served at once; absent: derived from the descriptor limit
+    /// (`serve::connection_cap`). At the cap the longest idle connection is
+    /// closed for a new one.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(25),
+            max_connections: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses bounds that would close every connection at once.
+    pub fn validate(&self) -> Result<(), String> {
+        let timeouts = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_timeout", self.body_timeout),
+            ("send_timeout", self.send_timeout),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return Err(format!("server.{key} must be more than zero"));
+        }
+        if self.max_connections == Some(0) {
+            return Err("server.max_connections must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Where the TLS certificate chain and its key are: with both configured,
@@ -70,6 +146,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             lifecycle: LifecycleConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -84,6 +161,7 @@ impl Config {
         config
             .lifecycle
             .validate()
+            .and_then(|()| config.server.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
@@ -118,6 +196,14 @@ mod tests {
         assert_eq!(config.listen, Config::default().listen);
         assert!(toml::from_str::<Config>("listn = \"x\"").is_err());
         assert!(config.auth.is_none(), "auth is off by default");
+        assert_eq!(
+            config.server,
+            ServerConfig::default(),
+            "the documented defaults"
+        );
+        assert!(toml::from_str::<Config>("[server]\nidle_timout = \"1s\"").is_err());
+        let zero: Config = toml::from_str("[server]\nheader_timeout = \"0s\"").unwrap();
+        assert!(zero.server.validate().is_err());
     }
 
     /// The `[lifecycle]` rules and `gc_interval` are commented out in

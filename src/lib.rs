@@ -229,7 +229,9 @@ impl RunningServer {
         let stopped = async {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve::run(listener, app, tls, stopped));
+        let limits = config.server.clone();
+        let task =
+            tokio::spawn(async move { serve::run(listener, app, tls, &limits, stopped).await });
         Ok(RunningServer {
             addr,
             stop: Some(stop),

@@ -253,7 +253,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = terminate.recv() => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: closing idle connections, finishing in-flight requests");
 }
 
 fn main() -> ExitCode {
@@ -483,6 +483,12 @@ fn fsck(config: &Config, repair: bool) -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
+    // Before anything opens descriptors: the soft limit (1,024 under
+    // systemd) would otherwise cap connections far below what the hard
+    // limit allows.
+    if let Err(e) = berth::serve::raise_open_files_limit() {
+        tracing::warn!(error = %e, "could not raise the open files limit");
+    }
     let tls = berth::tls_acceptor_config(&config)?;
     let app = berth::build_app(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -494,5 +500,5 @@ async fn run(config: Config) -> std::io::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
-    berth::serve::run(listener, app, tls, shutdown_signal()).await
+    berth::serve::run(listener, app, tls, &config.server, shutdown_signal()).await
 }

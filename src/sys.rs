@@ -278,6 +278,58 @@ pub fn all_pages_resident(file: &File, offset: u64, len: usize) -> bool {
     }
 }
 
+/// The soft and hard limits on this process's open descriptors
+/// (`RLIMIT_NOFILE`); `RLIM_INFINITY` comes back as `u64::MAX`.
+// `rlim_t` is `u64` here but narrower on some 32-bit targets.
+#[allow(clippy::useless_conversion)]
+pub fn open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through the pointer, which
+    // points to a live, writable one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((u64::from(limit.rlim_cur), u64::from(limit.rlim_max)))
+}
+
+/// Raises the soft limit on open descriptors to the hard one, as Go's
+/// runtime does at start: the soft limit (1,024 under systemd's default)
+/// exists for programs that use `select(2)`, which Berth does not. Returns
+/// the soft limit in force afterwards. An unlimited hard limit is not
+/// copied (the kernel refuses a soft limit above `fs.nr_open`): the soft
+/// limit then goes as high as `nr_open` allows.
+#[allow(clippy::useless_conversion)] // as above
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let (soft, hard) = open_files_limit()?;
+    let target = if hard == u64::from(libc::RLIM_INFINITY) {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(soft)
+            .max(soft)
+    } else {
+        hard
+    };
+    if target <= soft {
+        return Ok(soft);
+    }
+    // Both came from an `rlim_t` (or `nr_open`, an int): they fit.
+    let limit = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads one `rlimit` through the pointer, which
+    // points to a live one; raising the soft limit up to the hard one needs
+    // no privilege and affects only this process's later `open`s.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(open_files_limit()?.0)
+}
+
 /// Caps glibc's malloc arenas at `arenas` (`M_ARENA_MAX`): arenas made
 /// afterwards share the existing ones. Call before threads start allocating.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -296,6 +348,19 @@ pub fn limit_malloc_arenas(arenas: usize) {
 mod tests {
     use super::*;
     use std::io::{Read as _, Write as _};
+
+    #[test]
+    #[allow(clippy::useless_conversion)] // as above
+    fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+        let (_, hard) = open_files_limit().unwrap();
+        let raised = raise_open_files_limit().unwrap();
+        let (soft, hard_after) = open_files_limit().unwrap();
+        assert_eq!(raised, soft);
+        assert_eq!(hard_after, hard, "the hard limit is never changed");
+        if hard != u64::from(libc::RLIM_INFINITY) {
+            assert_eq!(soft, hard);
+        }
+    }
 
     fn file_of(content: &[u8]) -> File {
         let mut file = tempfile::tempfile().unwrap();

@@ -39,8 +39,12 @@ if $quick; then
   exit 0
 fi
 
-step "release build"
-cargo build --release --locked
+# The binary and the benchmark in one build: building a bench turns on its
+# dev-dependencies' features in the crates it shares with the binary (tokio,
+# serde, hyper...), so `cargo build --release` alone, then `cargo bench`,
+# compiles most of the dependency graph twice (~130 s on CI's two cores).
+step "release build (the binary and the benchmark)"
+cargo build --release --locked --bins --bench compare
 
 step "real clients against the release binary (tests/e2e/run-berth.sh)"
 tests/e2e/run-berth.sh

@@ -57,7 +57,7 @@ pub use config::{
 };
 pub use htpasswd::Htpasswd;
 pub use identity::{Grant, Identity};
-pub use limiter::FailureLimiter;
+pub use limiter::{Attempt, FailureLimiter, Refused};
 pub use policy::Policy;
 pub use robots::{Robot, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
@@ -238,22 +238,49 @@ impl Auth {
     }
 
     /// [`Auth::authenticate`] behind the [`FailureLimiter`]: refuses at once
-    /// while `client` is blocked, and counts a failure otherwise. Blocking,
-    /// like `authenticate`.
+    /// while `client` is blocked or its attempts in flight fill the limit
+    /// (the http layer waits for a place instead: [`FailureLimiter::released`]),
+    /// else reserves an attempt and goes on as [`Auth::login_with`].
+    /// Blocking, like `authenticate`.
     pub fn login(
         &self,
         client: IpAddr,
         user: &str,
         password: &str,
     ) -> Result<Identity, LoginError> {
-        if let Err(retry_after) = self.limiter.check(client, user) {
-            return Err(LoginError::TooManyAttempts { retry_after });
-        }
+        let attempt = match self.limiter.reserve(client, user) {
+            Ok(attempt) => attempt,
+            Err(Refused::Blocked { retry_after }) => {
+                return Err(LoginError::TooManyAttempts { retry_after })
+            }
+            Err(Refused::Busy) => {
+                return Err(LoginError::TooManyAttempts {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        };
+        self.login_with(attempt, user, password)
+    }
+
+    /// Checks `user`'s password with an `attempt` reserved for `user`
+    /// ([`FailureLimiter::reserve`]) and settles it: a failure is recorded,
+    /// a success frees its place. Blocking, like `authenticate`; the attempt
+    /// moves onto the blocking pool with the check, so a client that hangs
+    /// up mid-check still has its failure counted.
+    pub fn login_with(
+        &self,
+        attempt: Attempt,
+        user: &str,
+        password: &str,
+    ) -> Result<Identity, LoginError> {
         match self.authenticate(user, password) {
-            Some(identity) => Ok(identity),
+            Some(identity) => {
+                attempt.succeeded();
+                Ok(identity)
+            }
             None => {
-                self.limiter.record_failure(client, user);
-                tracing::info!(%client, user, "failed login");
+                tracing::info!(client = %attempt.client(), user, "failed login");
+                attempt.failed();
                 Err(LoginError::InvalidCredentials)
             }
         }

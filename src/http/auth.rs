@@ -22,9 +22,10 @@
 //!   grants decide, the policy is not consulted again (a robot revoked after
 //!   the token was issued keeps its access until the token expires, at most
 //!   `token_ttl_secs`).
-//! - `Basic`: a user or robot login through [`Auth::login`] (brute-force
-//!   limited; bcrypt runs on the blocking pool), remembered briefly by
-//!   [`LoginCache`]; the policy decides.
+//! - `Basic`: a user or robot login through [`Auth::login_with`]
+//!   (brute-force limited: an attempt is reserved before bcrypt, which runs
+//!   on the blocking pool, so parallel guesses count as they start),
+//!   remembered briefly by [`LoginCache`]; the policy decides.
 //!
 //! **Refusals** (distribution-spec error codes, Docker token spec
 //! challenges):
@@ -46,18 +47,21 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::client_addr::{client_view, ClientView};
+use super::host::{request_authority, Authority};
 use super::login_cache::LoginCache;
 use super::token_cache::TokenCache;
-use super::{header_str, query_pairs, query_value, ApiError};
+use super::{query_pairs, query_value, ApiError};
 use crate::auth::header::{basic_challenge, basic_credentials, bearer_challenge, bearer_token};
 use crate::auth::{
-    Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Scope, Secret, VerifiedToken,
+    Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Refused, Scope, Secret,
+    VerifiedToken,
 };
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
 
@@ -356,31 +360,49 @@ impl AccessControl {
     }
 
     /// A Basic login: from the [`LoginCache`] when it was checked recently,
-    /// else through [`Auth::login`] on the blocking pool (bcrypt). A client
-    /// the limiter blocks is refused even with cached credentials.
+    /// else through [`Auth::login_with`] on the blocking pool (bcrypt). A
+    /// client the limiter blocks is refused even with cached credentials.
+    ///
+    /// The password is checked only under an [`Attempt`](crate::auth::Attempt) reserved first, so
+    /// guesses in flight count toward the limit. When the pair's places are
+    /// all taken by attempts in flight, the login waits for one to settle
+    /// and looks again (the cache first: a burst of parallel logins with the
+    /// right password, CI jobs sharing an account, is served by the first
+    /// ones' success rather than refused); wrong guesses meanwhile turn into
+    /// failures, and the waiters into 429s.
     async fn login(
         self: &Arc<Self>,
         client: IpAddr,
         user: String,
         password: Secret,
     ) -> Result<Identity, Refusal> {
-        if let Err(retry_after) = self.auth.limiter().check(client, &user) {
-            return Err(Refusal::TooManyAttempts {
-                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            });
-        }
         let robot = crate::auth::identity::is_robot_user(&user);
-        // Read before the check: a change of the file during it invalidates
-        // the entry.
-        let users_version = self.auth.users_version().filter(|_| !robot);
-        if let Some(version) = users_version {
-            if let Some(identity) = self.logins.get(&user, password.expose(), version) {
-                return Ok(identity);
+        let limiter = self.auth.limiter();
+        let (attempt, users_version) = loop {
+            // Created before the reservation, so a release in between wakes it.
+            let released = limiter.released();
+            if let Err(retry_after) = limiter.check(client, &user) {
+                return Err(too_many(retry_after));
             }
-        }
+            // Read before the check: a change of the file during it
+            // invalidates the entry.
+            let users_version = self.auth.users_version().filter(|_| !robot);
+            if let Some(version) = users_version {
+                if let Some(identity) = self.logins.get(&user, password.expose(), version) {
+                    return Ok(identity);
+                }
+            }
+            match limiter.reserve(client, &user) {
+                Ok(attempt) => break (attempt, users_version),
+                Err(Refused::Blocked { retry_after }) => return Err(too_many(retry_after)),
+                Err(Refused::Busy) => released.await,
+            }
+        };
         let access = Arc::clone(self);
+        // The attempt goes with the check: it is settled when bcrypt ends,
+        // even if this request's client hangs up and this future is dropped.
         let (user, password, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = access.auth.login(client, &user, password.expose());
+            let outcome = access.auth.login_with(attempt, &user, password.expose());
             (user, password, outcome)
         })
         .await
@@ -397,9 +419,7 @@ impl AccessControl {
                 Ok(identity)
             }
             Err(LoginError::InvalidCredentials) => Err(Refusal::Invalid { token: false }),
-            Err(LoginError::TooManyAttempts { retry_after }) => Err(Refusal::TooManyAttempts {
-                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            }),
+            Err(LoginError::TooManyAttempts { retry_after }) => Err(too_many(retry_after)),
         }
     }
 
@@ -498,6 +518,12 @@ fn unauthorized_with(challenge: &str) -> Response {
     response
 }
 
+fn too_many(retry_after: Duration) -> Refusal {
+    Refusal::TooManyAttempts {
+        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
 /// 429 `TOOMANYREQUESTS` with `Retry-After` in whole seconds.
 pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
     let mut response = ApiError::from(RegistryError::with_detail(
@@ -512,16 +538,20 @@ pub(super) fn too_many_attempts(retry_after_secs: u64) -> Response {
 }
 
 /// `<scheme>://<host>/auth/token` as the client addressed us: the host a
-/// trusted proxy reports, else the `Host` (or HTTP/2 authority) the client
-/// sent us; `https` when Berth terminated TLS itself or a trusted proxy says
-/// the client used it.
+/// trusted proxy reports, else the authority the request names (HTTP/2
+/// `:authority`, an absolute-form target, or `Host`); `https` when Berth
+/// terminated TLS itself or a trusted proxy says the client used it. Both
+/// hosts are [`Authority`]s, validated (the router refused the request
+/// already if its own was invalid), so nothing a client wrote turns the
+/// realm into another URL; `localhost` for an HTTP/1.0 request naming none.
 fn derived_realm(parts: &Parts, client: &ClientView) -> String {
-    let host = client
-        .host
-        .clone()
-        .or_else(|| header_str(&parts.headers, header::HOST).map(str::to_owned))
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| "localhost".to_owned());
+    let own = || {
+        request_authority(parts.version, &parts.uri, &parts.headers)
+            .ok()
+            .flatten()
+    };
+    let host = client.host.clone().or_else(own);
+    let host = host.as_ref().map_or("localhost", Authority::as_str);
     let forwarded_https = client
         .proto
         .as_deref()

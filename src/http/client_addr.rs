@@ -18,6 +18,7 @@ use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
+use super::host::Authority;
 use crate::auth::{ForwardedHeader, TrustedProxy};
 
 /// What a request says about its client, after deciding whom to believe.
@@ -26,8 +27,9 @@ pub struct ClientView {
     pub addr: IpAddr,
     /// The scheme the client used, as a trusted proxy reports it.
     pub proto: Option<String>,
-    /// The host the client addressed, as a trusted proxy reports it.
-    pub host: Option<String>,
+    /// The host the client addressed, as a trusted proxy reports it, if
+    /// it is a valid `host[:port]` (else ignored, and logged).
+    pub host: Option<Authority>,
 }
 
 /// The client of `parts` given the configured proxies.
@@ -99,7 +101,15 @@ fn client_of(
     ClientView {
         addr: client.addr.unwrap_or(peer),
         proto,
-        host,
+        host: host.and_then(|host| {
+            let valid = Authority::parse(&host);
+            if valid.is_none() {
+                // A proxy passing on what its client wrote, or a
+                // misconfigured one: the request's own authority is used.
+                tracing::warn!(host = ?host, "ignored an invalid forwarded host");
+            }
+            valid
+        }),
     }
 }
 
@@ -244,7 +254,7 @@ mod tests {
             ClientView {
                 addr: ip("2001:db8::17"),
                 proto: Some("https".into()),
-                host: Some("reg.example".into())
+                host: Authority::parse("reg.example")
             }
         );
         // In Forwarded mode X-Forwarded-For is the client's and ignored.
@@ -262,5 +272,26 @@ mod tests {
         assert!(p[1].contains(ip("fd12::1")));
         assert!("10.0.0.0/33".parse::<TrustedProxy>().is_err());
         assert!("proxy.local".parse::<TrustedProxy>().is_err());
+    }
+
+    #[test]
+    fn a_forwarded_host_is_used_only_when_valid() {
+        let p = proxies(&["10.0.0.0/8"]);
+        for bad in [
+            "registry.local@evil.example",
+            "evil.example/steal?x=",
+            "a\" b",
+        ] {
+            let xfh = headers(&[("x-forwarded-host", bad)]);
+            assert_eq!(client_of(ip("10.0.0.1"), &xfh, &p, XFF).host, None, "{bad}");
+            let fwd = headers(&[("forwarded", &format!("for=1.1.1.1;host=\"{bad}\""))]);
+            let view = client_of(ip("10.0.0.1"), &fwd, &p, ForwardedHeader::Forwarded);
+            assert_eq!(view.host, None, "{bad}");
+        }
+        let xfh = headers(&[("x-forwarded-host", "registry.example:5000")]);
+        assert_eq!(
+            client_of(ip("10.0.0.1"), &xfh, &p, XFF).host,
+            Authority::parse("registry.example:5000")
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod connection;
 mod error;
 #[cfg(test)]
 mod fuzz_tests;
+mod host;
 mod login_cache;
 mod manifests;
 mod range;
@@ -67,6 +68,9 @@ pub fn router(registry: Arc<Registry>, access: Option<Arc<AccessControl>>) -> Ro
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(not_found)
+        // Every route, the fallback included: no handler sees a request
+        // whose Host is missing, repeated or invalid.
+        .layer(axum::middleware::from_fn(check_host))
         .layer(SetResponseHeaderLayer::overriding(
             API_VERSION,
             HeaderValue::from_static("registry/2.0"),
@@ -85,6 +89,30 @@ async fn base(State(state): State<AppState>, request: Request) -> Response {
         }
     }
     (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
+}
+
+/// Middleware: 400 for a request whose authority is missing, repeated or
+/// invalid ([`host::request_authority`]), in the form its route speaks
+/// (the registry's JSON errors under `/v2/`, OAuth2's at the token
+/// endpoint, text elsewhere).
+async fn check_host(request: Request, next: axum::middleware::Next) -> Response {
+    let Err(e) = host::request_authority(request.version(), request.uri(), request.headers())
+    else {
+        return next.run(request).await;
+    };
+    tracing::debug!(error = ?e, "refused a request's Host");
+    let path = request.uri().path();
+    if path == "/v2" || path.starts_with("/v2/") {
+        ApiError::from(RegistryError::with_detail(
+            ErrorCode::ParameterInvalid,
+            e.detail(),
+        ))
+        .into_response()
+    } else if path == token::TOKEN_PATH {
+        token::oauth_error("invalid_request", e.detail())
+    } else {
+        (StatusCode::BAD_REQUEST, e.detail()).into_response()
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

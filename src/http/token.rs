@@ -145,7 +145,7 @@ fn issue(access: &Arc<AccessControl>, identity: &Identity, request: &TokenReques
 }
 
 /// 400 with an RFC 6749 5.2 error body, which docker and containerd print.
-fn oauth_error(error: &str, description: &str) -> Response {
+pub(super) fn oauth_error(error: &str, description: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         axum::Json(json!({ "error": error, "error_description": description })),

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::fuzzing::{bytes, config, text};
 use super::manifest::{
-    kind_of_media_type, stored_media_type, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX,
-    OCI_MANIFEST,
+    kind_of_media_type, stored_media_type, Declared, Role, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    OCI_INDEX, OCI_MANIFEST,
 };
 use super::{
     Digest, ErrorCode, Manifest, ManifestKind, Reference, RepositoryName, Requirement, Tag,
@@ -208,21 +208,33 @@ fn check_reference(reference: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Whatever the bytes and `Content-Type`: no panic; a refusal is
-/// `MANIFEST_INVALID`; an accepted document is JSON (UTF-8, RFC 8259) with
-/// schemaVersion 2 whose media type, kind, requirements, optional blobs and
-/// subject are what the document itself says (read here with
-/// `serde_json::Value`, not the parser's types), and whose stored media type
-/// (what a pull serves it as) is the one it was validated as.
+/// Whatever the bytes and `Content-Type`, through both readers (the push
+/// path's [`Manifest::parse_pushed`] and [`Manifest::parse`], which reads
+/// stored manifests): no panic; a refusal is `MANIFEST_INVALID`; an accepted
+/// document is JSON with schemaVersion 2 whose media type, kind,
+/// requirements, optional (non-distributable) blobs, descriptors and subject
+/// are what the document itself says (read here with `serde_json::Value`,
+/// not the parser's types), and whose stored media type (what a pull serves
+/// it as) is the one it was validated as. A pushed one is also UTF-8 (RFC
+/// 8259), and what a push accepts the stored reader reads the same.
 fn check_manifest(body: &[u8], content_type: Option<&str>) -> Result<(), TestCaseError> {
     let _ = stored_media_type(body);
-    match Manifest::parse(body, content_type) {
-        Err(e) => {
-            prop_assert_eq!(e.code, ErrorCode::ManifestInvalid);
-            Ok(())
-        }
-        Ok(manifest) => check_accepted_manifest(body, content_type, &manifest),
+    let stored = Manifest::parse(body, content_type);
+    match &stored {
+        Err(e) => prop_assert_eq!(e.code, ErrorCode::ManifestInvalid),
+        Ok(manifest) => check_accepted_manifest(body, content_type, manifest, false)?,
     }
+    match Manifest::parse_pushed(body, content_type) {
+        Err(e) => prop_assert_eq!(e.code, ErrorCode::ManifestInvalid),
+        Ok(pushed) => {
+            check_accepted_manifest(body, content_type, &pushed, true)?;
+            let stored =
+                stored.map_err(|e| TestCaseError::fail(format!("pushed, unreadable: {e}")))?;
+            prop_assert_eq!(&stored.requirements, &pushed.requirements);
+            prop_assert_eq!(&stored.descriptors, &pushed.descriptors);
+        }
+    }
+    Ok(())
 }
 
 fn digest_of(descriptor: &Value) -> Result<Digest, TestCaseError> {
@@ -243,14 +255,20 @@ fn check_accepted_manifest(
     body: &[u8],
     content_type: Option<&str>,
     manifest: &Manifest,
+    pushed: bool,
 ) -> Result<(), TestCaseError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| TestCaseError::fail(format!("accepted non-UTF-8: {e}")))?;
+    // A stored manifest from before the UTF-8 check is still read: the
+    // oracle reads invalid bytes as U+FFFD, which keeps it JSON.
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(e) if pushed => return Err(TestCaseError::fail(format!("pushed non-UTF-8: {e}"))),
+        Err(_) => String::from_utf8_lossy(body),
+    };
     // RFC 8259's grammar allows an unpaired surrogate escape (`"\ud800"`),
     // and so do Go's decoder and Berth (in fields it skips); serde_json's
     // `Value` does not, so the oracle reads them as a space.
     let surrogate = anywhere(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}");
-    let text = surrogate.replace_all(text, r"\u0020");
+    let text = surrogate.replace_all(&text, r"\u0020");
     let doc: Value = serde_json::from_str(&text)
         .map_err(|e| TestCaseError::fail(format!("accepted non-JSON: {e}")))?;
     prop_assert_eq!(doc["schemaVersion"].as_i64(), Some(2));
@@ -278,20 +296,36 @@ fn check_accepted_manifest(
             .contains(&t)
         })
     };
-    let (mut required, mut optional) = (Vec::new(), Vec::new());
+    let (mut required, mut optional, mut declared) = (Vec::new(), Vec::new(), Vec::new());
+    let mut declare = |role, descriptor: &Value, is_required| -> Result<Digest, TestCaseError> {
+        let digest = digest_of(descriptor)?;
+        declared.push(Declared {
+            role,
+            digest: digest.clone(),
+            size: descriptor["size"].as_u64().expect("checked by digest_of"),
+            required: is_required,
+        });
+        Ok(digest)
+    };
     match manifest.kind {
         ManifestKind::Image => {
             prop_assert!(
                 doc["manifests"].is_null(),
                 "an image manifest with manifests"
             );
-            required.push(Requirement::Blob(digest_of(&doc["config"])?));
-            for layer in list("layers").ok_or_else(|| TestCaseError::fail("no layers"))? {
-                let digest = digest_of(&layer)?;
-                if non_distributable(&layer) {
-                    optional.push(digest);
-                } else {
+            required.push(Requirement::Blob(declare(
+                Role::Config,
+                &doc["config"],
+                true,
+            )?));
+            let layers = list("layers").ok_or_else(|| TestCaseError::fail("no layers"))?;
+            for (i, layer) in layers.iter().enumerate() {
+                let distributable = !non_distributable(layer);
+                let digest = declare(Role::Layer(i), layer, distributable)?;
+                if distributable {
                     required.push(Requirement::Blob(digest));
+                } else {
+                    optional.push(digest);
                 }
             }
         }
@@ -300,17 +334,23 @@ fn check_accepted_manifest(
                 doc["config"].is_null() && doc["layers"].is_null(),
                 "an index with config or layers"
             );
-            for child in list("manifests").ok_or_else(|| TestCaseError::fail("no manifests"))? {
-                required.push(Requirement::Manifest(digest_of(&child)?));
+            let children = list("manifests").ok_or_else(|| TestCaseError::fail("no manifests"))?;
+            for (i, child) in children.iter().enumerate() {
+                required.push(Requirement::Manifest(declare(
+                    Role::Manifest(i),
+                    child,
+                    true,
+                )?));
             }
         }
     }
-    prop_assert_eq!(&manifest.requirements, &required);
-    prop_assert_eq!(&manifest.optional_blobs, &optional);
     let subject = match &doc["subject"] {
         Value::Null => None,
-        subject => Some(digest_of(subject)?),
+        subject => Some(declare(Role::Subject, subject, false)?),
     };
+    prop_assert_eq!(&manifest.requirements, &required);
+    prop_assert_eq!(&manifest.optional_blobs, &optional);
+    prop_assert_eq!(&manifest.descriptors, &declared);
     prop_assert_eq!(&manifest.subject, &subject);
     prop_assert_eq!(stored_media_type(body), manifest.media_type.clone());
     Ok(())

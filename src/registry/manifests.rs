@@ -7,6 +7,7 @@
 //! it has pointed at. Writes go content first, then revision, then tag, so a
 //! reader that sees a tag always finds what it names.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::cache::CachedManifest;
 use super::{storage_error, Registry};
-use crate::oci::manifest::stored_media_type;
+use crate::oci::manifest::{stored_media_type, Role};
 use crate::oci::{
     Algorithm, Digest, ErrorCode, Manifest, Reference, RegistryError, RepositoryName, Requirement,
     Result, Tag,
@@ -27,6 +28,17 @@ pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
     pub body: Bytes,
+}
+
+/// What touching a manifest's requirements found.
+struct Touched {
+    /// The first requirement not wholly there (its link or its content).
+    missing: Option<Digest>,
+    /// The size of each requirement's content, in order (complete when
+    /// nothing is missing).
+    sizes: Vec<u64>,
+    /// The size of each extra key touched, `None` where it was not there.
+    extra: Vec<Option<u64>>,
 }
 
 /// What a manifest push stored.
@@ -49,7 +61,7 @@ impl Registry {
         if body.len() > self.limits.max_manifest_bytes {
             return Err(ErrorCode::TooLarge.into());
         }
-        let manifest = Manifest::parse(&body, content_type)?;
+        let manifest = Manifest::parse_pushed(&body, content_type)?;
         let digest = match reference {
             Reference::Digest(claimed) => {
                 let actual = Digest::of(claimed.algorithm(), &body);
@@ -70,21 +82,25 @@ impl Registry {
             layout::blob_data(&digest),
             layout::revision_link(name, &digest),
         ];
-        let (missing, stored) = self
+        let touched = self
             .touch_requirements_and(name, &manifest.requirements, stored_keys)
             .await?;
-        if let Some(missing) = missing {
+        if let Some(missing) = touched.missing {
             return Err(RegistryError::with_detail(
                 ErrorCode::ManifestBlobUnknown,
                 format!("{missing} is not in repository {name}"),
             ));
         }
-        let [content_stored, revision_stored] = stored[..] else {
+        let [content_stored, revision_stored] = touched.extra[..] else {
             return Err(RegistryError::internal(
                 "storage answered a different number of touches",
-                format!("{} of 2", stored.len()),
+                format!("{} of 2", touched.extra.len()),
             ));
         };
+        let (content_stored, revision_stored) =
+            (content_stored.is_some(), revision_stored.is_some());
+        self.check_declared_sizes(name, &manifest, &touched.sizes)
+            .await?;
 
         let tags: Vec<&Tag> = match reference {
             Reference::Tag(tag) => std::iter::once(tag).chain(extra_tags).collect(),
@@ -142,6 +158,72 @@ impl Registry {
         })
     }
 
+    /// Refuses a manifest a descriptor of which declares a size other than
+    /// its content's: a verifying client (containerd) cannot pull such an
+    /// image, and `berth fsck` would report it. `found` holds the size of
+    /// each requirement's content as its touch found it (in
+    /// `manifest.requirements` order), so the required descriptors cost no
+    /// storage call. The others are checked when their content is in the
+    /// repository: a non-distributable layer a client pushed anyway, and the
+    /// subject (which may arrive later, unchecked then: the spec has
+    /// referrers pushed in either order). The answer is `MANIFEST_INVALID`:
+    /// the content named exists, the manifest misdescribes it
+    /// (`MANIFEST_BLOB_UNKNOWN` is the spec's answer for content that does
+    /// not exist).
+    async fn check_declared_sizes(
+        &self,
+        name: &RepositoryName,
+        manifest: &Manifest,
+        found: &[u64],
+    ) -> Result<()> {
+        let required: HashMap<&Digest, u64> = manifest
+            .requirements
+            .iter()
+            .map(|requirement| match requirement {
+                Requirement::Blob(d) | Requirement::Manifest(d) => d,
+            })
+            .zip(found.iter().copied())
+            .collect();
+        for declared in &manifest.descriptors {
+            let actual = match required.get(&declared.digest) {
+                Some(size) => Some(*size),
+                None => {
+                    let link = match declared.role {
+                        Role::Subject => layout::revision_link(name, &declared.digest),
+                        _ => layout::layer_link(name, &declared.digest),
+                    };
+                    self.size_in_repository(&link, &declared.digest).await?
+                }
+            };
+            match actual {
+                Some(actual) if actual != declared.size => {
+                    return Err(RegistryError::with_detail(
+                        ErrorCode::ManifestInvalid,
+                        format!(
+                            "{} declares size {} for {}, whose content is {actual} bytes",
+                            declared.role, declared.size, declared.digest
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of `digest`'s content when `link` (its link in a repository)
+    /// is there; `None` when either is not. Looked up through the link first
+    /// so that a push learns nothing of other repositories' content.
+    async fn size_in_repository(&self, link: &str, digest: &Digest) -> Result<Option<u64>> {
+        if self.read_link(link).await?.as_ref() != Some(digest) {
+            return Ok(None);
+        }
+        self.storage
+            .size(&layout::blob_data(digest))
+            .await
+            .map_err(storage_error)
+    }
+
     /// Stores manifest bytes under their digest unless they are there
     /// already (`stored`: a touch just found them), and keeps them in memory
     /// for reads.
@@ -186,15 +268,15 @@ impl Registry {
         name: &RepositoryName,
         requirements: &[Requirement],
     ) -> Result<Option<Digest>> {
-        let (missing, _) = self
+        let touched = self
             .touch_requirements_and(name, requirements, Vec::new())
             .await?;
-        Ok(missing)
+        Ok(touched.missing)
     }
 
     /// [`Registry::touch_requirements`], touching `extra` keys in the same
-    /// storage calls: returns the first requirement missing, and whether
-    /// each extra key was found.
+    /// storage calls: returns the first requirement missing, the size of each
+    /// requirement's content, and the size of each extra key found.
     ///
     /// A manifest push relies on this: every blob and child manifest must
     /// already be in the repository, and each is touched, link and content,
@@ -207,7 +289,7 @@ impl Registry {
         name: &'a RepositoryName,
         requirements: &'a [Requirement],
         extra: Vec<String>,
-    ) -> BoxFuture<'a, Result<(Option<Digest>, Vec<bool>)>> {
+    ) -> BoxFuture<'a, Result<Touched>> {
         // Boxed with its Send bound spelled out: it recurses through child
         // manifests, and the compiler cannot infer Send through the cycle.
         Box::pin(async move {
@@ -233,7 +315,7 @@ impl Registry {
                 .chunks(TOUCHES_PER_CALL)
                 .map(|keys| self.storage.touch_all(keys.to_vec()))
                 .collect();
-            let mut found: Vec<bool> = futures::stream::iter(calls)
+            let mut found: Vec<Option<u64>> = futures::stream::iter(calls)
                 .buffered(CALLS_AT_ONCE)
                 .try_concat()
                 .await
@@ -244,15 +326,21 @@ impl Registry {
                     format!("{} of {}", found.len(), keys.len()),
                 ));
             }
-            let extra_found = found.split_off(found.len() - extras);
+            let extra = found.split_off(found.len() - extras);
             let mut children = Vec::new();
+            let mut sizes = Vec::with_capacity(requirements.len());
             for (requirement, pair) in requirements.iter().zip(found.chunks(2)) {
                 let digest = match requirement {
                     Requirement::Blob(d) | Requirement::Manifest(d) => d,
                 };
-                if !pair.iter().all(|found| *found) {
-                    return Ok((Some(digest.clone()), extra_found));
-                }
+                let [Some(_link), Some(content)] = pair[..] else {
+                    return Ok(Touched {
+                        missing: Some(digest.clone()),
+                        sizes,
+                        extra,
+                    });
+                };
+                sizes.push(content);
                 if let Requirement::Manifest(d) = requirement {
                     children.push(d);
                 }
@@ -272,7 +360,11 @@ impl Registry {
                 .zip(wholes)
                 .find(|(_, whole)| !whole)
                 .map(|(child, _)| child.clone());
-            Ok((missing, extra_found))
+            Ok(Touched {
+                missing,
+                sizes,
+                extra,
+            })
         })
     }
 

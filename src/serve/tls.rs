@@ -9,17 +9,14 @@ use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
-use crate::config::TlsFiles;
+use super::conn::Monitored;
+use crate::config::{ServerConfig, TlsFiles};
 use crate::http::OverTls;
-
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The server side of TLS from the configured PEM certificate chain and its
 /// private key. Errors name the file at fault, for the operator.
@@ -45,46 +42,57 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Stri
 }
 
 /// Serves `app` over TLS until `shutdown` completes, then lets in-flight
-/// requests finish.
+/// requests finish within the grace.
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     tls: Arc<rustls::ServerConfig>,
+    limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    super::accept_loop(listener, shutdown, move |stream, peer, watcher| {
+    let builder = Arc::new(super::builder(limits));
+    let service_limits = limits.clone();
+    super::accept_loop(listener, limits, shutdown, move |stream, peer, watch| {
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let service = super::service(
+            app.clone(),
+            watch.activity.clone(),
+            &service_limits,
+            move |extensions, _| {
+                extensions.insert(ConnectInfo::<SocketAddr>(peer));
+                extensions.insert(OverTls);
+            },
+        );
+        let handshake_timeout = service_limits.handshake_timeout;
+        let builder = builder.clone();
         async move {
             // A client that never completes the handshake (or speaks plain
-            // HTTP to this port) must not hold a connection forever.
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    let extensions = request.extensions_mut();
-                    extensions.insert(ConnectInfo::<SocketAddr>(peer));
-                    extensions.insert(OverTls);
-                    app.clone().oneshot(request)
+            // HTTP to this port) must not hold a connection forever; one
+            // still shaking hands has no request in flight, so the cap may
+            // shed it and a stop closes it at once.
+            let mut draining = watch.draining.clone();
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                shaken = handshake => match shaken {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
                 },
-            );
-            let connection = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                () = watch.close.cancelled() => return,
+                _ = draining.wait_for(|stopping| *stopping) => return,
+            };
+            let stream = Monitored::new(TokioIo::new(stream), watch.activity.clone());
+            let connection = builder
+                .serve_connection_with_upgrades(stream, service)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            super::conn::drive(connection, watch, peer).await;
         }
     })
     .await

@@ -401,19 +401,22 @@ struct DocumentWrite<'a> {
 }
 
 /// Refreshes the modification time of an existing object (see
-/// [`Storage::touch`]); false when it is gone. The time is set through an
+/// [`Storage::touch`]); `None` when it is gone. The time is set through an
 /// open handle, and the touch counts only if the name still leads to that
 /// same file afterwards: a collector that moved the file aside in between
-/// either saw the new time (and puts it back) or makes this return false.
-fn touch_path(path: &Path) -> io::Result<bool> {
+/// either saw the new time (and puts it back) or makes this return `None`.
+/// Returns the size of the file touched.
+fn touch_path(path: &Path) -> io::Result<Option<u64>> {
     use std::os::unix::fs::MetadataExt;
     let Some(file) = not_found_is_none(std::fs::File::open(path))? else {
-        return Ok(false);
+        return Ok(None);
     };
     crate::sys::touch_now(&file)?;
     let touched = file.metadata()?;
+    // The size comes with the fstat the check needs anyway.
     Ok(not_found_is_none(std::fs::metadata(path))?
-        .is_some_and(|now| now.dev() == touched.dev() && now.ino() == touched.ino()))
+        .filter(|now| now.dev() == touched.dev() && now.ino() == touched.ino())
+        .map(|_| touched.len()))
 }
 
 /// Decides whether a document needs writing (what is there already is
@@ -427,7 +430,7 @@ fn prepare_document(doc: &mut DocumentWrite<'_>, sync_follows: bool) -> io::Resu
         WriteMode::Scratch => false,
     };
     // Found, then gone before the touch (a collection removed it): write it.
-    if unchanged && touch_path(doc.path)? {
+    if unchanged && touch_path(doc.path)?.is_some() {
         doc.outcome = Some(false);
         return Ok(());
     }
@@ -919,10 +922,10 @@ impl Storage for FsStorage {
     async fn touch(&self, key: &str) -> io::Result<bool> {
         self.touch_all(vec![key.to_owned()])
             .await
-            .map(|found| found[0])
+            .map(|found| found[0].is_some())
     }
 
-    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<bool>> {
+    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
         // One blocking call for all: a touch is a few fast syscalls, while a
         // hand-off to the blocking pool and back costs two thread switches.
         // Under the keys' locks, a document another request is placing is
@@ -1329,6 +1332,34 @@ mod tests {
             "hello, world"
         );
         assert!(store.size("u/data").await.unwrap().is_none());
+    }
+
+    /// A batch touch returns each object's size (a manifest push compares
+    /// it with its descriptors'), on this backend and the trait's default.
+    #[tokio::test]
+    async fn touch_all_returns_the_size_of_each_object_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStorage::open(dir.path()).unwrap();
+        let memory = crate::storage::memory::MemoryStorage::default();
+        let stores: [&dyn Storage; 2] = [&fs, &memory];
+        for store in stores {
+            for (key, content) in [("blobs/a/data", "ten bytes!"), ("blobs/b/data", "")] {
+                store
+                    .put(
+                        key,
+                        Bytes::from_static(content.as_bytes()),
+                        WriteMode::Overwrite,
+                    )
+                    .await
+                    .unwrap();
+            }
+            let keys = ["blobs/a/data", "blobs/none/data", "blobs/b/data"];
+            let found = store
+                .touch_all(keys.iter().map(|k| k.to_string()).collect())
+                .await
+                .unwrap();
+            assert_eq!(found, [Some(10), None, Some(0)]);
+        }
     }
 
     #[tokio::test]

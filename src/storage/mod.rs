@@ -159,11 +159,18 @@ pub trait Storage: Send + Sync + 'static {
     async fn touch(&self, key: &str) -> io::Result<bool>;
 
     /// [`Storage::touch`] for several objects at once (one round trip where
-    /// the store allows): whether each existed, in order.
-    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<bool>> {
+    /// the store allows): the size of each object touched, `None` where it
+    /// does not exist, in order. A manifest push compares these sizes with
+    /// its descriptors', so a backend that learns them with the touch (a
+    /// file's fstat, an object store's answer) saves a stat per object.
+    /// Default: a touch, then a size, per object.
+    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
         let mut found = Vec::with_capacity(keys.len());
         for key in &keys {
-            found.push(self.touch(key).await?);
+            found.push(match self.touch(key).await? {
+                true => self.size(key).await?,
+                false => None,
+            });
         }
         Ok(found)
     }

@@ -790,6 +790,122 @@ async fn repeated_failed_logins_are_answered_429_with_retry_after() {
     assert!(resp.headers().contains_key("retry-after"));
 }
 
+/// `count` requests sent at once (each on its own connection, as far as the
+/// client's pool goes), and how many got each status.
+async fn statuses_of_parallel(
+    count: usize,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> std::collections::BTreeMap<u16, usize> {
+    let responses = futures::future::join_all((0..count).map(|_| request().send())).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for resp in responses {
+        *statuses.entry(resp.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    statuses
+}
+
+/// The limit holds however the guesses are timed: 50 wrong passwords sent at
+/// once get 3 password checks (401) and 47 refusals (429), on `/v2/` with
+/// Basic, on the token endpoint (GET with Basic, POST with the OAuth2 form),
+/// and for a robot; a login that was cached before the block stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_guesses_get_at_most_max_failures_password_checks() {
+    let registry = start().await;
+    let store = RobotStore::open(&registry.robots_path()).unwrap();
+    let grants = vec![Grant::parse("team-a/*:pull").unwrap()];
+    store.create("ci", grants, None).unwrap();
+    // A costlier hash keeps each check running long enough for the guesses
+    // to overlap (as with a production cost), whatever the machine.
+    for user in ["bob", "carol", "dave"] {
+        berth::auth::Htpasswd::add_or_update_user(
+            &registry.htpasswd_path(),
+            user,
+            password_of(user),
+            8,
+        )
+        .unwrap();
+    }
+    // bob's right password is in the login cache before the guessing starts.
+    let right = client_with_authorization(&basic("bob"));
+    expect_status(
+        send(&right, "GET", &registry.url("/v2/")).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    let client = Client::new();
+    let v2 = registry.url("/v2/");
+    let token_url = registry.url("/auth/token?service=berth");
+    type Request<'a> = Box<dyn Fn() -> reqwest::RequestBuilder + 'a>;
+    let cases: Vec<(&str, Request)> = vec![
+        (
+            "/v2/ Basic",
+            Box::new(|| {
+                client
+                    .get(&v2)
+                    .header("authorization", basic_auth("bob", "guess"))
+            }),
+        ),
+        (
+            "token GET",
+            Box::new(|| {
+                client
+                    .get(&token_url)
+                    .header("authorization", basic_auth("carol", "guess"))
+            }),
+        ),
+        (
+            "token POST",
+            Box::new(|| {
+                client
+                    .post(registry.url("/auth/token"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body("grant_type=password&username=dave&password=guess&service=berth")
+            }),
+        ),
+        (
+            "robot",
+            Box::new(|| {
+                client
+                    .get(&v2)
+                    .header("authorization", basic_auth("robot$ci", "guess"))
+            }),
+        ),
+    ];
+    for (what, request) in &cases {
+        let statuses = statuses_of_parallel(50, request).await;
+        let expected = std::collections::BTreeMap::from([(401, 3), (429, 47)]);
+        assert_eq!(statuses, expected, "{what}");
+    }
+    let resp = send(&right, "GET", &registry.url("/v2/")).await;
+    expect_status_of(resp, StatusCode::TOO_MANY_REQUESTS, "bob's cached login").await;
+}
+
+/// Attempts in flight fill the limit only for as long as they run: a burst
+/// of parallel logins with the right password (CI jobs sharing an account
+/// and an address) waits for places and is served, not refused, for a user
+/// (whose first successes fill the login cache) and for a robot (never
+/// cached: each login checks its secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_logins_with_the_right_password_all_succeed() {
+    let registry = start().await;
+    let store = RobotStore::open(&registry.robots_path()).unwrap();
+    let grants = vec![Grant::parse("team-a/*:pull").unwrap()];
+    let secret = store.create("ci", grants, None).unwrap();
+    let client = Client::new();
+    let v2 = registry.url("/v2/");
+    let bob = basic("bob");
+    let statuses = statuses_of_parallel(30, || client.get(&v2).header("authorization", &bob)).await;
+    assert_eq!(statuses, std::collections::BTreeMap::from([(200, 30)]));
+    let robot = basic_auth("robot$ci", secret.expose());
+    let token_url = registry.url("/auth/token?service=berth&scope=repository:team-a/app:pull");
+    let statuses = statuses_of_parallel(30, || {
+        client.get(&token_url).header("authorization", &robot)
+    })
+    .await;
+    assert_eq!(statuses, std::collections::BTreeMap::from([(200, 30)]));
+}
+
 /// A server that believes forwarding headers from `trusted` (a TOML list).
 async fn start_behind_proxies(trusted: &str) -> TestRegistry {
     let extra = format!("trusted_proxies = {trusted}");

@@ -408,10 +408,10 @@ async fn what_the_fuzzing_found_gets_the_spec_answers() {
     let layer = b"fuzz layer".to_vec();
     let (_, _) = registry.push_image("fuzz/app", "latest", &layer).await;
 
-    // Invalid UTF-8 in a field Berth does not read: not JSON, refused.
+    // Invalid UTF-8 in a field nothing reads: not JSON, refused.
     let corpus =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/manifest");
-    let body = std::fs::read(corpus.join("regression-invalid-utf8-in-ignored-field.json")).unwrap();
+    let body = std::fs::read(corpus.join("regression-invalid-utf8-in-unknown-field.json")).unwrap();
     let resp = registry
         .put_manifest("fuzz/app", "bad", OCI_INDEX, &body)
         .await;

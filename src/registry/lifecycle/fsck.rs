@@ -463,7 +463,7 @@ impl Checker<'_> {
                 return Ok(());
             }
         };
-        let sizes = descriptor_sizes(&body);
+        let mut unusable = HashSet::new();
         for requirement in &manifest.requirements {
             let (required, problem) = match requirement {
                 Requirement::Blob(d) => {
@@ -495,17 +495,27 @@ impl Checker<'_> {
             };
             if let Some(problem) = problem {
                 self.found(Kind::Problem, object.clone(), problem);
+                unusable.insert(required.clone());
+            }
+        }
+        // The same rule as a push (registry/manifests.rs): every descriptor
+        // of required content states its size. The others (a
+        // non-distributable layer, the subject) are checked at push only if
+        // their content is there then; they may arrive later, so a
+        // difference here would not be damage.
+        for declared in manifest.descriptors.iter().filter(|d| d.required) {
+            if unusable.contains(&declared.digest) {
                 continue;
             }
-            let stated = sizes.iter().find(|(d, _)| d == required).map(|(_, s)| *s);
-            if let (Some(stated), BlobState::Present { size }) =
-                (stated, self.blob_state(required).await?)
-            {
-                if stated != size {
+            if let BlobState::Present { size } = self.blob_state(&declared.digest).await? {
+                if declared.size != size {
                     self.found(
                         Kind::Problem,
                         object.clone(),
-                        format!("states size {stated} for {required}, which has {size} bytes"),
+                        format!(
+                            "{} states size {} for {}, which has {size} bytes",
+                            declared.role, declared.size, declared.digest
+                        ),
                     );
                 }
             }
@@ -651,26 +661,6 @@ impl Checker<'_> {
         }
         Ok(())
     }
-}
-
-/// Every `(digest, size)` a manifest's descriptors state (config, layers,
-/// child manifests); unreadable entries are left to [`Manifest::parse`].
-fn descriptor_sizes(body: &[u8]) -> Vec<(Digest, u64)> {
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let config = doc.get("config").into_iter();
-    let lists = ["layers", "manifests"]
-        .into_iter()
-        .filter_map(|field| doc.get(field).and_then(|v| v.as_array()))
-        .flatten();
-    config
-        .chain(lists)
-        .filter_map(|d| {
-            let digest = d.get("digest")?.as_str()?.parse().ok()?;
-            Some((digest, d.get("size")?.as_u64()?))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -822,7 +812,12 @@ mod tests {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 999}],
+            // The same layer twice: each descriptor is judged, not only the
+            // first naming a digest (the push's rule).
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 11},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 999}
+            ],
         });
         let m = blob(&storage, &serde_json::to_vec(&manifest).unwrap()).await;
         put(
@@ -844,7 +839,10 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:#?}");
         assert!(lines
             .iter()
-            .any(|l| l.contains(&format!("manifest app@{m}")) && l.contains("states size 999")));
+            .any(|l| l.contains(&format!("manifest app@{m}"))
+                && l.contains(&format!(
+                    "layers[1] states size 999 for {layer}, which has 11 bytes"
+                ))));
         assert!(lines
             .iter()
             .any(|l| l.contains(&format!("manifest app@{not_manifest}"))
