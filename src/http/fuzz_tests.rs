@@ -1,6 +1,6 @@
 //! Fuzz tests of what the HTTP layer parses itself (issue 12): `Range`, an
-//! upload chunk's `Content-Range`, the `/v2/` route parser and the listing
-//! query. The whole router under arbitrary requests is `tests/it/fuzz.rs`;
+//! upload chunk's `Content-Range`, the `/v2/` route parser, the listing
+//! query and the `Host` authority (which the token realm is built from). The whole router under arbitrary requests is `tests/it/fuzz.rs`;
 //! the harness and how to run longer: `crate::oci::fuzzing`.
 
 use std::sync::LazyLock;
@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 use regex::Regex;
 
+use super::host::Authority;
 use super::range::{parse as parse_range, RangeRequest};
 use super::routes::{parse as parse_route, resolve, Path, Resource, Unrouted};
 use super::uploads::chunk_start;
@@ -72,6 +73,11 @@ proptest! {
     #[test]
     fn listing_numbers_are_digits_or_pagination_invalid(query in text("query")) {
         check_pagination(&query)?;
+    }
+
+    #[test]
+    fn a_host_is_accepted_only_as_an_authority_that_cannot_move_the_realm(host in text("host")) {
+        check_host(&host)?;
     }
 }
 
@@ -248,6 +254,37 @@ fn check_pagination(query: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The `Host` values the module doc of `host.rs` allows: a name of
+/// unreserved characters or a bracketed IPv6 address, then an optional port
+/// of at most five digits. The oracle for the grammar; the realm built from
+/// an accepted host must parse back (by `http`'s URI parser, not ours) to
+/// exactly that authority and the token path, so no host can add userinfo,
+/// a path or a query to it.
+fn check_host(host: &str) -> Result<(), TestCaseError> {
+    static GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
+        whole(r"(?:[A-Za-z0-9._~-]{1,255}|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?")
+    });
+    let expected = GRAMMAR.captures(host).is_some_and(|c| {
+        c.name("ipv6")
+            .is_none_or(|a| a.as_str().parse::<std::net::Ipv6Addr>().is_ok())
+            && c.name("port")
+                .is_none_or(|p| p.as_str().parse::<u32>().is_ok_and(|p| p <= 65535))
+    });
+    let parsed = Authority::parse(host);
+    prop_assert_eq!(parsed.is_some(), expected, "host {:?}", host);
+    if let Some(authority) = parsed {
+        prop_assert_eq!(authority.as_str(), host);
+        let realm = format!("http://{}/auth/token", authority.as_str());
+        let uri: axum::http::Uri = realm
+            .parse()
+            .map_err(|e| TestCaseError::fail(format!("realm {realm:?} is not a URI: {e}")))?;
+        prop_assert_eq!(uri.authority().map(|a| a.as_str()), Some(host));
+        prop_assert_eq!(uri.path(), "/auth/token");
+        prop_assert!(uri.query().is_none());
+    }
+    Ok(())
+}
+
 /// Every seed as it is, through its target's property.
 #[test]
 fn every_seed_satisfies_its_property() {
@@ -285,5 +322,8 @@ fn every_seed_satisfies_its_property() {
     }
     for query in seeds("query") {
         check_pagination(&query).unwrap();
+    }
+    for host in seeds("host") {
+        check_host(&host).unwrap();
     }
 }

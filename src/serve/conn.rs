@@ -65,6 +65,11 @@ pub(crate) struct Activity {
     write_blocked_since: AtomicU64,
     /// When a write last went through.
     last_write: AtomicU64,
+    /// When a response body was last asked for its next frame: the client
+    /// took the one before. On HTTP/2 this, not a write, is progress: the
+    /// server's keep-alive pings are writes that go through while the
+    /// client reads nothing.
+    last_response_progress: AtomicU64,
     /// Response bodies that have handed hyper a frame and not been asked
     /// for the next (the frame waits for the client's window), and since
     /// when one has.
@@ -98,6 +103,7 @@ impl Activity {
             read_since_idle: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
+            last_response_progress: AtomicU64::new(0),
             responses_waiting: AtomicUsize::new(0),
             waiting_since: AtomicU64::new(0),
             bodies_waiting: AtomicUsize::new(0),
@@ -165,6 +171,8 @@ impl Activity {
                 self.wake.notify_one();
             }
         } else {
+            self.last_response_progress
+                .store(self.now(), Ordering::SeqCst);
             self.responses_waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -204,7 +212,16 @@ impl Activity {
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         let waiting = (self.responses_waiting.load(Ordering::SeqCst) > 0).then(|| {
             let since = self.waiting_since.load(Ordering::SeqCst);
-            since.max(self.last_write.load(Ordering::Relaxed))
+            // HTTP/1.1 writes only what responses send (a large frame goes
+            // out in many writes before the body is asked again); HTTP/2
+            // also writes pings, which would hide a client that reads
+            // nothing.
+            let progress = if self.http2.load(Ordering::Relaxed) {
+                &self.last_response_progress
+            } else {
+                &self.last_write
+            };
+            since.max(progress.load(Ordering::SeqCst))
         });
         match (blocked, waiting) {
             (0, waiting) => waiting,
