@@ -360,11 +360,17 @@ async fn an_upload_that_stops_sending_is_cut_and_its_session_is_intact() {
 
 #[tokio::test]
 async fn a_slow_upload_that_keeps_sending_is_not_cut() {
-    let registry = TestRegistry::start_with(quick).await;
+    // body_timeout 2 s, not quick's 1 s: slack for a client task that waits
+    // for the CPU on a loaded machine.
+    let registry = TestRegistry::start_with(|config| {
+        quick(config);
+        config.server.body_timeout = Duration::from_secs(2);
+    })
+    .await;
     let content = random_bytes(256 * 1024, 8);
     let (mut stream, _) = start_patch(&registry, content.len()).await;
     let started = Instant::now();
-    // 16 pieces 300 ms apart: 4.5 s in all, far past the 1 s body timeout.
+    // 16 pieces 300 ms apart: 4.8 s in all, over twice the body timeout.
     for piece in content.chunks(16 * 1024) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stream.write_all(piece).await.unwrap();
@@ -375,13 +381,21 @@ async fn a_slow_upload_that_keeps_sending_is_not_cut() {
 
 #[tokio::test]
 async fn a_slow_reader_gets_the_whole_blob_and_a_stalled_one_is_cut() {
-    let registry = TestRegistry::start_with(quick).await;
-    let content = random_bytes(8 << 20, 9);
+    // send_timeout is 2 s here, not quick's 1 s: the reader below pauses
+    // 100 ms between reads, and on a loaded machine (CI runs tests side by
+    // side on two cores) its task may wait for the CPU well beyond that.
+    let send_timeout = Duration::from_secs(2);
+    let registry = TestRegistry::start_with(|config| {
+        quick(config);
+        config.server.send_timeout = send_timeout;
+    })
+    .await;
+    let content = random_bytes(12 << 20, 9);
     let digest = registry.push_blob("app", &content).await;
     let get = format!("GET /v2/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
 
-    // At most 256 KiB every 100 ms: over 3 s for the blob, the server's
-    // writes blocking all along. (Not with a tiny receive buffer: on
+    // At most 256 KiB every 100 ms: about 5 s for the blob, over twice the
+    // send timeout, the server's writes blocking all along. (Not with a tiny receive buffer: on
     // loopback, whose segments are 64 KiB, the window then reopens only by
     // zero-window probes, whose backoff stalls the sender for seconds.)
     let mut slow = connect(&registry).await;
@@ -404,7 +418,7 @@ async fn a_slow_reader_gets_the_whole_blob_and_a_stalled_one_is_cut() {
         }
     }
     assert!(
-        started.elapsed() > Duration::from_secs(2),
+        started.elapsed() > 2 * send_timeout,
         "{:?}",
         started.elapsed()
     );
@@ -419,7 +433,7 @@ async fn a_slow_reader_gets_the_whole_blob_and_a_stalled_one_is_cut() {
     // A client that stops reading is cut after the send timeout.
     let mut stalled = connect(&registry).await;
     stalled.write_all(get.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1) + MARGIN).await;
+    tokio::time::sleep(send_timeout + MARGIN).await;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(MARGIN, stalled.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the stalled download is still open");
