@@ -50,6 +50,38 @@ fi
 step "release build (the binary and the benchmark)"
 cargo build --release --locked --bins --bench compare
 
+# Installed here, once, before the scripts below (which check for them) run
+# side by side: two apt-gets at once would fight over dpkg's lock.
+step "the real clients and Distribution (tests/e2e/install-clients.sh)"
+tests/e2e/install-clients.sh
+
+# The checks that share nothing with the client runs (each its own servers,
+# ports and data directory) run beside them, which mostly wait on the
+# clients; their output is printed, in order, when they are done.
+side_log=$(mktemp)
+side=""
+finish_side() {
+  [ -n "$side" ] || return 0
+  local status=0
+  wait "$side" || status=$?
+  side=""
+  cat "$side_log"
+  rm -f "$side_log"
+  return "$status"
+}
+# A failing step in front still waits for them (and so for their servers to stop).
+trap 'finish_side || true' EXIT
+(
+  set -e
+  step "beside the clients: CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
+  tests/compat/distribution.sh
+  step "beside the clients: acknowledged pushes survive SIGKILL, quick mode (tests/e2e/crash.sh, KILLS=8)"
+  KILLS=8 tests/e2e/crash.sh
+  step "beside the clients: acknowledged pushes survive losing unsynced writes, quick mode (tests/e2e/powercut.sh, SNAPSHOTS=2)"
+  SNAPSHOTS=2 tests/e2e/powercut.sh
+) >"$side_log" 2>&1 &
+side=$!
+
 step "real clients against the release binary (tests/e2e/run-berth.sh)"
 tests/e2e/run-berth.sh
 
@@ -62,14 +94,8 @@ tests/e2e/oras_sdk_auth.sh
 step "the request sequences of crane and helm, which cannot be installed here (tests/e2e/client_sequences.sh)"
 tests/e2e/client_sequences.sh
 
-step "CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
-tests/compat/distribution.sh
-
-step "acknowledged pushes survive SIGKILL, quick mode (tests/e2e/crash.sh, KILLS=8)"
-KILLS=8 tests/e2e/crash.sh
-
-step "acknowledged pushes survive losing unsynced writes, quick mode (tests/e2e/powercut.sh, SNAPSHOTS=2)"
-SNAPSHOTS=2 tests/e2e/powercut.sh
+step "the checks run beside the clients (Distribution compatibility, crash, power cut): their output"
+finish_side
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick

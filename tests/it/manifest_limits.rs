@@ -403,18 +403,23 @@ async fn descriptor_and_annotation_counts_and_annotation_types_are_bounded() {
             .into()
     };
     let mut over = repo.image(OCI_MANIFEST, 49, &[10]);
-    over["annotations"] = annotations(257);
+    over["annotations"] = annotations(4097);
     repo.refuse_json(
         "many",
         OCI_MANIFEST,
         &over,
-        &["the manifest has 257 annotations: at most 256"],
+        &["the manifest has 4097 annotations: at most 4096"],
     )
     .await;
     let mut over = repo.image(OCI_MANIFEST, 49, &[10]);
-    over["config"]["annotations"] = annotations(257);
-    repo.refuse_json("many", OCI_MANIFEST, &over, &["config has 257 annotations"])
-        .await;
+    over["config"]["annotations"] = annotations(4097);
+    repo.refuse_json(
+        "many",
+        OCI_MANIFEST,
+        &over,
+        &["config has 4097 annotations"],
+    )
+    .await;
     let mut over = repo.image(OCI_MANIFEST, 49, &[10]);
     over["layers"][0]["annotations"] = json!({"org.example.n": 1});
     repo.refuse_json(
@@ -435,9 +440,24 @@ async fn descriptor_and_annotation_counts_and_annotation_types_are_bounded() {
     .await;
 
     let mut most = repo.image(OCI_MANIFEST, 49, &[10]);
-    most["annotations"] = annotations(256);
-    most["layers"][0]["annotations"] = annotations(256);
+    most["annotations"] = annotations(4096);
+    most["layers"][0]["annotations"] = annotations(4096);
     repo.accept("annotated", OCI_MANIFEST, &most).await;
-    assert_eq!(repo.tags().await, ["annotated", "good", "thousand"]);
+    // What the conformance suite pushes: few annotations, but large ones.
+    let mut large = repo.image(OCI_MANIFEST, 49, &[10]);
+    large["annotations"] = (0..390)
+        .map(|i| {
+            (
+                format!("large-annotation-{i}"),
+                Value::from("A".repeat(10_000)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    repo.accept("large", OCI_MANIFEST, &large).await;
+    assert_eq!(
+        repo.tags().await,
+        ["annotated", "good", "large", "thousand"]
+    );
     repo.assert_fsck_clean();
 }
