@@ -31,24 +31,57 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test (unit and integration tests against a real server on a real socket)"
 # Most tests wait on sockets, fsync and timers (the transport's timeouts), not
 # the CPU: one test thread per core (the default) leaves CI's two cores idle
 # (the integration tests took 53 s that way, 34 s with four threads; more
 # threads gain little and starve the timing-sensitive tests of CPU).
-cargo test --locked -- --test-threads=4 2>&1 | tee target/cargo-test.log
-grep -q '^test result: ok' target/cargo-test.log
+test_threads=4
 
 if $quick; then
+  step "cargo test (unit and integration tests against a real server on a real socket)"
+  cargo test --locked -- --test-threads=$test_threads
   exit 0
 fi
 
-# The binary and the benchmark in one build: building a bench turns on its
-# dev-dependencies' features in the crates it shares with the binary (tokio,
-# serde, hyper...), so `cargo build --release` alone, then `cargo bench`,
-# compiles most of the dependency graph twice (~130 s on CI's two cores).
-step "release build (the binary and the benchmark)"
-cargo build --release --locked --bins --bench compare
+step "cargo test, built"
+cargo test --locked --no-run --message-format=json-render-diagnostics >target/test-build.json
+mapfile -t test_binaries < <(python3 - target/test-build.json <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message.get("executable") \
+            and message["profile"]["test"]:
+        print(message["executable"])
+PY
+)
+[ "${#test_binaries[@]}" -gt 0 ] || { echo "FAIL: cargo test built no test binary" >&2; exit 1; }
+
+# The release build (the binary and the benchmark in one: building a bench
+# turns on its dev-dependencies' features in the crates it shares with the
+# binary, so `cargo build --release` then `cargo bench` would compile most of
+# the dependency graph twice) runs while the tests do, at the lowest CPU
+# priority: the tests mostly wait, and whenever they want the CPU they get it.
+# The test binaries are run directly, since cargo would wait for the build's
+# lock on target/.
+nice -n 19 cargo build --release --locked --bins --bench compare >target/release-build.log 2>&1 &
+release_build=$!
+trap 'kill "$release_build" 2>/dev/null || true' EXIT
+
+step "cargo test, run (unit and integration tests against a real server on a real socket), beside the release build"
+for binary in "${test_binaries[@]}"; do
+  printf '     Running %s\n' "${binary#"$PWD"/}"
+  "$binary" --test-threads=$test_threads
+done
+
+step "release build (the binary and the benchmark): waiting for it to end"
+release_status=0
+wait "$release_build" || release_status=$?
+trap - EXIT
+tail -n 3 target/release-build.log
+if [ "$release_status" != 0 ]; then
+  cat target/release-build.log
+  exit 1
+fi
 
 # Installed here, once, before the scripts below (which check for them) run
 # side by side: two apt-gets at once would fight over dpkg's lock.
