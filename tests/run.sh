@@ -89,22 +89,32 @@ step "the real clients and Distribution (tests/e2e/install-clients.sh)"
 tests/e2e/install-clients.sh
 
 # The checks that share nothing with the client runs (each its own servers,
-# ports and data directory) run beside them, which mostly wait on the
-# clients; their output is printed, in order, when they are done.
-side_log=$(mktemp)
-side=""
-finish_side() {
-  [ -n "$side" ] || return 0
-  local status=0
-  wait "$side" || status=$?
-  side=""
-  cat "$side_log"
-  rm -f "$side_log"
+# ports and data directory) run beside them, in two lanes, which mostly wait
+# on clients and disks; their output is printed, lane by lane, when they are
+# done.
+lanes=()
+lane_logs=()
+start_lane() {
+  local log
+  log=$(mktemp)
+  ("$@") >"$log" 2>&1 &
+  lanes+=("$!")
+  lane_logs+=("$log")
+}
+finish_lanes() {
+  local status=0 i
+  for i in "${!lanes[@]}"; do
+    wait "${lanes[$i]}" || status=1
+    cat "${lane_logs[$i]}"
+    rm -f "${lane_logs[$i]}"
+  done
+  lanes=()
+  lane_logs=()
   return "$status"
 }
 # A failing step in front still waits for them (and so for their servers to stop).
-trap 'finish_side || true' EXIT
-(
+trap 'finish_lanes || true' EXIT
+checks_lane() {
   set -e
   step "beside the clients: CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
   tests/compat/distribution.sh
@@ -112,8 +122,14 @@ trap 'finish_side || true' EXIT
   KILLS=8 tests/e2e/crash.sh
   step "beside the clients: acknowledged pushes survive losing unsynced writes, quick mode (tests/e2e/powercut.sh, SNAPSHOTS=2)"
   SNAPSHOTS=2 tests/e2e/powercut.sh
-) >"$side_log" 2>&1 &
-side=$!
+}
+memory_lane() {
+  set -e
+  step "beside the clients: bounded memory, a 1 GiB blob and 20,000 tags (tests/e2e/run-memory.sh)"
+  tests/e2e/run-memory.sh
+}
+start_lane checks_lane
+start_lane memory_lane
 
 step "real clients against the release binary (tests/e2e/run-berth.sh)"
 tests/e2e/run-berth.sh
@@ -127,8 +143,9 @@ tests/e2e/oras_sdk_auth.sh
 step "the request sequences of crane and helm, which cannot be installed here (tests/e2e/client_sequences.sh)"
 tests/e2e/client_sequences.sh
 
-step "the checks run beside the clients (Distribution compatibility, crash, power cut): their output"
-finish_side
+step "the checks run beside the clients (Distribution compatibility, crash, power cut; memory): their output"
+finish_lanes
+trap - EXIT
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick
