@@ -260,12 +260,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[test]
-fn fuzzed_requests_never_get_a_server_error() {
-    let rt = runtime();
-    let registry = rt.block_on(TestRegistry::start());
-    let layer = b"fuzz layer".to_vec();
-    let (_, manifest_digest) = rt.block_on(registry.push_image("fuzz/app", "latest", &layer));
+/// The layer of the image the fuzz tests push first.
+const LAYER: &[u8] = b"fuzz layer";
+
+/// Pushes the image `fuzz/app:latest` (of [`LAYER`]) and opens an upload session: the
+/// paths of what exists, for the fuzzer to mutate, with the manifest.
+fn seed_image(rt: &tokio::runtime::Runtime, registry: &TestRegistry) -> (Vec<u8>, Vec<String>) {
+    let (manifest, manifest_digest) = rt.block_on(registry.push_image("fuzz/app", "latest", LAYER));
     let session = rt.block_on(registry.start_upload("fuzz/app"));
     let session = session
         .trim_start_matches(&format!("http://{}", registry.server.addr))
@@ -273,9 +274,17 @@ fn fuzzed_requests_never_get_a_server_error() {
     let paths = known_paths(
         "fuzz/app",
         &manifest_digest,
-        &sha256_digest(&layer),
+        &sha256_digest(LAYER),
         &session,
     );
+    (manifest, paths)
+}
+
+#[test]
+fn fuzzed_requests_never_get_a_server_error() {
+    let rt = runtime();
+    let registry = rt.block_on(TestRegistry::start());
+    let (_, paths) = seed_image(&rt, &registry);
     let authorization = header_value("authorization").boxed();
     let addr = registry.server.addr;
     let mut runner = runner();
@@ -324,19 +333,7 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
         &auth,
     ));
     registry.client = client_with_authorization(&basic_auth(ADMIN, ADMIN_PASSWORD));
-    let layer = b"fuzz layer".to_vec();
-    let (manifest, manifest_digest) =
-        rt.block_on(registry.push_image("fuzz/app", "latest", &layer));
-    let session = rt.block_on(registry.start_upload("fuzz/app"));
-    let session = session
-        .trim_start_matches(&format!("http://{}", registry.server.addr))
-        .to_owned();
-    let paths = known_paths(
-        "fuzz/app",
-        &manifest_digest,
-        &sha256_digest(&layer),
-        &session,
-    );
+    let (manifest, paths) = seed_image(&rt, &registry);
 
     // Credentials that are wrong in every way: fuzzed headers, the admin's
     // name with fuzzed passwords, and bearer tokens that are not ours.
@@ -381,13 +378,10 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
     assert_eq!(rt.block_on(registry.tags("fuzz/app")), ["latest"]);
     let resp = rt.block_on(get(
         &registry,
-        &format!("/v2/fuzz/app/blobs/{}", sha256_digest(&layer)),
+        &format!("/v2/fuzz/app/blobs/{}", sha256_digest(LAYER)),
     ));
     let resp = rt.block_on(expect_status(resp, reqwest::StatusCode::OK));
-    assert_eq!(
-        rt.block_on(resp.bytes()).unwrap().as_ref(),
-        layer.as_slice()
-    );
+    assert_eq!(rt.block_on(resp.bytes()).unwrap().as_ref(), LAYER);
     let catalog = rt.block_on(get(&registry, "/v2/_catalog"));
     let catalog: serde_json::Value = rt
         .block_on(
