@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::auth::AuthConfig;
 use crate::registry::LifecycleConfig;
+use crate::storage::s3::S3Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -22,8 +23,12 @@ pub enum LogFormat {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Distribution's `rootdirectory`: files live under `<data_dir>/docker/registry/v2/`.
+    /// Distribution's `rootdirectory`: with the filesystem store, files live
+    /// under `<data_dir>/docker/registry/v2/`. With S3 it holds only local
+    /// state (the robot store by default).
     pub data_dir: PathBuf,
+    /// Where the registry's content lives (the `[storage]` table).
+    pub storage: StorageConfig,
     pub log_format: LogFormat,
     /// A tracing filter directive, e.g. `info` or `berth=debug`.
     pub log_level: String,
@@ -49,6 +54,36 @@ pub struct Config {
     /// take over each stage it controls, how many connections are served at
     /// once, how long a graceful stop waits.
     pub server: ServerConfig,
+}
+
+/// Which store holds the registry's content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Files under `data_dir` (Distribution's `filesystem` layout).
+    #[default]
+    Filesystem,
+    /// An S3-compatible bucket (Distribution's `s3` layout), shared by any
+    /// number of replicas.
+    S3,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The `[storage.s3]` table, used when `backend = "s3"`.
+    pub s3: S3Config,
+}
+
+impl StorageConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.backend {
+            StorageBackend::Filesystem => Ok(()),
+            StorageBackend::S3 => self.s3.validate(),
+        }
+    }
 }
 
 /// The `[server]` table. Every stage of a connection that the client paces
@@ -137,6 +172,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: PathBuf::from("./data"),
+            storage: StorageConfig::default(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             max_manifest_bytes: 4 * 1024 * 1024,
@@ -162,6 +198,7 @@ impl Config {
             .lifecycle
             .validate()
             .and_then(|()| config.server.validate())
+            .and_then(|()| config.storage.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

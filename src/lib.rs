@@ -37,12 +37,19 @@ use storage::fs::FsStorage;
 /// `recover`, what a killed garbage collection left moved aside goes back
 /// first (a server, `berth gc`; not `berth fsck`, which without `--repair`
 /// writes nothing).
-pub fn open_storage(config: &Config, recover: bool) -> io::Result<Arc<dyn storage::Storage>> {
-    let storage = FsStorage::open(config.storage_root())?;
-    if recover {
-        storage.restore_trash(std::time::Duration::from_secs(60))?;
+pub async fn open_storage(config: &Config, recover: bool) -> io::Result<Arc<dyn storage::Storage>> {
+    match config.storage.backend {
+        config::StorageBackend::Filesystem => {
+            let storage = FsStorage::open(config.storage_root())?;
+            if recover {
+                storage.restore_trash(std::time::Duration::from_secs(60))?;
+            }
+            Ok(Arc::new(storage))
+        }
+        config::StorageBackend::S3 => Ok(Arc::new(
+            storage::s3::S3Storage::open(&config.storage.s3).await?,
+        )),
     }
-    Ok(Arc::new(storage))
 }
 
 /// Threads tokio may start for blocking work (file I/O). Its default, 512,
@@ -80,8 +87,8 @@ pub fn bound_allocator_arenas() {
 }
 
 /// Builds the registry service over the configured store.
-pub fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
-    let storage = open_storage(config, true)?;
+pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
+    let storage = open_storage(config, true).await?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
     };
@@ -113,8 +120,8 @@ pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessCont
 
 /// The whole application the configuration describes: the registry behind
 /// the HTTP API, with access control when configured.
-pub fn build_app(config: &Config) -> io::Result<Router> {
-    let registry = build_registry(config)?;
+pub async fn build_app(config: &Config) -> io::Result<Router> {
+    let registry = build_registry(config).await?;
     let access = build_access_control(config)?;
     let app = http::router(registry.clone(), access);
     // The lifecycle task (upload expiry; retention and garbage collection
@@ -203,7 +210,7 @@ pub async fn run_gc(
     config: &Config,
     options: &registry::GcOptions,
 ) -> io::Result<registry::LifecycleReport> {
-    let registry = build_registry(config)?;
+    let registry = build_registry(config).await?;
     registry
         .run_lifecycle(options)
         .await
@@ -222,7 +229,7 @@ impl RunningServer {
     /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(config: &Config) -> io::Result<RunningServer> {
         let tls = tls_acceptor_config(config)?;
-        let app = build_app(config)?;
+        let app = build_app(config).await?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use berth::auth::htpasswd::UserChange;
 use berth::auth::{rfc3339, AuthConfig, Grant, Htpasswd, RobotStore};
-use berth::config::{Config, LogFormat};
+use berth::config::{Config, LogFormat, StorageBackend};
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +47,14 @@ enum Command {
     /// --repair, move corrupt blobs to quarantine and remove stale temp files.
     /// Read-only without --repair (safe beside a running server).
     Fsck {
-        /// Data directory (Distribution's rootdirectory).
+        /// Data directory (Distribution's rootdirectory) [default: the config's, else ./data].
         #[arg(long, env = "BERTH_DATA_DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// Config file (TOML) naming the store ([storage]).
+        #[arg(long, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
         #[arg(long)]
         repair: bool,
     },
@@ -62,6 +67,8 @@ enum Command {
         /// Config file (TOML) with the [lifecycle] rules.
         #[arg(long, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Report what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -150,6 +157,52 @@ impl RobotStoreArgs {
     }
 }
 
+/// The store, for every command that opens one (flags override the
+/// config file's `[storage]` table).
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Where content is stored: `filesystem` (under --data-dir) or `s3`
+    /// [default: filesystem; s3 when --s3-bucket is given].
+    #[arg(long = "storage", env = "BERTH_STORAGE", value_enum)]
+    backend: Option<StorageBackend>,
+    /// The S3 bucket.
+    #[arg(long, env = "BERTH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The S3 endpoint URL, for stores other than AWS (Garage, MinIO, Ceph):
+    /// path-style requests, and http:// allowed.
+    #[arg(long, env = "BERTH_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The S3 region [default: us-east-1].
+    #[arg(long, env = "BERTH_S3_REGION")]
+    s3_region: Option<String>,
+    /// Keys live under <prefix>/docker/registry/v2/ (Distribution's rootdirectory).
+    #[arg(long, env = "BERTH_S3_PREFIX")]
+    s3_prefix: Option<String>,
+}
+
+impl StorageArgs {
+    fn apply(&self, config: &mut Config) -> Result<(), String> {
+        let s3 = &mut config.storage.s3;
+        if let Some(bucket) = &self.s3_bucket {
+            s3.bucket = bucket.clone();
+            config.storage.backend = StorageBackend::S3;
+        }
+        if let Some(endpoint) = &self.s3_endpoint {
+            s3.endpoint = Some(endpoint.clone());
+        }
+        if let Some(region) = &self.s3_region {
+            s3.region = region.clone();
+        }
+        if let Some(prefix) = &self.s3_prefix {
+            s3.prefix = prefix.clone();
+        }
+        if let Some(backend) = self.backend {
+            config.storage.backend = backend;
+        }
+        config.storage.validate()
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Config file (TOML); see config/berth.toml.
@@ -187,6 +240,8 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "BERTH_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 impl ServeArgs {
@@ -225,6 +280,7 @@ impl ServeArgs {
         if let Some(key) = &self.tls_key {
             config.tls_key = Some(key.clone());
         }
+        self.storage.apply(&mut config)?;
         Ok(config)
     }
 }
@@ -397,16 +453,33 @@ fn run_command(command: Command) -> ExitCode {
             }
         }
         Command::Tag(command) => berth::client::tag::main(command),
-        Command::Fsck { data_dir, repair } => fsck(
-            &Config {
-                data_dir,
-                ..Config::default()
-            },
+        Command::Fsck {
+            data_dir,
+            config,
+            storage,
             repair,
-        ),
+        } => {
+            let config = config
+                .map_or_else(|| Ok(Config::default()), |path| Config::from_file(&path))
+                .and_then(|mut config| {
+                    if let Some(dir) = data_dir {
+                        config.data_dir = dir;
+                    }
+                    storage.apply(&mut config)?;
+                    Ok(config)
+                });
+            match config {
+                Ok(config) => fsck(&config, repair),
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Gc {
             data_dir,
             config,
+            storage,
             dry_run,
             grace_period,
         } => {
@@ -416,6 +489,7 @@ fn run_command(command: Command) -> ExitCode {
                     if let Some(dir) = data_dir {
                         config.data_dir = dir;
                     }
+                    storage.apply(&mut config)?;
                     let options = berth::registry::GcOptions {
                         dry_run,
                         grace_period,
@@ -446,14 +520,15 @@ fn fsck(config: &Config, repair: bool) -> ExitCode {
     use berth::registry::lifecycle::fsck;
     use std::io::Write;
     let root = config.storage_root();
-    if !root.is_dir() {
+    if config.storage.backend == StorageBackend::Filesystem && !root.is_dir() {
         eprintln!("berth: no registry data at {}", root.display());
         return ExitCode::FAILURE;
     }
-    let storage = match berth::open_storage(config, false) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let storage = match runtime.block_on(berth::open_storage(config, false)) {
         Ok(storage) => storage,
         Err(e) => {
-            eprintln!("berth: opening {}: {e}", root.display());
+            eprintln!("berth: opening the store: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -465,7 +540,6 @@ fn fsck(config: &Config, repair: bool) -> ExitCode {
     let mut print = |finding: &fsck::Finding| {
         let _ = writeln!(stdout.lock(), "{finding}");
     };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(fsck::check(storage.as_ref(), &options, &mut print)) {
         Ok(report) => {
             println!("{report}");
@@ -490,7 +564,7 @@ async fn run(config: Config) -> std::io::Result<()> {
         tracing::warn!(error = %e, "could not raise the open files limit");
     }
     let tls = berth::tls_acceptor_config(&config)?;
-    let app = berth::build_app(&config)?;
+    let app = berth::build_app(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,

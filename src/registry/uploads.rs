@@ -37,6 +37,11 @@ pub struct UploadSession {
     /// appended under another generation may be gone (see
     /// [`crate::storage::Storage::upload_generation`]).
     pub generation: String,
+    /// The storage backend's account of the content so far (an object
+    /// store's multipart upload and parts), saved with `offset` so the two
+    /// never disagree (see [`crate::storage::Storage::append_upload`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub storage_state: String,
 }
 
 /// What starting an upload produced.
@@ -114,6 +119,7 @@ impl Registry {
                 .upload_generation()
                 .unwrap_or_default()
                 .to_owned(),
+            storage_state: String::new(),
         };
         self.save_session(name, &session).await?;
         Ok(session)
@@ -190,8 +196,20 @@ impl Registry {
         let received = if session.algorithm == digest.algorithm().as_str() {
             session.hasher()?.finish()
         } else {
-            self.rehash_upload(name, &session, digest.algorithm())
-                .await?
+            let before = session.storage_state.clone();
+            let received = self
+                .rehash_upload(name, &mut session, digest.algorithm())
+                .await?;
+            if &received != digest && session.storage_state != before {
+                // The storage had to finish the upload to read it back (an
+                // object store): it cannot take more chunks.
+                self.abort_upload(name, id, &session.storage_state).await;
+                return Err(RegistryError::with_detail(
+                    ErrorCode::DigestInvalid,
+                    format!("content digest is {received}; start the upload again"),
+                ));
+            }
+            received
         };
         if &received != digest {
             // The client can still correct its mistake; the final chunk is dropped.
@@ -200,7 +218,8 @@ impl Registry {
                 format!("content digest is {received}"),
             ));
         }
-        self.commit(name, id, session.offset, digest).await
+        self.commit(name, id, session.offset, digest, &session.storage_state)
+            .await
     }
 
     /// A single-request upload (`POST ?digest=` with the content): no session
@@ -223,10 +242,11 @@ impl Registry {
             received: 0,
         };
         let data_key = layout::upload_data(name, &id);
+        let mut state = String::new();
         let outcome = async {
             let size = self
                 .storage
-                .append_upload(&data_key, 0, &mut source)
+                .append_upload(&data_key, 0, &mut source, &mut state)
                 .await
                 .map_err(body_error)?;
             let received = source.hasher.clone().finish();
@@ -240,9 +260,9 @@ impl Registry {
         }
         .await;
         match outcome {
-            Ok(size) => self.commit(name, &id, size, digest).await,
+            Ok(size) => self.commit(name, &id, size, digest, &state).await,
             Err(e) => {
-                self.discard_upload(name, &id).await;
+                self.abort_upload(name, &id, &state).await;
                 Err(e)
             }
         }
@@ -279,7 +299,11 @@ impl Registry {
 
     pub async fn cancel_upload(&self, name: &RepositoryName, id: &str) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
-        self.load_session(name, id).await?;
+        let session = self.load_session(name, id).await?;
+        self.storage
+            .abort_upload(&layout::upload_data(name, id), &session.storage_state)
+            .await
+            .map_err(storage_error)?;
         self.storage
             .delete_all(&layout::upload_dir(name, id))
             .await
@@ -303,6 +327,7 @@ impl Registry {
                 &layout::upload_data(name, &session.id),
                 session.offset,
                 &mut source,
+                &mut session.storage_state,
             )
             .await
             .map_err(body_error)?;
@@ -317,7 +342,7 @@ impl Registry {
     async fn rehash_upload(
         &self,
         name: &RepositoryName,
-        session: &UploadSession,
+        session: &mut UploadSession,
         algorithm: Algorithm,
     ) -> Result<Digest> {
         use futures::StreamExt;
@@ -328,9 +353,10 @@ impl Registry {
         // Only the bytes the session counts: a failed chunk may have left more.
         if let Some(mut read) = self
             .storage
-            .read(
+            .read_upload(
                 &layout::upload_data(name, &session.id),
-                Some(0..session.offset),
+                session.offset,
+                &mut session.storage_state,
             )
             .await
             .map_err(storage_error)?
@@ -348,6 +374,7 @@ impl Registry {
         id: &str,
         size: u64,
         digest: &Digest,
+        storage_state: &str,
     ) -> Result<()> {
         let data_key = layout::upload_data(name, id);
         if size == 0 {
@@ -361,7 +388,7 @@ impl Registry {
             // collection's cutoff: touched now, the blob is spared (touch.rs; docs/design/gc.md).
             self.touch(&data_key).await?;
             self.storage
-                .commit_upload(&data_key, size, &layout::blob_data(digest))
+                .commit_upload(&data_key, size, &layout::blob_data(digest), storage_state)
                 .await
                 .map_err(storage_error)?;
             // The hashed bytes replaced whatever was there.
@@ -372,6 +399,19 @@ impl Registry {
             .await?;
         self.discard_upload(name, id).await;
         Ok(())
+    }
+
+    /// Gives up an upload that never reached a session record: what the
+    /// storage holds for it outside its objects, then its objects.
+    async fn abort_upload(&self, name: &RepositoryName, id: &str, storage_state: &str) {
+        if let Err(e) = self
+            .storage
+            .abort_upload(&layout::upload_data(name, id), storage_state)
+            .await
+        {
+            tracing::warn!(error = %e, upload = id, "could not abort the upload's storage state");
+        }
+        self.discard_upload(name, id).await;
     }
 
     async fn discard_upload(&self, name: &RepositoryName, id: &str) {
@@ -413,6 +453,14 @@ impl Registry {
             .map_err(storage_error)?;
         Ok(())
     }
+}
+
+/// The storage state a session record holds (for expiry, which releases it
+/// after removing the record); `None` when the record is unreadable.
+pub(crate) fn storage_state_of(record: &[u8]) -> Option<String> {
+    serde_json::from_slice::<UploadSession>(record)
+        .ok()
+        .map(|session| session.storage_state)
 }
 
 /// Blobs received whole in one request up to this size are held in memory

@@ -1110,6 +1110,7 @@ impl Storage for FsStorage {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        _state: &mut String,
     ) -> io::Result<u64> {
         // Bytes are gathered into batches and each batch is written by one
         // blocking call while the next batch is received: one thread hand-off
@@ -1145,7 +1146,13 @@ impl Storage for FsStorage {
         Err(e)
     }
 
-    async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()> {
+    async fn commit_upload(
+        &self,
+        key: &str,
+        size: u64,
+        dest: &str,
+        _state: &str,
+    ) -> io::Result<()> {
         let source = self.path(key);
         let dest_key = dest.to_owned();
         let dest = self.path(dest);
@@ -1309,7 +1316,10 @@ mod tests {
         };
         let mut first = chunks(vec![b"hello", b", "]);
         assert_eq!(
-            store.append_upload("u/data", 0, &mut first).await.unwrap(),
+            store
+                .append_upload("u/data", 0, &mut first, &mut String::new())
+                .await
+                .unwrap(),
             7
         );
         // A failed attempt left bytes past the offset; the next append drops them.
@@ -1320,11 +1330,14 @@ mod tests {
             .unwrap();
         let mut second = chunks(vec![b"world"]);
         assert_eq!(
-            store.append_upload("u/data", 7, &mut second).await.unwrap(),
+            store
+                .append_upload("u/data", 7, &mut second, &mut String::new())
+                .await
+                .unwrap(),
             5
         );
         store
-            .commit_upload("u/data", 12, "blobs/x/data")
+            .commit_upload("u/data", 12, "blobs/x/data", "")
             .await
             .unwrap();
         assert_eq!(
@@ -1579,9 +1592,12 @@ mod tests {
             .unwrap();
         assert!(store.delete("blobs/x/data").await.unwrap());
         let mut upload = futures::stream::iter([Ok(Bytes::from_static(b"new"))]);
-        store.append_upload("u/data", 0, &mut upload).await.unwrap();
         store
-            .commit_upload("u/data", 3, "blobs/x/data")
+            .append_upload("u/data", 0, &mut upload, &mut String::new())
+            .await
+            .unwrap();
+        store
+            .commit_upload("u/data", 3, "blobs/x/data", "")
             .await
             .unwrap();
         drop(store);

@@ -152,6 +152,7 @@ impl Storage for MemoryStorage {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        _state: &mut String,
     ) -> io::Result<u64> {
         let mut content = BytesMut::from(self.get(key).await?.unwrap_or_default().as_ref());
         if (content.len() as u64) < offset {
@@ -172,7 +173,13 @@ impl Storage for MemoryStorage {
         Ok(appended)
     }
 
-    async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()> {
+    async fn commit_upload(
+        &self,
+        key: &str,
+        size: u64,
+        dest: &str,
+        _state: &str,
+    ) -> io::Result<()> {
         let mut objects = self.objects();
         let Some(mut upload) = objects.remove(key) else {
             return Err(io::ErrorKind::NotFound.into());

@@ -32,6 +32,7 @@ pub mod journal;
 pub mod layout;
 #[cfg(test)]
 pub mod memory;
+pub mod s3;
 
 use std::io;
 use std::ops::Range;
@@ -222,19 +223,51 @@ pub trait Storage: Send + Sync + 'static {
     /// survive a crash of this process; across a machine crash only while
     /// [`Storage::upload_generation`] stays the same. Returns the number of
     /// bytes appended.
+    ///
+    /// `state` is the backend's own account of the upload (an object store's
+    /// multipart upload id and parts; empty at the start, and for a backend
+    /// that keeps none). The caller saves it in the session record together
+    /// with the offset, and passes the saved one back with the next append,
+    /// the commit or the abort, so that any process can continue the upload
+    /// and the offset and the parts never disagree. It is changed only when
+    /// the append succeeds.
     async fn append_upload(
         &self,
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        state: &mut String,
     ) -> io::Result<u64>;
 
     /// Makes an upload's content (exactly `size` bytes) the object at `dest`
     /// in one atomic step, durably, and removes the upload's content. If
     /// `dest` already exists it is replaced: afterwards `dest` holds exactly
     /// the bytes the registry hashed, which is what lets it count the blob as
-    /// verified (and a re-push heals a damaged copy).
-    async fn commit_upload(&self, key: &str, size: u64, dest: &str) -> io::Result<()>;
+    /// verified (and a re-push heals a damaged copy). `state` is the one the
+    /// last successful append returned.
+    async fn commit_upload(&self, key: &str, size: u64, dest: &str, state: &str) -> io::Result<()>;
+
+    /// Streams the first `size` bytes of an upload's content, for the rare
+    /// commit whose digest uses another algorithm than the one hashed while
+    /// the bytes arrived. A backend that cannot read an unfinished upload
+    /// (an object store's multipart upload) may finish it first and say so
+    /// in `state`, after which the upload can only be committed or
+    /// aborted. Default: [`Storage::read`] of the upload's key.
+    async fn read_upload(
+        &self,
+        key: &str,
+        size: u64,
+        _state: &mut String,
+    ) -> io::Result<Option<ContentRead>> {
+        self.read(key, Some(0..size)).await
+    }
+
+    /// Releases what an upload holds outside its objects (an object store's
+    /// incomplete multipart upload, whose parts no listing shows), before the
+    /// upload's prefix is deleted. Default: nothing to release.
+    async fn abort_upload(&self, _key: &str, _state: &str) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Checks that the store can be written (readiness).
     async fn check_writable(&self) -> io::Result<()>;

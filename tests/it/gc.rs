@@ -28,6 +28,7 @@ fn deleting() -> LifecycleConfig {
 
 async fn collect(registry: &TestRegistry, lifecycle: LifecycleConfig) -> GcReport {
     collector(registry, lifecycle)
+        .await
         .collect_garbage(&GcOptions::default())
         .await
         .unwrap()
@@ -211,7 +212,7 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
         history_keep: 2,
         ..deleting()
     };
-    let gc = collector(&registry, keep_two.clone());
+    let gc = collector(&registry, keep_two.clone()).await;
     let report = gc.collect_garbage(&GcOptions::default()).await.unwrap();
     assert_eq!(report.manifests_removed, 1);
     assert_eq!(report.history_entries_removed, 1);
@@ -338,7 +339,7 @@ async fn a_dry_run_changes_nothing_and_reports_what_a_run_removes() {
     let (kept, dropped, _) = kept_dropped_and_stray(&registry).await;
     age(&registry.storage_root(), TWO_HOURS);
     let before = snapshot(&registry.storage_root());
-    let gc = collector(&registry, deleting());
+    let gc = collector(&registry, deleting()).await;
     let dry = gc
         .collect_garbage(&GcOptions {
             dry_run: true,
@@ -403,7 +404,7 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
     )
     .await;
 
-    let gc = collector(&registry, LifecycleConfig::default());
+    let gc = collector(&registry, LifecycleConfig::default()).await;
     let dry = gc.expire_uploads(true).await.unwrap();
     assert_eq!((dry.expired, dry.bytes_removed), (2, 27));
     let report = gc.expire_uploads(false).await.unwrap();
@@ -721,7 +722,7 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
         })
         .await,
     );
-    let gc = collector(&registry, lifecycle);
+    let gc = collector(&registry, lifecycle).await;
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..8)
             .map(|i| {

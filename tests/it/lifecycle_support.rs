@@ -45,13 +45,13 @@ pub fn age(storage_root: &Path, by: Duration) {
 
 /// A registry over a test server's data directory, as `berth gc` would
 /// open it: another process's view (its own caches).
-pub fn collector(registry: &TestRegistry, lifecycle: LifecycleConfig) -> Arc<Registry> {
+pub async fn collector(registry: &TestRegistry, lifecycle: LifecycleConfig) -> Arc<Registry> {
     let config = Config {
         data_dir: registry.data.path().to_path_buf(),
         lifecycle,
         ..Config::default()
     };
-    berth::build_registry(&config).unwrap()
+    berth::build_registry(&config).await.unwrap()
 }
 
 /// The digests in the shared content store.

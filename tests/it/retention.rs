@@ -44,7 +44,7 @@ async fn keep_newest_keeps_the_most_recently_changed_tags_and_drops_the_others_h
         keep_newest = 2
         "#,
     );
-    let retention = collector(&registry, rules);
+    let retention = collector(&registry, rules).await;
     let report = retention.apply_retention(false).await.unwrap();
     assert_eq!(removed(&report), ["app:dev-1"]);
     // The entry of its push; its removal leaves no history behind.
@@ -77,6 +77,7 @@ async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
             "#,
         ),
     )
+    .await
     .apply_retention(false)
     .await
     .unwrap();
@@ -101,6 +102,7 @@ async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
             "#,
         ),
     )
+    .await
     .apply_retention(false)
     .await
     .unwrap();
@@ -126,6 +128,7 @@ async fn the_first_matching_rule_decides() {
             "#,
         ),
     )
+    .await
     .apply_retention(false)
     .await
     .unwrap();
@@ -152,6 +155,7 @@ async fn immutable_tags_are_never_removed() {
             "#,
         ),
     )
+    .await
     .apply_retention(false)
     .await
     .unwrap();
@@ -186,6 +190,7 @@ async fn tags_without_history_age_by_their_link() {
             "#,
         ),
     )
+    .await
     .apply_retention(false)
     .await
     .unwrap();
@@ -209,7 +214,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
         keep_newest = 1
         "#,
     );
-    let gc = collector(&registry, rules);
+    let gc = collector(&registry, rules).await;
     let blobs_before = stored_blobs(&registry.storage_root());
     let dry = gc
         .run_lifecycle(&GcOptions {

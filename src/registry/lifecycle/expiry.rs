@@ -86,6 +86,9 @@ impl Registry {
             report.bytes_removed += size;
             return Ok(());
         }
+        // Read before the record goes: an object store's multipart upload is
+        // found only through it.
+        let session = self.storage.get(&files[0]).await.map_err(storage_error)?;
         for key in &files {
             let exists = self.storage.stat(key).await.map_err(storage_error)?;
             if exists.is_some()
@@ -101,6 +104,16 @@ impl Registry {
                 report.spared += 1;
                 return Ok(());
             }
+        }
+        // An object store's multipart upload, found only through the record.
+        if let Some(state) = session
+            .as_deref()
+            .and_then(super::super::uploads::storage_state_of)
+        {
+            self.storage
+                .abort_upload(&files[1], &state)
+                .await
+                .map_err(storage_error)?;
         }
         // What else is left (Distribution's hash states, temp files).
         self.storage

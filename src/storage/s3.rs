@@ -1,0 +1,1062 @@
+//! The S3 backend: the core of [`Storage`] over any S3-compatible object
+//! store (AWS S3, Garage, MinIO, Ceph RGW) through the `object_store` crate,
+//! under the same keys as CNCF Distribution's `s3` driver
+//! (`<prefix>/docker/registry/v2/...`), so that a bucket written by either is
+//! served by the other. The design, with the facts it rests on, is
+//! `docs/design/s3.md`.
+//!
+//! Everything a replica needs lives in the bucket: several Berth processes
+//! over one bucket are one registry. Uploads are S3 multipart uploads whose
+//! id and parts travel in the session record ([`Storage::append_upload`]'s
+//! state), so any replica continues one; bytes are streamed into parts of
+//! [`S3Config::part_size`], and a chunk's short end (under S3's 5 MiB part
+//! minimum) is carried over as a small object of its own until the next
+//! chunk or the commit.
+//!
+//! Listing is the one place where S3 and the trait disagree: S3 orders a
+//! sub-prefix by its name *with* the trailing `/`, so `v1.0/` comes before
+//! `v1/`, while the trait promises byte order (`v1` < `v1.0`). [`S3Storage::list`]
+//! restores byte order exactly (see [`missing_prefixes`]).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, PutPayloadMut, RetryConfig, UpdateVersion,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ByteSource, ContentRead, ListPage, ObjectInfo, Storage, WriteMode};
+
+/// S3's smallest part but the last (AWS, MinIO; Garage does not check):
+/// a chunk that ends with fewer bytes than this is carried over.
+pub const MIN_PART: usize = 5 * 1024 * 1024;
+
+/// Requests that move at most a few KiB (documents, HEADs, listings) must
+/// finish within this, retries included: a store that does not answer
+/// becomes a clean 503, never a hung request.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A transfer (a part, a blob read) may take long, but not stall this long
+/// between two reads.
+const TRANSFER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many requests one batch operation (a manifest's touches, a listing's
+/// probes) has in flight at once.
+const CONCURRENT_REQUESTS: usize = 32;
+
+/// The `[storage.s3]` table (and the `--s3-*` flags).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// The store's URL, for anything but AWS (Garage, MinIO, Ceph RGW):
+    /// requests are then path-style, and `http://` is allowed.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Distribution's `rootdirectory`: keys live under
+    /// `<prefix>/docker/registry/v2/`.
+    pub prefix: String,
+    /// Credentials; absent: the standard `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` variables (and the
+    /// rest of the AWS environment: instance metadata, web identity).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Virtual-hosted-style requests (`bucket.host`); absent: on for AWS,
+    /// off when `endpoint` is given.
+    pub virtual_hosted: Option<bool>,
+    /// The size of the parts an upload is sent in (at least 5 MiB); each
+    /// upload in flight holds up to two parts in memory.
+    pub part_size: usize,
+}
+
+impl Default for S3Config {
+    fn default() -> S3Config {
+        S3Config {
+            bucket: String::new(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            virtual_hosted: None,
+            part_size: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Secrets stay out of logs and error messages.
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .field("virtual_hosted", &self.virtual_hosted)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
+}
+
+impl S3Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bucket.is_empty() {
+            return Err("storage.s3.bucket is required".to_owned());
+        }
+        if self.part_size < MIN_PART {
+            return Err(format!(
+                "storage.s3.part_size must be at least {MIN_PART} (S3's smallest part)"
+            ));
+        }
+        if self.prefix.split('/').any(|s| s == "." || s == "..") {
+            return Err("storage.s3.prefix must not contain . or .. segments".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// What the start-up probe found the store to do with conditional writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionalWrites {
+    /// `If-None-Match: *` and `If-Match` on PUT are honoured (AWS since
+    /// 2024, MinIO): the store decides races on a key.
+    Honoured,
+    /// The store ignores them (Garage 2.5): a create-if-absent is a HEAD then
+    /// a PUT, and two replicas racing on one key both succeed, the last
+    /// writer's bytes winning.
+    Ignored,
+}
+
+pub struct S3Storage {
+    /// For documents, HEADs, listings, deletes: bounded in total.
+    meta: Arc<AmazonS3>,
+    /// For part uploads and blob reads: bounded between reads only, so a
+    /// large blob streamed to a slow client is not cut.
+    transfer: Arc<AmazonS3>,
+    /// `<prefix>/docker/registry/v2`, without a trailing `/`.
+    root: String,
+    part_size: usize,
+    conditional: ConditionalWrites,
+}
+
+impl S3Storage {
+    /// Connects to the bucket, checks that it can be read and written, and
+    /// probes how it handles conditional writes.
+    pub async fn open(config: &S3Config) -> io::Result<S3Storage> {
+        config.validate().map_err(io::Error::other)?;
+        let meta = Arc::new(build(
+            config,
+            ClientOptions::new().with_timeout(METADATA_TIMEOUT),
+        )?);
+        let transfer = Arc::new(build(
+            config,
+            ClientOptions::new()
+                .with_timeout_disabled()
+                .with_read_timeout(TRANSFER_READ_TIMEOUT),
+        )?);
+        let prefix = config.prefix.trim_matches('/');
+        let root = match prefix {
+            "" => "docker/registry/v2".to_owned(),
+            prefix => format!("{prefix}/docker/registry/v2"),
+        };
+        let mut storage = S3Storage {
+            meta,
+            transfer,
+            root,
+            part_size: config.part_size,
+            conditional: ConditionalWrites::Ignored,
+        };
+        storage.conditional = storage.probe_conditional_writes().await?;
+        Ok(storage)
+    }
+
+    /// What the probe found at start.
+    pub fn conditional_writes(&self) -> ConditionalWrites {
+        self.conditional
+    }
+
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}/{key}", self.root))
+    }
+
+    /// Writes a probe object twice with `If-None-Match: *` and once with a
+    /// wrong `If-Match`: a store that honours both refuses the second and
+    /// the third. Stores that ignore the headers (Garage) answer 200 to all
+    /// three, and object_store cannot tell without trying.
+    async fn probe_conditional_writes(&self) -> io::Result<ConditionalWrites> {
+        let key = self.path(&format!("_berth/probe/{}", uuid::Uuid::new_v4()));
+        let create = || PutOptions::from(PutMode::Create);
+        self.meta
+            .put_opts(&key, PutPayload::from_static(b"1"), create())
+            .await
+            .map_err(io_error)?;
+        let second = self
+            .meta
+            .put_opts(&key, PutPayload::from_static(b"2"), create())
+            .await;
+        let wrong_match = self
+            .meta
+            .put_opts(
+                &key,
+                PutPayload::from_static(b"3"),
+                PutOptions::from(PutMode::Update(UpdateVersion {
+                    e_tag: Some("\"berth-probe-no-such-etag\"".to_owned()),
+                    version: None,
+                })),
+            )
+            .await;
+        let _ = self.meta.delete(&key).await;
+        let outcome = match (second, wrong_match) {
+            (
+                Err(object_store::Error::AlreadyExists { .. }),
+                Err(object_store::Error::Precondition { .. }),
+            ) => ConditionalWrites::Honoured,
+            (Ok(_), _) | (_, Ok(_)) => ConditionalWrites::Ignored,
+            // A failure that is not the refusal asked for.
+            (Err(object_store::Error::AlreadyExists { .. }), Err(e)) | (Err(e), _) => {
+                return Err(io_error(e))
+            }
+        };
+        match outcome {
+            ConditionalWrites::Honoured => {
+                tracing::info!("the object store honours conditional writes")
+            }
+            ConditionalWrites::Ignored => tracing::warn!(
+                "the object store ignores conditional writes (If-None-Match, If-Match): \
+                 a create-if-absent is a check then a write, and two replicas racing on \
+                 one key both succeed, the last write winning (docs/design/s3.md)"
+            ),
+        }
+        Ok(outcome)
+    }
+
+    async fn head(&self, key: &str) -> io::Result<Option<object_store::ObjectMeta>> {
+        match self.meta.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn put_overwrite(&self, key: &str, data: Bytes) -> io::Result<()> {
+        self.meta
+            .put(&self.path(key), PutPayload::from_bytes(data))
+            .await
+            .map(drop)
+            .map_err(io_error)
+    }
+
+    /// Refreshes an object's modification time; false when it does not exist.
+    /// A copy onto itself: metadata only on Garage, which supports it for
+    /// exactly this use (rclone's). On a store that refuses it (AWS wants the
+    /// metadata replaced), the object's existence is confirmed instead.
+    async fn refresh(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        match self.meta.copy(&path, &path).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => {
+                tracing::debug!(error = %e, key, "a copy onto itself was refused");
+                Ok(self.head(key).await?.is_some())
+            }
+        }
+    }
+
+    /// Reads the whole of a small object (a carried-over tail), or its first
+    /// `len` bytes.
+    async fn read_small(&self, key: &str, len: usize) -> io::Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..len as u64)),
+            ..GetOptions::default()
+        };
+        let bytes = self
+            .transfer
+            .get_opts(&self.path(key), options)
+            .await
+            .map_err(io_error)?
+            .bytes()
+            .await
+            .map_err(io_error)?;
+        if bytes.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{key}: {} bytes, expected {len}", bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// One S3 listing request of `dir`'s children after `offset` (a full
+    /// key), as names, and the continuation token when it was cut short.
+    async fn list_request(
+        &self,
+        dir: &str,
+        offset: Option<String>,
+        page_token: Option<String>,
+        limit: usize,
+    ) -> io::Result<(Vec<(String, bool)>, Option<String>)> {
+        let page = self
+            .meta
+            .list_paginated(
+                Some(dir),
+                PaginatedListOptions {
+                    offset,
+                    delimiter: Some("/".into()),
+                    max_keys: Some(limit.clamp(1, 1000)),
+                    page_token,
+                    ..PaginatedListOptions::default()
+                },
+            )
+            .await
+            .map_err(io_error)?;
+        let child = |path: &Path| path.as_ref().strip_prefix(dir).map(str::to_owned);
+        let mut names = Vec::new();
+        for prefix in &page.result.common_prefixes {
+            names.extend(child(prefix).map(|name| (name, true)));
+        }
+        for object in &page.result.objects {
+            names.extend(child(&object.location).map(|name| (name, false)));
+        }
+        Ok((names, page.page_token))
+    }
+
+    /// Whether `dir` + `name` + `/` has any object under it.
+    async fn prefix_exists(&self, dir: &str, name: &str) -> io::Result<bool> {
+        let page = self
+            .meta
+            .list_paginated(
+                Some(&format!("{dir}{name}/")),
+                PaginatedListOptions {
+                    max_keys: Some(1),
+                    ..PaginatedListOptions::default()
+                },
+            )
+            .await
+            .map_err(io_error)?;
+        Ok(!page.result.objects.is_empty())
+    }
+}
+
+fn build(config: &S3Config, options: ClientOptions) -> io::Result<AmazonS3> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&config.bucket)
+        .with_region(&config.region)
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: METADATA_TIMEOUT,
+            ..RetryConfig::default()
+        });
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(config.virtual_hosted.unwrap_or(false));
+    } else if let Some(virtual_hosted) = config.virtual_hosted {
+        builder = builder.with_virtual_hosted_style_request(virtual_hosted);
+    }
+    if let Some(id) = &config.access_key_id {
+        builder = builder.with_access_key_id(id);
+    }
+    if let Some(secret) = &config.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = &config.session_token {
+        builder = builder.with_token(token);
+    }
+    let allow_http = config
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    builder
+        .with_client_options(options.with_allow_http(allow_http))
+        .build()
+        .map_err(io_error)
+}
+
+/// An object store failure as an I/O error: a missing object is `NotFound`;
+/// anything else means the store could not do what was asked (unreachable,
+/// timed out, refused), which the registry answers with 503.
+fn io_error(e: object_store::Error) -> io::Error {
+    let kind = match e {
+        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::HostUnreachable,
+    };
+    io::Error::new(kind, e)
+}
+
+/// The names `page` (all of a directory's children in S3's order up to the
+/// key `last`, after `start_after`) may lack in byte order: S3 sorts a
+/// sub-prefix as `name/`, so a name that is a proper prefix of another name
+/// on the page, cut before a byte below `/` (`-` or `.` in registry names:
+/// `v1` of `v1.0`), sorts before it by bytes but after it in S3, and may lie
+/// beyond `last`. Every name missing from a byte-ordered page is of this
+/// kind (two names that differ at some byte sort the same way in both
+/// orders), so probing these few candidates restores byte order exactly.
+fn missing_prefixes(
+    page: &BTreeSet<String>,
+    dir: &str,
+    last: &str,
+    start_after: Option<&str>,
+) -> BTreeSet<String> {
+    let mut candidates = BTreeSet::new();
+    for name in page {
+        for (at, byte) in name.bytes().enumerate() {
+            if at == 0 || byte >= b'/' {
+                continue;
+            }
+            let prefix = &name[..at];
+            if page.contains(prefix) || start_after.is_some_and(|after| prefix <= after) {
+                continue;
+            }
+            // Not yet listed by S3, which reaches `prefix/` after `last`.
+            if format!("{dir}{prefix}/").as_str() > last {
+                candidates.insert(prefix.to_owned());
+            }
+        }
+    }
+    candidates
+}
+
+/// The backend's account of an upload, kept in the session record.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct UploadState {
+    /// The S3 multipart upload, once its first part was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The parts sent, in order: their ETags and sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<Part>,
+    /// Bytes after the parts, too few for a part, kept as an object of their
+    /// own (see [`tail_key`]) until the next append or the commit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    tail: u64,
+    /// The multipart upload was completed under the upload's key (to read it
+    /// back, see [`Storage::read_upload`]): it can be committed, not
+    /// appended to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    completed: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Part {
+    etag: String,
+    size: u64,
+}
+
+impl UploadState {
+    fn parse(state: &str) -> io::Result<UploadState> {
+        if state.is_empty() {
+            return Ok(UploadState::default());
+        }
+        serde_json::from_str(state).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("upload state is corrupt: {e}"),
+            )
+        })
+    }
+
+    fn parts_size(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
+
+    /// Cuts the state back to `offset` bytes, which the session record says
+    /// were received: parts and tail written by a failed later attempt are
+    /// forgotten (S3 completes only the parts it is given). The offset lies
+    /// on a part boundary or within the tail, since every append ends on one.
+    fn cut_to(&mut self, offset: u64) -> io::Result<()> {
+        let mut end = 0;
+        for (count, part) in self.parts.iter().enumerate() {
+            if end == offset {
+                self.parts.truncate(count);
+                self.tail = 0;
+                return Ok(());
+            }
+            end += part.size;
+        }
+        if offset >= end && offset <= end + self.tail {
+            self.tail = offset - end;
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("upload offset {offset} is not on a boundary of its parts"),
+        ))
+    }
+}
+
+/// Where an upload's carried-over bytes (starting at `start`, `len` long)
+/// are kept: beside the upload's data key, named by both, so that a later
+/// attempt never overwrites bytes an earlier state still counts on.
+fn tail_key(key: &str, start: u64, len: u64) -> String {
+    format!("{key}.tail.{start}.{len}")
+}
+
+/// The part size for part number `index` (from 0): the configured size for
+/// the first thousand parts, then doubling each thousand up to 64 MiB, so
+/// S3's 10,000 parts hold ~0.5 TB while memory per upload stays bounded.
+fn part_size_at(base: usize, index: usize) -> usize {
+    let doublings = (index / 1000).min(3) as u32;
+    (base << doublings)
+        .max(base)
+        .min(base.max(64 * 1024 * 1024))
+}
+
+impl S3Storage {
+    /// Completes an upload's multipart upload under its key, its tail sent
+    /// as the last part (which may be short). Nothing when done already.
+    async fn complete(&self, key: &str, upload: &mut UploadState) -> io::Result<()> {
+        if upload.completed {
+            return Ok(());
+        }
+        let id = upload.id.clone().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no multipart upload to complete",
+            )
+        })?;
+        let path = self.path(key);
+        let start = upload.parts_size();
+        if upload.tail > 0 {
+            let tail = self
+                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .await?;
+            let part = self
+                .send_part(&path, &id, upload.parts.len(), PutPayload::from_bytes(tail))
+                .await?;
+            upload.parts.push(part);
+            upload.tail = 0;
+        }
+        let parts = upload
+            .parts
+            .iter()
+            .map(|part| PartId {
+                content_id: part.etag.clone(),
+            })
+            .collect();
+        self.transfer
+            .complete_multipart(&path, &id, parts)
+            .await
+            .map_err(io_error)?;
+        upload.completed = true;
+        Ok(())
+    }
+
+    async fn send_part(
+        &self,
+        key: &Path,
+        id: &str,
+        index: usize,
+        data: PutPayload,
+    ) -> io::Result<Part> {
+        let size = data.content_length() as u64;
+        let PartId { content_id } = self
+            .transfer
+            .put_part(key, &id.to_owned(), index, data)
+            .await
+            .map_err(io_error)?;
+        Ok(Part {
+            etag: content_id,
+            size,
+        })
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
+        match self.meta.get(&self.path(key)).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(io_error)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
+        match mode {
+            // A PUT is durable when it returns, and comparing first would cost
+            // a GET: always written.
+            WriteMode::Overwrite | WriteMode::Scratch => {
+                self.put_overwrite(key, data).await?;
+                Ok(true)
+            }
+            WriteMode::CreateIfAbsent | WriteMode::Record => match self.conditional {
+                ConditionalWrites::Honoured => {
+                    let created = self
+                        .meta
+                        .put_opts(
+                            &self.path(key),
+                            PutPayload::from_bytes(data),
+                            PutOptions::from(PutMode::Create),
+                        )
+                        .await;
+                    match created {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::AlreadyExists { .. }) => {
+                            self.refresh(key).await?;
+                            Ok(false)
+                        }
+                        Err(e) => Err(io_error(e)),
+                    }
+                }
+                ConditionalWrites::Ignored => {
+                    if self.refresh(key).await? {
+                        return Ok(false);
+                    }
+                    self.put_overwrite(key, data).await?;
+                    Ok(true)
+                }
+            },
+        }
+    }
+
+    async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
+        futures::stream::iter(docs)
+            .map(|(key, data, mode)| async move { self.put(&key, data, mode).await })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
+    }
+
+    async fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        Ok(self.head(key).await?.map(|meta| meta.size))
+    }
+
+    async fn stat(&self, key: &str) -> io::Result<Option<ObjectInfo>> {
+        Ok(self.head(key).await?.map(|meta| ObjectInfo {
+            size: meta.size,
+            modified: SystemTime::from(meta.last_modified),
+        }))
+    }
+
+    async fn touch(&self, key: &str) -> io::Result<bool> {
+        self.refresh(key).await
+    }
+
+    async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                match self.refresh(&key).await? {
+                    true => self.size(&key).await,
+                    false => Ok(None),
+                }
+            })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
+    }
+
+    async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
+        let Some(meta) = self.head(key).await? else {
+            return Ok(false);
+        };
+        if SystemTime::from(meta.last_modified) >= cutoff {
+            return Ok(false);
+        }
+        self.meta.delete(&self.path(key)).await.map_err(io_error)?;
+        Ok(true)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<bool> {
+        match self.meta.copy(&self.path(from), &self.path(to)).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(io_error(e)),
+        }
+        self.meta.delete(&self.path(from)).await.map_err(io_error)?;
+        Ok(true)
+    }
+
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
+        // S3 cannot answer an empty range: the size comes from a HEAD.
+        if range.as_ref().is_some_and(|r| r.is_empty()) {
+            return Ok(self.head(key).await?.map(|meta| ContentRead {
+                size: meta.size,
+                stream: Box::pin(futures::stream::empty()),
+            }));
+        }
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let result = match self.transfer.get_opts(&self.path(key), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io_error(e)),
+        };
+        let size = result.meta.size;
+        let stream = result.into_stream().map_err(io_error);
+        Ok(Some(ContentRead {
+            size,
+            stream: Box::pin(stream),
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<bool> {
+        if self.head(key).await?.is_none() {
+            return Ok(false);
+        }
+        self.meta.delete(&self.path(key)).await.map_err(io_error)?;
+        Ok(true)
+    }
+
+    async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        let prefix = self.path(prefix);
+        let keys = self.meta.list(Some(&prefix)).map_ok(|meta| meta.location);
+        self.meta
+            .delete_stream(Box::pin(keys))
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .map_err(io_error)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<ListPage> {
+        let dir = format!("{}/{prefix}/", self.root);
+        let mut names = BTreeSet::new();
+        let mut offset = start_after.map(|after| format!("{dir}{after}"));
+        let mut token = None;
+        let mut last = String::new();
+        let more = loop {
+            let (page, next) = self
+                .list_request(&dir, offset.take(), token.take(), limit)
+                .await?;
+            for (name, is_prefix) in page {
+                let key = format!("{dir}{name}{}", if is_prefix { "/" } else { "" });
+                last = last.max(key);
+                // S3 starts after a key, which may lie inside the subtree of
+                // `start_after` itself or of a shorter name (`v1/` after `v1.0`).
+                if start_after.is_none_or(|after| name.as_str() > after) {
+                    names.insert(name);
+                }
+            }
+            match next {
+                // A page left empty by that filter: read on.
+                Some(next) if names.is_empty() => token = Some(next),
+                next => break next.is_some(),
+            }
+        };
+        if more {
+            let candidates: Vec<String> = missing_prefixes(&names, &dir, &last, start_after)
+                .into_iter()
+                .collect();
+            let found: Vec<(String, bool)> = futures::stream::iter(candidates)
+                .map(|name| {
+                    let dir = dir.as_str();
+                    async move {
+                        let exists = self.prefix_exists(dir, &name).await?;
+                        Ok::<_, io::Error>((name, exists))
+                    }
+                })
+                .buffered(CONCURRENT_REQUESTS)
+                .try_collect()
+                .await?;
+            names.extend(found.into_iter().filter(|(_, e)| *e).map(|(n, _)| n));
+        }
+        let mut names: Vec<String> = names.into_iter().collect();
+        let cut = names.len() > limit;
+        names.truncate(limit);
+        Ok(ListPage {
+            names,
+            more: more || cut,
+        })
+    }
+
+    async fn append_upload(
+        &self,
+        key: &str,
+        offset: u64,
+        data: &mut ByteSource<'_>,
+        state: &mut String,
+    ) -> io::Result<u64> {
+        let mut upload = UploadState::parse(state)?;
+        if upload.completed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the upload was finished to check its digest and takes no more chunks",
+            ));
+        }
+        upload.cut_to(offset)?;
+        let path = self.path(key);
+        let start = upload.parts_size();
+        let mut buffer = PutPayloadMut::new();
+        if upload.tail > 0 {
+            let tail = self
+                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .await?;
+            buffer.push(tail);
+        }
+        let mut received = 0u64;
+        // The part being sent while the next one fills: two parts in memory.
+        let mut sending: Option<tokio::task::JoinHandle<io::Result<Part>>> = None;
+        while let Some(chunk) = data.next().await {
+            let mut chunk = chunk?;
+            received += chunk.len() as u64;
+            loop {
+                let room = part_size_at(
+                    self.part_size,
+                    upload.parts.len() + sending.is_some() as usize,
+                ) - buffer.content_length();
+                if chunk.len() < room {
+                    buffer.push(chunk);
+                    break;
+                }
+                buffer.push(chunk.split_to(room));
+                let full = std::mem::take(&mut buffer).freeze();
+                if let Some(previous) = sending.take() {
+                    upload
+                        .parts
+                        .push(previous.await.map_err(io::Error::other)??);
+                }
+                if upload.id.is_none() {
+                    upload.id = Some(
+                        self.transfer
+                            .create_multipart(&path)
+                            .await
+                            .map_err(io_error)?,
+                    );
+                }
+                let store = self.transfer.clone();
+                let (path, id, index) = (
+                    path.clone(),
+                    upload.id.clone().expect("created"),
+                    upload.parts.len(),
+                );
+                sending = Some(tokio::spawn(async move {
+                    let size = full.content_length() as u64;
+                    let PartId { content_id } = store
+                        .put_part(&path, &id, index, full)
+                        .await
+                        .map_err(io_error)?;
+                    Ok(Part {
+                        etag: content_id,
+                        size,
+                    })
+                }));
+                if chunk.is_empty() {
+                    break;
+                }
+            }
+        }
+        if let Some(previous) = sending.take() {
+            upload
+                .parts
+                .push(previous.await.map_err(io::Error::other)??);
+        }
+        // The end of this chunk: a part if it is large enough, else carried
+        // over. Never an empty part.
+        let rest = buffer.freeze();
+        let start = upload.parts_size();
+        upload.tail = 0;
+        if rest.content_length() >= MIN_PART {
+            if upload.id.is_none() {
+                upload.id = Some(
+                    self.transfer
+                        .create_multipart(&path)
+                        .await
+                        .map_err(io_error)?,
+                );
+            }
+            let id = upload.id.clone().expect("created");
+            let part = self.send_part(&path, &id, upload.parts.len(), rest).await?;
+            upload.parts.push(part);
+        } else if rest.content_length() > 0 {
+            let len = rest.content_length() as u64;
+            self.transfer
+                .put(&self.path(&tail_key(key, start, len)), rest)
+                .await
+                .map_err(io_error)?;
+            upload.tail = len;
+        }
+        *state = serde_json::to_string(&upload).expect("upload state serializes");
+        Ok(received)
+    }
+
+    async fn commit_upload(&self, key: &str, size: u64, dest: &str, state: &str) -> io::Result<()> {
+        let mut upload = UploadState::parse(state)?;
+        upload.cut_to(size)?;
+        let start = upload.parts_size();
+        if start + upload.tail != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "upload content has {} bytes, expected {size}",
+                    start + upload.tail
+                ),
+            ));
+        }
+        if upload.id.is_none() {
+            // A blob smaller than a part: one PUT straight to its key.
+            let tail = self
+                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .await?;
+            return self.put_overwrite(dest, tail).await;
+        }
+        let path = self.path(key);
+        self.complete(key, &mut upload).await?;
+        // Completed under the upload's key, then copied: the digest was not
+        // known when the upload began. A copy is server-side (on Garage it
+        // shares the blocks). A crash between the two leaves the upload's
+        // object for upload expiry.
+        self.transfer
+            .copy(&path, &self.path(dest))
+            .await
+            .map_err(io_error)?;
+        self.meta.delete(&path).await.map_err(io_error)
+    }
+
+    async fn read_upload(
+        &self,
+        key: &str,
+        size: u64,
+        state: &mut String,
+    ) -> io::Result<Option<ContentRead>> {
+        let mut upload = UploadState::parse(state)?;
+        upload.cut_to(size)?;
+        if upload.id.is_none() {
+            let start = upload.parts_size();
+            return self
+                .read(&tail_key(key, start, upload.tail), Some(0..upload.tail))
+                .await;
+        }
+        // Parts cannot be read before their upload completes.
+        self.complete(key, &mut upload).await?;
+        *state = serde_json::to_string(&upload).expect("upload state serializes");
+        self.read(key, Some(0..size)).await
+    }
+
+    async fn abort_upload(&self, key: &str, state: &str) -> io::Result<()> {
+        let upload = UploadState::parse(state)?;
+        let Some(id) = upload.id.filter(|_| !upload.completed) else {
+            return Ok(());
+        };
+        match self.transfer.abort_multipart(&self.path(key), &id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn check_writable(&self) -> io::Result<()> {
+        let key = format!("_berth/ready/{}", uuid::Uuid::new_v4());
+        self.put_overwrite(&key, Bytes::from_static(b"ready"))
+            .await?;
+        self.meta.delete(&self.path(&key)).await.map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_name_cut_before_a_byte_below_the_slash_is_a_candidate_once_s3_has_not_reached_it() {
+        let dir = "r/tags/";
+        // S3 order: v1.0/ < v1/ ; a page that ends at v1.0/ has not reached v1/.
+        let page = set(&["v1.0"]);
+        assert_eq!(
+            missing_prefixes(&page, dir, "r/tags/v1.0/", None),
+            set(&["v1"])
+        );
+        // Once S3 listed past v1/, v1 would be on the page if it existed.
+        assert!(missing_prefixes(&page, dir, "r/tags/v1/", None).is_empty());
+        // Names at or before start_after are not wanted.
+        assert!(missing_prefixes(&page, dir, "r/tags/v1.0/", Some("v1")).is_empty());
+        // Every cut: 1.2.3-alpine may hide 1, 1.2 and 1.2.3.
+        let page = set(&["1.2.3-alpine"]);
+        assert_eq!(
+            missing_prefixes(&page, dir, "r/tags/1.2.3-alpine/", None),
+            set(&["1", "1.2", "1.2.3"])
+        );
+        // A name with no such byte hides nothing.
+        assert!(missing_prefixes(&set(&["latest"]), dir, "r/tags/latest/", None).is_empty());
+    }
+
+    #[test]
+    fn an_upload_state_is_cut_back_to_a_recorded_offset_on_a_boundary() {
+        let part = |size| Part {
+            etag: format!("e{size}"),
+            size,
+        };
+        let full = UploadState {
+            id: Some("u".into()),
+            parts: vec![part(10), part(20)],
+            tail: 5,
+            completed: false,
+        };
+        let mut state = full.clone();
+        state.cut_to(35).unwrap();
+        assert_eq!(state, full);
+        let mut state = full.clone();
+        state.cut_to(32).unwrap();
+        assert_eq!((state.parts.len(), state.tail), (2, 2));
+        let mut state = full.clone();
+        state.cut_to(10).unwrap();
+        assert_eq!((state.parts.len(), state.tail), (1, 0));
+        let mut state = full.clone();
+        state.cut_to(0).unwrap();
+        assert_eq!((state.parts.len(), state.tail), (0, 0));
+        // Inside a part: the state and the record disagree.
+        assert!(full.clone().cut_to(15).is_err());
+        assert!(full.clone().cut_to(36).is_err());
+    }
+
+    #[test]
+    fn parts_grow_after_each_thousand_and_stop_at_64_mib() {
+        let base = 8 * 1024 * 1024;
+        assert_eq!(part_size_at(base, 0), base);
+        assert_eq!(part_size_at(base, 999), base);
+        assert_eq!(part_size_at(base, 1000), 2 * base);
+        assert_eq!(part_size_at(base, 2000), 4 * base);
+        assert_eq!(part_size_at(base, 3000), 8 * base);
+        assert_eq!(part_size_at(base, 9999), 8 * base);
+        // A configured size above 64 MiB is kept.
+        assert_eq!(part_size_at(100 << 20, 5000), 100 << 20);
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let config = S3Config {
+            bucket: "b".into(),
+            secret_access_key: Some("very-secret".into()),
+            session_token: Some("token-secret".into()),
+            ..S3Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("very-secret") && !shown.contains("token-secret"));
+        assert!(shown.contains("<redacted>"));
+    }
+}
