@@ -22,6 +22,8 @@
 //! _berth/trash/<uuid>/<key>                           Berth: an object garbage collection is removing
 //!                                                     (put back at <key> if a crash leaves it here)
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
+//! _berth/gc/touches/<window>/<nanos>-<uuid>           Berth on S3: the keys one touch used (a touch marker)
+//! _berth/gc/intents/<millis>-<uuid>                   Berth on S3: the keys a collector is about to remove
 //! _berth/journal/{lock,a,b}                           Berth: the filesystem store's write-ahead journal
 //!                                                     (storage/journal.rs), not keys
 //! ```
@@ -237,6 +239,23 @@ pub const JOURNAL: &str = "_berth/journal";
 
 /// Objects garbage collection is deciding about, each under its own key.
 pub const TRASH: &str = "_berth/trash";
+
+/// Where an object store keeps its touch markers, one folder per time
+/// window (`storage/s3/collection.rs`).
+pub const GC_TOUCHES: &str = "_berth/gc/touches";
+
+/// Where a collector on an object store announces what it is about to
+/// remove (`storage/s3/collection.rs`).
+pub const GC_INTENTS: &str = "_berth/gc/intents";
+
+/// Whether a collection may ever remove `key` through
+/// `Storage::delete_if_untouched_since` with its touch-before-use promise:
+/// content and repository links, not uploads (whose expiry may cut a live
+/// upload short, which costs its client a restart, never an acknowledged
+/// image).
+pub fn is_collectable(key: &str) -> bool {
+    (key.starts_with("blobs/") || key.starts_with("repositories/")) && !key.contains("/_uploads/")
+}
 
 /// Where garbage collection moves the object at `key` while it decides its
 /// fate; the key is kept in the path so that the object can be put back

@@ -186,6 +186,22 @@ pub trait Storage: Send + Sync + 'static {
         cutoff: std::time::SystemTime,
     ) -> io::Result<bool>;
 
+    /// [`Storage::delete_if_untouched_since`] for several objects (a
+    /// collection's batch, up to a listing page): whether each was deleted,
+    /// in order. For a backend whose protocol costs a few round trips per
+    /// batch rather than per object. Default: one after another.
+    async fn delete_all_if_untouched_since(
+        &self,
+        keys: Vec<String>,
+        cutoff: std::time::SystemTime,
+    ) -> io::Result<Vec<bool>> {
+        let mut deleted = Vec::with_capacity(keys.len());
+        for key in &keys {
+            deleted.push(self.delete_if_untouched_since(key, cutoff).await?);
+        }
+        Ok(deleted)
+    }
+
     /// Moves an object to another key (replacing what is there), durably.
     /// Returns false when `from` does not exist. Rare (quarantine of damaged
     /// content): an object store may copy then delete, so a reader may see

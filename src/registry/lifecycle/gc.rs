@@ -31,7 +31,10 @@ use std::time::{Duration, SystemTime};
 use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
-use crate::storage::{layout, Listing};
+use crate::storage::{layout, Listing, LIST_PAGE};
+
+/// How many sizes a collection asks storage for at once.
+const STATS_IN_FLIGHT: usize = 32;
 
 /// How a collection runs.
 #[derive(Debug, Clone, Default)]
@@ -90,11 +93,35 @@ impl Collection<'_> {
             .map_err(storage_error)
     }
 
-    /// Removes a link and, in this process, what the cache says of it.
-    async fn remove_link(&self, key: &str) -> Result<bool> {
-        let removed = self.remove(key).await?;
-        if removed && !self.dry_run {
-            self.registry.caches.wrote_link(key, None);
+    /// [`Collection::remove`] for many keys, a storage batch (a listing
+    /// page) at a time: whether each was removed, in order.
+    async fn remove_all(&self, keys: Vec<String>) -> Result<Vec<bool>> {
+        let mut removed = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(LIST_PAGE) {
+            if self.dry_run {
+                for key in batch {
+                    removed.push(self.remove(key).await?);
+                }
+                continue;
+            }
+            removed.extend(
+                self.registry
+                    .storage
+                    .delete_all_if_untouched_since(batch.to_vec(), self.cutoff)
+                    .await
+                    .map_err(storage_error)?,
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Removes links and, in this process, what the cache says of them.
+    async fn remove_links(&self, keys: Vec<String>) -> Result<Vec<bool>> {
+        let removed = self.remove_all(keys.clone()).await?;
+        if !self.dry_run {
+            for (key, _) in keys.iter().zip(&removed).filter(|(_, r)| **r) {
+                self.registry.caches.wrote_link(key, None);
+            }
         }
         Ok(removed)
     }
@@ -123,11 +150,13 @@ impl Collection<'_> {
 
         let mut removed_manifests = HashSet::new();
         if self.registry.lifecycle.untagged_manifests == UntaggedManifests::Delete {
-            for digest in scan.revisions.difference(&kept_manifests) {
-                if self
-                    .remove_link(&layout::revision_link(name, digest))
-                    .await?
-                {
+            let unkept: Vec<&Digest> = scan.revisions.difference(&kept_manifests).collect();
+            let keys = unkept
+                .iter()
+                .map(|digest| layout::revision_link(name, digest))
+                .collect();
+            for (digest, removed) in unkept.into_iter().zip(self.remove_links(keys).await?) {
+                if removed {
                     report.manifests_removed += 1;
                     removed_manifests.insert(digest.clone());
                 } else {
@@ -143,33 +172,48 @@ impl Collection<'_> {
         );
 
         // A referrer link goes with its manifest, or when it names none.
-        for (subject, referrer) in &scan.referrers {
-            let gone = removed_manifests.contains(referrer) || !scan.revisions.contains(referrer);
-            if gone && !kept_manifests.contains(referrer) {
-                let key = layout::referrer_link(name, subject, referrer);
-                if self.remove(&key).await? {
-                    report.referrer_links_removed += 1;
-                } else {
-                    report.spared += 1;
-                }
+        let keys = scan
+            .referrers
+            .iter()
+            .filter(|(_, referrer)| {
+                let gone =
+                    removed_manifests.contains(referrer) || !scan.revisions.contains(referrer);
+                gone && !kept_manifests.contains(referrer)
+            })
+            .map(|(subject, referrer)| layout::referrer_link(name, subject, referrer))
+            .collect();
+        for removed in self.remove_all(keys).await? {
+            match removed {
+                true => report.referrer_links_removed += 1,
+                false => report.spared += 1,
             }
         }
 
         // A collected manifest is gone for good; no rollback may name it.
-        for (tag, entry, digest) in &scan.history {
-            if digest
-                .as_ref()
-                .is_some_and(|d| removed_manifests.contains(d))
-            {
-                let key = format!("{}/{entry}", layout::tag_history_dir(name, tag));
-                if self.remove(&key).await? {
-                    report.history_entries_removed += 1;
-                }
-            }
-        }
+        let keys = scan
+            .history
+            .iter()
+            .filter(|(_, _, digest)| {
+                digest
+                    .as_ref()
+                    .is_some_and(|d| removed_manifests.contains(d))
+            })
+            .map(|(tag, entry, _)| format!("{}/{entry}", layout::tag_history_dir(name, tag)))
+            .collect();
+        report.history_entries_removed += self
+            .remove_all(keys)
+            .await?
+            .into_iter()
+            .filter(|removed| *removed)
+            .count();
 
-        for digest in scan.layers.difference(&kept_blobs) {
-            if self.remove_link(&layout::layer_link(name, digest)).await? {
+        let unlinked: Vec<&Digest> = scan.layers.difference(&kept_blobs).collect();
+        let keys = unlinked
+            .iter()
+            .map(|digest| layout::layer_link(name, digest))
+            .collect();
+        for (digest, removed) in unlinked.into_iter().zip(self.remove_links(keys).await?) {
+            if removed {
                 report.layer_links_removed += 1;
             } else {
                 report.spared += 1;
@@ -377,6 +421,7 @@ impl Collection<'_> {
         report: &mut GcReport,
     ) -> Result<()> {
         let storage = self.registry.storage.as_ref();
+        let mut candidates = Vec::new();
         let mut algorithms = Listing::new(storage, layout::BLOBS);
         while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
             let Some(algorithm) = Algorithm::parse(&algorithm) else {
@@ -404,30 +449,53 @@ impl Collection<'_> {
                     if referenced.contains(&digest) {
                         continue;
                     }
-                    let key = layout::blob_data(&digest);
-                    let Some(info) = self
-                        .registry
-                        .storage
-                        .stat(&key)
-                        .await
-                        .map_err(storage_error)?
-                    else {
-                        continue;
-                    };
-                    if self.remove(&key).await? {
-                        report.blobs_removed += 1;
-                        report.bytes_removed += info.size;
-                        if manifests.contains(&digest) {
-                            report.manifest_blobs_removed += 1;
-                            report.manifest_bytes_removed += info.size;
-                        }
-                        if !self.dry_run {
-                            self.registry.caches.removed_content(&digest);
-                        }
-                    } else {
-                        report.spared += 1;
+                    candidates.push(digest);
+                    if candidates.len() == LIST_PAGE {
+                        self.remove_content(std::mem::take(&mut candidates), manifests, report)
+                            .await?;
                     }
                 }
+            }
+        }
+        self.remove_content(candidates, manifests, report).await
+    }
+
+    /// Removes unreferenced content (a batch of digests), counting what goes.
+    async fn remove_content(
+        &self,
+        digests: Vec<Digest>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        // Sizes are for the report: read before the content goes, side by
+        // side (an object store answers each in a round trip).
+        let storage = self.registry.storage.as_ref();
+        let sized: Vec<(Digest, String, u64)> = futures::stream::iter(digests)
+            .map(|digest| async move {
+                let key = layout::blob_data(&digest);
+                let info = storage.stat(&key).await?;
+                Ok::<_, std::io::Error>(info.map(|info| (digest, key, info.size)))
+            })
+            .buffered(STATS_IN_FLIGHT)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+            .await
+            .map_err(storage_error)?;
+        let keys = sized.iter().map(|(_, key, _)| key.clone()).collect();
+        for ((digest, _, size), removed) in sized.iter().zip(self.remove_all(keys).await?) {
+            if removed {
+                report.blobs_removed += 1;
+                report.bytes_removed += size;
+                if manifests.contains(digest) {
+                    report.manifest_blobs_removed += 1;
+                    report.manifest_bytes_removed += size;
+                }
+                if !self.dry_run {
+                    self.registry.caches.removed_content(digest);
+                }
+            } else {
+                report.spared += 1;
             }
         }
         Ok(())

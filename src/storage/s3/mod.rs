@@ -18,7 +18,7 @@
 //! `v1/`, while the trait promises byte order (`v1` < `v1.0`). [`S3Storage::list`]
 //! restores byte order exactly (see [`missing_prefixes`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -38,7 +38,9 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSource, ContentRead, ListPage, ObjectInfo, Storage, WriteMode};
+use super::{layout, ByteSource, ContentRead, ListPage, ObjectInfo, Storage, WriteMode};
+
+mod collection;
 
 /// S3's smallest part but the last (AWS, MinIO; Garage does not check):
 /// a chunk that ends with fewer bytes than this is carried over.
@@ -156,6 +158,8 @@ pub struct S3Storage {
     root: String,
     part_size: usize,
     conditional: ConditionalWrites,
+    /// The touch-before-use protocol's objects read so far.
+    collection: collection::CollectionCache,
 }
 
 impl S3Storage {
@@ -184,6 +188,7 @@ impl S3Storage {
             root,
             part_size: config.part_size,
             conditional: ConditionalWrites::Ignored,
+            collection: collection::CollectionCache::default(),
         };
         storage.conditional = storage.probe_conditional_writes().await?;
         Ok(storage)
@@ -265,20 +270,35 @@ impl S3Storage {
             .map_err(io_error)
     }
 
-    /// Refreshes an object's modification time; false when it does not exist.
-    /// A copy onto itself: metadata only on Garage, which supports it for
-    /// exactly this use (rclone's). On a store that refuses it (AWS wants the
-    /// metadata replaced), the object's existence is confirmed instead.
-    async fn refresh(&self, key: &str) -> io::Result<bool> {
-        let path = self.path(key);
-        match self.meta.copy(&path, &path).await {
-            Ok(()) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => {
-                tracing::debug!(error = %e, key, "a copy onto itself was refused");
-                Ok(self.head(key).await?.is_some())
+    /// Writes `data` at `key`, and, for a key a collection may remove,
+    /// makes sure no collection deciding meanwhile removed it after all (the
+    /// write is its own touch marker: collection.rs).
+    async fn put_guarded(&self, key: &str, data: Bytes) -> io::Result<()> {
+        for _ in 0..3 {
+            self.put_overwrite(key, data.clone()).await?;
+            if !self.await_collections(&[key]).await?.contains(key)
+                || self.head(key).await?.is_some()
+            {
+                return Ok(());
             }
         }
+        Err(io::Error::new(
+            io::ErrorKind::HostUnreachable,
+            format!("{key}: removed by a collection three times while being written"),
+        ))
+    }
+
+    /// Marks `keys` in use and says which exist (with their sizes): the
+    /// toucher's side of the protocol (collection.rs).
+    async fn touch_keys(&self, keys: &[&str]) -> io::Result<Vec<Option<u64>>> {
+        self.mark_used(keys).await?;
+        self.await_collections(keys).await?;
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        futures::stream::iter(keys)
+            .map(|key| async move { Ok::<_, io::Error>(self.head(&key).await?.map(|m| m.size)) })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
     }
 
     /// Reads the whole of a small object (a carried-over tail), or its first
@@ -603,42 +623,79 @@ impl Storage for S3Storage {
             // A PUT is durable when it returns, and comparing first would cost
             // a GET: always written.
             WriteMode::Overwrite | WriteMode::Scratch => {
-                self.put_overwrite(key, data).await?;
+                self.put_guarded(key, data).await?;
                 Ok(true)
             }
-            WriteMode::CreateIfAbsent | WriteMode::Record => match self.conditional {
-                ConditionalWrites::Honoured => {
+            WriteMode::CreateIfAbsent | WriteMode::Record => {
+                // A document found in place is touched: its use is marked.
+                if self.touch_keys(&[key]).await?[0].is_some() {
+                    return Ok(false);
+                }
+                if self.conditional == ConditionalWrites::Honoured {
                     let created = self
                         .meta
                         .put_opts(
                             &self.path(key),
-                            PutPayload::from_bytes(data),
+                            PutPayload::from_bytes(data.clone()),
                             PutOptions::from(PutMode::Create),
                         )
                         .await;
                     match created {
-                        Ok(_) => Ok(true),
-                        Err(object_store::Error::AlreadyExists { .. }) => {
-                            self.refresh(key).await?;
-                            Ok(false)
-                        }
-                        Err(e) => Err(io_error(e)),
+                        Ok(_) => {}
+                        // Another writer was first: theirs stands, and was
+                        // marked in use above.
+                        Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
+                        Err(e) => return Err(io_error(e)),
+                    }
+                    if !self.await_collections(&[key]).await?.contains(key)
+                        || self.head(key).await?.is_some()
+                    {
+                        return Ok(true);
                     }
                 }
-                ConditionalWrites::Ignored => {
-                    if self.refresh(key).await? {
-                        return Ok(false);
-                    }
-                    self.put_overwrite(key, data).await?;
-                    Ok(true)
-                }
-            },
+                self.put_guarded(key, data).await?;
+                Ok(true)
+            }
         }
     }
 
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
+        // Documents to create if absent are touched in one batch (one marker,
+        // one intent listing); the rest are written side by side.
+        let creating: Vec<&str> = docs
+            .iter()
+            .filter(|(_, _, mode)| !matches!(mode, WriteMode::Overwrite | WriteMode::Scratch))
+            .map(|(key, _, _)| key.as_str())
+            .collect();
+        let found: HashSet<&str> = if creating.is_empty() {
+            HashSet::new()
+        } else {
+            let sizes = self.touch_keys(&creating).await?;
+            creating
+                .iter()
+                .zip(sizes)
+                .filter(|(_, size)| size.is_some())
+                .map(|(key, _)| *key)
+                .collect()
+        };
+        let docs: Vec<(String, Bytes, WriteMode, bool)> = docs
+            .iter()
+            .map(|(key, data, mode)| {
+                let found = found.contains(key.as_str());
+                (key.clone(), data.clone(), *mode, found)
+            })
+            .collect();
         futures::stream::iter(docs)
-            .map(|(key, data, mode)| async move { self.put(&key, data, mode).await })
+            .map(|(key, data, mode, found)| async move {
+                match mode {
+                    WriteMode::Overwrite | WriteMode::Scratch => {
+                        self.put_guarded(&key, data).await?;
+                        Ok(true)
+                    }
+                    _ if found => Ok(false),
+                    _ => self.put(&key, data, mode).await,
+                }
+            })
             .buffered(CONCURRENT_REQUESTS)
             .try_collect()
             .await
@@ -656,31 +713,43 @@ impl Storage for S3Storage {
     }
 
     async fn touch(&self, key: &str) -> io::Result<bool> {
-        self.refresh(key).await
+        Ok(self.touch_keys(&[key]).await?[0].is_some())
     }
 
     async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.touch_keys(&keys).await
+    }
+
+    async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
+        Ok(self
+            .delete_all_if_untouched_since(vec![key.to_owned()], cutoff)
+            .await?[0])
+    }
+
+    async fn delete_all_if_untouched_since(
+        &self,
+        keys: Vec<String>,
+        cutoff: SystemTime,
+    ) -> io::Result<Vec<bool>> {
+        if keys.iter().any(|key| layout::is_collectable(key)) {
+            return self.remove_untouched(&keys, cutoff).await;
+        }
+        // Uploads: no toucher relies on them (layout::is_collectable).
         futures::stream::iter(keys)
             .map(|key| async move {
-                match self.refresh(&key).await? {
-                    true => self.size(&key).await,
-                    false => Ok(None),
+                let Some(meta) = self.head(&key).await? else {
+                    return Ok(false);
+                };
+                if !collection::older_than(meta.last_modified.into(), cutoff) {
+                    return Ok(false);
                 }
+                self.meta.delete(&self.path(&key)).await.map_err(io_error)?;
+                Ok(true)
             })
             .buffered(CONCURRENT_REQUESTS)
             .try_collect()
             .await
-    }
-
-    async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
-        let Some(meta) = self.head(key).await? else {
-            return Ok(false);
-        };
-        if SystemTime::from(meta.last_modified) >= cutoff {
-            return Ok(false);
-        }
-        self.meta.delete(&self.path(key)).await.map_err(io_error)?;
-        Ok(true)
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<bool> {
@@ -920,7 +989,7 @@ impl Storage for S3Storage {
             let tail = self
                 .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
                 .await?;
-            return self.put_overwrite(dest, tail).await;
+            return self.put_guarded(dest, tail).await;
         }
         let path = self.path(key);
         self.complete(key, &mut upload).await?;
@@ -928,11 +997,22 @@ impl Storage for S3Storage {
         // known when the upload began. A copy is server-side (on Garage it
         // shares the blocks). A crash between the two leaves the upload's
         // object for upload expiry.
-        self.transfer
-            .copy(&path, &self.path(dest))
-            .await
-            .map_err(io_error)?;
-        self.meta.delete(&path).await.map_err(io_error)
+        for _ in 0..3 {
+            self.transfer
+                .copy(&path, &self.path(dest))
+                .await
+                .map_err(io_error)?;
+            // The copy is a write of a collectable key (put_guarded).
+            if !self.await_collections(&[dest]).await?.contains(dest)
+                || self.head(dest).await?.is_some()
+            {
+                return self.meta.delete(&path).await.map_err(io_error);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::HostUnreachable,
+            format!("{dest}: removed by a collection three times while being written"),
+        ))
     }
 
     async fn read_upload(

@@ -1,0 +1,441 @@
+//! The touch-before-use protocol (`docs/design/gc.md`) on an object store,
+//! which has no atomic "delete unless touched" and no cheap touch: touch
+//! markers and collector intents, a Dekker-style handshake over S3's
+//! read-after-write consistent PUT and LIST (AWS, and Garage in its default
+//! `consistent` mode). `docs/design/s3.md` §5 has the argument; in short:
+//!
+//! - A **toucher** (a manifest push touching its blobs, a mount, a write
+//!   finding its document in place) first PUTs a marker naming the keys it
+//!   uses, then LISTs the intents. A write of a collectable key needs no
+//!   marker (the object's own new time is one): it LISTs after its PUT.
+//! - A **collector** first PUTs an intent naming the keys it is about to
+//!   remove, then LISTs the markers since its cutoff and HEADs the keys, and
+//!   removes those untouched, then deletes the intent.
+//!
+//! Whichever of the two wrote first is seen by the other's LIST: a toucher
+//! that missed the intent wrote its marker before the collector listed the
+//! markers, so the collector spares the key; a toucher that sees an intent
+//! naming its key waits for the intent to go, then HEADs the key (or writes
+//! it again), so it never relies on a removed object. An intent is a lease:
+//! a collector that took longer than [`DECIDE_WITHIN`] to decide removes
+//! nothing, and a toucher stops waiting for an intent older than [`LEASE`]
+//! (a collector that died). Times compare across replicas, so their clocks
+//! must agree to well within those bounds and the grace period (NTP).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::{io_error, S3Storage, CONCURRENT_REQUESTS};
+use crate::storage::layout::{self, GC_INTENTS, GC_TOUCHES};
+
+/// Touch markers are grouped in folders of this many seconds, so a
+/// collector lists only the folders since its cutoff and old folders go
+/// whole.
+const WINDOW_SECS: u64 = 600;
+
+/// A collector decides within this after writing its intent, or removes
+/// nothing.
+pub(super) const DECIDE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A toucher waits for an intent at most this long after it was written:
+/// older, its collector gave up (or died) before removing anything.
+pub(super) const LEASE: Duration = Duration::from_secs(60);
+
+/// How often a toucher looks again whether an intent naming its key is gone.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What a process remembers of the protocol's objects, which are immutable
+/// once written: it reads each once.
+#[derive(Default)]
+pub(super) struct CollectionCache {
+    /// Touch markers' keys, by marker name.
+    markers: Mutex<HashMap<String, Arc<[String]>>>,
+    /// Intents' keys, by intent name.
+    intents: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    /// When this process last removed old markers and dead intents.
+    last_cleanup: Mutex<Option<Instant>>,
+}
+
+fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn window_of(time: Duration) -> u64 {
+    time.as_secs() / WINDOW_SECS
+}
+
+fn window_name(window: u64) -> String {
+    format!("{window:012}")
+}
+
+/// An intent's name: when it was written (ms since the epoch) first, so a
+/// toucher can tell a dead one from its name alone.
+fn intent_name(now: Duration) -> String {
+    format!("{:015}-{}", now.as_millis(), uuid::Uuid::new_v4())
+}
+
+fn intent_written(name: &str) -> Option<Duration> {
+    let millis = name.split('-').next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(millis))
+}
+
+/// A marker's name: its time (ns since the epoch), so a collector reads only
+/// the markers since its cutoff.
+fn marker_name(now: Duration) -> String {
+    format!("{:020}-{}", now.as_nanos(), uuid::Uuid::new_v4())
+}
+
+fn body_of(keys: &[&str]) -> Bytes {
+    Bytes::from(keys.join("\n"))
+}
+
+fn keys_of(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether an object last modified at `modified` (as S3 reports it: HEAD
+/// has whole seconds, so the true time may be up to a second later) is
+/// certainly older than `cutoff`.
+pub(super) fn older_than(modified: SystemTime, cutoff: SystemTime) -> bool {
+    modified + Duration::from_secs(1) <= cutoff
+}
+
+impl S3Storage {
+    /// Every object name under `dir` (a key prefix without its trailing
+    /// `/`) after `start_after`, page by page: for the protocol's own
+    /// folders, whose names need no byte-order repair.
+    async fn names_under(&self, dir: &str, start_after: Option<String>) -> io::Result<Vec<String>> {
+        let prefix = format!("{}/{dir}/", self.root);
+        let mut names = Vec::new();
+        let mut token = None;
+        let mut offset = start_after.map(|after| format!("{prefix}{after}"));
+        loop {
+            let page = self
+                .meta
+                .list_paginated(
+                    Some(&prefix),
+                    PaginatedListOptions {
+                        offset: offset.take(),
+                        delimiter: Some("/".into()),
+                        page_token: token.take(),
+                        ..PaginatedListOptions::default()
+                    },
+                )
+                .await
+                .map_err(io_error)?;
+            let names_of = |path: &object_store::path::Path| {
+                path.as_ref().strip_prefix(&prefix).map(str::to_owned)
+            };
+            names.extend(page.result.common_prefixes.iter().filter_map(names_of));
+            names.extend(
+                page.result
+                    .objects
+                    .iter()
+                    .filter_map(|o| names_of(&o.location)),
+            );
+            match page.page_token {
+                Some(next) => token = Some(next),
+                None => return Ok(names),
+            }
+        }
+    }
+
+    /// The toucher's first step: a marker naming the collectable `keys`,
+    /// written before their existence is checked.
+    pub(super) async fn mark_used(&self, keys: &[&str]) -> io::Result<()> {
+        let collectable: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| layout::is_collectable(k))
+            .collect();
+        if collectable.is_empty() {
+            return Ok(());
+        }
+        let now = since_epoch(SystemTime::now());
+        let key = format!(
+            "{GC_TOUCHES}/{}/{}",
+            window_name(window_of(now)),
+            marker_name(now)
+        );
+        self.meta
+            .put(&self.path(&key), body_of(&collectable).into())
+            .await
+            .map(drop)
+            .map_err(io_error)
+    }
+
+    /// The toucher's second step, after its marker or its write: waits until
+    /// no live intent names any of `keys`, and returns those an intent named
+    /// (they may be gone now: the caller checks them again).
+    pub(super) async fn await_collections(&self, keys: &[&str]) -> io::Result<HashSet<String>> {
+        let wanted: HashSet<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| layout::is_collectable(k))
+            .collect();
+        let mut named = HashSet::new();
+        if wanted.is_empty() {
+            return Ok(named);
+        }
+        let names = self.names_under(GC_INTENTS, None).await?;
+        let mut waiting = Vec::new();
+        for name in names {
+            let Some(written) = intent_written(&name) else {
+                continue;
+            };
+            if since_epoch(SystemTime::now()) > written + LEASE {
+                continue;
+            }
+            let Some(intent) = self.intent(&name).await? else {
+                continue;
+            };
+            let hits: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|k| intent.contains(*k))
+                .collect();
+            if !hits.is_empty() {
+                named.extend(hits.into_iter().map(str::to_owned));
+                waiting.push((name, written));
+            }
+        }
+        for (name, written) in waiting {
+            let path = self.path(&format!("{GC_INTENTS}/{name}"));
+            while since_epoch(SystemTime::now()) <= written + LEASE {
+                match self.meta.head(&path).await {
+                    Err(object_store::Error::NotFound { .. }) => break,
+                    Err(e) => return Err(io_error(e)),
+                    Ok(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+        }
+        Ok(named)
+    }
+
+    /// An intent's keys (read once per process), or `None` when it is gone.
+    async fn intent(&self, name: &str) -> io::Result<Option<Arc<HashSet<String>>>> {
+        if let Some(keys) = self.collection.intents.lock().expect("lock").get(name) {
+            return Ok(Some(keys.clone()));
+        }
+        let Some(body) = super::Storage::get(self, &format!("{GC_INTENTS}/{name}")).await? else {
+            return Ok(None);
+        };
+        let keys: Arc<HashSet<String>> = Arc::new(keys_of(&body).into_iter().collect());
+        self.collection
+            .intents
+            .lock()
+            .expect("lock")
+            .insert(name.to_owned(), keys.clone());
+        Ok(Some(keys))
+    }
+
+    /// Every key a marker written at or after `cutoff` names.
+    async fn touched_since(&self, cutoff: SystemTime) -> io::Result<HashSet<String>> {
+        let cutoff = since_epoch(cutoff);
+        let first = window_of(cutoff);
+        let windows = self
+            .names_under(GC_TOUCHES, first.checked_sub(1).map(window_name))
+            .await?;
+        let mut markers = Vec::new();
+        for window in windows {
+            let after = format!("{:020}", cutoff.as_nanos().saturating_sub(1));
+            let dir = format!("{GC_TOUCHES}/{window}");
+            for name in self.names_under(&dir, Some(after)).await? {
+                markers.push(format!("{dir}/{name}"));
+            }
+        }
+        let unread: Vec<String> = {
+            let cache = self.collection.markers.lock().expect("lock");
+            markers
+                .iter()
+                .filter(|m| !cache.contains_key(*m))
+                .cloned()
+                .collect()
+        };
+        let read: Vec<(String, Option<Bytes>)> = futures::stream::iter(unread)
+            .map(|marker| async move {
+                let body = super::Storage::get(self, &marker).await?;
+                Ok::<_, io::Error>((marker, body))
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        let mut cache = self.collection.markers.lock().expect("lock");
+        for (marker, body) in read {
+            // A marker removed meanwhile is older than any cutoff that matters.
+            if let Some(body) = body {
+                cache.insert(marker, keys_of(&body).into());
+            }
+        }
+        // Forget markers of windows no cutoff reaches any more.
+        let oldest = window_name(first.saturating_sub(2));
+        cache.retain(|marker, _| {
+            marker
+                .strip_prefix(&format!("{GC_TOUCHES}/"))
+                .is_some_and(|rest| rest >= oldest.as_str())
+        });
+        Ok(markers
+            .iter()
+            .filter_map(|m| cache.get(m))
+            .flat_map(|keys| keys.iter().cloned())
+            .collect())
+    }
+
+    /// The collector's side: removes each of `keys` that was neither written
+    /// nor touched at or after `cutoff`, announcing the batch first (one
+    /// intent for up to a listing page of keys).
+    pub(super) async fn remove_untouched(
+        &self,
+        keys: &[String],
+        cutoff: SystemTime,
+    ) -> io::Result<Vec<bool>> {
+        let name = intent_name(since_epoch(SystemTime::now()));
+        let intent = format!("{GC_INTENTS}/{name}");
+        let started = Instant::now();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.meta
+            .put(&self.path(&intent), body_of(&refs).into())
+            .await
+            .map_err(io_error)?;
+        let decided = self.decide(keys, cutoff, started).await;
+        let removed = match decided {
+            Ok(doomed) => {
+                let paths = doomed
+                    .iter()
+                    .zip(keys)
+                    .filter(|(doomed, _)| **doomed)
+                    .map(|(_, key)| Ok(self.path(key)))
+                    .collect::<Vec<_>>();
+                let removal = self
+                    .meta
+                    .delete_stream(futures::stream::iter(paths).boxed())
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+                    .map_err(io_error);
+                removal.map(|()| doomed)
+            }
+            Err(e) => Err(e),
+        };
+        // The intent goes whatever happened: touchers waiting on it go on.
+        let _ = self.meta.delete(&self.path(&intent)).await;
+        self.clean_up(cutoff).await;
+        removed
+    }
+
+    /// Which of `keys` to remove: not named by a marker since `cutoff`, and
+    /// last written before it. Nothing when the decision took longer than
+    /// the intent's lease allows.
+    async fn decide(
+        &self,
+        keys: &[String],
+        cutoff: SystemTime,
+        started: Instant,
+    ) -> io::Result<Vec<bool>> {
+        let touched = self.touched_since(cutoff).await?;
+        let keys: Vec<(String, bool)> = keys
+            .iter()
+            .map(|key| (key.clone(), touched.contains(key)))
+            .collect();
+        let count = keys.len();
+        let doomed: Vec<bool> = futures::stream::iter(keys)
+            .map(|(key, touched)| async move {
+                if touched {
+                    return Ok::<_, io::Error>(false);
+                }
+                Ok(self
+                    .head(&key)
+                    .await?
+                    .is_some_and(|meta| older_than(meta.last_modified.into(), cutoff)))
+            })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        if started.elapsed() > DECIDE_WITHIN {
+            tracing::warn!(
+                keys = count,
+                took = ?started.elapsed(),
+                "a collection batch took too long to decide: nothing removed"
+            );
+            return Ok(vec![false; count]);
+        }
+        Ok(doomed)
+    }
+
+    /// Removes marker windows no collection with this cutoff reads, and
+    /// intents of collectors that died: at most every ten minutes per process.
+    async fn clean_up(&self, cutoff: SystemTime) {
+        {
+            let mut last = self.collection.last_cleanup.lock().expect("lock");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(WINDOW_SECS)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let keep_from = window_name(window_of(since_epoch(cutoff)).saturating_sub(2));
+        if let Ok(windows) = self.names_under(GC_TOUCHES, None).await {
+            for window in windows.iter().filter(|w| w.as_str() < keep_from.as_str()) {
+                let _ = super::Storage::delete_all(self, &format!("{GC_TOUCHES}/{window}")).await;
+            }
+        }
+        let now = since_epoch(SystemTime::now());
+        if let Ok(intents) = self.names_under(GC_INTENTS, None).await {
+            for name in intents {
+                if intent_written(&name).is_some_and(|w| now > w + 2 * LEASE) {
+                    let _ = self
+                        .meta
+                        .delete(&self.path(&format!("{GC_INTENTS}/{name}")))
+                        .await;
+                    self.collection.intents.lock().expect("lock").remove(&name);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_their_time_and_sort_by_it() {
+        let early = Duration::from_millis(1_700_000_000_000);
+        let late = early + Duration::from_millis(5);
+        assert!(intent_name(early) < intent_name(late));
+        assert_eq!(intent_written(&intent_name(early)), Some(early));
+        assert!(marker_name(early) < marker_name(late));
+        // A marker written at the cutoff sorts after the listing's start.
+        let after = format!("{:020}", early.as_nanos() - 1);
+        assert!(marker_name(early) > after);
+        assert!(
+            window_name(window_of(early))
+                < window_name(window_of(early + Duration::from_secs(600)))
+        );
+    }
+
+    #[test]
+    fn a_time_reported_in_whole_seconds_is_old_only_a_second_before_the_cutoff() {
+        let cutoff = UNIX_EPOCH + Duration::from_millis(10_500);
+        assert!(!older_than(UNIX_EPOCH + Duration::from_secs(10), cutoff));
+        assert!(older_than(UNIX_EPOCH + Duration::from_secs(9), cutoff));
+    }
+
+    #[test]
+    fn marker_bodies_round_trip() {
+        let keys = [
+            "blobs/sha256/ab/abc/data",
+            "repositories/a/_layers/sha256/abc/link",
+        ];
+        assert_eq!(keys_of(&body_of(&keys)), keys);
+    }
+}
