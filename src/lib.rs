@@ -46,9 +46,15 @@ pub async fn open_storage(config: &Config, recover: bool) -> io::Result<Arc<dyn 
             }
             Ok(Arc::new(storage))
         }
-        config::StorageBackend::S3 => Ok(Arc::new(
-            storage::s3::S3Storage::open(&config.storage.s3).await?,
-        )),
+        config::StorageBackend::S3 => {
+            // Blob content read from the bucket is cached on local disk by
+            // a server (and `berth gc`), not by `berth fsck`, which reads
+            // every blob once.
+            let cache = recover.then(|| config.data_dir.join("s3-cache"));
+            Ok(Arc::new(
+                storage::s3::S3Storage::open(&config.storage.s3, cache.as_deref()).await?,
+            ))
+        }
     }
 }
 

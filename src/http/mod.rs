@@ -48,6 +48,8 @@ use auth::{AccessControl, Caller};
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+/// The smallest chunk a registry wants in a chunked upload (distribution-spec).
+pub const OCI_CHUNK_MIN_LENGTH: HeaderName = HeaderName::from_static("oci-chunk-min-length");
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 /// What every handler shares: the registry, and access control when it is

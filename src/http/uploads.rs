@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::{
     body_stream, decimal, digest_param, has_body, header_str, location, query_pairs, query_value,
-    ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID,
+    ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, OCI_CHUNK_MIN_LENGTH,
 };
 use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepositoryName};
@@ -46,9 +46,12 @@ pub async fn start(
         };
         return match start {
             UploadStart::Mounted => Ok(blob_created(name, &digest)),
-            UploadStart::Session(session) => {
-                Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
-            }
+            UploadStart::Session(session) => Ok(upload_accepted(
+                registry,
+                name,
+                &session,
+                StatusCode::ACCEPTED,
+            )),
         };
     }
     if let Some(digest) = query_value(&pairs, "digest") {
@@ -59,7 +62,12 @@ pub async fn start(
         return Ok(blob_created(name, &digest));
     }
     let session = registry.start_upload(name, Algorithm::Sha256).await?;
-    Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
+    Ok(upload_accepted(
+        registry,
+        name,
+        &session,
+        StatusCode::ACCEPTED,
+    ))
 }
 
 pub async fn patch(
@@ -73,7 +81,12 @@ pub async fn patch(
     let session = registry
         .append_chunk(name, id, start, body_stream(body))
         .await?;
-    Ok(upload_accepted(name, &session, StatusCode::ACCEPTED))
+    Ok(upload_accepted(
+        registry,
+        name,
+        &session,
+        StatusCode::ACCEPTED,
+    ))
 }
 
 pub async fn finish(
@@ -98,7 +111,12 @@ pub async fn finish(
 
 pub async fn status(registry: &Registry, name: &RepositoryName, id: &str) -> ApiResult {
     let session = registry.upload_status(name, id).await?;
-    Ok(upload_accepted(name, &session, StatusCode::NO_CONTENT))
+    Ok(upload_accepted(
+        registry,
+        name,
+        &session,
+        StatusCode::NO_CONTENT,
+    ))
 }
 
 pub async fn cancel(registry: &Registry, name: &RepositoryName, id: &str) -> ApiResult {
@@ -137,10 +155,15 @@ pub(super) fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> 
     Ok(Some(start))
 }
 
-fn upload_accepted(name: &RepositoryName, session: &UploadSession, status: StatusCode) -> Response {
+fn upload_accepted(
+    registry: &Registry,
+    name: &RepositoryName,
+    session: &UploadSession,
+    status: StatusCode,
+) -> Response {
     // Distribution's convention: "0-0" for an empty upload, else the inclusive end.
     let end = session.offset.saturating_sub(1);
-    (
+    let mut response = (
         status,
         [
             (
@@ -152,7 +175,15 @@ fn upload_accepted(name: &RepositoryName, session: &UploadSession, status: Statu
             (header::CONTENT_LENGTH, location("0")),
         ],
     )
-        .into_response()
+        .into_response();
+    // The spec's hint for chunked uploads (an object store's smallest part):
+    // shorter chunks still work, at the cost of carrying them over.
+    if let Some(min) = registry.upload_chunk_min_length() {
+        response
+            .headers_mut()
+            .insert(OCI_CHUNK_MIN_LENGTH, location(&min.to_string()));
+    }
+    response
 }
 
 fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {

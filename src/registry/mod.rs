@@ -90,6 +90,11 @@ impl Registry {
         &self.limits
     }
 
+    /// The smallest chunk the store wants in a chunked upload, if any.
+    pub fn upload_chunk_min_length(&self) -> Option<u64> {
+        self.storage.upload_chunk_min_length()
+    }
+
     /// Readiness: the store can be written.
     pub async fn check_ready(&self) -> Result<(), RegistryError> {
         self.storage

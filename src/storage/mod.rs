@@ -296,6 +296,13 @@ pub trait Storage: Send + Sync + 'static {
         LIST_PAGE
     }
 
+    /// The smallest chunk a chunked upload should send (an object store's
+    /// smallest multipart part), advertised to clients as
+    /// `OCI-Chunk-Min-Length`. Shorter chunks still work. Default: none.
+    fn upload_chunk_min_length(&self) -> Option<u64> {
+        None
+    }
+
     // Optional capabilities: `None` unless the backend has them.
 
     /// Objects as open local files, for `sendfile`. Default: none.

@@ -315,7 +315,10 @@ impl S3Storage {
                     .iter()
                     .zip(keys)
                     .filter(|(doomed, _)| **doomed)
-                    .map(|(_, key)| Ok(self.path(key)))
+                    .map(|(_, key)| {
+                        self.forget(key);
+                        Ok(self.path(key))
+                    })
                     .collect::<Vec<_>>();
                 let removal = self
                     .meta

@@ -38,8 +38,12 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{layout, ByteSource, ContentRead, ListPage, ObjectInfo, Storage, WriteMode};
+use super::{
+    layout, ByteSource, ContentRead, ListPage, LocalFile, LocalFiles, ObjectInfo, Storage,
+    WriteMode,
+};
 
+mod blob_cache;
 mod collection;
 
 /// S3's smallest part but the last (AWS, MinIO; Garage does not check):
@@ -83,6 +87,10 @@ pub struct S3Config {
     /// The size of the parts an upload is sent in (at least 5 MiB); each
     /// upload in flight holds up to two parts in memory.
     pub part_size: usize,
+    /// Disk for blob content read from the bucket, under
+    /// `<data_dir>/s3-cache/`: each blob is read from the bucket once per
+    /// replica while it stays in the cache (0 turns it off).
+    pub cache_bytes: u64,
 }
 
 impl Default for S3Config {
@@ -97,6 +105,7 @@ impl Default for S3Config {
             session_token: None,
             virtual_hosted: None,
             part_size: 8 * 1024 * 1024,
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -115,6 +124,7 @@ impl fmt::Debug for S3Config {
             .field("session_token", &redacted(&self.session_token))
             .field("virtual_hosted", &self.virtual_hosted)
             .field("part_size", &self.part_size)
+            .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
 }
@@ -160,12 +170,18 @@ pub struct S3Storage {
     conditional: ConditionalWrites,
     /// The touch-before-use protocol's objects read so far.
     collection: collection::CollectionCache,
+    /// Blob content on local disk, when there is a place for it.
+    blob_cache: Option<Arc<blob_cache::BlobCache>>,
 }
 
 impl S3Storage {
     /// Connects to the bucket, checks that it can be read and written, and
-    /// probes how it handles conditional writes.
-    pub async fn open(config: &S3Config) -> io::Result<S3Storage> {
+    /// probes how it handles conditional writes. Blob content read is cached
+    /// in `cache_dir` when one is given.
+    pub async fn open(
+        config: &S3Config,
+        cache_dir: Option<&std::path::Path>,
+    ) -> io::Result<S3Storage> {
         config.validate().map_err(io::Error::other)?;
         let meta = Arc::new(build(
             config,
@@ -189,7 +205,18 @@ impl S3Storage {
             part_size: config.part_size,
             conditional: ConditionalWrites::Ignored,
             collection: collection::CollectionCache::default(),
+            blob_cache: None,
         };
+        if let Some(dir) = cache_dir.filter(|_| config.cache_bytes > 0) {
+            match blob_cache::BlobCache::open(dir, config.cache_bytes) {
+                Ok(cache) => storage.blob_cache = Some(Arc::new(cache)),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "no blob cache: every pull reads the bucket"
+                ),
+            }
+        }
         storage.conditional = storage.probe_conditional_writes().await?;
         Ok(storage)
     }
@@ -262,7 +289,16 @@ impl S3Storage {
         }
     }
 
+    /// Drops this replica's cached copy of `key`, which is being written or
+    /// removed.
+    fn forget(&self, key: &str) {
+        if let Some(cache) = &self.blob_cache {
+            cache.forget(key);
+        }
+    }
+
     async fn put_overwrite(&self, key: &str, data: Bytes) -> io::Result<()> {
+        self.forget(key);
         self.meta
             .put(&self.path(key), PutPayload::from_bytes(data))
             .await
@@ -753,6 +789,8 @@ impl Storage for S3Storage {
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<bool> {
+        self.forget(from);
+        self.forget(to);
         match self.meta.copy(&self.path(from), &self.path(to)).await {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -769,6 +807,13 @@ impl Storage for S3Storage {
                 size: meta.size,
                 stream: Box::pin(futures::stream::empty()),
             }));
+        }
+        if let Some(cache) = self
+            .blob_cache
+            .as_ref()
+            .filter(|_| key.starts_with("blobs/"))
+        {
+            return cache.read(&self.transfer, self.path(key), key, range).await;
         }
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -788,6 +833,7 @@ impl Storage for S3Storage {
     }
 
     async fn delete(&self, key: &str) -> io::Result<bool> {
+        self.forget(key);
         if self.head(key).await?.is_none() {
             return Ok(false);
         }
@@ -997,6 +1043,7 @@ impl Storage for S3Storage {
         // known when the upload began. A copy is server-side (on Garage it
         // shares the blocks). A crash between the two leaves the upload's
         // object for upload expiry.
+        self.forget(dest);
         for _ in 0..3 {
             self.transfer
                 .copy(&path, &self.path(dest))
@@ -1046,11 +1093,31 @@ impl Storage for S3Storage {
         }
     }
 
+    fn local_files(&self) -> Option<&dyn LocalFiles> {
+        self.blob_cache.as_ref().map(|_| self as &dyn LocalFiles)
+    }
+
+    fn upload_chunk_min_length(&self) -> Option<u64> {
+        Some(MIN_PART as u64)
+    }
+
     async fn check_writable(&self) -> io::Result<()> {
         let key = format!("_berth/ready/{}", uuid::Uuid::new_v4());
         self.put_overwrite(&key, Bytes::from_static(b"ready"))
             .await?;
         self.meta.delete(&self.path(&key)).await.map_err(io_error)
+    }
+}
+
+/// Blobs this replica has cached whole are local files: sent by the kernel.
+#[async_trait]
+impl LocalFiles for S3Storage {
+    async fn local_file(&self, key: &str) -> io::Result<Option<LocalFile>> {
+        Ok(self
+            .blob_cache
+            .as_ref()
+            .and_then(|cache| cache.open_file(key))
+            .map(|(file, size)| LocalFile { file, size }))
     }
 }
 

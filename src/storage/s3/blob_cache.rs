@@ -1,0 +1,360 @@
+//! A read-through cache of blob content on this machine's disk, so that a
+//! pull storm (many nodes pulling one new layer at once) reads each blob
+//! from the bucket once per replica, not once per client: the first reader
+//! starts one download into a file, every reader meanwhile follows that file
+//! as it grows, and later readers get the finished file (sent by the kernel:
+//! [`LocalFiles`]). Content is keyed by digest, so a cached copy never goes
+//! stale; what this process writes or removes under a key drops its copy.
+//! The cache is bounded in bytes (least recently used files go first) and
+//! disposable: it lives under `--data-dir`, and a restart forgets nothing
+//! that the bucket does not hold.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::AmazonS3;
+use object_store::ObjectStoreExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::io_error;
+use crate::storage::{ByteStream, ContentRead};
+
+/// How much a follower reads from the file at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A download in flight: how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Progress {
+    /// Bytes written so far, of `size`.
+    Running {
+        written: u64,
+        size: u64,
+    },
+    Done {
+        size: u64,
+    },
+    Failed(io::ErrorKind, String),
+}
+
+impl Progress {
+    fn error(kind: io::ErrorKind, message: &str) -> io::Error {
+        io::Error::new(kind, message.to_owned())
+    }
+}
+
+struct Download {
+    /// The file being written (renamed into place when complete: followers
+    /// keep reading through their open handle).
+    partial: PathBuf,
+    /// Where the finished file goes.
+    finished: PathBuf,
+    progress: watch::Receiver<Progress>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Complete files: size and last use (a tick).
+    files: HashMap<String, (u64, u64)>,
+    bytes: u64,
+    tick: u64,
+    downloads: HashMap<String, Arc<Download>>,
+}
+
+pub(super) struct BlobCache {
+    dir: PathBuf,
+    capacity: u64,
+    index: Mutex<Index>,
+}
+
+/// A cache file's name: the key's path segments joined (a blob key is
+/// `blobs/<alg>/<xx>/<hex>/data`: unique, and safe as one name).
+fn file_name(key: &str) -> String {
+    key.replace('/', "_")
+}
+
+impl BlobCache {
+    /// Opens (creates) the cache in `dir`: finished files from an earlier run
+    /// are kept, partial ones removed.
+    pub(super) fn open(dir: &Path, capacity: u64) -> io::Result<BlobCache> {
+        std::fs::create_dir_all(dir)?;
+        let mut index = Index::default();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".partial") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let size = entry.metadata()?.len();
+            index.bytes += size;
+            index.files.insert(name, (size, 0));
+        }
+        let cache = BlobCache {
+            dir: dir.to_owned(),
+            capacity,
+            index: Mutex::new(index),
+        };
+        cache.evict();
+        Ok(cache)
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(file_name(key))
+    }
+
+    /// The finished copy of `key`, opened, if there is one.
+    pub(super) fn open_file(&self, key: &str) -> Option<(std::fs::File, u64)> {
+        let name = file_name(key);
+        let size = {
+            let mut index = self.index.lock().expect("lock");
+            index.tick += 1;
+            let tick = index.tick;
+            let entry = index.files.get_mut(&name)?;
+            entry.1 = tick;
+            entry.0
+        };
+        match std::fs::File::open(self.path(key)) {
+            Ok(file) => Some((file, size)),
+            // Evicted meanwhile.
+            Err(_) => None,
+        }
+    }
+
+    /// Drops the copy of `key` (its object was written or removed).
+    pub(super) fn forget(&self, key: &str) {
+        let name = file_name(key);
+        let mut index = self.index.lock().expect("lock");
+        if let Some((size, _)) = index.files.remove(&name) {
+            index.bytes -= size;
+            let _ = std::fs::remove_file(self.path(key));
+        }
+    }
+
+    /// Reads `key` (within `range`) through the cache: from the finished
+    /// file, by following a download in flight, or by starting one. `None`
+    /// when the object does not exist.
+    pub(super) async fn read(
+        self: &Arc<Self>,
+        store: &Arc<AmazonS3>,
+        location: object_store::path::Path,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> io::Result<Option<ContentRead>> {
+        if let Some((file, size)) = self.open_file(key) {
+            return Ok(Some(
+                read_file(tokio::fs::File::from_std(file), size, range).await?,
+            ));
+        }
+        let download = {
+            let mut index = self.index.lock().expect("lock");
+            match index.downloads.get(key) {
+                Some(download) => download.clone(),
+                None => {
+                    let download = self.start(store.clone(), location, key);
+                    index.downloads.insert(key.to_owned(), download.clone());
+                    download
+                }
+            }
+        };
+        follow(download, range).await
+    }
+
+    /// Starts downloading `key` into a partial file.
+    fn start(
+        self: &Arc<Self>,
+        store: Arc<AmazonS3>,
+        location: object_store::path::Path,
+        key: &str,
+    ) -> Arc<Download> {
+        let partial = self.dir.join(format!(
+            "{}.{}.partial",
+            file_name(key),
+            uuid::Uuid::new_v4()
+        ));
+        let (progress, receiver) = watch::channel(Progress::Running {
+            written: 0,
+            size: u64::MAX,
+        });
+        let download = Arc::new(Download {
+            partial: partial.clone(),
+            finished: self.path(key),
+            progress: receiver,
+        });
+        let cache = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let outcome = fetch(&store, &location, &partial, &progress).await;
+            let mut index = cache.index.lock().expect("lock");
+            index.downloads.remove(&key);
+            match outcome {
+                Ok(size) => {
+                    let name = file_name(&key);
+                    if std::fs::rename(&partial, cache.path(&key)).is_ok() {
+                        index.tick += 1;
+                        let tick = index.tick;
+                        if let Some((old, _)) = index.files.insert(name, (size, tick)) {
+                            index.bytes -= old;
+                        }
+                        index.bytes += size;
+                    }
+                    drop(index);
+                    let _ = progress.send(Progress::Done { size });
+                    cache.evict();
+                }
+                Err(e) => {
+                    drop(index);
+                    let _ = std::fs::remove_file(&partial);
+                    let _ = progress.send(Progress::Failed(e.kind(), e.to_string()));
+                }
+            }
+        });
+        download
+    }
+
+    /// Removes the least recently used files until the cache fits.
+    fn evict(&self) {
+        let mut index = self.index.lock().expect("lock");
+        while index.bytes > self.capacity {
+            let Some(oldest) = index
+                .files
+                .iter()
+                .min_by_key(|(_, (_, tick))| *tick)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            let (size, _) = index.files.remove(&oldest).expect("present");
+            index.bytes -= size;
+            // A reader that has it open keeps reading it.
+            let _ = std::fs::remove_file(self.dir.join(&oldest));
+        }
+    }
+}
+
+/// Downloads an object into `partial`, telling followers how far it got.
+async fn fetch(
+    store: &AmazonS3,
+    location: &object_store::path::Path,
+    partial: &Path,
+    progress: &watch::Sender<Progress>,
+) -> io::Result<u64> {
+    let result = store.get(location).await.map_err(io_error)?;
+    let size = result.meta.size;
+    let mut file = tokio::fs::File::create(partial).await?;
+    let mut stream = result.into_stream();
+    let mut written = 0u64;
+    progress.send_replace(Progress::Running { written, size });
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(io_error)?;
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+        progress.send_replace(Progress::Running { written, size });
+    }
+    file.flush().await?;
+    if written != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("read {written} of {size} bytes"),
+        ));
+    }
+    Ok(size)
+}
+
+/// Streams `range` of a finished file.
+async fn read_file(
+    mut file: tokio::fs::File,
+    size: u64,
+    range: Option<std::ops::Range<u64>>,
+) -> io::Result<ContentRead> {
+    let range = range.unwrap_or(0..size);
+    file.seek(io::SeekFrom::Start(range.start)).await?;
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK);
+    Ok(ContentRead {
+        size,
+        stream: Box::pin(stream),
+    })
+}
+
+/// Streams `range` of a download as it arrives.
+async fn follow(
+    download: Arc<Download>,
+    range: Option<std::ops::Range<u64>>,
+) -> io::Result<Option<ContentRead>> {
+    let mut progress = download.progress.clone();
+    // The size is known once the download's GET answered.
+    let size = loop {
+        let state = progress.borrow_and_update().clone();
+        match state {
+            Progress::Running { size, .. } if size != u64::MAX => break size,
+            Progress::Done { size } => break size,
+            Progress::Failed(io::ErrorKind::NotFound, _) => return Ok(None),
+            Progress::Failed(kind, e) => return Err(Progress::error(kind, &e)),
+            Progress::Running { .. } => {}
+        }
+        if progress.changed().await.is_err() {
+            return Err(io::Error::other("the download stopped"));
+        }
+    };
+    let file = match tokio::fs::File::open(&download.partial).await {
+        Ok(file) => file,
+        // Finished and renamed into place before we opened it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tokio::fs::File::open(&download.finished).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let range = range.unwrap_or(0..size);
+    let stream = futures::stream::unfold(
+        (file, progress, range.start, range.end, false),
+        |(mut file, mut progress, mut at, end, mut seeked)| async move {
+            if at >= end {
+                return None;
+            }
+            loop {
+                let state = progress.borrow_and_update().clone();
+                let available = match state {
+                    Progress::Running { written, .. } => written,
+                    Progress::Done { size } => size,
+                    Progress::Failed(kind, e) => {
+                        let error = Progress::error(kind, &e);
+                        return Some((Err(error), (file, progress, end, end, seeked)));
+                    }
+                };
+                if available > at {
+                    if !seeked {
+                        if let Err(e) = file.seek(io::SeekFrom::Start(at)).await {
+                            return Some((Err(e), (file, progress, end, end, seeked)));
+                        }
+                        seeked = true;
+                    }
+                    let want = (available.min(end) - at).min(READ_CHUNK as u64) as usize;
+                    let mut buffer = vec![0; want];
+                    return match file.read_exact(&mut buffer).await {
+                        Ok(_) => {
+                            at += want as u64;
+                            Some((Ok(Bytes::from(buffer)), (file, progress, at, end, seeked)))
+                        }
+                        Err(e) => Some((Err(e), (file, progress, end, end, seeked))),
+                    };
+                }
+                if progress.changed().await.is_err() {
+                    // The sender is gone: its last state is final.
+                    if matches!(&*progress.borrow(), Progress::Running { .. }) {
+                        return Some((
+                            Err(io::Error::other("the download stopped")),
+                            (file, progress, end, end, seeked),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    let stream: ByteStream = Box::pin(stream);
+    Ok(Some(ContentRead { size, stream }))
+}
