@@ -22,6 +22,19 @@ pub async fn get(
 ) -> ApiResult {
     let digest = digest_param(digest)?;
     let blob = registry.open_blob(name, &digest).await?;
+    // With `redirect` on (an object store), bytes flow from the store: the
+    // client follows a short-lived signed URL (Range and all).
+    if with_body {
+        if let Some(url) = registry.blob_redirect(&blob).await? {
+            return Ok(Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Body::empty())
+                .expect("valid response"));
+        }
+    }
     let size = blob.size;
     let range = match range::parse(header_str(&parts.headers, header::RANGE), size) {
         RangeRequest::Unsatisfiable => {

@@ -104,6 +104,16 @@ impl Registry {
         }
     }
 
+    /// Where a client may fetch an opened blob straight from the store (a
+    /// signed URL), when the store is configured to redirect; the client then
+    /// checks the digest itself (docker, containerd and skopeo do).
+    pub async fn blob_redirect(&self, blob: &Blob) -> Result<Option<String>> {
+        self.storage
+            .redirect_url(&layout::blob_data(&blob.digest))
+            .await
+            .map_err(storage_error)
+    }
+
     async fn small_blob(&self, digest: &Digest) -> Result<Bytes> {
         if let Some(content) = self.caches.small_blob(digest) {
             return Ok(content);

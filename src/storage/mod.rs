@@ -296,6 +296,13 @@ pub trait Storage: Send + Sync + 'static {
         LIST_PAGE
     }
 
+    /// A URL from which a client may read the object for a while without
+    /// credentials (an object store's signed URL), when the store is
+    /// configured to redirect reads. Default: none (reads go through Berth).
+    async fn redirect_url(&self, _key: &str) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// The smallest chunk a chunked upload should send (an object store's
     /// smallest multipart part), advertised to clients as
     /// `OCI-Chunk-Min-Length`. Shorter chunks still work. Default: none.

@@ -63,6 +63,10 @@ const TRANSFER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// probes) has in flight at once.
 const CONCURRENT_REQUESTS: usize = 32;
 
+/// How long a redirect's signed URL stays valid: long enough for a slow
+/// client to start (a ranged retry gets a fresh one).
+pub const REDIRECT_VALIDITY: Duration = Duration::from_secs(20 * 60);
+
 /// The `[storage.s3]` table (and the `--s3-*` flags).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +91,10 @@ pub struct S3Config {
     /// The size of the parts an upload is sent in (at least 5 MiB); each
     /// upload in flight holds up to two parts in memory.
     pub part_size: usize,
+    /// Blob GETs answer 307 to a signed URL of the object, valid for
+    /// [`REDIRECT_VALIDITY`], so bytes flow from the store. Off by default:
+    /// clients must reach the bucket, and they, not Berth, check the digest.
+    pub redirect: bool,
     /// Disk for blob content read from the bucket, under
     /// `<data_dir>/s3-cache/`: each blob is read from the bucket once per
     /// replica while it stays in the cache (0 turns it off).
@@ -105,6 +113,7 @@ impl Default for S3Config {
             session_token: None,
             virtual_hosted: None,
             part_size: 8 * 1024 * 1024,
+            redirect: false,
             cache_bytes: 1 << 30,
         }
     }
@@ -124,6 +133,7 @@ impl fmt::Debug for S3Config {
             .field("session_token", &redacted(&self.session_token))
             .field("virtual_hosted", &self.virtual_hosted)
             .field("part_size", &self.part_size)
+            .field("redirect", &self.redirect)
             .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
@@ -172,6 +182,7 @@ pub struct S3Storage {
     collection: collection::CollectionCache,
     /// Blob content on local disk, when there is a place for it.
     blob_cache: Option<Arc<blob_cache::BlobCache>>,
+    redirect: bool,
 }
 
 impl S3Storage {
@@ -206,6 +217,7 @@ impl S3Storage {
             conditional: ConditionalWrites::Ignored,
             collection: collection::CollectionCache::default(),
             blob_cache: None,
+            redirect: config.redirect,
         };
         if let Some(dir) = cache_dir.filter(|_| config.cache_bytes > 0) {
             match blob_cache::BlobCache::open(dir, config.cache_bytes) {
@@ -1091,6 +1103,19 @@ impl Storage for S3Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_error(e)),
         }
+    }
+
+    async fn redirect_url(&self, key: &str) -> io::Result<Option<String>> {
+        use object_store::signer::Signer;
+        if !self.redirect {
+            return Ok(None);
+        }
+        let url = self
+            .meta
+            .signed_url(http::Method::GET, &self.path(key), REDIRECT_VALIDITY)
+            .await
+            .map_err(io_error)?;
+        Ok(Some(url.to_string()))
     }
 
     fn local_files(&self) -> Option<&dyn LocalFiles> {
