@@ -84,11 +84,7 @@ impl Registry {
             // of them may win, and only the winner's change is history.
             let created = self
                 .storage
-                .put(
-                    &current_key,
-                    layout::link_body(digest),
-                    WriteMode::CreateIfAbsent,
-                )
+                .create_exclusive(&current_key, layout::link_body(digest))
                 .await
                 .map_err(storage_error)?;
             if !created {

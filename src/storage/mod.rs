@@ -133,6 +133,16 @@ pub trait Storage: Send + Sync + 'static {
     /// [`Storage::touch`]), so that writing something is always a use of it.
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool>;
 
+    /// Creates a document only if none is there, such that of several
+    /// processes creating it at once exactly one is told it did (true), and
+    /// the others find the winner's document (false). For decisions that
+    /// must hold across replicas (an immutable tag's first push). Default:
+    /// [`Storage::put`] with [`WriteMode::CreateIfAbsent`], exclusive on a
+    /// backend whose create-if-absent is.
+    async fn create_exclusive(&self, key: &str, data: Bytes) -> io::Result<bool> {
+        self.put(key, data, WriteMode::CreateIfAbsent).await
+    }
+
     /// [`Storage::put`] for several independent documents at once (each is
     /// whole or absent, the batch as a whole is not atomic), for a backend
     /// to share the cost of durability between them. Returns, per document,

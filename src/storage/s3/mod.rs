@@ -23,7 +23,7 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -507,6 +507,13 @@ fn missing_prefixes(
     candidates
 }
 
+/// How long [`S3Storage::create_exclusive`] waits on a store that ignores
+/// conditional writes before reading back which create won: long enough for
+/// a racing write that took as long as this one to land.
+fn create_settle(write_took: Duration) -> Duration {
+    (write_took * 4).max(Duration::from_millis(250))
+}
+
 /// The backend's account of an upload, kept in the session record.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct UploadState {
@@ -705,6 +712,23 @@ impl Storage for S3Storage {
                 Ok(true)
             }
         }
+    }
+
+    async fn create_exclusive(&self, key: &str, data: Bytes) -> io::Result<bool> {
+        if self.conditional == ConditionalWrites::Honoured {
+            return self.put(key, data, WriteMode::CreateIfAbsent).await;
+        }
+        // The store cannot refuse a second create: after a check and a write,
+        // wait until any create racing with this one has landed too, then
+        // read back which one the store kept (its last writer). Every racer
+        // reads the same winner, unless a write stalled longer than the wait.
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        self.put_guarded(key, data.clone()).await?;
+        tokio::time::sleep(create_settle(started.elapsed())).await;
+        Ok(self.get(key).await?.is_some_and(|kept| kept == data))
     }
 
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
