@@ -8,6 +8,9 @@ COPY src ./src
 RUN cargo build --release --locked --bin berth && strip target/release/berth
 
 FROM debian:bookworm-slim
+# CA certificates: an S3 store (AWS) is reached over HTTPS.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/berth berth \
  && mkdir -p /var/lib/berth && chown berth /var/lib/berth
 COPY --from=build /src/target/release/berth /usr/local/bin/berth

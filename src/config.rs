@@ -227,6 +227,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kubernetes_example_parses_as_replicas_over_s3_with_a_shared_signing_key() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/berth.toml");
+        let config = Config::from_file(&example).unwrap();
+        assert_eq!(config.storage.backend, StorageBackend::S3);
+        assert!(!config.storage.s3.bucket.is_empty());
+        let auth = config.auth.expect("auth on");
+        assert!(auth.signing_key.is_some(), "replicas must share the token key");
+    }
+
+    #[test]
     fn the_documented_example_parses_and_unknown_keys_are_refused() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/berth.toml");
         let config = Config::from_file(&example).unwrap();
