@@ -302,6 +302,16 @@ fn storage_error(e: io::Error) -> RegistryError {
         tracing::warn!(error = %e, "storage is full: refusing the write");
         return RegistryError::with_detail(ErrorCode::StorageFull, "free space and retry");
     }
+    if matches!(
+        e.kind(),
+        io::ErrorKind::HostUnreachable | io::ErrorKind::TimedOut
+    ) {
+        // The store did not answer or refused (an object store down, slow
+        // or misconfigured): the request may succeed later. The cause is
+        // logged, not sent (it may name the bucket).
+        tracing::warn!(error = %e, "storage is unavailable");
+        return RegistryError::with_detail(ErrorCode::Unavailable, "storage is unavailable; retry");
+    }
     RegistryError::internal("storage operation failed", e)
 }
 
@@ -337,6 +347,18 @@ mod tests {
             &CacheConfig::default(),
             LifecycleConfig::default(),
         )
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_is_a_503_and_a_full_one_a_507() {
+        let code = |kind| storage_error(io::Error::new(kind, "s3: connection refused")).code;
+        assert_eq!(code(io::ErrorKind::HostUnreachable), ErrorCode::Unavailable);
+        assert_eq!(code(io::ErrorKind::TimedOut), ErrorCode::Unavailable);
+        assert_eq!(code(io::ErrorKind::StorageFull), ErrorCode::StorageFull);
+        assert_eq!(code(io::ErrorKind::PermissionDenied), ErrorCode::Internal);
+        // The cause (a bucket, an endpoint) is not sent.
+        let error = storage_error(io::Error::new(io::ErrorKind::HostUnreachable, "bucket-x"));
+        assert!(!error.to_string().contains("bucket-x"));
     }
 
     fn digest() -> Digest {
