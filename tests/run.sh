@@ -4,10 +4,12 @@
 # (Debian or Ubuntu, run as root, with only the Rust toolchain) passes in one go.
 #
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
-#                           compatibility, the crash and power-cut tests (quick), and a quick run of
-#                           the benchmark (that it works, not its timings)
+#                           compatibility, the crash and power-cut tests (quick), a quick run of
+#                           the benchmark (that it works, not its timings), and the tests that
+#                           need Garage (an S3 store; built here when missing, in the background)
 #   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
-#                           a C compiler, curl, procps; one test needs root and is skipped without)
+#                           a C compiler, curl, procps, python3; one test needs root and is skipped
+#                           without; the tests that need Garage skip loudly when it is missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,50 @@ if $quick; then
   tests/install-tools.sh
 else
   tests/install-tools.sh --e2e
+fi
+
+# Garage, the S3 store the S3 tests run against, is found or else built
+# (tests/install-tools.sh --garage: minutes of CPU), in the background from
+# here on. It gets only CPU time nothing else wants (SCHED_IDLE where chrt
+# can set it, else nice 19): it must not slow the release build the e2e
+# steps wait for, and CI's two cores are mostly busy until the end, where
+# wait_for_garage gives it the machine. Its own process group, so that an
+# early exit stops cargo and its rustc children too.
+garage_build=""
+garage_ready=false
+stop_garage_build() {
+  if [ -n "$garage_build" ]; then
+    kill -TERM -- "-$garage_build" 2>/dev/null || true
+  fi
+}
+# wait_for_garage: before any step that needs Garage; fails the run loudly
+# when the build failed, and exports GARAGE_BIN for what follows.
+wait_for_garage() {
+  $garage_ready && return 0
+  if [ -z "$garage_build" ]; then
+    echo "FAIL: wait_for_garage: no Garage build was started (tests/run.sh --quick starts none)" >&2
+    exit 1
+  fi
+  local status=0
+  wait "$garage_build" || status=$?
+  garage_build=""
+  tail -n 3 target/garage-build.log
+  if [ "$status" != 0 ]; then
+    cat target/garage-build.log
+    echo "FAIL: the Garage build (tests/install-tools.sh --garage) failed with status $status; its log is above" >&2
+    exit 1
+  fi
+  GARAGE_BIN=$(tests/garage.sh find)
+  export GARAGE_BIN
+  garage_ready=true
+}
+if ! $quick; then
+  mkdir -p target
+  idle=(nice -n 19)
+  if chrt --idle 0 true 2>/dev/null; then idle=(chrt --idle 0 nice -n 19); fi
+  setsid "${idle[@]}" tests/install-tools.sh --garage >target/garage-build.log 2>&1 &
+  garage_build=$!
+  trap stop_garage_build EXIT
 fi
 
 step "cargo fmt --check"
@@ -65,18 +111,20 @@ PY
 # lock on target/.
 nice -n 19 cargo build --release --locked --bins --bench compare >target/release-build.log 2>&1 &
 release_build=$!
-trap 'kill "$release_build" 2>/dev/null || true' EXIT
+trap 'kill "$release_build" 2>/dev/null || true; stop_garage_build' EXIT
 
-step "cargo test, run (unit and integration tests against a real server on a real socket), beside the release build"
+# The tests that need Garage have "garage_" in their names (a module
+# garage_*); they run at the end, once its build is done.
+step "cargo test, run (unit and integration tests against a real server on a real socket), beside the release build; those that need Garage later"
 for binary in "${test_binaries[@]}"; do
   printf '     Running %s\n' "${binary#"$PWD"/}"
-  "$binary" --test-threads=$test_threads
+  "$binary" --test-threads=$test_threads --skip garage_
 done
 
 step "release build (the binary and the benchmark): waiting for it to end"
 release_status=0
 wait "$release_build" || release_status=$?
-trap - EXIT
+trap stop_garage_build EXIT
 tail -n 3 target/release-build.log
 if [ "$release_status" != 0 ]; then
   cat target/release-build.log
@@ -113,7 +161,7 @@ finish_lanes() {
   return "$status"
 }
 # A failing step in front still waits for them (and so for their servers to stop).
-trap 'finish_lanes || true' EXIT
+trap 'finish_lanes || true; stop_garage_build' EXIT
 checks_lane() {
   set -e
   step "beside the clients: CNCF Distribution compatibility, both ways (tests/compat/distribution.sh)"
@@ -145,9 +193,19 @@ tests/e2e/client_sequences.sh
 
 step "the checks run beside the clients (Distribution compatibility, crash, power cut; memory): their output"
 finish_lanes
-trap - EXIT
+trap stop_garage_build EXIT
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick
+
+step "Garage (tests/install-tools.sh --garage): waiting for its build to end"
+wait_for_garage
+
+step "cargo test, run: the tests that need Garage"
+for binary in "${test_binaries[@]}"; do
+  printf '     Running %s\n' "${binary#"$PWD"/}"
+  "$binary" --test-threads=$test_threads garage_
+done
+trap - EXIT
 
 step "done"

@@ -15,6 +15,7 @@ mod api_uploads;
 mod cli;
 mod cli_tag;
 mod fuzz;
+mod garage_fixture;
 mod gc;
 mod host_header;
 mod integrity;
