@@ -36,21 +36,23 @@ cd "$(dirname "$0")/.."
 # tests/garage.sh finds ($GARAGE_BIN, target/garage/bin, this workplace's
 # /work/cache/garage/bin, PATH), else built into target/garage/bin. The
 # default build (cargo install garage) took 11 min on 2 cores; this one keeps
-# only what the tests use and cuts codegen they do not need, and took 3 min
-# (niced, on 2 cores the lead's builds shared):
+# only what the tests use and cuts codegen they do not need: 3-4 min there
+# (niced, beside other builds), about 300 s of CPU by cargo's timings:
 #   features: sqlite (the tests' db_engine) + bundled-libs (SQLite compiled
 #       in); without the defaults lmdb, k2v and metrics (Prometheus,
 #       OpenTelemetry). consul-discovery, kubernetes-discovery,
 #       telemetry-otlp, syslog, journald and fjall are off by default.
-#   libsodium from the system (libsodium-dev, which --e2e installs) when
-#       pkg-config finds it: libsodium-sys otherwise runs libsodium's
-#       configure and `make check`, over a minute on the critical path.
+#   libsodium from the system (libsodium-dev, which --e2e installs when
+#       there is no Garage yet) when pkg-config finds it: libsodium-sys
+#       otherwise runs libsodium's configure and `make check` (it also
+#       needs make then), over a minute on the build's critical path.
 #   optimisation: Garage's own crates at opt-level 0 (most of the compile
 #       time, little per-byte work), the hashes every byte goes through
 #       (MD5 for ETags, BLAKE2 for blocks, SHA, CRC) at 3, everything else at
-#       1; no LTO, 16 codegen units, no debug info. A loopback PUT then runs
-#       at about 200 MB/s and a GET at 400 MB/s (opt-level 0 throughout:
-#       25 MB/s).
+#       1; no LTO, 16 codegen units, no debug info. A 256 MiB PUT on
+#       loopback then runs at about 110 MB/s and a GET at 400 MB/s
+#       (opt-level 1 throughout: 200-300 MB/s and 450 MB/s, 100 s more
+#       compiling; 0 throughout: 25 MB/s both ways).
 # The build has its own target directory (no wait on the lock of target/,
 # which the test build holds), removed once installed.
 install_garage() {
