@@ -150,9 +150,11 @@ node_id() {
 }
 
 # connected_count N: how many nodes node N counts as connected (itself too).
+# (grep, not a JSON parser: this runs in loops, and python3 can take a
+# tenth of a second to start.)
 connected_count() {
-  cli "$1" json-api GetClusterHealth 2>/dev/null |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["connectedNodes"])' 2>/dev/null || true
+  local cli_timeout=5
+  { cli "$1" json-api GetClusterHealth | grep -o '"connectedNodes": *[0-9]*' | grep -o '[0-9]*$'; } 2>/dev/null || true
 }
 
 # settle_departure N: until every running node has dropped the stopped node
@@ -166,6 +168,8 @@ settle_departure() {
   mapfile -t running < <(running_nodes)
   for m in "${running[@]}"; do
     for _ in $(seq 100); do
+      # Gone with its owner's watchdog (which removes DIR) too: give up.
+      [ -d "$dir" ] || die "$dir is gone"
       [ "$(connected_count "$m")" = "${#running[@]}" ] && continue 2
       timeout 5 "$garage" -c "$dir/node$m/garage.toml" json-api GetNodeInfo \
         "{\"node\":\"$id\",\"body\":null}" >/dev/null 2>&1 &
@@ -195,6 +199,7 @@ wait_connected() {
   mapfile -t running < <(running_nodes)
   for m in "$@"; do
     for _ in $(seq 200); do
+      [ -d "$dir" ] || die "$dir is gone"
       connected=$(connected_count "$m")
       [ "$connected" = "${#running[@]}" ] && continue 2
       sleep 0.05
@@ -204,10 +209,13 @@ wait_connected() {
 }
 
 # cli N ARGS...: the garage CLI against node N (it speaks RPC to the node).
+# Bounded (cli_timeout seconds): the CLI waits for ever on a node that dies
+# while it asks.
+cli_timeout=20
 cli() {
   local n=$1
   shift
-  "$garage" -c "$dir/node$n/garage.toml" "$@"
+  timeout "$cli_timeout" "$garage" -c "$dir/node$n/garage.toml" "$@"
 }
 
 # retry TRIES CMD...: CMD until it succeeds, 50 ms apart; the last attempt's
@@ -336,7 +344,8 @@ EOF
 }
 
 cmd_start() {
-  local n ports started id ids=() remove=""
+  local n ports started id ids=()
+  remove=""
   owner=$PPID
   nodes=1
   while (($#)); do
@@ -355,8 +364,10 @@ cmd_start() {
   dir=$(cd "$dir" && pwd)
   started=$(date +%s%N)
   # A start that fails half-way stops what it started (its caller, a test
-  # binary say, may run on for minutes).
-  trap 'cmd_stop' EXIT
+  # binary say, may run on for minutes), and removes PATH of --remove (which
+  # the watchdog, stopped with it, would have): the nodes' logs go to
+  # stderr first.
+  trap 'start_failed' EXIT
 
   rpc_secret=$(random_hex 32)
   # Garage's own key ids are GK + 24 hex digits; any id of 8+ characters imports.
@@ -442,6 +453,17 @@ cmd_start() {
   mv "$dir/env.tmp" "$dir/env"
   trap - EXIT
   echo "garage.sh: $nodes-node cluster up in $(( ($(date +%s%N) - started) / 1000000 )) ms: $(head -n 1 "$dir/env")"
+}
+
+start_failed() {
+  local log
+  for log in "$dir"/node*/log; do
+    [ -e "$log" ] || continue
+    echo "garage.sh: the end of $log:" >&2
+    tail -n 15 "$log" >&2
+  done
+  cmd_stop
+  if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
 }
 
 cmd_stop() {

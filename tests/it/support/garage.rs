@@ -88,8 +88,8 @@ pub struct Garage {
     endpoints: Vec<String>,
     /// The cluster's directory (configs, data, logs, the `env` file).
     dir: PathBuf,
-    /// Removes `dir` on drop; `None` for the shared cluster, whose watchdog
-    /// removes it when the process is gone.
+    /// Removes the cluster's parent directory on drop; `None` for the
+    /// shared cluster, which is never dropped (its watchdog removes it).
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -121,20 +121,20 @@ impl Garage {
         Garage::start(temp.path().to_path_buf(), Some(temp), nodes)
     }
 
-    /// Starts a cluster in `dir/cluster`; without `temp` (which removes `dir`
-    /// on drop), the watchdog removes `dir` when this process is gone.
+    /// Starts a cluster in `dir/cluster`. The watchdog removes `dir` with
+    /// the nodes when this process is gone (`temp`, which removes it on
+    /// drop, is never dropped then).
     fn start(dir: PathBuf, temp: Option<tempfile::TempDir>, nodes: usize) -> Garage {
         let cluster = dir.join("cluster");
-        let mut command = Command::new(SCRIPT);
-        command
+        let output = Command::new(SCRIPT)
             .arg("start")
             .arg(&cluster)
             .args(["--nodes", &nodes.to_string()])
-            .args(["--owner", &std::process::id().to_string()]);
-        if temp.is_none() {
-            command.arg("--remove").arg(&dir);
-        }
-        let output = command.output().expect("tests/garage.sh runs");
+            .args(["--owner", &std::process::id().to_string()])
+            .arg("--remove")
+            .arg(&dir)
+            .output()
+            .expect("tests/garage.sh runs");
         assert!(
             output.status.success(),
             "tests/garage.sh start failed ({}):\n{}\n{}",
