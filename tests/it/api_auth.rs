@@ -78,7 +78,7 @@ fn challenge(resp: &Response) -> String {
 fn expected_challenge(registry: &TestRegistry, scope: Option<&str>, error: Option<&str>) -> String {
     let mut expected = format!(
         r#"Bearer realm="http://{}/auth/token",service="berth""#,
-        registry.server.addr
+        registry.addr
     );
     if let Some(scope) = scope {
         expected.push_str(&format!(r#",scope="{scope}""#));

@@ -6,10 +6,8 @@
 //! `MANIFEST_INVALID` with a detail and stores nothing; what is accepted,
 //! `berth fsck` passes.
 
-use std::process::Command;
-
 use crate::support::{
-    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, BERTH,
+    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::StatusCode;
@@ -156,13 +154,12 @@ impl Repo {
         self.refuse(tag, media_type, &bytes, detail).await;
     }
 
-    /// `berth fsck` over the data directory (beside the running server,
-    /// which it does not write): it must find no problem.
+    /// `berth fsck` over the store (beside the running servers, which it
+    /// does not write): it must find no problem.
     fn assert_fsck_clean(&self) {
-        let output = Command::new(BERTH)
-            .arg("fsck")
-            .arg("--data-dir")
-            .arg(self.registry.data.path())
+        let output = self
+            .registry
+            .berth_command("fsck")
             .output()
             .expect("berth fsck runs");
         let stdout = String::from_utf8_lossy(&output.stdout);

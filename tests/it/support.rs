@@ -1,17 +1,30 @@
 //! Shared set-up for the integration tests: a real Berth server on an
-//! ephemeral loopback port with its own data directory, and a few helpers that
-//! speak the distribution-spec over real HTTP; a real Garage for the S3
-//! backend (`garage`) and a round-robin TCP balancer for replicas
-//! (`balancer`).
+//! ephemeral loopback port with its own data directory (or, with
+//! `BERTH_TEST_STORAGE=s3`, two replicas over a real Garage behind a
+//! round-robin balancer: `backend`), and a few helpers that speak the
+//! distribution-spec over real HTTP; a real Garage for the S3 backend
+//! (`garage`), a round-robin TCP balancer for replicas (`balancer`), and
+//! helpers that read and write a store by key on either backend (`store`).
 
+pub mod backend;
 pub mod balancer;
+// Only the S3 mode's shared cluster is used here; the rest of the fixture
+// (3-node clusters, direct clients, stopping nodes) serves the S3 test
+// modules merged from the other branches of issue 13.
+#[allow(dead_code)]
 pub mod garage;
+pub mod store;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use backend::Backend;
+use balancer::Balancer;
+use berth::storage::Storage;
 use berth::{Config, RunningServer};
 use reqwest::{Client, Response, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
@@ -39,42 +52,258 @@ pub fn testdata(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// How many replicas serve a registry on S3.
+pub const S3_REPLICAS: usize = 2;
+
+/// How many servers a registry has: one on the filesystem (its data
+/// directory is the store), [`S3_REPLICAS`] on S3.
+fn default_replicas() -> usize {
+    match backend::backend() {
+        Backend::Filesystem => 1,
+        Backend::S3 => S3_REPLICAS,
+    }
+}
+
+/// Replicas must agree on what a client's credentials mean, as a deployment
+/// of several must (deploy/kubernetes shares both): one token signing key
+/// (absent, each would make its own, and a token one replica issued would
+/// fail on the other) and one robot account store.
+fn share_between_replicas(config: &mut Config) {
+    let data_dir = config.data_dir.clone();
+    if let Some(auth) = &mut config.auth {
+        if auth.signing_key.is_none() {
+            auth.signing_key = Some(PathBuf::from(SIGNING_KEY));
+        }
+        if auth.robots.is_none() {
+            auth.robots = Some(auth.robots_path(&data_dir));
+        }
+    }
+}
+
+/// A registry under test: one server over its own data directory, or, with
+/// `BERTH_TEST_STORAGE=s3`, two replicas over a fresh prefix of the shared
+/// Garage behind a round-robin balancer (each new connection goes to the
+/// other replica), each with its own data directory (its local cache).
+/// Tests speak to [`TestRegistry::addr`] either way, and reach the store
+/// itself through [`TestRegistry::storage`], never through the filesystem.
 pub struct TestRegistry {
-    pub server: RunningServer,
+    /// Where requests go: the server, or the balancer in front of the replicas.
+    pub addr: SocketAddr,
+    /// The servers, replica 1 first.
+    pub servers: Vec<RunningServer>,
+    /// The test's directory: replica 1's data directory (on the filesystem
+    /// backend, the store), and files the replicas share (htpasswd, robots).
     pub data: tempfile::TempDir,
     pub client: Client,
+    /// Replica 1's configuration as the test adjusted it.
+    pub config: Config,
+    /// How many servers serve the registry (1 on the filesystem).
+    replicas: usize,
+    balancer: Option<Balancer>,
+    /// The other replicas' data directories, and those of processes opened
+    /// on the store later (collectors, `berth gc`): kept until the end.
+    dirs: Mutex<Vec<tempfile::TempDir>>,
+    storage: tokio::sync::OnceCell<Arc<dyn Storage>>,
+    /// The last [`crate::lifecycle_support::age`] on S3: (when, by how much).
+    pub aged: Mutex<Option<(SystemTime, Duration)>>,
 }
 
 impl TestRegistry {
-    /// A fresh server with an empty data directory.
+    /// A fresh registry over an empty store.
     pub async fn start() -> TestRegistry {
         Self::start_with(|_| {}).await
     }
 
-    /// A fresh server whose config `adjust` may change (data_dir and listen are set first).
+    /// A fresh registry whose config `adjust` may change (data_dir, listen
+    /// and, on S3, the store are set first; every replica gets the same
+    /// settings but its own data_dir).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        Self::start_replicas(default_replicas(), adjust).await
+    }
+
+    /// One server, on either backend: for a test about one process's own
+    /// state (its caches, its connections), which a second replica behind a
+    /// balancer would not share.
+    pub async fn start_one_with(adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        Self::start_replicas(1, adjust).await
+    }
+
+    /// A fresh registry over a store that `seed` fills first, before any
+    /// server starts (as data written by another tool, `registry:2`, is).
+    pub async fn start_seeded(
+        seed: impl AsyncFnOnce(Arc<dyn Storage>),
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestRegistry {
+        let mut registry = Self::configure(default_replicas(), adjust);
+        seed(registry.storage().await).await;
+        registry.serve(false).await;
+        registry
+    }
+
+    /// How many servers serve the registry, behind the balancer when more
+    /// than one.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    async fn start_replicas(replicas: usize, adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        let mut registry = Self::configure(replicas, adjust);
+        registry.serve(false).await;
+        registry
+    }
+
+    /// The registry's configuration, before any server starts.
+    fn configure(replicas: usize, adjust: impl FnOnce(&mut Config)) -> TestRegistry {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().to_path_buf(),
             ..Config::default()
         };
+        if backend::on_s3() {
+            backend::use_s3(&mut config, &backend::fresh_prefix());
+        }
         adjust(&mut config);
-        let server = RunningServer::start(&config).await.expect("server starts");
+        if replicas > 1 {
+            share_between_replicas(&mut config);
+        }
         TestRegistry {
-            server,
+            addr: config.listen,
+            servers: Vec::new(),
             data,
             client: Client::new(),
+            config,
+            replicas,
+            balancer: None,
+            dirs: Mutex::new(Vec::new()),
+            storage: tokio::sync::OnceCell::new(),
+            aged: Mutex::new(None),
         }
     }
 
-    /// `http://127.0.0.1:PORT` + `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.addr)
+    /// Starts the servers (replica 1 on `config.data_dir` unless `fresh`)
+    /// and, for several, the balancer.
+    async fn serve(&mut self, fresh: bool) {
+        let mut servers = Vec::new();
+        for replica in 0..self.replicas {
+            let mut config = self.config.clone();
+            if replica > 0 || fresh {
+                config.data_dir = self.new_dir();
+            }
+            servers.push(RunningServer::start(&config).await.expect("server starts"));
+        }
+        self.addr = servers[0].addr;
+        self.balancer = None;
+        if servers.len() > 1 {
+            let balancer = Balancer::start(servers.iter().map(|s| s.addr).collect()).await;
+            self.addr = balancer.addr;
+            self.balancer = Some(balancer);
+        }
+        self.servers = servers;
     }
 
-    /// The storage root (`<data-dir>/docker/registry/v2`).
+    /// Another server over the same store, configured as the registry's
+    /// are and then by `adjust` (on S3 with a data directory of its own, as
+    /// another replica has).
+    pub async fn another_server(&self, adjust: impl FnOnce(&mut Config)) -> RunningServer {
+        let mut config = self.config.clone();
+        if backend::on_s3() {
+            config.data_dir = self.new_dir();
+        }
+        adjust(&mut config);
+        RunningServer::start(&config)
+            .await
+            .expect("another server starts")
+    }
+
+    /// A new empty directory that lives as long as the registry.
+    pub fn new_dir(&self) -> PathBuf {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        self.dirs.lock().unwrap().push(dir);
+        path
+    }
+
+    /// Stops every server, waiting for requests in flight.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        for server in self.servers {
+            server.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// The same registry started afresh on the same store, as after a
+    /// restart: it has verified and cached nothing yet. On S3 the replicas
+    /// get new data directories (a replica's data directory holds only its
+    /// cache, which a new pod starts without).
+    pub async fn restart(mut self) -> TestRegistry {
+        for server in std::mem::take(&mut self.servers) {
+            server.shutdown().await.unwrap();
+        }
+        self.balancer = None;
+        self.serve(backend::on_s3()).await;
+        self
+    }
+
+    /// A configuration for another process over the same store, as `berth
+    /// gc` would open it: defaults but for the store (on the filesystem the
+    /// data directory; on S3 the bucket and prefix, and a data directory of
+    /// its own).
+    pub fn tool_config(&self) -> Config {
+        let mut config = Config {
+            data_dir: self.data.path().to_path_buf(),
+            ..Config::default()
+        };
+        if backend::on_s3() {
+            config.data_dir = self.new_dir();
+            config.storage = self.config.storage.clone();
+        }
+        config
+    }
+
+    /// `berth <subcommand>` on this registry's store, as an operator runs it
+    /// beside the servers: `--data-dir`, and on S3 the store's settings in
+    /// the environment.
+    pub fn berth_command(&self, subcommand: &str) -> std::process::Command {
+        let config = self.tool_config();
+        let mut command = std::process::Command::new(BERTH);
+        command
+            .arg(subcommand)
+            .arg("--data-dir")
+            .arg(&config.data_dir);
+        if backend::on_s3() {
+            command.envs(backend::s3_env(&config.storage.s3.prefix));
+        }
+        command
+    }
+
+    /// The store the servers run on, opened by this test (another process's
+    /// view, without caches): to read, write or damage objects by key on
+    /// either backend.
+    pub async fn storage(&self) -> Arc<dyn Storage> {
+        self.storage
+            .get_or_init(|| async {
+                berth::open_storage(&self.tool_config(), false)
+                    .await
+                    .expect("the store opens")
+            })
+            .await
+            .clone()
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The storage root (`<data-dir>/docker/registry/v2`) of the filesystem
+    /// backend; for a test that is about files (see
+    /// [`backend::filesystem_only`]): others use [`TestRegistry::storage`].
     pub fn storage_root(&self) -> PathBuf {
+        assert!(
+            !backend::on_s3(),
+            "storage_root is the filesystem's: use storage() for a test that runs on S3"
+        );
         self.data.path().join("docker/registry/v2")
     }
 
@@ -316,6 +545,16 @@ pub fn client_with_authorization(authorization: &str) -> Client {
         .expect("client")
 }
 
+/// The environment a `berth serve` process needs to serve a fresh, empty
+/// store of the backend under test: nothing on the filesystem (its
+/// `--data-dir` is the store), a fresh prefix of the shared Garage on S3.
+pub fn new_store_env() -> Vec<(String, String)> {
+    match backend::backend() {
+        Backend::Filesystem => Vec::new(),
+        Backend::S3 => backend::s3_env(&backend::fresh_prefix()),
+    }
+}
+
 /// A `berth serve` child process; killed on drop. Its address is the one
 /// its log reports, so `--listen 127.0.0.1:0` (or a config file's) works.
 pub struct ServeProcess {
@@ -326,11 +565,13 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     /// Runs `berth serve <args>` with `envs` added to the environment, and
-    /// waits until it logs its address.
+    /// waits until it logs its address. On S3 it serves a fresh prefix of
+    /// the shared Garage (set in the environment, under `envs`).
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
         let mut child = std::process::Command::new(BERTH)
             .arg("serve")
             .args(args)
+            .envs(new_store_env())
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
