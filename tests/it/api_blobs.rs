@@ -3,8 +3,8 @@
 //! digests and repository names in the path.
 
 use crate::support::{
-    store, error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
-    sha512_digest, TestRegistry,
+    error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
+    sha512_digest, store, TestRegistry,
 };
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -438,7 +438,9 @@ async fn uppercase_repository_name_is_400_name_invalid() {
     assert_eq!(error_code(resp).await, "NAME_INVALID");
     let storage = registry.storage().await;
     assert!(
-        store::objects(storage.as_ref(), "repositories").await.is_empty(),
+        store::objects(storage.as_ref(), "repositories")
+            .await
+            .is_empty(),
         "an invalid name reached storage"
     );
 }

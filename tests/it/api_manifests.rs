@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
+use crate::support::backend::on_s3;
 use crate::support::{
-    store,
     error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
-    sha512_digest, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
-    OCI_LAYER, OCI_MANIFEST,
+    sha512_digest, store, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
+    OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;
@@ -112,9 +112,7 @@ async fn assert_served(
 /// A GET over a raw socket, so that no `Accept` header at all is sent
 /// (reqwest always adds `Accept: */*`). Returns the status code.
 async fn raw_get_status(registry: &TestRegistry, path: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(registry.addr)
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(registry.addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         registry.addr
@@ -1177,7 +1175,10 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
         "the tag names one of the pushed manifests"
     );
     // Every pushed manifest is stored and in the tag's history, and the
-    // newest history entry is where the tag points.
+    // newest history entry is where the tag points: in one process. Replicas
+    // over a store that ignores conditional writes (Garage) may leave the
+    // newest entry on another manifest than `current`, which stays the
+    // truth (docs/design/s3.md §6).
     let history = history_entries(&registry, "race", "contended").await;
     for manifest in &manifests {
         let d = sha256_digest(manifest);
@@ -1187,7 +1188,9 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
             "{d} not in {history:?}"
         );
     }
-    assert!(history.last().unwrap().ends_with(hex_of(&digest)));
+    if !on_s3() {
+        assert!(history.last().unwrap().ends_with(hex_of(&digest)));
+    }
     assert_eq!(registry.tags("race").await, ["contended"]);
 }
 

@@ -61,7 +61,7 @@ async fn current(registry: &TestRegistry, client: &Client, name: &str, tag: &str
 
 #[tokio::test]
 async fn cli_prints_the_history_and_rolls_a_tag_back() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("team/app", "v1", b"a").await;
     let (_, b) = registry.push_image("team/app", "v1", b"b").await;
     let url = registry.url("");

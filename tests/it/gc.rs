@@ -2,7 +2,7 @@
 //! on a real socket and its store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -472,7 +472,10 @@ async fn berth_gc_collects_a_data_dir_and_prints_a_summary() {
     if on_s3() {
         // The default grace period (1 h), as aging leaves it on S3.
         let grace = aged_grace(&registry, Duration::from_secs(3600));
-        base.extend(["--grace-period".to_owned(), format!("{}ms", grace.as_millis())]);
+        base.extend([
+            "--grace-period".to_owned(),
+            format!("{}ms", grace.as_millis()),
+        ]);
     }
     let base: Vec<&str> = base.iter().map(String::as_str).collect();
 
@@ -623,18 +626,38 @@ struct ClientLog {
     refused: usize,
 }
 
+/// How far the race has gone, and whether it is over.
+#[derive(Default)]
+struct Race {
+    over: AtomicBool,
+    collections: AtomicUsize,
+    acknowledged: AtomicUsize,
+}
+
+impl Race {
+    /// Whether it has run long enough to have interleaved pushes and
+    /// collections many times: six seconds, five collections and ten
+    /// acknowledged pushes (a collection of a bucket takes longer than one
+    /// of a data directory).
+    fn ran(&self, started: Instant) -> bool {
+        started.elapsed() >= Duration::from_secs(6)
+            && self.collections.load(Ordering::Relaxed) >= 5
+            && self.acknowledged.load(Ordering::Relaxed) >= 10
+    }
+}
+
 async fn race_client(
     registry: Arc<TestRegistry>,
     client: usize,
     pool: Arc<Vec<Vec<u8>>>,
-    until: Instant,
+    race: Arc<Race>,
 ) -> ClientLog {
     let name = format!("race/c{client}");
     let other = format!("race/c{}", (client + 1) % 3);
     let mut choices = Choices(0x9E37_79B9_7F4A_7C15 ^ (client as u64 + 1));
     let mut log = ClientLog::default();
     let mut serial = 0;
-    while Instant::now() < until {
+    while !race.over.load(Ordering::Relaxed) {
         serial += 1;
         match choices.next(10) {
             0..=5 => {
@@ -644,6 +667,7 @@ async fn race_client(
                 let tag = format!("t{serial}");
                 if push_racing(&registry, &name, &other, &image, &tag, &mut choices).await {
                     log.acknowledged += 1;
+                    race.acknowledged.fetch_add(1, Ordering::Relaxed);
                     log.live.insert(tag, image);
                 } else {
                     log.refused += 1;
@@ -730,15 +754,17 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
             })
             .collect(),
     );
+    let race = Arc::new(Race::default());
     let stop = Arc::new(AtomicBool::new(false));
     let collecting = {
-        let (gc, stop) = (gc.clone(), stop.clone());
+        let (gc, stop, race) = (gc.clone(), stop.clone(), race.clone());
         tokio::spawn(async move {
             let mut total = GcReport::default();
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
                 let report = gc.collect_garbage(&GcOptions::default()).await.unwrap();
                 runs += 1;
+                race.collections.fetch_add(1, Ordering::Relaxed);
                 total.manifests_removed += report.manifests_removed;
                 total.blobs_removed += report.blobs_removed;
                 total.bytes_removed += report.bytes_removed;
@@ -748,10 +774,20 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
             (runs, total)
         })
     };
-    let until = Instant::now() + Duration::from_secs(6);
+    let started = Instant::now();
     let clients: Vec<_> = (0..3)
-        .map(|c| tokio::spawn(race_client(registry.clone(), c, pool.clone(), until)))
+        .map(|c| tokio::spawn(race_client(registry.clone(), c, pool.clone(), race.clone())))
         .collect();
+    while !race.ran(started) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the race did not get going: {} collections, {} pushes acknowledged",
+            race.collections.load(Ordering::Relaxed),
+            race.acknowledged.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    race.over.store(true, Ordering::Relaxed);
     let mut logs = Vec::new();
     for client in clients {
         logs.push(client.await.unwrap());

@@ -157,9 +157,11 @@ async fn fsck_reports_a_blob_with_a_flipped_byte() {
 async fn fsck_reports_a_truncated_blob() {
     let image = store_with_image(100 * 1024).await;
     let storage = image.registry.storage().await;
-    store::damage(storage.as_ref(), &blob_key(&image.layer_digest), |content| {
-        content.truncate(60 * 1024)
-    })
+    store::damage(
+        storage.as_ref(),
+        &blob_key(&image.layer_digest),
+        |content| content.truncate(60 * 1024),
+    )
     .await;
     let report = fsck(&image.registry, false);
     assert!(!report.ok);

@@ -7,8 +7,8 @@
 //! `berth fsck` passes.
 
 use crate::support::{
-    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry,
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};

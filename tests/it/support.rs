@@ -64,6 +64,18 @@ fn default_replicas() -> usize {
     }
 }
 
+/// For a test that reads through one replica what it has just written
+/// through another, and needs the exact answer at once: on S3 the servers
+/// keep no mutable answer (tag → digest, link exists) in their caches
+/// (`cache_ttl_ms = 0`); with a TTL, another replica may answer from its
+/// cache for up to `cache_ttl_ms`, the documented bound. One server sees its
+/// own writes at once, so on the filesystem nothing changes.
+pub fn uncached_on_s3(config: &mut Config) {
+    if backend::on_s3() {
+        config.cache_ttl_ms = 0;
+    }
+}
+
 /// Replicas must agree on what a client's credentials mean, as a deployment
 /// of several must (deploy/kubernetes shares both): one token signing key
 /// (absent, each would make its own, and a token one replica issued would
@@ -171,7 +183,7 @@ impl TestRegistry {
             addr: config.listen,
             servers: Vec::new(),
             data,
-            client: Client::new(),
+            client: new_client(),
             config,
             replicas,
             balancer: None,
@@ -487,6 +499,49 @@ pub async fn get(registry: &TestRegistry, path: &str) -> Response {
         .unwrap()
 }
 
+/// Waits until every replica's catalog (`GET /v2/_catalog` as `client`)
+/// lists exactly `expected`: that many answers in a row, taking turns
+/// through the balancer. One server lists its own pushes at once, so on the
+/// filesystem the first answer must be it. Replicas see each other's pushes
+/// only through their walks of the store, within the staleness bound
+/// (`cache_ttl_ms`, or 10 × a walk: src/registry/catalog.rs), so a test of
+/// the catalog's pages waits for that first; a catalog that never settles
+/// (within a minute) fails the test.
+pub async fn catalog_settled<S: AsRef<str>>(
+    registry: &TestRegistry,
+    client: &Client,
+    expected: &[S],
+) {
+    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut agreeing = 0;
+    while agreeing < registry.replicas() {
+        let resp = client
+            .get(registry.url("/v2/_catalog"))
+            .send()
+            .await
+            .unwrap();
+        let resp = expect_status(resp, StatusCode::OK).await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let listed: Vec<String> = body["repositories"]
+            .as_array()
+            .expect("repositories")
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        if listed == expected {
+            agreeing += 1;
+            continue;
+        }
+        agreeing = 0;
+        assert!(
+            backend::on_s3() && Instant::now() < deadline,
+            "the catalog lists {listed:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// bcrypt cost for test users: the lowest bcrypt allows, so logins are fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
 
@@ -495,7 +550,22 @@ impl TestRegistry {
     /// to `<data-dir>/htpasswd`; `auth_table` is the body of the `[auth]`
     /// table (TOML), whose `htpasswd` key is set here.
     pub async fn start_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
-        Self::start_with(|config| {
+        Self::start_replicas_with_auth(default_replicas(), users, auth_table).await
+    }
+
+    /// [`TestRegistry::start_with_auth`] with one server on either backend:
+    /// for a test of state each process keeps for itself (the login
+    /// limiter's counts of failed logins, the login cache).
+    pub async fn start_one_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
+        Self::start_replicas_with_auth(1, users, auth_table).await
+    }
+
+    async fn start_replicas_with_auth(
+        replicas: usize,
+        users: &[(&str, &str)],
+        auth_table: &str,
+    ) -> TestRegistry {
+        Self::start_replicas(replicas, |config| {
             let htpasswd = config.data_dir.join("htpasswd");
             for (user, password) in users {
                 berth::auth::Htpasswd::add_or_update_user(
@@ -532,14 +602,32 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {encoded}")
 }
 
-/// A client that sends `authorization` with every request.
+/// A client for the registry under test. On S3 it opens a connection per
+/// request, so that consecutive requests take turns between the replicas
+/// behind the balancer (which picks a replica per connection): an upload's
+/// POST, PATCH and PUT, a push and the pull after it, land on different
+/// replicas. A pooled connection would keep a test on one replica.
+pub fn new_client() -> Client {
+    client_builder().build().expect("client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    let builder = Client::builder();
+    match backend::backend() {
+        Backend::Filesystem => builder,
+        Backend::S3 => builder.pool_max_idle_per_host(0),
+    }
+}
+
+/// A client that sends `authorization` with every request (a connection per
+/// request on S3, as [`new_client`]).
 pub fn client_with_authorization(authorization: &str) -> Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         authorization.parse().expect("a header value"),
     );
-    Client::builder()
+    client_builder()
         .default_headers(headers)
         .build()
         .expect("client")
@@ -691,7 +779,7 @@ pub async fn seed_app_web(registry: &mut TestRegistry) -> (String, String) {
     registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let (_, a) = registry.push_image("app/web", "latest", b"a").await;
     let (_, b) = registry.push_image("app/web", "latest", b"b").await;
-    registry.client = Client::new();
+    registry.client = new_client();
     (a, b)
 }
 

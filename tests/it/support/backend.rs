@@ -51,10 +51,7 @@ pub fn filesystem_only(why: &str) -> bool {
         .name()
         .unwrap_or("a filesystem-only test")
         .to_owned();
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test} (filesystem only: {why})"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} (filesystem only: {why})");
     true
 }
 
