@@ -3,6 +3,7 @@
 //! digests and repository names in the path.
 
 use crate::support::{
+    uncached_on_s3,
     error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
     sha512_digest, store, TestRegistry,
 };
@@ -313,7 +314,7 @@ async fn multiple_ranges_are_ignored_and_the_whole_blob_is_sent() {
 
 #[tokio::test]
 async fn delete_blob_is_202_then_404_in_that_repository_only() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let content = b"shared layer".to_vec();
     let digest = registry.push_blob("team/a", &content).await;
     assert_eq!(registry.push_blob("team/b", &content).await, digest);

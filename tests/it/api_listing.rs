@@ -2,6 +2,7 @@
 
 use crate::support::backend::on_s3;
 use crate::support::{
+    uncached_on_s3,
     error_code, expect_status, expect_status_of, get, sha256_digest, store, TestRegistry,
     OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
@@ -153,7 +154,7 @@ async fn listed_tags(registry: &TestRegistry, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn tags_list_reflects_tags_added_and_deleted_after_a_listing() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     tag_one_image(&registry, "team/app", &["a", "b"]).await;
     assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b"]);
     tag_one_image(&registry, "team/app", &["c"]).await;

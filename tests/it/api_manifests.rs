@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use crate::support::backend::on_s3;
 use crate::support::{
+    uncached_on_s3,
     error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
     sha512_digest, store, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
     OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
@@ -1013,7 +1014,7 @@ async fn put_with_an_invalid_tag_parameter_is_rejected_and_creates_nothing() {
 
 #[tokio::test]
 async fn delete_by_tag_removes_the_tag_but_not_the_manifest() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = registry.delete_manifest("team/app", "v1").await;
     expect_status(resp, StatusCode::ACCEPTED).await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::support::backend::{filesystem_only, on_s3};
 use crate::support::{
+    uncached_on_s3,
     error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
     sha512_digest, store, with_query, TestRegistry,
 };
@@ -770,7 +771,7 @@ async fn mount_of_an_unknown_blob_is_202_with_a_working_session() {
 
 #[tokio::test]
 async fn mount_from_a_repository_without_the_blob_is_202_not_201() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let content = b"only in team/a".to_vec();
     let digest = registry.push_blob("team/a", &content).await;
     registry.push_blob("team/b", b"team/b's own blob").await;

@@ -7,7 +7,7 @@
 //! `berth fsck` passes.
 
 use crate::support::{
-    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, DOCKER_MANIFEST,
+    catalog_settled, uncached_on_s3, error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::StatusCode;
@@ -35,7 +35,9 @@ struct Repo {
 impl Repo {
     async fn new(name: &'static str) -> Repo {
         assert_eq!((CONFIG.len(), LAYER.len()), (49, 10));
-        let registry = TestRegistry::start().await;
+        // A refusal must change neither the tags nor the catalog, which
+        // every replica must then answer exactly.
+        let registry = TestRegistry::start_with(uncached_on_s3).await;
         let config = registry.push_blob(name, CONFIG).await;
         let layer = registry.push_blob(name, LAYER).await;
         let good = image_manifest(&config, CONFIG.len(), &[(layer.clone(), LAYER.len())]);
@@ -43,6 +45,7 @@ impl Repo {
             .put_manifest(name, "good", OCI_MANIFEST, &good)
             .await;
         expect_status(resp, StatusCode::CREATED).await;
+        catalog_settled(&registry, &registry.client, &[name]).await;
         Repo {
             registry,
             name,

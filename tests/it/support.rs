@@ -550,22 +550,34 @@ impl TestRegistry {
     /// to `<data-dir>/htpasswd`; `auth_table` is the body of the `[auth]`
     /// table (TOML), whose `htpasswd` key is set here.
     pub async fn start_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
-        Self::start_replicas_with_auth(default_replicas(), users, auth_table).await
+        Self::start_replicas_with_auth(default_replicas(), users, auth_table, |_| {}).await
+    }
+
+    /// [`TestRegistry::start_with_auth`] whose config `adjust` changes
+    /// further.
+    pub async fn start_with_auth_and(
+        adjust: impl FnOnce(&mut Config),
+        users: &[(&str, &str)],
+        auth_table: &str,
+    ) -> TestRegistry {
+        Self::start_replicas_with_auth(default_replicas(), users, auth_table, adjust).await
     }
 
     /// [`TestRegistry::start_with_auth`] with one server on either backend:
     /// for a test of state each process keeps for itself (the login
     /// limiter's counts of failed logins, the login cache).
     pub async fn start_one_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
-        Self::start_replicas_with_auth(1, users, auth_table).await
+        Self::start_replicas_with_auth(1, users, auth_table, |_| {}).await
     }
 
     async fn start_replicas_with_auth(
         replicas: usize,
         users: &[(&str, &str)],
         auth_table: &str,
+        adjust: impl FnOnce(&mut Config),
     ) -> TestRegistry {
         Self::start_replicas(replicas, |config| {
+            adjust(config);
             let htpasswd = config.data_dir.join("htpasswd");
             for (user, password) in users {
                 berth::auth::Htpasswd::add_or_update_user(
@@ -756,8 +768,11 @@ pub async fn token(
 
 /// A server with access control over `app/*`: bob may pull and push, erin
 /// also delete, dave only pull. `extra` is added to the `[auth]` table (TOML).
+/// Its tests move tags (rollback) and read them back at once: uncached on S3
+/// (see [`uncached_on_s3`]).
 pub async fn start_with_app_rules(extra: &str) -> TestRegistry {
-    TestRegistry::start_with_auth(
+    TestRegistry::start_with_auth_and(
+        uncached_on_s3,
         &[("bob", "bob-pw"), ("erin", "erin-pw"), ("dave", "dave-pw")],
         &format!(
             r#"
