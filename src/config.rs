@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(config.storage.backend, StorageBackend::S3);
         assert!(!config.storage.s3.bucket.is_empty());
         let auth = config.auth.expect("auth on");
-        assert!(auth.signing_key.is_some(), "replicas must share the token key");
+        assert!(
+            auth.signing_key.is_some(),
+            "replicas must share the token key"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 # (Debian or Ubuntu, run as root, with only the Rust toolchain) passes in one go.
 #
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
-#                           compatibility, the crash and power-cut tests (quick), and a quick run of
-#                           the benchmark (that it works, not its timings)
+#                           compatibility, the crash and power-cut tests (quick), a quick run of
+#                           the benchmark (that it works, not its timings), and the integration
+#                           tests again on S3 (two replicas over Garage; CI requires Garage)
 #   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
 #                           a C compiler, curl, procps; one test needs root and is skipped without)
 set -euo pipefail
@@ -149,5 +150,35 @@ trap - EXIT
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick
+
+# The integration tests once more, on S3: every registry two replicas over a
+# fresh prefix of one Garage, behind a round-robin balancer (a connection per
+# request, so requests take turns between them), and every test that is not
+# about the filesystem itself (those say SKIPPED). Garage is waited for where
+# this script builds it (wait_for_garage), else found by tests/garage.sh; CI
+# must run this step, elsewhere a missing Garage skips it loudly.
+step "the integration tests again on S3: two replicas over Garage behind a balancer (BERTH_TEST_STORAGE=s3)"
+garage_found=true
+if declare -F wait_for_garage >/dev/null; then
+  wait_for_garage
+elif GARAGE_BIN=$(tests/garage.sh find); then
+  export GARAGE_BIN
+else
+  garage_found=false
+  if [ "${CI:-}" = true ]; then
+    echo "FAIL: no Garage binary for the S3 run of the integration tests (GARAGE_BIN, target/garage/bin, PATH; tests/install-tools.sh --garage builds one)" >&2
+    exit 1
+  fi
+  echo "SKIPPED: the integration tests on S3: no Garage binary (tests/install-tools.sh --garage builds one)" >&2
+fi
+if $garage_found; then
+  it_binary=""
+  for binary in "${test_binaries[@]}"; do
+    case "$(basename "$binary")" in it-*) it_binary=$binary ;; esac
+  done
+  [ -n "$it_binary" ] || { echo "FAIL: cargo test built no integration-test binary (it)" >&2; exit 1; }
+  printf '     Running %s\n' "${it_binary#"$PWD"/}"
+  BERTH_TEST_STORAGE=s3 "$it_binary" --test-threads=$test_threads
+fi
 
 step "done"
