@@ -3,9 +3,8 @@
 //! digests and repository names in the path.
 
 use crate::support::{
-    uncached_on_s3,
     error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
-    sha512_digest, store, TestRegistry,
+    sha512_digest, store, uncached_on_s3, TestRegistry,
 };
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

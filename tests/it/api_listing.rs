@@ -2,9 +2,8 @@
 
 use crate::support::backend::on_s3;
 use crate::support::{
-    uncached_on_s3,
-    error_code, expect_status, expect_status_of, get, sha256_digest, store, TestRegistry,
-    OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, get, sha256_digest, store, uncached_on_s3,
+    TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};

@@ -5,10 +5,9 @@ use std::collections::HashSet;
 
 use crate::support::backend::on_s3;
 use crate::support::{
-    uncached_on_s3,
     error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
-    sha512_digest, store, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
-    OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    sha512_digest, store, uncached_on_s3, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use crate::support::backend::{filesystem_only, on_s3};
 use crate::support::{
-    uncached_on_s3,
     error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
-    sha512_digest, store, with_query, TestRegistry,
+    sha512_digest, store, uncached_on_s3, with_query, TestRegistry,
 };
 use bytes::Bytes;
 use futures::StreamExt;

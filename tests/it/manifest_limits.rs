@@ -7,8 +7,9 @@
 //! `berth fsck` passes.
 
 use crate::support::{
-    catalog_settled, uncached_on_s3, error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    catalog_settled, error_code, expect_status, get, image_manifest, sha256_digest, uncached_on_s3,
+    TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
+    OCI_MANIFEST,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
