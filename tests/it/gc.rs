@@ -515,10 +515,13 @@ async fn berth_gc_collects_a_data_dir_and_prints_a_summary() {
 
 #[tokio::test]
 async fn a_server_with_gc_interval_collects_by_itself() {
+    // The grace protects a blob between its upload and the manifest that
+    // names it: it must outlast a push (over S3, on a loaded machine, with
+    // every replica collecting, a push of zero grace loses the race).
     let registry = TestRegistry::start_with(|c| {
         c.lifecycle = LifecycleConfig {
             gc_interval: Some(Duration::from_millis(300)),
-            gc_grace_period: Duration::ZERO,
+            gc_grace_period: Duration::from_secs(3),
             ..deleting()
         }
     })
@@ -533,7 +536,7 @@ async fn a_server_with_gc_interval_collects_by_itself() {
     )
     .await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while stored_blobs(&registry).await != expected {
         assert!(Instant::now() < deadline, "the server never collected");
         tokio::time::sleep(Duration::from_millis(100)).await;
