@@ -5,8 +5,9 @@
 #
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
 #                           compatibility, the crash and power-cut tests (quick), a quick run of
-#                           the benchmark (that it works, not its timings), and the tests that
-#                           need Garage (an S3 store; built here when missing, in the background)
+#                           the benchmark (that it works, not its timings), the tests that need
+#                           Garage (an S3 store; built here when missing, in the background), and
+#                           the integration tests again on S3 (two replicas over Garage)
 #   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
 #                           a C compiler, curl, procps, python3; one test needs root and is skipped
 #                           without; the tests that need Garage skip loudly when it is missing)
@@ -206,6 +207,20 @@ for binary in "${test_binaries[@]}"; do
   printf '     Running %s\n' "${binary#"$PWD"/}"
   "$binary" --test-threads=$test_threads garage_
 done
+
+# The integration tests once more, on S3: every registry two replicas over a
+# fresh prefix of one Garage, behind a round-robin balancer (a connection per
+# request, so requests take turns between them), and every test that is not
+# about the filesystem itself (those say SKIPPED). The tests that need Garage
+# ran just above.
+step "the integration tests again on S3: two replicas over Garage behind a balancer (BERTH_TEST_STORAGE=s3)"
+it_binary=""
+for binary in "${test_binaries[@]}"; do
+  case "$(basename "$binary")" in it-*) it_binary=$binary ;; esac
+done
+[ -n "$it_binary" ] || { echo "FAIL: cargo test built no integration-test binary (it)" >&2; exit 1; }
+printf '     Running %s\n' "${it_binary#"$PWD"/}"
+BERTH_TEST_STORAGE=s3 "$it_binary" --test-threads=$test_threads --skip garage_
 trap - EXIT
 
 step "done"

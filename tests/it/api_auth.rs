@@ -50,6 +50,13 @@ async fn start() -> TestRegistry {
     TestRegistry::start_with_auth(USERS, &auth_table("")).await
 }
 
+/// One server, on either backend: for the login limiter, whose counts of
+/// failed logins each process keeps for itself (behind a balancer, each
+/// replica allows `max_failures` of its own).
+async fn start_one() -> TestRegistry {
+    TestRegistry::start_one_with_auth(USERS, &auth_table("")).await
+}
+
 fn password_of(user: &str) -> &'static str {
     USERS.iter().find(|(u, _)| *u == user).unwrap().1
 }
@@ -78,7 +85,7 @@ fn challenge(resp: &Response) -> String {
 fn expected_challenge(registry: &TestRegistry, scope: Option<&str>, error: Option<&str>) -> String {
     let mut expected = format!(
         r#"Bearer realm="http://{}/auth/token",service="berth""#,
-        registry.server.addr
+        registry.addr
     );
     if let Some(scope) = scope {
         expected.push_str(&format!(r#",scope="{scope}""#));
@@ -103,7 +110,7 @@ fn bearer(token: &str) -> Client {
 async fn seed(registry: &mut TestRegistry, name: &str, layer: &[u8]) -> String {
     act_as(registry, "alice");
     let (_, digest) = registry.push_image(name, "latest", layer).await;
-    registry.client = Client::new();
+    registry.client = new_client();
     digest
 }
 
@@ -658,9 +665,12 @@ async fn a_token_without_the_mount_sources_pull_is_challenged_for_both_scopes() 
 #[tokio::test]
 async fn the_catalog_lists_what_each_caller_may_pull_and_paginates_that() {
     let mut registry = start().await;
-    for name in ["public/a", "team-a/app", "team-a/tools", "team-b/secret"] {
+    let all = ["public/a", "team-a/app", "team-a/tools", "team-b/secret"];
+    for name in all {
         seed(&mut registry, name, name.as_bytes()).await;
     }
+    let alice = client_with_authorization(&basic("alice"));
+    catalog_settled(&registry, &alice, &all).await;
     let list = |user: &str, query: &'static str| {
         let client = client_with_authorization(&basic(user));
         let url = registry.url(&format!("/v2/_catalog{query}"));
@@ -772,7 +782,7 @@ async fn an_expired_robot_is_refused() {
 
 #[tokio::test]
 async fn repeated_failed_logins_are_answered_429_with_retry_after() {
-    let registry = start().await;
+    let registry = start_one().await;
     let wrong = client_with_authorization(&basic_auth("bob", "guess"));
     for _ in 0..3 {
         let resp = send(&wrong, "GET", &registry.url("/v2/")).await;
@@ -810,7 +820,7 @@ async fn statuses_of_parallel(
 /// and for a robot; a login that was cached before the block stays refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_wrong_guesses_get_at_most_max_failures_password_checks() {
-    let registry = start().await;
+    let registry = start_one().await;
     let store = RobotStore::open(&registry.robots_path()).unwrap();
     let grants = vec![Grant::parse("team-a/*:pull").unwrap()];
     store.create("ci", grants, None).unwrap();
@@ -906,10 +916,11 @@ async fn parallel_logins_with_the_right_password_all_succeed() {
     assert_eq!(statuses, std::collections::BTreeMap::from([(200, 30)]));
 }
 
-/// A server that believes forwarding headers from `trusted` (a TOML list).
+/// A server that believes forwarding headers from `trusted` (a TOML list):
+/// one, as [`start_one`], since these tests count failed logins.
 async fn start_behind_proxies(trusted: &str) -> TestRegistry {
     let extra = format!("trusted_proxies = {trusted}");
-    TestRegistry::start_with_auth(USERS, &auth_table(&extra)).await
+    TestRegistry::start_one_with_auth(USERS, &auth_table(&extra)).await
 }
 
 /// `GET path` as `user` with `password`, forwarded for `client` with the
@@ -992,7 +1003,7 @@ async fn one_users_failed_logins_do_not_lock_out_another_behind_the_same_proxy()
     let resp = forwarded_get(&registry, "/v2/", Some(("carol", "carol-pw")), &client).await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The same holds with no proxy at all (the peer address is shared).
-    let direct = start().await;
+    let direct = start_one().await;
     for _ in 0..3 {
         let resp = forwarded_get(&direct, "/v2/", Some(("bob", "guess")), &[]).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);

@@ -4,7 +4,7 @@
 
 use crate::support::{
     error_code, expect_status, expect_status_of, get, header_str, pattern, sha256_digest,
-    sha512_digest, TestRegistry,
+    sha512_digest, store, uncached_on_s3, TestRegistry,
 };
 use reqwest::{header, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,10 +49,10 @@ impl RawResponse {
 /// Sends `method path` over a plain socket, byte for byte: reqwest (like any
 /// WHATWG URL parser) would resolve `..` and `%2e%2e` segments before sending.
 async fn raw_request(registry: &TestRegistry, method: &str, path: &str) -> RawResponse {
-    let mut stream = TcpStream::connect(registry.server.addr).await.unwrap();
+    let mut stream = TcpStream::connect(registry.addr).await.unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-        registry.server.addr
+        registry.addr
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
@@ -313,7 +313,7 @@ async fn multiple_ranges_are_ignored_and_the_whole_blob_is_sent() {
 
 #[tokio::test]
 async fn delete_blob_is_202_then_404_in_that_repository_only() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let content = b"shared layer".to_vec();
     let digest = registry.push_blob("team/a", &content).await;
     assert_eq!(registry.push_blob("team/b", &content).await, digest);
@@ -436,8 +436,11 @@ async fn uppercase_repository_name_is_400_name_invalid() {
         .unwrap();
     let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "NAME_INVALID");
+    let storage = registry.storage().await;
     assert!(
-        !registry.storage_root().join("repositories/UPPER").exists(),
+        store::objects(storage.as_ref(), "repositories")
+            .await
+            .is_empty(),
         "an invalid name reached storage"
     );
 }

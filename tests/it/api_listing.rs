@@ -1,8 +1,9 @@
 //! Listings: tags (end-8a, end-8b), the catalog, and referrers (end-12a, end-12b).
 
+use crate::support::backend::on_s3;
 use crate::support::{
-    error_code, expect_status, expect_status_of, get, sha256_digest, TestRegistry, OCI_INDEX,
-    OCI_LAYER, OCI_MANIFEST,
+    error_code, expect_status, expect_status_of, get, sha256_digest, store, uncached_on_s3,
+    TestRegistry, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -152,7 +153,7 @@ async fn listed_tags(registry: &TestRegistry, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn tags_list_reflects_tags_added_and_deleted_after_a_listing() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     tag_one_image(&registry, "team/app", &["a", "b"]).await;
     assert_eq!(listed_tags(&registry, "team/app").await, ["a", "b"]);
     tag_one_image(&registry, "team/app", &["c"]).await;
@@ -284,6 +285,7 @@ async fn catalog_lists_repositories_lexically_including_nested_names() {
     for name in ["b", "a/b/c", "ab", "a", "a-b", "a/b"] {
         registry.push_image(name, "latest", name.as_bytes()).await;
     }
+    catalog_settled(&registry, &["a", "a-b", "a/b", "a/b/c", "ab", "b"]).await;
     let resp = get(&registry, "/v2/_catalog").await;
     let resp = expect_status(resp, StatusCode::OK).await;
     assert!(link(&resp).is_none());
@@ -301,6 +303,7 @@ async fn catalog_pagination_follows_link_until_exhausted() {
     for name in names {
         registry.push_image(name, "latest", name.as_bytes()).await;
     }
+    catalog_settled(&registry, &["a", "a-b", "a/b", "a/b/c", "ab", "b", "c/d"]).await;
     let resp = get(&registry, "/v2/_catalog?n=2").await;
     let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(
@@ -371,18 +374,16 @@ async fn catalog(registry: &TestRegistry) -> Vec<String> {
     strings(&body["repositories"])
 }
 
-/// Copies a directory tree, as an offline tool filling a data directory would.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
+/// [`crate::support::catalog_settled`] as the registry's own client.
+async fn catalog_settled<S: AsRef<str>>(registry: &TestRegistry, expected: &[S]) {
+    crate::support::catalog_settled(registry, &registry.client, expected).await;
+}
+
+/// Copies every object under `from` to `to` in the registry's store, as an
+/// offline tool filling a data directory (or a bucket) would.
+async fn copy_repository(registry: &TestRegistry, from: &str, to: &str) {
+    let storage = registry.storage().await;
+    store::copy_tree(storage.as_ref(), from, storage.as_ref(), to).await;
 }
 
 /// Long enough that no walk of the store happens during a test: what the
@@ -399,6 +400,7 @@ async fn catalog_pages_of_many_repositories_list_each_once_in_lexical_order() {
     push_repositories(&registry, &names).await;
     names.push("seed".to_owned());
     names.sort();
+    catalog_settled(&registry, &names).await;
 
     let pages = follow_pages(&registry, "/v2/_catalog?n=40", "repositories").await;
     assert_eq!(
@@ -426,7 +428,7 @@ async fn catalog_pages_of_many_repositories_list_each_once_in_lexical_order() {
 
 #[tokio::test]
 async fn a_repository_pushed_after_the_catalog_was_listed_appears_at_once() {
-    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    let registry = TestRegistry::start_one_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
     registry.push_image("first", "latest", b"one").await;
     assert_eq!(catalog(&registry).await, ["first"]);
     registry.push_image("team/second", "v1", b"two").await;
@@ -436,7 +438,7 @@ async fn a_repository_pushed_after_the_catalog_was_listed_appears_at_once() {
 
 #[tokio::test]
 async fn a_repository_without_a_manifest_is_not_listed() {
-    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    let registry = TestRegistry::start_one_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
     registry.push_image("image", "latest", b"one").await;
     assert_eq!(catalog(&registry).await, ["image"]);
     registry.push_blob("blobs-only", b"no manifest").await;
@@ -445,13 +447,12 @@ async fn a_repository_without_a_manifest_is_not_listed() {
 
 #[tokio::test]
 async fn pages_are_served_from_the_index_until_it_is_stale() {
-    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    let registry = TestRegistry::start_one_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
     registry.push_image("a", "latest", b"one").await;
     assert_eq!(catalog(&registry).await, ["a"]);
     // Written behind the server's back: no page walks the store, so it is
     // not seen until the index is stale.
-    let repositories = registry.storage_root().join("repositories");
-    copy_tree(&repositories.join("a"), &repositories.join("offline"));
+    copy_repository(&registry, "repositories/a", "repositories/offline").await;
     for _ in 0..3 {
         assert_eq!(catalog(&registry).await, ["a"]);
     }
@@ -461,9 +462,8 @@ async fn pages_are_served_from_the_index_until_it_is_stale() {
 async fn a_repository_written_by_another_process_appears_after_the_staleness_bound() {
     let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = SHORT_TTL_MS).await;
     registry.push_image("a", "latest", b"one").await;
-    assert_eq!(catalog(&registry).await, ["a"]);
-    let repositories = registry.storage_root().join("repositories");
-    copy_tree(&repositories.join("a"), &repositories.join("offline/copy"));
+    catalog_settled(&registry, &["a"]).await;
+    copy_repository(&registry, "repositories/a", "repositories/offline/copy").await;
     // The bound is max(cache_ttl_ms, 10 × the last walk's duration); a walk
     // of two repositories takes well under 30 ms. The first page past it is
     // served from the index and starts a walk; a page after that walk lists it.
@@ -480,7 +480,7 @@ async fn a_repository_written_by_another_process_appears_after_the_staleness_bou
 
 #[tokio::test]
 async fn a_repository_whose_manifests_directory_is_emptied_leaves_the_catalog_at_once() {
-    let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
+    let registry = TestRegistry::start_one_with(|c| c.cache_ttl_ms = NO_REFRESH_MS).await;
     registry.push_image("keep", "latest", b"one").await;
     // Pushed by digest only: deleting its one manifest leaves `_manifests`
     // empty, and the store prunes it (a tag's directory would stay, and so
@@ -500,10 +500,12 @@ async fn a_repository_whose_manifests_directory_is_emptied_leaves_the_catalog_at
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    assert!(!registry
-        .storage_root()
-        .join("repositories/drop/_manifests")
-        .exists());
+    let storage = registry.storage().await;
+    assert!(
+        store::objects(storage.as_ref(), "repositories/drop/_manifests")
+            .await
+            .is_empty()
+    );
     assert_eq!(catalog(&registry).await, ["keep"]);
     // Pushed again, it is back.
     push_untagged().await;
@@ -515,8 +517,9 @@ async fn a_repository_removed_by_another_process_leaves_after_the_staleness_boun
     let registry = TestRegistry::start_with(|c| c.cache_ttl_ms = SHORT_TTL_MS).await;
     registry.push_image("keep", "latest", b"one").await;
     registry.push_image("gone", "latest", b"two").await;
-    assert_eq!(catalog(&registry).await, ["gone", "keep"]);
-    std::fs::remove_dir_all(registry.storage_root().join("repositories/gone")).unwrap();
+    catalog_settled(&registry, &["gone", "keep"]).await;
+    let storage = registry.storage().await;
+    storage.delete_all("repositories/gone").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(SHORT_TTL_MS + 100)).await;
     catalog(&registry).await;
     assert_eq!(catalog_once_walked(&registry, &["keep"]).await, ["keep"]);
@@ -526,6 +529,11 @@ async fn a_repository_removed_by_another_process_leaves_after_the_staleness_boun
 /// pages until it lists `expected`, for at most two seconds (a walk of a few
 /// repositories takes milliseconds); what it lists last otherwise.
 async fn catalog_once_walked(registry: &TestRegistry, expected: &[&str]) -> Vec<String> {
+    if on_s3() {
+        // Each replica walks for itself, a walk of the bucket taking longer.
+        catalog_settled(registry, expected).await;
+        return catalog(registry).await;
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let listed = catalog(registry).await;
@@ -542,14 +550,15 @@ async fn a_data_directory_without_an_index_is_listed_from_its_first_page() {
     let source = TestRegistry::start().await;
     source.push_image("library/app", "latest", b"one").await;
     source.push_image("other", "v1", b"two").await;
-    let root = source.storage_root();
-    let served = TestRegistry::start_with(|c| {
-        let target = c.data_dir.join("docker/registry/v2");
-        for dir in ["repositories", "blobs"] {
-            copy_tree(&root.join(dir), &target.join(dir));
-        }
-        c.cache_ttl_ms = NO_REFRESH_MS;
-    })
+    let from = source.storage().await;
+    let served = TestRegistry::start_seeded(
+        async |to| {
+            for dir in ["repositories", "blobs"] {
+                store::copy_tree(from.as_ref(), dir, to.as_ref(), dir).await;
+            }
+        },
+        |c| c.cache_ttl_ms = NO_REFRESH_MS,
+    )
     .await;
     assert_eq!(catalog(&served).await, ["library/app", "other"]);
 }
@@ -579,6 +588,10 @@ async fn the_catalog_filters_by_access_before_it_paginates() {
         })
         .collect();
     push_repositories(&registry, &names).await;
+    let mut all = names.clone();
+    all.push("seed".to_owned());
+    all.sort();
+    catalog_settled(&registry, &all).await;
 
     let bob =
         crate::support::client_with_authorization(&crate::support::basic_auth("bob", "bob-pw"));

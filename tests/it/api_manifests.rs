@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 
+use crate::support::backend::on_s3;
 use crate::support::{
     error_code, expect_status, expect_status_of, header_str, image_manifest, sha256_digest,
-    sha512_digest, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
-    OCI_LAYER, OCI_MANIFEST,
+    sha512_digest, store, uncached_on_s3, TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::json;
@@ -111,12 +112,10 @@ async fn assert_served(
 /// A GET over a raw socket, so that no `Accept` header at all is sent
 /// (reqwest always adds `Accept: */*`). Returns the status code.
 async fn raw_get_status(registry: &TestRegistry, path: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(registry.addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        registry.server.addr
+        registry.addr
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
@@ -781,12 +780,12 @@ async fn manifest_over_4_mib_is_rejected_with_413_and_not_stored() {
         let resp = get_manifest(&registry, "big", reference, OCI_MANIFEST).await;
         expect_status(resp, StatusCode::NOT_FOUND).await;
     }
-    let blob_path = registry.storage_root().join(format!(
-        "blobs/sha256/{}/{}",
-        &hex_of(&digest)[..2],
-        hex_of(&digest)
-    ));
-    assert!(!blob_path.exists(), "oversized manifest content was stored");
+    let storage = registry.storage().await;
+    let blob = format!("blobs/sha256/{}/{}", &hex_of(&digest)[..2], hex_of(&digest));
+    assert!(
+        store::objects(storage.as_ref(), &blob).await.is_empty(),
+        "oversized manifest content was stored"
+    );
 }
 
 #[tokio::test]
@@ -1014,7 +1013,7 @@ async fn put_with_an_invalid_tag_parameter_is_rejected_and_creates_nothing() {
 
 #[tokio::test]
 async fn delete_by_tag_removes_the_tag_but_not_the_manifest() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (manifest, digest) = registry.push_image("team/app", "v1", b"layer").await;
     let resp = registry.delete_manifest("team/app", "v1").await;
     expect_status(resp, StatusCode::ACCEPTED).await;
@@ -1095,15 +1094,11 @@ async fn delete_unknown_manifest_is_404() {
 // storage layout and concurrency
 
 /// The names in a tag's Berth history directory, oldest first.
-fn history_entries(registry: &TestRegistry, repo: &str, tag: &str) -> Vec<String> {
-    let dir = registry
-        .storage_root()
-        .join(format!("repositories/{repo}/_berth/history/{tag}"));
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+async fn history_entries(registry: &TestRegistry, repo: &str, tag: &str) -> Vec<String> {
+    let storage = registry.storage().await;
+    let dir = format!("repositories/{repo}/_berth/history/{tag}");
+    let names = store::children(storage.as_ref(), &dir).await;
+    assert!(!names.is_empty(), "{dir} is empty");
     names
 }
 
@@ -1113,22 +1108,27 @@ async fn tag_history_is_recorded_in_order_beside_the_distribution_layout() {
     let (_, digest_a) = registry.push_image("team/app", "t", b"layer A").await;
     let (_, digest_b) = registry.push_image("team/app", "t", b"layer B").await;
     assert_ne!(digest_a, digest_b);
-    let entries = history_entries(&registry, "team/app", "t");
+    let entries = history_entries(&registry, "team/app", "t").await;
     let named: Vec<String> = entries
         .iter()
         .map(|e| e.split_once('-').unwrap().1.replacen('-', ":", 1))
         .collect();
     assert_eq!(named, [digest_a.clone(), digest_b.clone()], "{entries:?}");
-    let tag_dir = registry
-        .storage_root()
-        .join("repositories/team/app/_manifests/tags/t");
-    let current = std::fs::read_to_string(tag_dir.join("current/link")).unwrap();
-    assert_eq!(current, digest_b);
-    let revision = registry.storage_root().join(format!(
+    let storage = registry.storage().await;
+    let current = store::read(
+        storage.as_ref(),
+        "repositories/team/app/_manifests/tags/t/current/link",
+    )
+    .await;
+    assert_eq!(current, Some(digest_b.into_bytes()));
+    let revision = format!(
         "repositories/team/app/_manifests/revisions/sha256/{}/link",
         hex_of(&digest_a)
-    ));
-    assert_eq!(std::fs::read_to_string(revision).unwrap(), digest_a);
+    );
+    assert_eq!(
+        store::read(storage.as_ref(), &revision).await,
+        Some(digest_a.into_bytes())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1175,8 +1175,11 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
         "the tag names one of the pushed manifests"
     );
     // Every pushed manifest is stored and in the tag's history, and the
-    // newest history entry is where the tag points.
-    let history = history_entries(&registry, "race", "contended");
+    // newest history entry is where the tag points: in one process. Replicas
+    // over a store that ignores conditional writes (Garage) may leave the
+    // newest entry on another manifest than `current`, which stays the
+    // truth (docs/design/s3.md §6).
+    let history = history_entries(&registry, "race", "contended").await;
     for manifest in &manifests {
         let d = sha256_digest(manifest);
         assert_served(&registry, "race", &d, OCI_MANIFEST, manifest, &d).await;
@@ -1185,7 +1188,9 @@ async fn concurrent_tag_updates_leave_the_tag_on_one_whole_manifest() {
             "{d} not in {history:?}"
         );
     }
-    assert!(history.last().unwrap().ends_with(hex_of(&digest)));
+    if !on_s3() {
+        assert!(history.last().unwrap().ends_with(hex_of(&digest)));
+    }
     assert_eq!(registry.tags("race").await, ["contended"]);
 }
 

@@ -1,8 +1,10 @@
 //! The `berth` binary itself: flags, config precedence, logs, graceful shutdown.
 
+use crate::support::backend::{backend, Backend};
 use crate::support::{ServeProcess, BERTH};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,6 +16,15 @@ fn version_flag_prints_the_version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("berth {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Whether a server has used `dir` as its data directory: the store's root
+/// is made there on the filesystem; on S3 the blob cache is.
+fn used_as_data_dir(dir: &Path) -> bool {
+    match backend() {
+        Backend::Filesystem => dir.join("docker/registry/v2").is_dir(),
+        Backend::S3 => dir.join("s3-cache").is_dir(),
+    }
 }
 
 #[test]
@@ -35,20 +46,14 @@ fn flags_override_env_which_overrides_the_config_file() {
 
     let served = ServeProcess::start(&["--config", config], &[]);
     drop(served);
-    assert!(
-        from_file.join("docker/registry/v2").is_dir(),
-        "file's data_dir used"
-    );
+    assert!(used_as_data_dir(&from_file), "file's data_dir used");
 
     let served = ServeProcess::start(
         &["--config", config],
         &[("BERTH_DATA_DIR", from_env.to_str().unwrap())],
     );
     drop(served);
-    assert!(
-        from_env.join("docker/registry/v2").is_dir(),
-        "env beats file"
-    );
+    assert!(used_as_data_dir(&from_env), "env beats file");
 
     let served = ServeProcess::start(
         &[
@@ -60,10 +65,7 @@ fn flags_override_env_which_overrides_the_config_file() {
         &[("BERTH_DATA_DIR", from_env.to_str().unwrap())],
     );
     drop(served);
-    assert!(
-        from_flag.join("docker/registry/v2").is_dir(),
-        "flag beats env"
-    );
+    assert!(used_as_data_dir(&from_flag), "flag beats env");
 }
 
 #[test]

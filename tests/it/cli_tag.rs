@@ -5,7 +5,6 @@
 use std::process::{Output, Stdio};
 
 use crate::support::*;
-use berth::{Config, RunningServer};
 use reqwest::{Client, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -62,7 +61,7 @@ async fn current(registry: &TestRegistry, client: &Client, name: &str, tag: &str
 
 #[tokio::test]
 async fn cli_prints_the_history_and_rolls_a_tag_back() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("team/app", "v1", b"a").await;
     let (_, b) = registry.push_image("team/app", "v1", b"b").await;
     let url = registry.url("");
@@ -277,15 +276,12 @@ async fn cli_trusts_a_private_ca_over_https() {
     let registry = TestRegistry::start().await;
     let (_, a) = registry.push_image("app", "v1", b"a").await;
     let (_, b) = registry.push_image("app", "v1", b"b").await;
-    let https = RunningServer::start(&Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: registry.data.path().to_path_buf(),
-        tls_cert: Some(testdata("server.crt")),
-        tls_key: Some(testdata("server.key")),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let https = registry
+        .another_server(|config| {
+            config.tls_cert = Some(testdata("server.crt"));
+            config.tls_key = Some(testdata("server.key"));
+        })
+        .await;
     let url = format!("https://localhost:{}", https.addr.port());
     let ca = testdata("test-ca.crt");
     let ca = ca.to_str().unwrap();

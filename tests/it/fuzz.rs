@@ -269,7 +269,7 @@ fn seed_image(rt: &tokio::runtime::Runtime, registry: &TestRegistry) -> (Vec<u8>
     let (manifest, manifest_digest) = rt.block_on(registry.push_image("fuzz/app", "latest", LAYER));
     let session = rt.block_on(registry.start_upload("fuzz/app"));
     let session = session
-        .trim_start_matches(&format!("http://{}", registry.server.addr))
+        .trim_start_matches(&format!("http://{}", registry.addr))
         .to_owned();
     let paths = known_paths(
         "fuzz/app",
@@ -286,7 +286,7 @@ fn fuzzed_requests_never_get_a_server_error() {
     let registry = rt.block_on(TestRegistry::start());
     let (_, paths) = seed_image(&rt, &registry);
     let authorization = header_value("authorization").boxed();
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let mut runner = runner();
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, u32>::new());
     let outcome = runner.run(&request(paths, authorization), |request| {
@@ -321,7 +321,7 @@ fn fuzzed_requests_never_get_a_server_error() {
     )
     .expect("an answer");
     assert_eq!(status, 200);
-    rt.block_on(registry.server.shutdown()).unwrap();
+    rt.block_on(registry.shutdown()).unwrap();
 }
 
 #[test]
@@ -351,7 +351,7 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
         }),
     ]
     .boxed();
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let mut runner = runner();
     let outcome = runner.run(&request(paths, authorization), |request| {
         let status = check_response(&request, exchange(addr, &request))?;
@@ -382,15 +382,8 @@ fn fuzzed_requests_without_valid_credentials_change_nothing() {
     ));
     let resp = rt.block_on(expect_status(resp, reqwest::StatusCode::OK));
     assert_eq!(rt.block_on(resp.bytes()).unwrap().as_ref(), LAYER);
-    let catalog = rt.block_on(get(&registry, "/v2/_catalog"));
-    let catalog: serde_json::Value = rt
-        .block_on(
-            rt.block_on(expect_status(catalog, reqwest::StatusCode::OK))
-                .json(),
-        )
-        .unwrap();
-    assert_eq!(catalog["repositories"], serde_json::json!(["fuzz/app"]));
-    rt.block_on(registry.server.shutdown()).unwrap();
+    rt.block_on(catalog_settled(&registry, &registry.client, &["fuzz/app"]));
+    rt.block_on(registry.shutdown()).unwrap();
 }
 
 /// What the fuzzing found, over HTTP: each input now gets the spec's status

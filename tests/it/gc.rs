@@ -1,14 +1,17 @@
 //! Garbage collection, upload expiry and `berth gc`, against a real server
-//! on a real socket and its data directory.
+//! on a real socket and its store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
+use crate::lifecycle_support::{
+    age, aged_grace, collector, get_bytes, stored_blobs, uncached, Image,
+};
+use crate::support::backend::on_s3;
 use crate::support::{
-    error_code, expect_status, expect_status_of, sha256_digest, with_query, TestRegistry, BERTH,
+    error_code, expect_status, expect_status_of, sha256_digest, store, with_query, TestRegistry,
     OCI_INDEX, OCI_MANIFEST,
 };
 use berth::registry::lifecycle::UntaggedManifests;
@@ -57,7 +60,7 @@ async fn kept_dropped_and_stray(registry: &TestRegistry) -> (Image, Image, Strin
 async fn unreferenced_blobs_and_manifests_are_collected_and_referenced_ones_kept() {
     let registry = uncached().await;
     let (kept, dropped, stray) = kept_dropped_and_stray(&registry).await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
 
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 1);
@@ -74,7 +77,7 @@ async fn unreferenced_blobs_and_manifests_are_collected_and_referenced_ones_kept
 
     kept.assert_intact(&registry, "app").await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
-    assert_eq!(stored_blobs(&registry.storage_root()), expected);
+    assert_eq!(stored_blobs(&registry).await, expected);
     let manifest = format!("/v2/app/manifests/{}", dropped.digest);
     assert_eq!(status(&registry, &manifest).await, StatusCode::NOT_FOUND);
     for digest in [&dropped.blobs[0].0, &stray] {
@@ -93,7 +96,7 @@ async fn untagged_manifests_stay_with_keep_and_go_with_delete() {
     tagged.push(&registry, "app", "v1").await;
     let by_digest = Image::new("by-digest", &[b"layer d"]);
     by_digest.push(&registry, "app", &by_digest.digest).await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
 
     let keep = collect(&registry, LifecycleConfig::default()).await;
     assert_eq!((keep.manifests_removed, keep.blobs_removed), (0, 0));
@@ -171,7 +174,7 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
     signature.push(&registry, "app", &signature.digest).await;
     let unrelated = Image::new("unrelated", &[b"unrelated layer"]);
     unrelated.push(&registry, "app", &unrelated.digest).await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
 
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 1, "only the unrelated manifest");
@@ -188,11 +191,11 @@ async fn index_children_and_referrers_are_kept_with_their_index() {
         StatusCode::ACCEPTED,
     )
     .await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 5);
     assert_eq!(report.referrer_links_removed, 2);
-    assert!(stored_blobs(&registry.storage_root()).is_empty());
+    assert!(stored_blobs(&registry).await.is_empty());
     let (_, referrers) = get_bytes(&registry, &format!("/v2/app/referrers/{}", index.digest)).await;
     let referrers: serde_json::Value = serde_json::from_slice(&referrers).unwrap();
     assert_eq!(referrers["manifests"], serde_json::json!([]));
@@ -207,7 +210,7 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
     for image in &versions {
         image.push(&registry, "app", "live").await;
     }
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
     let keep_two = LifecycleConfig {
         history_keep: 2,
         ..deleting()
@@ -240,7 +243,7 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
         StatusCode::ACCEPTED,
     )
     .await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
     let report = collect(&registry, keep_two).await;
     assert_eq!(report.manifests_removed, 0);
     versions[1].assert_intact(&registry, "app").await;
@@ -248,7 +251,7 @@ async fn history_keep_keeps_rollback_targets_even_after_the_tag_is_deleted() {
     // …until the history kept is shorter.
     let report = collect(&registry, deleting()).await;
     assert_eq!(report.manifests_removed, 2);
-    assert!(stored_blobs(&registry.storage_root()).is_empty());
+    assert!(stored_blobs(&registry).await.is_empty());
 }
 
 #[tokio::test]
@@ -259,7 +262,7 @@ async fn the_grace_period_spares_fresh_uploads_and_whatever_was_used_again() {
     let reuploaded = registry.push_blob("a", b"old, uploaded again").await;
     let repushed = Image::new("re-pushed", &[b"layer of the re-pushed image"]);
     repushed.push(&registry, "a", &repushed.digest).await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
 
     let fresh = registry.push_blob("a", b"fresh stray").await;
     let mount = registry
@@ -309,36 +312,29 @@ async fn the_grace_period_spares_fresh_uploads_and_whatever_was_used_again() {
     repushed.assert_intact(&registry, "a").await;
 }
 
-/// Every stored object's size and time. The write-ahead journal is left
-/// out: it is the store's own log, whose background checkpoint rewrites a
-/// header a second after the last write, whatever runs then.
-fn snapshot(root: &std::path::Path) -> BTreeMap<std::path::PathBuf, (u64, std::time::SystemTime)> {
-    let journal = root.join("_berth/journal");
-    let mut files = BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if entry.path() == journal {
-                continue;
-            }
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                files.insert(entry.path(), (meta.len(), meta.modified().unwrap()));
-            }
-        }
+/// Every stored object's size and time. The filesystem's write-ahead
+/// journal is left out: it is the store's own log, whose background
+/// checkpoint rewrites a header a second after the last write, whatever
+/// runs then.
+async fn snapshot(registry: &TestRegistry) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    let storage = registry.storage().await;
+    let mut objects = BTreeMap::new();
+    for top in ["repositories", "blobs", "_berth"] {
+        objects.extend(store::objects(storage.as_ref(), top).await);
     }
-    files
+    objects
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("_berth/journal/"))
+        .map(|(key, info)| (key, (info.size, info.modified)))
+        .collect()
 }
 
 #[tokio::test]
 async fn a_dry_run_changes_nothing_and_reports_what_a_run_removes() {
     let registry = uncached().await;
     let (kept, dropped, _) = kept_dropped_and_stray(&registry).await;
-    age(&registry.storage_root(), TWO_HOURS);
-    let before = snapshot(&registry.storage_root());
+    age(&registry, TWO_HOURS).await;
+    let before = snapshot(&registry).await;
     let gc = collector(&registry, deleting()).await;
     let dry = gc
         .collect_garbage(&GcOptions {
@@ -347,11 +343,7 @@ async fn a_dry_run_changes_nothing_and_reports_what_a_run_removes() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        snapshot(&registry.storage_root()),
-        before,
-        "nothing changed"
-    );
+    assert_eq!(snapshot(&registry).await, before, "nothing changed");
     dropped.assert_intact(&registry, "app").await;
 
     let real = gc.collect_garbage(&GcOptions::default()).await.unwrap();
@@ -388,15 +380,19 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
         StatusCode::ACCEPTED,
     )
     .await;
-    let uploads = registry.storage_root().join("repositories/app/_uploads");
-    let orphan = uploads.join(uuid_like());
-    std::fs::create_dir_all(&orphan).unwrap();
-    std::fs::write(orphan.join("data"), b"orphan bytes").unwrap();
-    std::fs::write(orphan.join("startedat"), b"2020-01-01T00:00:00Z").unwrap();
-    let junk = uploads.join("not-an-upload");
-    std::fs::create_dir_all(&junk).unwrap();
-    std::fs::write(junk.join("data"), b"junk").unwrap();
-    age(&registry.storage_root(), Duration::from_secs(48 * 3600));
+    let storage = registry.storage().await;
+    let uploads = "repositories/app/_uploads";
+    let orphan = format!("{uploads}/{}", uuid_like());
+    store::write(storage.as_ref(), &format!("{orphan}/data"), b"orphan bytes").await;
+    store::write(
+        storage.as_ref(),
+        &format!("{orphan}/startedat"),
+        b"2020-01-01T00:00:00Z",
+    )
+    .await;
+    let junk = format!("{uploads}/not-an-upload/data");
+    store::write(storage.as_ref(), &junk, b"junk").await;
+    age(&registry, Duration::from_secs(48 * 3600)).await;
     let live = registry.start_upload("app").await;
     expect_status(
         patch(&registry, &live, b"live chunk").await,
@@ -414,9 +410,9 @@ async fn abandoned_uploads_expire_orphans_too_and_their_ids_become_unknown() {
         (b"abandoned chunk".len() + b"orphan bytes".len()) as u64
     );
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert!(!orphan.exists());
+    assert!(store::objects(storage.as_ref(), &orphan).await.is_empty());
     assert!(
-        junk.join("data").exists(),
+        store::exists(storage.as_ref(), &junk).await,
         "what is not an upload is left alone"
     );
 
@@ -448,13 +444,9 @@ fn uuid_like() -> String {
     )
 }
 
-async fn berth_gc(args: &[&str]) -> String {
-    let output = tokio::process::Command::new(BERTH)
-        .arg("gc")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
+async fn berth_gc(registry: &TestRegistry, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::from(registry.berth_command("gc"));
+    let output = command.args(args).output().await.unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),
@@ -468,27 +460,35 @@ async fn berth_gc(args: &[&str]) -> String {
 async fn berth_gc_collects_a_data_dir_and_prints_a_summary() {
     let registry = uncached().await;
     let (kept, dropped, _) = kept_dropped_and_stray(&registry).await;
-    age(&registry.storage_root(), TWO_HOURS);
+    age(&registry, TWO_HOURS).await;
     let config = registry.data.path().join("gc.toml");
     std::fs::write(
         &config,
         "[lifecycle]\nuntagged_manifests = \"delete\"\nhistory_keep = 0\n",
     )
     .unwrap();
-    let data_dir = registry.data.path().to_str().unwrap().to_owned();
     let config = config.to_str().unwrap().to_owned();
-    let base = ["--data-dir", data_dir.as_str(), "--config", config.as_str()];
+    let mut base = vec!["--config".to_owned(), config.clone()];
+    if on_s3() {
+        // The default grace period (1 h), as aging leaves it on S3.
+        let grace = aged_grace(&registry, Duration::from_secs(3600));
+        base.extend([
+            "--grace-period".to_owned(),
+            format!("{}ms", grace.as_millis()),
+        ]);
+    }
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
 
-    let spared = berth_gc(&[&base[..], &["--grace-period", "30d"]].concat()).await;
+    let spared = berth_gc(&registry, &["--config", &config, "--grace-period", "30d"]).await;
     assert!(spared.contains("manifests removed: 0\n"), "{spared}");
     assert!(spared.contains("blobs removed: 0 "), "{spared}");
 
-    let before = stored_blobs(&registry.storage_root());
-    let dry = berth_gc(&[&base[..], &["--dry-run"]].concat()).await;
+    let before = stored_blobs(&registry).await;
+    let dry = berth_gc(&registry, &[&base[..], &["--dry-run"]].concat()).await;
     assert!(dry.starts_with("dry run: nothing was changed"), "{dry}");
-    assert_eq!(stored_blobs(&registry.storage_root()), before);
+    assert_eq!(stored_blobs(&registry).await, before);
 
-    let run = berth_gc(&base).await;
+    let run = berth_gc(&registry, &base).await;
     let bytes = dropped.manifest.len()
         + dropped.blobs[0].1.len()
         + b"dropped layer".len()
@@ -510,15 +510,18 @@ async fn berth_gc_collects_a_data_dir_and_prints_a_summary() {
     }
     kept.assert_intact(&registry, "app").await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
-    assert_eq!(stored_blobs(&registry.storage_root()), expected);
+    assert_eq!(stored_blobs(&registry).await, expected);
 }
 
 #[tokio::test]
 async fn a_server_with_gc_interval_collects_by_itself() {
+    // The grace protects a blob between its upload and the manifest that
+    // names it: it must outlast a push (over S3, on a loaded machine, with
+    // every replica collecting, a push of zero grace loses the race).
     let registry = TestRegistry::start_with(|c| {
         c.lifecycle = LifecycleConfig {
             gc_interval: Some(Duration::from_millis(300)),
-            gc_grace_period: Duration::ZERO,
+            gc_grace_period: Duration::from_secs(3),
             ..deleting()
         }
     })
@@ -533,8 +536,8 @@ async fn a_server_with_gc_interval_collects_by_itself() {
     )
     .await;
     let expected: BTreeSet<String> = kept.digests().into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stored_blobs(&registry.storage_root()) != expected {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_blobs(&registry).await != expected {
         assert!(Instant::now() < deadline, "the server never collected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -626,18 +629,38 @@ struct ClientLog {
     refused: usize,
 }
 
+/// How far the race has gone, and whether it is over.
+#[derive(Default)]
+struct Race {
+    over: AtomicBool,
+    collections: AtomicUsize,
+    acknowledged: AtomicUsize,
+}
+
+impl Race {
+    /// Whether it has run long enough to have interleaved pushes and
+    /// collections many times: six seconds, five collections and ten
+    /// acknowledged pushes (a collection of a bucket takes longer than one
+    /// of a data directory).
+    fn ran(&self, started: Instant) -> bool {
+        started.elapsed() >= Duration::from_secs(6)
+            && self.collections.load(Ordering::Relaxed) >= 5
+            && self.acknowledged.load(Ordering::Relaxed) >= 10
+    }
+}
+
 async fn race_client(
     registry: Arc<TestRegistry>,
     client: usize,
     pool: Arc<Vec<Vec<u8>>>,
-    until: Instant,
+    race: Arc<Race>,
 ) -> ClientLog {
     let name = format!("race/c{client}");
     let other = format!("race/c{}", (client + 1) % 3);
     let mut choices = Choices(0x9E37_79B9_7F4A_7C15 ^ (client as u64 + 1));
     let mut log = ClientLog::default();
     let mut serial = 0;
-    while Instant::now() < until {
+    while !race.over.load(Ordering::Relaxed) {
         serial += 1;
         match choices.next(10) {
             0..=5 => {
@@ -647,6 +670,7 @@ async fn race_client(
                 let tag = format!("t{serial}");
                 if push_racing(&registry, &name, &other, &image, &tag, &mut choices).await {
                     log.acknowledged += 1;
+                    race.acknowledged.fetch_add(1, Ordering::Relaxed);
                     log.live.insert(tag, image);
                 } else {
                     log.refused += 1;
@@ -733,15 +757,17 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
             })
             .collect(),
     );
+    let race = Arc::new(Race::default());
     let stop = Arc::new(AtomicBool::new(false));
     let collecting = {
-        let (gc, stop) = (gc.clone(), stop.clone());
+        let (gc, stop, race) = (gc.clone(), stop.clone(), race.clone());
         tokio::spawn(async move {
             let mut total = GcReport::default();
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
                 let report = gc.collect_garbage(&GcOptions::default()).await.unwrap();
                 runs += 1;
+                race.collections.fetch_add(1, Ordering::Relaxed);
                 total.manifests_removed += report.manifests_removed;
                 total.blobs_removed += report.blobs_removed;
                 total.bytes_removed += report.bytes_removed;
@@ -751,10 +777,20 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
             (runs, total)
         })
     };
-    let until = Instant::now() + Duration::from_secs(6);
+    let started = Instant::now();
     let clients: Vec<_> = (0..3)
-        .map(|c| tokio::spawn(race_client(registry.clone(), c, pool.clone(), until)))
+        .map(|c| tokio::spawn(race_client(registry.clone(), c, pool.clone(), race.clone())))
         .collect();
+    while !race.ran(started) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the race did not get going: {} collections, {} pushes acknowledged",
+            race.collections.load(Ordering::Relaxed),
+            race.acknowledged.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    race.over.store(true, Ordering::Relaxed);
     let mut logs = Vec::new();
     for client in clients {
         logs.push(client.await.unwrap());
@@ -798,7 +834,7 @@ async fn pushes_mounts_and_retags_racing_the_collector_stay_whole() {
         .iter()
         .flat_map(|l| l.live.values().flat_map(Image::digests))
         .collect();
-    assert_eq!(stored_blobs(&registry.storage_root()), expected);
+    assert_eq!(stored_blobs(&registry).await, expected);
     tokio::time::sleep(Duration::from_millis(600)).await;
     for (client, log) in logs.iter().enumerate() {
         let name = format!("race/c{client}");

@@ -105,7 +105,7 @@ fn assert_refused(resp: &Raw, target: &str, what: &str) {
 #[tokio::test]
 async fn http11_without_a_host_or_with_two_is_400_on_every_route() {
     let registry = start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     for target in ROUTES {
         let missing = raw(addr, &get_with_hosts(target, &[])).await;
         assert_refused(&missing, target, "no Host");
@@ -125,7 +125,7 @@ async fn http11_without_a_host_or_with_two_is_400_on_every_route() {
 #[tokio::test]
 async fn an_invalid_host_is_400_and_never_reaches_the_realm() {
     let registry = start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     for host in [
         "registry.local@evil.example",
         "evil.example/steal?x=",
@@ -166,7 +166,7 @@ async fn an_invalid_host_is_400_and_never_reaches_the_realm() {
 #[tokio::test]
 async fn http10_may_omit_host_but_not_send_a_bad_one() {
     let registry = start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let resp = raw(addr, "GET /v2/ HTTP/1.0\r\n\r\n").await;
     assert_eq!(resp.status, 401, "{}", resp.head);
     assert_eq!(
@@ -185,7 +185,7 @@ async fn http10_may_omit_host_but_not_send_a_bad_one() {
 #[tokio::test]
 async fn an_absolute_form_target_names_the_authority_and_is_validated_too() {
     let registry = start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let resp = raw(
         addr,
         &get_with_hosts(
@@ -237,7 +237,7 @@ async fn h2_get(addr: SocketAddr, uri: &str, host: Option<&str>) -> Option<(u16,
 #[tokio::test]
 async fn http2_authority_is_validated_and_a_host_beside_it_must_agree() {
     let registry = start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let challenge = r#"Bearer realm="http://registry.example/auth/token",service="berth""#;
     let ok = Some((401, challenge.to_owned()));
     assert_eq!(h2_get(addr, "http://registry.example/v2/", None).await, ok);
@@ -259,7 +259,7 @@ async fn a_trusted_proxys_forwarded_host_is_used_only_when_valid() {
     let client = reqwest::Client::new();
     let own = format!(
         r#"Bearer realm="http://{}/auth/token",service="berth""#,
-        registry.server.addr
+        registry.addr
     );
     for forwarded in [
         "registry.local@evil.example",
@@ -292,7 +292,7 @@ async fn a_trusted_proxys_forwarded_host_is_used_only_when_valid() {
 #[tokio::test]
 async fn the_check_runs_without_access_control_too() {
     let registry = TestRegistry::start().await;
-    let addr = registry.server.addr;
+    let addr = registry.addr;
     let resp = raw(addr, &get_with_hosts("/v2/", &[])).await;
     assert_refused(&resp, "/v2/", "no Host, no auth");
     let resp = raw(addr, &get_with_hosts("/v2/", &["registry.example"])).await;

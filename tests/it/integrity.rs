@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::backend::filesystem_only;
+use crate::support::store::{self, blob_key};
 use crate::support::{
     error_code, expect_status, expect_status_of, get, image_manifest, pattern, sha256_digest,
     with_query, TestRegistry, BERTH, OCI_MANIFEST,
@@ -39,12 +41,16 @@ impl Fsck {
     }
 }
 
-fn fsck(data_dir: &Path, repair: bool) -> Fsck {
-    let mut command = Command::new(BERTH);
-    command.arg("fsck").arg("--data-dir").arg(data_dir);
+/// `berth fsck` over the registry's store, beside its running servers.
+fn fsck(registry: &TestRegistry, repair: bool) -> Fsck {
+    let mut command = registry.berth_command("fsck");
     if repair {
         command.arg("--repair");
     }
+    run_fsck(command)
+}
+
+fn run_fsck(mut command: Command) -> Fsck {
     let output = command.output().expect("berth fsck runs");
     let stdout = String::from_utf8(output.stdout).unwrap();
     Fsck {
@@ -53,25 +59,20 @@ fn fsck(data_dir: &Path, repair: bool) -> Fsck {
     }
 }
 
-/// The content file of a blob.
-fn blob_path(registry: &TestRegistry, digest: &str) -> PathBuf {
+fn quarantine_key(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap();
-    registry
-        .storage_root()
-        .join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+    format!("_berth/quarantine/sha256/{hex}")
 }
 
-fn quarantine_path(registry: &TestRegistry, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    registry
-        .storage_root()
-        .join(format!("_berth/quarantine/sha256/{hex}"))
+/// Whether `key` holds an object in the registry's store.
+async fn stored(registry: &TestRegistry, key: &str) -> bool {
+    store::exists(registry.storage().await.as_ref(), key).await
 }
 
-fn flip_byte(path: &Path, at: usize) {
-    let mut content = std::fs::read(path).unwrap();
-    content[at] ^= 0x01;
-    std::fs::write(path, content).unwrap();
+/// Flips one bit of byte `at` of the stored object `key`.
+async fn flip_byte(registry: &TestRegistry, key: &str, at: usize) {
+    let storage = registry.storage().await;
+    store::damage(storage.as_ref(), key, |content| content[at] ^= 0x01).await;
 }
 
 /// A one-image store: its layer is `layer_len` bytes.
@@ -99,32 +100,16 @@ async fn store_with_image(layer_len: usize) -> Image {
     }
 }
 
-/// A server started afresh on the same data directory: it has verified
-/// nothing yet, as after a restart.
+/// The registry started afresh on the same store: it has verified nothing
+/// yet, as after a restart.
 async fn restart(registry: TestRegistry) -> TestRegistry {
-    let TestRegistry {
-        server,
-        data,
-        client,
-    } = registry;
-    server.shutdown().await.unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    let server = RunningServer::start(&config).await.unwrap();
-    TestRegistry {
-        server,
-        data,
-        client,
-    }
+    registry.restart().await
 }
 
 #[tokio::test]
 async fn fsck_is_clean_on_a_good_store() {
     let image = store_with_image(300 * 1024).await;
-    let report = fsck(image.registry.data.path(), false);
+    let report = fsck(&image.registry, false);
     assert!(report.ok, "{:#?}", report.lines);
     assert!(report.problems().is_empty());
     let parsed: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
@@ -141,8 +126,8 @@ async fn fsck_is_clean_on_a_good_store() {
 #[tokio::test]
 async fn fsck_reports_a_blob_with_a_flipped_byte() {
     let image = store_with_image(100 * 1024).await;
-    flip_byte(&blob_path(&image.registry, &image.layer_digest), 5000);
-    let report = fsck(image.registry.data.path(), false);
+    flip_byte(&image.registry, &blob_key(&image.layer_digest), 5000).await;
+    let report = fsck(&image.registry, false);
     assert!(!report.ok);
     assert!(
         report.has(
@@ -171,10 +156,14 @@ async fn fsck_reports_a_blob_with_a_flipped_byte() {
 #[tokio::test]
 async fn fsck_reports_a_truncated_blob() {
     let image = store_with_image(100 * 1024).await;
-    let path = blob_path(&image.registry, &image.layer_digest);
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.set_len(60 * 1024).unwrap();
-    let report = fsck(image.registry.data.path(), false);
+    let storage = image.registry.storage().await;
+    store::damage(
+        storage.as_ref(),
+        &blob_key(&image.layer_digest),
+        |content| content.truncate(60 * 1024),
+    )
+    .await;
+    let report = fsck(&image.registry, false);
     assert!(!report.ok);
     assert!(
         report.has(
@@ -190,13 +179,14 @@ async fn fsck_reports_a_truncated_blob() {
 async fn fsck_reports_a_tag_pointing_at_no_manifest() {
     let image = store_with_image(1024).await;
     let missing = sha256_digest(b"a manifest never pushed");
-    let link = image
-        .registry
-        .storage_root()
-        .join("repositories/team/app/_manifests/tags/dangling/current/link");
-    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-    std::fs::write(&link, &missing).unwrap();
-    let report = fsck(image.registry.data.path(), false);
+    let storage = image.registry.storage().await;
+    store::write(
+        storage.as_ref(),
+        "repositories/team/app/_manifests/tags/dangling/current/link",
+        missing.as_bytes(),
+    )
+    .await;
+    let report = fsck(&image.registry, false);
     assert!(!report.ok);
     assert_eq!(report.problems().len(), 1, "{:#?}", report.lines);
     assert!(report.has(
@@ -208,8 +198,9 @@ async fn fsck_reports_a_tag_pointing_at_no_manifest() {
 #[tokio::test]
 async fn fsck_reports_a_manifest_whose_layer_is_missing() {
     let image = store_with_image(1024).await;
-    std::fs::remove_file(blob_path(&image.registry, &image.layer_digest)).unwrap();
-    let report = fsck(image.registry.data.path(), false);
+    let storage = image.registry.storage().await;
+    store::remove(storage.as_ref(), &blob_key(&image.layer_digest)).await;
+    let report = fsck(&image.registry, false);
     assert!(!report.ok);
     let manifest = format!("PROBLEM manifest team/app@{}", image.manifest_digest);
     assert!(
@@ -232,34 +223,23 @@ async fn fsck_reports_a_manifest_whose_layer_is_missing() {
 #[tokio::test]
 async fn repair_quarantines_a_corrupt_blob_and_a_second_run_reports_what_remains() {
     let image = store_with_image(100 * 1024).await;
-    let path = blob_path(&image.registry, &image.layer_digest);
-    flip_byte(&path, 0);
-    let corrupted = std::fs::read(&path).unwrap();
-    // An old temporary file, as a crash mid-write leaves.
-    let temp = image
-        .registry
-        .storage_root()
-        .join("blobs/sha256/.tmp-crashed");
-    std::fs::write(&temp, b"partial").unwrap();
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    filetime::set_file_mtime(&temp, long_ago.into()).unwrap();
+    let key = blob_key(&image.layer_digest);
+    flip_byte(&image.registry, &key, 0).await;
+    let storage = image.registry.storage().await;
+    let corrupted = store::read(storage.as_ref(), &key).await.unwrap();
 
-    let repair = fsck(image.registry.data.path(), true);
+    let repair = fsck(&image.registry, true);
     assert!(!repair.ok, "the damage was found: {:#?}", repair.lines);
     let blob = format!("blob {}", image.layer_digest);
     assert!(repair.has(&format!("REPAIRED {blob}"), "moved to _berth/quarantine/"));
-    assert!(repair.has(
-        "REPAIRED temporary file blobs/sha256/.tmp-crashed",
-        "removed"
-    ));
-    assert!(!path.exists() && !temp.exists());
+    assert!(!stored(&image.registry, &key).await);
     assert_eq!(
-        std::fs::read(quarantine_path(&image.registry, &image.layer_digest)).unwrap(),
-        corrupted,
+        store::read(storage.as_ref(), &quarantine_key(&image.layer_digest)).await,
+        Some(corrupted),
         "quarantined, never deleted"
     );
 
-    let again = fsck(image.registry.data.path(), false);
+    let again = fsck(&image.registry, false);
     assert!(!again.ok);
     assert!(
         !again.has(&format!("PROBLEM {blob}"), ""),
@@ -282,8 +262,37 @@ async fn repair_quarantines_a_corrupt_blob_and_a_second_run_reports_what_remains
     let path_url = format!("/v2/team/app/blobs/{}", image.layer_digest);
     expect_status(get(&registry, &path_url).await, StatusCode::NOT_FOUND).await;
     registry.push_blob("team/app", &image.layer).await;
-    let healed = fsck(registry.data.path(), false);
+    let healed = fsck(&registry, false);
     assert!(healed.ok, "{:#?}", healed.lines);
+}
+
+#[tokio::test]
+async fn repair_removes_an_old_temporary_file_a_crash_left() {
+    if filesystem_only("temporary files beside the blobs are the filesystem's write debris") {
+        return;
+    }
+    let image = store_with_image(1024).await;
+    // An old temporary file, as a crash mid-write leaves.
+    let temp = image
+        .registry
+        .storage_root()
+        .join("blobs/sha256/.tmp-crashed");
+    std::fs::write(&temp, b"partial").unwrap();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    filetime::set_file_mtime(&temp, long_ago.into()).unwrap();
+
+    let repair = fsck(&image.registry, true);
+    assert!(
+        repair.has(
+            "REPAIRED temporary file blobs/sha256/.tmp-crashed",
+            "removed"
+        ),
+        "{:#?}",
+        repair.lines
+    );
+    assert!(!temp.exists());
+    let again = fsck(&image.registry, false);
+    assert!(again.ok, "{:#?}", again.lines);
 }
 
 /// Reads a whole response body; `Err` when the transfer broke off.
@@ -295,7 +304,7 @@ async fn read_body(resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
 async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
     let image = store_with_image(3 * 1024 * 1024 + 17).await;
     // The byte is early: everything before the last chunk would go out.
-    flip_byte(&blob_path(&image.registry, &image.layer_digest), 10);
+    flip_byte(&image.registry, &blob_key(&image.layer_digest), 10).await;
     let registry = restart(image.registry).await;
     let url = format!("/v2/team/app/blobs/{}", image.layer_digest);
 
@@ -309,8 +318,8 @@ async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
         "a body was served whole: {:?}",
         body.map(|b| b.len())
     );
-    assert!(quarantine_path(&registry, &image.layer_digest).exists());
-    assert!(!blob_path(&registry, &image.layer_digest).exists());
+    assert!(stored(&registry, &quarantine_key(&image.layer_digest)).await);
+    assert!(!stored(&registry, &blob_key(&image.layer_digest)).await);
     let resp = get(&registry, &url).await;
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
@@ -320,9 +329,11 @@ async fn a_corrupt_blob_is_never_served_whole_and_is_quarantined() {
 async fn a_range_of_an_unverified_corrupt_blob_is_refused() {
     let image = store_with_image(2 * 1024 * 1024).await;
     flip_byte(
-        &blob_path(&image.registry, &image.layer_digest),
+        &image.registry,
+        &blob_key(&image.layer_digest),
         2 * 1024 * 1024 - 1,
-    );
+    )
+    .await;
     let registry = restart(image.registry).await;
     let url = format!("/v2/team/app/blobs/{}", image.layer_digest);
     let resp = registry
@@ -334,7 +345,7 @@ async fn a_range_of_an_unverified_corrupt_blob_is_refused() {
         .unwrap();
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
-    assert!(quarantine_path(&registry, &image.layer_digest).exists());
+    assert!(stored(&registry, &quarantine_key(&image.layer_digest)).await);
 }
 
 #[tokio::test]
@@ -361,8 +372,8 @@ async fn an_intact_blob_is_served_whole_and_in_ranges_after_a_restart() {
 #[tokio::test]
 async fn a_corrupt_small_blob_or_manifest_is_not_served() {
     let image = store_with_image(1000).await;
-    flip_byte(&blob_path(&image.registry, &image.config_digest), 1);
-    flip_byte(&blob_path(&image.registry, &image.manifest_digest), 1);
+    flip_byte(&image.registry, &blob_key(&image.config_digest), 1).await;
+    flip_byte(&image.registry, &blob_key(&image.manifest_digest), 1).await;
     let registry = restart(image.registry).await;
 
     let resp = get(
@@ -377,8 +388,8 @@ async fn a_corrupt_small_blob_or_manifest_is_not_served() {
         let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
         assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     }
-    assert!(quarantine_path(&registry, &image.config_digest).exists());
-    assert!(quarantine_path(&registry, &image.manifest_digest).exists());
+    assert!(stored(&registry, &quarantine_key(&image.config_digest)).await);
+    assert!(stored(&registry, &quarantine_key(&image.manifest_digest)).await);
     // The layer was not damaged and is still served.
     let resp = get(
         &registry,
@@ -496,6 +507,9 @@ fn assert_no_partial_blob(storage_root: &Path) {
 
 #[tokio::test]
 async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
+    if filesystem_only("a full disk under the data directory") {
+        return;
+    }
     if !may_mount("a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers") {
         return;
     }
@@ -703,6 +717,8 @@ async fn a_full_disk_refuses_pushes_with_507_keeps_pulls_and_recovers() {
     assert_eq!(resp.bytes().await.unwrap(), big);
     server.shutdown().await.unwrap();
 
-    let report = fsck(&data_dir, false);
+    let mut command = Command::new(BERTH);
+    command.arg("fsck").arg("--data-dir").arg(&data_dir);
+    let report = run_fsck(command);
     assert!(report.ok, "{:#?}", report.lines);
 }

@@ -6,11 +6,10 @@
 //! `MANIFEST_INVALID` with a detail and stores nothing; what is accepted,
 //! `berth fsck` passes.
 
-use std::process::Command;
-
 use crate::support::{
-    error_code, expect_status, get, image_manifest, sha256_digest, TestRegistry, BERTH,
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    catalog_settled, error_code, expect_status, get, image_manifest, sha256_digest, uncached_on_s3,
+    TestRegistry, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
+    OCI_MANIFEST,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -37,7 +36,9 @@ struct Repo {
 impl Repo {
     async fn new(name: &'static str) -> Repo {
         assert_eq!((CONFIG.len(), LAYER.len()), (49, 10));
-        let registry = TestRegistry::start().await;
+        // A refusal must change neither the tags nor the catalog, which
+        // every replica must then answer exactly.
+        let registry = TestRegistry::start_with(uncached_on_s3).await;
         let config = registry.push_blob(name, CONFIG).await;
         let layer = registry.push_blob(name, LAYER).await;
         let good = image_manifest(&config, CONFIG.len(), &[(layer.clone(), LAYER.len())]);
@@ -45,6 +46,7 @@ impl Repo {
             .put_manifest(name, "good", OCI_MANIFEST, &good)
             .await;
         expect_status(resp, StatusCode::CREATED).await;
+        catalog_settled(&registry, &registry.client, &[name]).await;
         Repo {
             registry,
             name,
@@ -156,13 +158,12 @@ impl Repo {
         self.refuse(tag, media_type, &bytes, detail).await;
     }
 
-    /// `berth fsck` over the data directory (beside the running server,
-    /// which it does not write): it must find no problem.
+    /// `berth fsck` over the store (beside the running servers, which it
+    /// does not write): it must find no problem.
     fn assert_fsck_clean(&self) {
-        let output = Command::new(BERTH)
-            .arg("fsck")
-            .arg("--data-dir")
-            .arg(self.registry.data.path())
+        let output = self
+            .registry
+            .berth_command("fsck")
             .output()
             .expect("berth fsck runs");
         let stdout = String::from_utf8_lossy(&output.stdout);

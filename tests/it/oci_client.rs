@@ -31,7 +31,7 @@ fn monolithic_client() -> Client {
 }
 
 fn reference(registry: &TestRegistry, repository_and_tag: &str) -> Reference {
-    format!("{}/{repository_and_tag}", registry.server.addr)
+    format!("{}/{repository_and_tag}", registry.addr)
         .parse()
         .expect("valid reference")
 }

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use crate::lifecycle_support::{age, collector, get_bytes, stored_blobs, uncached, Image};
-use crate::support::TestRegistry;
+use crate::lifecycle_support::{
+    age, aged_grace, collector, get_bytes, stored_blobs, uncached, Image,
+};
+use crate::support::{store, TestRegistry};
 use berth::oci::{RepositoryName, Tag};
 use berth::registry::{GcOptions, LifecycleConfig};
 use reqwest::StatusCode;
@@ -64,7 +66,7 @@ async fn keep_newest_keeps_the_most_recently_changed_tags_and_drops_the_others_h
 async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
     let registry = uncached().await;
     push_images_tagged(&registry, "app", &["nightly-1", "nightly-2", "nightly-3"]).await;
-    age(&registry.storage_root(), Duration::from_secs(3 * 3600));
+    age(&registry, Duration::from_secs(3 * 3600)).await;
     push_images_tagged(&registry, "app", &["nightly-4"]).await;
     let report = collector(
         &registry,
@@ -89,7 +91,7 @@ async fn max_age_removes_tags_older_than_it_beyond_keep_newest() {
 
     // keep_newest keeps old tags too, when they are among the newest.
     push_images_tagged(&registry, "other", &["n-1", "n-2", "n-3"]).await;
-    age(&registry.storage_root(), Duration::from_secs(3 * 3600));
+    age(&registry, Duration::from_secs(3 * 3600)).await;
     let report = collector(
         &registry,
         lifecycle(
@@ -166,29 +168,27 @@ async fn immutable_tags_are_never_removed() {
 #[tokio::test]
 async fn tags_without_history_age_by_their_link() {
     let registry = uncached().await;
-    push_images_tagged(
-        &registry,
-        "app",
-        &["from-distribution", "also-from-distribution"],
-    )
-    .await;
+    push_images_tagged(&registry, "app", &["from-distribution"]).await;
+    age(&registry, Duration::from_secs(3 * 3600)).await;
+    push_images_tagged(&registry, "app", &["also-from-distribution"]).await;
     // Data written by Distribution has no Berth history.
-    std::fs::remove_dir_all(registry.storage_root().join("repositories/app/_berth")).unwrap();
-    let link = registry
-        .storage_root()
-        .join("repositories/app/_manifests/tags/from-distribution/current/link");
-    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 3600);
-    filetime::set_file_mtime(&link, filetime::FileTime::from_system_time(old)).unwrap();
+    let storage = registry.storage().await;
+    storage.delete_all("repositories/app/_berth").await.unwrap();
+    assert!(store::objects(storage.as_ref(), "repositories/app/_berth")
+        .await
+        .is_empty());
+    let max_age = aged_grace(&registry, Duration::from_secs(3600));
     let report = collector(
         &registry,
-        lifecycle(
+        lifecycle(&format!(
             r#"
             [[retention]]
             repositories = "*"
             tags = ".*"
-            max_age = "1h"
+            max_age = "{}ms"
             "#,
-        ),
+            max_age.as_millis()
+        )),
     )
     .await
     .apply_retention(false)
@@ -204,7 +204,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
     push_images_tagged(&registry, "app", &["dev-1", "dev-2"]).await;
     let gone = Image::new("dev-1", &[b"layer of dev-1"]);
     let stays = Image::new("dev-2", &[b"layer of dev-2"]);
-    age(&registry.storage_root(), Duration::from_secs(2 * 3600));
+    age(&registry, Duration::from_secs(2 * 3600)).await;
     let rules = lifecycle(
         r#"
         untagged_manifests = "delete"
@@ -215,7 +215,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
         "#,
     );
     let gc = collector(&registry, rules).await;
-    let blobs_before = stored_blobs(&registry.storage_root());
+    let blobs_before = stored_blobs(&registry).await;
     let dry = gc
         .run_lifecycle(&GcOptions {
             dry_run: true,
@@ -227,7 +227,7 @@ async fn a_dry_run_reports_what_retention_and_collection_would_do_and_a_run_does
     assert_eq!(dry.gc.manifests_removed, 1, "the removed tag's image");
     assert_eq!(dry.gc.blobs_removed, 3);
     assert_eq!(registry.tags("app").await, ["dev-1", "dev-2"]);
-    assert_eq!(stored_blobs(&registry.storage_root()), blobs_before);
+    assert_eq!(stored_blobs(&registry).await, blobs_before);
 
     let run = gc.run_lifecycle(&GcOptions::default()).await.unwrap();
     assert_eq!(removed(&run.retention), ["app:dev-1"]);

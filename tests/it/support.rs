@@ -1,17 +1,30 @@
 //! Shared set-up for the integration tests: a real Berth server on an
-//! ephemeral loopback port with its own data directory, and a few helpers that
-//! speak the distribution-spec over real HTTP; a real Garage for the S3
-//! backend (`garage`) and a round-robin TCP balancer for replicas
-//! (`balancer`).
+//! ephemeral loopback port with its own data directory (or, with
+//! `BERTH_TEST_STORAGE=s3`, two replicas over a real Garage behind a
+//! round-robin balancer: `backend`), and a few helpers that speak the
+//! distribution-spec over real HTTP; a real Garage for the S3 backend
+//! (`garage`), a round-robin TCP balancer for replicas (`balancer`), and
+//! helpers that read and write a store by key on either backend (`store`).
 
+pub mod backend;
 pub mod balancer;
+// Only the S3 mode's shared cluster is used here; the rest of the fixture
+// (3-node clusters, direct clients, stopping nodes) serves the S3 test
+// modules merged from the other branches of issue 13.
+#[allow(dead_code)]
 pub mod garage;
+pub mod store;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use backend::Backend;
+use balancer::Balancer;
+use berth::storage::Storage;
 use berth::{Config, RunningServer};
 use reqwest::{Client, Response, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
@@ -39,42 +52,270 @@ pub fn testdata(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// How many replicas serve a registry on S3.
+pub const S3_REPLICAS: usize = 2;
+
+/// How many servers a registry has: one on the filesystem (its data
+/// directory is the store), [`S3_REPLICAS`] on S3.
+fn default_replicas() -> usize {
+    match backend::backend() {
+        Backend::Filesystem => 1,
+        Backend::S3 => S3_REPLICAS,
+    }
+}
+
+/// For a test that reads through one replica what it has just written
+/// through another, and needs the exact answer at once: on S3 the servers
+/// keep no mutable answer (tag → digest, link exists) in their caches
+/// (`cache_ttl_ms = 0`); with a TTL, another replica may answer from its
+/// cache for up to `cache_ttl_ms`, the documented bound. One server sees its
+/// own writes at once, so on the filesystem nothing changes.
+pub fn uncached_on_s3(config: &mut Config) {
+    if backend::on_s3() {
+        config.cache_ttl_ms = 0;
+    }
+}
+
+/// Replicas must agree on what a client's credentials mean, as a deployment
+/// of several must (deploy/kubernetes shares both): one token signing key
+/// (absent, each would make its own, and a token one replica issued would
+/// fail on the other) and one robot account store.
+fn share_between_replicas(config: &mut Config) {
+    let data_dir = config.data_dir.clone();
+    if let Some(auth) = &mut config.auth {
+        if auth.signing_key.is_none() {
+            auth.signing_key = Some(PathBuf::from(SIGNING_KEY));
+        }
+        if auth.robots.is_none() {
+            auth.robots = Some(auth.robots_path(&data_dir));
+        }
+    }
+}
+
+/// A registry under test: one server over its own data directory, or, with
+/// `BERTH_TEST_STORAGE=s3`, two replicas over a fresh prefix of the shared
+/// Garage behind a round-robin balancer (each new connection goes to the
+/// other replica), each with its own data directory (its local cache).
+/// Tests speak to [`TestRegistry::addr`] either way, and reach the store
+/// itself through [`TestRegistry::storage`], never through the filesystem.
 pub struct TestRegistry {
-    pub server: RunningServer,
+    /// Where requests go: the server, or the balancer in front of the replicas.
+    pub addr: SocketAddr,
+    /// The servers, replica 1 first.
+    pub servers: Vec<RunningServer>,
+    /// The test's directory: replica 1's data directory (on the filesystem
+    /// backend, the store), and files the replicas share (htpasswd, robots).
     pub data: tempfile::TempDir,
     pub client: Client,
+    /// Replica 1's configuration as the test adjusted it.
+    pub config: Config,
+    /// How many servers serve the registry (1 on the filesystem).
+    replicas: usize,
+    balancer: Option<Balancer>,
+    /// The other replicas' data directories, and those of processes opened
+    /// on the store later (collectors, `berth gc`): kept until the end.
+    dirs: Mutex<Vec<tempfile::TempDir>>,
+    storage: tokio::sync::OnceCell<Arc<dyn Storage>>,
+    /// The last [`crate::lifecycle_support::age`] on S3: (when, by how much).
+    pub aged: Mutex<Option<(SystemTime, Duration)>>,
 }
 
 impl TestRegistry {
-    /// A fresh server with an empty data directory.
+    /// A fresh registry over an empty store.
     pub async fn start() -> TestRegistry {
         Self::start_with(|_| {}).await
     }
 
-    /// A fresh server whose config `adjust` may change (data_dir and listen are set first).
+    /// A fresh registry whose config `adjust` may change (data_dir, listen
+    /// and, on S3, the store are set first; every replica gets the same
+    /// settings but its own data_dir).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        Self::start_replicas(default_replicas(), adjust).await
+    }
+
+    /// One server, on either backend: for a test about one process's own
+    /// state (its caches, its connections), which a second replica behind a
+    /// balancer would not share.
+    pub async fn start_one_with(adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        Self::start_replicas(1, adjust).await
+    }
+
+    /// A fresh registry over a store that `seed` fills first, before any
+    /// server starts (as data written by another tool, `registry:2`, is).
+    pub async fn start_seeded(
+        seed: impl AsyncFnOnce(Arc<dyn Storage>),
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestRegistry {
+        let mut registry = Self::configure(default_replicas(), adjust);
+        seed(registry.storage().await).await;
+        registry.serve(false).await;
+        registry
+    }
+
+    /// How many servers serve the registry, behind the balancer when more
+    /// than one.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    async fn start_replicas(replicas: usize, adjust: impl FnOnce(&mut Config)) -> TestRegistry {
+        let mut registry = Self::configure(replicas, adjust);
+        registry.serve(false).await;
+        registry
+    }
+
+    /// The registry's configuration, before any server starts.
+    fn configure(replicas: usize, adjust: impl FnOnce(&mut Config)) -> TestRegistry {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().to_path_buf(),
             ..Config::default()
         };
+        if backend::on_s3() {
+            backend::use_s3(&mut config, &backend::fresh_prefix());
+        }
         adjust(&mut config);
-        let server = RunningServer::start(&config).await.expect("server starts");
+        if replicas > 1 {
+            share_between_replicas(&mut config);
+        }
         TestRegistry {
-            server,
+            addr: config.listen,
+            servers: Vec::new(),
             data,
-            client: Client::new(),
+            client: new_client(),
+            config,
+            replicas,
+            balancer: None,
+            dirs: Mutex::new(Vec::new()),
+            storage: tokio::sync::OnceCell::new(),
+            aged: Mutex::new(None),
         }
     }
 
-    /// `http://127.0.0.1:PORT` + `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.addr)
+    /// Starts the servers (replica 1 on `config.data_dir` unless `fresh`)
+    /// and, for several, the balancer.
+    async fn serve(&mut self, fresh: bool) {
+        let mut servers = Vec::new();
+        for replica in 0..self.replicas {
+            let mut config = self.config.clone();
+            if replica > 0 || fresh {
+                config.data_dir = self.new_dir();
+            }
+            servers.push(RunningServer::start(&config).await.expect("server starts"));
+        }
+        self.addr = servers[0].addr;
+        self.balancer = None;
+        if servers.len() > 1 {
+            let balancer = Balancer::start(servers.iter().map(|s| s.addr).collect()).await;
+            self.addr = balancer.addr;
+            self.balancer = Some(balancer);
+        }
+        self.servers = servers;
     }
 
-    /// The storage root (`<data-dir>/docker/registry/v2`).
+    /// Another server over the same store, configured as the registry's
+    /// are and then by `adjust` (on S3 with a data directory of its own, as
+    /// another replica has).
+    pub async fn another_server(&self, adjust: impl FnOnce(&mut Config)) -> RunningServer {
+        let mut config = self.config.clone();
+        if backend::on_s3() {
+            config.data_dir = self.new_dir();
+        }
+        adjust(&mut config);
+        RunningServer::start(&config)
+            .await
+            .expect("another server starts")
+    }
+
+    /// A new empty directory that lives as long as the registry.
+    pub fn new_dir(&self) -> PathBuf {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        self.dirs.lock().unwrap().push(dir);
+        path
+    }
+
+    /// Stops every server, waiting for requests in flight.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        for server in self.servers {
+            server.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// The same registry started afresh on the same store, as after a
+    /// restart: it has verified and cached nothing yet. On S3 the replicas
+    /// get new data directories (a replica's data directory holds only its
+    /// cache, which a new pod starts without).
+    pub async fn restart(mut self) -> TestRegistry {
+        for server in std::mem::take(&mut self.servers) {
+            server.shutdown().await.unwrap();
+        }
+        self.balancer = None;
+        self.serve(backend::on_s3()).await;
+        self
+    }
+
+    /// A configuration for another process over the same store, as `berth
+    /// gc` would open it: defaults but for the store (on the filesystem the
+    /// data directory; on S3 the bucket and prefix, and a data directory of
+    /// its own).
+    pub fn tool_config(&self) -> Config {
+        let mut config = Config {
+            data_dir: self.data.path().to_path_buf(),
+            ..Config::default()
+        };
+        if backend::on_s3() {
+            config.data_dir = self.new_dir();
+            config.storage = self.config.storage.clone();
+        }
+        config
+    }
+
+    /// `berth <subcommand>` on this registry's store, as an operator runs it
+    /// beside the servers: `--data-dir`, and on S3 the store's settings in
+    /// the environment.
+    pub fn berth_command(&self, subcommand: &str) -> std::process::Command {
+        let config = self.tool_config();
+        let mut command = std::process::Command::new(BERTH);
+        command
+            .arg(subcommand)
+            .arg("--data-dir")
+            .arg(&config.data_dir);
+        if backend::on_s3() {
+            command.envs(backend::s3_env(&config.storage.s3.prefix));
+        }
+        command
+    }
+
+    /// The store the servers run on, opened by this test (another process's
+    /// view, without caches): to read, write or damage objects by key on
+    /// either backend.
+    pub async fn storage(&self) -> Arc<dyn Storage> {
+        self.storage
+            .get_or_init(|| async {
+                berth::open_storage(&self.tool_config(), false)
+                    .await
+                    .expect("the store opens")
+            })
+            .await
+            .clone()
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The storage root (`<data-dir>/docker/registry/v2`) of the filesystem
+    /// backend; for a test that is about files (see
+    /// [`backend::filesystem_only`]): others use [`TestRegistry::storage`].
     pub fn storage_root(&self) -> PathBuf {
+        assert!(
+            !backend::on_s3(),
+            "storage_root is the filesystem's: use storage() for a test that runs on S3"
+        );
         self.data.path().join("docker/registry/v2")
     }
 
@@ -258,6 +499,49 @@ pub async fn get(registry: &TestRegistry, path: &str) -> Response {
         .unwrap()
 }
 
+/// Waits until every replica's catalog (`GET /v2/_catalog` as `client`)
+/// lists exactly `expected`: that many answers in a row, taking turns
+/// through the balancer. One server lists its own pushes at once, so on the
+/// filesystem the first answer must be it. Replicas see each other's pushes
+/// only through their walks of the store, within the staleness bound
+/// (`cache_ttl_ms`, or 10 × a walk: src/registry/catalog.rs), so a test of
+/// the catalog's pages waits for that first; a catalog that never settles
+/// (within a minute) fails the test.
+pub async fn catalog_settled<S: AsRef<str>>(
+    registry: &TestRegistry,
+    client: &Client,
+    expected: &[S],
+) {
+    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut agreeing = 0;
+    while agreeing < registry.replicas() {
+        let resp = client
+            .get(registry.url("/v2/_catalog"))
+            .send()
+            .await
+            .unwrap();
+        let resp = expect_status(resp, StatusCode::OK).await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let listed: Vec<String> = body["repositories"]
+            .as_array()
+            .expect("repositories")
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        if listed == expected {
+            agreeing += 1;
+            continue;
+        }
+        agreeing = 0;
+        assert!(
+            backend::on_s3() && Instant::now() < deadline,
+            "the catalog lists {listed:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// bcrypt cost for test users: the lowest bcrypt allows, so logins are fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
 
@@ -266,7 +550,34 @@ impl TestRegistry {
     /// to `<data-dir>/htpasswd`; `auth_table` is the body of the `[auth]`
     /// table (TOML), whose `htpasswd` key is set here.
     pub async fn start_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
-        Self::start_with(|config| {
+        Self::start_replicas_with_auth(default_replicas(), users, auth_table, |_| {}).await
+    }
+
+    /// [`TestRegistry::start_with_auth`] whose config `adjust` changes
+    /// further.
+    pub async fn start_with_auth_and(
+        adjust: impl FnOnce(&mut Config),
+        users: &[(&str, &str)],
+        auth_table: &str,
+    ) -> TestRegistry {
+        Self::start_replicas_with_auth(default_replicas(), users, auth_table, adjust).await
+    }
+
+    /// [`TestRegistry::start_with_auth`] with one server on either backend:
+    /// for a test of state each process keeps for itself (the login
+    /// limiter's counts of failed logins, the login cache).
+    pub async fn start_one_with_auth(users: &[(&str, &str)], auth_table: &str) -> TestRegistry {
+        Self::start_replicas_with_auth(1, users, auth_table, |_| {}).await
+    }
+
+    async fn start_replicas_with_auth(
+        replicas: usize,
+        users: &[(&str, &str)],
+        auth_table: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestRegistry {
+        Self::start_replicas(replicas, |config| {
+            adjust(config);
             let htpasswd = config.data_dir.join("htpasswd");
             for (user, password) in users {
                 berth::auth::Htpasswd::add_or_update_user(
@@ -303,17 +614,45 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {encoded}")
 }
 
-/// A client that sends `authorization` with every request.
+/// A client for the registry under test. On S3 it opens a connection per
+/// request, so that consecutive requests take turns between the replicas
+/// behind the balancer (which picks a replica per connection): an upload's
+/// POST, PATCH and PUT, a push and the pull after it, land on different
+/// replicas. A pooled connection would keep a test on one replica.
+pub fn new_client() -> Client {
+    client_builder().build().expect("client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    let builder = Client::builder();
+    match backend::backend() {
+        Backend::Filesystem => builder,
+        Backend::S3 => builder.pool_max_idle_per_host(0),
+    }
+}
+
+/// A client that sends `authorization` with every request (a connection per
+/// request on S3, as [`new_client`]).
 pub fn client_with_authorization(authorization: &str) -> Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         authorization.parse().expect("a header value"),
     );
-    Client::builder()
+    client_builder()
         .default_headers(headers)
         .build()
         .expect("client")
+}
+
+/// The environment a `berth serve` process needs to serve a fresh, empty
+/// store of the backend under test: nothing on the filesystem (its
+/// `--data-dir` is the store), a fresh prefix of the shared Garage on S3.
+pub fn new_store_env() -> Vec<(String, String)> {
+    match backend::backend() {
+        Backend::Filesystem => Vec::new(),
+        Backend::S3 => backend::s3_env(&backend::fresh_prefix()),
+    }
 }
 
 /// A `berth serve` child process; killed on drop. Its address is the one
@@ -326,11 +665,13 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     /// Runs `berth serve <args>` with `envs` added to the environment, and
-    /// waits until it logs its address.
+    /// waits until it logs its address. On S3 it serves a fresh prefix of
+    /// the shared Garage (set in the environment, under `envs`).
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
         let mut child = std::process::Command::new(BERTH)
             .arg("serve")
             .args(args)
+            .envs(new_store_env())
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -427,8 +768,11 @@ pub async fn token(
 
 /// A server with access control over `app/*`: bob may pull and push, erin
 /// also delete, dave only pull. `extra` is added to the `[auth]` table (TOML).
+/// Its tests move tags (rollback) and read them back at once: uncached on S3
+/// (see [`uncached_on_s3`]).
 pub async fn start_with_app_rules(extra: &str) -> TestRegistry {
-    TestRegistry::start_with_auth(
+    TestRegistry::start_with_auth_and(
+        uncached_on_s3,
         &[("bob", "bob-pw"), ("erin", "erin-pw"), ("dave", "dave-pw")],
         &format!(
             r#"
@@ -450,7 +794,7 @@ pub async fn seed_app_web(registry: &mut TestRegistry) -> (String, String) {
     registry.client = client_with_authorization(&basic_auth("erin", "erin-pw"));
     let (_, a) = registry.push_image("app/web", "latest", b"a").await;
     let (_, b) = registry.push_image("app/web", "latest", b"b").await;
-    registry.client = Client::new();
+    registry.client = new_client();
     (a, b)
 }
 

@@ -61,7 +61,7 @@ fn some(digest: &str) -> Option<String> {
 
 #[tokio::test]
 async fn history_lists_changes_newest_first_with_times_and_deletions() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (a_bytes, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     let resp = registry
@@ -104,7 +104,7 @@ async fn history_lists_changes_newest_first_with_times_and_deletions() {
 
 #[tokio::test]
 async fn history_shows_the_current_digest_and_honours_n() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "v", b"a").await;
     let (_, b) = registry.push_image("app", "v", b"b").await;
     let body = history(&registry, "app", "v").await;
@@ -120,7 +120,7 @@ async fn history_shows_the_current_digest_and_honours_n() {
 
 #[tokio::test]
 async fn history_survives_deleting_the_tag() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     expect_status(
         registry.delete_manifest("app", "latest").await,
@@ -135,7 +135,7 @@ async fn history_survives_deleting_the_tag() {
 
 #[tokio::test]
 async fn deleting_a_manifest_removes_its_history_entries() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     expect_status(
@@ -159,7 +159,7 @@ async fn deleting_a_manifest_removes_its_history_entries() {
 
 #[tokio::test]
 async fn history_of_an_unknown_tag_or_repository_is_404() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     registry.push_image("app", "latest", b"a").await;
     let resp = get(&registry, "/v2/app/_berth/tags/other/history").await;
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
@@ -177,7 +177,7 @@ async fn history_of_an_unknown_tag_or_repository_is_404() {
 
 #[tokio::test]
 async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (a_bytes, a) = registry.push_image("app", "latest", b"a").await;
     let (b_bytes, b) = registry.push_image("app", "latest", b"b").await;
     let (_, c) = registry.push_image("app", "latest", b"c").await;
@@ -205,7 +205,7 @@ async fn rollback_by_steps_serves_the_earlier_manifest_bytes_and_is_recorded() {
 
 #[tokio::test]
 async fn rollback_to_a_digest_from_the_history() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (a_bytes, a) = registry.push_image("app", "latest", b"a").await;
     registry.push_image("app", "latest", b"b").await;
     registry.push_image("app", "latest", b"c").await;
@@ -216,7 +216,7 @@ async fn rollback_to_a_digest_from_the_history() {
 
 #[tokio::test]
 async fn rollback_re_creates_a_deleted_tag() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (b_bytes, b) = registry.push_image("app", "latest", b"b").await;
     registry.delete_manifest("app", "latest").await;
@@ -241,7 +241,7 @@ async fn rollback_re_creates_a_deleted_tag() {
 
 #[tokio::test]
 async fn rollback_refuses_a_digest_not_in_the_history() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     // In the repository, but never under this tag.
@@ -265,7 +265,7 @@ async fn rollback_refuses_a_digest_not_in_the_history() {
 
 #[tokio::test]
 async fn rollback_refuses_an_image_whose_manifest_was_deleted() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (_, a) = registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     registry.delete_manifest("app", &a).await;
@@ -279,7 +279,7 @@ async fn rollback_refuses_an_image_whose_manifest_was_deleted() {
 
 #[tokio::test]
 async fn rollback_beyond_the_history_says_how_far_it_goes() {
-    let registry = TestRegistry::start().await;
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     registry.push_image("app", "latest", b"a").await;
     let (_, b) = registry.push_image("app", "latest", b"b").await;
     let resp = rollback(&registry, "app", "latest", "?steps=2").await;
@@ -297,6 +297,7 @@ async fn rollback_beyond_the_history_says_how_far_it_goes() {
 
 async fn start_immutable() -> TestRegistry {
     TestRegistry::start_with(|config: &mut Config| {
+        uncached_on_s3(config);
         config.lifecycle = toml::from_str(
             r#"
             [[immutable_tags]]

@@ -16,13 +16,13 @@ async fn start_tls() -> TestRegistry {
 /// `curl` over HTTPS trusting only the test CA; returns (HTTP version, status,
 /// body). It blocks its thread, so the tests run on a multi-threaded runtime.
 fn curl(registry: &TestRegistry, args: &[&str], path: &str) -> (String, String, String) {
-    let url = format!("https://localhost:{}{path}", registry.server.addr.port());
+    let url = format!("https://localhost:{}{path}", registry.addr.port());
     let out = Command::new("curl")
         .args(["-sS", "-m", "20", "--cacert"])
         .arg(testdata("test-ca.crt"))
         .args([
             "--resolve",
-            &format!("localhost:{}:127.0.0.1", registry.server.addr.port()),
+            &format!("localhost:{}:127.0.0.1", registry.addr.port()),
         ])
         .args(["-w", "\n%{http_version} %{http_code}"])
         .args(args)
@@ -87,7 +87,7 @@ async fn a_blob_pushed_over_https_reads_back() {
 async fn plain_http_to_the_tls_port_gets_a_tls_alert_and_no_api() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let registry = start_tls().await;
-    let mut stream = tokio::net::TcpStream::connect(registry.server.addr)
+    let mut stream = tokio::net::TcpStream::connect(registry.addr)
         .await
         .expect("the TLS server accepts connections");
     stream
@@ -154,13 +154,13 @@ async fn the_token_realm_offered_over_https_is_https() {
     // port would send them to speak plain HTTP to it.
     let (_, status, _) = curl(&registry, &[], "/v2/");
     assert_eq!(status, "401");
-    let url = format!("https://localhost:{}/v2/", registry.server.addr.port());
+    let url = format!("https://localhost:{}/v2/", registry.addr.port());
     let out = Command::new("curl")
         .args(["-sS", "-m", "20", "-o", "/dev/null", "-D", "-", "--cacert"])
         .arg(testdata("test-ca.crt"))
         .args([
             "--resolve",
-            &format!("localhost:{}:127.0.0.1", registry.server.addr.port()),
+            &format!("localhost:{}:127.0.0.1", registry.addr.port()),
         ])
         .arg(&url)
         .output()
@@ -168,7 +168,7 @@ async fn the_token_realm_offered_over_https_is_https() {
     let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
     let realm = format!(
         "bearer realm=\"https://localhost:{}/auth/token\"",
-        registry.server.addr.port()
+        registry.addr.port()
     );
     assert!(headers.contains(&realm), "{headers}");
 }

@@ -5,7 +5,9 @@
 //! number of connections is capped, shedding the longest idle one (else the
 //! one its client has held up longest); a
 //! graceful stop closes idle connections at once and ends after its grace.
-//! Timeouts are set to about a second so that each test waits little.
+//! Timeouts are set to about a second so that each test waits little. These
+//! are one server's bounds: on S3 too, the tests speak to one server, not to
+//! replicas behind a balancer (which would hold connections of its own).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,12 +102,12 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> u16 {
 const GET_V2: &str = "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
 
 async fn connect(registry: &TestRegistry) -> TcpStream {
-    TcpStream::connect(registry.server.addr).await.unwrap()
+    TcpStream::connect(registry.addr).await.unwrap()
 }
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-    let registry = TestRegistry::start_with(quick).await;
+    let registry = TestRegistry::start_one_with(quick).await;
     let mut silent = connect(&registry).await;
     let started = Instant::now();
     assert!(still_open(&mut silent, Duration::from_millis(300)).await);
@@ -119,7 +121,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_slowloris_head_is_closed_after_the_header_timeout_though_it_keeps_sending() {
-    let registry = TestRegistry::start_with(quick).await;
+    let registry = TestRegistry::start_one_with(quick).await;
     let mut slow = connect(&registry).await;
     slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -144,7 +146,7 @@ async fn a_slowloris_head_is_closed_after_the_header_timeout_though_it_keeps_sen
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_served_then_closed_after_the_idle_timeout() {
-    let registry = TestRegistry::start_with(quick).await;
+    let registry = TestRegistry::start_one_with(quick).await;
     let mut stream = connect(&registry).await;
     assert_eq!(exchange(&mut stream, GET_V2).await, 200);
     // Idle for longer than the head timeout (800 ms): the idle timeout (2 s)
@@ -163,7 +165,7 @@ async fn an_idle_keep_alive_connection_is_served_then_closed_after_the_idle_time
 
 #[tokio::test]
 async fn http2_idle_connections_are_closed_after_the_idle_timeout() {
-    let registry = TestRegistry::start_with(quick).await;
+    let registry = TestRegistry::start_one_with(quick).await;
     let tcp = connect(&registry).await;
     let (mut send, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -208,7 +210,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn over_tls_a_stalled_handshake_and_a_half_sent_head_are_closed() {
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         quick(config);
         config.tls_cert = Some(testdata("server.crt"));
         config.tls_key = Some(testdata("server.key"));
@@ -316,7 +318,7 @@ async fn a_handler_that_works_longer_than_every_timeout_is_not_cut() {
 async fn start_patch(registry: &TestRegistry, len: usize) -> (TcpStream, String) {
     let location = registry.start_upload("app").await;
     let path = location
-        .trim_start_matches(&format!("http://{}", registry.server.addr))
+        .trim_start_matches(&format!("http://{}", registry.addr))
         .to_owned();
     let mut stream = connect(registry).await;
     let head = format!(
@@ -328,7 +330,7 @@ async fn start_patch(registry: &TestRegistry, len: usize) -> (TcpStream, String)
 
 #[tokio::test]
 async fn an_upload_that_stops_sending_is_cut_and_its_session_is_intact() {
-    let registry = TestRegistry::start_with(quick).await;
+    let registry = TestRegistry::start_one_with(quick).await;
     let content = random_bytes(1 << 20, 7);
     let (mut stream, location) = start_patch(&registry, content.len()).await;
     stream.write_all(&content[..100_000]).await.unwrap();
@@ -362,7 +364,7 @@ async fn an_upload_that_stops_sending_is_cut_and_its_session_is_intact() {
 async fn a_slow_upload_that_keeps_sending_is_not_cut() {
     // body_timeout 2 s, not quick's 1 s: slack for a client task that waits
     // for the CPU on a loaded machine.
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         quick(config);
         config.server.body_timeout = Duration::from_secs(2);
     })
@@ -385,7 +387,7 @@ async fn a_slow_reader_gets_the_whole_blob_and_a_stalled_one_is_cut() {
     // 100 ms between reads, and on a loaded machine (CI runs tests side by
     // side on two cores) its task may wait for the CPU well beyond that.
     let send_timeout = Duration::from_secs(2);
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         quick(config);
         config.server.send_timeout = send_timeout;
     })
@@ -446,7 +448,7 @@ async fn http2_a_client_that_closes_its_window_is_cut_after_the_send_timeout() {
     // more often than send_timeout, as with the defaults (75 s and 60 s).
     // The pings' writes go through; they must not count as the response
     // moving.
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         quick(config);
         config.server.idle_timeout = Duration::from_millis(800);
         config.server.send_timeout = Duration::from_secs(2);
@@ -482,7 +484,7 @@ async fn http2_a_client_that_closes_its_window_is_cut_after_the_send_timeout() {
 
 #[tokio::test]
 async fn at_the_cap_the_longest_idle_connection_is_closed_for_a_new_client() {
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         patient(config);
         config.server.max_connections = Some(3);
     })
@@ -510,7 +512,7 @@ async fn at_the_cap_the_longest_idle_connection_is_closed_for_a_new_client() {
 
 #[tokio::test]
 async fn at_the_cap_with_every_connection_busy_the_new_one_is_refused() {
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         patient(config);
         config.server.max_connections = Some(2);
     })
@@ -545,7 +547,7 @@ async fn at_the_cap_with_every_connection_busy_the_new_one_is_refused() {
 async fn at_the_cap_the_connection_its_client_held_up_longest_is_closed_for_a_new_client() {
     // A client can hold a place while never idle: it sends a body byte just
     // inside body_timeout. At the cap such a connection goes for a newcomer.
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         patient(config);
         config.server.max_connections = Some(2);
     })
@@ -574,7 +576,7 @@ async fn at_the_cap_the_connection_its_client_held_up_longest_is_closed_for_a_ne
 
 #[tokio::test]
 async fn a_graceful_stop_closes_idle_connections_at_once_and_ends_after_its_grace() {
-    let registry = TestRegistry::start_with(|config| {
+    let registry = TestRegistry::start_one_with(|config| {
         patient(config);
         config.server.shutdown_grace = Duration::from_secs(2);
     })
@@ -591,9 +593,8 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_ends_after_its_grac
     uploading.write_all(&content[..1000]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let TestRegistry { server, data, .. } = registry;
     let stopping = Instant::now();
-    let stopped = tokio::spawn(server.shutdown());
+    let stopped = tokio::spawn(registry.shutdown());
     assert!(
         closed_within(&mut half_head, Duration::from_secs(1)).await,
         "half a head held the stop"
@@ -613,7 +614,6 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_ends_after_its_grac
         stopping.elapsed()
     );
     assert!(closed_within(&mut uploading, Duration::from_secs(1)).await);
-    drop(data);
 }
 
 #[test]
@@ -669,6 +669,7 @@ fn the_server_raises_its_open_files_limit_to_the_hard_one() {
         .arg(BERTH)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        .envs(crate::support::new_store_env())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

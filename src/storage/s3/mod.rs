@@ -527,6 +527,10 @@ struct UploadState {
     /// own (see [`tail_key`]) until the next append or the commit.
     #[serde(default, skip_serializing_if = "is_zero")]
     tail: u64,
+    /// The name the append that wrote the tail gave its object, new at each
+    /// append (empty in states written before tails had one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    tail_id: String,
     /// The multipart upload was completed under the upload's key (to read it
     /// back, see [`Storage::read_upload`]): it can be committed, not
     /// appended to.
@@ -571,6 +575,7 @@ impl UploadState {
             if end == offset {
                 self.parts.truncate(count);
                 self.tail = 0;
+                self.tail_id.clear();
                 return Ok(());
             }
             end += part.size;
@@ -586,11 +591,20 @@ impl UploadState {
     }
 }
 
-/// Where an upload's carried-over bytes (starting at `start`, `len` long)
-/// are kept: beside the upload's data key, named by both, so that a later
-/// attempt never overwrites bytes an earlier state still counts on.
-fn tail_key(key: &str, start: u64, len: u64) -> String {
-    format!("{key}.tail.{start}.{len}")
+/// Where an upload's carried-over bytes (starting at `start`) are kept:
+/// beside the upload's data key, named by where they start and by the id the
+/// append that wrote them chose, so that no other append ever overwrites
+/// bytes a saved state counts on: not a later attempt, and not one racing on
+/// another replica with the same offset and length (whose session record
+/// may lose the race while its tail wins, which would commit one chunk's
+/// bytes under the other's digest). A state without an id (written before
+/// tails had one) names its tail by its length.
+fn tail_key(key: &str, start: u64, upload: &UploadState) -> String {
+    if upload.tail_id.is_empty() {
+        format!("{key}.tail.{start}.{}", upload.tail)
+    } else {
+        format!("{key}.tail.{start}.{}", upload.tail_id)
+    }
 }
 
 /// The part size for part number `index` (from 0): the configured size for
@@ -620,13 +634,14 @@ impl S3Storage {
         let start = upload.parts_size();
         if upload.tail > 0 {
             let tail = self
-                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .read_small(&tail_key(key, start, upload), upload.tail as usize)
                 .await?;
             let part = self
                 .send_part(&path, &id, upload.parts.len(), PutPayload::from_bytes(tail))
                 .await?;
             upload.parts.push(part);
             upload.tail = 0;
+            upload.tail_id.clear();
         }
         let parts = upload
             .parts
@@ -963,7 +978,7 @@ impl Storage for S3Storage {
         let mut buffer = PutPayloadMut::new();
         if upload.tail > 0 {
             let tail = self
-                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .read_small(&tail_key(key, start, &upload), upload.tail as usize)
                 .await?;
             buffer.push(tail);
         }
@@ -1029,6 +1044,7 @@ impl Storage for S3Storage {
         let rest = buffer.freeze();
         let start = upload.parts_size();
         upload.tail = 0;
+        upload.tail_id.clear();
         if rest.content_length() >= MIN_PART {
             if upload.id.is_none() {
                 upload.id = Some(
@@ -1042,12 +1058,12 @@ impl Storage for S3Storage {
             let part = self.send_part(&path, &id, upload.parts.len(), rest).await?;
             upload.parts.push(part);
         } else if rest.content_length() > 0 {
-            let len = rest.content_length() as u64;
+            upload.tail = rest.content_length() as u64;
+            upload.tail_id = uuid::Uuid::new_v4().simple().to_string();
             self.transfer
-                .put(&self.path(&tail_key(key, start, len)), rest)
+                .put(&self.path(&tail_key(key, start, &upload)), rest)
                 .await
                 .map_err(io_error)?;
-            upload.tail = len;
         }
         *state = serde_json::to_string(&upload).expect("upload state serializes");
         Ok(received)
@@ -1069,7 +1085,7 @@ impl Storage for S3Storage {
         if upload.id.is_none() {
             // A blob smaller than a part: one PUT straight to its key.
             let tail = self
-                .read_small(&tail_key(key, start, upload.tail), upload.tail as usize)
+                .read_small(&tail_key(key, start, &upload), upload.tail as usize)
                 .await?;
             return self.put_guarded(dest, tail).await;
         }
@@ -1109,7 +1125,7 @@ impl Storage for S3Storage {
         if upload.id.is_none() {
             let start = upload.parts_size();
             return self
-                .read(&tail_key(key, start, upload.tail), Some(0..upload.tail))
+                .read(&tail_key(key, start, &upload), Some(0..upload.tail))
                 .await;
         }
         // Parts cannot be read before their upload completes.
@@ -1211,6 +1227,7 @@ mod tests {
             id: Some("u".into()),
             parts: vec![part(10), part(20)],
             tail: 5,
+            tail_id: "t".into(),
             completed: false,
         };
         let mut state = full.clone();
@@ -1228,6 +1245,21 @@ mod tests {
         // Inside a part: the state and the record disagree.
         assert!(full.clone().cut_to(15).is_err());
         assert!(full.clone().cut_to(36).is_err());
+    }
+
+    #[test]
+    fn racing_appends_of_one_length_name_their_tails_apart() {
+        let tail = |id: &str| UploadState {
+            tail: 1024,
+            tail_id: id.into(),
+            ..UploadState::default()
+        };
+        let key = "repositories/a/_uploads/u/data";
+        assert_ne!(tail_key(key, 0, &tail("x")), tail_key(key, 0, &tail("y")));
+        // A state saved before tails had ids still finds its tail.
+        assert_eq!(tail_key(key, 0, &tail("")), format!("{key}.tail.0.1024"));
+        let old: UploadState = serde_json::from_str(r#"{"tail":1024}"#).unwrap();
+        assert_eq!(old, tail(""));
     }
 
     #[test]
