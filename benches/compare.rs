@@ -5,6 +5,14 @@
 //! overrides the number of rounds, `--only GROUP,…` runs some workload groups.
 //! `BERTH_BIN` and `DISTRIBUTION_BIN` override the two server binaries.
 //!
+//! `--storage s3` (with `--quick`, `--rounds` and `--only` as above) runs both registries on one
+//! Garage node started for the run by tests/garage.sh: Berth with its `--s3-*` flags, Distribution
+//! with its `s3` driver, each under its own prefix of the same bucket, and Garage's own PUT and GET
+//! throughput (object_store, the client library Berth uses) as the limit. Its workloads, the pull
+//! storm over two replicas of each and the garbage collection over a large bucket live in
+//! `compare/s3.rs`; a complete full run writes docs/benchmarks/s3-latest.{json,md} and the
+//! README's `<!-- bench-s3:begin -->` block.
+//!
 //! Fairness (docs/design/benchmark.md): Distribution runs in its standard configuration
 //! (Debian's config.yml); the order of the two alternates per round; before every timed run the
 //! disk settles (Berth's journal checkpoint has passed, `sync`, dirty pages written back); the
@@ -38,6 +46,10 @@ macro_rules! bail {
     ($($t:tt)*) => { return Err(format!($($t)*).into()) };
 }
 
+// After `bail!`, which it uses.
+#[path = "compare/s3.rs"]
+mod s3;
+
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -49,8 +61,18 @@ const OCTET: &str = "application/octet-stream";
 // ---------------------------------------------------------------------------------------------
 // Options
 
+/// Where both registries keep their data.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Storage {
+    /// Fresh directories on this machine's disk.
+    Filesystem,
+    /// One Garage node on loopback, a prefix of its bucket each.
+    S3,
+}
+
 struct Opts {
     quick: bool,
+    storage: Storage,
     rounds: usize,
     big: usize,
     chunk: usize,
@@ -76,20 +98,38 @@ struct Opts {
     only: Option<Vec<String>>,
     openssl_secs: u32,
     sha_bytes: usize,
+    /// S3 mode: the pull storm (`storm_pulls` concurrent pulls of one new `storm_blob`-byte
+    /// blob, spread over two replicas of each registry).
+    storm_pulls: usize,
+    storm_blob: usize,
+    /// S3 mode: the bucket a collection runs over: `gc_repos` repositories of one tagged image
+    /// (`gc_layers` layers and a config) and `gc_orphans` unreferenced blobs each.
+    gc_repos: usize,
+    gc_layers: usize,
+    gc_orphans: usize,
 }
 
-/// Workload groups `--only` can pick.
+/// Workload groups `--only` can pick, per storage.
 const GROUPS: [&str; 6] = ["blobs", "image", "wrk", "tags", "growth", "auth"];
+const S3_GROUPS: [&str; 6] = ["blobs", "image", "wrk", "tags", "storm", "gc"];
 
 impl Opts {
     fn parse() -> R<Opts> {
         let mut quick = false;
+        let mut storage = Storage::Filesystem;
         let mut rounds = None;
         let mut only: Option<Vec<String>> = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--storage" => {
+                    storage = match args.next().as_deref() {
+                        Some("filesystem") => Storage::Filesystem,
+                        Some("s3") => Storage::S3,
+                        other => bail!("--storage is filesystem or s3, not {other:?}"),
+                    };
+                }
                 "--rounds" => {
                     let n: usize = args.next().ok_or("--rounds needs a number")?.parse()?;
                     if n == 0 {
@@ -99,17 +139,14 @@ impl Opts {
                 }
                 "--only" => {
                     let list = args.next().ok_or("--only needs a list")?;
-                    let groups: Vec<String> = list.split(',').map(str::to_owned).collect();
-                    if let Some(g) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
-                        bail!("unknown workload group {g} (groups: {})", GROUPS.join(","));
-                    }
-                    only = Some(groups);
+                    only = Some(list.split(',').map(str::to_owned).collect());
                 }
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
                     println!(
-                        "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--only {}]]",
-                        GROUPS.join(",")
+                        "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--only {}]]\n       cargo bench --bench compare -- --storage s3 [--quick] [--rounds N] [--only {}]",
+                        GROUPS.join(","),
+                        S3_GROUPS.join(",")
                     );
                     std::process::exit(0);
                 }
@@ -117,11 +154,28 @@ impl Opts {
                 _ => {} // a `cargo bench` name filter: there is only one benchmark
             }
         }
+        // Checked once the storage is known (the option may come in any order).
+        let groups = match storage {
+            Storage::Filesystem => GROUPS,
+            Storage::S3 => S3_GROUPS,
+        };
+        if let Some(g) = only
+            .iter()
+            .flatten()
+            .find(|g| !groups.contains(&g.as_str()))
+        {
+            bail!(
+                "unknown workload group {g} for --storage {} (groups: {})",
+                storage.name(),
+                groups.join(",")
+            );
+        }
         let q =
             |quick_value: usize, full_value: usize| if quick { quick_value } else { full_value };
         Ok(Opts {
             only,
             quick,
+            storage,
             rounds: rounds.unwrap_or(q(1, 3)),
             big: q(64, 512) * MIB,
             chunk: 16 * MIB,
@@ -143,13 +197,46 @@ impl Opts {
             catalog_page: q(100, 1000),
             openssl_secs: q(1, 3) as u32,
             sha_bytes: q(64, 512) * MIB,
+            storm_pulls: 64,
+            storm_blob: q(16, 64) * MIB,
+            // 14 objects a repository (below): over 50,000 objects in a full run.
+            gc_repos: q(300, 3600),
+            gc_layers: 3,
+            gc_orphans: 2,
         })
+    }
+
+    /// The workload groups of this storage mode.
+    fn groups(&self) -> [&'static str; 6] {
+        match self.storage {
+            Storage::Filesystem => GROUPS,
+            Storage::S3 => S3_GROUPS,
+        }
     }
 
     /// The results are kept in the repository (and the README's table rewritten) only by a
     /// complete full run; anything else writes under target/ so that CI never dirties the tree.
     fn publishes(&self) -> bool {
         !self.quick && self.only.is_none()
+    }
+}
+
+impl Opts {
+    /// The command that produced a run of these options' kind (what the report names).
+    fn command(&self) -> &'static str {
+        match self.storage {
+            Storage::Filesystem => "cargo bench --bench compare",
+            Storage::S3 => "cargo bench --bench compare -- --storage s3",
+        }
+    }
+}
+
+impl Storage {
+    fn name(self) -> &'static str {
+        match self {
+            Storage::Filesystem => "filesystem",
+            Storage::S3 => "s3",
+        }
     }
 }
 
@@ -216,6 +303,21 @@ impl Big {
         hasher.update(&tail);
         Blob {
             head: self.head.clone(),
+            tail,
+            digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+        }
+    }
+
+    /// A new blob of `len` bytes (at most the buffer's): its first `len - 8` bytes and a
+    /// counter, hashed whole (a smaller blob than the buffer costs a hash of its own).
+    fn variant_of(&self, len: usize, k: u64) -> Blob {
+        let head = self.head.slice(..len - 8);
+        let tail = Bytes::copy_from_slice(&(k ^ 0x5707_0000_0000_0000).to_le_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(&head);
+        hasher.update(&tail);
+        Blob {
+            head,
             tail,
             digest: format!("sha256:{}", hex::encode(hasher.finalize())),
         }
@@ -311,8 +413,15 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(name: &'static str, mut cmd: Command, port: u16, log: PathBuf) -> R<Server> {
-        let command = format!("{cmd:?}").replace('"', "");
+    /// Starts `cmd`, its output to `log`; `command` is the command line the report quotes
+    /// (`cmd` may carry what the report must not: credentials in its environment).
+    fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        command: String,
+        port: u16,
+        log: PathBuf,
+    ) -> R<Server> {
         let out = std::fs::File::create(&log)?;
         let child = cmd
             .stdin(Stdio::null())
@@ -435,7 +544,43 @@ fn berth_binary() -> R<PathBuf> {
 /// the `nosniff` header and the storage health check, plus htpasswd authentication when
 /// `htpasswd` is given. Only the address, the data directory and logging differ: errors and
 /// warnings only, no access log, as for Berth (`--log-level warn`), so neither pays for logging.
-fn distribution_config(root: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+///
+/// On S3 (`DistStore::S3`) the `filesystem` driver becomes the `s3` driver as its documentation
+/// configures it for an S3-compatible store (`regionendpoint`, `forcepathstyle`), with redirects
+/// off (Berth's default; clients here cannot be sent to the bucket), and `http.secret`, when
+/// given, is what its replicas behind one address must share. The credentials appear as
+/// `S3_ACCESS_KEY_HIDDEN` and `S3_SECRET_KEY_HIDDEN`, so the text can go into the report; the
+/// file Distribution reads has them filled in (`s3::S3Env::fill`).
+fn distribution_config(
+    store: &DistStore,
+    port: u16,
+    htpasswd: Option<&Path>,
+    secret: Option<&str>,
+) -> String {
+    let driver = match store {
+        DistStore::Dir(root) => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
+        DistStore::S3 {
+            endpoint,
+            region,
+            bucket,
+            root,
+        } => format!(
+            "  s3:
+    region: {region}
+    regionendpoint: {endpoint}
+    forcepathstyle: true
+    bucket: {bucket}
+    rootdirectory: {root}
+    accesskey: {}
+    secretkey: {}
+  redirect:
+    disable: true
+",
+            s3::ACCESS_KEY_HIDDEN,
+            s3::SECRET_KEY_HIDDEN
+        ),
+    };
+    let secret = secret.map_or(String::new(), |s| format!("  secret: {s}\n"));
     let mut yaml = format!(
         "version: 0.1
 log:
@@ -447,21 +592,18 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {}
-  delete:
+{driver}  delete:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-  headers:
+{secret}  headers:
     X-Content-Type-Options: [nosniff]
 health:
   storagedriver:
     enabled: true
     interval: 10s
     threshold: 3
-",
-        root.display()
+"
     );
     if let Some(file) = htpasswd {
         yaml.push_str(&format!(
@@ -470,6 +612,18 @@ health:
         ));
     }
     yaml
+}
+
+/// Where Distribution keeps its data.
+enum DistStore<'a> {
+    Dir(&'a Path),
+    /// `rootdirectory` `root` in `bucket`, through `endpoint`.
+    S3 {
+        endpoint: &'a str,
+        region: &'a str,
+        bucket: &'a str,
+        root: &'a str,
+    },
 }
 
 /// wrk from apt when missing (`apt-get update` only if the plain install fails).
@@ -590,12 +744,13 @@ async fn push_chunked(c: &Client, reg: &Reg, repo: &str, blob: &Blob, chunk: usi
 /// GET a blob, streaming and counting the bytes (no hashing on the client).
 async fn pull_count(c: &Client, reg: &Reg, repo: &str, blob: &Blob) -> R<()> {
     let url = format!("{}/v2/{repo}/blobs/{}", reg.base, blob.digest);
-    let mut resp = c.get(&url).send().await?;
+    let what = |e: reqwest::Error| format!("{}: GET blob {}: {e:?}", reg.name, blob.digest);
+    let mut resp = c.get(&url).send().await.map_err(what)?;
     if resp.status() != StatusCode::OK {
-        bail!("GET blob: HTTP {}", resp.status());
+        bail!("{}: GET blob: HTTP {}", reg.name, resp.status());
     }
     let mut got = 0usize;
-    while let Some(chunk) = resp.chunk().await? {
+    while let Some(chunk) = resp.chunk().await.map_err(what)? {
         got += chunk.len();
     }
     if got != blob.len() {
@@ -869,6 +1024,8 @@ enum Kind {
     Time,
     /// Memory: lower is better, ratio Berth/Distribution.
     Memory,
+    /// A count of requests or bytes: fewer is better, ratio Berth/Distribution.
+    Fewer,
 }
 
 struct Row {
@@ -972,7 +1129,7 @@ fn ratio_text(kind: Kind, berth: f64, dist: f64) -> String {
         }
     };
     match kind {
-        Kind::Higher | Kind::Memory => times(berth / dist),
+        Kind::Higher | Kind::Memory | Kind::Fewer => times(berth / dist),
         Kind::Time => {
             let speedup = dist / berth;
             if speedup >= 1.0 {
@@ -1432,6 +1589,8 @@ struct Launch {
     berth_bin: PathBuf,
     dist_bin: PathBuf,
     tmp: PathBuf,
+    /// The Garage node of an S3 run: both registries keep their data in its bucket.
+    s3: Option<s3::S3Env>,
 }
 
 /// A started pair and how it was started (the report quotes both).
@@ -1441,34 +1600,28 @@ struct Pair {
 }
 
 impl Launch {
-    /// Berth and Distribution on free ports with fresh data directories under `tmp/<label>`;
-    /// with `htpasswd`, both check the same bcrypt file.
+    /// Berth and Distribution on free ports with fresh data directories under `tmp/<label>`
+    /// (in an S3 run, `<label>-berth` and `/<label>-distribution` in Garage's bucket, and Berth's
+    /// data directory holds only its blob cache); with `htpasswd`, both check the same bcrypt
+    /// file.
     async fn start(&self, label: &str, htpasswd: Option<&Path>, client: &Client) -> R<Pair> {
         let dir = self.tmp.join(label);
-        let berth_port = free_port()?;
-        let berth_data = dir.join("berth-data");
-        std::fs::create_dir_all(&berth_data)?;
-        let mut cmd = Command::new(&self.berth_bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{berth_port}"))
-            .arg("--data-dir")
-            .arg(&berth_data)
-            .args(["--log-level", "warn"]);
-        if let Some(file) = htpasswd {
-            cmd.arg("--htpasswd").arg(file);
-        }
-        let berth = Server::spawn("berth", cmd, berth_port, dir.join("berth.log"))?;
-
-        let dist_port = free_port()?;
-        let dist_data = dir.join("distribution-data");
-        std::fs::create_dir_all(&dist_data)?;
-        let dist_yml = dir.join("distribution.yml");
-        let yaml = distribution_config(&dist_data, dist_port, htpasswd);
-        std::fs::write(&dist_yml, &yaml)?;
-        let mut cmd = Command::new(&self.dist_bin);
-        cmd.arg("serve").arg(&dist_yml);
-        let dist = Server::spawn("distribution", cmd, dist_port, dir.join("distribution.log"))?;
+        let endpoint = self.s3.as_ref().map(|s3| s3.endpoint.clone());
+        let berth_prefix = format!("{label}-berth");
+        let dist_root = format!("/{label}-distribution");
+        let berth = self.berth(
+            &dir,
+            "berth",
+            endpoint.as_deref().map(|e| (e, berth_prefix.as_str())),
+            htpasswd,
+        )?;
+        let (dist, yaml) = self.distribution(
+            &dir,
+            "distribution",
+            endpoint.as_deref().map(|e| (e, dist_root.as_str())),
+            htpasswd,
+            None,
+        )?;
         let mut servers = vec![berth, dist];
         for s in &mut servers {
             s.wait_ready(client).await?;
@@ -1478,6 +1631,114 @@ impl Launch {
             distribution_yaml: yaml,
         })
     }
+
+    /// Berth on a free port, its data directory `<dir>/<name>-data`, its log `<dir>/<name>.log`;
+    /// with `s3` (an endpoint and a prefix), on the bucket of this run's Garage.
+    fn berth(
+        &self,
+        dir: &Path,
+        name: &str,
+        s3: Option<(&str, &str)>,
+        htpasswd: Option<&Path>,
+    ) -> R<Server> {
+        let port = free_port()?;
+        let data = dir.join(format!("{name}-data"));
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(&self.berth_bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--log-level", "warn"]);
+        if let Some(file) = htpasswd {
+            cmd.arg("--htpasswd").arg(file);
+        }
+        let mut command = format!("{cmd:?}").replace('"', "");
+        if let Some((endpoint, prefix)) = s3 {
+            let env = self.s3.as_ref().ok_or("an S3 store without Garage")?;
+            cmd.args(["--s3-bucket", &env.bucket])
+                .args(["--s3-endpoint", endpoint])
+                .args(["--s3-region", &env.region])
+                .args(["--s3-prefix", prefix]);
+            command = format!(
+                "AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} {}",
+                s3::ACCESS_KEY_HIDDEN,
+                s3::SECRET_KEY_HIDDEN,
+                format!("{cmd:?}").replace('"', "")
+            );
+            env.credentials(&mut cmd);
+        }
+        Server::spawn("berth", cmd, command, port, dir.join(format!("{name}.log")))
+    }
+
+    /// Distribution on a free port in its standard configuration, its files `<dir>/<name>*`;
+    /// with `s3` (an endpoint and a `rootdirectory`), on the bucket of this run's Garage. Also
+    /// the configuration's text, credentials hidden.
+    fn distribution(
+        &self,
+        dir: &Path,
+        name: &str,
+        s3: Option<(&str, &str)>,
+        htpasswd: Option<&Path>,
+        secret: Option<&str>,
+    ) -> R<(Server, String)> {
+        let port = free_port()?;
+        let yml = dir.join(format!("{name}.yml"));
+        let data = dir.join(format!("{name}-data"));
+        let (yaml, file) = match s3 {
+            None => {
+                std::fs::create_dir_all(&data)?;
+                let yaml = distribution_config(&DistStore::Dir(&data), port, htpasswd, secret);
+                (yaml.clone(), yaml)
+            }
+            Some((endpoint, root)) => {
+                let env = self.s3.as_ref().ok_or("an S3 store without Garage")?;
+                let store = DistStore::S3 {
+                    endpoint,
+                    region: &env.region,
+                    bucket: &env.bucket,
+                    root,
+                };
+                let yaml = distribution_config(&store, port, htpasswd, secret);
+                let file = env.fill(&yaml);
+                (yaml, file)
+            }
+        };
+        std::fs::create_dir_all(dir)?;
+        write_private(&yml, &file)?;
+        let mut cmd = Command::new(&self.dist_bin);
+        cmd.arg("serve").arg(&yml);
+        let mut command = format!("{cmd:?}").replace('"', "");
+        if s3.is_some() {
+            // These machines set AWS_CA_BUNDLE, and Distribution's Go S3 client panics at start
+            // when it is set (issue 13); the endpoint is plain http:// anyway.
+            cmd.env_remove("AWS_CA_BUNDLE");
+            command = format!("env -u AWS_CA_BUNDLE {command}");
+        }
+        let server = Server::spawn(
+            "distribution",
+            cmd,
+            command,
+            port,
+            dir.join(format!("{name}.log")),
+        )?;
+        Ok((server, yaml))
+    }
+}
+
+/// Writes a file only its owner can read (it may hold credentials).
+fn write_private(path: &Path, text: &str) -> R<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 struct Bench {
@@ -1578,6 +1839,12 @@ impl Bench {
                 let secs = t.elapsed().as_secs_f64();
                 self.table.push(pull, i, blob.len() as f64 / secs / 1e6);
             }
+        }
+        if self.o.storage == Storage::S3 {
+            // Repeated concurrent pulls of one blob on S3 measure Berth's blob cache after the
+            // first round; the S3 run has the pull storm instead (`storm`), a new blob each
+            // time over two replicas, with the reads that reach the bucket counted.
+            return Ok(());
         }
 
         let (conns, blob_mib) = (self.o.pull_conns, self.o.pull_blob / MIB);
@@ -2376,6 +2643,8 @@ struct Report<'a> {
     /// one; anything near the number of CPUs means something else ran beside the benchmark.
     load_start: f64,
     load_end: f64,
+    /// `garage --version` of an S3 run.
+    garage_version: Option<String>,
 }
 
 impl Report<'_> {
@@ -2425,6 +2694,9 @@ impl Report<'_> {
     /// Each measured row set against the machine limit that bounds it (the analysis the README
     /// used to type by hand).
     fn bounds(&self) -> Vec<String> {
+        if self.o.storage == Storage::S3 {
+            return self.s3_bounds();
+        }
         let o = self.o;
         let mib = o.big / MIB;
         let pct = |v: f64, limit: f64| format!("{:.0}%", 100.0 * v / limit);
@@ -2484,8 +2756,9 @@ impl Report<'_> {
 
     fn parameters(&self) -> serde_json::Value {
         let o = self.o;
-        serde_json::json!({
+        let mut parameters = serde_json::json!({
             "mode": if o.quick { "quick" } else { "full" },
+            "storage": o.storage.name(),
             "rounds": o.rounds,
             "only": o.only,
             "big_blob_bytes": o.big,
@@ -2510,11 +2783,36 @@ impl Report<'_> {
             "openssl_seconds": o.openssl_secs,
             "sha2_bytes": o.sha_bytes,
             "settle": {
-                "checkpoint_wait_ms": if o.quick { 0 } else { CHECKPOINT_WAIT.as_millis() as u64 },
+                "checkpoint_wait_ms": checkpoint_wait(o).as_millis() as u64,
                 "dirty_plus_writeback_kib_at_most": SETTLED_DIRTY_KIB,
                 "timeout_s": SETTLE_TIMEOUT.as_secs(),
             },
-        })
+        });
+        if o.storage == Storage::S3 {
+            if let Some(map) = parameters.as_object_mut() {
+                // What the S3 run does not run.
+                for key in [
+                    "pull_concurrent",
+                    "pull_concurrent_blob_bytes",
+                    "growth_repositories",
+                    "growth_tags",
+                    "catalog_page",
+                    "loopback_bytes",
+                    "loopback_connections",
+                    "openssl_seconds",
+                    "sha2_bytes",
+                ] {
+                    map.remove(key);
+                }
+            }
+            parameters["storm_pulls"] = serde_json::json!(o.storm_pulls);
+            parameters["storm_blob_bytes"] = serde_json::json!(o.storm_blob);
+            parameters["storm_replicas"] = serde_json::json!(2);
+            parameters["gc_repositories"] = serde_json::json!(o.gc_repos);
+            parameters["gc_layers"] = serde_json::json!(o.gc_layers);
+            parameters["gc_unreferenced_blobs_per_repository"] = serde_json::json!(o.gc_orphans);
+        }
+        parameters
     }
 
     fn json(&self) -> serde_json::Value {
@@ -2566,9 +2864,19 @@ impl Report<'_> {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
             .collect();
+        let targets: Vec<_> = if self.o.storage == Storage::S3 {
+            self.s3_targets()
+                .into_iter()
+                .map(|t| serde_json::json!({"target": t.what, "want": t.want, "measured": t.got, "met": t.met}))
+                .collect()
+        } else {
+            Vec::new()
+        };
         serde_json::json!({
             "schema": 1,
-            "generated_by": "cargo bench --bench compare",
+            "generated_by": self.o.command(),
+            "storage": self.o.storage.name(),
+            "garage": self.garage_version.as_ref().map(|v| serde_json::json!({"version": v, "setup": s3::GARAGE_SETUP})),
             "date": f.date,
             "git_commit": f.commit,
             "git_dirty": f.dirty,
@@ -2585,6 +2893,7 @@ impl Report<'_> {
             "rows": rows,
             "limits": limits,
             "bounds": self.bounds(),
+            "targets": targets,
             "notes": self.table.notes,
             "commands": {
                 "berth": self.server_cmds[0],
@@ -2626,20 +2935,36 @@ impl Report<'_> {
 
     /// What the README quotes between its markers.
     fn readme_block(&self) -> String {
+        let (begin, end) = readme_markers(self.o.storage);
+        let stem = report_stem(self.o.storage);
         let mut out = String::new();
-        out.push_str(README_BEGIN);
+        out.push_str(begin);
         out.push('\n');
-        out.push_str("<!-- Written by `cargo bench --bench compare` (a full run); edit benches/compare.rs, not this. -->\n");
         out.push_str(&format!(
-            "Run: {}. Machine limits, every round's values, notes and the exact commands: [docs/benchmarks/latest.md](docs/benchmarks/latest.md) ([JSON](docs/benchmarks/latest.json)).\n\n",
+            "<!-- Written by `{}` (a full run); edit benches/compare.rs, not this. -->\n",
+            self.o.command()
+        ));
+        out.push_str(&format!(
+            "Run: {}. Machine limits, every round's values, notes and the exact commands: [docs/benchmarks/{stem}.md](docs/benchmarks/{stem}.md) ([JSON](docs/benchmarks/{stem}.json)).\n\n",
             self.summary_line()
         ));
         out.push_str(&self.results_table());
-        out.push_str("\nEach row against the machine limit that bounds it, in the same run:\n\n");
+        match self.o.storage {
+            Storage::Filesystem => out.push_str(
+                "\nEach row against the machine limit that bounds it, in the same run:\n\n",
+            ),
+            Storage::S3 => out.push_str(
+                "\nEach row against Garage's own throughput (object_store on the same loopback), in the same run:\n\n",
+            ),
+        }
         for b in self.bounds() {
             out.push_str(&format!("- {b}\n"));
         }
-        out.push_str(README_END);
+        if self.o.storage == Storage::S3 {
+            out.push('\n');
+            out.push_str(&self.s3_targets_table());
+        }
+        out.push_str(end);
         out.push('\n');
         out
     }
@@ -2648,14 +2973,25 @@ impl Report<'_> {
         let f = &self.facts;
         let o = self.o;
         let mut md = String::new();
-        md.push_str("# Berth against CNCF Distribution: benchmark results\n\n");
-        md.push_str("Written by `cargo bench --bench compare`; do not edit: the next full run rewrites this file, `latest.json` beside it and the table in the README. The method (why the runs are fair) is in [docs/design/benchmark.md](../design/benchmark.md).\n\n");
+        let stem = report_stem(o.storage);
+        match o.storage {
+            Storage::Filesystem => {
+                md.push_str("# Berth against CNCF Distribution: benchmark results\n\n")
+            }
+            Storage::S3 => md.push_str(
+                "# Berth against CNCF Distribution on S3 (Garage): benchmark results\n\n",
+            ),
+        }
+        md.push_str(&format!("Written by `{}`; do not edit: the next full run rewrites this file, `{stem}.json` beside it and the table in the README. The method (why the runs are fair) is in [docs/design/benchmark.md](../design/benchmark.md).\n\n", o.command()));
         md.push_str(&format!("Run: {}.\n\n", self.summary_line()));
         md.push_str("## Machine\n\n");
         md.push_str(&format!("- CPU: {} ({} CPUs available)\n", f.cpu, f.cpus));
         md.push_str(&format!("- memory: {:.1} GiB\n", f.memory_gib));
         md.push_str(&format!("- kernel: Linux {} ({})\n", f.kernel, f.os));
         md.push_str(&format!("- data directories and limit files: {}\n", f.disk));
+        if let Some(v) = &self.garage_version {
+            md.push_str(&format!("- storage: {v}, {}\n", s3::GARAGE_SETUP));
+        }
         for (name, v) in &f.versions {
             md.push_str(&format!("- {name}: {v}\n"));
         }
@@ -2670,7 +3006,12 @@ impl Report<'_> {
         ));
         md.push_str("## Results\n\n");
         md.push_str(&self.results_table());
-        md.push_str("\nThroughput, rate and memory rows: ratio = Berth / Distribution (memory: lower is better). Time rows (s, ms, p99): \"N× faster\" = Distribution's time / Berth's time.\n\n");
+        md.push_str("\nThroughput, rate, memory and count rows: ratio = Berth / Distribution (memory and counts: lower is better). Time rows (s, ms, p99): \"N× faster\" = Distribution's time / Berth's time.\n\n");
+        if o.storage == Storage::S3 {
+            md.push_str("## Targets\n\n");
+            md.push_str(&self.s3_targets_table());
+            md.push('\n');
+        }
         md.push_str("## What bounds the rows\n\n");
         let bounds = self.bounds();
         if bounds.is_empty() {
@@ -2679,7 +3020,10 @@ impl Report<'_> {
         for b in bounds {
             md.push_str(&format!("- {b}\n"));
         }
-        md.push_str("\n## Machine limits\n\nMeasured after both registries stopped, each on the data and with the durability of the workload it bounds, settled like the timed runs.\n\n");
+        match o.storage {
+            Storage::Filesystem => md.push_str("\n## Machine limits\n\nMeasured after both registries stopped, each on the data and with the durability of the workload it bounds, settled like the timed runs.\n\n"),
+            Storage::S3 => md.push_str("\n## Limits: Garage's own throughput\n\nMeasured on the same Garage node after the registries stopped, with object_store (the client library Berth uses) on the same loopback, on a new variant of the pushes' random blob each round, settled like the timed runs.\n\n"),
+        }
         let rows: Vec<Vec<String>> = self
             .limits
             .iter()
@@ -2747,16 +3091,21 @@ impl Report<'_> {
             took.join(", ")
         ));
         md.push_str("\n## Method, commands and parameters\n\n");
-        md.push_str(&format!(
-            "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write; 0 in quick mode, whose timings are not judged), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
-            if o.quick { 0 } else { CHECKPOINT_WAIT.as_millis() },
-            SETTLED_DIRTY_KIB / 1024
-        ));
-        md.push_str(&format!("- berth: `{}`\n", self.server_cmds[0]));
-        md.push_str(&format!(
-            "- distribution: `{}` with its standard configuration (Debian's /etc/docker/registry/config.yml: blob descriptor cache in memory, nosniff header, storage health check), only the address, the data directory and logging changed:\n\n```yaml\n{}```\n",
-            self.server_cmds[1], self.distribution_yaml
-        ));
+        if o.storage == Storage::S3 {
+            md.push_str("- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the collection runs once, Berth first\n");
+            md.push_str(&self.s3_method());
+        } else {
+            md.push_str(&format!(
+                "- order: round 1 runs each workload on Berth first, round 2 on Distribution first, and so on; the growth rows run once, Berth first\n- settling before every timed run: wait until {} ms after Berth's last write (its journal checkpoint, a `syncfs`, runs about 1 s after its last write; 0 in quick mode, whose timings are not judged), `sync`, then wait until Dirty + Writeback in /proc/meminfo is at most {} MiB\n",
+                checkpoint_wait(o).as_millis(),
+                SETTLED_DIRTY_KIB / 1024
+            ));
+            md.push_str(&format!("- berth: `{}`\n", self.server_cmds[0]));
+            md.push_str(&format!(
+                "- distribution: `{}` with its standard configuration (Debian's /etc/docker/registry/config.yml: blob descriptor cache in memory, nosniff header, storage health check), only the address, the data directory and logging changed:\n\n```yaml\n{}```\n",
+                self.server_cmds[1], self.distribution_yaml
+            ));
+        }
         if let Some(yaml) = &self.auth_distribution_yaml {
             md.push_str(&format!(
                 "- with authentication: berth adds `--htpasswd FILE`; distribution adds Debian's `auth: htpasswd` block:\n\n```yaml\n{yaml}```\n"
@@ -2772,11 +3121,14 @@ impl Report<'_> {
             o.big.div_ceil(o.chunk),
             o.chunk / MIB
         ));
-        md.push_str(&format!(
-            "- pull: GET /v2/<repo>/blobs/<digest> of the chunked-pushed blob, bytes counted (not hashed); concurrent: {} GETs at once of one {} MiB blob, by reqwest and by a bare HTTP/1.1 client reading 1 MiB at a time\n",
-            o.pull_conns,
-            o.pull_blob / MIB
-        ));
+        match o.storage {
+            Storage::Filesystem => md.push_str(&format!(
+                "- pull: GET /v2/<repo>/blobs/<digest> of the chunked-pushed blob, bytes counted (not hashed); concurrent: {} GETs at once of one {} MiB blob, by reqwest and by a bare HTTP/1.1 client reading 1 MiB at a time\n",
+                o.pull_conns,
+                o.pull_blob / MIB
+            )),
+            Storage::S3 => md.push_str("- pull: GET /v2/<repo>/blobs/<digest> of the chunked-pushed blob, its first read (Berth's blob cache is empty: a push does not fill it), bytes counted (not hashed)\n"),
+        }
         md.push_str(&format!(
             "- image: {} layers of {} B random + config, each POST + PUT ?digest=, {} in flight, then PUT manifest (OCI); time from the first POST to the manifest's 201\n",
             o.layers, o.layer_size, o.layer_par
@@ -2785,11 +3137,16 @@ impl Report<'_> {
             "- tags: PUT /v2/bench/tags-*-rN/manifests/t000000… (one small OCI manifest), {} in flight and 1 in flight; listing: GET /v2/<repo>/tags/list?n={} then each Link rel=\"next\", and once without n\n",
             o.tag_conc, o.page
         ));
-        md.push_str(&format!(
-            "- growth: {} repositories bench/growth/rNNNNN, each with the layer and config mounted (POST ?mount=&from=) and one manifest PUT, then {} tags in bench/growth-source, {} in flight; RSS (VmRSS) read after settling; catalog: GET /v2/_catalog?n={} then each Link rel=\"next\"\n",
-            o.growth_repos, o.growth_tags, o.tag_conc, o.catalog_page
-        ));
-        md.push_str("- RSS: VmRSS from /proc/PID/status at start, after each big push (max shown) and after the growth; peak: VmHWM before stopping each server\n");
+        if o.storage == Storage::Filesystem {
+            md.push_str(&format!(
+                "- growth: {} repositories bench/growth/rNNNNN, each with the layer and config mounted (POST ?mount=&from=) and one manifest PUT, then {} tags in bench/growth-source, {} in flight; RSS (VmRSS) read after settling; catalog: GET /v2/_catalog?n={} then each Link rel=\"next\"\n",
+                o.growth_repos, o.growth_tags, o.tag_conc, o.catalog_page
+            ));
+            md.push_str("- RSS: VmRSS from /proc/PID/status at start, after each big push (max shown) and after the growth; peak: VmHWM before stopping each server\n");
+        } else {
+            md.push_str("- manifest GET and 4 KiB blob GET: Berth answers a blob it has read once from its blob cache on disk (by `sendfile`), Distribution reads it from the bucket every time; both hold a tag's answer in memory for a while (Berth for `cache_ttl_ms`)\n");
+            md.push_str("- RSS: VmRSS from /proc/PID/status at start and after each big push (max shown); peak: VmHWM before stopping each server (the storm's and the collection's processes are not counted)\n");
+        }
         for c in self.commands {
             md.push_str(&format!("- {c}\n"));
         }
@@ -2799,20 +3156,50 @@ impl Report<'_> {
 
 const README_BEGIN: &str = "<!-- bench:begin -->";
 const README_END: &str = "<!-- bench:end -->";
+const S3_README_BEGIN: &str = "<!-- bench-s3:begin -->";
+const S3_README_END: &str = "<!-- bench-s3:end -->";
 
-/// Replaces what lies between the README's markers (markers included) by `block`.
-fn rewrite_readme(path: &Path, block: &str) -> R<()> {
+/// The README markers of a storage mode's block.
+fn readme_markers(storage: Storage) -> (&'static str, &'static str) {
+    match storage {
+        Storage::Filesystem => (README_BEGIN, README_END),
+        Storage::S3 => (S3_README_BEGIN, S3_README_END),
+    }
+}
+
+/// The report files' name, without `.md` or `.json`.
+fn report_stem(storage: Storage) -> &'static str {
+    match storage {
+        Storage::Filesystem => "latest",
+        Storage::S3 => "s3-latest",
+    }
+}
+
+/// How long after Berth's last write a settle waits: its journal's checkpoint, in a full
+/// filesystem run. Quick runs' timings are not judged, and on S3 Berth keeps no journal.
+fn checkpoint_wait(o: &Opts) -> Duration {
+    if o.quick || o.storage == Storage::S3 {
+        Duration::ZERO
+    } else {
+        CHECKPOINT_WAIT
+    }
+}
+
+/// Replaces what lies between the README's markers (markers included) of `storage`'s block by
+/// `block`.
+fn rewrite_readme(path: &Path, storage: Storage, block: &str) -> R<()> {
+    let (begin, end_marker) = readme_markers(storage);
     let text = std::fs::read_to_string(path)?;
-    let (Some(start), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
+    let (Some(start), Some(end)) = (text.find(begin), text.find(end_marker)) else {
         bail!(
-            "{}: no {README_BEGIN} … {README_END} markers to rewrite",
+            "{}: no {begin} … {end_marker} markers to rewrite",
             path.display()
         );
     };
     if end < start {
-        bail!("{}: {README_END} before {README_BEGIN}", path.display());
+        bail!("{}: {end_marker} before {begin}", path.display());
     }
-    let mut end = end + README_END.len();
+    let mut end = end + end_marker.len();
     if text[end..].starts_with('\n') {
         end += 1;
     }
@@ -2849,6 +3236,11 @@ async fn run(o: Opts) -> R<()> {
     let tmp = tempfile::Builder::new()
         .prefix("berth-bench.")
         .tempdir_in(std::env::temp_dir())?;
+    // After `tmp`, so it is stopped before its directory goes.
+    let garage = match o.storage {
+        Storage::S3 => Some(s3::Garage::start(&tmp.path().join("garage"))?),
+        Storage::Filesystem => None,
+    };
     let client = Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
@@ -2865,13 +3257,10 @@ async fn run(o: Opts) -> R<()> {
         berth_bin: berth_bin.clone(),
         dist_bin: dist_bin.clone(),
         tmp: tmp.path().to_path_buf(),
+        s3: garage.as_ref().map(|g| g.env.clone()),
     };
     let pair = launch.start("main", None, &client).await?;
-    let checkpoint_wait = if o.quick {
-        Duration::ZERO
-    } else {
-        CHECKPOINT_WAIT
-    };
+    let checkpoint_wait = checkpoint_wait(&o);
     let mut b = Bench {
         o,
         client,
@@ -2890,13 +3279,20 @@ async fn run(o: Opts) -> R<()> {
         b.table.push(rss_start, i, v);
     }
 
-    let runs = |group: &str| {
-        b.o.only
-            .as_ref()
-            .is_none_or(|g| g.iter().any(|x| x == group))
-    };
-    let groups = GROUPS.map(runs);
-    let [blobs, image, wrk, tags, growth, auth] = groups;
+    let selected: Vec<&'static str> =
+        b.o.groups()
+            .into_iter()
+            .filter(|group| {
+                b.o.only
+                    .as_ref()
+                    .is_none_or(|g| g.iter().any(|x| x == group))
+            })
+            .collect();
+    let runs = |group: &str| selected.contains(&group);
+    let [blobs, image, wrk, tags, growth, auth, storm, gc] = [
+        "blobs", "image", "wrk", "tags", "growth", "auth", "storm", "gc",
+    ]
+    .map(runs);
     let server_cmds: [String; 2] = [b.servers[0].command.clone(), b.servers[1].command.clone()];
     let result = async {
         let timed = |name: &'static str, since: Instant| {
@@ -2946,6 +3342,16 @@ async fn run(o: Opts) -> R<()> {
             auth_yaml = Some(b.auth(&launch, &berth_bin).await?);
             took.push(timed("auth", t));
         }
+        if storm {
+            let t = Instant::now();
+            b.storm(&launch, &big).await?;
+            took.push(timed("storm", t));
+        }
+        if gc {
+            let t = Instant::now();
+            b.gc(&launch).await?;
+            took.push(timed("gc", t));
+        }
         Ok::<_, Error>((auth_yaml, took))
     }
     .await;
@@ -2959,7 +3365,10 @@ async fn run(o: Opts) -> R<()> {
         }
     };
     let t = Instant::now();
-    let limits = machine_limits(&b.o, tmp.path(), &big, &mut b.settler).await?;
+    let limits = match &garage {
+        Some(garage) => s3::garage_limits(&b.o, &garage.env, &big, &mut b.settler).await?,
+        None => machine_limits(&b.o, tmp.path(), &big, &mut b.settler).await?,
+    };
     group_secs.push(("limits", t.elapsed().as_secs_f64()));
     let total = started.elapsed().as_secs_f64();
 
@@ -2979,6 +3388,7 @@ async fn run(o: Opts) -> R<()> {
         group_secs,
         load_start,
         load_end: load_average(),
+        garage_version: garage.as_ref().map(|g| g.version.clone()),
     };
     let markdown = report.markdown();
     println!("{markdown}");
@@ -3010,28 +3420,35 @@ async fn run(o: Opts) -> R<()> {
 
     let dir = report_dir(&b.o);
     std::fs::create_dir_all(&dir)?;
+    let stem = report_stem(b.o.storage);
     let json = serde_json::to_string_pretty(&report.json())? + "\n";
-    std::fs::write(dir.join("latest.json"), json)?;
-    std::fs::write(dir.join("latest.md"), &markdown)?;
+    std::fs::write(dir.join(format!("{stem}.json")), json)?;
+    std::fs::write(dir.join(format!("{stem}.md")), &markdown)?;
     let block = report.readme_block();
     if b.o.publishes() {
         rewrite_readme(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+            b.o.storage,
             &block,
         )?;
         println!(
-            "wrote docs/benchmarks/latest.json, docs/benchmarks/latest.md and README.md's table"
+            "wrote docs/benchmarks/{stem}.json, docs/benchmarks/{stem}.md and README.md's table"
         );
     } else {
-        std::fs::write(dir.join("readme-block.md"), &block)?;
+        let name = match b.o.storage {
+            Storage::Filesystem => "readme-block.md",
+            Storage::S3 => "s3-readme-block.md",
+        };
+        std::fs::write(dir.join(name), &block)?;
         println!(
-            "wrote {}/latest.json, latest.md and readme-block.md (only a complete full run writes docs/benchmarks and the README)",
+            "wrote {}/{stem}.json, {stem}.md and {name} (only a complete full run writes docs/benchmarks and the README)",
             dir.display()
         );
     }
     println!();
     println!("bench finished in {total:.0} s");
     drop(b);
+    drop(garage);
     drop(tmp);
     Ok(())
 }

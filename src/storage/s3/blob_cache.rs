@@ -252,6 +252,10 @@ async fn fetch(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(io_error)?;
         file.write_all(&chunk).await?;
+        // tokio's File hands each write to a blocking thread and returns before it is done:
+        // wait for it, or a follower reading up to `written` meets the end of the file early
+        // (and its client a truncated body).
+        file.flush().await?;
         written += chunk.len() as u64;
         progress.send_replace(Progress::Running { written, size });
     }
