@@ -463,6 +463,14 @@ pub(crate) fn storage_state_of(record: &[u8]) -> Option<String> {
         .map(|session| session.storage_state)
 }
 
+/// The bytes a session record counts (for expiry's report); `None` when the
+/// record is unreadable.
+pub(crate) fn session_offset_of(record: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<UploadSession>(record)
+        .ok()
+        .map(|session| session.offset)
+}
+
 /// Blobs received whole in one request up to this size are held in memory
 /// and written straight to their final key: one durable write instead of an
 /// upload file, a rename and their hand-offs.

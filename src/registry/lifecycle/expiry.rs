@@ -81,14 +81,20 @@ impl Registry {
         if newest.is_some_and(|t| t >= cutoff) {
             return Ok(());
         }
+        // Read before the record goes: an object store's multipart upload is
+        // found only through it, and so is its size (no `data` object holds
+        // its bytes until it completes).
+        let session = self.storage.get(&files[0]).await.map_err(storage_error)?;
+        let recorded = session
+            .as_deref()
+            .and_then(super::super::uploads::session_offset_of)
+            .unwrap_or(0);
+        let size = size.max(recorded);
         if report.dry_run {
             report.expired += 1;
             report.bytes_removed += size;
             return Ok(());
         }
-        // Read before the record goes: an object store's multipart upload is
-        // found only through it.
-        let session = self.storage.get(&files[0]).await.map_err(storage_error)?;
         for key in &files {
             let exists = self.storage.stat(key).await.map_err(storage_error)?;
             if exists.is_some()
