@@ -1,6 +1,11 @@
 //! Shared set-up for the integration tests: a real Berth server on an
 //! ephemeral loopback port with its own data directory, and a few helpers that
-//! speak the distribution-spec over real HTTP.
+//! speak the distribution-spec over real HTTP; a real Garage for the S3
+//! backend (`garage`) and a round-robin TCP balancer for replicas
+//! (`balancer`).
+
+pub mod balancer;
+pub mod garage;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
