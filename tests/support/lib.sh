@@ -8,6 +8,18 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# free_ports N: N distinct free loopback ports on one line, all held at once
+# while the kernel picks them (so none repeats, as it might across calls).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))
+PY
+}
+
 # wait_http URL [TRIES]: until URL answers (any HTTP status).
 wait_http() {
   local url=$1 tries=${2:-100}
