@@ -252,6 +252,12 @@ async fn fetch(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(io_error)?;
         file.write_all(&chunk).await?;
+        // tokio's File hands a write to a blocking thread and reports it done
+        // before it reached the file: followers read the file through their
+        // own handles up to `written`, so the bytes must be there first
+        // (else a follower meets the end of the file early and its client
+        // gets a short body).
+        file.flush().await?;
         written += chunk.len() as u64;
         progress.send_replace(Progress::Running { written, size });
     }
