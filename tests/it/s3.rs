@@ -1637,11 +1637,20 @@ async fn tags_list_in_byte_order_in_pages_over_s3_as_on_the_filesystem() {
     assert!(many.len() > 1200, "{} tags", many.len());
     let s3_store = replicas.storage().await;
     let fs_store = berth::open_storage(&fs_config, false).await.unwrap();
-    for (api, store) in [(&replicas.via, &s3_store), (&filesystem, &fs_store)] {
+    for (backend, api, store) in [
+        ("S3", &replicas.via, &s3_store),
+        ("the filesystem", &filesystem, &fs_store),
+    ] {
         push_tags(api, "order/few", &image, &few).await;
         // The image itself is pushed, so that every seeded tag resolves.
         api.push_image("order/many", "latest", &image).await;
+        let started = Instant::now();
         seed_tags(store.as_ref(), "order/many", &image.digest, &many).await;
+        eprintln!(
+            "{} tag links written into {backend} in {:?}",
+            many.len(),
+            started.elapsed()
+        );
         assert_eq!(
             api.manifest_digest("order/many", "v1.0.1").await,
             Some(image.digest.clone()),
