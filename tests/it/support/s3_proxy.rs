@@ -1,0 +1,251 @@
+//! An HTTP reverse proxy between Berth replicas and the object store, for the
+//! S3 tests: it logs every request it forwards (so a test can count the GETs
+//! of one key, as the pull-storm test does), and it can stop answering (a
+//! black hole: connections accepted, requests never answered) or cut every
+//! connection, so a test can make the store unreachable under running
+//! replicas (a replica refuses to start on a store it cannot reach, so the
+//! store must be there at start).
+//!
+//! Requests are forwarded byte for byte, `Host` included: S3 signatures
+//! (SigV4) cover the host the client addressed, which is the proxy's.
+//! Each client connection gets one upstream connection (HTTP/1.1 runs one
+//! request at a time on a connection), so the proxy adds no pooling of its
+//! own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// What the proxy does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Forwards it to the store.
+    Forward = 0,
+    /// Never answers (and keeps the connection open): a store that hangs.
+    BlackHole = 1,
+    /// Closes the connection without an answer: a store that went away.
+    Cut = 2,
+}
+
+/// One request the proxy received (in any mode).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: hyper::Method,
+    /// The path, bucket first (`/berth-test/<prefix>/docker/...`).
+    pub path: String,
+    /// Whether it asked for a byte range.
+    pub ranged: bool,
+}
+
+/// A proxy on `127.0.0.1:<free port>`; dropping it closes the listener and
+/// every connection.
+pub struct S3Proxy {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    log: Arc<Mutex<Vec<Logged>>>,
+    task: JoinHandle<()>,
+}
+
+impl S3Proxy {
+    /// A proxy in front of `upstream` (`http://HOST:PORT`), forwarding.
+    pub async fn start(upstream: &str) -> S3Proxy {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("an http://IP:PORT endpoint");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(Mode::Forward as u8));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (mode, log) = (mode.clone(), log.clone());
+            tokio::spawn(async move {
+                // Owned by this task: aborting it (on drop) drops the set,
+                // which aborts every connection too.
+                let mut connections = JoinSet::new();
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (mode, log) = (mode.clone(), log.clone());
+                    connections.spawn(serve_connection(client, upstream, mode, log));
+                    while connections.try_join_next().is_some() {}
+                }
+            })
+        };
+        S3Proxy {
+            addr,
+            mode,
+            log,
+            task,
+        }
+    }
+
+    /// The endpoint to give a replica: `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Applies to the next request, on new and open connections alike.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Every request received so far, in order of arrival.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Forgets the requests logged so far.
+    pub fn clear(&self) {
+        self.log.lock().unwrap().clear();
+    }
+}
+
+impl Drop for S3Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn mode_of(mode: &AtomicU8) -> Mode {
+    match mode.load(Ordering::SeqCst) {
+        0 => Mode::Forward,
+        1 => Mode::BlackHole,
+        _ => Mode::Cut,
+    }
+}
+
+async fn serve_connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mode: Arc<AtomicU8>,
+    log: Arc<Mutex<Vec<Logged>>>,
+) {
+    let _ = client.set_nodelay(true);
+    // The upstream connection, opened at the first request to forward; one
+    // request at a time, as on the client's side.
+    let sender: Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>> = Arc::default();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (mode, log, sender) = (mode.clone(), log.clone(), sender.clone());
+        async move {
+            log.lock().unwrap().push(Logged {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                ranged: request.headers().contains_key(hyper::header::RANGE),
+            });
+            match mode_of(&mode) {
+                Mode::Forward => forward(request, upstream, &sender).await,
+                Mode::BlackHole => std::future::pending().await,
+                // An error from the service makes hyper close the connection
+                // without an answer.
+                Mode::Cut => Err(std::io::Error::other("cut by the test proxy")),
+            }
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    upstream: SocketAddr,
+    sender: &tokio::sync::Mutex<Option<SendRequest<Incoming>>>,
+) -> Result<Response<Incoming>, std::io::Error> {
+    let mut sender = sender.lock().await;
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        let stream = TcpStream::connect(upstream).await?;
+        let _ = stream.set_nodelay(true);
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        *sender = Some(send);
+    }
+    let send = sender.as_mut().expect("connected");
+    send.ready().await.map_err(std::io::Error::other)?;
+    send.send_request(request)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+mod checks {
+    use super::*;
+
+    /// A tiny HTTP server that answers every request with its method and
+    /// path and the Host it was sent to.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(|request: Request<Incoming>| async move {
+                            let host = request.headers()[hyper::header::HOST]
+                                .to_str()
+                                .unwrap()
+                                .to_owned();
+                            let body =
+                                format!("{} {} {host}", request.method(), request.uri().path());
+                            Ok::<_, std::io::Error>(Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn forwards_with_the_clients_host_logs_and_can_stop_answering() {
+        let upstream = echo_server().await;
+        let proxy = S3Proxy::start(&format!("http://{upstream}")).await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/bucket/key", proxy.endpoint());
+        let answer = client.get(&url).send().await.unwrap().text().await.unwrap();
+        // The Host the client addressed reaches the store unchanged.
+        assert_eq!(answer, format!("GET /bucket/key {}", proxy.addr));
+        let resp = client
+            .head(&url)
+            .header("range", "bytes=0-1")
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let log = proxy.requests();
+        assert_eq!(log.len(), 2);
+        assert_eq!((log[0].method.as_str(), log[0].ranged), ("GET", false));
+        assert_eq!((log[1].method.as_str(), log[1].ranged), ("HEAD", true));
+
+        // On the connection the client keeps open, too.
+        proxy.set_mode(Mode::Cut);
+        assert!(client.get(&url).send().await.is_err(), "a cut connection");
+        proxy.set_mode(Mode::BlackHole);
+        let hung = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            client.get(&url).send(),
+        )
+        .await;
+        assert!(hung.is_err(), "a black hole never answers");
+        proxy.set_mode(Mode::Forward);
+        let answer = client.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(answer.starts_with("GET /bucket/key"));
+        assert_eq!(proxy.requests().len(), 5);
+    }
+}
