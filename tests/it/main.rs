@@ -4,8 +4,7 @@
 //! `support` (and the lifecycle helpers in `lifecycle_support`).
 
 mod lifecycle_support;
-// The S3 tests' counting proxy, beside the shared support (which another
-// branch is rewriting): a module of its own until they meet.
+// The S3 tests' counting proxy in front of Garage.
 #[path = "support/s3_proxy.rs"]
 mod s3_proxy;
 mod support;
@@ -20,14 +19,14 @@ mod cli;
 mod cli_tag;
 mod fuzz;
 mod garage_fixture;
+mod garage_s3;
+mod garage_s3_faults;
 mod gc;
 mod host_header;
 mod integrity;
 mod manifest_limits;
 mod oci_client;
 mod retention;
-mod s3;
-mod s3_faults;
 mod tag_history;
 mod tls;
 mod transport;

@@ -12,7 +12,7 @@ use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::s3::{location, s3_config, Api, Replica, TestImage, MIB};
+use crate::garage_s3::{location, s3_config, Api, Replica, TestImage, MIB};
 use crate::s3_proxy::{Mode, S3Proxy};
 use crate::support::garage::{garage_or_skip, Garage};
 use crate::support::{expect_status, random_bytes, ServeProcess};
@@ -312,7 +312,7 @@ async fn a_stopped_garage_node_costs_no_acknowledged_image() {
         )));
     }
     let count = || activity.acknowledged.lock().unwrap().len();
-    crate::s3::wait_until(
+    crate::garage_s3::wait_until(
         Duration::from_secs(30),
         "pushes before the stop",
         || async { count() >= 6 },
@@ -322,7 +322,7 @@ async fn a_stopped_garage_node_costs_no_acknowledged_image() {
     node_stopped.store(true, Ordering::SeqCst);
     let before = count();
     let stopped_at = Instant::now();
-    crate::s3::wait_until(
+    crate::garage_s3::wait_until(
         Duration::from_secs(30),
         "pushes acknowledged with node 3 down",
         || async { count() >= before + 8 },
@@ -466,7 +466,7 @@ async fn an_unreachable_store_gives_clean_503s_within_a_bound_not_a_hang() {
     // Nothing listens on the port any more.
     let port = proxy.addr;
     drop(proxy);
-    crate::s3::wait_until(
+    crate::garage_s3::wait_until(
         Duration::from_secs(2),
         "the proxy's port closes",
         || async { tokio::net::TcpStream::connect(port).await.is_err() },
