@@ -148,8 +148,13 @@ impl Caches {
         ReadTicket(self.epoch.load(Ordering::Acquire))
     }
 
+    /// A cached link, while fresh. Only presence is served from the cache:
+    /// an absence may have been filled by another replica (or process) since,
+    /// and a client told "absent" re-uploads or fails its push (docker's
+    /// "unknown blob" when a HEAD through one replica answered from a cached
+    /// 404 while the upload went through another).
     pub fn link(&self, key: &str) -> Option<Option<Digest>> {
-        self.fresh(self.links.get(key))
+        self.fresh(self.links.get(key)).filter(|v| v.is_some())
     }
 
     pub fn fill_link(&self, ticket: ReadTicket, key: &str, value: Option<Digest>) {
@@ -180,8 +185,10 @@ impl Caches {
         });
     }
 
+    /// A cached content size, while fresh; an absence is not served (see
+    /// [`Caches::link`]).
     pub fn size(&self, digest: &Digest) -> Option<Option<u64>> {
-        self.fresh(self.sizes.get(digest))
+        self.fresh(self.sizes.get(digest)).filter(|v| v.is_some())
     }
 
     pub fn fill_size(&self, ticket: ReadTicket, digest: &Digest, value: Option<u64>) {
@@ -298,10 +305,24 @@ mod tests {
             ttl: Duration::from_millis(20),
             ..CacheConfig::default()
         });
-        caches.fill_link(caches.ticket(), "k", None);
-        assert_eq!(caches.link("k"), Some(None));
+        caches.fill_link(caches.ticket(), "k", Some(digest("d")));
+        assert_eq!(caches.link("k"), Some(Some(digest("d"))));
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(caches.link("k"), None);
+    }
+
+    #[test]
+    fn an_absence_is_never_served_from_the_cache() {
+        // Another replica may have written the link or the content since.
+        let caches = Caches::new(&CacheConfig::default());
+        caches.fill_link(caches.ticket(), "k", None);
+        assert_eq!(caches.link("k"), None);
+        caches.wrote_link("k", None);
+        assert_eq!(caches.link("k"), None);
+        caches.fill_size(caches.ticket(), &digest("d"), None);
+        assert_eq!(caches.size(&digest("d")), None);
+        caches.fill_size(caches.ticket(), &digest("d"), Some(3));
+        assert_eq!(caches.size(&digest("d")), Some(Some(3)));
     }
 
     #[test]
