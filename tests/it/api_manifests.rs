@@ -1034,7 +1034,9 @@ async fn delete_by_tag_removes_the_tag_but_not_the_manifest() {
 
 #[tokio::test]
 async fn delete_by_digest_removes_the_manifest_and_its_tags() {
-    let registry = TestRegistry::start().await;
+    // A delete through one replica, then reads through either: exact at once
+    // only without the cache's staleness bound (s3.md §7).
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (manifest, digest) = registry.push_image("team/app", "one", b"layer").await;
     let resp = registry
         .put_manifest("team/app", "two", OCI_MANIFEST, &manifest)
@@ -1065,7 +1067,9 @@ async fn delete_by_digest_removes_the_manifest_and_its_tags() {
 
 #[tokio::test]
 async fn delete_by_digest_leaves_other_repositories_alone() {
-    let registry = TestRegistry::start().await;
+    // A delete through one replica, then reads through either: exact at once
+    // only without the cache's staleness bound (s3.md §7).
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
     let (manifest, digest) = registry.push_image("first", "v1", b"shared layer").await;
     let (again, same_digest) = registry.push_image("second", "v1", b"shared layer").await;
     assert_eq!((&manifest, &digest), (&again, &same_digest));
