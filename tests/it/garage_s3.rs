@@ -28,7 +28,7 @@ use crate::support::balancer::Balancer;
 use crate::support::garage::{garage_or_skip, Garage};
 use crate::support::{
     basic_auth, client_with_authorization, error_code, expect_status, expect_status_of,
-    image_manifest, random_bytes, sha256_digest, OCI_MANIFEST, SIGNING_KEY, TEST_BCRYPT_COST,
+    random_bytes, sha256_digest, OCI_MANIFEST, SIGNING_KEY, TEST_BCRYPT_COST,
 };
 
 pub const MIB: usize = 1024 * 1024;
@@ -326,39 +326,8 @@ fn with_digest(session: &str, digest: &str) -> String {
     format!("{session}{separator}digest={digest}")
 }
 
-/// An image as pushed: its manifest and every blob it names.
-#[derive(Clone, Debug)]
-pub struct TestImage {
-    pub manifest: Vec<u8>,
-    pub digest: String,
-    pub blobs: Vec<(String, Vec<u8>)>,
-}
-
-impl TestImage {
-    /// A config unique to `seed`, and the given layers.
-    pub fn new(seed: &str, layers: &[&[u8]]) -> TestImage {
-        let config =
-            format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
-        let config_digest = sha256_digest(&config);
-        let layer_refs: Vec<(String, usize)> =
-            layers.iter().map(|l| (sha256_digest(l), l.len())).collect();
-        let manifest = image_manifest(&config_digest, config.len(), &layer_refs);
-        let mut blobs = vec![(config_digest, config)];
-        blobs.extend(layers.iter().map(|l| (sha256_digest(l), l.to_vec())));
-        TestImage {
-            digest: sha256_digest(&manifest),
-            manifest,
-            blobs,
-        }
-    }
-
-    /// The digests of the manifest and every blob.
-    pub fn digests(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.blobs.iter().map(|(d, _)| d.clone()).collect();
-        all.push(self.digest.clone());
-        all
-    }
-}
+/// An image as pushed: the one the lifecycle tests use.
+pub use crate::lifecycle_support::Image as TestImage;
 
 /// Polls `condition` every 20 ms until it holds, failing with `what` past
 /// `deadline`; returns how long it took.
