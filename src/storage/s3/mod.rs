@@ -1276,6 +1276,28 @@ mod tests {
     }
 
     #[test]
+    fn a_config_without_a_bucket_with_tiny_parts_or_an_escaping_prefix_is_refused() {
+        let ok = S3Config {
+            bucket: "b".into(),
+            ..S3Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        assert!(S3Config::default().validate().is_err(), "no bucket");
+        let tiny = S3Config {
+            part_size: MIN_PART - 1,
+            ..ok.clone()
+        };
+        assert!(tiny.validate().is_err());
+        for prefix in ["..", "a/../b", "./x"] {
+            let escaping = S3Config {
+                prefix: prefix.into(),
+                ..ok.clone()
+            };
+            assert!(escaping.validate().is_err(), "{prefix}");
+        }
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let config = S3Config {
             bucket: "b".into(),
