@@ -79,6 +79,9 @@ pub(crate) struct Activity {
     /// since when one has.
     bodies_waiting: AtomicUsize,
     body_waiting_since: AtomicU64,
+    /// The last request's handler answered without reading its whole body:
+    /// the rest may still be on its way (see `linger`).
+    body_left_unread: AtomicBool,
     /// Wakes the watch when a deadline may have moved earlier.
     wake: Notify,
 }
@@ -108,6 +111,7 @@ impl Activity {
             waiting_since: AtomicU64::new(0),
             bodies_waiting: AtomicUsize::new(0),
             body_waiting_since: AtomicU64::new(0),
+            body_left_unread: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -125,10 +129,17 @@ impl Activity {
     pub(crate) fn request_started(self: &Arc<Self>, version: hyper::Version) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::SeqCst);
+        self.body_left_unread.store(false, Ordering::Relaxed);
         if version == hyper::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
         InFlight(self.clone())
+    }
+
+    /// Whether the last request's handler answered without reading its
+    /// whole body.
+    pub(crate) fn body_left_unread(&self) -> bool {
+        self.body_left_unread.load(Ordering::Relaxed)
     }
 
     /// No request in flight: reading a head, or idle.
@@ -289,9 +300,21 @@ pub(crate) struct Watch {
     pub limits: Arc<ServerConfig>,
 }
 
+/// How a connection's HTTP session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Hyper ended it: the client closed, an answer said `Connection:
+    /// close`, or the client broke the protocol. The client may still be
+    /// sending.
+    ByItself,
+    /// The server closed it: its time was up, it was shed, or the drain.
+    ByTheServer,
+}
+
 /// Runs a hyper connection under its bounds until it ends, times out, is
-/// shed, or the drain closes it.
-pub(crate) async fn drive<C>(connection: C, mut watch: Watch, peer: std::net::SocketAddr)
+/// shed, or the drain closes it. The connection (and its IO) is dropped
+/// before this returns.
+pub(crate) async fn drive<C>(connection: C, watch: &mut Watch, peer: std::net::SocketAddr) -> Ended
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
@@ -314,11 +337,11 @@ where
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return;
+                return Ended::ByItself;
             }
             () = watch.close.cancelled() => {
                 tracing::debug!(%peer, "connection closed by the server (cap or drain)");
-                return;
+                return Ended::ByTheServer;
             }
             _ = watch.draining.changed(), if !draining => {
                 draining = true;
@@ -331,7 +354,7 @@ where
                 if let Some((at, stage)) = watch.activity.deadline(&watch.limits, draining) {
                     if at <= Instant::now() {
                         tracing::debug!(%peer, ?stage, "closing the connection: its time is up");
-                        return;
+                        return Ended::ByTheServer;
                     }
                 }
             }
@@ -447,6 +470,11 @@ impl TimedBody {
 impl Drop for TimedBody {
     fn drop(&mut self) {
         self.stop_waiting();
+        if !self.inner.is_end_stream() {
+            self.activity
+                .body_left_unread
+                .store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! `SendFile`). `http` never imports from here.
 
 pub(crate) mod conn;
+mod linger;
 pub mod tls;
 pub mod zero_copy;
 
@@ -37,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use conn::{Activity, Monitored, TimedBody, TrackedBody, Watch};
+use conn::{Activity, Ended, Monitored, TimedBody, TrackedBody, Watch};
+use linger::Reclaim;
 use zero_copy::ZeroCopyStream;
 
 /// Descriptors kept back from connections for everything else: the
@@ -170,6 +172,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let service_limits = limits.clone();
     accept_loop(listener, limits, shutdown, move |stream, peer, watch| {
+        let (stream, reclaimed) = Reclaim::new(stream);
         let stream = ZeroCopyStream::new(stream);
         let send_file = stream.send_file();
         let service = service(
@@ -191,10 +194,32 @@ pub async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(stream, service)
                 .into_owned();
-            conn::drive(connection, watch, peer).await;
+            serve_then_close(connection, watch, peer, reclaimed).await;
         }
     })
     .await
+}
+
+/// Runs `connection` under its bounds ([`conn::drive`]); then, if it ended
+/// by itself, closes its socket (`reclaimed`, handed back by its IO) the
+/// way [`linger`] says, so that a client still sending gets the answer.
+async fn serve_then_close<C>(
+    connection: C,
+    mut watch: Watch,
+    peer: SocketAddr,
+    mut reclaimed: tokio::sync::oneshot::Receiver<TcpStream>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    if conn::drive(connection, &mut watch, peer).await != Ended::ByItself {
+        return;
+    }
+    // Absent when the IO lives on elsewhere (an upgraded connection).
+    if let Ok(stream) = reclaimed.try_recv() {
+        let body_left_unread = watch.activity.body_left_unread();
+        linger::close(stream, body_left_unread, &mut watch).await;
+    }
 }
 
 /// The connections being served, for the cap: each with what it is doing

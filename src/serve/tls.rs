@@ -72,6 +72,7 @@ pub async fn serve_tls(
             // still shaking hands has no request in flight, so the cap may
             // shed it and a stop closes it at once.
             let mut draining = watch.draining.clone();
+            let (stream, reclaimed) = super::linger::Reclaim::new(stream);
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
             let stream = tokio::select! {
                 shaken = handshake => match shaken {
@@ -92,7 +93,7 @@ pub async fn serve_tls(
             let connection = builder
                 .serve_connection_with_upgrades(stream, service)
                 .into_owned();
-            super::conn::drive(connection, watch, peer).await;
+            super::serve_then_close(connection, watch, peer, reclaimed).await;
         }
     })
     .await

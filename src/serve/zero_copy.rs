@@ -51,6 +51,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::linger::Reclaim;
 use crate::http::{downloads_in_flight, Download, FileSender, SendFile};
 use crate::registry::LocalFile;
 use crate::sys;
@@ -230,12 +231,12 @@ fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
 /// A plain TCP connection that sends placeholder frames' file ranges with
 /// `sendfile`.
 pub struct ZeroCopyStream {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<Reclaim<TcpStream>>,
     queue: SendQueue,
 }
 
 impl ZeroCopyStream {
-    pub fn new(stream: TcpStream) -> ZeroCopyStream {
+    pub(crate) fn new(stream: Reclaim<TcpStream>) -> ZeroCopyStream {
         ZeroCopyStream {
             io: TokioIo::new(stream),
             queue: SendQueue::default(),
@@ -265,7 +266,7 @@ impl ZeroCopyStream {
         if buf.as_ptr() != expected || buf.len() != head.len - head.sent {
             return Poll::Ready(Err(out_of_order()));
         }
-        let stream = self.io.inner();
+        let stream = self.io.inner().get();
         loop {
             ready!(stream.poll_write_ready(cx))?;
             let (offset, count) = (head.offset + head.sent as u64, head.len - head.sent);
@@ -367,7 +368,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (ZeroCopyStream::new(accepted.unwrap().0), client.unwrap())
+        (
+            ZeroCopyStream::new(Reclaim::new(accepted.unwrap().0).0),
+            client.unwrap(),
+        )
     }
 
     fn file_of(content: &[u8]) -> File {

@@ -74,6 +74,12 @@ async fn exchange(stream: &mut TcpStream, request: &str) -> u16 {
 }
 
 async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> u16 {
+    read_response_head(stream).await.0
+}
+
+/// Reads one response (headers and a Content-Length body); its status code
+/// and its head.
+async fn read_response_head(stream: &mut (impl AsyncRead + Unpin)) -> (u16, String) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -86,17 +92,19 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> u16 {
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
+    let length: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await.unwrap();
-    head[9..12].parse().unwrap()
+    (head[9..12].parse().unwrap(), head)
+}
+
+/// The value of header `name` (lower case) in a response head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
 }
 
 const GET_V2: &str = "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -712,4 +720,90 @@ fn the_server_raises_its_open_files_limit_to_the_hard_one() {
         berth::serve::connection_cap(raised) as u64,
         "{line}"
     );
+}
+
+/// The head of a `PATCH` of `len` bytes to the upload at `path` whose
+/// `Content-Range` does not start at the upload's offset (0): answered 416
+/// before any body byte is read.
+fn out_of_order_patch_head(path: &str, len: usize) -> String {
+    format!(
+        "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Range: 100-{}\r\nContent-Length: {len}\r\n\r\n",
+        100 + len - 1
+    )
+}
+
+/// Opens an upload over `stream`; the session's path.
+async fn start_upload_over(stream: &mut (impl AsyncRead + AsyncWriteExt + Unpin)) -> String {
+    let post = "POST /v2/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    stream.write_all(post.as_bytes()).await.unwrap();
+    let (status, head) = read_response_head(stream).await;
+    assert_eq!(status, 202, "{head}");
+    let location = header(&head, "location").expect("a Location");
+    match location.find("/v2/") {
+        Some(at) => location[at..].to_owned(),
+        None => panic!("not an upload URL: {location}"),
+    }
+}
+
+/// The upload at `path` still starts at 0: the answered chunk changed
+/// nothing.
+async fn assert_upload_untouched(
+    stream: &mut (impl AsyncRead + AsyncWriteExt + Unpin),
+    path: &str,
+) {
+    let get = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(get.as_bytes()).await.unwrap();
+    let (status, head) = read_response_head(stream).await;
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(header(&head, "range").as_deref(), Some("0-0"), "{head}");
+}
+
+/// An answer sent before the request body has arrived (416 to a chunk out
+/// of order) reaches a client that sends its whole body before it reads:
+/// the server reads and drops the rest of the body after answering. Closed
+/// with the body unread, the socket would be reset: the client's writes
+/// fail, and a proxy relaying the answer drops it with the connection.
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_that_sends_its_whole_body_first() {
+    let registry = TestRegistry::start_one_with(patient).await;
+    let len = 16 << 20;
+    let mut stream = connect(&registry).await;
+    let path = start_upload_over(&mut stream).await;
+    let head = out_of_order_patch_head(&path, len);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The answer is on its way before the first body byte is sent.
+    stream.readable().await.unwrap();
+    let sent = stream.write_all(&vec![7u8; len]).await;
+    assert!(sent.is_ok(), "the body could not be sent whole: {sent:?}");
+    assert_eq!(read_response(&mut stream).await, 416);
+    assert!(closed_within(&mut stream, MARGIN).await);
+    assert_upload_untouched(&mut connect(&registry).await, &path).await;
+}
+
+#[tokio::test]
+async fn over_tls_an_early_answer_reaches_a_client_that_sends_its_whole_body_first() {
+    let registry = TestRegistry::start_one_with(|config| {
+        patient(config);
+        config.tls_cert = Some(testdata("server.crt"));
+        config.tls_key = Some(testdata("server.key"));
+    })
+    .await;
+    let len = 16 << 20;
+    let connect_tls = || async {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tls_connector()
+            .connect(name, connect(&registry).await)
+            .await
+            .unwrap()
+    };
+    let mut tls = connect_tls().await;
+    let path = start_upload_over(&mut tls).await;
+    tls.write_all(out_of_order_patch_head(&path, len).as_bytes())
+        .await
+        .unwrap();
+    tls.get_ref().0.readable().await.unwrap();
+    let sent = tls.write_all(&vec![7u8; len]).await;
+    assert!(sent.is_ok(), "the body could not be sent whole: {sent:?}");
+    assert_eq!(read_response(&mut tls).await, 416);
+    assert_upload_untouched(&mut connect_tls().await, &path).await;
 }
