@@ -4,8 +4,9 @@
 # (Debian or Ubuntu, run as root, with only the Rust toolchain) passes in one go.
 #
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
-#                           compatibility, the crash and power-cut tests (quick), and a quick run of
-#                           the benchmark (that it works, not its timings)
+#                           compatibility, the crash and power-cut tests (quick), a quick run of
+#                           the benchmark (that it works, not its timings), and the real-client e2e
+#                           and Distribution compatibility again on S3 (Garage, two replicas)
 #   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
 #                           a C compiler, curl, procps; one test needs root and is skipped without)
 set -euo pipefail
@@ -149,5 +150,33 @@ trap - EXIT
 
 step "benchmark against Distribution, quick mode (checks it still works; timings are not judged)"
 cargo bench --locked --bench compare -- --quick
+
+# Berth on S3: the real clients against two replicas on one Garage prefix
+# behind a round-robin TCP balancer, plain and logging in over HTTPS, and
+# Distribution on the same Garage beside them. Each script starts its own
+# 1-node Garage; without a Garage binary they fail in CI and skip, loudly,
+# elsewhere.
+step "Garage for the S3 runs"
+if declare -F wait_for_garage >/dev/null; then
+  wait_for_garage
+fi
+tests/garage.sh find || true
+s3_checks_lane() {
+  set -e
+  step "beside the clients on S3: CNCF Distribution's s3 driver on the same Garage, both ways (tests/compat/distribution-s3.sh)"
+  tests/compat/distribution-s3.sh
+}
+trap 'finish_lanes || true' EXIT
+start_lane s3_checks_lane
+
+step "real clients against two replicas on Garage (E2E_STORAGE=s3 tests/e2e/run-berth.sh)"
+E2E_STORAGE=s3 tests/e2e/run-berth.sh
+
+step "real clients logging in over HTTPS to two replicas on Garage (E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh)"
+E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh
+
+step "the check run beside the clients on S3 (Distribution on Garage): its output"
+finish_lanes
+trap - EXIT
 
 step "done"
