@@ -93,6 +93,7 @@ TOML
   if [ "$storage" = s3 ]; then
     # One key for both replicas: a token must verify on the replica that did
     # not issue it.
+    command -v openssl >/dev/null || { echo "conformance: needs openssl (tests/e2e/install-clients.sh)" >&2; exit 1; }
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/token-key.pem" 2>/dev/null
     sed -i "/^\[auth\]/a signing_key = \"$work/token-key.pem\"" "$work/berth.toml"
   fi
