@@ -18,9 +18,10 @@
 # round-robin TCP balancer (tests/e2e/replicas.sh), each serving HTTPS with the
 # same certificate and the same config: htpasswd file and a token signing key
 # made for the run, so that a token one replica issued is accepted by the
-# other (check token-crosses-replicas, and every client login, whose token
-# request and registry requests go over different connections). Both replicas'
-# logs are checked. Garage as in tests/e2e/run-berth.sh.
+# other (check token-crosses-replicas; and the clients' logins, whose token
+# and registry requests land on either replica). Both replicas' logs are
+# checked, and both must have served requests. Garage as in
+# tests/e2e/run-berth.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/support/lib.sh
