@@ -9,6 +9,16 @@
 # CONFORMANCE_AUTH=1 runs it with access control on: an htpasswd user
 # (made with `berth user add`) who may pull, push and delete conformance/*,
 # logging in through the Bearer token flow (OCI_USERNAME / OCI_PASSWORD).
+# CONFORMANCE_STORAGE=s3 runs it against two Berth replicas on one prefix of a
+# Garage bucket, behind a round-robin TCP balancer (each new connection goes
+# to the other replica: tests/e2e/replicas.sh), the suite talking to the
+# balancer; with auth the replicas share the htpasswd file and a token
+# signing key made for the run (a token one replica issues, the other
+# accepts). Garage is the one $GARAGE_ENV names (a Garage env file, so that
+# .ci/run's two S3 runs share one), else one started here (tests/garage.sh);
+# with no Garage binary the run fails in CI (CI=true) and is skipped, loudly,
+# elsewhere. Both replicas must have served requests, and neither may log an
+# error. The pass criteria are the filesystem's.
 #
 # --record writes the summary (counts, date, commit, suite build,
 # parameters, every workflow's result) to docs/results/conformance.md
@@ -27,6 +37,16 @@ conformance=$(realpath "$conformance")
 berth=${BERTH_BIN:-target/release/berth}
 [ -x "$berth" ] || cargo build --release --locked
 auth=${CONFORMANCE_AUTH:-0}
+storage=${CONFORMANCE_STORAGE:-filesystem}
+case $storage in
+  filesystem | s3) ;;
+  *) echo "conformance: CONFORMANCE_STORAGE is filesystem or s3, not '$storage'" >&2; exit 2 ;;
+esac
+# shellcheck source=tests/support/lib.sh
+. tests/support/lib.sh
+# shellcheck source=tests/e2e/replicas.sh
+. tests/e2e/replicas.sh
+[ "$storage" = s3 ] && need_garage "the OCI conformance suite on S3 (CONFORMANCE_STORAGE=s3)"
 
 # The floors: today's counts with this suite build (commit 967efdc of
 # opencontainers/distribution-spec, OCI_VERSION=dev). The suite is a pinned
@@ -51,9 +71,9 @@ else
 fi
 
 work=$(mktemp -d)
-berth_pid=
 cleanup() {
-  [ -n "$berth_pid" ] && kill "$berth_pid" 2>/dev/null && wait "$berth_pid" 2>/dev/null
+  stop_all
+  garage_down
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -70,20 +90,27 @@ htpasswd = "$work/htpasswd"
 repositories = ["conformance/*"]
 users = { conformance = ["pull", "push", "delete"] }
 TOML
+  if [ "$storage" = s3 ]; then
+    # One key for both replicas: a token must verify on the replica that did
+    # not issue it.
+    command -v openssl >/dev/null || { echo "conformance: needs openssl (tests/e2e/install-clients.sh)" >&2; exit 1; }
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/token-key.pem" 2>/dev/null
+    sed -i "/^\[auth\]/a signing_key = \"$work/token-key.pem\"" "$work/berth.toml"
+  fi
   auth_args=(--config "$work/berth.toml")
   auth_env=(OCI_USERNAME=conformance "OCI_PASSWORD=$password")
 fi
 
-# Port 0: the kernel picks a free port; read it back from the log.
-"$berth" serve "${auth_args[@]}" --listen 127.0.0.1:0 --data-dir "$work/data" --log-level warn,berth=info >"$work/berth.log" 2>&1 &
-berth_pid=$!
-addr=
-for _ in $(seq 100); do
-  addr=$(grep -o 'listen=127.0.0.1:[0-9]*' "$work/berth.log" | head -1 | cut -d= -f2) || true
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/berth.log"; echo "berth did not start"; exit 1; }
+if [ "$storage" = s3 ]; then
+  garage_up "$work/garage"
+  replicas_up "$berth" "$work" "$(random_prefix conformance)" "${auth_args[@]}" --log-level warn,berth=info
+  addr=$BALANCER_ADDR
+else
+  # Port 0: the kernel picks a free port; read it back from the log.
+  start_bg "$work/berth.log" "$berth" serve "${auth_args[@]}" --listen 127.0.0.1:0 --data-dir "$work/data" \
+    --log-level warn,berth=info
+  addr=$(listen_addr "$work/berth.log" "$LAST_PID")
+fi
 
 status=0
 (
@@ -103,6 +130,10 @@ error=$(count Error)
 disabled=$(count Disabled)
 total=$(count Total)
 echo "Pass $pass, FAIL $fail, Skip $skip, Error $error, Disabled $disabled, Total $total (suite exit $status)"
+if [ "$storage" = s3 ]; then
+  served=("$(replica_requests "$work/replica1.log")" "$(replica_requests "$work/replica2.log")")
+  echo "replica 1 served ${served[0]} requests, replica 2 ${served[1]}"
+fi
 # The leaves the suite skipped, e.g. "OCI Conformance Test/.../x: Skip".
 skipped=$(sed -nE 's/^\s*(OCI Conformance Test\/.*): Skip$/\1/p' "$out" | sort)
 expected=$(printf '%s\n' "${expected_skips[@]+"${expected_skips[@]}"}" | sed '/^$/d' | sort)
@@ -120,6 +151,15 @@ if [ -n "$pass" ] && [ -n "$total" ]; then
   [ "$pass" -ge "$min_pass" ] || problems+=("Pass $pass is under the floor $min_pass")
 else
   problems+=("no Pass/Total in the suite's summary")
+fi
+if [ "$storage" = s3 ]; then
+  for n in 1 2; do
+    [ "${served[n - 1]}" -gt 0 ] || problems+=("replica $n served no request: the balancer did not alternate")
+    if grep -q ' ERROR ' "$work/replica$n.log"; then
+      problems+=("replica $n logged errors:
+$(grep ' ERROR ' "$work/replica$n.log" | head -10)")
+    fi
+  done
 fi
 
 if ((${#problems[@]})); then
@@ -140,11 +180,16 @@ if $record; then
     command="tests/conformance.sh --record PATH-TO-SUITE"
     mode="open registry (no authentication)"
   fi
+  where="plain HTTP on 127.0.0.1"
+  if [ "$storage" = s3 ]; then
+    file=${file%.md}-s3.md
+    command="CONFORMANCE_STORAGE=s3 $command"
+    mode="$mode, on S3"
+    where="two replicas on one prefix of a 1-node Garage bucket behind a round-robin TCP balancer (requests served: ${served[0]} and ${served[1]}), plain HTTP on 127.0.0.1"
+  fi
   suite_commit=$(sed -nE 's/^\s*commit:\s*([0-9a-f]+)\s*$/\1/p' "$out" | head -1)
-  # shellcheck source=tests/support/lib.sh
-  . tests/support/lib.sh
   write_result "$file" "OCI conformance: $mode" "$command" \
-    "\`OCI_VERSION=dev\` (every optional check on), \`OCI_REPO1=conformance/repo1\`, \`OCI_REPO2=conformance/repo2\`, plain HTTP on 127.0.0.1" \
+    "\`OCI_VERSION=dev\` (every optional check on), \`OCI_REPO1=conformance/repo1\`, \`OCI_REPO2=conformance/repo2\`, $where" \
     "suite|opencontainers/distribution-spec \`conformance/\` at ${suite_commit:-unknown}" \
     "Pass|$pass" "FAIL|$fail" "Skip|$skip" "Error|$error" "Disabled|$disabled" "Total|$total" \
     "checked|FAIL, Error and Disabled 0; Skip exactly the expected ones; Pass = Total - Skip and at least $min_pass"

@@ -6,8 +6,9 @@
 #   tests/run.sh            everything: lint, unit + integration tests, real-client e2e, Distribution
 #                           compatibility, the crash and power-cut tests (quick), a quick run of
 #                           the benchmark (that it works, not its timings), the tests that need
-#                           Garage (an S3 store; built here when missing, in the background), and
-#                           the integration tests again on S3 (two replicas over Garage)
+#                           Garage (an S3 store; built here when missing, in the background), the
+#                           integration tests again on S3 (two replicas over Garage), and the
+#                           real-client e2e and Distribution compatibility on S3 (Garage, two replicas)
 #   tests/run.sh --quick    lint, unit + integration tests only (installs only what they call:
 #                           a C compiler, curl, procps, python3; one test needs root and is skipped
 #                           without; the tests that need Garage skip loudly when it is missing)
@@ -221,6 +222,27 @@ done
 [ -n "$it_binary" ] || { echo "FAIL: cargo test built no integration-test binary (it)" >&2; exit 1; }
 printf '     Running %s\n' "${it_binary#"$PWD"/}"
 BERTH_TEST_STORAGE=s3 "$it_binary" --test-threads=$test_threads --skip garage_
+
+# Berth on S3: the real clients against two replicas on one Garage prefix
+# behind a round-robin TCP balancer, plain and logging in over HTTPS, and
+# Distribution on the same Garage beside them. Each script starts its own
+# 1-node Garage (the binary waited for above).
+s3_checks_lane() {
+  set -e
+  step "beside the clients on S3: CNCF Distribution's s3 driver on the same Garage, both ways (tests/compat/distribution-s3.sh)"
+  tests/compat/distribution-s3.sh
+}
+trap 'finish_lanes || true' EXIT
+start_lane s3_checks_lane
+
+step "real clients against two replicas on Garage (E2E_STORAGE=s3 tests/e2e/run-berth.sh)"
+E2E_STORAGE=s3 tests/e2e/run-berth.sh
+
+step "real clients logging in over HTTPS to two replicas on Garage (E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh)"
+E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh
+
+step "the check run beside the clients on S3 (Distribution on Garage): its output"
+finish_lanes
 trap - EXIT
 
 step "done"

@@ -20,6 +20,13 @@
 #   E2E_SKIP="a b"        skip these steps, loudly (SKIP line, counted).
 #   E2E_KEEP_TMP=1        keep the work dir (logs, stores) after the run.
 #   E2E_CMD_TIMEOUT=180   seconds any single client command may take.
+#   E2E_STALE_MS=0        how long (ms) a delete made through one connection
+#                         may still go unseen through another: the deleted
+#                         manifest must be gone within it (polled). 0: at
+#                         once, as one server promises. Replicas behind a
+#                         balancer each trust their cache for a bounded time
+#                         (Berth's cache_ttl_ms): tests/e2e/run-berth.sh
+#                         sets it then.
 #   E2E_VERBOSE=1         print each step's full log, not only on failure.
 #   DOCKER_BIN, PYTHON    docker CLI and python to use.
 #
@@ -69,6 +76,7 @@ if [ -z "${DOCKER_BIN:-}" ]; then
   if [ -x /usr/bin/docker ]; then DOCKER_BIN=/usr/bin/docker; else DOCKER_BIN=docker; fi
 fi
 CMD_TIMEOUT="${E2E_CMD_TIMEOUT:-180}"
+STALE_MS="${E2E_STALE_MS:-0}"
 E2E_TLS_CA="${E2E_TLS_CA:-}"
 E2E_USER="${E2E_USER:-}"
 E2E_PASSWORD="${E2E_PASSWORD:-}"
@@ -317,6 +325,20 @@ reg_status() { # method url -> HTTP status code
   else
     curl -sS -o /dev/null -w '%{http_code}' -X "$1" -H "Accept: $ACCEPT" "$2"
   fi
+}
+# gone METHOD URL WHAT: the registry answers 404, at once or, through another
+# replica, within E2E_STALE_MS (polled; the time it took is printed).
+gone() {
+  local started now got
+  started=$(date +%s%N)
+  while :; do
+    got="$(reg_status "$1" "$2")"
+    now=$(date +%s%N)
+    [ "$got" = 404 ] && break
+    (((now - started) / 1000000 >= STALE_MS)) && break
+    sleep 0.05
+  done
+  assert_eq "$got" 404 "$3 (after $(((now - started) / 1000000)) ms)"
 }
 # All registry views of repo:ref must agree with the digest a client reported.
 assert_registry_digest() { # repo ref want what
@@ -587,11 +609,16 @@ step_skopeo_delete() {
     "docker://$ADDR/$NS/single:v1" "docker://$ADDR/$NS/to-delete:v1"
   assert_registry_digest "$NS/to-delete" v1 "$d" "copy to be deleted"
   sk delete "${TLSV[@]}" "docker://$ADDR/$NS/to-delete@$d"
-  assert_eq "$(reg_status HEAD "$REG/v2/$NS/to-delete/manifests/$d")" 404 "HEAD deleted manifest by digest"
-  assert_eq "$(reg_status HEAD "$REG/v2/$NS/to-delete/manifests/v1")" 404 "HEAD tag of deleted manifest"
-  if sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/to-delete@$d" >/dev/null 2>&1; then
-    die "skopeo inspect still finds the deleted manifest"
-  fi
+  gone HEAD "$REG/v2/$NS/to-delete/manifests/$d" "HEAD deleted manifest by digest"
+  gone HEAD "$REG/v2/$NS/to-delete/manifests/v1" "HEAD tag of deleted manifest"
+  local started
+  started=$(date +%s%N)
+  while sk inspect "${TLSV[@]}" --raw "docker://$ADDR/$NS/to-delete@$d" >/dev/null 2>&1; do
+    if ((($(date +%s%N) - started) / 1000000 >= STALE_MS)); then
+      die "skopeo inspect still finds the deleted manifest"
+    fi
+    sleep 0.05
+  done
   echo "ok: skopeo inspect fails on the deleted manifest"
   # The same manifest in other repositories is untouched.
   assert_registry_digest "$NS/single" v1 "$d" "other repository after delete"

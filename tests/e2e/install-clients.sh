@@ -14,8 +14,10 @@ APT_PACKAGES=(
   crun runc uidmap fuse-overlayfs slirp4netns catatonit
   # image content and tooling
   busybox-static jq curl ca-certificates
-  # pgrep (clients.sh), python3 (the oras driver, tests/support/lib.sh)
-  procps python3
+  # pgrep (clients.sh), python3 (the oras driver, tests/support/lib.sh,
+  # tests/support/balancer.py), openssl (a token signing key shared by the
+  # replicas of the S3 runs)
+  procps python3 openssl
   # reference registry (registry:2)
   docker-registry
   # lint
