@@ -179,26 +179,38 @@ check "nginx spread the image's requests over both replicas" both_served
 # 127.0.0.2 (loopback too; nginx connects to the replicas from 127.0.0.1),
 # with an X-Forwarded-For the client made up: nginx appends the address it
 # saw, and Berth takes the rightmost address that is not a trusted proxy.
-# A user name per attempt keeps the login limit out of the way.
-failed_logins_from() { # LOG ADDRESS
-  grep 'failed login' "$1" | grep -c "client=$2" || true
+# A user name per attempt keeps the login limit out of the way. Log lines
+# are written in the background, after the answer: each attempt waits
+# (bounded) for its own line.
+failed_logins() { # LOG [PATTERN]
+  grep 'failed login' "$1" | grep -c -- "${2:-}" || true
+}
+# wait_failed_login USER: until a replica logged USER's failed login (5 s).
+wait_failed_login() {
+  for _ in $(seq 50); do
+    grep -h 'failed login' "$R1_LOG" "$R2_LOG" | grep -q "user=\"$1\"" && return 0
+    sleep 0.1
+  done
+  echo "no replica logged the failed login of $1 within 5 s" >&2
+  return 1
 }
 address_through_nginx() {
-  local i code
+  local i code one=0 two=0
   for i in $(seq 10); do
     code=$(curl -s -o /dev/null -w '%{http_code}' --interface 127.0.0.2 -u "mallory$i:wrong" \
       -H 'X-Forwarded-For: 198.51.100.7' "http://$LB/v2/")
     [ "$code" = 401 ] || { echo "a wrong password through nginx: $code, want 401" >&2; return 1; }
-    [ "$(failed_logins_from "$R1_LOG" 127.0.0.2)" -gt 0 ] &&
-      [ "$(failed_logins_from "$R2_LOG" 127.0.0.2)" -gt 0 ] && break
+    wait_failed_login "mallory$i" || return 1
+    one=$(failed_logins "$R1_LOG" 'client=127.0.0.2 ')
+    two=$(failed_logins "$R2_LOG" 'client=127.0.0.2 ')
+    [ "$one" -gt 0 ] && [ "$two" -gt 0 ] && break
   done
-  echo "failed logins logged from 127.0.0.2: replica 1 $(failed_logins_from "$R1_LOG" 127.0.0.2)," \
-    "replica 2 $(failed_logins_from "$R2_LOG" 127.0.0.2)"
-  if [ "$(failed_logins_from "$R1_LOG" 127.0.0.2)" = 0 ] || [ "$(failed_logins_from "$R2_LOG" 127.0.0.2)" = 0 ]; then
+  echo "failed logins logged from 127.0.0.2 after $i through nginx: replica 1 $one, replica 2 $two"
+  if [ "$one" = 0 ] || [ "$two" = 0 ]; then
     echo "not both replicas logged the client's address" >&2
     return 1
   fi
-  if grep 'failed login' "$R1_LOG" "$R2_LOG" | grep -v 'client=127.0.0.2'; then
+  if grep -h 'failed login' "$R1_LOG" "$R2_LOG" | grep -v 'client=127.0.0.2 '; then
     echo "a failed login logged under another address (nginx's, or the forged one)" >&2
     return 1
   fi
@@ -208,8 +220,9 @@ check "both replicas log the client's address, not nginx's or a forged one (trus
 forged_header_ignored_direct() {
   curl -s -o /dev/null --interface 127.0.0.2 -u "direct:wrong" -H 'X-Forwarded-For: 198.51.100.8' \
     "http://127.0.0.1:$R1_PORT/v2/"
-  grep 'failed login' "$R1_LOG" | grep 'direct' | grep -q 'client=127.0.0.2' ||
-    { echo "replica 1 did not log the direct client as 127.0.0.2: $(grep 'failed login' "$R1_LOG" | tail -n 1)" >&2; return 1; }
+  wait_failed_login direct || return 1
+  grep 'failed login' "$R1_LOG" | grep 'user="direct"' | grep -q 'client=127.0.0.2 ' ||
+    { echo "replica 1 did not log the direct client as 127.0.0.2: $(grep 'user="direct"' "$R1_LOG")" >&2; return 1; }
 }
 check "a forwarding header from a peer that is not a trusted proxy is ignored" forged_header_ignored_direct
 
