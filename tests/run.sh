@@ -225,12 +225,15 @@ BERTH_TEST_STORAGE=s3 "$it_binary" --test-threads=$test_threads --skip garage_
 
 # Berth on S3: the real clients against two replicas on one Garage prefix
 # behind a round-robin TCP balancer, plain and logging in over HTTPS, and
-# Distribution on the same Garage beside them. Each script starts its own
-# 1-node Garage (the binary waited for above).
+# Distribution on the same Garage beside them, then the README's
+# multi-replica example as written. Each script starts its own 1-node Garage
+# (the binary waited for above).
 s3_checks_lane() {
   set -e
   step "beside the clients on S3: CNCF Distribution's s3 driver on the same Garage, both ways (tests/compat/distribution-s3.sh)"
   tests/compat/distribution-s3.sh
+  step "beside the clients on S3: the README's example (Garage, two replicas, nginx) run as written (tests/e2e/readme-replicas.sh)"
+  tests/e2e/readme-replicas.sh
 }
 trap 'finish_lanes || true' EXIT
 start_lane s3_checks_lane
@@ -241,7 +244,7 @@ E2E_STORAGE=s3 tests/e2e/run-berth.sh
 step "real clients logging in over HTTPS to two replicas on Garage (E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh)"
 E2E_STORAGE=s3 tests/e2e/run-berth-auth.sh
 
-step "the check run beside the clients on S3 (Distribution on Garage): its output"
+step "the checks run beside the clients on S3 (Distribution on Garage, the README's example): their output"
 finish_lanes
 trap - EXIT
 

@@ -20,6 +20,8 @@ APT_PACKAGES=(
   procps python3 openssl
   # reference registry (registry:2)
   docker-registry
+  # the load balancer of the README's multi-replica example (readme-replicas.sh)
+  nginx
   # lint
   shellcheck
 )
@@ -52,10 +54,10 @@ fi
 
 # The Debian packages ship systemd units; this script never starts them
 # (the tests run their own daemons on private sockets/dirs). Make sure a
-# package postinst did not leave the system docker/containerd/registry running
+# package postinst did not leave the system docker/containerd/registry/nginx running
 # where systemd is present; harmless where it is not.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl disable --now docker.service docker.socket containerd.service docker-registry.service >/dev/null 2>&1 || true
+  systemctl disable --now docker.service docker.socket containerd.service docker-registry.service nginx.service >/dev/null 2>&1 || true
 fi
 
 PY="${PYTHON:-python3}"
@@ -77,6 +79,6 @@ echo "install-clients: done"
 # clients.sh prefers /usr/bin/docker (Debian's CLI, same API as its dockerd)
 # over any other docker CLI earlier in PATH.
 printf '  %-16s %s\n' "docker (tests)" "$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || command -v docker || echo MISSING)"
-for c in dockerd podman buildah skopeo containerd ctr crun runc docker-registry busybox jq curl; do
+for c in dockerd podman buildah skopeo containerd ctr crun runc docker-registry nginx busybox jq curl; do
   printf '  %-16s %s\n' "$c" "$(command -v "$c" || echo MISSING)"
 done

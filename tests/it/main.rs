@@ -19,6 +19,7 @@ mod cli;
 mod cli_tag;
 mod fuzz;
 mod garage_fixture;
+mod garage_redirect;
 mod garage_s3;
 mod garage_s3_faults;
 mod gc;
