@@ -30,21 +30,6 @@
 #                        ListObjectsV2, paged)
 #   random_prefix NAME   NAME-<random>: a prefix no earlier run used
 
-# Until tests/support/lib.sh has free_ports (tests/garage.sh calls it; it is
-# added with the Garage fixture's branch), a copy for garage.sh to inherit.
-if ! declare -F free_ports >/dev/null; then
-  free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-held = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in held:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-  }
-  export -f free_ports
-fi
-
 need_garage() {
   local what=$1
   [ -n "${GARAGE_ENV:-}" ] && return 0
