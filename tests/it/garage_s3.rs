@@ -1721,6 +1721,7 @@ fn request_label(request: &crate::s3_proxy::Logged, bucket: &str, root: &str) ->
         "POST" if has("uploadId") => "CompleteMultipartUpload".to_owned(),
         "DELETE" if has("uploadId") => "AbortMultipartUpload".to_owned(),
         "POST" if has("delete") => "DeleteObjects".to_owned(),
+        "PUT" if request.copy => format!("COPY to {}", what(key)),
         method => format!("{method} {}", what(key)),
     }
 }
@@ -1892,8 +1893,8 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
 
     // A collection (another process, as `berth gc` elsewhere) that finds
     // something to decide about (the chunked blob, which no manifest names,
-    // too new to remove) raises the active flag: pushes look at its intents
-    // again until the flag is old.
+    // too new to remove) raises the active flag: until the flag is old,
+    // pushes list the intents and HEAD their keys again after that.
     let gc_data = tempfile::tempdir().unwrap();
     let gc_config = replica_config(
         &s3_config(garage, &garage.endpoint, &s3.prefix),
@@ -1908,7 +1909,7 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     );
     counted!(
         "manifest PUT, stored manifest, new tag, a collection just ran",
-        13,
+        20,
         put("three", &first).await
     );
     let pull = |api: &Api| {

@@ -32,6 +32,11 @@
 //!   so after its own marker (or write), and the collector's marker listing
 //!   (or HEAD) comes later still and sees it. Every replica over a bucket
 //!   must write the flag, so they run one version of this protocol.
+//!   A touch's HEADs go beside its flag GET (both after its marker): with
+//!   an old flag, no removal can be under way (a collector removes within
+//!   [`DECIDE_WITHIN`] and one request's time of its flag, far less than
+//!   [`ACTIVE_FOR`]), and one that starts later lists the marker; with a
+//!   fresh flag the intents are listed, waited for, and the keys HEADed again.
 //! - **A touch covers the operation's writes.** After a marker and a clean
 //!   look at the intents, a collector that has not written its intent yet
 //!   spares the marked keys (it lists the marker), and none that had is still
@@ -257,9 +262,18 @@ impl S3Storage {
     /// no live intent names any of `keys`, and returns those an intent named
     /// (they may be gone now: the caller checks them again).
     pub(super) async fn await_collections(&self, keys: &[&str]) -> io::Result<HashSet<String>> {
+        if !keys.iter().any(|k| is_protected(k)) || !self.collection_may_run().await? {
+            return Ok(HashSet::new());
+        }
+        self.await_intents(keys).await
+    }
+
+    /// [`S3Storage::await_collections`] past the flag: lists the intents and
+    /// waits for those naming any of `keys`, which it returns.
+    pub(super) async fn await_intents(&self, keys: &[&str]) -> io::Result<HashSet<String>> {
         let wanted: HashSet<&str> = keys.iter().copied().filter(|k| is_protected(k)).collect();
         let mut named = HashSet::new();
-        if wanted.is_empty() || !self.collection_may_run().await? {
+        if wanted.is_empty() {
             return Ok(named);
         }
         let names = self.names_under(GC_INTENTS, None).await?;
@@ -299,7 +313,7 @@ impl S3Storage {
 
     /// Whether a collector wrote an intent recently enough that one may be
     /// at work: the flag is younger than [`ACTIVE_FOR`] (or unreadable).
-    async fn collection_may_run(&self) -> io::Result<bool> {
+    pub(super) async fn collection_may_run(&self) -> io::Result<bool> {
         let Some(body) = super::Storage::get(self, GC_ACTIVE).await? else {
             return Ok(false);
         };

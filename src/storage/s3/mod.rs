@@ -407,13 +407,24 @@ impl S3Storage {
     async fn touch_keys(&self, keys: &[&str]) -> io::Result<Vec<Option<u64>>> {
         let marked_at = Instant::now();
         self.mark_used(keys).await?;
-        let named = self.await_collections(keys).await?;
-        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let sizes: Vec<Option<u64>> = futures::stream::iter(owned)
-            .map(|key| async move { Ok::<_, io::Error>(self.head(&key).await?.map(|m| m.size)) })
-            .buffered(CONCURRENT_REQUESTS)
-            .try_collect()
-            .await?;
+        let protected = keys.iter().any(|key| collection::is_protected(key));
+        // The HEADs beside the look at the flag (collection.rs says why that
+        // is enough while no collection runs).
+        let (may_run, mut sizes) = futures::try_join!(
+            async {
+                if protected {
+                    self.collection_may_run().await
+                } else {
+                    Ok(false)
+                }
+            },
+            self.sizes_of(keys)
+        )?;
+        let mut named = std::collections::HashSet::new();
+        if may_run {
+            named = self.await_intents(keys).await?;
+            sizes = self.sizes_of(keys).await?;
+        }
         let (clean, clean_sizes): (Vec<&str>, Vec<Option<u64>>) = keys
             .iter()
             .zip(&sizes)
@@ -422,6 +433,16 @@ impl S3Storage {
             .unzip();
         self.collection.marked(marked_at, &clean, &clean_sizes);
         Ok(sizes)
+    }
+
+    /// HEADs `keys` side by side: the size of each, `None` where absent.
+    async fn sizes_of(&self, keys: &[&str]) -> io::Result<Vec<Option<u64>>> {
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        futures::stream::iter(owned)
+            .map(|key| async move { Ok::<_, io::Error>(self.head(&key).await?.map(|m| m.size)) })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
     }
 
     /// Creates a document that a touch just found absent: the touch's marker

@@ -46,6 +46,8 @@ pub struct Logged {
     pub query: String,
     /// Whether it asked for a byte range.
     pub ranged: bool,
+    /// Whether it is a server-side copy (`x-amz-copy-source`).
+    pub copy: bool,
     /// When it arrived, and when the store's answer (its head) came back:
     /// how requests overlapped, for counting round trips.
     pub arrived: std::time::Instant,
@@ -155,6 +157,7 @@ async fn serve_connection(
                     path: request.uri().path().to_owned(),
                     query: request.uri().query().unwrap_or_default().to_owned(),
                     ranged: request.headers().contains_key(hyper::header::RANGE),
+                    copy: request.headers().contains_key("x-amz-copy-source"),
                     arrived: std::time::Instant::now(),
                     answered: None,
                     seq,
