@@ -141,6 +141,14 @@ impl CollectionCache {
     pub(super) fn removed(&self, key: &str) {
         self.marked.lock().expect("lock").remove(key);
     }
+
+    /// This process removed everything under `prefix`.
+    pub(super) fn removed_under(&self, prefix: &str) {
+        self.marked
+            .lock()
+            .expect("lock")
+            .retain(|key, _| !key.starts_with(prefix));
+    }
 }
 
 /// Whether the protocol guards `key`: what a collection may remove
@@ -568,6 +576,8 @@ mod tests {
         assert_eq!(cache.marked_recently(link), Some(true));
         cache.removed(blob);
         assert_eq!(cache.marked_recently(blob), None);
+        cache.removed_under("repositories/a/");
+        assert_eq!(cache.marked_recently(link), None);
         // A marker older than MARKED_FOR covers nothing.
         let old = Instant::now() - MARKED_FOR;
         cache.marked(old, &[blob], &[Some(3)]);

@@ -1021,6 +1021,7 @@ impl Storage for S3Storage {
     }
 
     async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        self.collection.removed_under(&format!("{prefix}/"));
         let prefix = self.path(prefix);
         let keys = self.meta.list(Some(&prefix)).map_ok(|meta| meta.location);
         self.meta
