@@ -24,17 +24,14 @@ pub struct Blob {
 impl Registry {
     /// The blob `digest` as repository `name` holds it, or `BLOB_UNKNOWN`.
     pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<Blob> {
-        if self
-            .read_link(&layout::layer_link(name, digest))
-            .await?
-            .is_none()
-        {
+        // The link and the size side by side (one round trip on an object
+        // store, not two); the size is answered only through the link.
+        let link = layout::layer_link(name, digest);
+        let (linked, size) = futures::try_join!(self.read_link(&link), self.content_size(digest))?;
+        if linked.is_none() {
             return Err(ErrorCode::BlobUnknown.into());
         }
-        let size = self
-            .content_size(digest)
-            .await?
-            .ok_or(ErrorCode::BlobUnknown)?;
+        let size = size.ok_or(ErrorCode::BlobUnknown)?;
         // An empty body is served without reading: check it here.
         if size == 0 && !self.verify_content(digest, &[]).await {
             return Err(ErrorCode::BlobUnknown.into());

@@ -46,29 +46,18 @@ pub struct Rollback {
 }
 
 impl Registry {
-    /// Writes a tag's current link, and a history entry if it changed.
-    /// Refuses to move or re-create an immutable tag onto another digest.
-    /// Returns whether the tag changed.
-    pub(super) async fn set_tag(
-        &self,
-        name: &RepositoryName,
-        tag: &Tag,
-        digest: &Digest,
-    ) -> Result<bool> {
-        let current_key = layout::tag_current_link(name, tag);
-        let _serialised = self.tag_locks.lock(&current_key).await;
-        let current = self.read_link_uncached(&current_key).await?;
-        self.change_tag(name, tag, current, digest).await
-    }
-
-    /// [`Registry::set_tag`] for a caller that holds the tag's lock and has
-    /// just read its `current` digest from storage.
-    async fn change_tag(
+    /// Writes a tag's current link, and a history entry if it changed (at
+    /// `entry`, named by [`Registry::tag_change_entries`], or now), for a
+    /// caller that holds the tag's lock and has read its `current` digest
+    /// from storage under it. Refuses to move or re-create an immutable tag
+    /// onto another digest. Returns whether the tag changed.
+    pub(super) async fn change_tag(
         &self,
         name: &RepositoryName,
         tag: &Tag,
         current: Option<Digest>,
         digest: &Digest,
+        entry: Option<String>,
     ) -> Result<bool> {
         let current_key = layout::tag_current_link(name, tag);
         if current.as_ref() == Some(digest) {
@@ -104,7 +93,11 @@ impl Registry {
             // tag pointing at something that is not stored. The entry is
             // not synced (`WriteMode::Record`): a machine crash may lose
             // it, an outcome the batch already allowed, for a sync less.
-            let mut docs = self.tag_change_documents(name, tag, Some(digest));
+            let entry = entry.unwrap_or_else(|| {
+                self.tag_change_entries(name, &[tag], Some(digest))
+                    .remove(0)
+            });
+            let mut docs = vec![(entry, bytes::Bytes::new(), WriteMode::Record)];
             docs.push((
                 current_key.clone(),
                 layout::link_body(digest),
@@ -139,12 +132,27 @@ impl Registry {
         tag: &Tag,
         digest: Option<&Digest>,
     ) -> Vec<(String, bytes::Bytes, WriteMode)> {
+        self.tag_change_entries(name, &[tag], digest)
+            .into_iter()
+            .map(|entry| (entry, bytes::Bytes::new(), WriteMode::Record))
+            .collect()
+    }
+
+    /// The history entries that record a change of each of `tags` to
+    /// `digest` now.
+    pub(super) fn tag_change_entries(
+        &self,
+        name: &RepositoryName,
+        tags: &[&Tag],
+        digest: Option<&Digest>,
+    ) -> Vec<String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_nanos();
-        let entry = layout::tag_history_entry(name, tag, nanos, digest);
-        vec![(entry, bytes::Bytes::new(), WriteMode::Record)]
+        tags.iter()
+            .map(|tag| layout::tag_history_entry(name, tag, nanos, digest))
+            .collect()
     }
 
     /// Removes every history entry naming `digest` in `name` (a deleted
@@ -266,7 +274,7 @@ impl Registry {
                 format!("{digest} is no longer complete in {name}"),
             ));
         }
-        self.change_tag(name, tag, previous.clone(), &digest)
+        self.change_tag(name, tag, previous.clone(), &digest, None)
             .await?;
         Ok(Rollback { digest, previous })
     }

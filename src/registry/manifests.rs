@@ -75,26 +75,58 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
+        let mut tags: Vec<&Tag> = Vec::new();
+        let named = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        for tag in named.into_iter().chain(extra_tags) {
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        // The tags' locks are held for the whole push (taken in one order, so
+        // that two pushes naming the same tags cannot deadlock): where each
+        // tag points is read beside the touches below, not after them, and
+        // is still where it points when this push moves it; each history
+        // entry is named now, in the order of the changes, and touched with
+        // the rest (on an object store that touch covers its write).
+        let mut lock_keys: Vec<String> = tags
+            .iter()
+            .map(|tag| layout::tag_current_link(name, tag))
+            .collect();
+        lock_keys.sort_unstable();
+        let mut _serialised = Vec::with_capacity(lock_keys.len());
+        for key in &lock_keys {
+            _serialised.push(self.tag_locks.lock(key).await);
+        }
+        let entries: Vec<String> = self.tag_change_entries(name, &tags, Some(&digest));
         // The manifest's own content and revision link are touched with its
         // requirements: a push of a stored manifest (a new tag for an image)
         // writes neither, and costs one storage call less for each.
-        let stored_keys = vec![
+        let mut stored_keys = vec![
             layout::blob_data(&digest),
             layout::revision_link(name, &digest),
         ];
-        let touched = self
-            .touch_requirements_and(name, &manifest.requirements, stored_keys)
-            .await?;
+        stored_keys.extend(entries.iter().cloned());
+        let currents = futures::future::try_join_all(
+            tags.iter()
+                .map(|tag| self.read_link_uncached_owned(layout::tag_current_link(name, tag))),
+        );
+        let (touched, currents) = futures::try_join!(
+            self.touch_requirements_and(name, &manifest.requirements, stored_keys),
+            currents
+        )?;
         if let Some(missing) = touched.missing {
             return Err(RegistryError::with_detail(
                 ErrorCode::ManifestBlobUnknown,
                 format!("{missing} is not in repository {name}"),
             ));
         }
-        let [content_stored, revision_stored] = touched.extra[..] else {
+        let [content_stored, revision_stored, ..] = touched.extra[..] else {
             return Err(RegistryError::internal(
                 "storage answered a different number of touches",
-                format!("{} of 2", touched.extra.len()),
+                format!("{} of {}", touched.extra.len(), 2 + entries.len()),
             ));
         };
         let (content_stored, revision_stored) =
@@ -102,22 +134,15 @@ impl Registry {
         self.check_declared_sizes(name, &manifest, &touched.sizes)
             .await?;
 
-        let tags: Vec<&Tag> = match reference {
-            Reference::Tag(tag) => std::iter::once(tag).chain(extra_tags).collect(),
-            Reference::Digest(_) => extra_tags.iter().collect(),
-        };
         // A push that would move one immutable tag is refused before it
-        // changes any of its tags; `set_tag` still decides a race.
-        for tag in &tags {
-            if self.lifecycle.is_immutable(name, tag) {
-                let current = layout::tag_current_link(name, tag);
-                if let Some(current) = self.read_link_uncached(&current).await? {
-                    if current != digest {
-                        return Err(RegistryError::with_detail(
-                            ErrorCode::TagImmutable,
-                            format!("{name}:{tag} points at {current}"),
-                        ));
-                    }
+        // changes any of its tags.
+        for (tag, current) in tags.iter().zip(&currents) {
+            if let Some(current) = current.as_ref().filter(|c| **c != digest) {
+                if self.lifecycle.is_immutable(name, tag) {
+                    return Err(RegistryError::with_detail(
+                        ErrorCode::TagImmutable,
+                        format!("{name}:{tag} points at {current}"),
+                    ));
                 }
             }
         }
@@ -140,8 +165,11 @@ impl Registry {
             self.write_link_fresh(&key, &digest).await?;
             found_only = false;
         }
-        for tag in &tags {
-            if self.set_tag(name, tag, &digest).await? {
+        for ((tag, current), entry) in tags.iter().zip(currents).zip(entries) {
+            if self
+                .change_tag(name, tag, current, &digest, Some(entry))
+                .await?
+            {
                 found_only = false;
             }
         }

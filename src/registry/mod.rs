@@ -127,6 +127,12 @@ impl Registry {
             .map_err(|_| RegistryError::internal("corrupt link document", key))
     }
 
+    /// [`Registry::read_link_uncached`] of an owned key (for futures that
+    /// outlive the caller's borrow).
+    async fn read_link_uncached_owned(&self, key: String) -> Result<Option<Digest>, RegistryError> {
+        self.read_link_uncached(&key).await
+    }
+
     /// Writes a link durably (Distribution's format: the digest as text).
     /// Returns false when storage already said exactly that.
     async fn write_link(&self, key: &str, digest: &Digest) -> Result<bool, RegistryError> {

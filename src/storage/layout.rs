@@ -24,6 +24,7 @@
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
 //! _berth/gc/touches/<window>/<nanos>-<uuid>           Berth on S3: the keys one touch used (a touch marker)
 //! _berth/gc/intents/<millis>-<uuid>                   Berth on S3: the keys a collector is about to remove
+//! _berth/gc/active                                    Berth on S3: when a collector last wrote an intent (millis)
 //! _berth/journal/{lock,a,b}                           Berth: the filesystem store's write-ahead journal
 //!                                                     (storage/journal.rs), not keys
 //! ```
@@ -247,6 +248,11 @@ pub const GC_TOUCHES: &str = "_berth/gc/touches";
 /// Where a collector on an object store announces what it is about to
 /// remove (`storage/s3/collection.rs`).
 pub const GC_INTENTS: &str = "_berth/gc/intents";
+
+/// Where a collector on an object store says when it last wrote an intent,
+/// so that a toucher reads one small object, not a listing, while no
+/// collection runs (`storage/s3/collection.rs`).
+pub const GC_ACTIVE: &str = "_berth/gc/active";
 
 /// Whether a collection may ever remove `key` through
 /// `Storage::delete_if_untouched_since` with its touch-before-use promise:

@@ -1660,3 +1660,327 @@ async fn tags_list_in_byte_order_in_pages_over_s3_as_on_the_filesystem() {
         assert_eq!(whole["tags"], serde_json::json!(expected), "{name} whole");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 9. Requests per operation
+// ---------------------------------------------------------------------------
+
+/// What a request to the store was, in the words of the registry's layout:
+/// `GET tag link`, `LIST gc intents`, `PUT gc marker`, `UploadPart`.
+fn request_label(request: &crate::s3_proxy::Logged, bucket: &str, root: &str) -> String {
+    let what = |key: &str| -> &'static str {
+        let key = key
+            .strip_prefix(bucket)
+            .unwrap_or(key)
+            .trim_start_matches('/');
+        let key = key.strip_prefix(root).unwrap_or(key);
+        if key.starts_with("_berth/gc/touches") {
+            "gc marker"
+        } else if key.starts_with("_berth/gc/intents") {
+            "gc intents"
+        } else if key == "_berth/gc/active" {
+            "gc active flag"
+        } else if key.starts_with("blobs/") {
+            "blob"
+        } else if key.contains("/_manifests/tags/") {
+            "tag link"
+        } else if key.contains("/_berth/history/") {
+            "history entry"
+        } else if key.contains("/_manifests/revisions/") {
+            "revision link"
+        } else if key.contains("/_layers/") {
+            "layer link"
+        } else if key.ends_with("/berth-session.json") {
+            "session record"
+        } else if key.ends_with("/startedat") {
+            "upload startedat"
+        } else if key.contains(".tail.") {
+            "upload tail"
+        } else if key.contains("/_uploads/") {
+            "upload data"
+        } else {
+            "other"
+        }
+    };
+    let query: Vec<(String, String)> = form_urlencoded::parse(request.query.as_bytes())
+        .into_owned()
+        .collect();
+    let has = |name: &str| query.iter().any(|(k, _)| k == name);
+    let key = request.path.trim_start_matches('/');
+    match request.method.as_str() {
+        "GET" if has("list-type") => {
+            let prefix = query
+                .iter()
+                .find(|(k, _)| k == "prefix")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default();
+            format!("LIST {}", what(prefix))
+        }
+        "POST" if has("uploads") => "CreateMultipartUpload".to_owned(),
+        "PUT" if has("partNumber") => "UploadPart".to_owned(),
+        "POST" if has("uploadId") => "CompleteMultipartUpload".to_owned(),
+        "DELETE" if has("uploadId") => "AbortMultipartUpload".to_owned(),
+        "POST" if has("delete") => "DeleteObjects".to_owned(),
+        "PUT" if request.copy => format!("COPY to {}", what(key)),
+        method => format!("{method} {}", what(key)),
+    }
+}
+
+/// The longest chain of requests each sent after the one before it was
+/// answered: the round trips an operation waited for (requests sent side by
+/// side count once).
+fn round_trips(requests: &[crate::s3_proxy::Logged]) -> usize {
+    let mut chain: Vec<usize> = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let before = requests[..i]
+            .iter()
+            .zip(&chain)
+            .filter(|(earlier, _)| earlier.answered.is_some_and(|a| a <= request.arrived))
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        chain.push(before + 1);
+    }
+    chain.into_iter().max().unwrap_or(0)
+}
+
+/// The S3 requests each common operation makes, counted by a proxy between
+/// two replicas and Garage, stated as upper bounds: a change that adds a
+/// request to one of these paths fails here. The counts are deterministic
+/// (the operations run one at a time, the link caches' TTL is long enough
+/// that nothing expires during the test, and chunk sizes are fixed); round
+/// trips are printed, not asserted (they depend on timing).
+/// `docs/design/s3.md` ("Requests per operation") has the same table with
+/// the reason for each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let root = format!("{}/docker/registry/v2/", s3.prefix);
+    // Ten minutes: "warm" means within the TTL for the whole test.
+    let replicas = Replicas::start_on(s3.clone(), |c| c.cache_ttl_ms = 600_000).await;
+    let (a, b) = (&replicas.a.api, &replicas.b.api);
+    let name = "count/app";
+    // Above the registry's in-memory small-blob bound (64 KiB), so pulls
+    // stream through the blob cache.
+    let layer = random_bytes(MIB, 9);
+    let first = TestImage::new("count-1", &[&layer]);
+    let second = TestImage::new("count-2", &[&layer]);
+    let (layer_digest, config) = (&first.blobs[1].0, &first.blobs[0].1);
+
+    // (operation, requests at most, what it did, how long it took)
+    let mut rows: Vec<(&str, usize, Vec<crate::s3_proxy::Logged>, Duration)> = Vec::new();
+    macro_rules! counted {
+        ($label:expr, $bound:expr, $op:expr) => {{
+            proxy.clear();
+            let started = Instant::now();
+            let out = $op;
+            rows.push(($label, $bound, proxy.requests(), started.elapsed()));
+            out
+        }};
+    }
+
+    counted!(
+        "blob push, monolithic (1 MiB)",
+        10,
+        a.push_blob(name, &layer).await
+    );
+    counted!(
+        "blob push, monolithic (small)",
+        10,
+        a.push_blob(name, config).await
+    );
+    // A chunked upload as clients that honour OCI-Chunk-Min-Length send
+    // it: a part of 5 MiB, then a short last chunk carried over as a tail.
+    let chunked = random_bytes(6 * MIB, 10);
+    let chunked_digest = sha256_digest(&chunked);
+    counted!("blob push, chunked (5 MiB + 1 MiB)", 20, {
+        let session = a.start_upload(name).await;
+        let resp = a
+            .client
+            .patch(a.url(&session))
+            .header("content-range", format!("0-{}", MIN_PART - 1))
+            .body(chunked[..MIN_PART as usize].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let session = location(&resp);
+        let resp = a
+            .client
+            .patch(a.url(&session))
+            .header("content-range", format!("{MIN_PART}-{}", chunked.len() - 1))
+            .body(chunked[MIN_PART as usize..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let session = location(&resp);
+        let resp = a
+            .client
+            .put(a.url(&with_digest(&session, &chunked_digest)))
+            .send()
+            .await
+            .unwrap();
+        expect_status(resp, StatusCode::CREATED).await;
+    });
+    let head = |api: &Api, digest: &str| {
+        let (api, path) = (api.clone(), format!("/v2/{name}/blobs/{digest}"));
+        async move { expect_status(api.head(&path).await, StatusCode::OK).await }
+    };
+    counted!("blob HEAD, cold replica", 2, head(b, &chunked_digest).await);
+    counted!("blob HEAD, warm", 0, head(b, &chunked_digest).await);
+
+    let put = |reference: &'static str, image: &TestImage| {
+        let (api, manifest) = (a.clone(), image.manifest.clone());
+        async move {
+            let resp = api.put_manifest(name, reference, &manifest).await;
+            expect_status(resp, StatusCode::CREATED).await;
+        }
+    };
+    counted!(
+        "manifest PUT, new manifest, new tag",
+        14,
+        put("one", &first).await
+    );
+    counted!(
+        "manifest PUT, stored manifest, new tag",
+        12,
+        put("two", &first).await
+    );
+    a.push_blob(name, &second.blobs[0].1).await;
+    counted!(
+        "manifest PUT, new manifest, moving a tag",
+        14,
+        put("one", &second).await
+    );
+    counted!(
+        "manifest PUT, stored manifest, moving a tag",
+        12,
+        put("two", &second).await
+    );
+
+    let get = |api: &Api, reference: String, expected: String| {
+        let api = api.clone();
+        async move {
+            assert_eq!(api.manifest_digest(name, &reference).await, Some(expected));
+        }
+    };
+    counted!(
+        "manifest GET by tag, cold replica",
+        3,
+        get(b, "one".into(), second.digest.clone()).await
+    );
+    counted!(
+        "manifest GET by digest, cold replica",
+        2,
+        get(b, first.digest.clone(), first.digest.clone()).await
+    );
+    counted!(
+        "manifest GET by tag, warm",
+        0,
+        get(a, "two".into(), second.digest.clone()).await
+    );
+    counted!(
+        "manifest GET by digest, warm",
+        0,
+        get(a, first.digest.clone(), first.digest.clone()).await
+    );
+
+    // A collection (another process, as `berth gc` elsewhere) that finds
+    // something to decide about (the chunked blob, which no manifest names,
+    // too new to remove) raises the active flag: until the flag is old,
+    // pushes list the intents and HEAD their keys again after that.
+    let gc_data = tempfile::tempdir().unwrap();
+    let gc_config = replica_config(
+        &s3_config(garage, &garage.endpoint, &s3.prefix),
+        gc_data.path(),
+    );
+    let gc = berth::build_registry(&gc_config).await.unwrap();
+    let report = gc.collect_garbage(&GcOptions::default()).await.unwrap();
+    assert_eq!(report.blobs_removed, 0, "{report:?}");
+    assert!(
+        report.spared > 0,
+        "the collection decided about something: {report:?}"
+    );
+    counted!(
+        "manifest PUT, stored manifest, new tag, a collection just ran",
+        20,
+        put("three", &first).await
+    );
+    let pull = |api: &Api| {
+        let (api, path) = (api.clone(), format!("/v2/{name}/blobs/{layer_digest}"));
+        let layer = &layer;
+        async move {
+            let (status, body) = api.get_bytes(&path).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body == layer[..], "the layer's bytes");
+        }
+    };
+    counted!("blob GET (1 MiB), first on a replica", 3, pull(b).await);
+    counted!("blob GET (1 MiB), second", 0, pull(b).await);
+
+    let mut report = String::from(
+        "\n| operation | S3 requests (bound) | round trips | ms | requests |\n|---|---|---|---|---|\n",
+    );
+    for (label, bound, requests, took) in &rows {
+        let mut kinds: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+        for request in requests {
+            let kind = kinds
+                .entry(request_label(request, &garage.bucket, &root))
+                .or_default();
+            kind.0 += 1;
+            kind.1 += request
+                .answered
+                .map_or(0.0, |a| (a - request.arrived).as_secs_f64() * 1e3);
+        }
+        let kinds: Vec<String> = kinds
+            .iter()
+            .map(|(kind, (n, ms))| {
+                if *n == 1 {
+                    format!("{kind} [{ms:.1}]")
+                } else {
+                    format!("{n} × {kind} [{:.1}]", ms / *n as f64)
+                }
+            })
+            .collect();
+        report.push_str(&format!(
+            "| {label} | {} ({bound}) | {} | {:.1} | {} |\n",
+            requests.len(),
+            round_trips(requests),
+            took.as_secs_f64() * 1e3,
+            kinds.join(", ")
+        ));
+    }
+    eprintln!("{report}");
+    for (label, bound, requests, _) in &rows {
+        assert!(
+            requests.len() <= *bound,
+            "{label}: {} S3 requests, at most {bound} stated{report}",
+            requests.len()
+        );
+    }
+    // The cheap look at the collectors (one flag) is only that while none
+    // runs: with a collection just run, the push lists the intents; without,
+    // nothing lists them.
+    let lists_intents = |requests: &[crate::s3_proxy::Logged]| {
+        requests
+            .iter()
+            .filter(|r| request_label(r, &garage.bucket, &root) == "LIST gc intents")
+            .count()
+    };
+    for (label, _, requests, _) in &rows {
+        let expected = label.ends_with("a collection just ran");
+        assert_eq!(
+            lists_intents(requests) > 0,
+            expected,
+            "{label}: intents listed{report}"
+        );
+    }
+    drop(replicas);
+    remove_prefix(garage, &s3).await;
+}

@@ -11,21 +11,29 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use object_store::aws::AmazonS3;
 use object_store::ObjectStoreExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::io_error;
 use crate::storage::{ByteStream, ContentRead};
 
-/// How much a follower reads from the file at a time.
-const READ_CHUNK: usize = 256 * 1024;
+/// How much a follower reads from the file at a time (one blocking-pool
+/// hand-off each, straight into the buffer it sends).
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// How much a download gathers, of what the store has already sent, before
+/// it writes: large writes (one blocking-pool hand-off and one wake-up of
+/// the followers each), while a slow stream still has its bytes written, and
+/// followed, as they come.
+const WRITE_CHUNK: usize = 1024 * 1024;
 
 /// A download in flight: how far it got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,21 +253,52 @@ async fn fetch(
 ) -> io::Result<u64> {
     let result = store.get(location).await.map_err(io_error)?;
     let size = result.meta.size;
-    let mut file = tokio::fs::File::create(partial).await?;
+    let mut file = Some(tokio::fs::File::create(partial).await?.into_std().await);
     let mut stream = result.into_stream();
     let mut written = 0u64;
     progress.send_replace(Progress::Running { written, size });
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(io_error)?;
-        file.write_all(&chunk).await?;
-        // tokio's File hands each write to a blocking thread and returns before it is done:
-        // wait for it, or a follower reading up to `written` meets the end of the file early
-        // (and its client a truncated body).
-        file.flush().await?;
-        written += chunk.len() as u64;
+    let mut ended = false;
+    while !ended {
+        // One chunk (waiting for it), then whatever else has arrived.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut gathered = 0usize;
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(io_error)?;
+                gathered += chunk.len();
+                batch.push(chunk);
+            }
+            None => break,
+        }
+        while gathered < WRITE_CHUNK {
+            match stream.next().now_or_never() {
+                Some(Some(chunk)) => {
+                    let chunk = chunk.map_err(io_error)?;
+                    gathered += chunk.len();
+                    batch.push(chunk);
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        // Written (not only handed to a thread) before followers are told:
+        // a follower reading up to `written` must find those bytes.
+        let mut owned = file.take().expect("the file is back after each write");
+        owned = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            for chunk in &batch {
+                owned.write_all(chunk)?;
+            }
+            Ok(owned)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        file = Some(owned);
+        written += gathered as u64;
         progress.send_replace(Progress::Running { written, size });
     }
-    file.flush().await?;
     if written != size {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -313,10 +352,11 @@ async fn follow(
         }
         Err(e) => return Err(e),
     };
+    let file = Arc::new(file.into_std().await);
     let range = range.unwrap_or(0..size);
     let stream = futures::stream::unfold(
-        (file, progress, range.start, range.end, false),
-        |(mut file, mut progress, mut at, end, mut seeked)| async move {
+        (file, progress, range.start, range.end),
+        |(file, mut progress, mut at, end)| async move {
             if at >= end {
                 return None;
             }
@@ -327,24 +367,26 @@ async fn follow(
                     Progress::Done { size } => size,
                     Progress::Failed(kind, e) => {
                         let error = Progress::error(kind, &e);
-                        return Some((Err(error), (file, progress, end, end, seeked)));
+                        return Some((Err(error), (file, progress, end, end)));
                     }
                 };
                 if available > at {
-                    if !seeked {
-                        if let Err(e) = file.seek(io::SeekFrom::Start(at)).await {
-                            return Some((Err(e), (file, progress, end, end, seeked)));
-                        }
-                        seeked = true;
-                    }
                     let want = (available.min(end) - at).min(READ_CHUNK as u64) as usize;
-                    let mut buffer = vec![0; want];
-                    return match file.read_exact(&mut buffer).await {
-                        Ok(_) => {
+                    let reading = file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buffer = vec![0; want];
+                        reading.read_exact_at(&mut buffer, at).map(|()| buffer)
+                    })
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|read| read);
+                    return match read {
+                        Ok(buffer) => {
                             at += want as u64;
-                            Some((Ok(Bytes::from(buffer)), (file, progress, at, end, seeked)))
+                            Some((Ok(Bytes::from(buffer)), (file, progress, at, end)))
                         }
-                        Err(e) => Some((Err(e), (file, progress, end, end, seeked))),
+                        Err(e) => Some((Err(e), (file, progress, end, end))),
                     };
                 }
                 if progress.changed().await.is_err() {
@@ -352,7 +394,7 @@ async fn follow(
                     if matches!(&*progress.borrow(), Progress::Running { .. }) {
                         return Some((
                             Err(io::Error::other("the download stopped")),
-                            (file, progress, end, end, seeked),
+                            (file, progress, end, end),
                         ));
                     }
                 }

@@ -21,6 +21,31 @@
 //! nothing, and a toucher stops waiting for an intent older than [`LEASE`]
 //! (a collector that died). Times compare across replicas, so their clocks
 //! must agree to well within those bounds and the grace period (NTP).
+//!
+//! Two savings keep the common path, where no collection runs, cheap:
+//!
+//! - **The active flag.** A collector PUTs [`GC_ACTIVE`] (the time it is
+//!   about to write an intent) before each intent. A toucher reads that one
+//!   small object instead of listing the intents, and lists them only while
+//!   the flag is younger than [`ACTIVE_FOR`]. The handshake is the same: a
+//!   toucher that read an old flag read it before the collector's flag PUT,
+//!   so after its own marker (or write), and the collector's marker listing
+//!   (or HEAD) comes later still and sees it. Every replica over a bucket
+//!   must write the flag, so they run one version of this protocol.
+//!   A touch's HEADs go beside its flag GET (both after its marker): with
+//!   an old flag, no removal can be under way (a collector removes within
+//!   [`DECIDE_WITHIN`] and one request's time of its flag, far less than
+//!   [`ACTIVE_FOR`]), and one that starts later lists the marker; with a
+//!   fresh flag the intents are listed, waited for, and the keys HEADed again.
+//! - **A touch covers the operation's writes.** After a marker and a clean
+//!   look at the intents, a collector that has not written its intent yet
+//!   spares the marked keys (it lists the marker), and none that had is still
+//!   at work on them; so writing one of those keys soon after needs no look
+//!   at the intents of its own (a manifest push touches its content,
+//!   revision link and history entries with its requirements, then writes
+//!   them). "Soon" is [`MARKED_FOR`]: a collection whose cutoff is past the
+//!   marker's time does not read it, and that takes a grace period, which
+//!   must be longer (gc.md already asks that an operation finish within it).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -33,7 +58,7 @@ use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::{io_error, S3Storage, CONCURRENT_REQUESTS};
-use crate::storage::layout::{self, GC_INTENTS, GC_TOUCHES};
+use crate::storage::layout::{self, GC_ACTIVE, GC_INTENTS, GC_TOUCHES};
 
 /// Touch markers are grouped in folders of this many seconds, so a
 /// collector lists only the folders since its cutoff and old folders go
@@ -51,6 +76,19 @@ pub(super) const LEASE: Duration = Duration::from_secs(60);
 /// How often a toucher looks again whether an intent naming its key is gone.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long after a collector's flag a toucher still lists the intents: a
+/// lease for an intent written at the flag's time, and another for one
+/// whose flag a slower collector overwrote with an older time.
+const ACTIVE_FOR: Duration = Duration::from_secs(2 * LEASE.as_secs());
+
+/// How long a key this process marked (and found no collection at work on)
+/// counts as marked for its writes: well under any grace period in use.
+pub(super) const MARKED_FOR: Duration = Duration::from_secs(1);
+
+/// Marked keys remembered at most (a bound on memory, not on correctness:
+/// a key forgotten is written with its own look at the intents).
+const MARKED_KEYS: usize = 4096;
+
 /// What a process remembers of the protocol's objects, which are immutable
 /// once written: it reads each once.
 #[derive(Default)]
@@ -61,6 +99,63 @@ pub(super) struct CollectionCache {
     intents: Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// When this process last removed old markers and dead intents.
     last_cleanup: Mutex<Option<Instant>>,
+    /// Keys this process marked in use and found no collection at work on:
+    /// when the marker was written, and whether the key existed then (or
+    /// was written by this process since).
+    marked: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl CollectionCache {
+    /// Remembers `keys` as marked at `at`, with whether each was found.
+    pub(super) fn marked(&self, at: Instant, keys: &[&str], found: &[Option<u64>]) {
+        let mut marked = self.marked.lock().expect("lock");
+        if marked.len() + keys.len() > MARKED_KEYS {
+            marked.retain(|_, (when, _)| when.elapsed() < MARKED_FOR);
+            if marked.len() + keys.len() > MARKED_KEYS {
+                marked.clear();
+            }
+        }
+        for (key, found) in keys.iter().zip(found) {
+            if is_protected(key) {
+                marked.insert((*key).to_owned(), (at, found.is_some()));
+            }
+        }
+    }
+
+    /// Whether `key` was marked by this process within [`MARKED_FOR`], and
+    /// if so whether it existed.
+    pub(super) fn marked_recently(&self, key: &str) -> Option<bool> {
+        let marked = self.marked.lock().expect("lock");
+        let (when, found) = marked.get(key)?;
+        (when.elapsed() < MARKED_FOR).then_some(*found)
+    }
+
+    /// This process wrote `key`: a later create-if-absent finds it.
+    pub(super) fn written(&self, key: &str) {
+        if let Some(entry) = self.marked.lock().expect("lock").get_mut(key) {
+            entry.1 = true;
+        }
+    }
+
+    /// This process removed `key`: its marker no longer says anything of it.
+    pub(super) fn removed(&self, key: &str) {
+        self.marked.lock().expect("lock").remove(key);
+    }
+
+    /// This process removed everything under `prefix`.
+    pub(super) fn removed_under(&self, prefix: &str) {
+        self.marked
+            .lock()
+            .expect("lock")
+            .retain(|key, _| !key.starts_with(prefix));
+    }
+}
+
+/// Whether the protocol guards `key`: what a collection may remove
+/// ([`layout::is_collectable`]) but a tag's current link, which no
+/// collection removes (tags are its roots) and which no push touches.
+pub(super) fn is_protected(key: &str) -> bool {
+    layout::is_collectable(key) && !key.contains("/_manifests/tags/")
 }
 
 fn since_epoch(time: SystemTime) -> Duration {
@@ -154,11 +249,7 @@ impl S3Storage {
     /// The toucher's first step: a marker naming the collectable `keys`,
     /// written before their existence is checked.
     pub(super) async fn mark_used(&self, keys: &[&str]) -> io::Result<()> {
-        let collectable: Vec<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| layout::is_collectable(k))
-            .collect();
+        let collectable: Vec<&str> = keys.iter().copied().filter(|k| is_protected(k)).collect();
         if collectable.is_empty() {
             return Ok(());
         }
@@ -179,11 +270,16 @@ impl S3Storage {
     /// no live intent names any of `keys`, and returns those an intent named
     /// (they may be gone now: the caller checks them again).
     pub(super) async fn await_collections(&self, keys: &[&str]) -> io::Result<HashSet<String>> {
-        let wanted: HashSet<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| layout::is_collectable(k))
-            .collect();
+        if !keys.iter().any(|k| is_protected(k)) || !self.collection_may_run().await? {
+            return Ok(HashSet::new());
+        }
+        self.await_intents(keys).await
+    }
+
+    /// [`S3Storage::await_collections`] past the flag: lists the intents and
+    /// waits for those naming any of `keys`, which it returns.
+    pub(super) async fn await_intents(&self, keys: &[&str]) -> io::Result<HashSet<String>> {
+        let wanted: HashSet<&str> = keys.iter().copied().filter(|k| is_protected(k)).collect();
         let mut named = HashSet::new();
         if wanted.is_empty() {
             return Ok(named);
@@ -221,6 +317,21 @@ impl S3Storage {
             }
         }
         Ok(named)
+    }
+
+    /// Whether a collector wrote an intent recently enough that one may be
+    /// at work: the flag is younger than [`ACTIVE_FOR`] (or unreadable).
+    pub(super) async fn collection_may_run(&self) -> io::Result<bool> {
+        let Some(body) = super::Storage::get(self, GC_ACTIVE).await? else {
+            return Ok(false);
+        };
+        let Some(written) = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        else {
+            return Ok(true);
+        };
+        Ok(since_epoch(SystemTime::now()) <= Duration::from_millis(written) + ACTIVE_FOR)
     }
 
     /// An intent's keys (read once per process), or `None` when it is gone.
@@ -300,10 +411,20 @@ impl S3Storage {
         keys: &[String],
         cutoff: SystemTime,
     ) -> io::Result<Vec<bool>> {
-        let name = intent_name(since_epoch(SystemTime::now()));
+        let now = since_epoch(SystemTime::now());
+        let name = intent_name(now);
         let intent = format!("{GC_INTENTS}/{name}");
         let started = Instant::now();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // The flag first: a toucher that reads it after this lists the
+        // intents, and one that read it before wrote its marker before.
+        self.meta
+            .put(
+                &self.path(GC_ACTIVE),
+                Bytes::from(now.as_millis().to_string()).into(),
+            )
+            .await
+            .map_err(io_error)?;
         self.meta
             .put(&self.path(&intent), body_of(&refs).into())
             .await
@@ -317,6 +438,7 @@ impl S3Storage {
                     .filter(|(doomed, _)| **doomed)
                     .map(|(_, key)| {
                         self.forget(key);
+                        self.collection.removed(key);
                         Ok(self.path(key))
                     })
                     .collect::<Vec<_>>();
@@ -431,6 +553,51 @@ mod tests {
         let cutoff = UNIX_EPOCH + Duration::from_millis(10_500);
         assert!(!older_than(UNIX_EPOCH + Duration::from_secs(10), cutoff));
         assert!(older_than(UNIX_EPOCH + Duration::from_secs(9), cutoff));
+    }
+
+    #[test]
+    fn a_marked_key_covers_writes_for_a_second_and_what_this_process_does_to_it_updates_it() {
+        let cache = CollectionCache::default();
+        let blob = "blobs/sha256/ab/abc/data";
+        let link = "repositories/a/_layers/sha256/abc/link";
+        let tag = "repositories/a/_manifests/tags/latest/current/link";
+        let upload = "repositories/a/_uploads/u/data";
+        cache.marked(
+            Instant::now(),
+            &[blob, link, tag, upload],
+            &[Some(3), None, Some(71), None],
+        );
+        assert_eq!(cache.marked_recently(blob), Some(true));
+        assert_eq!(cache.marked_recently(link), Some(false));
+        // Keys the protocol does not guard are never remembered.
+        assert_eq!(cache.marked_recently(tag), None);
+        assert_eq!(cache.marked_recently(upload), None);
+        cache.written(link);
+        assert_eq!(cache.marked_recently(link), Some(true));
+        cache.removed(blob);
+        assert_eq!(cache.marked_recently(blob), None);
+        cache.removed_under("repositories/a/");
+        assert_eq!(cache.marked_recently(link), None);
+        // A marker older than MARKED_FOR covers nothing.
+        let old = Instant::now() - MARKED_FOR;
+        cache.marked(old, &[blob], &[Some(3)]);
+        assert_eq!(cache.marked_recently(blob), None);
+    }
+
+    #[test]
+    fn tag_links_and_uploads_are_outside_the_protocol() {
+        assert!(is_protected("blobs/sha256/ab/abc/data"));
+        assert!(is_protected(
+            "repositories/a/_manifests/revisions/sha256/abc/link"
+        ));
+        assert!(is_protected(
+            "repositories/a/_berth/history/latest/0001-sha256-abc"
+        ));
+        assert!(!is_protected(
+            "repositories/a/_manifests/tags/latest/current/link"
+        ));
+        assert!(!is_protected("repositories/a/_uploads/u/data"));
+        assert!(!is_protected("_berth/gc/active"));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! `v1/`, while the trait promises byte order (`v1` < `v1.0`). [`S3Storage::list`]
 //! restores byte order exactly (see [`missing_prefixes`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -314,36 +314,194 @@ impl S3Storage {
         self.meta
             .put(&self.path(key), PutPayload::from_bytes(data))
             .await
-            .map(drop)
-            .map_err(io_error)
+            .map_err(io_error)?;
+        self.collection.written(key);
+        Ok(())
     }
 
     /// Writes `data` at `key`, and, for a key a collection may remove,
     /// makes sure no collection deciding meanwhile removed it after all (the
-    /// write is its own touch marker: collection.rs).
+    /// write is its own touch marker: collection.rs), unless this process
+    /// marked the key just now, which covers the write.
     async fn put_guarded(&self, key: &str, data: Bytes) -> io::Result<()> {
+        self.write_all_guarded(vec![(key.to_owned(), data)]).await
+    }
+
+    /// [`S3Storage::put_guarded`] for several documents: written side by
+    /// side, then one look at the collections for all of them.
+    async fn write_all_guarded(&self, docs: Vec<(String, Bytes)>) -> io::Result<()> {
+        let mut pending = docs;
         for _ in 0..3 {
-            self.put_overwrite(key, data.clone()).await?;
-            if !self.await_collections(&[key]).await?.contains(key)
-                || self.head(key).await?.is_some()
+            futures::stream::iter(pending.clone())
+                .map(|(key, data)| async move { self.put_overwrite(&key, data).await })
+                .buffer_unordered(CONCURRENT_REQUESTS)
+                .try_collect::<Vec<()>>()
+                .await?;
+            let unmarked: Vec<&str> = pending
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .filter(|key| self.collection.marked_recently(key).is_none())
+                .collect();
+            let named = self.await_collections(&unmarked).await?;
+            if named.is_empty() {
+                return Ok(());
+            }
+            // A collection named some of them: those it removed meanwhile are
+            // written again.
+            let named: Vec<(String, Bytes)> = pending
+                .into_iter()
+                .filter(|(key, _)| named.contains(key))
+                .collect();
+            let keys: Vec<String> = named.iter().map(|(key, _)| key.clone()).collect();
+            let gone: Vec<bool> = futures::stream::iter(keys)
+                .map(|key| async move { Ok::<_, io::Error>(self.head(&key).await?.is_none()) })
+                .buffered(CONCURRENT_REQUESTS)
+                .try_collect()
+                .await?;
+            pending = named
+                .into_iter()
+                .zip(gone)
+                .filter(|(_, gone)| *gone)
+                .map(|(doc, _)| doc)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::HostUnreachable,
+            format!(
+                "{}: removed by a collection three times while being written",
+                pending[0].0
+            ),
+        ))
+    }
+
+    /// Copies `from` (a full path) to the collectable key `dest` in the
+    /// store, looking at the collections after it as a write does
+    /// ([`S3Storage::put_guarded`]).
+    async fn copy_guarded(&self, from: &Path, dest: &str) -> io::Result<()> {
+        self.forget(dest);
+        for _ in 0..3 {
+            self.transfer
+                .copy(from, &self.path(dest))
+                .await
+                .map_err(io_error)?;
+            self.collection.written(dest);
+            if self.collection.marked_recently(dest).is_some()
+                || !self.await_collections(&[dest]).await?.contains(dest)
+                || self.head(dest).await?.is_some()
             {
                 return Ok(());
             }
         }
         Err(io::Error::new(
             io::ErrorKind::HostUnreachable,
-            format!("{key}: removed by a collection three times while being written"),
+            format!("{dest}: removed by a collection three times while being written"),
         ))
     }
 
     /// Marks `keys` in use and says which exist (with their sizes): the
-    /// toucher's side of the protocol (collection.rs).
+    /// toucher's side of the protocol (collection.rs). Keys no collection
+    /// was at work on are remembered as marked, for the writes that follow.
     async fn touch_keys(&self, keys: &[&str]) -> io::Result<Vec<Option<u64>>> {
+        let marked_at = Instant::now();
         self.mark_used(keys).await?;
-        self.await_collections(keys).await?;
-        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        futures::stream::iter(keys)
+        let protected = keys.iter().any(|key| collection::is_protected(key));
+        // The HEADs beside the look at the flag (collection.rs says why that
+        // is enough while no collection runs).
+        let (may_run, mut sizes) = futures::try_join!(
+            async {
+                if protected {
+                    self.collection_may_run().await
+                } else {
+                    Ok(false)
+                }
+            },
+            self.sizes_of(keys)
+        )?;
+        let mut named = std::collections::HashSet::new();
+        if may_run {
+            named = self.await_intents(keys).await?;
+            sizes = self.sizes_of(keys).await?;
+        }
+        let (clean, clean_sizes): (Vec<&str>, Vec<Option<u64>>) = keys
+            .iter()
+            .zip(&sizes)
+            .filter(|(key, _)| !named.contains(**key))
+            .map(|(key, size)| (*key, *size))
+            .unzip();
+        self.collection.marked(marked_at, &clean, &clean_sizes);
+        Ok(sizes)
+    }
+
+    /// HEADs `keys` side by side: the size of each, `None` where absent.
+    async fn sizes_of(&self, keys: &[&str]) -> io::Result<Vec<Option<u64>>> {
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        futures::stream::iter(owned)
             .map(|key| async move { Ok::<_, io::Error>(self.head(&key).await?.map(|m| m.size)) })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
+    }
+
+    /// Creates a document that a touch just found absent: the touch's marker
+    /// covers the write, so it needs no look at the collections. Where the
+    /// store honours conditional writes it decides a race; elsewhere the
+    /// last writer wins (docs/design/s3.md §6). Returns whether it wrote.
+    async fn create_touched(&self, key: &str, data: Bytes) -> io::Result<bool> {
+        self.forget(key);
+        let mode = match self.conditional {
+            ConditionalWrites::Honoured => PutMode::Create,
+            ConditionalWrites::Ignored => PutMode::Overwrite,
+        };
+        let written = match self
+            .meta
+            .put_opts(&self.path(key), PutPayload::from_bytes(data), mode.into())
+            .await
+        {
+            Ok(_) => true,
+            // Another writer was first, after the touch: theirs is new.
+            Err(object_store::Error::AlreadyExists { .. }) => false,
+            Err(e) => return Err(io_error(e)),
+        };
+        self.collection.written(key);
+        Ok(written)
+    }
+
+    /// Writes documents to create only if absent (`CreateIfAbsent`,
+    /// `Record`): those this process marked just now are settled by what
+    /// that touch found; the others are touched in one batch (one marker,
+    /// one look at the collections) and created where absent.
+    async fn create_all(&self, docs: Vec<(String, Bytes)>) -> io::Result<Vec<bool>> {
+        let known: Vec<Option<bool>> = docs
+            .iter()
+            .map(|(key, _)| self.collection.marked_recently(key))
+            .collect();
+        let unknown: Vec<&str> = docs
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .map(|((key, _), _)| key.as_str())
+            .collect();
+        let mut touched = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.touch_keys(&unknown).await?
+        }
+        .into_iter();
+        let found: Vec<bool> = known
+            .into_iter()
+            .map(|known| known.unwrap_or_else(|| touched.next().flatten().is_some()))
+            .collect();
+        futures::stream::iter(docs.into_iter().zip(found))
+            .map(|((key, data), found)| async move {
+                if found {
+                    // Found in place: marked in use by the touch.
+                    return Ok(false);
+                }
+                self.create_touched(&key, data).await
+            })
             .buffered(CONCURRENT_REQUESTS)
             .try_collect()
             .await
@@ -697,34 +855,7 @@ impl Storage for S3Storage {
                 Ok(true)
             }
             WriteMode::CreateIfAbsent | WriteMode::Record => {
-                // A document found in place is touched: its use is marked.
-                if self.touch_keys(&[key]).await?[0].is_some() {
-                    return Ok(false);
-                }
-                if self.conditional == ConditionalWrites::Honoured {
-                    let created = self
-                        .meta
-                        .put_opts(
-                            &self.path(key),
-                            PutPayload::from_bytes(data.clone()),
-                            PutOptions::from(PutMode::Create),
-                        )
-                        .await;
-                    match created {
-                        Ok(_) => {}
-                        // Another writer was first: theirs stands, and was
-                        // marked in use above.
-                        Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
-                        Err(e) => return Err(io_error(e)),
-                    }
-                    if !self.await_collections(&[key]).await?.contains(key)
-                        || self.head(key).await?.is_some()
-                    {
-                        return Ok(true);
-                    }
-                }
-                self.put_guarded(key, data).await?;
-                Ok(true)
+                Ok(self.create_all(vec![(key.to_owned(), data)]).await?[0])
             }
         }
     }
@@ -747,45 +878,40 @@ impl Storage for S3Storage {
     }
 
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
-        // Documents to create if absent are touched in one batch (one marker,
-        // one intent listing); the rest are written side by side.
-        let creating: Vec<&str> = docs
+        // Independent documents: those to create if absent (touched in one
+        // batch) beside those to write (one look at the collections).
+        let creates = |mode: &WriteMode| !matches!(mode, WriteMode::Overwrite | WriteMode::Scratch);
+        let creating: Vec<(String, Bytes)> = docs
             .iter()
-            .filter(|(_, _, mode)| !matches!(mode, WriteMode::Overwrite | WriteMode::Scratch))
-            .map(|(key, _, _)| key.as_str())
+            .filter(|(_, _, mode)| creates(mode))
+            .map(|(key, data, _)| (key.clone(), data.clone()))
             .collect();
-        let found: HashSet<&str> = if creating.is_empty() {
-            HashSet::new()
-        } else {
-            let sizes = self.touch_keys(&creating).await?;
-            creating
-                .iter()
-                .zip(sizes)
-                .filter(|(_, size)| size.is_some())
-                .map(|(key, _)| *key)
-                .collect()
-        };
-        let docs: Vec<(String, Bytes, WriteMode, bool)> = docs
+        let writing: Vec<(String, Bytes)> = docs
             .iter()
-            .map(|(key, data, mode)| {
-                let found = found.contains(key.as_str());
-                (key.clone(), data.clone(), *mode, found)
-            })
+            .filter(|(_, _, mode)| !creates(mode))
+            .map(|(key, data, _)| (key.clone(), data.clone()))
             .collect();
-        futures::stream::iter(docs)
-            .map(|(key, data, mode, found)| async move {
-                match mode {
-                    WriteMode::Overwrite | WriteMode::Scratch => {
-                        self.put_guarded(&key, data).await?;
-                        Ok(true)
-                    }
-                    _ if found => Ok(false),
-                    _ => self.put(&key, data, mode).await,
+        let (created, ()) = futures::try_join!(
+            async {
+                if creating.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.create_all(creating).await
                 }
-            })
-            .buffered(CONCURRENT_REQUESTS)
-            .try_collect()
-            .await
+            },
+            async {
+                if writing.is_empty() {
+                    Ok(())
+                } else {
+                    self.write_all_guarded(writing).await
+                }
+            },
+        )?;
+        let mut created = created.into_iter();
+        Ok(docs
+            .iter()
+            .map(|(_, _, mode)| !creates(mode) || created.next().unwrap_or(false))
+            .collect())
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
@@ -842,6 +968,7 @@ impl Storage for S3Storage {
     async fn rename(&self, from: &str, to: &str) -> io::Result<bool> {
         self.forget(from);
         self.forget(to);
+        self.collection.removed(from);
         match self.meta.copy(&self.path(from), &self.path(to)).await {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -885,6 +1012,7 @@ impl Storage for S3Storage {
 
     async fn delete(&self, key: &str) -> io::Result<bool> {
         self.forget(key);
+        self.collection.removed(key);
         if self.head(key).await?.is_none() {
             return Ok(false);
         }
@@ -893,6 +1021,7 @@ impl Storage for S3Storage {
     }
 
     async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        self.collection.removed_under(&format!("{prefix}/"));
         let prefix = self.path(prefix);
         let keys = self.meta.list(Some(&prefix)).map_ok(|meta| meta.location);
         self.meta
@@ -1071,6 +1200,8 @@ impl Storage for S3Storage {
 
     async fn commit_upload(&self, key: &str, size: u64, dest: &str, state: &str) -> io::Result<()> {
         let mut upload = UploadState::parse(state)?;
+        // The tail object holds what the append that wrote it counted.
+        let tail_written = upload.tail;
         upload.cut_to(size)?;
         let start = upload.parts_size();
         if start + upload.tail != size {
@@ -1083,11 +1214,23 @@ impl Storage for S3Storage {
             ));
         }
         if upload.id.is_none() {
-            // A blob smaller than a part: one PUT straight to its key.
-            let tail = self
-                .read_small(&tail_key(key, start, &upload), upload.tail as usize)
-                .await?;
-            return self.put_guarded(dest, tail).await;
+            if upload.tail != tail_written {
+                // Cut back: only the first bytes of the tail object count.
+                let tail = self
+                    .read_small(&tail_key(key, start, &upload), upload.tail as usize)
+                    .await?;
+                return self.put_guarded(dest, tail).await;
+            }
+            if upload.tail == 0 {
+                // Zero bytes: there is no tail object.
+                return self.put_guarded(dest, Bytes::new()).await;
+            }
+            // A blob smaller than a part: its tail object copied to its key,
+            // in the store (on Garage the copy shares the blocks), not read
+            // back and sent again.
+            return self
+                .copy_guarded(&self.path(&tail_key(key, start, &upload)), dest)
+                .await;
         }
         let path = self.path(key);
         self.complete(key, &mut upload).await?;
@@ -1095,23 +1238,8 @@ impl Storage for S3Storage {
         // known when the upload began. A copy is server-side (on Garage it
         // shares the blocks). A crash between the two leaves the upload's
         // object for upload expiry.
-        self.forget(dest);
-        for _ in 0..3 {
-            self.transfer
-                .copy(&path, &self.path(dest))
-                .await
-                .map_err(io_error)?;
-            // The copy is a write of a collectable key (put_guarded).
-            if !self.await_collections(&[dest]).await?.contains(dest)
-                || self.head(dest).await?.is_some()
-            {
-                return self.meta.delete(&path).await.map_err(io_error);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::HostUnreachable,
-            format!("{dest}: removed by a collection three times while being written"),
-        ))
+        self.copy_guarded(&path, dest).await?;
+        self.meta.delete(&path).await.map_err(io_error)
     }
 
     async fn read_upload(

@@ -41,8 +41,19 @@ pub struct Logged {
     pub method: hyper::Method,
     /// The path, bucket first (`/berth-test/<prefix>/docker/...`).
     pub path: String,
+    /// The query string (`list-type=2&prefix=...` for a listing), empty
+    /// when there is none.
+    pub query: String,
     /// Whether it asked for a byte range.
     pub ranged: bool,
+    /// Whether it is a server-side copy (`x-amz-copy-source`).
+    pub copy: bool,
+    /// When it arrived, and when the store's answer (its head) came back:
+    /// how requests overlapped, for counting round trips.
+    pub arrived: std::time::Instant,
+    pub answered: Option<std::time::Instant>,
+    /// Its number among every request the proxy received.
+    seq: u64,
 }
 
 /// A proxy on `127.0.0.1:<free port>`; dropping it closes the listener and
@@ -138,13 +149,30 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let (mode, log, sender) = (mode.clone(), log.clone(), sender.clone());
         async move {
-            log.lock().unwrap().push(Logged {
-                method: request.method().clone(),
-                path: request.uri().path().to_owned(),
-                ranged: request.headers().contains_key(hyper::header::RANGE),
-            });
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            {
+                log.lock().unwrap().push(Logged {
+                    method: request.method().clone(),
+                    path: request.uri().path().to_owned(),
+                    query: request.uri().query().unwrap_or_default().to_owned(),
+                    ranged: request.headers().contains_key(hyper::header::RANGE),
+                    copy: request.headers().contains_key("x-amz-copy-source"),
+                    arrived: std::time::Instant::now(),
+                    answered: None,
+                    seq,
+                });
+            }
             match mode_of(&mode) {
-                Mode::Forward => forward(request, upstream, &sender).await,
+                Mode::Forward => {
+                    let answer = forward(request, upstream, &sender).await;
+                    // Not there when the log was cleared meanwhile.
+                    let mut log = log.lock().unwrap();
+                    if let Some(entry) = log.iter_mut().rev().find(|e| e.seq == seq) {
+                        entry.answered = Some(std::time::Instant::now());
+                    }
+                    answer
+                }
                 Mode::BlackHole => std::future::pending().await,
                 // An error from the service makes hyper close the connection
                 // without an answer.
