@@ -72,6 +72,8 @@ impl Registry {
             .ok_or(ErrorCode::BlobUnknown)?;
         if verified || range.is_some() {
             Ok(read.stream)
+        } else if read.verified {
+            Ok(self.vouched(digest, read.stream))
         } else {
             Ok(self.verifying(digest, read.size, read.stream))
         }

@@ -10,7 +10,11 @@
 //! to quarantine and an error is logged; later reads find no blob.
 //!
 //! Content this process committed was hashed while it arrived, so it counts as
-//! verified from the start: a push followed by pulls pays nothing extra.
+//! verified from the start: a push followed by pulls pays nothing extra. A
+//! store that checks content itself as it reads it, once for all readers
+//! (`ContentRead::verified`: the S3 blob cache, whose download a pull storm's
+//! readers all follow), is not checked again: its stream fails before its
+//! last byte on a mismatch, which quarantines the blob here all the same.
 
 use std::future::Future;
 use std::io;
@@ -43,14 +47,24 @@ impl Registry {
             .map_err(storage_error)?
             .ok_or(ErrorCode::BlobUnknown)?;
         let mut stream = read.stream;
-        let mut hasher = Hasher::new(digest.algorithm());
+        let mut hasher = (!read.verified).then(|| Hasher::new(digest.algorithm()));
         let mut seen = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(storage_error)?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) if read.verified && e.kind() == io::ErrorKind::InvalidData => {
+                    self.quarantine(digest).await;
+                    return Err(ErrorCode::BlobUnknown.into());
+                }
+                Err(e) => return Err(storage_error(e)),
+            };
             seen += chunk.len() as u64;
-            hasher.update(&chunk);
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&chunk);
+            }
         }
-        if seen == read.size && &hasher.finish() == digest {
+        let matches = hasher.is_none_or(|hasher| &hasher.finish() == digest);
+        if seen == read.size && matches {
             self.caches.verified(digest);
             Ok(())
         } else {
@@ -68,6 +82,34 @@ impl Registry {
             self.quarantine(digest).await;
             false
         }
+    }
+
+    /// Streams a whole blob the store checks as it reads it
+    /// (`ContentRead::verified`): verified here once it ends whole, and
+    /// quarantined if the store found it does not match.
+    pub(super) fn vouched(&self, digest: &Digest, inner: ByteStream) -> ByteStream {
+        let state = (
+            inner,
+            self.storage.clone(),
+            self.caches.clone(),
+            digest.clone(),
+        );
+        Box::pin(futures::stream::unfold(Some(state), |state| async move {
+            let (mut inner, storage, caches, digest) = state?;
+            match inner.next().await {
+                Some(Ok(chunk)) => Some((Ok(chunk), Some((inner, storage, caches, digest)))),
+                Some(Err(e)) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        tokio::spawn(quarantine(storage, caches, digest));
+                    }
+                    Some((Err(e), None))
+                }
+                None => {
+                    caches.verified(&digest);
+                    None
+                }
+            }
+        }))
     }
 
     /// Streams the whole blob `read` (of `size` bytes), checking it against

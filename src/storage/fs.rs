@@ -1041,6 +1041,7 @@ impl Storage for FsStorage {
         Ok(Some(ContentRead {
             size,
             stream: Box::pin(ReadAhead::new(file, range)),
+            verified: false,
         }))
     }
 

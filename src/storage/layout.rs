@@ -88,6 +88,18 @@ pub fn parse_blob_dir(algorithm: Algorithm, shard: &str, hex: &str) -> Option<Di
     (hex.get(..2) == Some(shard)).then_some(digest)
 }
 
+/// The digest whose content `key` holds, when `key` is a blob's data
+/// ([`blob_data`]).
+pub fn blob_digest_of(key: &str) -> Option<Digest> {
+    let rest = key.strip_prefix(BLOBS)?.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let (algorithm, shard, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next() != Some("data") || parts.next().is_some() {
+        return None;
+    }
+    parse_blob_dir(Algorithm::parse(algorithm)?, shard, hex)
+}
+
 pub fn repository(name: &RepositoryName) -> String {
     format!("{REPOSITORIES}/{name}")
 }
@@ -356,6 +368,16 @@ mod tests {
         assert_eq!(parse_blob_dir(Algorithm::Sha256, "cd", &hex), None);
         assert_eq!(parse_blob_dir(Algorithm::Sha512, "ab", &hex), None);
         assert_eq!(parse_blob_dir(Algorithm::Sha256, "ab", ".tmp-x"), None);
+        assert_eq!(blob_digest_of(&blob_data(&digest)), Some(digest.clone()));
+        for not_data in [
+            format!("{}/ab/{hex}", blobs_of(Algorithm::Sha256)),
+            format!("{}/ab/{hex}/data/x", blobs_of(Algorithm::Sha256)),
+            format!("{}/cd/{hex}/data", blobs_of(Algorithm::Sha256)),
+            format!("{BLOBS}x/sha256/ab/{hex}/data"),
+            layer_link(&RepositoryName::parse("a/b").unwrap(), &digest),
+        ] {
+            assert_eq!(blob_digest_of(&not_data), None, "{not_data}");
+        }
     }
 
     #[test]

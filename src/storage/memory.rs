@@ -118,6 +118,7 @@ impl Storage for MemoryStorage {
         Ok(Some(ContentRead {
             size,
             stream: Box::pin(futures::stream::once(async move { Ok(part) })),
+            verified: false,
         }))
     }
 

@@ -94,6 +94,12 @@ pub struct Leftover {
 pub struct ContentRead {
     pub size: u64,
     pub stream: ByteStream,
+    /// The store checks this content against the digest its key names (a
+    /// blob's data, [`layout::blob_digest_of`]) once for all its readers, so
+    /// the reader need not hash it: it has been checked, or will be before
+    /// the stream's last byte, which a mismatch replaces with an error of
+    /// kind `InvalidData` (the S3 blob cache checks as it downloads).
+    pub verified: bool,
 }
 
 /// An object that is a file on this machine's disk, opened: it can be sent

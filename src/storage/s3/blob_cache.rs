@@ -23,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::io_error;
-use crate::storage::{ByteStream, ContentRead};
+use crate::oci::{Digest, Hasher};
+use crate::storage::{layout, ByteStream, ContentRead};
 
 /// How much a follower reads from the file at a time (one blocking-pool
 /// hand-off each, straight into the buffer it sends).
@@ -62,12 +63,16 @@ struct Download {
     /// Where the finished file goes.
     finished: PathBuf,
     progress: watch::Receiver<Progress>,
+    /// Checks the content against the digest its key names (see `fill`).
+    verifies: bool,
 }
 
 #[derive(Default)]
 struct Index {
-    /// Complete files: size and last use (a tick).
-    files: HashMap<String, (u64, u64)>,
+    /// Complete files: size, last use (a tick), and whether this process
+    /// checked them against their digest (files kept from an earlier run
+    /// are not trusted).
+    files: HashMap<String, (u64, u64, bool)>,
     bytes: u64,
     tick: u64,
     downloads: HashMap<String, Arc<Download>>,
@@ -100,7 +105,7 @@ impl BlobCache {
             }
             let size = entry.metadata()?.len();
             index.bytes += size;
-            index.files.insert(name, (size, 0));
+            index.files.insert(name, (size, 0, false));
         }
         let cache = BlobCache {
             dir: dir.to_owned(),
@@ -117,17 +122,24 @@ impl BlobCache {
 
     /// The finished copy of `key`, opened, if there is one.
     pub(super) fn open_file(&self, key: &str) -> Option<(std::fs::File, u64)> {
+        self.open_checked_file(key)
+            .map(|(file, size, _)| (file, size))
+    }
+
+    /// [`BlobCache::open_file`], and whether its content was checked against
+    /// its digest.
+    fn open_checked_file(&self, key: &str) -> Option<(std::fs::File, u64, bool)> {
         let name = file_name(key);
-        let size = {
+        let (size, verified) = {
             let mut index = self.index.lock().expect("lock");
             index.tick += 1;
             let tick = index.tick;
             let entry = index.files.get_mut(&name)?;
             entry.1 = tick;
-            entry.0
+            (entry.0, entry.2)
         };
         match std::fs::File::open(self.path(key)) {
-            Ok(file) => Some((file, size)),
+            Ok(file) => Some((file, size, verified)),
             // Evicted meanwhile.
             Err(_) => None,
         }
@@ -137,7 +149,7 @@ impl BlobCache {
     pub(super) fn forget(&self, key: &str) {
         let name = file_name(key);
         let mut index = self.index.lock().expect("lock");
-        if let Some((size, _)) = index.files.remove(&name) {
+        if let Some((size, _, _)) = index.files.remove(&name) {
             index.bytes -= size;
             let _ = std::fs::remove_file(self.path(key));
         }
@@ -153,10 +165,10 @@ impl BlobCache {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> io::Result<Option<ContentRead>> {
-        if let Some((file, size)) = self.open_file(key) {
-            return Ok(Some(
-                read_file(tokio::fs::File::from_std(file), size, range).await?,
-            ));
+        if let Some((file, size, verified)) = self.open_checked_file(key) {
+            let mut read = read_file(tokio::fs::File::from_std(file), size, range).await?;
+            read.verified = verified;
+            return Ok(Some(read));
         }
         let download = {
             let mut index = self.index.lock().expect("lock");
@@ -188,15 +200,18 @@ impl BlobCache {
             written: 0,
             size: u64::MAX,
         });
+        let digest = layout::blob_digest_of(key);
         let download = Arc::new(Download {
             partial: partial.clone(),
             finished: self.path(key),
             progress: receiver,
+            verifies: digest.is_some(),
         });
+        let verified = digest.is_some();
         let cache = self.clone();
         let key = key.to_owned();
         tokio::spawn(async move {
-            let outcome = fetch(&store, &location, &partial, &progress).await;
+            let outcome = fetch(&store, &location, digest, &partial, &progress).await;
             let mut index = cache.index.lock().expect("lock");
             index.downloads.remove(&key);
             match outcome {
@@ -205,7 +220,8 @@ impl BlobCache {
                     if std::fs::rename(&partial, cache.path(&key)).is_ok() {
                         index.tick += 1;
                         let tick = index.tick;
-                        if let Some((old, _)) = index.files.insert(name, (size, tick)) {
+                        if let Some((old, _, _)) = index.files.insert(name, (size, tick, verified))
+                        {
                             index.bytes -= old;
                         }
                         index.bytes += size;
@@ -216,6 +232,9 @@ impl BlobCache {
                 }
                 Err(e) => {
                     drop(index);
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        tracing::error!(key, error = %e, "blob content read from the store does not match its digest: not served");
+                    }
                     let _ = std::fs::remove_file(&partial);
                     let _ = progress.send(Progress::Failed(e.kind(), e.to_string()));
                 }
@@ -231,12 +250,12 @@ impl BlobCache {
             let Some(oldest) = index
                 .files
                 .iter()
-                .min_by_key(|(_, (_, tick))| *tick)
+                .min_by_key(|(_, (_, tick, _))| *tick)
                 .map(|(name, _)| name.clone())
             else {
                 break;
             };
-            let (size, _) = index.files.remove(&oldest).expect("present");
+            let (size, _, _) = index.files.remove(&oldest).expect("present");
             index.bytes -= size;
             // A reader that has it open keeps reading it.
             let _ = std::fs::remove_file(self.dir.join(&oldest));
@@ -248,26 +267,39 @@ impl BlobCache {
 async fn fetch(
     store: &AmazonS3,
     location: &object_store::path::Path,
+    digest: Option<Digest>,
     partial: &Path,
     progress: &watch::Sender<Progress>,
 ) -> io::Result<u64> {
     let result = store.get(location).await.map_err(io_error)?;
     let size = result.meta.size;
     let stream = result.into_stream().map(|chunk| chunk.map_err(io_error));
-    fill(stream, size, partial, progress).await
+    fill(stream, size, digest, partial, progress).await
 }
 
 /// Writes `stream` (an object of `size` bytes) into a new file at
 /// `partial`, telling followers through `progress` how much of it they can
-/// read.
+/// read. With a `digest`, the content is hashed as it is written (on the
+/// writing thread, off the readers' path: one hash however many follow),
+/// and the last byte is kept from followers until it checks out; a
+/// mismatch fails the download with `InvalidData`, so no reader gets the
+/// whole of a wrong blob.
 async fn fill(
     stream: impl futures::Stream<Item = io::Result<Bytes>> + Send,
     size: u64,
+    digest: Option<Digest>,
     partial: &Path,
     progress: &watch::Sender<Progress>,
 ) -> io::Result<u64> {
     let mut stream = std::pin::pin!(stream);
     let mut file = Some(tokio::fs::File::create(partial).await?.into_std().await);
+    let mut hasher = digest.as_ref().map(|d| Hasher::new(d.algorithm()));
+    // What followers may read: all that is written, less the last byte
+    // while the digest is unchecked.
+    let readable = |written: u64| match digest {
+        Some(_) => written.min(size.saturating_sub(1)),
+        None => written,
+    };
     let mut written = 0u64;
     progress.send_replace(Progress::Running { written, size });
     let mut ended = false;
@@ -300,23 +332,40 @@ async fn fill(
         // Written (not only handed to a thread) before followers are told:
         // a follower reading up to `written` must find those bytes.
         let mut owned = file.take().expect("the file is back after each write");
-        owned = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+        let mut hashing = hasher.take();
+        (owned, hashing) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             for chunk in &batch {
                 owned.write_all(chunk)?;
+                if let Some(hasher) = &mut hashing {
+                    hasher.update(chunk);
+                }
             }
-            Ok(owned)
+            Ok((owned, hashing))
         })
         .await
         .map_err(io::Error::other)??;
         file = Some(owned);
+        hasher = hashing;
         written += gathered as u64;
-        progress.send_replace(Progress::Running { written, size });
+        progress.send_replace(Progress::Running {
+            written: readable(written),
+            size,
+        });
     }
     if written != size {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("read {written} of {size} bytes"),
         ));
+    }
+    if let (Some(digest), Some(hasher)) = (&digest, hasher) {
+        let found = hasher.finish();
+        if &found != digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the content's digest is {found}"),
+            ));
+        }
     }
     Ok(size)
 }
@@ -334,6 +383,7 @@ async fn read_file(
     Ok(ContentRead {
         size,
         stream: Box::pin(stream),
+        verified: false,
     })
 }
 
@@ -415,7 +465,11 @@ async fn follow(
         },
     );
     let stream: ByteStream = Box::pin(stream);
-    Ok(Some(ContentRead { size, stream }))
+    Ok(Some(ContentRead {
+        size,
+        stream,
+        verified: download.verifies,
+    }))
 }
 
 #[cfg(test)]
@@ -442,6 +496,7 @@ mod tests {
                 partial: partial.clone(),
                 finished: dir.path().join(round.to_string()),
                 progress: receiver,
+                verifies: false,
             });
             let chunks: Vec<io::Result<Bytes>> = (0..content.len())
                 .step_by(16 * 1024)
@@ -449,7 +504,8 @@ mod tests {
                 .collect();
             let size = content.len() as u64;
             let writer = tokio::spawn(async move {
-                let written = fill(futures::stream::iter(chunks), size, &partial, &sender).await;
+                let written =
+                    fill(futures::stream::iter(chunks), size, None, &partial, &sender).await;
                 let _ = sender.send(Progress::Done { size });
                 written
             });
@@ -461,5 +517,82 @@ mod tests {
             assert_eq!(writer.await.unwrap().unwrap(), size);
             assert_eq!(body.concat(), content, "round {round}");
         }
+    }
+
+    /// Runs a download of `content`, checked against `digest`, with one
+    /// follower; what the follower read, and how the download ended.
+    async fn download_checked(
+        content: Bytes,
+        digest: Digest,
+    ) -> (io::Result<Vec<Bytes>>, bool, io::Result<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("blob.partial");
+        let (sender, receiver) = watch::channel(Progress::Running {
+            written: 0,
+            size: u64::MAX,
+        });
+        let download = Arc::new(Download {
+            partial: partial.clone(),
+            finished: dir.path().join("blob"),
+            progress: receiver,
+            verifies: true,
+        });
+        let size = content.len() as u64;
+        let chunks: Vec<io::Result<Bytes>> = (0..content.len())
+            .step_by(64 * 1024)
+            .map(|at| Ok(content.slice(at..(at + 64 * 1024).min(content.len()))))
+            .collect();
+        let writer = tokio::spawn(async move {
+            let outcome = fill(
+                futures::stream::iter(chunks),
+                size,
+                Some(digest),
+                &partial,
+                &sender,
+            )
+            .await;
+            // Until the download ends, followers may read all but the last
+            // byte: the one the digest's verdict releases.
+            let before_the_verdict = sender.borrow().clone();
+            assert_eq!(
+                before_the_verdict,
+                Progress::Running {
+                    written: size - 1,
+                    size
+                }
+            );
+            let _ = match &outcome {
+                Ok(size) => sender.send(Progress::Done { size: *size }),
+                Err(e) => sender.send(Progress::Failed(e.kind(), e.to_string())),
+            };
+            outcome
+        });
+        let read = follow(download, None).await.unwrap().expect("found");
+        let verified = read.verified;
+        let body = read.stream.try_collect().await;
+        (body, verified, writer.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_is_checked_against_its_digest_once_for_its_followers() {
+        let content: Bytes = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(crate::oci::Algorithm::Sha256, &content);
+        let (body, verified, outcome) = download_checked(content.clone(), digest).await;
+        assert!(
+            verified,
+            "the follower is told the store checks the content"
+        );
+        assert_eq!(body.unwrap().concat(), content);
+        assert_eq!(outcome.unwrap(), content.len() as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_that_does_not_match_its_digest_never_reaches_a_follower_whole() {
+        let content: Bytes = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+        let other = Digest::of(crate::oci::Algorithm::Sha256, b"something else");
+        let (body, _, outcome) = download_checked(content.clone(), other).await;
+        let error = body.expect_err("the follower's read fails");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert_eq!(outcome.unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 }

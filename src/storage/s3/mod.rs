@@ -984,6 +984,7 @@ impl Storage for S3Storage {
             return Ok(self.head(key).await?.map(|meta| ContentRead {
                 size: meta.size,
                 stream: Box::pin(futures::stream::empty()),
+                verified: false,
             }));
         }
         if let Some(cache) = self
@@ -1007,6 +1008,7 @@ impl Storage for S3Storage {
         Ok(Some(ContentRead {
             size,
             stream: Box::pin(stream),
+            verified: false,
         }))
     }
 
