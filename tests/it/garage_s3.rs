@@ -1984,3 +1984,49 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     drop(replicas);
     remove_prefix(garage, &s3).await;
 }
+
+/// Above the store's copy limit (`copy_limit`: AWS's `CopyObject` takes at
+/// most 5 GiB; 1 MiB here), a commit copies the completed upload to the
+/// blob's key by streaming it through the replica (a GET into a multipart
+/// upload) instead of a server-side copy: the blob pulls whole through both
+/// replicas, the store saw no copy request, and the upload's object is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_above_the_stores_copy_limit_is_committed_by_a_streamed_copy() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let mut s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    s3.copy_limit = MIB as u64;
+    let root = format!("{}/docker/registry/v2/", s3.prefix);
+    let replicas = Replicas::start_on(s3.clone(), |_| {}).await;
+    let name = "copy-limit/app";
+    // Two parts of 8 MiB and a short last one: a multipart upload.
+    let content = random_bytes(19 * MIB, 31);
+    let digest = sha256_digest(&content);
+    proxy.clear();
+    replicas.a.api.push_blob(name, &content).await;
+    let labels: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| request_label(r, &garage.bucket, &root))
+        .collect();
+    assert!(
+        !labels.iter().any(|l| l.starts_with("COPY")),
+        "a copy request above the limit: {labels:?}"
+    );
+    assert!(labels.iter().any(|l| l == "GET upload data"), "{labels:?}");
+    assert!(
+        labels
+            .iter()
+            .filter(|l| *l == "CompleteMultipartUpload")
+            .count()
+            >= 2,
+        "the upload and the copy each complete a multipart upload: {labels:?}"
+    );
+    assert_blob_on_both(&replicas, name, &digest, &content).await;
+    let storage = replicas.storage().await;
+    let uploads = list_all(storage.as_ref(), &format!("repositories/{name}/_uploads")).await;
+    assert!(uploads.is_empty(), "upload objects left: {uploads:?}");
+}

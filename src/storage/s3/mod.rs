@@ -99,6 +99,13 @@ pub struct S3Config {
     /// `<data_dir>/s3-cache/`: each blob is read from the bucket once per
     /// replica while it stays in the cache (0 turns it off).
     pub cache_bytes: u64,
+    /// The largest object the store copies in one request (`CopyObject`:
+    /// AWS refuses more than 5 GiB). A blob's commit copies its completed
+    /// upload to the blob's key; above this size the replica streams the
+    /// copy through itself instead (a GET and a multipart upload, parts of
+    /// `part_size` in memory), as object_store offers no ranged
+    /// `UploadPartCopy`.
+    pub copy_limit: u64,
 }
 
 impl Default for S3Config {
@@ -115,6 +122,7 @@ impl Default for S3Config {
             part_size: 8 * 1024 * 1024,
             redirect: false,
             cache_bytes: 1 << 30,
+            copy_limit: 5 << 30,
         }
     }
 }
@@ -135,6 +143,7 @@ impl fmt::Debug for S3Config {
             .field("part_size", &self.part_size)
             .field("redirect", &self.redirect)
             .field("cache_bytes", &self.cache_bytes)
+            .field("copy_limit", &self.copy_limit)
             .finish()
     }
 }
@@ -183,6 +192,7 @@ pub struct S3Storage {
     /// Blob content on local disk, when there is a place for it.
     blob_cache: Option<Arc<blob_cache::BlobCache>>,
     redirect: bool,
+    copy_limit: u64,
 }
 
 impl S3Storage {
@@ -218,6 +228,7 @@ impl S3Storage {
             collection: collection::CollectionCache::default(),
             blob_cache: None,
             redirect: config.redirect,
+            copy_limit: config.copy_limit,
         };
         if let Some(dir) = cache_dir.filter(|_| config.cache_bytes > 0) {
             match blob_cache::BlobCache::open(dir, config.cache_bytes) {
@@ -377,16 +388,20 @@ impl S3Storage {
         ))
     }
 
-    /// Copies `from` (a full path) to the collectable key `dest` in the
-    /// store, looking at the collections after it as a write does
-    /// ([`S3Storage::put_guarded`]).
-    async fn copy_guarded(&self, from: &Path, dest: &str) -> io::Result<()> {
+    /// Copies `from` (a full path, an object of `size` bytes) to the
+    /// collectable key `dest` in the store, looking at the collections after
+    /// it as a write does ([`S3Storage::put_guarded`]).
+    async fn copy_guarded(&self, from: &Path, size: u64, dest: &str) -> io::Result<()> {
         self.forget(dest);
         for _ in 0..3 {
-            self.transfer
-                .copy(from, &self.path(dest))
-                .await
-                .map_err(io_error)?;
+            if size <= self.copy_limit {
+                self.transfer
+                    .copy(from, &self.path(dest))
+                    .await
+                    .map_err(io_error)?;
+            } else {
+                self.copy_streamed(from, &self.path(dest)).await?;
+            }
             self.collection.written(dest);
             if self.collection.marked_recently(dest).is_some()
                 || !self.await_collections(&[dest]).await?.contains(dest)
@@ -399,6 +414,31 @@ impl S3Storage {
             io::ErrorKind::HostUnreachable,
             format!("{dest}: removed by a collection three times while being written"),
         ))
+    }
+
+    /// Copies `from` to `to` through this replica: a GET streamed into a
+    /// multipart upload, at most two parts in memory. For objects above the
+    /// store's copy limit; `to` appears only when the upload completes.
+    async fn copy_streamed(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let source = self.transfer.get(from).await.map_err(io_error)?;
+        let upload = self.transfer.put_multipart(to).await.map_err(io_error)?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut stream = source.into_stream();
+        let copied = async {
+            while let Some(chunk) = stream.next().await {
+                writer.wait_for_capacity(1).await?;
+                writer.write(&chunk?);
+            }
+            Ok::<_, object_store::Error>(())
+        }
+        .await;
+        match copied {
+            Ok(()) => writer.finish().await.map(|_| ()).map_err(io_error),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(io_error(e))
+            }
+        }
     }
 
     /// Marks `keys` in use and says which exist (with their sizes): the
@@ -1231,7 +1271,7 @@ impl Storage for S3Storage {
             // in the store (on Garage the copy shares the blocks), not read
             // back and sent again.
             return self
-                .copy_guarded(&self.path(&tail_key(key, start, &upload)), dest)
+                .copy_guarded(&self.path(&tail_key(key, start, &upload)), size, dest)
                 .await;
         }
         let path = self.path(key);
@@ -1240,7 +1280,7 @@ impl Storage for S3Storage {
         // known when the upload began. A copy is server-side (on Garage it
         // shares the blocks). A crash between the two leaves the upload's
         // object for upload expiry.
-        self.copy_guarded(&path, dest).await?;
+        self.copy_guarded(&path, size, dest).await?;
         self.meta.delete(&path).await.map_err(io_error)
     }
 
