@@ -100,7 +100,10 @@ impl Registry {
                 Some(Ok(chunk)) => Some((Ok(chunk), Some((inner, storage, caches, digest)))),
                 Some(Err(e)) => {
                     if e.kind() == io::ErrorKind::InvalidData {
-                        tokio::spawn(quarantine(storage, caches, digest));
+                        // On a task of its own, so that it finishes even if
+                        // the response is dropped; the client sees the
+                        // failure after it, as with `Verifying`.
+                        let _ = tokio::spawn(quarantine(storage, caches, digest)).await;
                     }
                     Some((Err(e), None))
                 }
