@@ -25,13 +25,13 @@
 //!
 //! [`Storage::delete_if_untouched_since`]: crate::storage::Storage::delete_if_untouched_since
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
-use crate::storage::{layout, Listing, LIST_PAGE};
+use crate::storage::{layout, Listing, Storage, LIST_PAGE};
 
 /// How many sizes a collection asks storage for at once.
 const STATS_IN_FLIGHT: usize = 32;
@@ -280,6 +280,9 @@ impl Collection<'_> {
         name: &RepositoryName,
         problems: &mut Vec<String>,
     ) -> Result<RepositoryScan> {
+        if let Some(scan) = self.scan_repository_tree(name, problems).await? {
+            return Ok(scan);
+        }
         let revisions = self
             .list_digests(&layout::revisions_dir(name), problems)
             .await?;
@@ -316,7 +319,106 @@ impl Collection<'_> {
             layers,
             referrers,
             history,
+            tags: None,
         })
+    }
+
+    /// [`Collection::scan_repository`] from one listing of the repository's
+    /// whole tree, where the backend has one ([`Storage::list_tree`]): on an
+    /// object store a small repository costs one request instead of one per
+    /// directory (eight, and the tags). The repository's own objects are the
+    /// names starting with `_`, which sort together: a nested repository's
+    /// name starts with a letter or digit, before `^` or after `_`. `None`
+    /// from a backend without such a listing.
+    async fn scan_repository_tree(
+        &self,
+        name: &RepositoryName,
+        problems: &mut Vec<String>,
+    ) -> Result<Option<RepositoryScan>> {
+        let repository = layout::repository(name);
+        let storage = self.registry.storage.as_ref();
+        let Some(mut objects) = TreeListing::start(storage, repository.clone(), Some("^")).await?
+        else {
+            return Ok(None);
+        };
+        let mut revisions = HashSet::new();
+        let mut layers = HashSet::new();
+        let mut referrers = BTreeSet::new();
+        let mut history = Vec::new();
+        let mut tags = BTreeSet::new();
+        // Reported once each, as the level-by-level walk reports them.
+        let mut strays = BTreeSet::new();
+        let mut bad_tags = BTreeSet::new();
+        let mut last_entry: Option<(String, String)> = None;
+        while let Some((key, _)) = objects.next().await? {
+            if !key.starts_with('_') {
+                break;
+            }
+            let parts: Vec<&str> = key.split('/').collect();
+            match parts.as_slice() {
+                ["_manifests", "revisions", rest @ ..] => {
+                    let dir = layout::revisions_dir(name);
+                    if let Some(d) = digest_of(&dir, rest, &mut strays) {
+                        revisions.insert(d);
+                    }
+                }
+                ["_manifests", "tags", tag, ..] => {
+                    tags.insert((*tag).to_owned());
+                }
+                ["_layers", rest @ ..] => {
+                    if let Some(d) = digest_of(&layout::layers_dir(name), rest, &mut strays) {
+                        layers.insert(d);
+                    }
+                }
+                ["_referrers", rest @ ..] => {
+                    let dir = layout::referrers_dir(name);
+                    let Some(subject) = digest_of(&dir, rest, &mut strays) else {
+                        continue;
+                    };
+                    let dir = layout::referrers_of(name, &subject);
+                    if let Some(referrer) = digest_of(&dir, &rest[2..], &mut strays) {
+                        referrers.insert((subject, referrer));
+                    }
+                }
+                ["_berth", "history", tag, entry, ..] => {
+                    let Some(tag) = Tag::parse(tag) else {
+                        bad_tags.insert((*tag).to_owned());
+                        continue;
+                    };
+                    let this = (tag.to_string(), (*entry).to_owned());
+                    if last_entry.as_ref() == Some(&this) {
+                        continue;
+                    }
+                    match layout::parse_tag_history_entry(entry) {
+                        Some((_, digest)) => history.push((tag.clone(), entry.to_string(), digest)),
+                        None => problems.push(format!(
+                            "{}/{entry}: not a history entry, skipped",
+                            layout::tag_history_dir(name, &tag)
+                        )),
+                    }
+                    last_entry = Some(this);
+                }
+                _ => {}
+            }
+        }
+        problems.extend(
+            strays
+                .into_iter()
+                .map(|stray| format!("{stray}: not a digest, skipped")),
+        );
+        let histories = layout::tag_histories(name);
+        problems.extend(
+            bad_tags
+                .into_iter()
+                .map(|tag| format!("{histories}/{tag}: not a valid tag, skipped")),
+        );
+        Ok(Some(RepositoryScan {
+            revisions,
+            layers,
+            referrers: referrers.into_iter().collect(),
+            history,
+            tags: Some(tags.into_iter().collect()),
+        }))
     }
 
     /// The manifests kept in their own right: tags, recent history, and
@@ -329,8 +431,27 @@ impl Collection<'_> {
         report: &mut GcReport,
     ) -> Result<Vec<Digest>> {
         let mut roots = Vec::new();
+        let mut listed = scan.tags.as_ref().map(|tags| tags.iter());
         let mut tags = self.registry.tags(name);
-        while let Some(tag) = super::next_tag(&mut tags, name, &mut report.problems).await? {
+        loop {
+            let tag = match listed.as_mut() {
+                Some(listed) => match listed.next() {
+                    Some(tag) => match Tag::parse(tag) {
+                        Some(tag) => tag,
+                        None => {
+                            report
+                                .problems
+                                .push(format!("{name}: tag directory {tag:?} is not a valid tag"));
+                            continue;
+                        }
+                    },
+                    None => break,
+                },
+                None => match super::next_tag(&mut tags, name, &mut report.problems).await? {
+                    Some(tag) => tag,
+                    None => break,
+                },
+            };
             if ignored.contains(&(name.clone(), tag.clone())) {
                 continue;
             }
@@ -438,29 +559,34 @@ impl Collection<'_> {
         digest: &Digest,
     ) -> Result<std::result::Result<Manifest, String>> {
         let key = layout::blob_data(digest);
-        // Bounded memory: a "manifest" larger than any accepted one is not read.
-        match self
+        let max = self.registry.limits.max_manifest_bytes as u64;
+        // One request (a GET on an object store, not a HEAD and a GET): the
+        // read reports the size before any byte is taken, and a "manifest"
+        // larger than any accepted one is dropped unread (bounded memory).
+        let read = self
             .registry
             .storage
-            .size(&key)
+            .read(&key, None)
             .await
-            .map_err(storage_error)?
-        {
-            None => return Ok(Err("manifest content is missing".into())),
-            Some(size) if size > self.registry.limits.max_manifest_bytes as u64 => {
-                return Ok(Err(format!("{size} bytes is too large for a manifest")))
-            }
-            Some(_) => {}
-        }
-        let Some(body) = self
-            .registry
-            .storage
-            .get(&key)
-            .await
-            .map_err(storage_error)?
-        else {
+            .map_err(storage_error)?;
+        let Some(read) = read else {
             return Ok(Err("manifest content is missing".into()));
         };
+        if read.size > max {
+            return Ok(Err(format!(
+                "{} bytes is too large for a manifest",
+                read.size
+            )));
+        }
+        use futures::TryStreamExt;
+        let body: Vec<u8> = read
+            .stream
+            .try_fold(Vec::new(), |mut body, chunk| async move {
+                body.extend_from_slice(&chunk);
+                Ok(body)
+            })
+            .await
+            .map_err(storage_error)?;
         Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
     }
 
@@ -472,6 +598,12 @@ impl Collection<'_> {
         report: &mut GcReport,
     ) -> Result<()> {
         let storage = self.registry.storage.as_ref();
+        if self
+            .sweep_content_tree(referenced, manifests, report)
+            .await?
+        {
+            return Ok(());
+        }
         let mut candidates = Vec::new();
         let mut algorithms = Listing::new(storage, layout::BLOBS);
         while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
@@ -511,6 +643,64 @@ impl Collection<'_> {
         self.remove_content(candidates, manifests, report).await
     }
 
+    /// [`Collection::sweep_content`] from one listing of the whole `blobs/`
+    /// tree, where the backend has one: a request per thousand objects
+    /// instead of one per shard directory, and the sizes come with the
+    /// names (no request per candidate). False from a backend without it.
+    async fn sweep_content_tree(
+        &self,
+        referenced: &HashSet<Digest>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<bool> {
+        let storage = self.registry.storage.as_ref();
+        let Some(mut objects) = TreeListing::start(storage, layout::BLOBS.to_owned(), None).await?
+        else {
+            return Ok(false);
+        };
+        let mut candidates = Vec::new();
+        // Names sort by directory: a bad one is reported once, as the
+        // level-by-level walk does.
+        let mut reported = String::new();
+        while let Some((name, size)) = objects.next().await? {
+            let parts: Vec<&str> = name.split('/').collect();
+            let Some(algorithm) = Algorithm::parse(parts[0]) else {
+                let stray = format!("{}/{}", layout::BLOBS, parts[0]);
+                if stray != reported {
+                    report
+                        .problems
+                        .push(format!("{stray}: unknown algorithm, skipped"));
+                    reported = stray;
+                }
+                continue;
+            };
+            let [_, shard, hex, rest @ ..] = parts.as_slice() else {
+                continue;
+            };
+            let Some(digest) = layout::parse_blob_dir(algorithm, shard, hex) else {
+                let stray = format!("{}/{hex}", layout::blob_shard(algorithm, shard));
+                if stray != reported {
+                    report
+                        .problems
+                        .push(format!("{stray}: not a blob, skipped"));
+                    reported = stray;
+                }
+                continue;
+            };
+            if rest != ["data"] || referenced.contains(&digest) {
+                continue;
+            }
+            let key = layout::blob_data(&digest);
+            candidates.push((digest, key, size));
+            if candidates.len() == LIST_PAGE {
+                self.remove_sized(std::mem::take(&mut candidates), manifests, report)
+                    .await?;
+            }
+        }
+        self.remove_sized(candidates, manifests, report).await?;
+        Ok(true)
+    }
+
     /// Removes unreferenced content (a batch of digests), counting what goes.
     async fn remove_content(
         &self,
@@ -533,6 +723,17 @@ impl Collection<'_> {
             .try_collect()
             .await
             .map_err(storage_error)?;
+        self.remove_sized(sized, manifests, report).await
+    }
+
+    /// Removes unreferenced content whose sizes are known (digest, key,
+    /// size), counting what goes.
+    async fn remove_sized(
+        &self,
+        sized: Vec<(Digest, String, u64)>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
         let keys = sized.iter().map(|(_, key, _)| key.clone()).collect();
         for ((digest, _, size), removed) in sized.iter().zip(self.remove_all(keys).await?) {
             if removed {
@@ -575,6 +776,96 @@ struct RepositoryScan {
     referrers: Vec<(Digest, Digest)>,
     /// Every history entry: tag, entry name, the digest it names.
     history: Vec<(Tag, String, Option<Digest>)>,
+    /// The tag directories, when the scan listed them (a tree listing);
+    /// otherwise the tags are listed on their own.
+    tags: Option<Vec<String>>,
+}
+
+/// The digest an `<alg>/<hex>/…` path below `dir` names, if it is one; a
+/// part that is not is recorded as a stray (`dir/alg`, `dir/alg/hex`).
+fn digest_of(dir: &str, parts: &[&str], strays: &mut BTreeSet<String>) -> Option<Digest> {
+    let (algorithm, hex) = match parts {
+        [algorithm, hex, ..] => (*algorithm, *hex),
+        [algorithm] => {
+            if Algorithm::parse(algorithm).is_none() {
+                strays.insert(format!("{dir}/{algorithm}"));
+            }
+            return None;
+        }
+        [] => return None,
+    };
+    let Some(parsed) = Algorithm::parse(algorithm) else {
+        strays.insert(format!("{dir}/{algorithm}"));
+        return None;
+    };
+    match Digest::from_parts(parsed, hex) {
+        Ok(digest) => Some(digest),
+        Err(_) => {
+            strays.insert(format!("{dir}/{algorithm}/{hex}"));
+            None
+        }
+    }
+}
+
+/// Every object below a prefix with its size, a page at a time, from
+/// [`Storage::list_tree`]: like [`Listing`], for a backend that lists a
+/// whole tree.
+struct TreeListing<'a> {
+    storage: &'a dyn Storage,
+    prefix: String,
+    page: std::vec::IntoIter<(String, u64)>,
+    after: Option<String>,
+    more: bool,
+}
+
+impl<'a> TreeListing<'a> {
+    /// The listing's first page, or `None` when the backend has no tree
+    /// listing.
+    async fn start(
+        storage: &'a dyn Storage,
+        prefix: String,
+        start_after: Option<&str>,
+    ) -> Result<Option<TreeListing<'a>>> {
+        let Some(page) = storage
+            .list_tree(&prefix, start_after, storage.walk_page())
+            .await
+            .map_err(storage_error)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TreeListing {
+            storage,
+            prefix,
+            more: page.more && !page.objects.is_empty(),
+            page: page.objects.into_iter(),
+            after: start_after.map(str::to_owned),
+        }))
+    }
+
+    async fn next(&mut self) -> Result<Option<(String, u64)>> {
+        loop {
+            if let Some((name, size)) = self.page.next() {
+                self.after = Some(name.clone());
+                return Ok(Some((name, size)));
+            }
+            if !self.more {
+                return Ok(None);
+            }
+            let page = self
+                .storage
+                .list_tree(
+                    &self.prefix,
+                    self.after.as_deref(),
+                    self.storage.walk_page(),
+                )
+                .await
+                .map_err(storage_error)?
+                .unwrap_or_default();
+            // A page that is empty yet says more follow would loop forever.
+            self.more = page.more && !page.objects.is_empty();
+            self.page = page.objects.into_iter();
+        }
+    }
 }
 
 impl Registry {
