@@ -238,7 +238,7 @@ struct TreeWalk {
 /// A key below `repositories/` split at its first `_`-prefixed segment:
 /// the directory holding that registry folder, the folder, and whether
 /// the key lies inside it (not the folder's own name).
-fn registry_folder_of(key: &str) -> Option<(&str, &str, bool)> {
+pub(crate) fn registry_folder_of(key: &str) -> Option<(&str, &str, bool)> {
     let mut start = 0;
     for segment in key.split('/') {
         if segment.starts_with('_') {

@@ -89,6 +89,52 @@ async fn unreferenced_blobs_and_manifests_are_collected_and_referenced_ones_kept
     assert_eq!((again.blobs_removed, again.manifests_removed), (0, 0));
 }
 
+/// Nested repositories whose names sort on both sides of a repository's
+/// own folders (`team/app/0tools` before `team/app/_layers`, `team/app/tools`
+/// after, `team/app-x` before `team/app/`), and more unreferenced blobs than
+/// a removal batch reads by listing rather than one by one: exactly those go
+/// and every image stays whole. On S3 this is the tree-listing walk, scan,
+/// sweep and removal; on the filesystem the directory walk.
+#[tokio::test]
+async fn nested_repositories_and_many_unreferenced_blobs_are_collected_exactly() {
+    let registry = uncached().await;
+    let names = [
+        "team/app",
+        "team/app/0tools",
+        "team/app/tools",
+        "team/app-x",
+    ];
+    let layers: Vec<Vec<u8>> = (0..names.len())
+        .map(|i| format!("nested layer {i}").into_bytes())
+        .collect();
+    let mut images = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let image = Image::new(&format!("nested {i}"), &[&layers[i]]);
+        image.push(&registry, name, "latest").await;
+        images.push(image);
+    }
+    let orphans = 150;
+    for i in 0..orphans {
+        let content = format!("orphan {i}");
+        registry
+            .push_blob(names[i % names.len()], content.as_bytes())
+            .await;
+    }
+    age(&registry, TWO_HOURS).await;
+
+    let report = collect(&registry, deleting()).await;
+    assert_eq!(report.repositories, names.len(), "{report:?}");
+    assert_eq!(report.blobs_removed, orphans, "{report:?}");
+    assert_eq!(report.layer_links_removed, orphans, "{report:?}");
+    assert_eq!((report.manifests_removed, report.spared), (0, 0));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    for (image, name) in images.iter().zip(names) {
+        image.assert_intact(&registry, name).await;
+    }
+    let expected: BTreeSet<String> = images.iter().flat_map(Image::digests).collect();
+    assert_eq!(stored_blobs(&registry).await, expected);
+}
+
 #[tokio::test]
 async fn untagged_manifests_stay_with_keep_and_go_with_delete() {
     let registry = uncached().await;

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
-use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
+use crate::registry::{digests_under, registry_folder_of, storage_error, Registry, RepositoryWalk};
 use crate::storage::{layout, Listing, Storage, LIST_PAGE};
 
 /// How many sizes a collection asks storage for at once.
@@ -112,15 +112,18 @@ struct Collection<'a> {
 }
 
 impl Collection<'_> {
-    /// Marks and sweeps one repository ([`Collection::collect_repository`]).
+    /// Marks and sweeps one repository ([`Collection::collect_repository`]),
+    /// from the names of its own objects when the walk read them.
     async fn repository(
         &self,
         name: RepositoryName,
+        keys: Option<Vec<String>>,
         ignored: &HashSet<(RepositoryName, Tag)>,
     ) -> Result<RepositoryOutcome> {
         let mut outcome = RepositoryOutcome::default();
         self.collect_repository(
             &name,
+            keys,
             ignored,
             &mut outcome.report,
             &mut outcome.referenced,
@@ -180,12 +183,15 @@ impl Collection<'_> {
     async fn collect_repository(
         &self,
         name: &RepositoryName,
+        keys: Option<Vec<String>>,
         ignored: &HashSet<(RepositoryName, Tag)>,
         report: &mut GcReport,
         referenced: &mut HashSet<Digest>,
         manifests: &mut HashSet<Digest>,
     ) -> Result<()> {
-        let scan = self.scan_repository(name, &mut report.problems).await?;
+        let scan = self
+            .scan_repository(name, keys, &mut report.problems)
+            .await?;
         let roots = self.roots(name, &scan, ignored, report).await?;
         let (kept_manifests, kept_blobs, complete) = self.mark(name, &scan, roots, report).await?;
         manifests.extend(scan.revisions.iter().cloned());
@@ -278,8 +284,12 @@ impl Collection<'_> {
     async fn scan_repository(
         &self,
         name: &RepositoryName,
+        keys: Option<Vec<String>>,
         problems: &mut Vec<String>,
     ) -> Result<RepositoryScan> {
+        if let Some(keys) = keys {
+            return Ok(scan_of_keys(name, keys, problems));
+        }
         if let Some(scan) = self.scan_repository_tree(name, problems).await? {
             return Ok(scan);
         }
@@ -341,6 +351,26 @@ impl Collection<'_> {
         else {
             return Ok(None);
         };
+        let mut keys = Vec::new();
+        while let Some((key, _)) = objects.next().await? {
+            if !key.starts_with('_') {
+                break;
+            }
+            keys.push(key);
+        }
+        Ok(Some(scan_of_keys(name, keys, problems)))
+    }
+}
+
+/// A repository's scan from the names of its own objects (`_layers/…`,
+/// `_manifests/…`, below its directory, in key order), reporting what the
+/// level-by-level scan reports.
+fn scan_of_keys(
+    name: &RepositoryName,
+    keys: Vec<String>,
+    problems: &mut Vec<String>,
+) -> RepositoryScan {
+    {
         let mut revisions = HashSet::new();
         let mut layers = HashSet::new();
         let mut referrers = BTreeSet::new();
@@ -350,10 +380,7 @@ impl Collection<'_> {
         let mut strays = BTreeSet::new();
         let mut bad_tags = BTreeSet::new();
         let mut last_entry: Option<(String, String)> = None;
-        while let Some((key, _)) = objects.next().await? {
-            if !key.starts_with('_') {
-                break;
-            }
+        for key in &keys {
             let parts: Vec<&str> = key.split('/').collect();
             match parts.as_slice() {
                 ["_manifests", "revisions", rest @ ..] => {
@@ -412,15 +439,17 @@ impl Collection<'_> {
                 .into_iter()
                 .map(|tag| format!("{histories}/{tag}: not a valid tag, skipped")),
         );
-        Ok(Some(RepositoryScan {
+        RepositoryScan {
             revisions,
             layers,
             referrers: referrers.into_iter().collect(),
             history,
             tags: Some(tags.into_iter().collect()),
-        }))
+        }
     }
+}
 
+impl Collection<'_> {
     /// The manifests kept in their own right: tags, recent history, and
     /// (with `untagged_manifests = "keep"`) every manifest.
     async fn roots(
@@ -807,6 +836,65 @@ fn digest_of(dir: &str, parts: &[&str], strays: &mut BTreeSet<String>) -> Option
     }
 }
 
+/// The repositories of a tree listing of `repositories/`, each with the
+/// names of its own objects (below its directory). A repository's objects
+/// are the keys whose first `_`-prefixed segment follows its name, and they
+/// sort together (a nested repository's name starts with a letter or
+/// digit, never `_`), so one repository is held at a time.
+struct RepositoryKeys<'a> {
+    listing: TreeListing<'a>,
+    /// The first key of the next repository, read past the previous one.
+    carry: Option<String>,
+}
+
+impl RepositoryKeys<'_> {
+    /// The next repository (as [`super::next_repository`]: valid names
+    /// only, others reported) and its objects' names.
+    async fn next_repository(
+        &mut self,
+        problems: &mut Vec<String>,
+    ) -> Result<Option<(RepositoryName, Option<Vec<String>>)>> {
+        loop {
+            let first = match self.carry.take() {
+                Some(key) => key,
+                None => loop {
+                    match self.listing.next().await? {
+                        None => return Ok(None),
+                        Some((key, _)) if registry_folder_of(&key).is_some() => break key,
+                        Some(_) => {}
+                    }
+                },
+            };
+            let dir = registry_folder_of(&first).expect("checked").0.to_owned();
+            let mut keys = vec![first[dir.len() + 1..].to_owned()];
+            while let Some((key, _)) = self.listing.next().await? {
+                match registry_folder_of(&key) {
+                    Some((of, _, _)) if of == dir => keys.push(key[dir.len() + 1..].to_owned()),
+                    Some(_) => {
+                        self.carry = Some(key);
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            let is_repository = keys.iter().any(|key| {
+                let folder = key.split('/').next().unwrap_or_default();
+                layout::REPOSITORY_DIRS.contains(&folder)
+            });
+            if !is_repository {
+                continue;
+            }
+            match RepositoryName::parse(&dir) {
+                Some(name) => return Ok(Some((name, Some(keys)))),
+                None => problems.push(format!(
+                    "{}/{dir}: not a valid repository name, skipped",
+                    layout::REPOSITORIES
+                )),
+            }
+        }
+    }
+}
+
 /// Every object below a prefix with its size, a page at a time, from
 /// [`Storage::list_tree`]: like [`Listing`], for a backend that lists a
 /// whole tree.
@@ -905,15 +993,31 @@ impl Registry {
         use futures::stream::{FuturesUnordered, StreamExt};
         let mut referenced = HashSet::new();
         let mut manifests = HashSet::new();
+        let started = std::time::Instant::now();
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        // Where the backend lists a whole tree, one listing of
+        // `repositories/` names the repositories and their objects: no
+        // request per repository to find it or to scan it.
+        let mut tree = TreeListing::start(self.storage.as_ref(), layout::REPOSITORIES.into(), None)
+            .await?
+            .map(|listing| RepositoryKeys {
+                listing,
+                carry: None,
+            });
         let mut walked = false;
         let mut in_flight = FuturesUnordered::new();
         loop {
             while !walked && in_flight.len() < REPOSITORIES_IN_FLIGHT {
-                match super::next_repository(&mut walk, &mut report.problems).await? {
-                    Some(name) => {
+                let next = match tree.as_mut() {
+                    Some(tree) => tree.next_repository(&mut report.problems).await?,
+                    None => super::next_repository(&mut walk, &mut report.problems)
+                        .await?
+                        .map(|name| (name, None)),
+                };
+                match next {
+                    Some((name, keys)) => {
                         report.repositories += 1;
-                        in_flight.push(collection.repository(name, ignored));
+                        in_flight.push(collection.repository(name, keys, ignored));
                     }
                     None => walked = true,
                 }
@@ -926,9 +1030,19 @@ impl Registry {
             referenced.extend(outcome.referenced);
             manifests.extend(outcome.manifests);
         }
+        let marked = started.elapsed();
         collection
             .sweep_content(&referenced, &manifests, &mut report)
             .await?;
+        // For operators: where a run's time went (on an object store, the
+        // requests of each phase).
+        tracing::info!(
+            repositories = report.repositories,
+            mark_and_links = ?marked,
+            content_sweep = ?started.elapsed() - marked,
+            blobs_removed = report.blobs_removed,
+            "garbage collection finished"
+        );
         // Repositories finish in any order: the report's problems are
         // sorted, so that two runs over one store say the same.
         report.problems.sort();
