@@ -375,7 +375,6 @@ fn scan_of_keys(
         let mut layers = HashSet::new();
         let mut referrers = BTreeSet::new();
         let mut history = Vec::new();
-        let mut tags = BTreeSet::new();
         // Reported once each, as the level-by-level walk reports them.
         let mut strays = BTreeSet::new();
         let mut bad_tags = BTreeSet::new();
@@ -388,9 +387,6 @@ fn scan_of_keys(
                     if let Some(d) = digest_of(&dir, rest, &mut strays) {
                         revisions.insert(d);
                     }
-                }
-                ["_manifests", "tags", tag, ..] => {
-                    tags.insert((*tag).to_owned());
                 }
                 ["_layers", rest @ ..] => {
                     if let Some(d) = digest_of(&layout::layers_dir(name), rest, &mut strays) {
@@ -444,7 +440,12 @@ fn scan_of_keys(
             layers,
             referrers: referrers.into_iter().collect(),
             history,
-            tags: Some(tags.into_iter().collect()),
+            // Tags are listed afresh when the roots are read, after this
+            // listing, as the level-by-level scan does: a push that wrote
+            // a revision link before this listing and its tag after it
+            // (possible only with a grace period shorter than a push) then
+            // still has its tag seen.
+            tags: None,
         }
     }
 }

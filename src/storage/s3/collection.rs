@@ -495,7 +495,14 @@ impl S3Storage {
         cutoff: SystemTime,
         started: Instant,
     ) -> io::Result<Vec<bool>> {
-        let touched = self.touched_since(cutoff).await?;
+        // Markers from up to MARKED_FOR before the cutoff count too: a
+        // toucher writes keys its marker covers for that long without a look
+        // at the intents, so a marker the cutoff passed may still cover a
+        // write in flight. Reading them spares more, never less, and the
+        // protocol then holds with any grace period (even 0), not only with
+        // one longer than MARKED_FOR.
+        let since = cutoff.checked_sub(MARKED_FOR).unwrap_or(cutoff);
+        let touched = self.touched_since(since).await?;
         let untouched: Vec<&str> = keys
             .iter()
             .map(String::as_str)
