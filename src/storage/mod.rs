@@ -122,6 +122,14 @@ pub struct ListPage {
     pub more: bool,
 }
 
+/// One page of a tree listing ([`Storage::list_tree`]): objects as
+/// (name below the prefix, size), ascending, and whether more follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreePage {
+    pub objects: Vec<(String, u64)>,
+    pub more: bool,
+}
+
 /// The core every backend implements. Keys are `/`-separated paths made by
 /// [`layout`] (checked by [`layout::is_safe_key`]); an object is a whole
 /// value under a key, and a prefix is a key's leading segments.
@@ -299,6 +307,24 @@ pub trait Storage: Send + Sync + 'static {
     /// upload's prefix is deleted. Default: nothing to release.
     async fn abort_upload(&self, _key: &str, _state: &str) -> io::Result<()> {
         Ok(())
+    }
+
+    /// One page of every object below `prefix`, at any depth: names relative
+    /// to `prefix/` (`a/b/link`), with their sizes, those after `start_after`
+    /// in ascending byte order, at most `limit`, and whether more follow.
+    /// `None` from a backend that has no such listing (the caller walks
+    /// the tree a level at a time with [`Storage::list`]). An object store
+    /// answers it in one request a page where a level-by-level walk costs one
+    /// per directory: garbage collection over thousands of repositories
+    /// spends its time in those requests. The same promise as `list`: every
+    /// object present throughout a walk is listed exactly once.
+    async fn list_tree(
+        &self,
+        _prefix: &str,
+        _start_after: Option<&str>,
+        _limit: usize,
+    ) -> io::Result<Option<TreePage>> {
+        Ok(None)
     }
 
     /// Checks that the store can be written (readiness).

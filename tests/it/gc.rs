@@ -89,6 +89,87 @@ async fn unreferenced_blobs_and_manifests_are_collected_and_referenced_ones_kept
     assert_eq!((again.blobs_removed, again.manifests_removed), (0, 0));
 }
 
+/// A kept manifest whose stored bytes are damaged cannot be read: the run
+/// reports it and keeps everything its repository links (what it names is
+/// unknown), and the run itself goes on. On S3 the read that checks the
+/// digest fails the stream; that is this manifest's problem, not the run's.
+#[tokio::test]
+async fn a_damaged_kept_manifest_is_reported_and_its_repository_kept_whole() {
+    let registry = uncached().await;
+    let image = Image::new("kept", &[b"layer one", b"layer two"]);
+    image.push(&registry, "app", "stable").await;
+    let stray = registry.push_blob("other", b"never referenced").await;
+    let storage = registry.storage().await;
+    store::damage(storage.as_ref(), &store::blob_key(&image.digest), |m| {
+        m[1] ^= 0x01
+    })
+    .await;
+    let registry = registry.restart().await;
+    age(&registry, TWO_HOURS).await;
+
+    let report = collect(&registry, deleting()).await;
+    let expected = format!("app@{}: unreadable manifest", image.digest);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with(&expected) && p.ends_with("repository not swept")),
+        "{:#?}",
+        report.problems
+    );
+    // Only the blob nothing names went.
+    assert_eq!(report.blobs_removed, 1);
+    let kept: BTreeSet<String> = image.digests().into_iter().collect();
+    assert_eq!(stored_blobs(&registry).await, kept);
+    assert!(!stored_blobs(&registry).await.contains(&stray));
+}
+
+/// Nested repositories whose names sort on both sides of a repository's
+/// own folders (`team/app/0tools` before `team/app/_layers`, `team/app/tools`
+/// after, `team/app-x` before `team/app/`), and more unreferenced blobs than
+/// a removal batch reads by listing rather than one by one: exactly those go
+/// and every image stays whole. On S3 this is the tree-listing walk, scan,
+/// sweep and removal; on the filesystem the directory walk.
+#[tokio::test]
+async fn nested_repositories_and_many_unreferenced_blobs_are_collected_exactly() {
+    let registry = uncached().await;
+    let names = [
+        "team/app",
+        "team/app/0tools",
+        "team/app/tools",
+        "team/app-x",
+    ];
+    let layers: Vec<Vec<u8>> = (0..names.len())
+        .map(|i| format!("nested layer {i}").into_bytes())
+        .collect();
+    let mut images = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let image = Image::new(&format!("nested {i}"), &[&layers[i]]);
+        image.push(&registry, name, "latest").await;
+        images.push(image);
+    }
+    let orphans = 150;
+    for i in 0..orphans {
+        let content = format!("orphan {i}");
+        registry
+            .push_blob(names[i % names.len()], content.as_bytes())
+            .await;
+    }
+    age(&registry, TWO_HOURS).await;
+
+    let report = collect(&registry, deleting()).await;
+    assert_eq!(report.repositories, names.len(), "{report:?}");
+    assert_eq!(report.blobs_removed, orphans, "{report:?}");
+    assert_eq!(report.layer_links_removed, orphans, "{report:?}");
+    assert_eq!((report.manifests_removed, report.spared), (0, 0));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    for (image, name) in images.iter().zip(names) {
+        image.assert_intact(&registry, name).await;
+    }
+    let expected: BTreeSet<String> = images.iter().flat_map(Image::digests).collect();
+    assert_eq!(stored_blobs(&registry).await, expected);
+}
+
 #[tokio::test]
 async fn untagged_manifests_stay_with_keep_and_go_with_delete() {
     let registry = uncached().await;

@@ -38,7 +38,15 @@ impl Registry {
             .checked_sub(self.lifecycle.upload_expiry)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
-        while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
+        while let Some((name, children)) =
+            super::next_repository_dir(&mut walk, &mut report.problems).await?
+        {
+            // No `_uploads` when the walk listed the repository: no upload
+            // old enough to expire (one started since is new). On an object
+            // store this spares a request per repository.
+            if !children.iter().any(|c| c == "_uploads") {
+                continue;
+            }
             let uploads = layout::uploads_dir(&name);
             let mut ids = Listing::new(self.storage.as_ref(), uploads.as_str());
             while let Some(id) = ids.next().await.map_err(storage_error)? {

@@ -25,13 +25,13 @@
 //!
 //! [`Storage::delete_if_untouched_since`]: crate::storage::Storage::delete_if_untouched_since
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
-use crate::registry::{digests_under, storage_error, Registry, RepositoryWalk};
-use crate::storage::{layout, Listing, LIST_PAGE};
+use crate::registry::{digests_under, registry_folder_of, storage_error, Registry, RepositoryWalk};
+use crate::storage::{layout, Listing, Storage, LIST_PAGE};
 
 /// How many sizes a collection asks storage for at once.
 const STATS_IN_FLIGHT: usize = 32;
@@ -112,15 +112,18 @@ struct Collection<'a> {
 }
 
 impl Collection<'_> {
-    /// Marks and sweeps one repository ([`Collection::collect_repository`]).
+    /// Marks and sweeps one repository ([`Collection::collect_repository`]),
+    /// from the names of its own objects when the walk read them.
     async fn repository(
         &self,
         name: RepositoryName,
+        keys: Option<Vec<String>>,
         ignored: &HashSet<(RepositoryName, Tag)>,
     ) -> Result<RepositoryOutcome> {
         let mut outcome = RepositoryOutcome::default();
         self.collect_repository(
             &name,
+            keys,
             ignored,
             &mut outcome.report,
             &mut outcome.referenced,
@@ -180,12 +183,15 @@ impl Collection<'_> {
     async fn collect_repository(
         &self,
         name: &RepositoryName,
+        keys: Option<Vec<String>>,
         ignored: &HashSet<(RepositoryName, Tag)>,
         report: &mut GcReport,
         referenced: &mut HashSet<Digest>,
         manifests: &mut HashSet<Digest>,
     ) -> Result<()> {
-        let scan = self.scan_repository(name, &mut report.problems).await?;
+        let scan = self
+            .scan_repository(name, keys, &mut report.problems)
+            .await?;
         let roots = self.roots(name, &scan, ignored, report).await?;
         let (kept_manifests, kept_blobs, complete) = self.mark(name, &scan, roots, report).await?;
         manifests.extend(scan.revisions.iter().cloned());
@@ -278,8 +284,15 @@ impl Collection<'_> {
     async fn scan_repository(
         &self,
         name: &RepositoryName,
+        keys: Option<Vec<String>>,
         problems: &mut Vec<String>,
     ) -> Result<RepositoryScan> {
+        if let Some(keys) = keys {
+            return Ok(scan_of_keys(name, keys, problems));
+        }
+        if let Some(scan) = self.scan_repository_tree(name, problems).await? {
+            return Ok(scan);
+        }
         let revisions = self
             .list_digests(&layout::revisions_dir(name), problems)
             .await?;
@@ -319,6 +332,116 @@ impl Collection<'_> {
         })
     }
 
+    /// [`Collection::scan_repository`] from one listing of the repository's
+    /// whole tree, where the backend has one ([`Storage::list_tree`]): on an
+    /// object store a small repository costs one request instead of one per
+    /// directory (eight, and the tags). The repository's own objects are the
+    /// names starting with `_`, which sort together: a nested repository's
+    /// name starts with a letter or digit, before `^` or after `_`. `None`
+    /// from a backend without such a listing.
+    async fn scan_repository_tree(
+        &self,
+        name: &RepositoryName,
+        problems: &mut Vec<String>,
+    ) -> Result<Option<RepositoryScan>> {
+        let repository = layout::repository(name);
+        let storage = self.registry.storage.as_ref();
+        let Some(mut objects) = TreeListing::start(storage, repository.clone(), Some("^")).await?
+        else {
+            return Ok(None);
+        };
+        let mut keys = Vec::new();
+        while let Some((key, _)) = objects.next().await? {
+            if !key.starts_with('_') {
+                break;
+            }
+            keys.push(key);
+        }
+        Ok(Some(scan_of_keys(name, keys, problems)))
+    }
+}
+
+/// A repository's scan from the names of its own objects (`_layers/…`,
+/// `_manifests/…`, below its directory, in key order), reporting what the
+/// level-by-level scan reports.
+fn scan_of_keys(
+    name: &RepositoryName,
+    keys: Vec<String>,
+    problems: &mut Vec<String>,
+) -> RepositoryScan {
+    let mut revisions = HashSet::new();
+    let mut layers = HashSet::new();
+    let mut referrers = BTreeSet::new();
+    let mut history = Vec::new();
+    // Reported once each, as the level-by-level walk reports them.
+    let mut strays = BTreeSet::new();
+    let mut bad_tags = BTreeSet::new();
+    let mut last_entry: Option<(String, String)> = None;
+    for key in &keys {
+        let parts: Vec<&str> = key.split('/').collect();
+        match parts.as_slice() {
+            ["_manifests", "revisions", rest @ ..] => {
+                let dir = layout::revisions_dir(name);
+                if let Some(d) = digest_of(&dir, rest, &mut strays) {
+                    revisions.insert(d);
+                }
+            }
+            ["_layers", rest @ ..] => {
+                if let Some(d) = digest_of(&layout::layers_dir(name), rest, &mut strays) {
+                    layers.insert(d);
+                }
+            }
+            ["_referrers", rest @ ..] => {
+                let dir = layout::referrers_dir(name);
+                let Some(subject) = digest_of(&dir, rest, &mut strays) else {
+                    continue;
+                };
+                let dir = layout::referrers_of(name, &subject);
+                if let Some(referrer) = digest_of(&dir, &rest[2..], &mut strays) {
+                    referrers.insert((subject, referrer));
+                }
+            }
+            ["_berth", "history", tag, entry, ..] => {
+                let Some(tag) = Tag::parse(tag) else {
+                    bad_tags.insert((*tag).to_owned());
+                    continue;
+                };
+                let this = (tag.to_string(), (*entry).to_owned());
+                if last_entry.as_ref() == Some(&this) {
+                    continue;
+                }
+                match layout::parse_tag_history_entry(entry) {
+                    Some((_, digest)) => history.push((tag.clone(), entry.to_string(), digest)),
+                    None => problems.push(format!(
+                        "{}/{entry}: not a history entry, skipped",
+                        layout::tag_history_dir(name, &tag)
+                    )),
+                }
+                last_entry = Some(this);
+            }
+            _ => {}
+        }
+    }
+    problems.extend(
+        strays
+            .into_iter()
+            .map(|stray| format!("{stray}: not a digest, skipped")),
+    );
+    let histories = layout::tag_histories(name);
+    problems.extend(
+        bad_tags
+            .into_iter()
+            .map(|tag| format!("{histories}/{tag}: not a valid tag, skipped")),
+    );
+    RepositoryScan {
+        revisions,
+        layers,
+        referrers: referrers.into_iter().collect(),
+        history,
+    }
+}
+
+impl Collection<'_> {
     /// The manifests kept in their own right: tags, recent history, and
     /// (with `untagged_manifests = "keep"`) every manifest.
     async fn roots(
@@ -438,28 +561,42 @@ impl Collection<'_> {
         digest: &Digest,
     ) -> Result<std::result::Result<Manifest, String>> {
         let key = layout::blob_data(digest);
-        // Bounded memory: a "manifest" larger than any accepted one is not read.
-        match self
+        let max = self.registry.limits.max_manifest_bytes as u64;
+        // One request (a GET on an object store, not a HEAD and a GET): the
+        // read reports the size before any byte is taken, and a "manifest"
+        // larger than any accepted one is dropped unread (bounded memory).
+        let read = self
             .registry
             .storage
-            .size(&key)
+            .read(&key, None)
             .await
-            .map_err(storage_error)?
-        {
-            None => return Ok(Err("manifest content is missing".into())),
-            Some(size) if size > self.registry.limits.max_manifest_bytes as u64 => {
-                return Ok(Err(format!("{size} bytes is too large for a manifest")))
-            }
-            Some(_) => {}
-        }
-        let Some(body) = self
-            .registry
-            .storage
-            .get(&key)
-            .await
-            .map_err(storage_error)?
-        else {
+            .map_err(storage_error)?;
+        let Some(read) = read else {
             return Ok(Err("manifest content is missing".into()));
+        };
+        if read.size > max {
+            return Ok(Err(format!(
+                "{} bytes is too large for a manifest",
+                read.size
+            )));
+        }
+        use futures::TryStreamExt;
+        let body = read
+            .stream
+            .try_fold(Vec::new(), |mut body, chunk| async move {
+                body.extend_from_slice(&chunk);
+                Ok(body)
+            })
+            .await;
+        let body = match body {
+            Ok(body) => body,
+            // A store that checks content as it reads (the S3 blob cache)
+            // found bytes that do not match the digest: a problem of this
+            // manifest (its repository is not swept), not of the run.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Ok(Err(format!("unreadable manifest: {e}")))
+            }
+            Err(e) => return Err(storage_error(e)),
         };
         Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
     }
@@ -472,6 +609,12 @@ impl Collection<'_> {
         report: &mut GcReport,
     ) -> Result<()> {
         let storage = self.registry.storage.as_ref();
+        if self
+            .sweep_content_tree(referenced, manifests, report)
+            .await?
+        {
+            return Ok(());
+        }
         let mut candidates = Vec::new();
         let mut algorithms = Listing::new(storage, layout::BLOBS);
         while let Some(algorithm) = algorithms.next().await.map_err(storage_error)? {
@@ -511,6 +654,64 @@ impl Collection<'_> {
         self.remove_content(candidates, manifests, report).await
     }
 
+    /// [`Collection::sweep_content`] from one listing of the whole `blobs/`
+    /// tree, where the backend has one: a request per thousand objects
+    /// instead of one per shard directory, and the sizes come with the
+    /// names (no request per candidate). False from a backend without it.
+    async fn sweep_content_tree(
+        &self,
+        referenced: &HashSet<Digest>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<bool> {
+        let storage = self.registry.storage.as_ref();
+        let Some(mut objects) = TreeListing::start(storage, layout::BLOBS.to_owned(), None).await?
+        else {
+            return Ok(false);
+        };
+        let mut candidates = Vec::new();
+        // Names sort by directory: a bad one is reported once, as the
+        // level-by-level walk does.
+        let mut reported = String::new();
+        while let Some((name, size)) = objects.next().await? {
+            let parts: Vec<&str> = name.split('/').collect();
+            let Some(algorithm) = Algorithm::parse(parts[0]) else {
+                let stray = format!("{}/{}", layout::BLOBS, parts[0]);
+                if stray != reported {
+                    report
+                        .problems
+                        .push(format!("{stray}: unknown algorithm, skipped"));
+                    reported = stray;
+                }
+                continue;
+            };
+            let [_, shard, hex, rest @ ..] = parts.as_slice() else {
+                continue;
+            };
+            let Some(digest) = layout::parse_blob_dir(algorithm, shard, hex) else {
+                let stray = format!("{}/{hex}", layout::blob_shard(algorithm, shard));
+                if stray != reported {
+                    report
+                        .problems
+                        .push(format!("{stray}: not a blob, skipped"));
+                    reported = stray;
+                }
+                continue;
+            };
+            if rest != ["data"] || referenced.contains(&digest) {
+                continue;
+            }
+            let key = layout::blob_data(&digest);
+            candidates.push((digest, key, size));
+            if candidates.len() == LIST_PAGE {
+                self.remove_sized(std::mem::take(&mut candidates), manifests, report)
+                    .await?;
+            }
+        }
+        self.remove_sized(candidates, manifests, report).await?;
+        Ok(true)
+    }
+
     /// Removes unreferenced content (a batch of digests), counting what goes.
     async fn remove_content(
         &self,
@@ -533,6 +734,17 @@ impl Collection<'_> {
             .try_collect()
             .await
             .map_err(storage_error)?;
+        self.remove_sized(sized, manifests, report).await
+    }
+
+    /// Removes unreferenced content whose sizes are known (digest, key,
+    /// size), counting what goes.
+    async fn remove_sized(
+        &self,
+        sized: Vec<(Digest, String, u64)>,
+        manifests: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
         let keys = sized.iter().map(|(_, key, _)| key.clone()).collect();
         for ((digest, _, size), removed) in sized.iter().zip(self.remove_all(keys).await?) {
             if removed {
@@ -577,6 +789,152 @@ struct RepositoryScan {
     history: Vec<(Tag, String, Option<Digest>)>,
 }
 
+/// The digest an `<alg>/<hex>/…` path below `dir` names, if it is one; a
+/// part that is not is recorded as a stray (`dir/alg`, `dir/alg/hex`).
+fn digest_of(dir: &str, parts: &[&str], strays: &mut BTreeSet<String>) -> Option<Digest> {
+    let (algorithm, hex) = match parts {
+        [algorithm, hex, ..] => (*algorithm, *hex),
+        [algorithm] => {
+            if Algorithm::parse(algorithm).is_none() {
+                strays.insert(format!("{dir}/{algorithm}"));
+            }
+            return None;
+        }
+        [] => return None,
+    };
+    let Some(parsed) = Algorithm::parse(algorithm) else {
+        strays.insert(format!("{dir}/{algorithm}"));
+        return None;
+    };
+    match Digest::from_parts(parsed, hex) {
+        Ok(digest) => Some(digest),
+        Err(_) => {
+            strays.insert(format!("{dir}/{algorithm}/{hex}"));
+            None
+        }
+    }
+}
+
+/// The repositories of a tree listing of `repositories/`, each with the
+/// names of its own objects (below its directory). A repository's objects
+/// are the keys whose first `_`-prefixed segment follows its name, and they
+/// sort together (a nested repository's name starts with a letter or
+/// digit, never `_`), so one repository is held at a time.
+struct RepositoryKeys<'a> {
+    listing: TreeListing<'a>,
+    /// The first key of the next repository, read past the previous one.
+    carry: Option<String>,
+}
+
+impl RepositoryKeys<'_> {
+    /// The next repository (as [`super::next_repository`]: valid names
+    /// only, others reported) and its objects' names.
+    async fn next_repository(
+        &mut self,
+        problems: &mut Vec<String>,
+    ) -> Result<Option<(RepositoryName, Option<Vec<String>>)>> {
+        loop {
+            let first = match self.carry.take() {
+                Some(key) => key,
+                None => loop {
+                    match self.listing.next().await? {
+                        None => return Ok(None),
+                        Some((key, _)) if registry_folder_of(&key).is_some() => break key,
+                        Some(_) => {}
+                    }
+                },
+            };
+            let dir = registry_folder_of(&first).expect("checked").0.to_owned();
+            let mut keys = vec![first[dir.len() + 1..].to_owned()];
+            while let Some((key, _)) = self.listing.next().await? {
+                match registry_folder_of(&key) {
+                    Some((of, _, _)) if of == dir => keys.push(key[dir.len() + 1..].to_owned()),
+                    Some(_) => {
+                        self.carry = Some(key);
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            let is_repository = keys.iter().any(|key| {
+                let folder = key.split('/').next().unwrap_or_default();
+                layout::REPOSITORY_DIRS.contains(&folder)
+            });
+            if !is_repository {
+                continue;
+            }
+            match RepositoryName::parse(&dir) {
+                Some(name) => return Ok(Some((name, Some(keys)))),
+                None => problems.push(format!(
+                    "{}/{dir}: not a valid repository name, skipped",
+                    layout::REPOSITORIES
+                )),
+            }
+        }
+    }
+}
+
+/// Every object below a prefix with its size, a page at a time, from
+/// [`Storage::list_tree`]: like [`Listing`], for a backend that lists a
+/// whole tree.
+struct TreeListing<'a> {
+    storage: &'a dyn Storage,
+    prefix: String,
+    page: std::vec::IntoIter<(String, u64)>,
+    after: Option<String>,
+    more: bool,
+}
+
+impl<'a> TreeListing<'a> {
+    /// The listing's first page, or `None` when the backend has no tree
+    /// listing.
+    async fn start(
+        storage: &'a dyn Storage,
+        prefix: String,
+        start_after: Option<&str>,
+    ) -> Result<Option<TreeListing<'a>>> {
+        let Some(page) = storage
+            .list_tree(&prefix, start_after, storage.walk_page())
+            .await
+            .map_err(storage_error)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TreeListing {
+            storage,
+            prefix,
+            more: page.more && !page.objects.is_empty(),
+            page: page.objects.into_iter(),
+            after: start_after.map(str::to_owned),
+        }))
+    }
+
+    async fn next(&mut self) -> Result<Option<(String, u64)>> {
+        loop {
+            if let Some((name, size)) = self.page.next() {
+                self.after = Some(name.clone());
+                return Ok(Some((name, size)));
+            }
+            if !self.more {
+                return Ok(None);
+            }
+            let page = self
+                .storage
+                .list_tree(
+                    &self.prefix,
+                    self.after.as_deref(),
+                    self.storage.walk_page(),
+                )
+                .await
+                .map_err(storage_error)?
+                .unwrap_or_default();
+            // A page that is empty yet says more follow would loop forever.
+            self.more = page.more && !page.objects.is_empty();
+            self.page = page.objects.into_iter();
+        }
+    }
+}
+
 impl Registry {
     /// Collects unreferenced manifests, links and content (see the module
     /// documentation).
@@ -614,15 +972,31 @@ impl Registry {
         use futures::stream::{FuturesUnordered, StreamExt};
         let mut referenced = HashSet::new();
         let mut manifests = HashSet::new();
+        let started = std::time::Instant::now();
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
+        // Where the backend lists a whole tree, one listing of
+        // `repositories/` names the repositories and their objects: no
+        // request per repository to find it or to scan it.
+        let mut tree = TreeListing::start(self.storage.as_ref(), layout::REPOSITORIES.into(), None)
+            .await?
+            .map(|listing| RepositoryKeys {
+                listing,
+                carry: None,
+            });
         let mut walked = false;
         let mut in_flight = FuturesUnordered::new();
         loop {
             while !walked && in_flight.len() < REPOSITORIES_IN_FLIGHT {
-                match super::next_repository(&mut walk, &mut report.problems).await? {
-                    Some(name) => {
+                let next = match tree.as_mut() {
+                    Some(tree) => tree.next_repository(&mut report.problems).await?,
+                    None => super::next_repository(&mut walk, &mut report.problems)
+                        .await?
+                        .map(|name| (name, None)),
+                };
+                match next {
+                    Some((name, keys)) => {
                         report.repositories += 1;
-                        in_flight.push(collection.repository(name, ignored));
+                        in_flight.push(collection.repository(name, keys, ignored));
                     }
                     None => walked = true,
                 }
@@ -635,9 +1009,19 @@ impl Registry {
             referenced.extend(outcome.referenced);
             manifests.extend(outcome.manifests);
         }
+        let marked = started.elapsed();
         collection
             .sweep_content(&referenced, &manifests, &mut report)
             .await?;
+        // For operators: where a run's time went (on an object store, the
+        // requests of each phase).
+        tracing::info!(
+            repositories = report.repositories,
+            mark_and_links = ?marked,
+            content_sweep = ?started.elapsed() - marked,
+            blobs_removed = report.blobs_removed,
+            "garbage collection finished"
+        );
         // Repositories finish in any order: the report's problems are
         // sorted, so that two runs over one store say the same.
         report.problems.sort();

@@ -39,12 +39,23 @@ pub(super) async fn next_repository(
     walk: &mut RepositoryWalk<'_>,
     problems: &mut Vec<String>,
 ) -> Result<Option<RepositoryName>> {
+    Ok(next_repository_dir(walk, problems)
+        .await?
+        .map(|(name, _)| name))
+}
+
+/// [`next_repository`] with the repository's registry folders (`_uploads`,
+/// …) as the walk listed them: what is not among them need not be listed.
+pub(super) async fn next_repository_dir(
+    walk: &mut RepositoryWalk<'_>,
+    problems: &mut Vec<String>,
+) -> Result<Option<(RepositoryName, Vec<String>)>> {
     while let Some(dir) = walk.next().await.map_err(storage_error)? {
         if !dir.is_repository() {
             continue;
         }
         match RepositoryName::parse(&dir.path) {
-            Some(name) => return Ok(Some(name)),
+            Some(name) => return Ok(Some((name, dir.children))),
             None => problems.push(format!(
                 "{}/{}: not a valid repository name, skipped",
                 layout::REPOSITORIES,

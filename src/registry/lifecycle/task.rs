@@ -43,9 +43,12 @@ impl Registry {
         };
         let gc = self.collect_garbage_ignoring(options, &ignored).await?;
         let uploads = self.expire_uploads(options.dry_run).await?;
-        if !options.dry_run {
-            // A collection may have emptied repositories: the catalog's
-            // index should not wait for its staleness bound to drop them.
+        // A collection may have emptied repositories: the catalog's index
+        // should not wait for its staleness bound to drop them. Only a
+        // removed tag or revision link can empty a repository's `_manifests`
+        // (what the catalog lists by); otherwise the walk, a request per
+        // repository on an object store, is skipped.
+        if !options.dry_run && (!retention.removed.is_empty() || gc.manifests_removed > 0) {
             self.rebuild_repository_index().await?;
         }
         Ok(LifecycleReport {

@@ -73,6 +73,34 @@ pub(super) const DECIDE_WITHIN: Duration = Duration::from_secs(30);
 /// older, its collector gave up (or died) before removing anything.
 pub(super) const LEASE: Duration = Duration::from_secs(60);
 
+/// A decision lists the range of its keys (one page) rather than HEAD
+/// them when it has at least this many keys per page it may list.
+const LIST_PAGES_PER: usize = 100;
+
+/// What a listing after an intent found of its keys: the time of each that
+/// was there, up to the last key it covered.
+#[derive(Default)]
+struct ListedTimes {
+    times: HashMap<String, SystemTime>,
+    /// Keys up to this one were all listed: one missing from `times` is gone.
+    covered: Option<String>,
+}
+
+impl ListedTimes {
+    /// `Some(time)` for a key the listing found, `Some(None)` for one it
+    /// would have found and did not (gone), `None` when it did not get that
+    /// far (the key needs a HEAD).
+    fn time_of(&self, key: &str) -> Option<Option<SystemTime>> {
+        if let Some(time) = self.times.get(key) {
+            return Some(Some(*time));
+        }
+        match &self.covered {
+            Some(covered) if key <= covered.as_str() => Some(None),
+            _ => None,
+        }
+    }
+}
+
 /// How often a toucher looks again whether an intent naming its key is gone.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -467,16 +495,33 @@ impl S3Storage {
         cutoff: SystemTime,
         started: Instant,
     ) -> io::Result<Vec<bool>> {
-        let touched = self.touched_since(cutoff).await?;
+        // Markers from up to MARKED_FOR before the cutoff count too: a
+        // toucher writes keys its marker covers for that long without a look
+        // at the intents, so a marker the cutoff passed may still cover a
+        // write in flight. Reading them spares more, never less, and the
+        // protocol then holds with any grace period (even 0), not only with
+        // one longer than MARKED_FOR.
+        let since = cutoff.checked_sub(MARKED_FOR).unwrap_or(cutoff);
+        let touched = self.touched_since(since).await?;
+        let untouched: Vec<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .filter(|key| !touched.contains(*key))
+            .collect();
+        let listed = self.times_listed(&untouched).await?;
         let keys: Vec<(String, bool)> = keys
             .iter()
             .map(|key| (key.clone(), touched.contains(key)))
             .collect();
         let count = keys.len();
+        let listed = &listed;
         let doomed: Vec<bool> = futures::stream::iter(keys)
             .map(|(key, touched)| async move {
                 if touched {
                     return Ok::<_, io::Error>(false);
+                }
+                if let Some(time) = listed.time_of(&key) {
+                    return Ok(time.is_some_and(|time| older_than(time, cutoff)));
                 }
                 Ok(self
                     .head(&key)
@@ -495,6 +540,82 @@ impl S3Storage {
             return Ok(vec![false; count]);
         }
         Ok(doomed)
+    }
+
+    /// The times of `keys` (untouched keys of a batch, after its intent),
+    /// read from a listing of the key range they span instead of a HEAD each:
+    /// a batch of content the sweep found in one stretch of its listing is a
+    /// few pages, where the HEADs were a thousand requests. A LIST after the
+    /// intent is as good a look as a HEAD after it (§5 of docs/design/s3.md):
+    /// S3's LIST is read-after-write consistent, so a write the LIST missed
+    /// came after it, and its writer reads the flag later still and waits
+    /// for this intent. Listing stops after a few pages ([`LIST_PAGES_PER`]
+    /// keys a page): keys past what it covered are HEADed as before.
+    async fn times_listed(&self, keys: &[&str]) -> io::Result<ListedTimes> {
+        let mut listed = ListedTimes::default();
+        let (Some(first), Some(last)) = (keys.iter().min(), keys.iter().max()) else {
+            return Ok(listed);
+        };
+        if keys.len() < LIST_PAGES_PER {
+            return Ok(listed);
+        }
+        // The deepest folder holding them all, and a name just before the
+        // first (the first without its last byte, which sorts before it).
+        let common = first
+            .bytes()
+            .zip(last.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let dir = first.as_bytes()[..common]
+            .iter()
+            .rposition(|b| *b == b'/')
+            .map_or("", |at| &first[..=at]);
+        let Some(before) = first.char_indices().last().map(|(at, _)| &first[..at]) else {
+            return Ok(listed);
+        };
+        let wanted: HashSet<&str> = keys.iter().copied().collect();
+        let prefix = format!("{}/{dir}", self.root);
+        let mut offset = format!("{}/{before}", self.root);
+        let pages = 1 + keys.len() / LIST_PAGES_PER;
+        for _ in 0..pages {
+            let page = self
+                .meta
+                .list_paginated(
+                    Some(&prefix),
+                    PaginatedListOptions {
+                        offset: Some(offset.clone()),
+                        ..PaginatedListOptions::default()
+                    },
+                )
+                .await
+                .map_err(io_error)?;
+            let more = page.page_token.is_some();
+            for object in page.result.objects {
+                let Some(key) = object
+                    .location
+                    .as_ref()
+                    .strip_prefix(&format!("{}/", self.root))
+                else {
+                    continue;
+                };
+                if key > *last {
+                    listed.covered = Some((*last).to_owned());
+                    return Ok(listed);
+                }
+                if wanted.contains(key) {
+                    listed
+                        .times
+                        .insert(key.to_owned(), object.last_modified.into());
+                }
+                listed.covered = Some(key.to_owned());
+                offset = object.location.as_ref().to_owned();
+            }
+            if !more {
+                listed.covered = Some((*last).to_owned());
+                return Ok(listed);
+            }
+        }
+        Ok(listed)
     }
 
     /// Removes marker windows no collection with this cutoff reads, and

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     layout, ByteSource, ContentRead, ListPage, LocalFile, LocalFiles, ObjectInfo, Storage,
-    WriteMode,
+    TreePage, WriteMode,
 };
 
 mod blob_cache;
@@ -1127,6 +1127,42 @@ impl Storage for S3Storage {
             names,
             more: more || cut,
         })
+    }
+
+    async fn list_tree(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<Option<TreePage>> {
+        // Without a delimiter, S3 lists whole keys in byte order: no
+        // directory to repair as in `list`, one request a page.
+        let dir = format!("{}/{prefix}/", self.root);
+        let page = self
+            .meta
+            .list_paginated(
+                Some(&dir),
+                PaginatedListOptions {
+                    offset: start_after.map(|after| format!("{dir}{after}")),
+                    max_keys: Some(limit.clamp(1, 1000)),
+                    ..PaginatedListOptions::default()
+                },
+            )
+            .await
+            .map_err(io_error)?;
+        let objects = page
+            .result
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.location.as_ref().strip_prefix(&dir)?.to_owned();
+                Some((name, o.size))
+            })
+            .collect();
+        Ok(Some(TreePage {
+            objects,
+            more: page.page_token.is_some(),
+        }))
     }
 
     async fn append_upload(
