@@ -46,6 +46,9 @@ pub struct Logged {
     pub query: String,
     /// Whether it asked for a byte range.
     pub ranged: bool,
+    /// The bytes it asked for, from a `Range: bytes=a-b` header (end
+    /// exclusive); `None` without one or for another form.
+    pub range: Option<std::ops::Range<u64>>,
     /// Whether it is a server-side copy (`x-amz-copy-source`).
     pub copy: bool,
     /// When it arrived, and when the store's answer (its head) came back:
@@ -54,6 +57,13 @@ pub struct Logged {
     pub answered: Option<std::time::Instant>,
     /// Its number among every request the proxy received.
     seq: u64,
+}
+
+/// The range of a `Range: bytes=a-b` header, end exclusive.
+fn byte_range(headers: &hyper::HeaderMap) -> Option<std::ops::Range<u64>> {
+    let value = headers.get(hyper::header::RANGE)?.to_str().ok()?;
+    let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
+    Some(start.parse().ok()?..end.parse::<u64>().ok()? + 1)
 }
 
 /// A proxy on `127.0.0.1:<free port>`; dropping it closes the listener and
@@ -157,6 +167,7 @@ async fn serve_connection(
                     path: request.uri().path().to_owned(),
                     query: request.uri().query().unwrap_or_default().to_owned(),
                     ranged: request.headers().contains_key(hyper::header::RANGE),
+                    range: byte_range(request.headers()),
                     copy: request.headers().contains_key("x-amz-copy-source"),
                     arrived: std::time::Instant::now(),
                     answered: None,
