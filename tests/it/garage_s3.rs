@@ -2051,3 +2051,98 @@ async fn a_blob_above_the_stores_copy_limit_is_committed_by_a_streamed_copy() {
     let uploads = list_all(storage.as_ref(), &format!("repositories/{name}/_uploads")).await;
     assert!(uploads.is_empty(), "upload objects left: {uploads:?}");
 }
+
+/// The touch answered from memory (s3.md §5) against a collection, at a
+/// grace period of 0: an old untagged image tagged (a full touch), untagged
+/// again, and tagged again from memory within half a second.
+/// A collection between the two, whose cutoff is past the first push's
+/// marker, must still read that marker (it reads markers from MARKED_FOR
+/// before its cutoff) and spare the image; one after the new tag finds the
+/// tag. The image pulls whole through the other replica, and the second tag
+/// made no marker and no HEAD, unless the machine stalled past the cover
+/// (said loudly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_from_memory_keeps_an_image_a_collection_would_otherwise_remove() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let replicas = Replicas::start_on(s3.clone(), |c| c.lifecycle = deleting()).await;
+    let (a, b) = (&replicas.a.api, &replicas.b.api);
+    let gc_data = tempfile::tempdir().unwrap();
+    let mut gc_config = replica_config(
+        &s3_config(garage, &garage.endpoint, &s3.prefix),
+        gc_data.path(),
+    );
+    gc_config.lifecycle = deleting();
+    let gc = berth::build_registry(&gc_config).await.unwrap();
+    let options = GcOptions {
+        grace_period: Some(Duration::ZERO),
+        ..GcOptions::default()
+    };
+    let name = "memory/app";
+    let layer = random_bytes(3000, 77);
+    let image = TestImage::new("memory-1", &[&layer]);
+    let untag = |tag: &'static str| async move {
+        let resp = a
+            .client
+            .delete(a.url(&format!("/v2/{name}/manifests/{tag}")))
+            .send()
+            .await
+            .unwrap();
+        expect_status(resp, StatusCode::ACCEPTED).await;
+    };
+    a.push_image(name, "zero", &image).await;
+    untag("zero").await;
+    // Every object of the image older than a collection's allowance for a
+    // time read in whole seconds (`older_than`): from here only a marker
+    // keeps a collection from removing it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let touched = Instant::now();
+    let resp = a.put_manifest(name, "first", &image.manifest).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    untag("first").await;
+    // Untagged now: a collection that missed the marker would remove it.
+    let report = gc.collect_garbage(&options).await.unwrap();
+    assert_eq!(report.manifests_removed, 0, "{report:?}");
+    assert!(report.spared > 0, "the collection decided: {report:?}");
+    proxy.clear();
+    let resp = a.put_manifest(name, "second", &image.manifest).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    let root = format!("{}/docker/registry/v2/", s3.prefix);
+    let requests: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| request_label(r, &garage.bucket, &root))
+        .collect();
+    if touched.elapsed() < Duration::from_millis(500) {
+        // The collection just ran, so the entry's look lists the intents too.
+        assert!(
+            !requests
+                .iter()
+                .any(|r| r == "PUT gc marker" || r.starts_with("HEAD")),
+            "a tag from memory made no marker and no HEAD: {requests:?}"
+        );
+        assert!(
+            requests.len() <= 5,
+            "GET tag link, PUT tag link, PUT history entry, GET flag, LIST intents: {requests:?}"
+        );
+    } else {
+        eprintln!(
+            "NOTE: the second tag came {:?} after the first push's touch, past its cover: \
+             it touched in full ({requests:?}); the collection's outcome still holds",
+            touched.elapsed()
+        );
+    }
+    let report = gc.collect_garbage(&options).await.unwrap();
+    assert_eq!(report.manifests_removed, 0, "{report:?}");
+    assert_eq!(
+        b.manifest_digest(name, "second").await,
+        Some(image.digest.clone())
+    );
+    b.assert_intact(name, &image).await;
+    drop(replicas);
+    remove_prefix(garage, &s3).await;
+}
