@@ -129,6 +129,12 @@ pub struct Caches {
 pub struct ReadTicket(u64);
 
 impl Caches {
+    /// How long a mutable answer is trusted: the stated bound on how stale
+    /// this process may be about another's changes.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub fn new(config: &CacheConfig) -> Caches {
         let content_items = (config.content_bytes / 4096).max(16) as usize;
         Caches {

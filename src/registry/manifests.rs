@@ -90,7 +90,8 @@ impl Registry {
         // tag points is read beside the touches below, not after them, and
         // is still where it points when this push moves it; each history
         // entry is named now, in the order of the changes, and touched with
-        // the rest (on an object store that touch covers its write).
+        // the rest when they are touched (on an object store that touch
+        // covers its write).
         let mut lock_keys: Vec<String> = tags
             .iter()
             .map(|tag| layout::tag_current_link(name, tag))
@@ -104,17 +105,20 @@ impl Registry {
         // The manifest's own content and revision link are touched with its
         // requirements: a push of a stored manifest (a new tag for an image)
         // writes neither, and costs one storage call less for each.
-        let mut stored_keys = vec![
+        // The history entries go into that touch too, unless the storage
+        // answers it from a touch of its own a moment ago (a CI job tagging
+        // one image several times in a row): then they are written as
+        // collectable keys are, without one.
+        let stored_keys = vec![
             layout::blob_data(&digest),
             layout::revision_link(name, &digest),
         ];
-        stored_keys.extend(entries.iter().cloned());
         let currents = futures::future::try_join_all(
             tags.iter()
                 .map(|tag| self.read_link_uncached_owned(layout::tag_current_link(name, tag))),
         );
         let (touched, currents) = futures::try_join!(
-            self.touch_requirements_and(name, &manifest.requirements, stored_keys),
+            self.touch_requirements_and(name, &manifest.requirements, stored_keys, entries.clone()),
             currents
         )?;
         if let Some(missing) = touched.missing {
@@ -126,7 +130,7 @@ impl Registry {
         let [content_stored, revision_stored, ..] = touched.extra[..] else {
             return Err(RegistryError::internal(
                 "storage answered a different number of touches",
-                format!("{} of {}", touched.extra.len(), 2 + entries.len()),
+                format!("{} of 2", touched.extra.len()),
             ));
         };
         let (content_stored, revision_stored) =
@@ -297,14 +301,21 @@ impl Registry {
         requirements: &[Requirement],
     ) -> Result<Option<Digest>> {
         let touched = self
-            .touch_requirements_and(name, requirements, Vec::new())
+            .touch_requirements_and(name, requirements, Vec::new(), Vec::new())
             .await?;
         Ok(touched.missing)
     }
 
     /// [`Registry::touch_requirements`], touching `extra` keys in the same
     /// storage calls: returns the first requirement missing, the size of each
-    /// requirement's content, and the size of each extra key found.
+    /// requirement's content, and the size of each extra key found. `fresh`
+    /// keys (new ones the caller writes next) are touched with the rest, but
+    /// only when the rest needs a touch: when the storage answers the rest
+    /// from a touch of its own within the caches' staleness bound
+    /// ([`Storage::touched_within`]), nothing is touched, and the caller's
+    /// writes of `fresh` keys look at the collections themselves.
+    ///
+    /// [`Storage::touched_within`]: crate::storage::Storage::touched_within
     ///
     /// A manifest push relies on this: every blob and child manifest must
     /// already be in the repository, and each is touched, link and content,
@@ -317,6 +328,7 @@ impl Registry {
         name: &'a RepositoryName,
         requirements: &'a [Requirement],
         extra: Vec<String>,
+        fresh: Vec<String>,
     ) -> BoxFuture<'a, Result<Touched>> {
         // Boxed with its Send bound spelled out: it recurses through child
         // manifests, and the compiler cannot infer Send through the cycle.
@@ -339,15 +351,26 @@ impl Registry {
             // A few calls at a time, so that one huge manifest cannot fill the
             // blocking pool that every other request's storage work needs.
             const CALLS_AT_ONCE: usize = 4;
-            let calls: Vec<_> = keys
-                .chunks(TOUCHES_PER_CALL)
-                .map(|keys| self.storage.touch_all(keys.to_vec()))
-                .collect();
-            let mut found: Vec<Option<u64>> = futures::stream::iter(calls)
-                .buffered(CALLS_AT_ONCE)
-                .try_concat()
-                .await
-                .map_err(storage_error)?;
+            let mut found: Vec<Option<u64>> =
+                match self.storage.touched_within(&keys, self.caches.ttl()) {
+                    Some(sizes) => sizes.into_iter().map(Some).collect(),
+                    None => {
+                        let fresh_count = fresh.len();
+                        let mut keys = keys.clone();
+                        keys.extend(fresh);
+                        let calls: Vec<_> = keys
+                            .chunks(TOUCHES_PER_CALL)
+                            .map(|keys| self.storage.touch_all(keys.to_vec()))
+                            .collect();
+                        let mut found: Vec<Option<u64>> = futures::stream::iter(calls)
+                            .buffered(CALLS_AT_ONCE)
+                            .try_concat()
+                            .await
+                            .map_err(storage_error)?;
+                        found.truncate(found.len().saturating_sub(fresh_count));
+                        found
+                    }
+                };
             if found.len() != keys.len() {
                 return Err(RegistryError::internal(
                     "storage answered a different number of touches",

@@ -200,6 +200,19 @@ pub trait Storage: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// The sizes [`Storage::touch_all`] would answer for `keys`, without a
+    /// touch, when this process touched every one of them less than `within`
+    /// ago (the caller's staleness bound for what it knows of other
+    /// processes' changes), found each there, and that touch still protects
+    /// relying on them from any collection: for a store whose touch is dear
+    /// (S3: a marker PUT, a flag GET and a HEAD each, docs/design/s3.md §5),
+    /// so that a CI job tagging one image three times in a row pays for one
+    /// touch. `None` when they need a touch. Default: always `None` (a local
+    /// touch is cheaper than the bookkeeping).
+    fn touched_within(&self, _keys: &[String], _within: std::time::Duration) -> Option<Vec<u64>> {
+        None
+    }
+
     /// Deletes an object only if it was not modified or touched at or after
     /// `cutoff`, atomically with respect to [`Storage::touch`]: once a touch
     /// has returned true, this will not delete the object. Returns whether it

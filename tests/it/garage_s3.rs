@@ -1851,23 +1851,34 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     counted!("blob HEAD, cold replica", 2, head(b, &chunked_digest).await);
     counted!("blob HEAD, warm", 0, head(b, &chunked_digest).await);
 
-    let put = |reference: &'static str, image: &TestImage| {
-        let (api, manifest) = (a.clone(), image.manifest.clone());
+    let put_on = |api: &Api, reference: &'static str, image: &TestImage| {
+        let (api, manifest) = (api.clone(), image.manifest.clone());
         async move {
             let resp = api.put_manifest(name, reference, &manifest).await;
             expect_status(resp, StatusCode::CREATED).await;
         }
     };
+    let put = |reference: &'static str, image: &TestImage| put_on(a, reference, image);
+    let touched = Instant::now();
     counted!(
         "manifest PUT, new manifest, new tag",
         14,
         put("one", &first).await
     );
-    counted!(
-        "manifest PUT, stored manifest, new tag",
-        12,
-        put("two", &first).await
-    );
+    // A CI job's second tag of an image: the first push's touch (less than
+    // half of MARKED_FOR, 1 s, ago) still covers what this one relies on,
+    // so it only reads the tag, writes it and its history entry, and looks
+    // at the collectors after the entry. Should the machine stall past the
+    // cover, this push touches again (the row below's 12), said loudly.
+    let label = "manifest PUT, stored manifest, new tag, right after another tag of it";
+    counted!(label, 4, put("two", &first).await);
+    if touched.elapsed() >= Duration::from_millis(500) {
+        eprintln!(
+            "NOTE: {label}: {:?} after the first push's touch, past its cover: bound 12",
+            touched.elapsed()
+        );
+        rows.last_mut().expect("a row").1 = 12;
+    }
     a.push_blob(name, &second.blobs[0].1).await;
     counted!(
         "manifest PUT, new manifest, moving a tag",
@@ -1906,6 +1917,12 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
         0,
         get(a, first.digest.clone(), first.digest.clone()).await
     );
+    // On the other replica, which touched none of it: the touch in full.
+    counted!(
+        "manifest PUT, stored manifest, new tag, no touch of it just now",
+        12,
+        put_on(b, "four", &first).await
+    );
 
     // A collection (another process, as `berth gc` elsewhere) that finds
     // something to decide about (the chunked blob, which no manifest names,
@@ -1923,6 +1940,10 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
         report.spared > 0,
         "the collection decided about something: {report:?}"
     );
+    // Every touch of `first`'s keys on replica a is older than the cover
+    // (half of MARKED_FOR) after this: the push below touches them again, as
+    // any push does while a collection may be at work.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     counted!(
         "manifest PUT, stored manifest, new tag, a collection just ran",
         20,
@@ -2045,4 +2066,99 @@ async fn a_blob_above_the_stores_copy_limit_is_committed_by_a_streamed_copy() {
     let storage = replicas.storage().await;
     let uploads = list_all(storage.as_ref(), &format!("repositories/{name}/_uploads")).await;
     assert!(uploads.is_empty(), "upload objects left: {uploads:?}");
+}
+
+/// The touch answered from memory (s3.md §5) against a collection, at a
+/// grace period of 0: an old untagged image tagged (a full touch), untagged
+/// again, and tagged again from memory within half a second.
+/// A collection between the two, whose cutoff is past the first push's
+/// marker, must still read that marker (it reads markers from MARKED_FOR
+/// before its cutoff) and spare the image; one after the new tag finds the
+/// tag. The image pulls whole through the other replica, and the second tag
+/// made no marker and no HEAD, unless the machine stalled past the cover
+/// (said loudly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_from_memory_keeps_an_image_a_collection_would_otherwise_remove() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let replicas = Replicas::start_on(s3.clone(), |c| c.lifecycle = deleting()).await;
+    let (a, b) = (&replicas.a.api, &replicas.b.api);
+    let gc_data = tempfile::tempdir().unwrap();
+    let mut gc_config = replica_config(
+        &s3_config(garage, &garage.endpoint, &s3.prefix),
+        gc_data.path(),
+    );
+    gc_config.lifecycle = deleting();
+    let gc = berth::build_registry(&gc_config).await.unwrap();
+    let options = GcOptions {
+        grace_period: Some(Duration::ZERO),
+        ..GcOptions::default()
+    };
+    let name = "memory/app";
+    let layer = random_bytes(3000, 77);
+    let image = TestImage::new("memory-1", &[&layer]);
+    let untag = |tag: &'static str| async move {
+        let resp = a
+            .client
+            .delete(a.url(&format!("/v2/{name}/manifests/{tag}")))
+            .send()
+            .await
+            .unwrap();
+        expect_status(resp, StatusCode::ACCEPTED).await;
+    };
+    a.push_image(name, "zero", &image).await;
+    untag("zero").await;
+    // Every object of the image older than a collection's allowance for a
+    // time read in whole seconds (`older_than`): from here only a marker
+    // keeps a collection from removing it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let touched = Instant::now();
+    let resp = a.put_manifest(name, "first", &image.manifest).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    untag("first").await;
+    // Untagged now: a collection that missed the marker would remove it.
+    let report = gc.collect_garbage(&options).await.unwrap();
+    assert_eq!(report.manifests_removed, 0, "{report:?}");
+    assert!(report.spared > 0, "the collection decided: {report:?}");
+    proxy.clear();
+    let resp = a.put_manifest(name, "second", &image.manifest).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    let root = format!("{}/docker/registry/v2/", s3.prefix);
+    let requests: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| request_label(r, &garage.bucket, &root))
+        .collect();
+    if touched.elapsed() < Duration::from_millis(500) {
+        // The collection just ran, so the entry's look lists the intents too.
+        assert!(
+            !requests
+                .iter()
+                .any(|r| r == "PUT gc marker" || r.starts_with("HEAD")),
+            "a tag from memory made no marker and no HEAD: {requests:?}"
+        );
+        assert!(
+            requests.len() <= 5,
+            "GET tag link, PUT tag link, PUT history entry, GET flag, LIST intents: {requests:?}"
+        );
+    } else {
+        eprintln!(
+            "NOTE: the second tag came {:?} after the first push's touch, past its cover: \
+             it touched in full ({requests:?}); the collection's outcome still holds",
+            touched.elapsed()
+        );
+    }
+    let report = gc.collect_garbage(&options).await.unwrap();
+    assert_eq!(report.manifests_removed, 0, "{report:?}");
+    assert_eq!(
+        b.manifest_digest(name, "second").await,
+        Some(image.digest.clone())
+    );
+    b.assert_intact(name, &image).await;
+    drop(replicas);
+    remove_prefix(garage, &s3).await;
 }

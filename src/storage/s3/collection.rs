@@ -46,6 +46,13 @@
 //!   them). "Soon" is [`MARKED_FOR`]: a collection whose cutoff is past the
 //!   marker's time does not read it, and that takes a grace period, which
 //!   must be longer (gc.md already asks that an operation finish within it).
+//! - **A recent touch answers the next.** Keys all marked less than half of
+//!   [`MARKED_FOR`] ago and found there (their sizes remembered) need no new
+//!   marker, flag or HEAD for an operation that relies on them again (a CI
+//!   job's second tag of an image): a collection that missed that marker's
+//!   keys has a cutoff more than [`MARKED_FOR`] past it, so it started a
+//!   grace period later still and finds the operation's own writes, which
+//!   land within it (s3.md §5 states the condition).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -128,13 +135,13 @@ pub(super) struct CollectionCache {
     /// When this process last removed old markers and dead intents.
     last_cleanup: Mutex<Option<Instant>>,
     /// Keys this process marked in use and found no collection at work on:
-    /// when the marker was written, and whether the key existed then (or
-    /// was written by this process since).
-    marked: Mutex<HashMap<String, (Instant, bool)>>,
+    /// when the marker was written, and the key's size then (`None`: it was
+    /// absent), or the size this process wrote since.
+    marked: Mutex<HashMap<String, (Instant, Option<u64>)>>,
 }
 
 impl CollectionCache {
-    /// Remembers `keys` as marked at `at`, with whether each was found.
+    /// Remembers `keys` as marked at `at`, with the size of each found.
     pub(super) fn marked(&self, at: Instant, keys: &[&str], found: &[Option<u64>]) {
         let mut marked = self.marked.lock().expect("lock");
         if marked.len() + keys.len() > MARKED_KEYS {
@@ -145,7 +152,7 @@ impl CollectionCache {
         }
         for (key, found) in keys.iter().zip(found) {
             if is_protected(key) {
-                marked.insert((*key).to_owned(), (at, found.is_some()));
+                marked.insert((*key).to_owned(), (at, *found));
             }
         }
     }
@@ -155,13 +162,30 @@ impl CollectionCache {
     pub(super) fn marked_recently(&self, key: &str) -> Option<bool> {
         let marked = self.marked.lock().expect("lock");
         let (when, found) = marked.get(key)?;
-        (when.elapsed() < MARKED_FOR).then_some(*found)
+        (when.elapsed() < MARKED_FOR).then_some(found.is_some())
     }
 
-    /// This process wrote `key`: a later create-if-absent finds it.
-    pub(super) fn written(&self, key: &str) {
+    /// The size of each of `keys` when this process marked every one of them
+    /// less than `within` ago and found each there (or wrote it since):
+    /// what a touch of them now would answer, and that earlier marker still
+    /// covers relying on them (§5 of docs/design/s3.md). `None` when any is
+    /// unknown, absent, or marked longer ago.
+    pub(super) fn present_within(&self, keys: &[&str], within: Duration) -> Option<Vec<u64>> {
+        let within = within.min(MARKED_FOR);
+        let marked = self.marked.lock().expect("lock");
+        keys.iter()
+            .map(|key| match marked.get(*key) {
+                Some((when, Some(size))) if when.elapsed() < within => Some(*size),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This process wrote `size` bytes at `key`: a later create-if-absent
+    /// (or a touch answered from memory) finds it.
+    pub(super) fn written(&self, key: &str, size: u64) {
         if let Some(entry) = self.marked.lock().expect("lock").get_mut(key) {
-            entry.1 = true;
+            entry.1 = Some(size);
         }
     }
 
@@ -693,7 +717,7 @@ mod tests {
         // Keys the protocol does not guard are never remembered.
         assert_eq!(cache.marked_recently(tag), None);
         assert_eq!(cache.marked_recently(upload), None);
-        cache.written(link);
+        cache.written(link, 71);
         assert_eq!(cache.marked_recently(link), Some(true));
         cache.removed(blob);
         assert_eq!(cache.marked_recently(blob), None);
@@ -703,6 +727,49 @@ mod tests {
         let old = Instant::now() - MARKED_FOR;
         cache.marked(old, &[blob], &[Some(3)]);
         assert_eq!(cache.marked_recently(blob), None);
+    }
+
+    #[test]
+    fn a_touch_is_answered_from_memory_only_for_keys_all_found_within_the_bound() {
+        let cache = CollectionCache::default();
+        let (blob, link, absent) = (
+            "blobs/sha256/ab/abc/data",
+            "repositories/a/_layers/sha256/abc/link",
+            "repositories/a/_manifests/revisions/sha256/def/link",
+        );
+        let half = MARKED_FOR / 2;
+        let now = Instant::now();
+        cache.marked(now, &[blob, link, absent], &[Some(3), Some(71), None]);
+        assert_eq!(cache.present_within(&[blob, link], half), Some(vec![3, 71]));
+        // One absent key, or one never marked, and the whole touch is needed.
+        assert_eq!(cache.present_within(&[blob, absent], half), None);
+        assert_eq!(
+            cache.present_within(&[blob, "blobs/sha256/cd/cde/data"], half),
+            None
+        );
+        // Written by this process since: found, with the size written.
+        cache.written(absent, 71);
+        assert_eq!(
+            cache.present_within(&[blob, absent], half),
+            Some(vec![3, 71])
+        );
+        // A bound of 0 (a caller that trusts nothing it remembers) answers nothing.
+        assert_eq!(cache.present_within(&[blob], Duration::ZERO), None);
+        // Removed by this process: forgotten.
+        cache.removed(link);
+        assert_eq!(cache.present_within(&[blob, link], half), None);
+        // Expiry at the bound: marked just under it counts, at it does not,
+        // and a longer bound than MARKED_FOR is cut to it.
+        let just_under = Instant::now() - (half - Duration::from_millis(100));
+        cache.marked(just_under, &[blob], &[Some(3)]);
+        assert_eq!(cache.present_within(&[blob], half), Some(vec![3]));
+        cache.marked(Instant::now() - half, &[blob], &[Some(3)]);
+        assert_eq!(cache.present_within(&[blob], half), None);
+        cache.marked(Instant::now() - MARKED_FOR, &[blob], &[Some(3)]);
+        assert_eq!(
+            cache.present_within(&[blob], Duration::from_secs(3600)),
+            None
+        );
     }
 
     #[test]

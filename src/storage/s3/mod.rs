@@ -322,11 +322,12 @@ impl S3Storage {
 
     async fn put_overwrite(&self, key: &str, data: Bytes) -> io::Result<()> {
         self.forget(key);
+        let size = data.len() as u64;
         self.meta
             .put(&self.path(key), PutPayload::from_bytes(data))
             .await
             .map_err(io_error)?;
-        self.collection.written(key);
+        self.collection.written(key, size);
         Ok(())
     }
 
@@ -402,7 +403,7 @@ impl S3Storage {
             } else {
                 self.copy_streamed(from, &self.path(dest)).await?;
             }
-            self.collection.written(dest);
+            self.collection.written(dest, size);
             if self.collection.marked_recently(dest).is_some()
                 || !self.await_collections(&[dest]).await?.contains(dest)
                 || self.head(dest).await?.is_some()
@@ -491,6 +492,9 @@ impl S3Storage {
     /// last writer wins (docs/design/s3.md §6). Returns whether it wrote.
     async fn create_touched(&self, key: &str, data: Bytes) -> io::Result<bool> {
         self.forget(key);
+        // The other writer's, when it was first, is the same document: the
+        // key names its content (a digest) or is a link to one.
+        let size = data.len() as u64;
         let mode = match self.conditional {
             ConditionalWrites::Honoured => PutMode::Create,
             ConditionalWrites::Ignored => PutMode::Overwrite,
@@ -505,7 +509,7 @@ impl S3Storage {
             Err(object_store::Error::AlreadyExists { .. }) => false,
             Err(e) => return Err(io_error(e)),
         };
-        self.collection.written(key);
+        self.collection.written(key, size);
         Ok(written)
     }
 
@@ -919,17 +923,32 @@ impl Storage for S3Storage {
 
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
         // Independent documents: those to create if absent (touched in one
-        // batch) beside those to write (one look at the collections).
-        let creates = |mode: &WriteMode| !matches!(mode, WriteMode::Overwrite | WriteMode::Scratch);
+        // batch) beside those to write (one look at the collections). A
+        // record (a tag's history entry: its name carries the time of the
+        // change, so it is new) that no touch of this process just marked is
+        // written as a collectable key is, its look at the collections after
+        // its PUT, rather than touched first: a PUT round trip less when a
+        // push relied on keys an earlier touch still covers.
+        let creates = |key: &str, mode: &WriteMode| match mode {
+            WriteMode::Overwrite | WriteMode::Scratch => false,
+            WriteMode::CreateIfAbsent => true,
+            WriteMode::Record => self.collection.marked_recently(key).is_some(),
+        };
+        let creates: Vec<bool> = docs
+            .iter()
+            .map(|(key, _, mode)| creates(key, mode))
+            .collect();
         let creating: Vec<(String, Bytes)> = docs
             .iter()
-            .filter(|(_, _, mode)| creates(mode))
-            .map(|(key, data, _)| (key.clone(), data.clone()))
+            .zip(&creates)
+            .filter(|(_, creates)| **creates)
+            .map(|((key, data, _), _)| (key.clone(), data.clone()))
             .collect();
         let writing: Vec<(String, Bytes)> = docs
             .iter()
-            .filter(|(_, _, mode)| !creates(mode))
-            .map(|(key, data, _)| (key.clone(), data.clone()))
+            .zip(&creates)
+            .filter(|(_, creates)| !**creates)
+            .map(|((key, data, _), _)| (key.clone(), data.clone()))
             .collect();
         let (created, ()) = futures::try_join!(
             async {
@@ -948,9 +967,9 @@ impl Storage for S3Storage {
             },
         )?;
         let mut created = created.into_iter();
-        Ok(docs
+        Ok(creates
             .iter()
-            .map(|(_, _, mode)| !creates(mode) || created.next().unwrap_or(false))
+            .map(|creates| !creates || created.next().unwrap_or(false))
             .collect())
     }
 
@@ -972,6 +991,17 @@ impl Storage for S3Storage {
     async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.touch_keys(&keys).await
+    }
+
+    fn touched_within(&self, keys: &[String], within: Duration) -> Option<Vec<u64>> {
+        // Half of MARKED_FOR at most: the rest is the operation's time to
+        // land the writes that make them reachable (§5 states the condition).
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if keys.is_empty() || !keys.iter().all(|key| collection::is_protected(key)) {
+            return None;
+        }
+        self.collection
+            .present_within(&keys, within.min(collection::MARKED_FOR / 2))
     }
 
     async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
