@@ -55,6 +55,16 @@ pub async fn open_storage(config: &Config, recover: bool) -> io::Result<Arc<dyn 
                 storage::s3::S3Storage::open(&config.storage.s3, cache.as_deref()).await?,
             ))
         }
+        config::StorageBackend::Gcs => {
+            tracing::warn!(
+                "backend = \"gcs\" is untested: it runs the S3 backend through object_store's \
+                 Google Cloud Storage client (docs/design/s3.md)"
+            );
+            let cache = recover.then(|| config.data_dir.join("s3-cache"));
+            Ok(Arc::new(
+                storage::s3::S3Storage::open_gcs(&config.storage.gcs, cache.as_deref()).await?,
+            ))
+        }
     }
 }
 

@@ -25,6 +25,23 @@ impl Registry {
             return Ok(paginate(&tags, n, last));
         }
         let dir = layout::tags_dir(name);
+        // A later page of a paged listing: that page alone (one listing of
+        // `n` names on an object store, where reading the first page too, to
+        // cache a small list, cost a listing of a thousand each time).
+        if let (Some(n @ 1..), Some(last)) = (n, last) {
+            let page = self
+                .storage
+                .list(&dir, Some(last), n)
+                .await
+                .map_err(storage_error)?;
+            if page.names.is_empty() && !page.more && !self.repository_exists(name).await? {
+                return Err(ErrorCode::NameUnknown.into());
+            }
+            return Ok(Page {
+                entries: page.names,
+                more: page.more,
+            });
+        }
         let ticket = self.caches.ticket();
         let first = self
             .storage

@@ -168,7 +168,7 @@ impl BlobCache {
     /// Reads `key` (within `range`) through the cache: from the finished
     /// file, by following a download in flight, or by starting one. `None`
     /// when the object does not exist.
-    pub(super) async fn read<S: ObjectStore>(
+    pub(super) async fn read<S: ObjectStore + ?Sized>(
         self: &Arc<Self>,
         store: &Arc<S>,
         location: object_store::path::Path,
@@ -195,7 +195,7 @@ impl BlobCache {
     }
 
     /// Starts downloading `key` into a partial file.
-    fn start<S: ObjectStore>(
+    fn start<S: ObjectStore + ?Sized>(
         self: &Arc<Self>,
         store: Arc<S>,
         location: object_store::path::Path,
@@ -277,7 +277,7 @@ impl BlobCache {
 /// its first `segment` bytes by a ranged GET that also says the object's
 /// size, and the rest, if any, as ranges side by side
 /// ([`fetch_ranges`]).
-async fn fetch<S: ObjectStore>(
+async fn fetch<S: ObjectStore + ?Sized>(
     store: Arc<S>,
     location: &object_store::path::Path,
     digest: Option<Digest>,
@@ -326,7 +326,7 @@ async fn fetch<S: ObjectStore>(
 /// and, as in [`fill`], the last byte is kept from followers until the
 /// digest checks out.
 #[allow(clippy::too_many_arguments)]
-async fn fetch_ranges<S: ObjectStore>(
+async fn fetch_ranges<S: ObjectStore + ?Sized>(
     store: Arc<S>,
     location: &object_store::path::Path,
     first: ByteStream,
@@ -433,14 +433,14 @@ async fn fetch_ranges<S: ObjectStore>(
 
 /// Where a range's bytes come from: the stream a GET already opened, or a
 /// GET of its own.
-enum RangeSource<S> {
+enum RangeSource<S: ?Sized> {
     Stream(ByteStream),
     Get(Arc<S>, object_store::path::Path),
 }
 
 /// Writes `range` of the object at its place in `file`, adding what it
 /// wrote to `written[index]` and waking the download after each batch.
-async fn write_range<S: ObjectStore>(
+async fn write_range<S: ObjectStore + ?Sized>(
     source: RangeSource<S>,
     file: Arc<std::fs::File>,
     range: std::ops::Range<u64>,

@@ -28,10 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
     PutPayload, PutPayloadMut, RetryConfig, UpdateVersion,
@@ -45,6 +47,16 @@ use super::{
 
 mod blob_cache;
 mod collection;
+
+/// What the backend needs of an object store client: objects, multipart
+/// uploads that any process continues by id, listings paged by
+/// `start_after`, and signed URLs (`redirect`). object_store's S3 client
+/// has all four, and so has its Google Cloud Storage client (`backend =
+/// "gcs"`, untested: no GCS or emulator runs here); its Azure client lacks
+/// the multipart and paged-listing interfaces, so Azure is not offered.
+pub(crate) trait Bucket: ObjectStore + MultipartStore + PaginatedListStore + Signer {}
+
+impl<T: ObjectStore + MultipartStore + PaginatedListStore + Signer> Bucket for T {}
 
 /// S3's smallest part but the last (AWS, MinIO; Garage does not check):
 /// a chunk that ends with fewer bytes than this is carried over.
@@ -165,6 +177,52 @@ impl S3Config {
     }
 }
 
+/// The `[storage.gcs]` table: a Google Cloud Storage bucket, through the
+/// same backend as S3 (object_store's GCS client). Untested: no GCS runs
+/// where Berth is tested (docs/design/s3.md says what would need checking).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcsConfig {
+    pub bucket: String,
+    /// Distribution's `rootdirectory`, as for S3.
+    pub prefix: String,
+    /// A service account key file; absent: `GOOGLE_SERVICE_ACCOUNT` (or
+    /// `GOOGLE_APPLICATION_CREDENTIALS`) and the rest of the Google
+    /// environment (application default credentials, the metadata server).
+    pub service_account_path: Option<String>,
+    /// As for S3 (GCS's XML multipart upload has the same 5 MiB rule).
+    pub part_size: usize,
+    pub redirect: bool,
+    pub cache_bytes: u64,
+}
+
+impl Default for GcsConfig {
+    fn default() -> GcsConfig {
+        let s3 = S3Config::default();
+        GcsConfig {
+            bucket: String::new(),
+            prefix: String::new(),
+            service_account_path: None,
+            part_size: s3.part_size,
+            redirect: s3.redirect,
+            cache_bytes: s3.cache_bytes,
+        }
+    }
+}
+
+impl GcsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        S3Config {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            part_size: self.part_size,
+            ..S3Config::default()
+        }
+        .validate()
+        .map_err(|e| e.replace("storage.s3.", "storage.gcs."))
+    }
+}
+
 /// What the start-up probe found the store to do with conditional writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConditionalWrites {
@@ -179,10 +237,10 @@ pub enum ConditionalWrites {
 
 pub struct S3Storage {
     /// For documents, HEADs, listings, deletes: bounded in total.
-    meta: Arc<AmazonS3>,
+    meta: Arc<dyn Bucket>,
     /// For part uploads and blob reads: bounded between reads only, so a
     /// large blob streamed to a slow client is not cut.
-    transfer: Arc<AmazonS3>,
+    transfer: Arc<dyn Bucket>,
     /// `<prefix>/docker/registry/v2`, without a trailing `/`.
     root: String,
     part_size: usize,
@@ -204,17 +262,47 @@ impl S3Storage {
         cache_dir: Option<&std::path::Path>,
     ) -> io::Result<S3Storage> {
         config.validate().map_err(io::Error::other)?;
-        let meta = Arc::new(build(
-            config,
-            ClientOptions::new().with_timeout(METADATA_TIMEOUT),
-        )?);
-        let transfer = Arc::new(build(
-            config,
-            ClientOptions::new()
-                .with_timeout_disabled()
-                .with_read_timeout(TRANSFER_READ_TIMEOUT),
-        )?);
-        let prefix = config.prefix.trim_matches('/');
+        let meta = Arc::new(build(config, metadata_client())?);
+        let transfer = Arc::new(build(config, transfer_client())?);
+        let settings = Settings {
+            prefix: &config.prefix,
+            part_size: config.part_size,
+            redirect: config.redirect,
+            cache_bytes: config.cache_bytes,
+            copy_limit: config.copy_limit,
+        };
+        S3Storage::open_on(meta, transfer, settings, cache_dir).await
+    }
+
+    /// [`S3Storage::open`] for a Google Cloud Storage bucket (`backend =
+    /// "gcs"`): the same keys, protocol and caches through object_store's
+    /// GCS client. Untested: no GCS (or emulator of its XML multipart API)
+    /// runs where Berth is tested.
+    pub async fn open_gcs(
+        config: &GcsConfig,
+        cache_dir: Option<&std::path::Path>,
+    ) -> io::Result<S3Storage> {
+        config.validate().map_err(io::Error::other)?;
+        let meta = Arc::new(build_gcs(config, metadata_client())?);
+        let transfer = Arc::new(build_gcs(config, transfer_client())?);
+        let settings = Settings {
+            prefix: &config.prefix,
+            part_size: config.part_size,
+            redirect: config.redirect,
+            cache_bytes: config.cache_bytes,
+            // GCS copies an object of any size in one request.
+            copy_limit: u64::MAX,
+        };
+        S3Storage::open_on(meta, transfer, settings, cache_dir).await
+    }
+
+    async fn open_on(
+        meta: Arc<dyn Bucket>,
+        transfer: Arc<dyn Bucket>,
+        settings: Settings<'_>,
+        cache_dir: Option<&std::path::Path>,
+    ) -> io::Result<S3Storage> {
+        let prefix = settings.prefix.trim_matches('/');
         let root = match prefix {
             "" => "docker/registry/v2".to_owned(),
             prefix => format!("{prefix}/docker/registry/v2"),
@@ -223,15 +311,15 @@ impl S3Storage {
             meta,
             transfer,
             root,
-            part_size: config.part_size,
+            part_size: settings.part_size,
             conditional: ConditionalWrites::Ignored,
             collection: collection::CollectionCache::default(),
             blob_cache: None,
-            redirect: config.redirect,
-            copy_limit: config.copy_limit,
+            redirect: settings.redirect,
+            copy_limit: settings.copy_limit,
         };
-        if let Some(dir) = cache_dir.filter(|_| config.cache_bytes > 0) {
-            match blob_cache::BlobCache::open(dir, config.cache_bytes) {
+        if let Some(dir) = cache_dir.filter(|_| settings.cache_bytes > 0) {
+            match blob_cache::BlobCache::open(dir, settings.cache_bytes) {
                 Ok(cache) => storage.blob_cache = Some(Arc::new(cache)),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -629,15 +717,55 @@ impl S3Storage {
     }
 }
 
-fn build(config: &S3Config, options: ClientOptions) -> io::Result<AmazonS3> {
+/// What [`S3Storage::open_on`] takes from either table.
+struct Settings<'a> {
+    prefix: &'a str,
+    part_size: usize,
+    redirect: bool,
+    cache_bytes: u64,
+    copy_limit: u64,
+}
+
+/// The client for documents, HEADs, listings and deletes: bounded in total.
+fn metadata_client() -> ClientOptions {
+    ClientOptions::new().with_timeout(METADATA_TIMEOUT)
+}
+
+/// The client for parts and blob reads: bounded between reads only.
+fn transfer_client() -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout_disabled()
+        .with_read_timeout(TRANSFER_READ_TIMEOUT)
+}
+
+/// Retries of a failed request, within the metadata bound.
+fn retries() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: METADATA_TIMEOUT,
+        ..RetryConfig::default()
+    }
+}
+
+fn build_gcs(
+    config: &GcsConfig,
+    options: ClientOptions,
+) -> io::Result<object_store::gcp::GoogleCloudStorage> {
+    let mut builder = GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(&config.bucket)
+        .with_retry(retries())
+        .with_client_options(options);
+    if let Some(path) = &config.service_account_path {
+        builder = builder.with_service_account_path(path);
+    }
+    builder.build().map_err(io_error)
+}
+
+fn build(config: &S3Config, options: ClientOptions) -> io::Result<object_store::aws::AmazonS3> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
         .with_region(&config.region)
-        .with_retry(RetryConfig {
-            max_retries: 3,
-            retry_timeout: METADATA_TIMEOUT,
-            ..RetryConfig::default()
-        });
+        .with_retry(retries());
     if let Some(endpoint) = &config.endpoint {
         builder = builder
             .with_endpoint(endpoint)
@@ -924,11 +1052,14 @@ impl Storage for S3Storage {
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
         // Independent documents: those to create if absent (touched in one
         // batch) beside those to write (one look at the collections). A
-        // record (a tag's history entry: its name carries the time of the
-        // change, so it is new) that no touch of this process just marked is
-        // written as a collectable key is, its look at the collections after
-        // its PUT, rather than touched first: a PUT round trip less when a
-        // push relied on keys an earlier touch still covers.
+        // record (a tag's history entry) that no touch of this process just
+        // marked is a plain PUT, with no look at the collections before or
+        // after it: its name carries the time of the change, so it is a new
+        // key, which no collector deciding now listed (an intent names only
+        // keys its collector listed), and a collector that lists it later
+        // removes an entry only with the manifest it names, which the push
+        // writing the entry protects (docs/design/s3.md §5). Two round trips
+        // less when a push relies on keys an earlier touch still covers.
         let creates = |key: &str, mode: &WriteMode| match mode {
             WriteMode::Overwrite | WriteMode::Scratch => false,
             WriteMode::CreateIfAbsent => true,
@@ -947,10 +1078,16 @@ impl Storage for S3Storage {
         let writing: Vec<(String, Bytes)> = docs
             .iter()
             .zip(&creates)
-            .filter(|(_, creates)| !**creates)
+            .filter(|((_, _, mode), creates)| !**creates && *mode != WriteMode::Record)
             .map(|((key, data, _), _)| (key.clone(), data.clone()))
             .collect();
-        let (created, ()) = futures::try_join!(
+        let recording: Vec<(String, Bytes)> = docs
+            .iter()
+            .zip(&creates)
+            .filter(|((_, _, mode), creates)| !**creates && *mode == WriteMode::Record)
+            .map(|((key, data, _), _)| (key.clone(), data.clone()))
+            .collect();
+        let (created, (), ()) = futures::try_join!(
             async {
                 if creating.is_empty() {
                     Ok(Vec::new())
@@ -964,6 +1101,14 @@ impl Storage for S3Storage {
                 } else {
                     self.write_all_guarded(writing).await
                 }
+            },
+            async {
+                futures::stream::iter(recording)
+                    .map(|(key, data)| async move { self.put_overwrite(&key, data).await })
+                    .buffer_unordered(CONCURRENT_REQUESTS)
+                    .try_collect::<Vec<()>>()
+                    .await
+                    .map(|_| ())
             },
         )?;
         let mut created = created.into_iter();
@@ -1114,9 +1259,13 @@ impl Storage for S3Storage {
         let mut offset = start_after.map(|after| format!("{dir}{after}"));
         let mut token = None;
         let mut last = String::new();
+        // One name more than asked for: S3 starts after `start_after`'s own
+        // key, so its subtree (`after/`) usually comes first and is dropped
+        // below, and the page should still hold `limit` names.
+        let asked = limit.saturating_add(1);
         let more = loop {
             let (page, next) = self
-                .list_request(&dir, offset.take(), token.take(), limit)
+                .list_request(&dir, offset.take(), token.take(), asked)
                 .await?;
             for (name, is_prefix) in page {
                 let key = format!("{dir}{name}{}", if is_prefix { "/" } else { "" });
@@ -1382,7 +1531,6 @@ impl Storage for S3Storage {
     }
 
     async fn redirect_url(&self, key: &str) -> io::Result<Option<String>> {
-        use object_store::signer::Signer;
         if !self.redirect {
             return Ok(None);
         }
