@@ -58,6 +58,14 @@ pub(crate) trait Bucket: ObjectStore + MultipartStore + PaginatedListStore + Sig
 
 impl<T: ObjectStore + MultipartStore + PaginatedListStore + Signer> Bucket for T {}
 
+/// Parts of one upload in flight at most (each of `part_size` bytes in
+/// memory until sent), while [`EXTRA_PARTS`] allows.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Parts in flight beyond one per upload, for all uploads of a process:
+/// with 8 MiB parts, at most 128 MiB more than one part per upload.
+const EXTRA_PARTS: usize = 16;
+
 /// S3's smallest part but the last (AWS, MinIO; Garage does not check):
 /// a chunk that ends with fewer bytes than this is carried over.
 pub const MIN_PART: usize = 5 * 1024 * 1024;
@@ -101,7 +109,9 @@ pub struct S3Config {
     /// off when `endpoint` is given.
     pub virtual_hosted: Option<bool>,
     /// The size of the parts an upload is sent in (at least 5 MiB); each
-    /// upload in flight holds up to two parts in memory.
+    /// upload in flight holds up to five parts in memory (four being sent,
+    /// one filling) while a process-wide budget of 16 extra parts lasts,
+    /// else two.
     pub part_size: usize,
     /// Blob GETs answer 307 to a signed URL of the object, valid for
     /// [`REDIRECT_VALIDITY`], so bytes flow from the store. Off by default:
@@ -251,6 +261,9 @@ pub struct S3Storage {
     blob_cache: Option<Arc<blob_cache::BlobCache>>,
     redirect: bool,
     copy_limit: u64,
+    /// Parts beyond one per upload that may be in flight at once, process
+    /// wide: what bounds the memory uploads hold.
+    part_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl S3Storage {
@@ -317,6 +330,7 @@ impl S3Storage {
             blob_cache: None,
             redirect: settings.redirect,
             copy_limit: settings.copy_limit,
+            part_budget: Arc::new(tokio::sync::Semaphore::new(EXTRA_PARTS)),
         };
         if let Some(dir) = cache_dir.filter(|_| settings.cache_bytes > 0) {
             match blob_cache::BlobCache::open(dir, settings.cache_bytes) {
@@ -1369,26 +1383,33 @@ impl Storage for S3Storage {
             buffer.push(tail);
         }
         let mut received = 0u64;
-        // The part being sent while the next one fills: two parts in memory.
-        let mut sending: Option<tokio::task::JoinHandle<io::Result<Part>>> = None;
+        // Parts being sent while the next one fills, oldest first: one of
+        // its own, and up to PARTS_IN_FLIGHT while the process-wide budget
+        // of extra parts lasts (one PUT stream is slower than the store:
+        // Garage takes ~170 MB/s on one, ~320 on four).
+        let mut sending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Part>>> =
+            std::collections::VecDeque::new();
         while let Some(chunk) = data.next().await {
             let mut chunk = chunk?;
             received += chunk.len() as u64;
             loop {
-                let room = part_size_at(
-                    self.part_size,
-                    upload.parts.len() + sending.is_some() as usize,
-                ) - buffer.content_length();
+                let room = part_size_at(self.part_size, upload.parts.len() + sending.len())
+                    - buffer.content_length();
                 if chunk.len() < room {
                     buffer.push(chunk);
                     break;
                 }
                 buffer.push(chunk.split_to(room));
                 let full = std::mem::take(&mut buffer).freeze();
-                if let Some(previous) = sending.take() {
-                    upload
-                        .parts
-                        .push(previous.await.map_err(io::Error::other)??);
+                let mut extra = None;
+                if !sending.is_empty() {
+                    if sending.len() < PARTS_IN_FLIGHT {
+                        extra = self.part_budget.clone().try_acquire_owned().ok();
+                    }
+                    if extra.is_none() {
+                        let oldest = sending.pop_front().expect("not empty");
+                        upload.parts.push(oldest.await.map_err(io::Error::other)??);
+                    }
                 }
                 if upload.id.is_none() {
                     upload.id = Some(
@@ -1402,9 +1423,11 @@ impl Storage for S3Storage {
                 let (path, id, index) = (
                     path.clone(),
                     upload.id.clone().expect("created"),
-                    upload.parts.len(),
+                    upload.parts.len() + sending.len(),
                 );
-                sending = Some(tokio::spawn(async move {
+                sending.push_back(tokio::spawn(async move {
+                    // Held until the part is sent.
+                    let _extra = extra;
                     let size = full.content_length() as u64;
                     let PartId { content_id } = store
                         .put_part(&path, &id, index, full)
@@ -1420,10 +1443,8 @@ impl Storage for S3Storage {
                 }
             }
         }
-        if let Some(previous) = sending.take() {
-            upload
-                .parts
-                .push(previous.await.map_err(io::Error::other)??);
+        while let Some(oldest) = sending.pop_front() {
+            upload.parts.push(oldest.await.map_err(io::Error::other)??);
         }
         // The end of this chunk: a part if it is large enough, else carried
         // over. Never an empty part.
