@@ -1808,7 +1808,7 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     );
     counted!(
         "blob push, monolithic (small)",
-        10,
+        8,
         a.push_blob(name, config).await
     );
     // A chunked upload as clients that honour OCI-Chunk-Min-Length send

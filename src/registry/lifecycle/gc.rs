@@ -565,12 +565,18 @@ impl Collection<'_> {
         // One request (a GET on an object store, not a HEAD and a GET): the
         // read reports the size before any byte is taken, and a "manifest"
         // larger than any accepted one is dropped unread (bounded memory).
-        let read = self
-            .registry
-            .storage
-            .read(&key, None)
-            .await
-            .map_err(storage_error)?;
+        // A store that checks content as it reads (the S3 blob cache) may
+        // find bytes that do not match the digest, when it opens the read or
+        // as it streams: a problem of this manifest (its repository is not
+        // swept), not of the run.
+        let unreadable = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::InvalidData => Ok(Err(format!("unreadable manifest: {e}"))),
+            _ => Err(storage_error(e)),
+        };
+        let read = match self.registry.storage.read(&key, None).await {
+            Ok(read) => read,
+            Err(e) => return unreadable(e),
+        };
         let Some(read) = read else {
             return Ok(Err("manifest content is missing".into()));
         };
@@ -590,13 +596,7 @@ impl Collection<'_> {
             .await;
         let body = match body {
             Ok(body) => body,
-            // A store that checks content as it reads (the S3 blob cache)
-            // found bytes that do not match the digest: a problem of this
-            // manifest (its repository is not swept), not of the run.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Ok(Err(format!("unreadable manifest: {e}")))
-            }
-            Err(e) => return Err(storage_error(e)),
+            Err(e) => return unreadable(e),
         };
         Ok(Manifest::parse(&body, None).map_err(|e| format!("unreadable manifest: {e}")))
     }

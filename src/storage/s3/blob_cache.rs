@@ -245,8 +245,10 @@ impl BlobCache {
                     if e.kind() == io::ErrorKind::InvalidData {
                         tracing::error!(key, error = %e, "blob content read from the store does not match its digest: not served");
                     }
-                    let _ = std::fs::remove_file(&partial);
+                    // Told before the file goes: a follower that finds no
+                    // file then finds the failure (see `follow`).
                     let _ = progress.send(Progress::Failed(e.kind(), e.to_string()));
+                    let _ = std::fs::remove_file(&partial);
                 }
             }
         });
@@ -696,9 +698,19 @@ async fn follow(
     };
     let file = match tokio::fs::File::open(&download.partial).await {
         Ok(file) => file,
-        // Finished and renamed into place before we opened it.
+        // Finished and renamed into place before we opened it, or failed
+        // and removed (after saying so) since it told the size.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            tokio::fs::File::open(&download.finished).await?
+            match tokio::fs::File::open(&download.finished).await {
+                Ok(file) => file,
+                Err(e) => {
+                    return match &*progress.borrow() {
+                        Progress::Failed(io::ErrorKind::NotFound, _) => Ok(None),
+                        Progress::Failed(kind, failure) => Err(Progress::error(*kind, failure)),
+                        _ => Err(e),
+                    }
+                }
+            }
         }
         Err(e) => return Err(e),
     };

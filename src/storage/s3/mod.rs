@@ -1040,6 +1040,20 @@ impl Storage for S3Storage {
                 self.put_guarded(key, data).await?;
                 Ok(true)
             }
+            // Blob content is named by its digest (the registry writes only
+            // bytes it hashed to that digest), so writing it where it is
+            // already leaves the same object: written as any collectable key
+            // is (a PUT, then the look at the collections after it) rather
+            // than touched first and created if absent, a marker PUT and a
+            // round trip less for a small blob's push. Content the store
+            // holds damaged is replaced, too.
+            WriteMode::CreateIfAbsent
+                if layout::blob_digest_of(key).is_some()
+                    && self.collection.marked_recently(key).is_none() =>
+            {
+                self.put_guarded(key, data).await?;
+                Ok(true)
+            }
             WriteMode::CreateIfAbsent | WriteMode::Record => {
                 Ok(self.create_all(vec![(key.to_owned(), data)]).await?[0])
             }
