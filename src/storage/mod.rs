@@ -489,6 +489,67 @@ impl<'a> Listing<'a> {
     }
 }
 
+/// Every object below a prefix with its size, a page at a time, from
+/// [`Storage::list_tree`]: like [`Listing`], for a backend that lists a
+/// whole tree.
+pub struct TreeListing<'a> {
+    storage: &'a dyn Storage,
+    prefix: String,
+    page: std::vec::IntoIter<(String, u64)>,
+    after: Option<String>,
+    more: bool,
+}
+
+impl<'a> TreeListing<'a> {
+    /// The listing's first page, or `None` when the backend has no tree
+    /// listing.
+    pub async fn start(
+        storage: &'a dyn Storage,
+        prefix: String,
+        start_after: Option<&str>,
+    ) -> io::Result<Option<TreeListing<'a>>> {
+        let Some(page) = storage
+            .list_tree(&prefix, start_after, storage.walk_page())
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TreeListing {
+            storage,
+            prefix,
+            more: page.more && !page.objects.is_empty(),
+            page: page.objects.into_iter(),
+            after: start_after.map(str::to_owned),
+        }))
+    }
+
+    /// The next object's name (below the prefix) and size, or `None` at
+    /// the end.
+    pub async fn next(&mut self) -> io::Result<Option<(String, u64)>> {
+        loop {
+            if let Some((name, size)) = self.page.next() {
+                self.after = Some(name.clone());
+                return Ok(Some((name, size)));
+            }
+            if !self.more {
+                return Ok(None);
+            }
+            let page = self
+                .storage
+                .list_tree(
+                    &self.prefix,
+                    self.after.as_deref(),
+                    self.storage.walk_page(),
+                )
+                .await?
+                .unwrap_or_default();
+            // A page that is empty yet says more follow would loop forever.
+            self.more = page.more && !page.objects.is_empty();
+            self.page = page.objects.into_iter();
+        }
+    }
+}
+
 /// The page of `names` (unsorted, as a directory read gives them) after
 /// `start_after`, at most `limit`, sorted: for a backend whose native listing
 /// is a whole unsorted directory. Selects before sorting, so a small page of

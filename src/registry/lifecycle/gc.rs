@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use super::UntaggedManifests;
 use crate::oci::{Algorithm, Digest, Manifest, RepositoryName, Result, Tag};
 use crate::registry::{digests_under, registry_folder_of, storage_error, Registry, RepositoryWalk};
-use crate::storage::{layout, Listing, Storage, LIST_PAGE};
+use crate::storage::{layout, Listing, TreeListing, LIST_PAGE};
 
 /// How many sizes a collection asks storage for at once.
 const STATS_IN_FLIGHT: usize = 32;
@@ -346,12 +346,14 @@ impl Collection<'_> {
     ) -> Result<Option<RepositoryScan>> {
         let repository = layout::repository(name);
         let storage = self.registry.storage.as_ref();
-        let Some(mut objects) = TreeListing::start(storage, repository.clone(), Some("^")).await?
+        let Some(mut objects) = TreeListing::start(storage, repository.clone(), Some("^"))
+            .await
+            .map_err(storage_error)?
         else {
             return Ok(None);
         };
         let mut keys = Vec::new();
-        while let Some((key, _)) = objects.next().await? {
+        while let Some((key, _)) = objects.next().await.map_err(storage_error)? {
             if !key.starts_with('_') {
                 break;
             }
@@ -665,7 +667,9 @@ impl Collection<'_> {
         report: &mut GcReport,
     ) -> Result<bool> {
         let storage = self.registry.storage.as_ref();
-        let Some(mut objects) = TreeListing::start(storage, layout::BLOBS.to_owned(), None).await?
+        let Some(mut objects) = TreeListing::start(storage, layout::BLOBS.to_owned(), None)
+            .await
+            .map_err(storage_error)?
         else {
             return Ok(false);
         };
@@ -673,7 +677,7 @@ impl Collection<'_> {
         // Names sort by directory: a bad one is reported once, as the
         // level-by-level walk does.
         let mut reported = String::new();
-        while let Some((name, size)) = objects.next().await? {
+        while let Some((name, size)) = objects.next().await.map_err(storage_error)? {
             let parts: Vec<&str> = name.split('/').collect();
             let Some(algorithm) = Algorithm::parse(parts[0]) else {
                 let stray = format!("{}/{}", layout::BLOBS, parts[0]);
@@ -837,7 +841,7 @@ impl RepositoryKeys<'_> {
             let first = match self.carry.take() {
                 Some(key) => key,
                 None => loop {
-                    match self.listing.next().await? {
+                    match self.listing.next().await.map_err(storage_error)? {
                         None => return Ok(None),
                         Some((key, _)) if registry_folder_of(&key).is_some() => break key,
                         Some(_) => {}
@@ -846,7 +850,7 @@ impl RepositoryKeys<'_> {
             };
             let dir = registry_folder_of(&first).expect("checked").0.to_owned();
             let mut keys = vec![first[dir.len() + 1..].to_owned()];
-            while let Some((key, _)) = self.listing.next().await? {
+            while let Some((key, _)) = self.listing.next().await.map_err(storage_error)? {
                 match registry_folder_of(&key) {
                     Some((of, _, _)) if of == dir => keys.push(key[dir.len() + 1..].to_owned()),
                     Some(_) => {
@@ -870,67 +874,6 @@ impl RepositoryKeys<'_> {
                     layout::REPOSITORIES
                 )),
             }
-        }
-    }
-}
-
-/// Every object below a prefix with its size, a page at a time, from
-/// [`Storage::list_tree`]: like [`Listing`], for a backend that lists a
-/// whole tree.
-struct TreeListing<'a> {
-    storage: &'a dyn Storage,
-    prefix: String,
-    page: std::vec::IntoIter<(String, u64)>,
-    after: Option<String>,
-    more: bool,
-}
-
-impl<'a> TreeListing<'a> {
-    /// The listing's first page, or `None` when the backend has no tree
-    /// listing.
-    async fn start(
-        storage: &'a dyn Storage,
-        prefix: String,
-        start_after: Option<&str>,
-    ) -> Result<Option<TreeListing<'a>>> {
-        let Some(page) = storage
-            .list_tree(&prefix, start_after, storage.walk_page())
-            .await
-            .map_err(storage_error)?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(TreeListing {
-            storage,
-            prefix,
-            more: page.more && !page.objects.is_empty(),
-            page: page.objects.into_iter(),
-            after: start_after.map(str::to_owned),
-        }))
-    }
-
-    async fn next(&mut self) -> Result<Option<(String, u64)>> {
-        loop {
-            if let Some((name, size)) = self.page.next() {
-                self.after = Some(name.clone());
-                return Ok(Some((name, size)));
-            }
-            if !self.more {
-                return Ok(None);
-            }
-            let page = self
-                .storage
-                .list_tree(
-                    &self.prefix,
-                    self.after.as_deref(),
-                    self.storage.walk_page(),
-                )
-                .await
-                .map_err(storage_error)?
-                .unwrap_or_default();
-            // A page that is empty yet says more follow would loop forever.
-            self.more = page.more && !page.objects.is_empty();
-            self.page = page.objects.into_iter();
         }
     }
 }
@@ -978,7 +921,8 @@ impl Registry {
         // `repositories/` names the repositories and their objects: no
         // request per repository to find it or to scan it.
         let mut tree = TreeListing::start(self.storage.as_ref(), layout::REPOSITORIES.into(), None)
-            .await?
+            .await
+            .map_err(storage_error)?
             .map(|listing| RepositoryKeys {
                 listing,
                 carry: None,

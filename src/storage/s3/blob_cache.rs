@@ -77,6 +77,28 @@ struct Download {
     verifies: bool,
 }
 
+impl Download {
+    /// A download not started yet (its size unknown), and the sender that
+    /// tells its followers how far it got.
+    fn starting(
+        partial: PathBuf,
+        finished: PathBuf,
+        verifies: bool,
+    ) -> (watch::Sender<Progress>, Arc<Download>) {
+        let (progress, receiver) = watch::channel(Progress::Running {
+            written: 0,
+            size: u64::MAX,
+        });
+        let download = Download {
+            partial,
+            finished,
+            progress: receiver,
+            verifies,
+        };
+        (progress, Arc::new(download))
+    }
+}
+
 #[derive(Default)]
 struct Index {
     /// Complete files: size, last use (a tick), and whether this process
@@ -206,17 +228,9 @@ impl BlobCache {
             file_name(key),
             uuid::Uuid::new_v4()
         ));
-        let (progress, receiver) = watch::channel(Progress::Running {
-            written: 0,
-            size: u64::MAX,
-        });
         let digest = layout::blob_digest_of(key);
-        let download = Arc::new(Download {
-            partial: partial.clone(),
-            finished: self.path(key),
-            progress: receiver,
-            verifies: digest.is_some(),
-        });
+        let (progress, download) =
+            Download::starting(partial.clone(), self.path(key), digest.is_some());
         let verified = digest.is_some();
         let cache = self.clone();
         let key = key.to_owned();
@@ -787,16 +801,8 @@ mod tests {
         let content: Bytes = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
         for round in 0..20 {
             let partial = dir.path().join(format!("{round}.partial"));
-            let (sender, receiver) = watch::channel(Progress::Running {
-                written: 0,
-                size: u64::MAX,
-            });
-            let download = Arc::new(Download {
-                partial: partial.clone(),
-                finished: dir.path().join(round.to_string()),
-                progress: receiver,
-                verifies: false,
-            });
+            let (sender, download) =
+                Download::starting(partial.clone(), dir.path().join(round.to_string()), false);
             let chunks: Vec<io::Result<Bytes>> = (0..content.len())
                 .step_by(16 * 1024)
                 .map(|at| Ok(content.slice(at..(at + 16 * 1024).min(content.len()))))
@@ -826,16 +832,7 @@ mod tests {
     ) -> (io::Result<Vec<Bytes>>, bool, io::Result<u64>) {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("blob.partial");
-        let (sender, receiver) = watch::channel(Progress::Running {
-            written: 0,
-            size: u64::MAX,
-        });
-        let download = Arc::new(Download {
-            partial: partial.clone(),
-            finished: dir.path().join("blob"),
-            progress: receiver,
-            verifies: true,
-        });
+        let (sender, download) = Download::starting(partial.clone(), dir.path().join("blob"), true);
         let size = content.len() as u64;
         let chunks: Vec<io::Result<Bytes>> = (0..content.len())
             .step_by(64 * 1024)
@@ -911,16 +908,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("blob.partial");
-        let (sender, receiver) = watch::channel(Progress::Running {
-            written: 0,
-            size: u64::MAX,
-        });
-        let download = Arc::new(Download {
-            partial: partial.clone(),
-            finished: dir.path().join("blob"),
-            progress: receiver,
-            verifies: digest.is_some(),
-        });
+        let (sender, download) =
+            Download::starting(partial.clone(), dir.path().join("blob"), digest.is_some());
         let writer = tokio::spawn(async move {
             let outcome = fetch(store, &location, digest, &partial, &sender, segment).await;
             let _ = match &outcome {
