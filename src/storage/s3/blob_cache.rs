@@ -38,8 +38,8 @@ const WRITE_CHUNK: usize = 1024 * 1024;
 /// An object larger than this is downloaded as ranges of this size, several
 /// side by side ([`SEGMENTS_IN_FLIGHT`]): one GET stream from an object store
 /// is slower than the store and the network (Garage streams a GET from one
-/// task, at ~330 MB/s here, 4 ranges at ~540 MB/s; AWS S3 serves ~100 MB/s
-/// per stream), and a layer's first pull is what a node waits for.
+/// task; AWS documents per-connection limits and recommends ranged GETs side
+/// by side), and a layer's first pull is what a node waits for.
 const SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// Ranges of one download in flight at once. Memory stays bounded: each

@@ -1399,8 +1399,8 @@ impl Storage for S3Storage {
         let mut received = 0u64;
         // Parts being sent while the next one fills, oldest first: one of
         // its own, and up to PARTS_IN_FLIGHT while the process-wide budget
-        // of extra parts lasts (one PUT stream is slower than the store:
-        // Garage takes ~170 MB/s on one, ~320 on four).
+        // of extra parts lasts (one PUT stream is slower than the store: see
+        // the S3 benchmark's Garage limits, one PUT against four parts).
         let mut sending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Part>>> =
             std::collections::VecDeque::new();
         while let Some(chunk) = data.next().await {
