@@ -353,24 +353,12 @@ impl Registry {
             const CALLS_AT_ONCE: usize = 4;
             let mut found: Vec<Option<u64>> =
                 match self.storage.touched_within(&keys, self.caches.ttl()) {
-                    // Links are looked at again, side by side (beside the
-                    // tag link's read, no round trip of their own): a
-                    // manifest or blob DELETE through another process
-                    // removes links, which no touch protects, and a push
-                    // must not tag what was deleted a moment ago. Content
-                    // only a collection removes, and the touch this answer
-                    // stands for still protects it.
-                    Some(sizes) => {
-                        let looks = keys.iter().zip(sizes).map(|(key, size)| async move {
-                            if key.starts_with(layout::BLOBS) {
-                                return Ok(Some(size));
-                            }
-                            Ok(self.storage.size(key).await?.map(|_| size))
-                        });
-                        futures::future::try_join_all(looks)
-                            .await
-                            .map_err(storage_error)?
-                    }
+                    // A link a DELETE through the API removed since that
+                    // touch is not found here: such a removal is acknowledged
+                    // only once every touch answered from memory postdates it
+                    // (`remove_link`). Content only a collection removes, and
+                    // the touch this answer stands for still protects it.
+                    Some(sizes) => sizes.into_iter().map(Some).collect(),
                     None => {
                         let fresh_count = fresh.len();
                         let mut keys = keys.clone();

@@ -145,10 +145,19 @@ impl Registry {
         Ok(written)
     }
 
-    /// Removes a link; returns whether it was there.
+    /// Removes a link (a manifest or blob DELETE through the API); returns
+    /// whether it was there. A removal is acknowledged only once the storage
+    /// answers no touch from memory made before it, in any process
+    /// ([`crate::storage::Storage::touch_memory`]; on S3 half a second): a
+    /// push through another replica that starts after the client saw this
+    /// answer then finds the link gone, and does not tag what was deleted.
     async fn remove_link(&self, key: &str) -> Result<bool, RegistryError> {
         let removed = self.storage.delete(key).await.map_err(storage_error)?;
         self.caches.wrote_link(key, None);
+        let memory = self.storage.touch_memory();
+        if removed && !memory.is_zero() {
+            tokio::time::sleep(memory).await;
+        }
         Ok(removed)
     }
 

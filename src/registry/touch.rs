@@ -44,4 +44,34 @@ impl Registry {
             .await
             .map_err(storage_error)
     }
+
+    /// [`Registry::put_content_fresh`], then the link naming the content in
+    /// its repository, in that order (a reader that finds the link finds the
+    /// content), as one chain of writes the storage may share work between.
+    /// Returns whether the content was written (hashed by us, then).
+    pub(super) async fn put_content_and_link_fresh(
+        &self,
+        digest: &Digest,
+        content: Bytes,
+        link: &str,
+    ) -> Result<bool> {
+        let written = self
+            .storage
+            .put_chain(vec![
+                (
+                    layout::blob_data(digest),
+                    content,
+                    WriteMode::CreateIfAbsent,
+                ),
+                (
+                    link.to_owned(),
+                    layout::link_body(digest),
+                    WriteMode::Overwrite,
+                ),
+            ])
+            .await
+            .map_err(storage_error)?;
+        self.caches.wrote_link(link, Some(digest.clone()));
+        Ok(written[0])
+    }
 }

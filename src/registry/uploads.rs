@@ -181,7 +181,13 @@ impl Registry {
                 match receive_small(whole).await.map_err(body_error)? {
                     Received::Whole(content) => {
                         self.store_whole(name, digest, content).await?;
-                        self.discard_upload(name, id).await;
+                        if session.storage_state.is_empty() {
+                            // Nothing was appended: the record is all the
+                            // upload stored.
+                            self.discard_session_record(name, id).await;
+                        } else {
+                            self.discard_upload(name, id).await;
+                        }
                         return Ok(());
                     }
                     Received::Streaming(rest) => body = Some(rest),
@@ -288,12 +294,14 @@ impl Registry {
         // Content already stored is touched instead of written, and so is an
         // existing link: a running garbage collection spares both (touch.rs; docs/design/gc.md).
         // Content found already in place was not hashed by us.
-        if self.put_content_fresh(digest, content).await? {
+        let link = layout::layer_link(name, digest);
+        if self
+            .put_content_and_link_fresh(digest, content, &link)
+            .await?
+        {
             self.caches.verified(digest);
         }
         self.caches.wrote_blob(digest, size);
-        self.write_link_fresh(&layout::layer_link(name, digest), digest)
-            .await?;
         Ok(())
     }
 
@@ -416,6 +424,19 @@ impl Registry {
 
     async fn discard_upload(&self, name: &RepositoryName, id: &str) {
         if let Err(e) = self.storage.delete_all(&layout::upload_dir(name, id)).await {
+            tracing::warn!(error = %e, upload = id, "could not remove upload data; expiry will");
+        }
+    }
+
+    /// [`Registry::discard_upload`] for an upload that stored nothing but
+    /// its session record.
+    async fn discard_session_record(&self, name: &RepositoryName, id: &str) {
+        let record = layout::upload_session(name, id);
+        if let Err(e) = self
+            .storage
+            .delete_all_of(&layout::upload_dir(name, id), &[record])
+            .await
+        {
             tracing::warn!(error = %e, upload = id, "could not remove upload data; expiry will");
         }
     }

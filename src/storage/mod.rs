@@ -169,6 +169,20 @@ pub trait Storage: Send + Sync + 'static {
         Ok(written)
     }
 
+    /// [`Storage::put`] for documents that must land in order (blob content,
+    /// then the link naming it: a reader that finds a later one finds the
+    /// earlier ones), for a backend to share the work that follows each
+    /// write (an object store's one look at the collections for all of them).
+    /// Returns, per document, whether it was written. Default: one `put`
+    /// after another.
+    async fn put_chain(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
+        let mut written = Vec::with_capacity(docs.len());
+        for (key, data, mode) in docs {
+            written.push(self.put(&key, data, mode).await?);
+        }
+        Ok(written)
+    }
+
     /// The size of a stored object, or `None` when it does not exist.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
 
@@ -213,6 +227,17 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// How long a touch is answered from memory at most, by this process or
+    /// any other over the same store ([`Storage::touched_within`]'s bound on
+    /// this backend, whatever the caller's): a removal no collection decided
+    /// (a manifest or blob DELETE through the API) waits this long before it
+    /// is acknowledged, so that an answer from memory never predates a
+    /// removal its client has seen acknowledged (docs/design/s3.md §5).
+    /// Default: zero (nothing is answered from memory).
+    fn touch_memory(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Deletes an object only if it was not modified or touched at or after
     /// `cutoff`, atomically with respect to [`Storage::touch`]: once a touch
     /// has returned true, this will not delete the object. Returns whether it
@@ -254,6 +279,16 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes every object under `prefix` (an upload's objects).
     async fn delete_all(&self, prefix: &str) -> io::Result<()>;
+
+    /// [`Storage::delete_all`] when the caller knows every object under
+    /// `prefix`: `keys` (an upload that stored nothing but its record), so a
+    /// backend whose listing is a request of its own can skip it. An object
+    /// the caller did not know of may stay behind (expiry removes what is
+    /// left of an upload). Default: [`Storage::delete_all`].
+    async fn delete_all_of(&self, prefix: &str, keys: &[String]) -> io::Result<()> {
+        let _ = keys;
+        self.delete_all(prefix).await
+    }
 
     /// One page of the names of `prefix`'s immediate children (objects and
     /// sub-prefixes, the last segment only): at most `limit` of them, those

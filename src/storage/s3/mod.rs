@@ -233,6 +233,15 @@ impl GcsConfig {
     }
 }
 
+/// In what order [`S3Storage::write_all_guarded`] writes its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Side by side.
+    Any,
+    /// One after another, as given.
+    Given,
+}
+
 /// What the start-up probe found the store to do with conditional writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConditionalWrites {
@@ -438,17 +447,24 @@ impl S3Storage {
     /// write is its own touch marker: collection.rs), unless this process
     /// marked the key just now, which covers the write.
     async fn put_guarded(&self, key: &str, data: Bytes) -> io::Result<()> {
-        self.write_all_guarded(vec![(key.to_owned(), data)]).await
+        self.write_all_guarded(vec![(key.to_owned(), data)], Order::Any)
+            .await
     }
 
     /// [`S3Storage::put_guarded`] for several documents: written side by
-    /// side, then one look at the collections for all of them.
-    async fn write_all_guarded(&self, docs: Vec<(String, Bytes)>) -> io::Result<()> {
+    /// side (or one after another, in `order`), then one look at the
+    /// collections for all of them. A look after the last write comes after
+    /// each of them, which is all the handshake asks of a writer.
+    async fn write_all_guarded(&self, docs: Vec<(String, Bytes)>, order: Order) -> io::Result<()> {
         let mut pending = docs;
+        let in_flight = match order {
+            Order::Any => CONCURRENT_REQUESTS,
+            Order::Given => 1,
+        };
         for _ in 0..3 {
             futures::stream::iter(pending.clone())
                 .map(|(key, data)| async move { self.put_overwrite(&key, data).await })
-                .buffer_unordered(CONCURRENT_REQUESTS)
+                .buffered(in_flight)
                 .try_collect::<Vec<()>>()
                 .await?;
             let unmarked: Vec<&str> = pending
@@ -1060,6 +1076,31 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn put_chain(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
+        // Plain writes (as `put` would make each) share one look at the
+        // collections after the last: a small blob's content and its link
+        // cost their two PUTs and one flag GET, not two.
+        let plain = |key: &str, mode: &WriteMode| match mode {
+            WriteMode::Overwrite | WriteMode::Scratch => true,
+            WriteMode::CreateIfAbsent => {
+                layout::blob_digest_of(key).is_some()
+                    && self.collection.marked_recently(key).is_none()
+            }
+            WriteMode::Record => false,
+        };
+        if !docs.iter().all(|(key, _, mode)| plain(key, mode)) {
+            let mut written = Vec::with_capacity(docs.len());
+            for (key, data, mode) in docs {
+                written.push(self.put(&key, data, mode).await?);
+            }
+            return Ok(written);
+        }
+        let count = docs.len();
+        let docs = docs.into_iter().map(|(key, data, _)| (key, data)).collect();
+        self.write_all_guarded(docs, Order::Given).await?;
+        Ok(vec![true; count])
+    }
+
     async fn create_exclusive(&self, key: &str, data: Bytes) -> io::Result<bool> {
         if self.conditional == ConditionalWrites::Honoured {
             return self.put(key, data, WriteMode::CreateIfAbsent).await;
@@ -1127,7 +1168,7 @@ impl Storage for S3Storage {
                 if writing.is_empty() {
                     Ok(())
                 } else {
-                    self.write_all_guarded(writing).await
+                    self.write_all_guarded(writing, Order::Any).await
                 }
             },
             async {
@@ -1174,7 +1215,11 @@ impl Storage for S3Storage {
             return None;
         }
         self.collection
-            .present_within(&keys, within.min(collection::MARKED_FOR / 2))
+            .present_within(&keys, within.min(self.touch_memory()))
+    }
+
+    fn touch_memory(&self) -> Duration {
+        collection::MARKED_FOR / 2
     }
 
     async fn delete_if_untouched_since(&self, key: &str, cutoff: SystemTime) -> io::Result<bool> {
@@ -1274,6 +1319,26 @@ impl Storage for S3Storage {
             .try_for_each(|_| async { Ok(()) })
             .await
             .map_err(io_error)
+    }
+
+    async fn delete_all_of(&self, prefix: &str, keys: &[String]) -> io::Result<()> {
+        // A DELETE each (S3's DELETE of a missing key succeeds): no LIST,
+        // and no DeleteObjects for one key.
+        self.collection.removed_under(&format!("{prefix}/"));
+        let keys: Vec<String> = keys.to_vec();
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                debug_assert!(key.starts_with(&format!("{prefix}/")));
+                self.forget(&key);
+                match self.meta.delete(&self.path(&key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(io_error(e)),
+                }
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
     }
 
     async fn list(
