@@ -284,8 +284,8 @@ impl S3Storage {
         cache_dir: Option<&std::path::Path>,
     ) -> io::Result<S3Storage> {
         config.validate().map_err(io::Error::other)?;
-        let meta = Arc::new(build(config, metadata_client())?);
-        let transfer = Arc::new(build(config, transfer_client())?);
+        let meta = Arc::new(build(config, metadata_client(), Payload::Signed)?);
+        let transfer = Arc::new(build(config, transfer_client(), Payload::Unsigned)?);
         let settings = Settings {
             prefix: &config.prefix,
             part_size: config.part_size,
@@ -791,11 +791,31 @@ fn build_gcs(
     builder.build().map_err(io_error)
 }
 
-fn build(config: &S3Config, options: ClientOptions) -> io::Result<object_store::aws::AmazonS3> {
+/// Whether a client's requests sign the SHA-256 of their bodies (SigV4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    /// Documents (links, session records, markers, manifests, small blobs):
+    /// the store refuses a body altered on the way.
+    Signed,
+    /// Blob content in transfer (parts, upload tails): signing it would hash
+    /// every pushed byte a second time (as much CPU again as the digest
+    /// itself), and content is named by its digest and checked against it
+    /// when a replica first reads it, so altered bytes are never served.
+    /// Over plain `http://` an on-path attacker could still spoil an upload
+    /// (found at its first read); use HTTPS across untrusted networks.
+    Unsigned,
+}
+
+fn build(
+    config: &S3Config,
+    options: ClientOptions,
+    payload: Payload,
+) -> io::Result<object_store::aws::AmazonS3> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
         .with_region(&config.region)
-        .with_retry(retries());
+        .with_retry(retries())
+        .with_unsigned_payload(payload == Payload::Unsigned);
     if let Some(endpoint) = &config.endpoint {
         builder = builder
             .with_endpoint(endpoint)
