@@ -1811,6 +1811,24 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
         6,
         a.push_blob(name, config).await
     );
+    // Content before its link (a reader that finds the link finds the
+    // content), though they share one look at the collections.
+    {
+        let (_, _, requests, _) = rows.last().expect("a row");
+        let labelled = |label: &str| {
+            requests
+                .iter()
+                .find(|r| request_label(r, &garage.bucket, &root) == label)
+                .unwrap_or_else(|| panic!("no {label} in the small push"))
+        };
+        let (content, link) = (labelled("PUT blob"), labelled("PUT layer link"));
+        assert!(
+            content
+                .answered
+                .is_some_and(|answered| answered <= link.arrived),
+            "the layer link was written only once the content was"
+        );
+    }
     // A chunked upload as clients that honour OCI-Chunk-Min-Length send
     // it: a part of 5 MiB, then a short last chunk carried over as a tail.
     let chunked = random_bytes(6 * MIB, 10);

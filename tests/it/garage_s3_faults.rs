@@ -474,3 +474,57 @@ async fn an_unreachable_store_gives_clean_503s_within_a_bound_not_a_hang() {
     .await;
     requests_fail_cleanly(&replica.api, &image, Duration::from_secs(10), "refused").await;
 }
+
+/// A store that answers a ranged GET with fewer bytes than it claims: the
+/// first pull of a blob (downloaded in ranges) through a replica never
+/// reaches its client whole (the body breaks off, or the answer is an
+/// error), the replica keeps no copy of it, and once the store answers
+/// whole the same replica serves the blob whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_sending_short_ranges_fails_the_pull_and_leaves_no_copy() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let pusher = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
+    // Above the blob cache's range size (8 MiB): three ranges.
+    let image = TestImage::new("short", &[&random_bytes(20 * MIB, 96)]);
+    let name = "short/app";
+    pusher.api.push_image(name, "v1", &image).await;
+    let (digest, content) = image.blobs[1].clone();
+    let path = format!("/v2/{name}/blobs/{digest}");
+
+    // A replica that has read nothing yet.
+    let reader = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
+    proxy.set_mode(Mode::ShortRanges);
+    for attempt in 1..=2 {
+        let resp = reader.api.get(&path).await;
+        let status = resp.status();
+        match resp.bytes().await {
+            Ok(body) => assert!(
+                status != StatusCode::OK || body.len() < content.len(),
+                "attempt {attempt}: {status} with {} of {} bytes",
+                body.len(),
+                content.len()
+            ),
+            Err(e) => assert_eq!(status, StatusCode::OK, "attempt {attempt}: {e:?}"),
+        }
+    }
+    let short = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.ranged && r.path.ends_with("/data"))
+        .count();
+    assert!(short > 0, "the pulls asked for ranges");
+
+    proxy.set_mode(Mode::Forward);
+    let (status, body) = reader.api.get_bytes(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body == content[..],
+        "the blob, whole, once the store answers whole"
+    );
+    reader.api.assert_intact(name, &image).await;
+}

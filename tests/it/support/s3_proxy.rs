@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
@@ -33,6 +36,11 @@ pub enum Mode {
     BlackHole = 1,
     /// Closes the connection without an answer: a store that went away.
     Cut = 2,
+    /// Forwards, but answers a ranged GET (206) with its body less the last
+    /// byte and a `Content-Length` to match, its `Content-Range` as the store
+    /// sent it: a store (or a middlebox) that sends fewer bytes of a range
+    /// than it claims.
+    ShortRanges = 3,
 }
 
 /// One request the proxy received (in any mode).
@@ -142,7 +150,8 @@ fn mode_of(mode: &AtomicU8) -> Mode {
     match mode.load(Ordering::SeqCst) {
         0 => Mode::Forward,
         1 => Mode::BlackHole,
-        _ => Mode::Cut,
+        2 => Mode::Cut,
+        _ => Mode::ShortRanges,
     }
 }
 
@@ -175,8 +184,19 @@ async fn serve_connection(
                 });
             }
             match mode_of(&mode) {
-                Mode::Forward => {
+                mode @ (Mode::Forward | Mode::ShortRanges) => {
+                    let ranged = request.headers().contains_key(hyper::header::RANGE);
                     let answer = forward(request, upstream, &sender).await;
+                    let answer = match answer {
+                        Ok(response)
+                            if mode == Mode::ShortRanges
+                                && ranged
+                                && response.status() == hyper::StatusCode::PARTIAL_CONTENT =>
+                        {
+                            shortened(response).await
+                        }
+                        other => other.map(|response| response.map(BodyExt::boxed)),
+                    };
                     // Not there when the log was cleared meanwhile.
                     let mut log = log.lock().unwrap();
                     if let Some(entry) = log.iter_mut().rev().find(|e| e.seq == seq) {
@@ -194,6 +214,26 @@ async fn serve_connection(
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await;
+}
+
+/// A response body as the proxy sends it: the store's, or one it made.
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// `response` (a 206) with its body less the last byte.
+async fn shortened(response: Response<Incoming>) -> Result<Response<ProxyBody>, std::io::Error> {
+    let (mut parts, body) = response.into_parts();
+    let mut body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    body.truncate(body.len().saturating_sub(1));
+    parts.headers.insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(body.len()),
+    );
+    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    Ok(Response::from_parts(parts, body))
 }
 
 async fn forward(
