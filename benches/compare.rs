@@ -25,7 +25,7 @@
 //! failure (a wrong status, a short pull, wrk errors) exits non-zero; the timings themselves
 //! never do. Each row is also printed as one `BENCH key=value …` line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1750,9 +1750,78 @@ struct Bench {
     variants: u64,
     commands: Vec<String>,
     settler: Settler,
+    /// The Garage node's process in an S3 run, whose CPU time the notes set beside the
+    /// registries'.
+    garage_pid: Option<u32>,
+    /// CPU seconds each timed big push and pull took, per workload and registry: the
+    /// registry's process, and Garage's beside it in an S3 run.
+    cpu: BTreeMap<&'static str, [Vec<CpuSpent>; 2]>,
+}
+
+/// CPU seconds one timed run took: the registry's, and Garage's when there is one.
+type CpuSpent = (f64, Option<f64>);
+
+/// CPU seconds (user and system) a process has used so far, from `/proc/PID/stat`; `None` when
+/// it cannot be read.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime and
+    // stime the 12th and 13th; in clock ticks of USER_HZ, 100 on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 impl Bench {
+    /// CPU seconds used so far by registry `i` and by Garage.
+    fn cpu_now(&self, i: usize) -> (Option<f64>, Option<f64>) {
+        (
+            cpu_seconds(self.servers[i].pid),
+            self.garage_pid.and_then(cpu_seconds),
+        )
+    }
+
+    /// Records what a timed run of `workload` on registry `i` cost since `before`.
+    fn cpu_since(&mut self, workload: &'static str, i: usize, before: (Option<f64>, Option<f64>)) {
+        let after = self.cpu_now(i);
+        if let (Some(b), Some(a)) = (before.0, after.0) {
+            let garage = before.1.zip(after.1).map(|(b, a)| a - b);
+            self.cpu.entry(workload).or_default()[i].push((a - b, garage));
+        }
+    }
+
+    /// One note with the median CPU time of each workload recorded by [`Bench::cpu_since`].
+    fn note_cpu(&mut self) {
+        let mut parts = Vec::new();
+        for (workload, runs) in &self.cpu {
+            let mut sides = Vec::new();
+            for (i, name) in NAMES.iter().enumerate() {
+                if runs[i].is_empty() {
+                    continue;
+                }
+                let own: Vec<f64> = runs[i].iter().map(|(own, _)| *own).collect();
+                let garage: Vec<f64> = runs[i].iter().filter_map(|(_, g)| *g).collect();
+                sides.push(if garage.len() == own.len() {
+                    format!(
+                        "{name} {:.2} s (Garage {:.2} s)",
+                        median(&own),
+                        median(&garage)
+                    )
+                } else {
+                    format!("{name} {:.2} s", median(&own))
+                });
+            }
+            parts.push(format!("{workload}: {}", sides.join(", ")));
+        }
+        if !parts.is_empty() {
+            self.table.notes.push(format!(
+                "CPU time of each timed run, medians of the rounds (the registry's process{}, from /proc/PID/stat): {}",
+                if self.garage_pid.is_some() { "; Garage's node beside it" } else { "" },
+                parts.join("; ")
+            ));
+        }
+    }
+
     fn regs(&self) -> Vec<Reg> {
         self.servers.iter().map(|s| s.reg.clone()).collect()
     }
@@ -1799,9 +1868,11 @@ impl Bench {
                 let repo = format!("bench/mono-r{round}");
                 let reg = self.servers[i].reg.clone();
                 self.settler.settle().await?;
+                let cpu = self.cpu_now(i);
                 let t = Instant::now();
                 push_monolithic(&self.client, &reg, &repo, &blob).await?;
                 let secs = t.elapsed().as_secs_f64();
+                self.cpu_since("push monolithic", i, cpu);
                 self.settler.wrote(i);
                 self.table.push(mono, i, blob.len() as f64 / secs / 1e6);
                 max_rss[i] = max_rss[i].max(self.servers[i].status_mib("VmRSS")?);
@@ -1817,9 +1888,11 @@ impl Bench {
                 let repo = format!("bench/chunked-r{round}");
                 let reg = self.servers[i].reg.clone();
                 self.settler.settle().await?;
+                let cpu = self.cpu_now(i);
                 let t = Instant::now();
                 push_chunked(&self.client, &reg, &repo, &blob, self.o.chunk).await?;
                 let secs = t.elapsed().as_secs_f64();
+                self.cpu_since("push chunked", i, cpu);
                 self.settler.wrote(i);
                 self.table.push(chunked, i, blob.len() as f64 / secs / 1e6);
                 max_rss[i] = max_rss[i].max(self.servers[i].status_mib("VmRSS")?);
@@ -1834,12 +1907,15 @@ impl Bench {
             for i in order(round) {
                 let (repo, blob) = slot[i].as_ref().expect("pushed");
                 self.settler.settle().await?;
+                let cpu = self.cpu_now(i);
                 let t = Instant::now();
                 pull_count(&self.client, &self.servers[i].reg, repo, blob).await?;
                 let secs = t.elapsed().as_secs_f64();
+                self.cpu_since("pull", i, cpu);
                 self.table.push(pull, i, blob.len() as f64 / secs / 1e6);
             }
         }
+        self.note_cpu();
         if self.o.storage == Storage::S3 {
             // Repeated concurrent pulls of one blob on S3 measure Berth's blob cache after the
             // first round; the S3 run has the pull storm instead (`storm`), a new blob each
@@ -3270,6 +3346,8 @@ async fn run(o: Opts) -> R<()> {
         variants: 0,
         commands: Vec::new(),
         settler: Settler::new(checkpoint_wait),
+        garage_pid: garage.as_ref().and_then(|g| g.pid()),
+        cpu: BTreeMap::new(),
     };
     let rss_start = b
         .table

@@ -139,6 +139,17 @@ impl Garage {
     }
 }
 
+impl Garage {
+    /// The node's process id (tests/garage.sh writes it under the node's directory).
+    pub(super) fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("node1/pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 impl Drop for Garage {
     fn drop(&mut self) {
         let _ = Command::new(&self.script)
