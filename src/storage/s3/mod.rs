@@ -1342,8 +1342,8 @@ impl Storage for S3Storage {
     }
 
     async fn delete_all_of(&self, prefix: &str, keys: &[String]) -> io::Result<()> {
-        // A DELETE each (S3's DELETE of a missing key succeeds): no LIST,
-        // and no DeleteObjects for one key.
+        // A delete request per key (object_store sends each as a one-key
+        // DeleteObjects; a missing key is no error): no LIST first.
         self.collection.removed_under(&format!("{prefix}/"));
         let keys: Vec<String> = keys.to_vec();
         futures::stream::iter(keys)
