@@ -162,11 +162,7 @@ pub trait Storage: Send + Sync + 'static {
     /// to share the cost of durability between them. Returns, per document,
     /// whether it was written. Default: one `put` after another.
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
-        let mut written = Vec::with_capacity(docs.len());
-        for (key, data, mode) in docs {
-            written.push(self.put(&key, data, mode).await?);
-        }
-        Ok(written)
+        put_each(self, docs).await
     }
 
     /// [`Storage::put`] for documents that must land in order (blob content,
@@ -176,11 +172,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Returns, per document, whether it was written. Default: one `put`
     /// after another.
     async fn put_chain(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
-        let mut written = Vec::with_capacity(docs.len());
-        for (key, data, mode) in docs {
-            written.push(self.put(&key, data, mode).await?);
-        }
-        Ok(written)
+        put_each(self, docs).await
     }
 
     /// The size of a stored object, or `None` when it does not exist.
@@ -428,6 +420,19 @@ pub trait Storage: Send + Sync + 'static {
     fn upload_generation(&self) -> Option<&str> {
         None
     }
+}
+
+/// [`Storage::put`] of each document, one after another: what
+/// [`Storage::put_all`] and [`Storage::put_chain`] do by default.
+pub(crate) async fn put_each<S: Storage + ?Sized>(
+    storage: &S,
+    docs: Vec<(String, Bytes, WriteMode)>,
+) -> io::Result<Vec<bool>> {
+    let mut written = Vec::with_capacity(docs.len());
+    for (key, data, mode) in docs {
+        written.push(storage.put(&key, data, mode).await?);
+    }
+    Ok(written)
 }
 
 /// Capability: objects are files on this machine's disk.

@@ -2138,20 +2138,20 @@ async fn a_delete_through_one_replica_is_seen_by_the_next_push_through_the_other
     let root = format!("{}/docker/registry/v2/", s3.prefix);
     let cover = Duration::from_millis(500);
 
+    // A DELETE through `b`, acknowledged only after the cover.
+    let delete_through_b = |path: String| async move {
+        let deleting = Instant::now();
+        let resp = b.client.delete(b.url(&path)).send().await.unwrap();
+        expect_status(resp, StatusCode::ACCEPTED).await;
+        assert!(
+            deleting.elapsed() >= cover,
+            "DELETE {path} is acknowledged after the cover of a touch from memory, not {:?}",
+            deleting.elapsed()
+        );
+    };
+
     a.push_image(name, "one", &image).await;
-    let deleting = Instant::now();
-    let resp = b
-        .client
-        .delete(b.url(&format!("/v2/{name}/manifests/{}", image.digest)))
-        .send()
-        .await
-        .unwrap();
-    expect_status(resp, StatusCode::ACCEPTED).await;
-    assert!(
-        deleting.elapsed() >= cover,
-        "a manifest DELETE is acknowledged after the cover of a touch from memory, not {:?}",
-        deleting.elapsed()
-    );
+    delete_through_b(format!("/v2/{name}/manifests/{}", image.digest)).await;
     proxy.clear();
     let resp = a.put_manifest(name, "two", &image.manifest).await;
     expect_status(resp, StatusCode::CREATED).await;
@@ -2174,19 +2174,7 @@ async fn a_delete_through_one_replica_is_seen_by_the_next_push_through_the_other
     // The push just touched the layer's link through `a`; the layer is
     // deleted through `b`, and the next push of a manifest naming it is refused.
     let layer_digest = sha256_digest(&layer);
-    let deleting = Instant::now();
-    let resp = b
-        .client
-        .delete(b.url(&format!("/v2/{name}/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
-    expect_status(resp, StatusCode::ACCEPTED).await;
-    assert!(
-        deleting.elapsed() >= cover,
-        "a blob DELETE is acknowledged after the cover of a touch from memory, not {:?}",
-        deleting.elapsed()
-    );
+    delete_through_b(format!("/v2/{name}/blobs/{layer_digest}")).await;
     let resp = a.put_manifest(name, "three", &image.manifest).await;
     let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");

@@ -442,6 +442,26 @@ impl S3Storage {
         Ok(())
     }
 
+    /// Whether [`Storage::put`] in `mode` writes `key` as it is (a PUT, then
+    /// the look at the collections after it) rather than touching it first
+    /// and creating it if absent. Overwrites always (a PUT is durable when it
+    /// returns, and comparing first would cost a GET). So is blob content,
+    /// which is named by its digest (the registry writes only bytes it hashed
+    /// to that digest): writing it where it is already leaves the same
+    /// object, a marker PUT and a round trip less for a small blob's push,
+    /// and content the store holds damaged is replaced; unless a touch of
+    /// this process just marked it, which answers a create from memory.
+    fn writes_plainly(&self, key: &str, mode: WriteMode) -> bool {
+        match mode {
+            WriteMode::Overwrite | WriteMode::Scratch => true,
+            WriteMode::CreateIfAbsent => {
+                layout::blob_digest_of(key).is_some()
+                    && self.collection.marked_recently(key).is_none()
+            }
+            WriteMode::Record => false,
+        }
+    }
+
     /// Writes `data` at `key`, and, for a key a collection may remove,
     /// makes sure no collection deciding meanwhile removed it after all (the
     /// write is its own touch marker: collection.rs), unless this process
@@ -1069,51 +1089,22 @@ impl Storage for S3Storage {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
-        match mode {
-            // A PUT is durable when it returns, and comparing first would cost
-            // a GET: always written.
-            WriteMode::Overwrite | WriteMode::Scratch => {
-                self.put_guarded(key, data).await?;
-                Ok(true)
-            }
-            // Blob content is named by its digest (the registry writes only
-            // bytes it hashed to that digest), so writing it where it is
-            // already leaves the same object: written as any collectable key
-            // is (a PUT, then the look at the collections after it) rather
-            // than touched first and created if absent, a marker PUT and a
-            // round trip less for a small blob's push. Content the store
-            // holds damaged is replaced, too.
-            WriteMode::CreateIfAbsent
-                if layout::blob_digest_of(key).is_some()
-                    && self.collection.marked_recently(key).is_none() =>
-            {
-                self.put_guarded(key, data).await?;
-                Ok(true)
-            }
-            WriteMode::CreateIfAbsent | WriteMode::Record => {
-                Ok(self.create_all(vec![(key.to_owned(), data)]).await?[0])
-            }
+        if self.writes_plainly(key, mode) {
+            self.put_guarded(key, data).await?;
+            return Ok(true);
         }
+        Ok(self.create_all(vec![(key.to_owned(), data)]).await?[0])
     }
 
     async fn put_chain(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
-        // Plain writes (as `put` would make each) share one look at the
-        // collections after the last: a small blob's content and its link
-        // cost their two PUTs and one flag GET, not two.
-        let plain = |key: &str, mode: &WriteMode| match mode {
-            WriteMode::Overwrite | WriteMode::Scratch => true,
-            WriteMode::CreateIfAbsent => {
-                layout::blob_digest_of(key).is_some()
-                    && self.collection.marked_recently(key).is_none()
-            }
-            WriteMode::Record => false,
-        };
-        if !docs.iter().all(|(key, _, mode)| plain(key, mode)) {
-            let mut written = Vec::with_capacity(docs.len());
-            for (key, data, mode) in docs {
-                written.push(self.put(&key, data, mode).await?);
-            }
-            return Ok(written);
+        // Plain writes share one look at the collections after the last: a
+        // small blob's content and its link cost their two PUTs and one flag
+        // GET, not two.
+        if !docs
+            .iter()
+            .all(|(key, _, mode)| self.writes_plainly(key, *mode))
+        {
+            return crate::storage::put_each(self, docs).await;
         }
         let count = docs.len();
         let docs = docs.into_iter().map(|(key, data, _)| (key, data)).collect();
