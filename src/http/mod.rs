@@ -42,8 +42,8 @@ pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFil
 pub use error::{status_of, ApiError, ApiResult};
 
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
-use crate::registry::ByteStream;
 use crate::registry::Registry;
+use crate::registry::RequestBody;
 use auth::{AccessControl, Caller};
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -219,9 +219,13 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The request body as a stream of bytes for the storage layer.
-fn body_stream(body: Body) -> ByteStream {
-    Box::pin(body.into_data_stream().map_err(io::Error::other))
+/// The request body for the storage layer: its bytes, and their number when
+/// the client declared it (hyper holds the body to its `Content-Length`).
+fn request_body(headers: &HeaderMap, body: Body) -> RequestBody {
+    RequestBody {
+        stream: Box::pin(body.into_data_stream().map_err(io::Error::other)),
+        length: header_str(headers, header::CONTENT_LENGTH).and_then(decimal),
+    }
 }
 
 /// Whether the request carries a body at all (a final `PUT` may not).

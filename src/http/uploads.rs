@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
 use super::{
-    body_stream, decimal, digest_param, has_body, header_str, location, query_pairs, query_value,
+    decimal, digest_param, has_body, header_str, location, query_pairs, query_value, request_body,
     ApiError, ApiResult, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, OCI_CHUNK_MIN_LENGTH,
 };
 use crate::auth::Action;
@@ -57,7 +57,7 @@ pub async fn start(
     if let Some(digest) = query_value(&pairs, "digest") {
         let digest = digest_param(digest)?;
         registry
-            .upload_whole(name, &digest, body_stream(body))
+            .upload_whole(name, &digest, request_body(&parts.headers, body))
             .await?;
         return Ok(blob_created(name, &digest));
     }
@@ -79,7 +79,7 @@ pub async fn patch(
 ) -> ApiResult {
     let start = chunk_start(&parts.headers)?;
     let session = registry
-        .append_chunk(name, id, start, body_stream(body))
+        .append_chunk(name, id, start, request_body(&parts.headers, body))
         .await?;
     Ok(upload_accepted(
         registry,
@@ -102,7 +102,7 @@ pub async fn finish(
     })?;
     let digest = digest_param(digest)?;
     let start = chunk_start(&parts.headers)?;
-    let body = has_body(&parts.headers).then(|| body_stream(body));
+    let body = has_body(&parts.headers).then(|| request_body(&parts.headers, body));
     registry
         .finish_upload(name, id, &digest, start, body)
         .await?;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{storage_error, Registry};
 use crate::oci::{Algorithm, Digest, ErrorCode, Hasher, RegistryError, RepositoryName, Result};
-use crate::storage::{layout, ByteStream, WriteMode};
+use crate::storage::{layout, ByteStream, RequestBody, WriteMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadSession {
@@ -151,7 +151,7 @@ impl Registry {
         name: &RepositoryName,
         id: &str,
         start: Option<u64>,
-        body: ByteStream,
+        body: RequestBody,
     ) -> Result<UploadSession> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
@@ -170,7 +170,7 @@ impl Registry {
         id: &str,
         digest: &Digest,
         start: Option<u64>,
-        body: Option<ByteStream>,
+        body: Option<RequestBody>,
     ) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(name, id).await?;
@@ -235,7 +235,7 @@ impl Registry {
         &self,
         name: &RepositoryName,
         digest: &Digest,
-        body: ByteStream,
+        body: RequestBody,
     ) -> Result<()> {
         let body = match receive_small(body).await.map_err(body_error)? {
             Received::Whole(content) => return self.store_whole(name, digest, content).await,
@@ -243,7 +243,7 @@ impl Registry {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let mut source = HashingSource {
-            inner: body,
+            inner: body.stream,
             hasher: Hasher::new(digest.algorithm()),
             received: 0,
         };
@@ -252,7 +252,7 @@ impl Registry {
         let outcome = async {
             let size = self
                 .storage
-                .append_upload(&data_key, 0, &mut source, &mut state)
+                .append_upload(&data_key, 0, &mut source, body.length, &mut state)
                 .await
                 .map_err(body_error)?;
             let received = source.hasher.clone().finish();
@@ -322,10 +322,10 @@ impl Registry {
         &self,
         name: &RepositoryName,
         session: &mut UploadSession,
-        body: ByteStream,
+        body: RequestBody,
     ) -> Result<()> {
         let mut source = HashingSource {
-            inner: body,
+            inner: body.stream,
             hasher: session.hasher()?,
             received: 0,
         };
@@ -335,6 +335,7 @@ impl Registry {
                 &layout::upload_data(name, &session.id),
                 session.offset,
                 &mut source,
+                body.length,
                 &mut session.storage_state,
             )
             .await
@@ -500,11 +501,15 @@ const DIRECT_WRITE_BYTES: usize = 256 * 1024;
 enum Received {
     Whole(Bytes),
     /// Too large to hold: what was read so far, followed by the rest.
-    Streaming(ByteStream),
+    Streaming(RequestBody),
 }
 
-async fn receive_small(mut body: ByteStream) -> io::Result<Received> {
+async fn receive_small(body: RequestBody) -> io::Result<Received> {
     use futures::StreamExt;
+    let RequestBody {
+        stream: mut body,
+        length,
+    } = body;
     let mut chunks = Vec::new();
     let mut len = 0;
     while let Some(chunk) = body.next().await {
@@ -513,7 +518,10 @@ async fn receive_small(mut body: ByteStream) -> io::Result<Received> {
         chunks.push(chunk);
         if len > DIRECT_WRITE_BYTES {
             let head = futures::stream::iter(chunks.into_iter().map(Ok));
-            return Ok(Received::Streaming(Box::pin(head.chain(body))));
+            return Ok(Received::Streaming(RequestBody {
+                stream: Box::pin(head.chain(body)),
+                length,
+            }));
         }
     }
     Ok(Received::Whole(match chunks.len() {

@@ -1111,6 +1111,7 @@ impl Storage for FsStorage {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        _length: Option<u64>,
         _state: &mut String,
     ) -> io::Result<u64> {
         // Bytes are gathered into batches and each batch is written by one
@@ -1318,7 +1319,7 @@ mod tests {
         let mut first = chunks(vec![b"hello", b", "]);
         assert_eq!(
             store
-                .append_upload("u/data", 0, &mut first, &mut String::new())
+                .append_upload("u/data", 0, &mut first, None, &mut String::new())
                 .await
                 .unwrap(),
             7
@@ -1332,7 +1333,7 @@ mod tests {
         let mut second = chunks(vec![b"world"]);
         assert_eq!(
             store
-                .append_upload("u/data", 7, &mut second, &mut String::new())
+                .append_upload("u/data", 7, &mut second, None, &mut String::new())
                 .await
                 .unwrap(),
             5
@@ -1594,7 +1595,7 @@ mod tests {
         assert!(store.delete("blobs/x/data").await.unwrap());
         let mut upload = futures::stream::iter([Ok(Bytes::from_static(b"new"))]);
         store
-            .append_upload("u/data", 0, &mut upload, &mut String::new())
+            .append_upload("u/data", 0, &mut upload, None, &mut String::new())
             .await
             .unwrap();
         store

@@ -174,7 +174,17 @@ pub fn upload_started_at(name: &RepositoryName, id: &str) -> String {
 }
 
 pub fn upload_session(name: &RepositoryName, id: &str) -> String {
-    format!("{}/berth-session.json", upload_dir(name, id))
+    format!("{}/{UPLOAD_SESSION}", upload_dir(name, id))
+}
+
+const UPLOAD_SESSION: &str = "berth-session.json";
+
+/// Whether `key` is an upload's session record (see [`upload_session`]).
+pub fn is_upload_session(key: &str) -> bool {
+    key.strip_suffix(UPLOAD_SESSION)
+        .and_then(|dir| dir.strip_suffix('/'))
+        .and_then(|dir| dir.rsplit_once("/_uploads/"))
+        .is_some_and(|(_, id)| is_upload_id(id))
 }
 
 pub fn referrers_of(name: &RepositoryName, subject: &Digest) -> String {
@@ -385,5 +395,17 @@ mod tests {
         assert!(is_upload_id(&uuid::Uuid::new_v4().to_string()));
         assert!(!is_upload_id("../../../etc"));
         assert!(!is_upload_id("ABCDEF00-0000-0000-0000-000000000000"));
+    }
+
+    #[test]
+    fn a_session_record_is_told_from_other_upload_keys() {
+        let name = RepositoryName::parse("a/b").unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        assert!(is_upload_session(&upload_session(&name, &id)));
+        assert!(!is_upload_session(&upload_data(&name, &id)));
+        assert!(!is_upload_session(&upload_started_at(&name, &id)));
+        let not_an_id = format!("{REPOSITORIES}/a/b/_uploads/x/berth-session.json");
+        assert!(!is_upload_session(&not_an_id));
+        assert!(!is_upload_session("berth-session.json"));
     }
 }

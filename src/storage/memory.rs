@@ -153,6 +153,7 @@ impl Storage for MemoryStorage {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        _length: Option<u64>,
         _state: &mut String,
     ) -> io::Result<u64> {
         let mut content = BytesMut::from(self.get(key).await?.unwrap_or_default().as_ref());

@@ -45,6 +45,16 @@ use futures::Stream;
 /// A stream of body bytes, as received from a client or read from storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// A client's request body on its way to storage: its bytes and, when the
+/// client declared it (`Content-Length`), how many there are. A backend that
+/// knows the length up front can lay out what it writes before the bytes
+/// arrive (an object store streams each part of a multipart upload as its
+/// bytes come in: `storage/s3/parts.rs`).
+pub struct RequestBody {
+    pub stream: ByteStream,
+    pub length: Option<u64>,
+}
+
 /// A borrowed byte source: the caller keeps ownership so it can read what a
 /// wrapper (such as a hasher) learned once the storage has consumed it.
 pub type ByteSource<'a> = dyn Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a;
@@ -302,7 +312,9 @@ pub trait Storage: Send + Sync + 'static {
     /// session record (which holds the offset) is the truth. Appended bytes
     /// survive a crash of this process; across a machine crash only while
     /// [`Storage::upload_generation`] stays the same. Returns the number of
-    /// bytes appended.
+    /// bytes appended. `length`, when known, is how many bytes `data` will
+    /// yield (the client's `Content-Length`, which HTTP holds it to); a
+    /// backend may plan by it, and fails the append if `data` disagrees.
     ///
     /// `state` is the backend's own account of the upload (an object store's
     /// multipart upload id and parts; empty at the start, and for a backend
@@ -316,6 +328,7 @@ pub trait Storage: Send + Sync + 'static {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        length: Option<u64>,
         state: &mut String,
     ) -> io::Result<u64>;
 

@@ -19,7 +19,7 @@ use berth::storage::s3::S3Config;
 use berth::storage::{Storage, WriteMode};
 use berth::{Config, RunningServer};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 
@@ -546,8 +546,9 @@ async fn chunked_upload(
 /// A chunked upload goes on through the other replica: PATCHes through A,
 /// more PATCHes and the final PUT through B, with chunks of 1 B, 4 MiB,
 /// 5 MiB and 5 MiB + 1 in several orders (so chunks end on a part, within
-/// a part, and as a short tail carried over), a 1-byte blob and a zero-byte
-/// blob. After every PATCH the session record's multipart state keeps S3's
+/// a part, and as a short tail carried over), PATCHes through A, then B,
+/// then A again (whose copy of the session record B's write made stale), a
+/// 1-byte blob and a zero-byte blob. After every PATCH the session record's multipart state keeps S3's
 /// rule (which Garage does not enforce): no empty part, every part but the
 /// last at least 5 MiB; every 202 asks for 5 MiB chunks. The blob pulls
 /// whole through both replicas.
@@ -587,9 +588,120 @@ async fn a_chunked_upload_continues_on_the_other_replica_in_parts_of_at_least_5_
         3,
     )
     .await;
+    // Back to A after B wrote the record: A's copy of it is stale.
+    chunked_upload(
+        &replicas,
+        storage,
+        "chunks/back-to-a",
+        &[(A, 5 * m), (B, 5 * m), (A, 1)],
+        1,
+        7,
+    )
+    .await;
     chunked_upload(&replicas, storage, "chunks/one-byte", &[(A, 1)], 0, 4).await;
     chunked_upload(&replicas, storage, "chunks/zero", &[(A, 0)], 0, 5).await;
     chunked_upload(&replicas, storage, "chunks/zero-put", &[], 0, 6).await;
+}
+
+/// A chunk whose length the client declared is cut into parts before its
+/// bytes arrive, and each part goes to the store as they come in: the part
+/// of a 6 MiB chunk (one part: too few bytes for two) is on its way, to a
+/// presigned URL, before the chunk's second half is sent (a part filled in
+/// memory first would start only after it). A 7 MiB chunk becomes one part
+/// of 7 MiB and no tail carried over. The replica reads the session record
+/// it wrote back by a conditional GET, answered 304 (a plain GET of a
+/// record past Garage's inline size waited 40 ms for delayed ACKs). The
+/// blob pulls whole through both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_chunk_streams_its_parts_and_its_session_record_comes_back_as_a_304() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let root = format!("{}/docker/registry/v2/", s3.prefix);
+    let replicas = Replicas::start_on(s3.clone(), |_| {}).await;
+    let api = &replicas.a.api;
+    let name = "streamed/app";
+    let content = Bytes::from(random_bytes(14 * MIB, 41));
+    let digest = sha256_digest(&content);
+    let labelled = |label: &str| -> Vec<crate::s3_proxy::Logged> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|r| request_label(r, &garage.bucket, &root) == label)
+            .collect()
+    };
+    let mut session = api.start_upload(name).await;
+
+    proxy.clear();
+    let (mut body, from_test) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let patch = api
+        .client
+        .patch(api.url(&session))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("0-{}", 6 * MIB - 1))
+        .header("content-length", 6 * MIB)
+        .body(reqwest::Body::wrap_stream(from_test))
+        .send();
+    let patch = tokio::spawn(patch);
+    body.send(Ok(content.slice(..3 * MIB))).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the part's upload starts before its chunk's second half is sent",
+        || async { !labelled("UploadPart").is_empty() },
+    )
+    .await;
+    body.send(Ok(content.slice(3 * MIB..6 * MIB)))
+        .await
+        .unwrap();
+    drop(body);
+    let resp = expect_status(patch.await.unwrap().unwrap(), StatusCode::ACCEPTED).await;
+    session = location(&resp);
+    let parts = labelled("UploadPart");
+    assert_eq!(parts.len(), 1, "one part for 6 MiB: {parts:?}");
+    assert!(
+        parts[0].presigned && parts[0].status == Some(200),
+        "streamed to a presigned URL: {parts:?}"
+    );
+
+    proxy.clear();
+    let resp = api
+        .client
+        .patch(api.url(&session))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{}-{}", 6 * MIB, 13 * MIB - 1))
+        .body(content.slice(6 * MIB..13 * MIB))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
+    session = location(&resp);
+    assert_eq!(labelled("UploadPart").len(), 1, "7 MiB: one part");
+    assert!(
+        labelled("PUT upload tail").is_empty(),
+        "no tail carried over"
+    );
+    let reads = labelled("GET session record");
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert!(
+        reads[0].if_none_match && reads[0].status == Some(304),
+        "the record read back by a conditional GET, answered 304: {reads:?}"
+    );
+
+    let resp = replicas
+        .b
+        .api
+        .client
+        .put(replicas.b.api.url(&with_digest(&session, &digest)))
+        .header("content-type", "application/octet-stream")
+        .body(content.slice(13 * MIB..))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::CREATED).await;
+    assert_blob_on_both(&replicas, name, &digest, &content).await;
 }
 
 /// Monolithic uploads (POST then PUT with the content, and the single

@@ -528,3 +528,69 @@ async fn a_store_sending_short_ranges_fails_the_pull_and_leaves_no_copy() {
     );
     reader.api.assert_intact(name, &image).await;
 }
+
+/// A store that fails a part streamed as its bytes arrive (a 500 to the
+/// presigned `UploadPart`, its body unread): the replica sends the part
+/// again whole, signed in its headers, once all its bytes are in, and the
+/// push succeeds; the blob pulls whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_part_the_store_fails_is_sent_again_whole() {
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let replica = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
+    let name = "failed-part/app";
+    // 12 MiB: one part (too few bytes for a second one of at least 5 MiB).
+    let content = random_bytes(12 * MIB, 97);
+    let digest = crate::support::sha256_digest(&content);
+    proxy.set_mode(Mode::FailPresignedParts);
+    let session = replica.api.start_upload(name).await;
+    let resp = replica
+        .api
+        .client
+        .patch(replica.api.url(&session))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("0-{}", content.len() - 1))
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::ACCEPTED).await;
+    let session = location(&resp);
+    let parts: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PUT"
+                && form_urlencoded::parse(r.query.as_bytes())
+                    .any(|(k, v)| k == "partNumber" && v == "1")
+        })
+        .collect();
+    assert!(
+        parts.len() == 2
+            && parts[0].presigned
+            && parts[0].status == Some(500)
+            && !parts[1].presigned
+            && parts[1].status == Some(200),
+        "a failed streamed part, then the part whole: {parts:?}"
+    );
+    proxy.set_mode(Mode::Forward);
+    let sep = if session.contains('?') { '&' } else { '?' };
+    let resp = replica
+        .api
+        .client
+        .put(replica.api.url(&format!("{session}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::CREATED).await;
+    let (status, body) = replica
+        .api
+        .get_bytes(&format!("/v2/{name}/blobs/{digest}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == content[..], "the blob, whole");
+}

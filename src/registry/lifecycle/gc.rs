@@ -1021,10 +1021,13 @@ mod tests {
         }
     }
 
-    fn stream(content: &'static [u8]) -> crate::storage::ByteStream {
-        Box::pin(futures::stream::once(async move {
-            Ok(Bytes::from_static(content))
-        }))
+    fn stream(content: &'static [u8]) -> crate::storage::RequestBody {
+        crate::storage::RequestBody {
+            length: Some(content.len() as u64),
+            stream: Box::pin(futures::stream::once(async move {
+                Ok(Bytes::from_static(content))
+            })),
+        }
     }
 
     #[tokio::test]

@@ -94,11 +94,14 @@ mod tests {
     use crate::registry::cache::CacheConfig;
     use crate::registry::{Limits, Registry};
     use crate::storage::memory::MemoryStorage;
-    use crate::storage::{layout, ByteStream, Storage};
+    use crate::storage::{layout, RequestBody, Storage};
 
-    fn body(content: &[u8]) -> ByteStream {
+    fn body(content: &[u8]) -> RequestBody {
         let content = Bytes::copy_from_slice(content);
-        Box::pin(futures::stream::once(async move { Ok(content) }))
+        RequestBody {
+            length: Some(content.len() as u64),
+            stream: Box::pin(futures::stream::once(async move { Ok(content) })),
+        }
     }
 
     /// What an object store gives: the core of the trait and no capability.

@@ -9,7 +9,7 @@
 //! over one bucket are one registry. Uploads are S3 multipart uploads whose
 //! id and parts travel in the session record ([`Storage::append_upload`]'s
 //! state), so any replica continues one; bytes are streamed into parts of
-//! [`S3Config::part_size`], and a chunk's short end (under S3's 5 MiB part
+//! [`S3Config::part_size`] (`parts.rs`), and a chunk's short end (under S3's 5 MiB part
 //! minimum) is carried over as a small object of its own until the next
 //! chunk or the commit.
 //!
@@ -36,7 +36,7 @@ use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, PutPayloadMut, RetryConfig, UpdateVersion,
+    PutPayload, RetryConfig, UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,8 @@ use super::{
 
 mod blob_cache;
 mod collection;
+mod parts;
+mod records;
 
 /// What the backend needs of an object store client: objects, multipart
 /// uploads that any process continues by id, listings paged by
@@ -273,6 +275,11 @@ pub struct S3Storage {
     /// Parts beyond one per upload that may be in flight at once, process
     /// wide: what bounds the memory uploads hold.
     part_budget: Arc<tokio::sync::Semaphore>,
+    /// Sends a part as its bytes arrive (S3); without it (GCS, untested) a
+    /// part is sent once whole.
+    part_streamer: Option<parts::PartStreamer>,
+    /// Upload session records, read back by a conditional GET.
+    session_records: records::SessionRecords,
 }
 
 impl S3Storage {
@@ -286,12 +293,17 @@ impl S3Storage {
         config.validate().map_err(io::Error::other)?;
         let meta = Arc::new(build(config, metadata_client(), Payload::Signed)?);
         let transfer = Arc::new(build(config, transfer_client(), Payload::Unsigned)?);
+        let allow_http = config
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         let settings = Settings {
             prefix: &config.prefix,
             part_size: config.part_size,
             redirect: config.redirect,
             cache_bytes: config.cache_bytes,
             copy_limit: config.copy_limit,
+            part_streamer: Some(parts::PartStreamer::new(allow_http)?),
         };
         S3Storage::open_on(meta, transfer, settings, cache_dir).await
     }
@@ -314,6 +326,9 @@ impl S3Storage {
             cache_bytes: config.cache_bytes,
             // GCS copies an object of any size in one request.
             copy_limit: u64::MAX,
+            // Each part sent once whole: streaming one to a signed URL is
+            // untested on GCS.
+            part_streamer: None,
         };
         S3Storage::open_on(meta, transfer, settings, cache_dir).await
     }
@@ -340,6 +355,8 @@ impl S3Storage {
             redirect: settings.redirect,
             copy_limit: settings.copy_limit,
             part_budget: Arc::new(tokio::sync::Semaphore::new(EXTRA_PARTS)),
+            part_streamer: settings.part_streamer,
+            session_records: records::SessionRecords::default(),
         };
         if let Some(dir) = cache_dir.filter(|_| settings.cache_bytes > 0) {
             match blob_cache::BlobCache::open(dir, settings.cache_bytes) {
@@ -429,17 +446,47 @@ impl S3Storage {
         if let Some(cache) = &self.blob_cache {
             cache.forget(key);
         }
+        self.session_records.forget(key);
     }
 
     async fn put_overwrite(&self, key: &str, data: Bytes) -> io::Result<()> {
         self.forget(key);
         let size = data.len() as u64;
-        self.meta
-            .put(&self.path(key), PutPayload::from_bytes(data))
+        let written = self
+            .meta
+            .put(&self.path(key), PutPayload::from_bytes(data.clone()))
             .await
             .map_err(io_error)?;
+        if layout::is_upload_session(key) {
+            self.session_records.keep(key, written.e_tag, data);
+        }
         self.collection.written(key, size);
         Ok(())
+    }
+
+    /// A session record, by a conditional GET when this replica has a copy.
+    async fn get_session_record(&self, key: &str) -> io::Result<Option<Bytes>> {
+        let copy = self.session_records.get(key);
+        let options = GetOptions {
+            if_none_match: copy.as_ref().map(|copy| copy.etag.clone()),
+            ..GetOptions::default()
+        };
+        match self.meta.get_opts(&self.path(key), options).await {
+            Ok(result) => {
+                let etag = result.meta.e_tag.clone();
+                let body = result.bytes().await.map_err(io_error)?;
+                self.session_records.keep(key, etag, body.clone());
+                Ok(Some(body))
+            }
+            Err(object_store::Error::NotModified { .. }) if copy.is_some() => {
+                Ok(copy.map(|copy| copy.body))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.session_records.forget(key);
+                Ok(None)
+            }
+            Err(e) => Err(io_error(e)),
+        }
     }
 
     /// Whether [`Storage::put`] in `mode` writes `key` as it is (a PUT, then
@@ -774,6 +821,7 @@ struct Settings<'a> {
     redirect: bool,
     cache_bytes: u64,
     copy_limit: u64,
+    part_streamer: Option<parts::PartStreamer>,
 }
 
 /// The client for documents, HEADs, listings and deletes: bounded in total.
@@ -1036,9 +1084,14 @@ impl S3Storage {
             let tail = self
                 .read_small(&tail_key(key, start, upload), upload.tail as usize)
                 .await?;
-            let part = self
-                .send_part(&path, &id, upload.parts.len(), PutPayload::from_bytes(tail))
-                .await?;
+            let part = parts::put_part(
+                &*self.transfer,
+                &path,
+                &id,
+                upload.parts.len(),
+                PutPayload::from_bytes(tail),
+            )
+            .await?;
             upload.parts.push(part);
             upload.tail = 0;
             upload.tail_id.clear();
@@ -1057,30 +1110,14 @@ impl S3Storage {
         upload.completed = true;
         Ok(())
     }
-
-    async fn send_part(
-        &self,
-        key: &Path,
-        id: &str,
-        index: usize,
-        data: PutPayload,
-    ) -> io::Result<Part> {
-        let size = data.content_length() as u64;
-        let PartId { content_id } = self
-            .transfer
-            .put_part(key, &id.to_owned(), index, data)
-            .await
-            .map_err(io_error)?;
-        Ok(Part {
-            etag: content_id,
-            size,
-        })
-    }
 }
 
 #[async_trait]
 impl Storage for S3Storage {
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
+        if layout::is_upload_session(key) {
+            return self.get_session_record(key).await;
+        }
         match self.meta.get(&self.path(key)).await {
             Ok(result) => Ok(Some(result.bytes().await.map_err(io_error)?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -1323,6 +1360,7 @@ impl Storage for S3Storage {
 
     async fn delete_all(&self, prefix: &str) -> io::Result<()> {
         self.collection.removed_under(&format!("{prefix}/"));
+        self.session_records.forget_under(&format!("{prefix}/"));
         let prefix = self.path(prefix);
         let keys = self.meta.list(Some(&prefix)).map_ok(|meta| meta.location);
         self.meta
@@ -1336,6 +1374,7 @@ impl Storage for S3Storage {
         // A delete request per key (object_store sends each as a one-key
         // DeleteObjects; a missing key is no error): no LIST first.
         self.collection.removed_under(&format!("{prefix}/"));
+        self.session_records.forget_under(&format!("{prefix}/"));
         let keys: Vec<String> = keys.to_vec();
         futures::stream::iter(keys)
             .map(|key| async move {
@@ -1453,6 +1492,7 @@ impl Storage for S3Storage {
         key: &str,
         offset: u64,
         data: &mut ByteSource<'_>,
+        length: Option<u64>,
         state: &mut String,
     ) -> io::Result<u64> {
         let mut upload = UploadState::parse(state)?;
@@ -1465,80 +1505,27 @@ impl Storage for S3Storage {
         upload.cut_to(offset)?;
         let path = self.path(key);
         let start = upload.parts_size();
-        let mut buffer = PutPayloadMut::new();
-        if upload.tail > 0 {
-            let tail = self
-                .read_small(&tail_key(key, start, &upload), upload.tail as usize)
-                .await?;
-            buffer.push(tail);
+        let carried = match upload.tail {
+            0 => None,
+            len => Some(
+                self.read_small(&tail_key(key, start, &upload), len as usize)
+                    .await?,
+            ),
+        };
+        let to_come = length.map(|n| n + upload.tail);
+        let mut appender = parts::Appender::new(self, path.clone(), &mut upload, to_come);
+        if let Some(carried) = carried {
+            appender.push(carried).await?;
         }
         let mut received = 0u64;
-        // Parts being sent while the next one fills, oldest first: one of
-        // its own, and up to PARTS_IN_FLIGHT while the process-wide budget
-        // of extra parts lasts (one PUT stream is slower than the store: see
-        // the S3 benchmark's Garage limits, one PUT against four parts).
-        let mut sending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Part>>> =
-            std::collections::VecDeque::new();
         while let Some(chunk) = data.next().await {
-            let mut chunk = chunk?;
+            let chunk = chunk?;
             received += chunk.len() as u64;
-            loop {
-                let room = part_size_at(self.part_size, upload.parts.len() + sending.len())
-                    - buffer.content_length();
-                if chunk.len() < room {
-                    buffer.push(chunk);
-                    break;
-                }
-                buffer.push(chunk.split_to(room));
-                let full = std::mem::take(&mut buffer).freeze();
-                let mut extra = None;
-                if !sending.is_empty() {
-                    if sending.len() < PARTS_IN_FLIGHT {
-                        extra = self.part_budget.clone().try_acquire_owned().ok();
-                    }
-                    if extra.is_none() {
-                        let oldest = sending.pop_front().expect("not empty");
-                        upload.parts.push(oldest.await.map_err(io::Error::other)??);
-                    }
-                }
-                if upload.id.is_none() {
-                    upload.id = Some(
-                        self.transfer
-                            .create_multipart(&path)
-                            .await
-                            .map_err(io_error)?,
-                    );
-                }
-                let store = self.transfer.clone();
-                let (path, id, index) = (
-                    path.clone(),
-                    upload.id.clone().expect("created"),
-                    upload.parts.len() + sending.len(),
-                );
-                sending.push_back(tokio::spawn(async move {
-                    // Held until the part is sent.
-                    let _extra = extra;
-                    let size = full.content_length() as u64;
-                    let PartId { content_id } = store
-                        .put_part(&path, &id, index, full)
-                        .await
-                        .map_err(io_error)?;
-                    Ok(Part {
-                        etag: content_id,
-                        size,
-                    })
-                }));
-                if chunk.is_empty() {
-                    break;
-                }
-            }
-        }
-        while let Some(oldest) = sending.pop_front() {
-            upload.parts.push(oldest.await.map_err(io::Error::other)??);
+            appender.push(chunk).await?;
         }
         // The end of this chunk: a part if it is large enough, else carried
         // over. Never an empty part.
-        let rest = buffer.freeze();
+        let rest = appender.finish().await?;
         let start = upload.parts_size();
         upload.tail = 0;
         upload.tail_id.clear();
@@ -1552,7 +1539,8 @@ impl Storage for S3Storage {
                 );
             }
             let id = upload.id.clone().expect("created");
-            let part = self.send_part(&path, &id, upload.parts.len(), rest).await?;
+            let part =
+                parts::put_part(&*self.transfer, &path, &id, upload.parts.len(), rest).await?;
             upload.parts.push(part);
         } else if rest.content_length() > 0 {
             upload.tail = rest.content_length() as u64;

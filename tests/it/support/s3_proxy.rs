@@ -41,6 +41,10 @@ pub enum Mode {
     /// sent it: a store (or a middlebox) that sends fewer bytes of a range
     /// than it claims.
     ShortRanges = 3,
+    /// Answers an `UploadPart` sent to a presigned URL (a part streamed as
+    /// its bytes arrive) with a 500 at once, without reading its body, and
+    /// forwards everything else: a store that fails a streamed part.
+    FailPresignedParts = 4,
 }
 
 /// One request the proxy received (in any mode).
@@ -59,6 +63,14 @@ pub struct Logged {
     pub range: Option<std::ops::Range<u64>>,
     /// Whether it is a server-side copy (`x-amz-copy-source`).
     pub copy: bool,
+    /// Whether it is signed in its query (a presigned URL:
+    /// `X-Amz-Signature`) rather than in its headers.
+    pub presigned: bool,
+    /// Whether it is a conditional read (`If-None-Match`).
+    pub if_none_match: bool,
+    /// The status the proxy answered with (the store's, or its own); `None`
+    /// before the answer, or when there was none.
+    pub status: Option<u16>,
     /// When it arrived, and when the store's answer (its head) came back:
     /// how requests overlapped, for counting round trips.
     pub arrived: std::time::Instant,
@@ -151,7 +163,8 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         0 => Mode::Forward,
         1 => Mode::BlackHole,
         2 => Mode::Cut,
-        _ => Mode::ShortRanges,
+        3 => Mode::ShortRanges,
+        _ => Mode::FailPresignedParts,
     }
 }
 
@@ -170,21 +183,48 @@ async fn serve_connection(
         async move {
             static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let presigned = query.contains("X-Amz-Signature=");
+            let streamed_part = presigned
+                && request.method() == hyper::Method::PUT
+                && query.contains("partNumber=");
+            let answered = |status: Option<u16>| {
+                // Not there when the log was cleared meanwhile.
+                let mut log = log.lock().unwrap();
+                if let Some(entry) = log.iter_mut().rev().find(|e| e.seq == seq) {
+                    entry.answered = Some(std::time::Instant::now());
+                    entry.status = status;
+                }
+            };
             {
                 log.lock().unwrap().push(Logged {
                     method: request.method().clone(),
                     path: request.uri().path().to_owned(),
-                    query: request.uri().query().unwrap_or_default().to_owned(),
+                    query,
                     ranged: request.headers().contains_key(hyper::header::RANGE),
                     range: byte_range(request.headers()),
                     copy: request.headers().contains_key("x-amz-copy-source"),
+                    presigned,
+                    if_none_match: request.headers().contains_key(hyper::header::IF_NONE_MATCH),
+                    status: None,
                     arrived: std::time::Instant::now(),
                     answered: None,
                     seq,
                 });
             }
             match mode_of(&mode) {
-                mode @ (Mode::Forward | Mode::ShortRanges) => {
+                Mode::FailPresignedParts if streamed_part => {
+                    answered(Some(500));
+                    let body = Full::new(Bytes::from_static(
+                        b"<Error><Code>InternalError</Code><Message>failed by the test proxy</Message></Error>",
+                    ))
+                    .map_err(|never| match never {})
+                    .boxed();
+                    let mut response = Response::new(body);
+                    *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(response)
+                }
+                mode @ (Mode::Forward | Mode::ShortRanges | Mode::FailPresignedParts) => {
                     let ranged = request.headers().contains_key(hyper::header::RANGE);
                     let answer = forward(request, upstream, &sender).await;
                     let answer = match answer {
@@ -197,11 +237,7 @@ async fn serve_connection(
                         }
                         other => other.map(|response| response.map(BodyExt::boxed)),
                     };
-                    // Not there when the log was cleared meanwhile.
-                    let mut log = log.lock().unwrap();
-                    if let Some(entry) = log.iter_mut().rev().find(|e| e.seq == seq) {
-                        entry.answered = Some(std::time::Instant::now());
-                    }
+                    answered(answer.as_ref().ok().map(|r| r.status().as_u16()));
                     answer
                 }
                 Mode::BlackHole => std::future::pending().await,
