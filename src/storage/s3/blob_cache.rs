@@ -370,7 +370,10 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
     // Bytes written of each range, from its start.
     let written: Arc<Vec<AtomicU64>> = Arc::new(ranges.iter().map(|_| AtomicU64::new(0)).collect());
     let wrote = Arc::new(tokio::sync::Notify::new());
-    let mut hasher = digest.as_ref().map(|d| Hasher::new(d.algorithm()));
+    let mut hasher = digest.as_ref().map(|d| FileHash {
+        hasher: Hasher::new(d.algorithm()),
+        buffer: Vec::new(),
+    });
     let readable = |prefix: u64| match digest {
         Some(_) => prefix.min(size - 1),
         None => prefix,
@@ -436,7 +439,7 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
     }
     if let Some(hashing) = hasher.take() {
         let hashing = hash_file(file, hashing, hashed..size).await?;
-        let found = hashing.finish();
+        let found = hashing.hasher.finish();
         if Some(&found) != digest.as_ref() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -570,18 +573,27 @@ async fn gather(
     Ok(batch)
 }
 
-/// Hashes `range` of `file` into `hasher`, a block at a time.
+/// A hash of a file's content in progress, and the buffer it reads the file
+/// through (one for the whole download: a new one per read would be zeroed
+/// or faulted in each time, another pass over every byte).
+struct FileHash {
+    hasher: Hasher,
+    buffer: Vec<u8>,
+}
+
+/// Hashes `range` of `file` into `hashing`, a block at a time.
 async fn hash_file(
     file: Arc<std::fs::File>,
-    mut hasher: Hasher,
+    mut hashing: FileHash,
     range: std::ops::Range<u64>,
-) -> io::Result<Hasher> {
+) -> io::Result<FileHash> {
     if range.is_empty() {
-        return Ok(hasher);
+        return Ok(hashing);
     }
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
-        let mut buffer = vec![0; READ_CHUNK];
+        let FileHash { hasher, buffer } = &mut hashing;
+        buffer.resize(READ_CHUNK, 0);
         let mut at = range.start;
         while at < range.end {
             let want = (range.end - at).min(READ_CHUNK as u64) as usize;
@@ -589,7 +601,7 @@ async fn hash_file(
             hasher.update(&buffer[..want]);
             at += want as u64;
         }
-        Ok(hasher)
+        Ok(hashing)
     })
     .await
     .map_err(io::Error::other)?
@@ -750,17 +762,15 @@ async fn follow(
                     let want = (available.min(end) - at).min(READ_CHUNK as u64) as usize;
                     let reading = file.clone();
                     let read = tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
-                        let mut buffer = vec![0; want];
-                        reading.read_exact_at(&mut buffer, at).map(|()| buffer)
+                        crate::sys::read_exact_at(&reading, want, at)
                     })
                     .await
                     .map_err(io::Error::other)
                     .and_then(|read| read);
                     return match read {
-                        Ok(buffer) => {
+                        Ok(bytes) => {
                             at += want as u64;
-                            Some((Ok(Bytes::from(buffer)), (file, progress, at, end)))
+                            Some((Ok(bytes), (file, progress, at, end)))
                         }
                         Err(e) => Some((Err(e), (file, progress, end, end))),
                     };
