@@ -530,11 +530,21 @@ async fn a_store_sending_short_ranges_fails_the_pull_and_leaves_no_copy() {
 }
 
 /// A store that fails a part streamed as its bytes arrive (a 500 to the
-/// presigned `UploadPart`, its body unread): the replica sends the part
-/// again whole, signed in its headers, once all its bytes are in, and the
-/// push succeeds; the blob pulls whole.
+/// presigned `UploadPart`, its body unread), or never answers it: the
+/// replica sends the part again whole, signed in its headers, once all its
+/// bytes are in (a stalled one once the store has not answered for 30 s
+/// after them), and the push succeeds; the blob pulls whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_streamed_part_the_store_fails_is_sent_again_whole() {
+    streamed_part_sent_again_whole(Mode::FailPresignedParts, Some(500), 98).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_part_the_store_stalls_is_sent_again_whole_after_30_s() {
+    streamed_part_sent_again_whole(Mode::HangPresignedParts, None, 99).await;
+}
+
+async fn streamed_part_sent_again_whole(mode: Mode, answered: Option<u16>, seed: u64) {
     if !garage_or_skip() {
         return;
     }
@@ -542,24 +552,34 @@ async fn a_streamed_part_the_store_fails_is_sent_again_whole() {
     let proxy = S3Proxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replica = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
-    let name = "failed-part/app";
+    let name = format!("failed-part/{seed}");
     // 12 MiB: one part (too few bytes for a second one of at least 5 MiB).
-    let content = random_bytes(12 * MIB, 97);
+    let content = random_bytes(12 * MIB, seed);
     let digest = crate::support::sha256_digest(&content);
-    proxy.set_mode(Mode::FailPresignedParts);
-    let session = replica.api.start_upload(name).await;
-    let resp = replica
+    proxy.set_mode(mode);
+    let session = replica.api.start_upload(&name).await;
+    let started = Instant::now();
+    let patch = replica
         .api
         .client
         .patch(replica.api.url(&session))
         .header("content-type", "application/octet-stream")
         .header("content-range", format!("0-{}", content.len() - 1))
         .body(content.clone())
-        .send()
+        .send();
+    let resp = tokio::time::timeout(Duration::from_secs(120), patch)
         .await
+        .expect("the PATCH is answered: a stalled part must not hang it")
         .unwrap();
     let resp = expect_status(resp, StatusCode::ACCEPTED).await;
+    let took = started.elapsed();
     let session = location(&resp);
+    if answered.is_none() {
+        assert!(
+            took >= Duration::from_secs(30) && took < Duration::from_secs(90),
+            "a stalled part is given up 30 s after its bytes are in: {took:?}"
+        );
+    }
     let parts: Vec<_> = proxy
         .requests()
         .into_iter()
@@ -572,7 +592,7 @@ async fn a_streamed_part_the_store_fails_is_sent_again_whole() {
     assert!(
         parts.len() == 2
             && parts[0].presigned
-            && parts[0].status == Some(500)
+            && parts[0].status == answered
             && !parts[1].presigned
             && parts[1].status == Some(200),
         "a failed streamed part, then the part whole: {parts:?}"

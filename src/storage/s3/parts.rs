@@ -53,9 +53,11 @@ pub(super) struct PartStreamer {
 
 impl PartStreamer {
     pub(super) fn new(allow_http: bool) -> io::Result<PartStreamer> {
+        // No read timeout: reqwest's runs from the request's start to the
+        // answer, which a part streamed from a slow client can outlast; the
+        // answer's bound starts once the part's bytes are in (`stream_part`).
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .read_timeout(TRANSFER_READ_TIMEOUT)
             .https_only(!allow_http)
             .build()
             .map_err(io::Error::other)?;
@@ -381,10 +383,37 @@ fn stream_part(
                 size: len as u64,
             })
         };
-        match streamed.await {
+        tokio::pin!(streamed);
+        let mut whole_bytes = whole_bytes;
+        // The store's answer is awaited without a bound while the part's
+        // bytes still arrive (as slowly as the client sends them), then for
+        // TRANSFER_READ_TIMEOUT at most.
+        let (outcome, mut whole) = tokio::select! {
+            outcome = &mut streamed => (outcome, None),
+            fed = &mut whole_bytes => match fed {
+                Ok(whole) => {
+                    let outcome = tokio::time::timeout(TRANSFER_READ_TIMEOUT, &mut streamed)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the store did not answer a part",
+                            ))
+                        });
+                    (outcome, Some(whole))
+                }
+                // The request body failed before the part was whole: so
+                // does the append.
+                Err(_) => return Err(io::Error::other("the part's bytes stopped coming")),
+            },
+        };
+        match outcome {
             Ok(part) => Ok(part),
             Err(e) => {
-                let Ok(whole) = whole_bytes.await else {
+                if whole.is_none() {
+                    whole = whole_bytes.await.ok();
+                }
+                let Some(whole) = whole else {
                     return Err(e);
                 };
                 tracing::debug!(error = %e, part = index + 1, "a streamed part failed: sending it whole");

@@ -45,6 +45,10 @@ pub enum Mode {
     /// its bytes arrive) with a 500 at once, without reading its body, and
     /// forwards everything else: a store that fails a streamed part.
     FailPresignedParts = 4,
+    /// Never answers an `UploadPart` sent to a presigned URL (nor reads its
+    /// body), and forwards everything else: a store that stalls a streamed
+    /// part.
+    HangPresignedParts = 5,
 }
 
 /// One request the proxy received (in any mode).
@@ -164,7 +168,8 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         1 => Mode::BlackHole,
         2 => Mode::Cut,
         3 => Mode::ShortRanges,
-        _ => Mode::FailPresignedParts,
+        4 => Mode::FailPresignedParts,
+        _ => Mode::HangPresignedParts,
     }
 }
 
@@ -224,7 +229,11 @@ async fn serve_connection(
                     *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                     Ok(response)
                 }
-                mode @ (Mode::Forward | Mode::ShortRanges | Mode::FailPresignedParts) => {
+                Mode::HangPresignedParts if streamed_part => std::future::pending().await,
+                mode @ (Mode::Forward
+                | Mode::ShortRanges
+                | Mode::FailPresignedParts
+                | Mode::HangPresignedParts) => {
                     let ranged = request.headers().contains_key(hyper::header::RANGE);
                     let answer = forward(request, upstream, &sender).await;
                     let answer = match answer {
