@@ -19,8 +19,13 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Records kept at most: a few KiB each.
+/// Records kept at most: a few KiB each, a record growing by ~80 bytes per
+/// part of its upload.
 const CAPACITY: usize = 1024;
+
+/// Bytes of records kept at most (a record of a 10,000-part upload is
+/// ~800 KiB).
+const CAPACITY_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 pub(super) struct SessionRecords {
@@ -30,9 +35,19 @@ pub(super) struct SessionRecords {
 #[derive(Default)]
 struct Inner {
     by_key: HashMap<String, Record>,
+    /// The bodies' bytes in `by_key`.
+    bytes: usize,
     /// Keys in the order they were first kept, for eviction (a key may
     /// appear after it was dropped; eviction skips those).
     order: VecDeque<String>,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.bytes -= old.body.len();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -51,35 +66,41 @@ impl SessionRecords {
     pub(super) fn keep(&self, key: &str, etag: Option<String>, body: Bytes) {
         let mut inner = self.lock();
         let Some(etag) = etag else {
-            inner.by_key.remove(key);
+            inner.remove(key);
             return;
         };
-        if inner
-            .by_key
-            .insert(key.to_owned(), Record { etag, body })
-            .is_none()
-        {
-            inner.order.push_back(key.to_owned());
+        inner.bytes += body.len();
+        match inner.by_key.insert(key.to_owned(), Record { etag, body }) {
+            Some(old) => inner.bytes -= old.body.len(),
+            None => inner.order.push_back(key.to_owned()),
         }
-        while inner.by_key.len() > CAPACITY {
+        while inner.by_key.len() > CAPACITY || inner.bytes > CAPACITY_BYTES {
             let Some(oldest) = inner.order.pop_front() else {
                 break;
             };
-            inner.by_key.remove(&oldest);
+            inner.remove(&oldest);
         }
         if inner.order.len() > 2 * CAPACITY {
-            let Inner { by_key, order } = &mut *inner;
+            let Inner { by_key, order, .. } = &mut *inner;
             order.retain(|key| by_key.contains_key(key));
         }
     }
 
     pub(super) fn forget(&self, key: &str) {
-        self.lock().by_key.remove(key);
+        self.lock().remove(key);
     }
 
     /// Forgets every record under `prefix` (which ends with `/`).
     pub(super) fn forget_under(&self, prefix: &str) {
-        self.lock().by_key.retain(|key, _| !key.starts_with(prefix));
+        let mut inner = self.lock();
+        let Inner { by_key, bytes, .. } = &mut *inner;
+        by_key.retain(|key, record| {
+            let keep = !key.starts_with(prefix);
+            if !keep {
+                *bytes -= record.body.len();
+            }
+            keep
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -109,5 +130,21 @@ mod tests {
             records.get("s/1").is_none(),
             "a write without an ETag drops the copy"
         );
+        assert_eq!(records.lock().bytes, 0, "every byte let go");
+    }
+
+    #[test]
+    fn records_are_let_go_oldest_first_past_the_byte_bound() {
+        let records = SessionRecords::default();
+        let body = Bytes::from(vec![0u8; CAPACITY_BYTES / 4]);
+        for n in 0..6 {
+            records.keep(&format!("r/{n}"), Some(format!("e{n}")), body.clone());
+        }
+        assert!(records.get("r/0").is_none() && records.get("r/1").is_none());
+        assert!((2..6).all(|n| records.get(&format!("r/{n}")).is_some()));
+        assert_eq!(records.lock().bytes, CAPACITY_BYTES);
+        records.forget("r/2");
+        records.forget_under("r/");
+        assert_eq!(records.lock().bytes, 0);
     }
 }
