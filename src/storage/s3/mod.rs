@@ -173,6 +173,14 @@ impl fmt::Debug for S3Config {
 }
 
 impl S3Config {
+    /// Whether the endpoint is plain `http://` (Garage, MinIO on a private
+    /// network), which the clients must then allow.
+    fn plain_http(&self) -> bool {
+        self.endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.bucket.is_empty() {
             return Err("storage.s3.bucket is required".to_owned());
@@ -293,17 +301,13 @@ impl S3Storage {
         config.validate().map_err(io::Error::other)?;
         let meta = Arc::new(build(config, metadata_client(), Payload::Signed)?);
         let transfer = Arc::new(build(config, transfer_client(), Payload::Unsigned)?);
-        let allow_http = config
-            .endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("http://"));
         let settings = Settings {
             prefix: &config.prefix,
             part_size: config.part_size,
             redirect: config.redirect,
             cache_bytes: config.cache_bytes,
             copy_limit: config.copy_limit,
-            part_streamer: Some(parts::PartStreamer::new(allow_http)?),
+            part_streamer: Some(parts::PartStreamer::new(config.plain_http())?),
         };
         S3Storage::open_on(meta, transfer, settings, cache_dir).await
     }
@@ -887,7 +891,7 @@ fn build(
     if let Some(endpoint) = &config.endpoint {
         builder = builder
             .with_endpoint(endpoint)
-            .with_allow_http(endpoint.starts_with("http://"))
+            .with_allow_http(config.plain_http())
             .with_virtual_hosted_style_request(config.virtual_hosted.unwrap_or(false));
     } else if let Some(virtual_hosted) = config.virtual_hosted {
         builder = builder.with_virtual_hosted_style_request(virtual_hosted);
@@ -901,12 +905,8 @@ fn build(
     if let Some(token) = &config.session_token {
         builder = builder.with_token(token);
     }
-    let allow_http = config
-        .endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("http://"));
     builder
-        .with_client_options(options.with_allow_http(allow_http))
+        .with_client_options(options.with_allow_http(config.plain_http()))
         .build()
         .map_err(io_error)
 }
