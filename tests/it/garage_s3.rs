@@ -322,7 +322,7 @@ pub fn location(resp: &Response) -> String {
         .to_owned()
 }
 
-fn with_digest(session: &str, digest: &str) -> String {
+pub fn with_digest(session: &str, digest: &str) -> String {
     let separator = if session.contains('?') { '&' } else { '?' };
     format!("{session}{separator}digest={digest}")
 }

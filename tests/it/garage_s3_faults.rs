@@ -598,11 +598,14 @@ async fn streamed_part_sent_again_whole(mode: Mode, answered: Option<u16>, seed:
         "a failed streamed part, then the part whole: {parts:?}"
     );
     proxy.set_mode(Mode::Forward);
-    let sep = if session.contains('?') { '&' } else { '?' };
     let resp = replica
         .api
         .client
-        .put(replica.api.url(&format!("{session}{sep}digest={digest}")))
+        .put(
+            replica
+                .api
+                .url(&crate::garage_s3::with_digest(&session, &digest)),
+        )
         .send()
         .await
         .unwrap();
