@@ -1758,8 +1758,23 @@ struct Bench {
     cpu: BTreeMap<&'static str, [Vec<CpuSpent>; 2]>,
 }
 
-/// CPU seconds one timed run took: the registry's, and Garage's when there is one.
-type CpuSpent = (f64, Option<f64>);
+/// What one timed run cost: CPU seconds of the registry, of Garage (when there is one) and of
+/// this process (the client), and its wall time.
+#[derive(Clone, Copy)]
+struct CpuSpent {
+    registry: f64,
+    garage: Option<f64>,
+    client: Option<f64>,
+    wall: f64,
+}
+
+/// CPU seconds used so far by a registry, Garage and this process, and when they were read.
+struct CpuMark {
+    registry: Option<f64>,
+    garage: Option<f64>,
+    client: Option<f64>,
+    at: Instant,
+}
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/PID/stat`; `None` when
 /// it cannot be read.
@@ -1773,25 +1788,36 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 impl Bench {
-    /// CPU seconds used so far by registry `i` and by Garage.
-    fn cpu_now(&self, i: usize) -> (Option<f64>, Option<f64>) {
-        (
-            cpu_seconds(self.servers[i].pid),
-            self.garage_pid.and_then(cpu_seconds),
-        )
-    }
-
-    /// Records what a timed run of `workload` on registry `i` cost since `before`.
-    fn cpu_since(&mut self, workload: &'static str, i: usize, before: (Option<f64>, Option<f64>)) {
-        let after = self.cpu_now(i);
-        if let (Some(b), Some(a)) = (before.0, after.0) {
-            let garage = before.1.zip(after.1).map(|(b, a)| a - b);
-            self.cpu.entry(workload).or_default()[i].push((a - b, garage));
+    /// CPU seconds used so far by registry `i`, by Garage and by this process.
+    fn cpu_now(&self, i: usize) -> CpuMark {
+        CpuMark {
+            registry: cpu_seconds(self.servers[i].pid),
+            garage: self.garage_pid.and_then(cpu_seconds),
+            client: cpu_seconds(std::process::id()),
+            at: Instant::now(),
         }
     }
 
-    /// One note with the median CPU time of each workload recorded by [`Bench::cpu_since`].
+    /// Records what a timed run of `workload` on registry `i` cost since `before`.
+    fn cpu_since(&mut self, workload: &'static str, i: usize, before: CpuMark) {
+        let after = self.cpu_now(i);
+        let spent = |b: Option<f64>, a: Option<f64>| b.zip(a).map(|(b, a)| a - b);
+        if let Some(registry) = spent(before.registry, after.registry) {
+            self.cpu.entry(workload).or_default()[i].push(CpuSpent {
+                registry,
+                garage: spent(before.garage, after.garage),
+                client: spent(before.client, after.client),
+                wall: after.at.duration_since(before.at).as_secs_f64(),
+            });
+        }
+    }
+
+    /// One note with the median CPU time of each workload recorded by [`Bench::cpu_since`], and
+    /// how many of the machine's cores the registry, Garage and the client kept busy together
+    /// (their CPU time over the wall time): near the number of cores, the run was bound by the
+    /// CPU, not by a wait.
     fn note_cpu(&mut self) {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         let mut parts = Vec::new();
         for (workload, runs) in &self.cpu {
             let mut sides = Vec::new();
@@ -1799,24 +1825,36 @@ impl Bench {
                 if runs[i].is_empty() {
                     continue;
                 }
-                let own: Vec<f64> = runs[i].iter().map(|(own, _)| *own).collect();
-                let garage: Vec<f64> = runs[i].iter().filter_map(|(_, g)| *g).collect();
-                sides.push(if garage.len() == own.len() {
-                    format!(
-                        "{name} {:.2} s (Garage {:.2} s)",
-                        median(&own),
-                        median(&garage)
-                    )
-                } else {
-                    format!("{name} {:.2} s", median(&own))
-                });
+                let of = |f: &dyn Fn(&CpuSpent) -> Option<f64>| -> Option<f64> {
+                    let values: Vec<f64> = runs[i].iter().filter_map(f).collect();
+                    (values.len() == runs[i].len()).then(|| median(&values))
+                };
+                let registry = of(&|r| Some(r.registry)).expect("every run has it");
+                let mut side = format!("{name} {registry:.2} s");
+                if let Some(garage) = of(&|r| r.garage) {
+                    side.push_str(&format!(" (Garage {garage:.2} s"));
+                    if let Some(client) = of(&|r| r.client) {
+                        side.push_str(&format!(", client {client:.2} s"));
+                    }
+                    let busy =
+                        of(&|r| Some((r.registry + r.garage? + r.client?) / r.wall.max(1e-9)));
+                    if let Some(busy) = busy {
+                        side.push_str(&format!("; {busy:.2} of {cpus} cores busy"));
+                    }
+                    side.push(')');
+                }
+                sides.push(side);
             }
             parts.push(format!("{workload}: {}", sides.join(", ")));
         }
         if !parts.is_empty() {
             self.table.notes.push(format!(
                 "CPU time of each timed run, medians of the rounds (the registry's process{}, from /proc/PID/stat): {}",
-                if self.garage_pid.is_some() { "; Garage's node beside it" } else { "" },
+                if self.garage_pid.is_some() {
+                    "; Garage's node and the benchmark's own client beside it, and the cores the three kept busy together: their CPU time over the run's wall time"
+                } else {
+                    ""
+                },
                 parts.join("; ")
             ));
         }

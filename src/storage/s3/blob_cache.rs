@@ -338,7 +338,8 @@ async fn fetch<S: ObjectStore + ?Sized>(
 /// [`SEGMENTS_IN_FLIGHT`] at a time, each written at its place in the file
 /// as its bytes come. Followers are told of the part written from the
 /// start without a gap. The content is hashed from the file in order as
-/// that part grows (a read from the page cache, off the network's path),
+/// that part grows (a read from the page cache, by a task of its own, so
+/// that followers hear of new bytes and new ranges start while it hashes),
 /// and, as in [`fill`], the last byte is kept from followers until the
 /// digest checks out.
 #[allow(clippy::too_many_arguments)]
@@ -370,9 +371,15 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
     // Bytes written of each range, from its start.
     let written: Arc<Vec<AtomicU64>> = Arc::new(ranges.iter().map(|_| AtomicU64::new(0)).collect());
     let wrote = Arc::new(tokio::sync::Notify::new());
-    let mut hasher = digest.as_ref().map(|d| FileHash {
-        hasher: Hasher::new(d.algorithm()),
-        buffer: Vec::new(),
+    // The written prefix, for the hash; dropped on an early return, which
+    // ends the hashing task.
+    let (hash_to, hash_from) = watch::channel(0u64);
+    let hashing = digest.as_ref().map(|d| {
+        let hashing = FileHash {
+            hasher: Hasher::new(d.algorithm()),
+            buffer: Vec::new(),
+        };
+        tokio::spawn(hash_in_order(file.clone(), hashing, hash_from, size))
     });
     let readable = |prefix: u64| match digest {
         Some(_) => prefix.min(size - 1),
@@ -382,7 +389,7 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
     // Dropped on an early return: the ranges still running are aborted.
     let mut running = tokio::task::JoinSet::new();
     let mut first = Some(first);
-    let (mut started, mut hashed, mut told) = (0, 0u64, 0u64);
+    let (mut started, mut told) = (0, 0u64);
     loop {
         while running.len() < SEGMENTS_IN_FLIGHT && started < ranges.len() {
             let source = match first.take() {
@@ -425,10 +432,7 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
                 written: readable(told),
                 size,
             });
-        }
-        if let Some(hashing) = hasher.take() {
-            hasher = Some(hash_file(file.clone(), hashing, hashed..told).await?);
-            hashed = told;
+            hash_to.send_replace(told);
         }
     }
     if told != size {
@@ -437,9 +441,8 @@ async fn fetch_ranges<S: ObjectStore + ?Sized>(
             format!("read {told} of {size} bytes"),
         ));
     }
-    if let Some(hashing) = hasher.take() {
-        let hashing = hash_file(file, hashing, hashed..size).await?;
-        let found = hashing.hasher.finish();
+    if let Some(hashing) = hashing {
+        let found = hashing.await.map_err(io::Error::other)??;
         if Some(&found) != digest.as_ref() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -579,6 +582,27 @@ async fn gather(
 struct FileHash {
     hasher: Hasher,
     buffer: Vec<u8>,
+}
+
+/// Hashes the first `size` bytes of `file` in order, as `written` (the
+/// prefix written so far) grows. Fails if `written` is dropped before.
+async fn hash_in_order(
+    file: Arc<std::fs::File>,
+    mut hashing: FileHash,
+    mut written: watch::Receiver<u64>,
+    size: u64,
+) -> io::Result<Digest> {
+    let mut hashed = 0;
+    while hashed < size {
+        let prefix = *written.borrow_and_update();
+        if prefix > hashed {
+            hashing = hash_file(file.clone(), hashing, hashed..prefix).await?;
+            hashed = prefix;
+        } else if written.changed().await.is_err() {
+            return Err(io::Error::other("the download stopped"));
+        }
+    }
+    Ok(hashing.hasher.finish())
 }
 
 /// Hashes `range` of `file` into `hashing`, a block at a time.
@@ -945,6 +969,41 @@ mod tests {
     /// Content that differs at every offset within a range's length.
     fn patterned(len: usize) -> Bytes {
         (0..len as u64).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// The hash of a download in ranges follows the written prefix as it
+    /// grows, in steps that do not fall on its reads' boundaries, and ends
+    /// with the digest of the whole; it fails, rather than waits forever,
+    /// when the download stops before the end.
+    #[tokio::test]
+    async fn the_hash_follows_the_written_prefix_and_fails_when_the_download_stops() {
+        let content = patterned(3 * READ_CHUNK + 12_345);
+        let file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &file, &content).unwrap();
+        let file = Arc::new(file);
+        let fresh = || FileHash {
+            hasher: Hasher::new(crate::oci::Algorithm::Sha256),
+            buffer: Vec::new(),
+        };
+        let size = content.len() as u64;
+        let (written, prefix) = watch::channel(0u64);
+        let hashing = tokio::spawn(hash_in_order(file.clone(), fresh(), prefix, size));
+        for step in [1, READ_CHUNK as u64 + 7, 2 * READ_CHUNK as u64, size] {
+            written.send_replace(step);
+            tokio::task::yield_now().await;
+        }
+        let found = hashing.await.unwrap().unwrap();
+        assert_eq!(found, Digest::of(crate::oci::Algorithm::Sha256, &content));
+
+        let (written, prefix) = watch::channel(0u64);
+        let hashing = tokio::spawn(hash_in_order(file, fresh(), prefix, size));
+        written.send_replace(size / 2);
+        drop(written);
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), hashing).await;
+        assert!(
+            stopped.expect("ends").unwrap().is_err(),
+            "a stopped download"
+        );
     }
 
     /// Many ranges, four in flight, written out of order at their places:
