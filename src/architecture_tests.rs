@@ -21,15 +21,19 @@ type Module = Vec<String>;
 /// `registry`, which are peers because access is decided in `http` and the
 /// registry never asks who calls. `config` is data: it gathers the config
 /// types that `auth` and `registry` own, and is read by `serve` and `lib.rs`,
-/// never by the layers it describes. `storage` is below the registry; `oci`
+/// never by the layers it describes. `mirror` (pull-through mirroring of
+/// upstream registries) sits below `config`, which gathers its entries'
+/// type, and above the `registry` it stores what it fetches through, for
+/// `http` to serve. `storage` is below the registry; `oci`
 /// (the spec's rules, no I/O) and `sys` (the one home of `unsafe`) are the
 /// ground and import nothing of the crate. `lib.rs` and `main.rs` are the
 /// roots and may import anything.
 const RANKS: &[(&str, u8)] = &[
-    ("serve", 5),
-    ("http", 4),
-    ("client", 4),
-    ("config", 3),
+    ("serve", 6),
+    ("http", 5),
+    ("client", 5),
+    ("config", 4),
+    ("mirror", 3),
     ("auth", 2),
     ("registry", 2),
     ("storage", 1),
@@ -44,6 +48,7 @@ const PAST: &[(&str, &str, &str)] = &[
     ("serve", "storage", "registry"),
     ("client", "registry", "the HTTP API"),
     ("client", "storage", "the HTTP API"),
+    ("mirror", "storage", "registry"),
 ];
 
 /// Imports against the layers, known and not yet fixed: (from, to, why).

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::mirror::ProxyConfig;
 use crate::registry::LifecycleConfig;
 use crate::storage::s3::{GcsConfig, S3Config};
 
@@ -54,6 +55,9 @@ pub struct Config {
     /// take over each stage it controls, how many connections are served at
     /// once, how long a graceful stop waits.
     pub server: ServerConfig,
+    /// Upstream registries mirrored under local prefixes (`[[proxy]]`
+    /// entries; none: Berth mirrors nothing).
+    pub proxy: Vec<ProxyConfig>,
 }
 
 /// Which store holds the registry's content.
@@ -189,6 +193,7 @@ impl Default for Config {
             tls_key: None,
             lifecycle: LifecycleConfig::default(),
             server: ServerConfig::default(),
+            proxy: Vec::new(),
         }
     }
 }
@@ -205,6 +210,7 @@ impl Config {
             .validate()
             .and_then(|()| config.server.validate())
             .and_then(|()| config.storage.validate())
+            .and_then(|()| ProxyConfig::validate_all(&config.proxy))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
@@ -354,5 +360,9 @@ mod tests {
         assert_eq!(auth.rules.len(), 2);
         assert_eq!(auth.challenge, crate::auth::Challenge::Bearer);
         assert!(auth.external.is_some());
+        // The [[proxy]] example after it.
+        assert_eq!(config.proxy.len(), 1);
+        assert_eq!(ProxyConfig::validate_all(&config.proxy), Ok(()));
+        assert_eq!(config.proxy[0].tag_ttl, Duration::from_secs(300));
     }
 }

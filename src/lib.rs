@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod mirror;
 pub mod oci;
 pub mod registry;
 pub mod serve;
@@ -139,7 +140,8 @@ pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessCont
 pub async fn build_app(config: &Config) -> io::Result<Router> {
     let registry = build_registry(config).await?;
     let access = build_access_control(config)?;
-    let app = http::router(registry.clone(), access);
+    let mirror = mirror::Mirror::new(&config.proxy).map_err(io::Error::other)?;
+    let app = http::router(registry.clone(), access, mirror);
     // The lifecycle task (upload expiry; retention and garbage collection
     // with `gc_interval`) lives exactly as long as the application: when
     // serving ends and the app is dropped, the task stops. An app built

@@ -15,6 +15,7 @@ mod fuzz_tests;
 mod host;
 mod login_cache;
 mod manifests;
+mod mirrors;
 mod range;
 mod referrers;
 mod request_log;
@@ -41,6 +42,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFile};
 pub use error::{status_of, ApiError, ApiResult};
 
+use crate::mirror::Mirror;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
 use crate::registry::RequestBody;
@@ -58,10 +60,16 @@ pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub access: Option<Arc<AccessControl>>,
+    /// Upstream registries mirrored under local prefixes, when configured.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 /// The whole HTTP application for a registry.
-pub fn router(registry: Arc<Registry>, access: Option<Arc<AccessControl>>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    access: Option<Arc<AccessControl>>,
+    mirror: Option<Arc<Mirror>>,
+) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
@@ -78,7 +86,11 @@ pub fn router(registry: Arc<Registry>, access: Option<Arc<AccessControl>>) -> Ro
             HeaderValue::from_static("registry/2.0"),
         ))
         .layer(axum::middleware::from_fn(request_log::log_request))
-        .with_state(AppState { registry, access })
+        .with_state(AppState {
+            registry,
+            access,
+            mirror,
+        })
 }
 
 /// `GET /v2/`: the API is here (end-1). With access control on, it answers
@@ -141,6 +153,22 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Ok(route) => route,
         Err(unrouted) => return unrouted.into_response(),
     };
+    let mirror = state
+        .mirror
+        .as_ref()
+        .zip(route.name.as_ref())
+        .and_then(|(mirror, name)| Some((mirror, name, mirror.upstream_of(name)?)));
+    // Pushes into a mirrored prefix are refused before anything else: the
+    // names there are the upstream's.
+    if let Some((_, name, upstream)) = mirror {
+        if route.writes() {
+            return ApiError::from(RegistryError::with_detail(
+                ErrorCode::Denied,
+                format!("{name} is mirrored from {upstream}: pushes are refused"),
+            ))
+            .into_response();
+        }
+    }
     let caller = match &state.access {
         None => Caller::Everyone,
         Some(access) => match access
@@ -151,6 +179,13 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
             Err(refusal) => return refusal,
         },
     };
+    // A mirrored manifest or blob is made local (fetched when missing or,
+    // for a tag, when due for a check), then served as any other.
+    if let Some((mirror, name, _)) = mirror {
+        if let Some(response) = mirrors::prepare(mirror, &state.registry, &route, name).await {
+            return response;
+        }
+    }
     route
         .call(&state.registry, &caller, &parts, body)
         .await

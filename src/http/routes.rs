@@ -238,6 +238,12 @@ impl Route<'_> {
         }
     }
 
+    /// Whether the request writes (needs `push`): an upload, a manifest
+    /// push, a rollback.
+    pub fn writes(&self) -> bool {
+        matches!(&self.row.endpoint, Endpoint::Repository(actions, _) if actions.contains(Action::Push))
+    }
+
     /// Whether the request starts an upload, which may carry a mount.
     pub fn starts_upload(&self) -> bool {
         self.row.resource == Resource::UploadStart

@@ -41,6 +41,16 @@ struct Touched {
     extra: Vec<Option<u64>>,
 }
 
+/// Where a manifest being stored comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A client pushed it: what it references must be in the repository.
+    Pushed,
+    /// A mirror fetched it from its upstream: what it references is
+    /// fetched on demand.
+    Fetched,
+}
+
 /// What a manifest push stored.
 pub struct ManifestPut {
     pub digest: Digest,
@@ -58,10 +68,48 @@ impl Registry {
         body: Bytes,
         extra_tags: &[Tag],
     ) -> Result<ManifestPut> {
+        self.store_manifest(
+            name,
+            reference,
+            content_type,
+            body,
+            extra_tags,
+            Origin::Pushed,
+        )
+        .await
+    }
+
+    /// Stores a manifest fetched from an upstream registry (a pull-through
+    /// mirror) under `reference`: checked and written as a push is, but its
+    /// blobs need not be here (they are fetched when pulled).
+    pub async fn store_fetched_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestPut> {
+        self.store_manifest(name, reference, content_type, body, &[], Origin::Fetched)
+            .await
+    }
+
+    async fn store_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        extra_tags: &[Tag],
+        origin: Origin,
+    ) -> Result<ManifestPut> {
         if body.len() > self.limits.max_manifest_bytes {
             return Err(ErrorCode::TooLarge.into());
         }
         let manifest = Manifest::parse_pushed(&body, content_type)?;
+        let requirements: &[Requirement] = match origin {
+            Origin::Pushed => &manifest.requirements,
+            Origin::Fetched => &[],
+        };
         let digest = match reference {
             Reference::Digest(claimed) => {
                 let actual = Digest::of(claimed.algorithm(), &body);
@@ -118,7 +166,7 @@ impl Registry {
                 .map(|tag| self.read_link_uncached_owned(layout::tag_current_link(name, tag))),
         );
         let (touched, currents) = futures::try_join!(
-            self.touch_requirements_and(name, &manifest.requirements, stored_keys, entries.clone()),
+            self.touch_requirements_and(name, requirements, stored_keys, entries.clone()),
             currents
         )?;
         if let Some(missing) = touched.missing {
@@ -135,8 +183,10 @@ impl Registry {
         };
         let (content_stored, revision_stored) =
             (content_stored.is_some(), revision_stored.is_some());
-        self.check_declared_sizes(name, &manifest, &touched.sizes)
-            .await?;
+        if origin == Origin::Pushed {
+            self.check_declared_sizes(name, &manifest, &touched.sizes)
+                .await?;
+        }
 
         // A push that would move one immutable tag is refused before it
         // changes any of its tags.

@@ -1,0 +1,487 @@
+//! Pull-through mirroring of upstream registries (issue 14;
+//! docs/design/mirror.md). A mirrored image is an ordinary local repository
+//! under its entry's prefix (`hub/library/alpine` is `library/alpine`
+//! upstream), stored in the layout of pushed content, so access control,
+//! gc, fsck and both backends apply unchanged. The HTTP layer asks the
+//! [`Mirror`] to make a manifest or blob local before it serves it as any
+//! other; nothing fetched is visible before its digest checks out.
+//!
+//! This first increment: anonymous upstreams, entries by prefix, tags
+//! trusted for `tag_ttl` and then revalidated by `HEAD` (a `GET` only when
+//! the digest changed), blobs fetched whole into an upload and committed
+//! under their digest before they are served, one fetch per blob at a time
+//! in this process.
+
+mod config;
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+pub use config::ProxyConfig;
+
+use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Result, Tag};
+use crate::registry::{Registry, RequestBody};
+use upstream::{Answer, Upstream};
+
+/// At most this many tag check times are kept; past it they are forgotten
+/// (each costs one `HEAD` upstream again, never a wrong answer).
+const MAX_TAG_CHECKS: usize = 100_000;
+
+struct Entry {
+    prefix: String,
+    /// The upstream's base URL, no trailing `/`.
+    base: String,
+    tag_ttl: Duration,
+}
+
+/// A local name under an entry: the entry and the upstream's name.
+struct Mapped<'e, 'n> {
+    entry: &'e Entry,
+    upstream_name: &'n str,
+}
+
+impl Mapped<'_, '_> {
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!(
+            "{}/v2/{}/{kind}/{reference}",
+            self.entry.base, self.upstream_name
+        )
+    }
+
+    fn failed(&self, failure: upstream::Failure) -> RegistryError {
+        failure.into_error(&self.entry.base)
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<()>>>;
+
+/// The mirrored prefixes of one process, and what it is fetching.
+pub struct Mirror {
+    entries: Vec<Entry>,
+    upstream: Upstream,
+    /// Fetches in progress, by what they fetch: later requests for the same
+    /// thing wait for the one fetch.
+    flights: Mutex<HashMap<String, (u64, Flight)>>,
+    next_flight: std::sync::atomic::AtomicU64,
+    /// When this process last had a tag's digest confirmed by its upstream.
+    tag_checks: Mutex<HashMap<String, Instant>>,
+}
+
+/// What a client's blob `HEAD` of a mirrored name gets when the blob is not
+/// here yet: the upstream's size, and nothing is fetched.
+pub struct UpstreamBlob {
+    pub size: u64,
+}
+
+impl Mirror {
+    /// The mirror the `[[proxy]]` entries describe; `None` without entries.
+    pub fn new(entries: &[ProxyConfig]) -> std::result::Result<Option<Arc<Mirror>>, String> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        ProxyConfig::validate_all(entries)?;
+        let entries = entries
+            .iter()
+            .map(|e| {
+                Ok(Entry {
+                    prefix: e.prefix.clone(),
+                    base: config::upstream_base(&e.upstream)?,
+                    tag_ttl: e.tag_ttl,
+                })
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(Some(Arc::new(Mirror {
+            entries,
+            upstream: Upstream::new()?,
+            flights: Mutex::default(),
+            next_flight: Default::default(),
+            tag_checks: Mutex::default(),
+        })))
+    }
+
+    fn map<'n>(&self, name: &'n RepositoryName) -> Option<Mapped<'_, 'n>> {
+        let name = name.as_str();
+        self.entries.iter().find_map(|entry| {
+            let rest = name
+                .strip_prefix(entry.prefix.as_str())?
+                .strip_prefix('/')?;
+            Some(Mapped {
+                entry,
+                upstream_name: rest,
+            })
+        })
+    }
+
+    /// The upstream a local name is mirrored from, when it is.
+    pub fn upstream_of(&self, name: &RepositoryName) -> Option<&str> {
+        self.map(name).map(|m| m.entry.base.as_str())
+    }
+
+    /// Makes the manifest `reference` (as the client wrote it) of a mirrored
+    /// `name` local, fetching it when it is missing or, for a tag, when its
+    /// digest was last confirmed more than `tag_ttl` ago. A reference that
+    /// does not parse is left to the handler to refuse. A tag whose upstream
+    /// cannot be asked is served as cached.
+    pub async fn prepare_manifest(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        name: &RepositoryName,
+        reference: &str,
+    ) -> Result<()> {
+        let Some(mapped) = self.map(name) else {
+            return Ok(());
+        };
+        let reference = if reference.contains(':') {
+            match reference.parse::<Digest>() {
+                Ok(digest) => Reference::Digest(digest),
+                Err(_) => return Ok(()),
+            }
+        } else {
+            match Reference::parse(reference) {
+                Some(reference) => reference,
+                None => return Ok(()),
+            }
+        };
+        match &reference {
+            Reference::Digest(digest) => {
+                if registry.resolve(name, &reference).await.is_ok() {
+                    return Ok(());
+                }
+                let key = format!("manifest {name}@{digest}");
+                let url = mapped.url("manifests", &digest.to_string());
+                let (mirror, registry, name) = (self.clone(), registry.clone(), name.clone());
+                let digest = digest.clone();
+                self.single_flight(key, async move {
+                    // As for blobs (`fetch_blob`): fetched meanwhile?
+                    if registry
+                        .resolve(&name, &Reference::Digest(digest.clone()))
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                    mirror
+                        .fetch_manifest(&registry, &name, &url, None, &digest)
+                        .await
+                })
+                .await
+            }
+            Reference::Tag(tag) => {
+                let check = format!("{name}:{tag}");
+                let fresh = self
+                    .tag_checks
+                    .lock()
+                    .expect("lock")
+                    .get(&check)
+                    .is_some_and(|at| at.elapsed() < mapped.entry.tag_ttl);
+                if fresh && registry.resolve(name, &reference).await.is_ok() {
+                    return Ok(());
+                }
+                let key = format!("tag {check}");
+                let (mirror, registry, name, tag) =
+                    (self.clone(), registry.clone(), name.clone(), tag.clone());
+                self.single_flight(key, async move {
+                    mirror.revalidate_tag(&registry, &name, &tag).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Asks the upstream where a tag points (`HEAD`), and fetches the
+    /// manifest only when that is not where the local tag points.
+    async fn revalidate_tag(
+        &self,
+        registry: &Registry,
+        name: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<()> {
+        let mapped = self.map(name).expect("a mirrored name");
+        let reference = Reference::Tag(tag.clone());
+        let local = registry.resolve(name, &reference).await.ok();
+        let tag_url = mapped.url("manifests", tag.as_str());
+        let upstream = match self.upstream.manifest_digest(&tag_url).await {
+            Answer::Found(digest) => digest,
+            Answer::NotFound => {
+                return Err(RegistryError::with_detail(
+                    ErrorCode::ManifestUnknown,
+                    format!(
+                        "{}:{tag} is not at {}",
+                        mapped.upstream_name, mapped.entry.base
+                    ),
+                ))
+            }
+            Answer::Failed(failure) => {
+                return match local {
+                    // Served as cached: the upstream's answer is what is
+                    // missing, not the image.
+                    Some(_) => {
+                        tracing::warn!(%name, %tag, upstream = %mapped.entry.base, why = %failure.why, "upstream unavailable: serving the cached tag");
+                        Ok(())
+                    }
+                    None => Err(mapped.failed(failure)),
+                };
+            }
+        };
+        match upstream {
+            Some(digest) if local.as_ref() == Some(&digest) => {}
+            Some(digest) => {
+                // The manifest the HEAD named, by digest: the content is
+                // the one the tag pointed at when asked.
+                let by_digest = Reference::Digest(digest.clone());
+                if registry.resolve(name, &by_digest).await.is_ok() {
+                    let stored = registry.get_manifest(name, &by_digest).await?;
+                    registry
+                        .store_fetched_manifest(
+                            name,
+                            &reference,
+                            Some(&stored.media_type),
+                            stored.body,
+                        )
+                        .await?;
+                } else {
+                    let url = mapped.url("manifests", &digest.to_string());
+                    self.fetch_manifest(registry, name, &url, Some(tag), &digest)
+                        .await?;
+                }
+            }
+            None => self.fetch_tag_without_digest(registry, name, tag).await?,
+        }
+        let mut checks = self.tag_checks.lock().expect("lock");
+        if checks.len() >= MAX_TAG_CHECKS {
+            checks.clear();
+        }
+        checks.insert(format!("{name}:{tag}"), Instant::now());
+        Ok(())
+    }
+
+    /// An upstream that names no digest in its `HEAD`: the manifest by tag,
+    /// named by the digest of its bytes.
+    async fn fetch_tag_without_digest(
+        &self,
+        registry: &Registry,
+        name: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<()> {
+        let mapped = self.map(name).expect("a mirrored name");
+        let url = mapped.url("manifests", tag.as_str());
+        let limit = registry.limits().max_manifest_bytes;
+        let fetched = match self.upstream.manifest(&url, limit).await {
+            Answer::Found(fetched) => fetched,
+            Answer::NotFound => return Err(ErrorCode::ManifestUnknown.into()),
+            Answer::Failed(failure) => return Err(mapped.failed(failure)),
+        };
+        let digest = fetched
+            .digest
+            .clone()
+            .unwrap_or_else(|| Digest::of(crate::oci::Algorithm::Sha256, &fetched.body));
+        self.store_manifest(registry, name, Some(tag), &digest, fetched)
+            .await
+    }
+
+    /// Fetches the manifest `digest` from `url`, checks it, and stores it
+    /// (under `tag` too, when given).
+    async fn fetch_manifest(
+        &self,
+        registry: &Registry,
+        name: &RepositoryName,
+        url: &str,
+        tag: Option<&Tag>,
+        digest: &Digest,
+    ) -> Result<()> {
+        let mapped = self.map(name).expect("a mirrored name");
+        let limit = registry.limits().max_manifest_bytes;
+        match self.upstream.manifest(url, limit).await {
+            Answer::Found(fetched) => {
+                self.store_manifest(registry, name, tag, digest, fetched)
+                    .await
+            }
+            Answer::NotFound => Err(RegistryError::with_detail(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "{}@{digest} is not at {}",
+                    mapped.upstream_name, mapped.entry.base
+                ),
+            )),
+            Answer::Failed(failure) => Err(mapped.failed(failure)),
+        }
+    }
+
+    /// Stores a fetched manifest if its bytes are `digest`'s; bad upstream
+    /// data is refused (503) and nothing is stored.
+    async fn store_manifest(
+        &self,
+        registry: &Registry,
+        name: &RepositoryName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        fetched: upstream::FetchedManifest,
+    ) -> Result<()> {
+        let mapped = self.map(name).expect("a mirrored name");
+        let actual = Digest::of(digest.algorithm(), &fetched.body);
+        if &actual != digest {
+            tracing::error!(%name, expected = %digest, %actual, upstream = %mapped.entry.base, "upstream sent a manifest that does not match its digest: not stored");
+            return Err(RegistryError::with_detail(
+                ErrorCode::Unavailable,
+                format!(
+                    "upstream {} sent a manifest whose digest is {actual}, not {digest}",
+                    mapped.entry.base
+                ),
+            ));
+        }
+        let reference = match tag {
+            Some(tag) => Reference::Tag(tag.clone()),
+            None => Reference::Digest(digest.clone()),
+        };
+        registry
+            .store_fetched_manifest(
+                name,
+                &reference,
+                fetched.content_type.as_deref(),
+                fetched.body,
+            )
+            .await
+            .map_err(|e| {
+                if e.code == ErrorCode::ManifestInvalid || e.code == ErrorCode::TooLarge {
+                    RegistryError::with_detail(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "upstream {} sent a manifest Berth cannot store: {}",
+                            mapped.entry.base,
+                            e.detail.unwrap_or_default()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// Makes the blob `digest` of a mirrored `name` local, fetching it when
+    /// it is missing: whole, checked against its digest and committed
+    /// before anything is served. For a `HEAD` (`with_body` false) of a
+    /// missing blob, the upstream's size is returned and nothing fetched.
+    pub async fn prepare_blob(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        name: &RepositoryName,
+        digest: &str,
+        with_body: bool,
+    ) -> Result<Option<UpstreamBlob>> {
+        let Some(mapped) = self.map(name) else {
+            return Ok(None);
+        };
+        let Ok(digest) = digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        if registry.open_blob(name, &digest).await.is_ok() {
+            return Ok(None);
+        }
+        let url = mapped.url("blobs", &digest.to_string());
+        if !with_body {
+            return match self.upstream.blob_size(&url).await {
+                Answer::Found(size) => Ok(Some(UpstreamBlob { size })),
+                Answer::NotFound => Err(ErrorCode::BlobUnknown.into()),
+                Answer::Failed(failure) => Err(mapped.failed(failure)),
+            };
+        }
+        let key = format!("blob {name}@{digest}");
+        let (mirror, registry, name) = (self.clone(), registry.clone(), name.clone());
+        self.single_flight(key, async move {
+            mirror.fetch_blob(&registry, &name, &url, &digest).await
+        })
+        .await?;
+        Ok(None)
+    }
+
+    async fn fetch_blob(
+        &self,
+        registry: &Registry,
+        name: &RepositoryName,
+        url: &str,
+        digest: &Digest,
+    ) -> Result<()> {
+        let mapped = self.map(name).expect("a mirrored name");
+        // A request that found it missing just before the last fetch of it
+        // ended starts a fetch of its own: there is nothing left to do.
+        if registry.open_blob(name, digest).await.is_ok() {
+            return Ok(());
+        }
+        let fetched = match self.upstream.blob(url).await {
+            Answer::Found(fetched) => fetched,
+            Answer::NotFound => return Err(ErrorCode::BlobUnknown.into()),
+            Answer::Failed(failure) => return Err(mapped.failed(failure)),
+        };
+        let body = RequestBody {
+            stream: fetched.body,
+            length: fetched.length,
+        };
+        // Hashed as it is written; committed under the digest only if it
+        // matches, else the upload is dropped and nothing is visible.
+        registry
+            .upload_whole(name, digest, body)
+            .await
+            .map_err(|e| {
+                tracing::error!(%name, %digest, upstream = %mapped.entry.base, error = %e, "fetching a blob from upstream failed: nothing stored");
+                RegistryError::with_detail(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "fetching {digest} from upstream {} failed: {}",
+                        mapped.entry.base,
+                        e.detail.unwrap_or_else(|| e.code.message().to_owned())
+                    ),
+                )
+            })
+    }
+
+    /// Runs `work` once for every caller that asks for `key` while it runs,
+    /// as a task of its own: a client that goes away does not stop a fetch
+    /// other clients (or the next pull) are waiting for. The task takes its
+    /// key off the map when it ends, so an outcome (a failure included) is
+    /// never handed to a later request.
+    async fn single_flight(
+        self: &Arc<Self>,
+        key: String,
+        work: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) -> Result<()> {
+        let flight = {
+            let mut flights = self.flights.lock().expect("lock");
+            match flights.get(&key) {
+                Some((_, flight)) => flight.clone(),
+                None => {
+                    let id = self
+                        .next_flight
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mirror = self.clone();
+                    let done = key.clone();
+                    let task = tokio::spawn(async move {
+                        let outcome = work.await;
+                        let mut flights = mirror.flights.lock().expect("lock");
+                        if flights
+                            .get(&done)
+                            .is_some_and(|(current, _)| *current == id)
+                        {
+                            flights.remove(&done);
+                        }
+                        outcome
+                    });
+                    let flight: Flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(RegistryError::internal("a mirror fetch failed", e))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, (id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The pull-through mirror with a real client and a real upstream: Debian's
+# docker-registry (CNCF Distribution 2.8) holds an image; skopeo pulls it
+# through the release binary's `hub` prefix (a `[[proxy]]` entry). Checks:
+# the image arrives byte for byte with the upstream's digests; a second pull
+# sends no blob request to the upstream (its access log); Berth's store then
+# holds the image; a push under the prefix is refused; with the upstream
+# stopped, the cached image is still pulled.
+#
+#   tests/e2e/mirror.sh      (after tests/e2e/install-clients.sh and a release build)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BERTH_BIN="${BERTH_BIN:-$ROOT/target/release/berth}"
+REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
+for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)"; do
+  [ -x "$bin" ] || { echo "mirror.sh: $bin missing (build, then tests/e2e/install-clients.sh)" >&2; exit 1; }
+done
+
+WORK="$(mktemp -d /tmp/berth-mirror.XXXXXX)"
+DIST_PID=""
+BERTH_PID=""
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "$BERTH_PID" "$DIST_PID"; do
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
+  if [ "$rc" != 0 ]; then
+    echo "mirror.sh: Berth's log (last 20 lines):" >&2
+    tail -n 20 "$WORK/berth.log" 2>/dev/null | cut -c1-400 | sed 's/^/  | /' >&2
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+die() { echo "FAIL: $*" >&2; exit 1; }
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+wait_http() { # URL
+  local i
+  for ((i = 0; i < 100; i++)); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "nothing answers at $1"
+}
+sk() { skopeo --policy "$WORK/policy.json" "$@"; }
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
+
+# The upstream: Distribution's standard configuration, logging at `info`
+# (a "response completed" line per request) so that the requests the
+# mirror makes of it can be counted.
+DPORT="$(free_port)"
+cat >"$WORK/dist.yml" <<YML
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/dist-data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$DPORT
+YML
+env -u AWS_CA_BUNDLE "$REGISTRY_BIN" serve "$WORK/dist.yml" >"$WORK/dist.log" 2>&1 &
+DIST_PID=$!
+wait_http "http://127.0.0.1:$DPORT/v2/"
+
+# An image built here (no registry on the internet is reachable): a 2 MiB
+# layer of random bytes and a config, as an OCI layout, copied upstream.
+python3 - "$WORK/oci" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+out = sys.argv[1]
+os.makedirs(f"{out}/blobs/sha256")
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(f"{out}/blobs/sha256/{d}", "wb").write(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w") as tar:
+    content = os.urandom(2 << 20)
+    info = tarfile.TarInfo("data.bin"); info.size = len(content)
+    tar.addfile(info, io.BytesIO(content))
+layer = gzip.compress(raw.getvalue(), mtime=0)
+diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+manifest = json.dumps({"schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": dict(mediaType="application/vnd.oci.image.config.v1+json", **blob(config)),
+    "layers": [dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **blob(layer))]}).encode()
+m = blob(manifest)
+json.dump({"schemaVersion": 2, "manifests": [dict(mediaType="application/vnd.oci.image.manifest.v1+json",
+    annotations={"org.opencontainers.image.ref.name": "1"}, **m)]}, open(f"{out}/index.json", "w"))
+json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{out}/oci-layout", "w"))
+PY
+sk copy -q --dest-tls-verify=false --preserve-digests "oci:$WORK/oci:1" "docker://127.0.0.1:$DPORT/library/demo:1"
+upstream_digest="$(sk inspect --tls-verify=false --format '{{.Digest}}' "docker://127.0.0.1:$DPORT/library/demo:1")"
+echo "ok: the upstream holds library/demo:1 ($upstream_digest)"
+
+# Berth, mirroring the upstream under `hub`; `tag_ttl = 0`: every pull of
+# the tag asks the upstream (a HEAD).
+BPORT="$(free_port)"
+cat >"$WORK/berth.toml" <<TOML
+[[proxy]]
+prefix = "hub"
+upstream = "http://127.0.0.1:$DPORT"
+tag_ttl = "0s"
+TOML
+"$BERTH_BIN" serve --listen "127.0.0.1:$BPORT" --data-dir "$WORK/berth-data" \
+  --config "$WORK/berth.toml" --log-level info >"$WORK/berth.log" 2>&1 &
+BERTH_PID=$!
+wait_http "http://127.0.0.1:$BPORT/v2/"
+
+# Blob GETs the upstream answered, from its log.
+upstream_blob_gets() {
+  grep 'response completed' "$WORK/dist.log" | grep 'http.request.method=GET' | grep -c '/v2/library/demo/blobs/' || true
+}
+# (skopeo inspect above read the config blob from the upstream itself.)
+baseline="$(upstream_blob_gets)"
+sk copy -q --src-tls-verify=false "docker://127.0.0.1:$BPORT/hub/library/demo:1" "oci:$WORK/out1:1"
+got="$(sk inspect --tls-verify=false --format '{{.Digest}}' "docker://127.0.0.1:$BPORT/hub/library/demo:1")"
+[ "$got" = "$upstream_digest" ] || die "through the mirror the digest is $got, upstream $upstream_digest"
+for b in "$WORK"/oci/blobs/sha256/*; do
+  cmp -s "$b" "$WORK/out1/blobs/sha256/$(basename "$b")" || die "blob $(basename "$b") differs through the mirror"
+done
+echo "ok: skopeo pulled hub/library/demo:1 through Berth, every blob byte for byte ($got)"
+
+first="$(upstream_blob_gets)"
+[ "$((first - baseline))" = 2 ] || die "the first pull made $((first - baseline)) blob GETs upstream, want 2 (config and layer)"
+sk copy -q --src-tls-verify=false "docker://127.0.0.1:$BPORT/hub/library/demo:1" "oci:$WORK/out2:1"
+again="$(upstream_blob_gets)"
+[ "$again" = "$first" ] || die "a second pull made $((again - first)) more blob GETs upstream, want none"
+echo "ok: a second pull fetched no blob from the upstream (its log: $again blob GETs in all)"
+
+# Stored in Berth's own data directory, in the layout of pushed content.
+link="$WORK/berth-data/docker/registry/v2/repositories/hub/library/demo/_manifests/tags/1/current/link"
+[ "$(cat "$link")" = "$upstream_digest" ] || die "the mirror's tag link holds $(cat "$link" 2>/dev/null)"
+echo "ok: the mirror stored hub/library/demo:1 under its own tag link"
+
+if sk copy -q --dest-tls-verify=false "oci:$WORK/oci:1" "docker://127.0.0.1:$BPORT/hub/library/pushed:1" 2>"$WORK/push.err"; then
+  die "a push under the mirrored prefix was accepted"
+fi
+grep -q -i "denied" "$WORK/push.err" || die "the refused push did not say DENIED: $(cat "$WORK/push.err")"
+echo "ok: a push under hub/ is refused (DENIED)"
+
+kill -TERM "$DIST_PID"; wait "$DIST_PID" 2>/dev/null || true; DIST_PID=""
+sk copy -q --src-tls-verify=false "docker://127.0.0.1:$BPORT/hub/library/demo:1" "oci:$WORK/out3:1"
+echo "ok: with the upstream stopped, the cached image is still pulled"

@@ -1,0 +1,331 @@
+//! Pull-through mirroring (issue 14, first increment): a Berth whose
+//! `[[proxy]]` entry mirrors another registry under the prefix `hub`. The
+//! upstream is a second real registry (Berth) on loopback, reached through
+//! a logging proxy that counts what the mirror asks of it and can cut it
+//! off (an upstream gone down).
+
+use std::time::Duration;
+
+use berth::mirror::ProxyConfig;
+use berth::oci::{RepositoryName, Tag};
+use berth::storage::layout;
+use reqwest::StatusCode;
+
+use crate::s3_proxy::{Mode, S3Proxy};
+use crate::support::*;
+
+struct Mirrored {
+    upstream: TestRegistry,
+    proxy: S3Proxy,
+    mirror: TestRegistry,
+}
+
+/// An upstream registry, the logging proxy in front of it, and one mirror
+/// server whose entry `hub` mirrors the upstream through the proxy. One
+/// server, on either backend: the counts are of one process's fetches.
+async fn mirrored(tag_ttl: Duration) -> Mirrored {
+    // One upstream server: with two replicas on S3, one could answer from
+    // its cache for a moment what the other just moved.
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+    let endpoint = proxy.endpoint();
+    let mirror = TestRegistry::start_one_with(|config| {
+        config.proxy = vec![ProxyConfig {
+            prefix: "hub".into(),
+            upstream: endpoint,
+            tag_ttl,
+        }];
+    })
+    .await;
+    Mirrored {
+        upstream,
+        proxy,
+        mirror,
+    }
+}
+
+impl Mirrored {
+    /// Upstream requests so far of `method` whose path contains `part`.
+    fn asked(&self, method: &str, part: &str) -> usize {
+        self.proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method.as_str() == method && r.path.contains(part))
+            .count()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.mirror
+            .client
+            .get(self.mirror.url(path))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn head(&self, path: &str) -> reqwest::Response {
+        self.mirror
+            .client
+            .head(self.mirror.url(path))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn digest_header(resp: &reqwest::Response) -> String {
+    header_str(resp, "docker-content-digest").to_owned()
+}
+
+/// An image's manifest bytes and digest, its layer's and config's digests.
+struct Image {
+    manifest: Vec<u8>,
+    digest: String,
+    layer: Vec<u8>,
+    layer_digest: String,
+    config_digest: String,
+}
+
+async fn push(upstream: &TestRegistry, name: &str, tag: &str, seed: u64) -> Image {
+    let layer = random_bytes(300_000, seed);
+    let (manifest, digest) = upstream.push_image(name, tag, &layer).await;
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    Image {
+        layer_digest: sha256_digest(&layer),
+        config_digest: parsed["config"]["digest"].as_str().unwrap().to_owned(),
+        manifest,
+        digest,
+        layer,
+    }
+}
+
+#[tokio::test]
+async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_tag_ttl() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let image = push(&m.upstream, "library/app", "1.0", 1).await;
+
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/1.0").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), image.digest);
+    assert_eq!(
+        resp.bytes().await.unwrap(),
+        image.manifest,
+        "the upstream's bytes"
+    );
+    // A HEAD, then a GET by the digest it named: the content is the one
+    // the tag pointed at when asked.
+    assert_eq!(m.asked("HEAD", "/v2/library/app/manifests/1.0"), 1);
+    assert_eq!(
+        m.asked(
+            "GET",
+            &format!("/v2/library/app/manifests/{}", image.digest)
+        ),
+        1
+    );
+
+    let layer = format!("/v2/hub/library/app/blobs/{}", image.layer_digest);
+    let resp = expect_status(m.get(&layer).await, StatusCode::OK).await;
+    assert_eq!(resp.bytes().await.unwrap(), image.layer);
+    let config = format!("/v2/hub/library/app/blobs/{}", image.config_digest);
+    expect_status(m.get(&config).await, StatusCode::OK).await;
+    assert_eq!(m.asked("GET", &image.layer_digest), 1);
+
+    // Stored: the mirror's own store holds the manifest, the tag and the
+    // blob under the layout of pushed content.
+    let storage = m.mirror.storage().await;
+    let name = RepositoryName::parse("hub/library/app").unwrap();
+    let tag_link = layout::tag_current_link(&name, &Tag::parse("1.0").unwrap());
+    let stored = storage
+        .get(&tag_link)
+        .await
+        .unwrap()
+        .expect("the tag is stored");
+    assert_eq!(stored, image.digest.as_bytes());
+
+    // Again, by tag (within its TTL), by digest, and the blobs: nothing
+    // goes upstream.
+    let before = m.proxy.requests().len();
+    for _ in 0..2 {
+        let resp = expect_status(
+            m.get("/v2/hub/library/app/manifests/1.0").await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(resp.bytes().await.unwrap(), image.manifest);
+        let by_digest = format!("/v2/hub/library/app/manifests/{}", image.digest);
+        expect_status(m.get(&by_digest).await, StatusCode::OK).await;
+        let resp = expect_status(m.get(&layer).await, StatusCode::OK).await;
+        assert_eq!(resp.bytes().await.unwrap(), image.layer);
+        expect_status(m.head(&layer).await, StatusCode::OK).await;
+    }
+    assert_eq!(
+        m.proxy.requests().len(),
+        before,
+        "{:#?}",
+        m.proxy.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_tag_past_its_ttl_is_checked_by_head_and_fetched_again_only_when_it_moved() {
+    let m = mirrored(Duration::ZERO).await;
+    let first = push(&m.upstream, "library/app", "prod", 2).await;
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/prod").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), first.digest);
+    m.proxy.clear();
+
+    // Unchanged upstream: one HEAD per pull of the tag, no GET.
+    for _ in 0..3 {
+        let resp = expect_status(
+            m.head("/v2/hub/library/app/manifests/prod").await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(digest_header(&resp), first.digest);
+    }
+    assert_eq!(m.asked("HEAD", "/manifests/prod"), 3);
+    assert_eq!(
+        m.asked("GET", "/manifests/"),
+        0,
+        "{:#?}",
+        m.proxy.requests()
+    );
+
+    // The tag moves upstream: the next pull serves the new image, fetched
+    // by the digest the HEAD named.
+    let second = push(&m.upstream, "library/app", "prod", 3).await;
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/prod").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), second.digest);
+    assert_eq!(resp.bytes().await.unwrap(), second.manifest);
+    assert_eq!(m.asked("GET", &format!("/manifests/{}", second.digest)), 1);
+    assert_eq!(m.asked("GET", "/manifests/prod"), 0, "never a GET by tag");
+    // The old image stays by digest, local.
+    let old = format!("/v2/hub/library/app/manifests/{}", first.digest);
+    expect_status(m.get(&old).await, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_pulls_of_a_missing_blob_fetch_it_from_upstream_once() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let layer = random_bytes(4 << 20, 4);
+    let digest = m.upstream.push_blob("library/big", &layer).await;
+    let path = format!("/v2/hub/library/big/blobs/{digest}");
+    let pulls = (0..16).map(|_| async {
+        let resp = expect_status(m.get(&path).await, StatusCode::OK).await;
+        resp.bytes().await.unwrap()
+    });
+    for body in futures::future::join_all(pulls).await {
+        assert!(body == layer, "every client gets the blob whole");
+    }
+    assert_eq!(m.asked("GET", &digest), 1, "{:#?}", m.proxy.requests());
+}
+
+#[tokio::test]
+async fn a_blob_head_is_answered_from_the_upstream_without_fetching_it() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let layer = random_bytes(100_000, 5);
+    let digest = m.upstream.push_blob("library/app", &layer).await;
+    let path = format!("/v2/hub/library/app/blobs/{digest}");
+    let resp = expect_status(m.head(&path).await, StatusCode::OK).await;
+    assert_eq!(header_str(&resp, "content-length"), layer.len().to_string());
+    assert_eq!(digest_header(&resp), digest);
+    assert_eq!(m.asked("GET", &digest), 0);
+    let storage = m.mirror.storage().await;
+    let key = layout::blob_data(&digest.parse().unwrap());
+    assert!(
+        storage.get(&key).await.unwrap().is_none(),
+        "nothing fetched"
+    );
+
+    // Missing upstream too: 404, as for any unknown blob.
+    let missing = format!("/v2/hub/library/app/blobs/{}", sha256_digest(b"nowhere"));
+    let resp = expect_status(m.head(&missing).await, StatusCode::NOT_FOUND).await;
+    drop(resp);
+    let resp = expect_status(m.get(&missing).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(error_code(resp).await, "BLOB_UNKNOWN");
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/nope").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
+}
+
+#[tokio::test]
+async fn pushes_into_a_mirrored_prefix_are_refused_and_local_names_never_go_upstream() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let client = &m.mirror.client;
+    let resp = client
+        .post(m.mirror.url("/v2/hub/library/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    assert_eq!(error_code(resp).await, "DENIED");
+    let manifest = image_manifest(&sha256_digest(b"c"), 1, &[]);
+    let resp = m
+        .mirror
+        .put_manifest("hub/library/app", "1", OCI_MANIFEST, &manifest)
+        .await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    assert_eq!(error_code(resp).await, "DENIED");
+
+    // A local repository, even one named like an upstream's, is local.
+    let layer = random_bytes(1000, 6);
+    m.mirror.push_image("library/app", "1", &layer).await;
+    let resp = expect_status(m.get("/v2/library/app/manifests/1").await, StatusCode::OK).await;
+    drop(resp);
+    // `hubx` is not under `hub`.
+    m.mirror.push_image("hubx/app", "1", &layer).await;
+    expect_status(m.get("/v2/hubx/app/manifests/1").await, StatusCode::OK).await;
+    assert!(m.proxy.requests().is_empty(), "{:#?}", m.proxy.requests());
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_leaves_cached_tags_served_and_misses_failing_fast() {
+    let m = mirrored(Duration::ZERO).await;
+    let image = push(&m.upstream, "library/app", "1", 7).await;
+    let other = m
+        .upstream
+        .push_blob("library/app", &random_bytes(5000, 8))
+        .await;
+    expect_status(
+        m.get("/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+
+    m.proxy.set_mode(Mode::Cut);
+    // The tag is due for a check (TTL 0), the upstream cannot answer: the
+    // cached image is served.
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), image.digest);
+    // A miss: 503 UNAVAILABLE naming the upstream, nothing stored.
+    let started = std::time::Instant::now();
+    let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
+    let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(error_code(resp).await, "UNAVAILABLE");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let resp = m.get("/v2/hub/library/other/manifests/1").await;
+    expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    // Back up: the miss is fetched (a failure is not remembered).
+    m.proxy.set_mode(Mode::Forward);
+    let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
+    expect_status(resp, StatusCode::OK).await;
+}
