@@ -116,9 +116,91 @@ impl TokenRequest {
     }
 }
 
+/// A `WWW-Authenticate` challenge (RFC 7235) as a client reads one (Berth's
+/// CLI, a mirror asking its upstream): a scheme and its parameters.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// Lower case.
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// Parses the first challenge of a header value: `Scheme k="v",k2=v2`.
+    /// Quoted values may hold commas (`scope="repository:a:pull,push"`) and
+    /// backslash escapes.
+    pub fn parse(value: &str) -> Option<Challenge> {
+        let value = value.trim();
+        let (scheme, mut rest) = match value.split_once(' ') {
+            Some((scheme, rest)) => (scheme, rest.trim_start()),
+            None => (value, ""),
+        };
+        if scheme.is_empty() {
+            return None;
+        }
+        let mut params = Vec::new();
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=')?;
+            let key = key.trim().to_ascii_lowercase();
+            let after = after.trim_start();
+            let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                (value, &quoted[end?..])
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                (after[..end].trim().to_owned(), &after[end..])
+            };
+            params.push((key, value));
+            rest = remaining.trim_start().trim_start_matches(',').trim_start();
+        }
+        Some(Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        })
+    }
+
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges_parse_with_quoted_commas_and_escapes() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://r.example/auth/token",service="berth",scope="repository:a/b:pull,push,delete",error="insufficient_scope""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("https://r.example/auth/token"));
+        assert_eq!(c.param("service"), Some("berth"));
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push,delete"));
+        assert_eq!(c.param("error"), Some("insufficient_scope"));
+        let c = Challenge::parse(r#"Basic realm="say \"hi\"", charset=UTF-8"#).unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.param("realm"), Some(r#"say "hi""#));
+        assert_eq!(c.param("charset"), Some("UTF-8"));
+        assert_eq!(Challenge::parse("Bearer").unwrap().params, []);
+        assert_eq!(Challenge::parse(r#"Bearer realm="unterminated"#), None);
+    }
 
     #[test]
     fn basic_credentials_decode() {

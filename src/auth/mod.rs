@@ -85,6 +85,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A secret in a config file (a mirror's upstream password) is read as a
+/// string and kept as a `Secret` from there on.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        <String as serde::Deserialize>::deserialize(deserializer).map(Secret)
+    }
+}
+
 impl From<String> for Secret {
     fn from(value: String) -> Secret {
         Secret(value)

@@ -1,15 +1,17 @@
 //! The `[[proxy]]` entries: which upstream registry each mirrored prefix
 //! serves (docs/design/mirror.md §2).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::Secret;
 use crate::oci::RepositoryName;
 
 /// One `[[proxy]]` entry: local names under `prefix` are the upstream's
 /// names (`hub/library/alpine` is `library/alpine` at `upstream`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The first components of every local name this entry serves.
@@ -22,6 +24,17 @@ pub struct ProxyConfig {
     /// every pull of the tag.
     #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
+    /// The account Berth logs in to the upstream with (its token flow or
+    /// Basic), with `password` or `password_file`; absent: anonymous.
+    /// Whoever may pull the prefix here reads what this account can.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored), read again
+    /// when it changes, so the password rotates without a restart.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -54,7 +67,13 @@ impl ProxyConfig {
                     .into(),
             );
         }
-        upstream_base(&self.upstream).map(|_| ())
+        upstream_base(&self.upstream)?;
+        match (&self.username, &self.password, &self.password_file) {
+            (_, Some(_), Some(_)) => Err("give password or password_file, not both".into()),
+            (None, Some(_), _) | (None, _, Some(_)) => Err("a password needs a username".into()),
+            (Some(_), None, None) => Err("username needs password or password_file".into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -99,6 +118,9 @@ mod tests {
             prefix: prefix.into(),
             upstream: upstream.into(),
             tag_ttl: default_tag_ttl(),
+            username: None,
+            password: None,
+            password_file: None,
         }
     }
 
@@ -129,6 +151,23 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let with = |user: Option<&str>, password: Option<&str>, file: Option<&str>| ProxyConfig {
+            username: user.map(Into::into),
+            password: password.map(Into::into),
+            password_file: file.map(Into::into),
+            ..entry("hub", "https://ghcr.io")
+        };
+        for (good, config) in [
+            (true, with(Some("ci"), Some("pw"), None)),
+            (true, with(Some("ci"), None, Some("/etc/pw"))),
+            (false, with(Some("ci"), None, None)),
+            (false, with(None, Some("pw"), None)),
+            (false, with(Some("ci"), Some("pw"), Some("/etc/pw"))),
+        ] {
+            let checked = ProxyConfig::validate_all(std::slice::from_ref(&config));
+            assert_eq!(checked.is_ok(), good, "{config:?}: {checked:?}");
+        }
+        assert!(!format!("{:?}", with(Some("ci"), Some("hunter2"), None)).contains("hunter2"));
         assert_eq!(
             upstream_base("https://example.com/registry/").unwrap(),
             "https://example.com/registry"

@@ -6,7 +6,8 @@
 //! [`Mirror`] to make a manifest or blob local before it serves it as any
 //! other; nothing fetched is visible before its digest checks out.
 //!
-//! This first increment: anonymous upstreams, entries by prefix, tags
+//! Built so far: anonymous upstreams and logged-in ones (the token flow or
+//! Basic, `username` with `password` or `password_file`), entries by prefix, tags
 //! trusted for `tag_ttl` and then revalidated by `HEAD` (a `GET` only when
 //! the digest changed), blobs fetched whole into an upload and committed
 //! under their digest before they are served, one fetch per blob at a time
@@ -36,15 +37,25 @@ struct Entry {
     /// The upstream's base URL, no trailing `/`.
     base: String,
     tag_ttl: Duration,
+    access: upstream::Access,
 }
 
 /// A local name under an entry: the entry and the upstream's name.
 struct Mapped<'e, 'n> {
     entry: &'e Entry,
     upstream_name: &'n str,
+    /// What a request for it needs upstream: `repository:<name>:pull`.
+    scope: String,
 }
 
 impl Mapped<'_, '_> {
+    fn on(&self) -> upstream::On<'_> {
+        upstream::On {
+            access: &self.entry.access,
+            scope: &self.scope,
+        }
+    }
+
     fn url(&self, kind: &str, reference: &str) -> String {
         format!(
             "{}/v2/{}/{kind}/{reference}",
@@ -87,10 +98,18 @@ impl Mirror {
         let entries = entries
             .iter()
             .map(|e| {
+                let credentials = e.username.clone().map(|username| {
+                    upstream::Credentials::new(
+                        username,
+                        e.password.clone(),
+                        e.password_file.clone(),
+                    )
+                });
                 Ok(Entry {
                     prefix: e.prefix.clone(),
                     base: config::upstream_base(&e.upstream)?,
                     tag_ttl: e.tag_ttl,
+                    access: upstream::Access::new(credentials),
                 })
             })
             .collect::<std::result::Result<_, String>>()?;
@@ -112,6 +131,7 @@ impl Mirror {
             Some(Mapped {
                 entry,
                 upstream_name: rest,
+                scope: format!("repository:{rest}:pull"),
             })
         })
     }
@@ -204,7 +224,7 @@ impl Mirror {
         let reference = Reference::Tag(tag.clone());
         let local = registry.resolve(name, &reference).await.ok();
         let tag_url = mapped.url("manifests", tag.as_str());
-        let upstream = match self.upstream.manifest_digest(&tag_url).await {
+        let upstream = match self.upstream.manifest_digest(mapped.on(), &tag_url).await {
             Answer::Found(digest) => digest,
             Answer::NotFound => {
                 return Err(RegistryError::with_detail(
@@ -270,7 +290,7 @@ impl Mirror {
         let mapped = self.map(name).expect("a mirrored name");
         let url = mapped.url("manifests", tag.as_str());
         let limit = registry.limits().max_manifest_bytes;
-        let fetched = match self.upstream.manifest(&url, limit).await {
+        let fetched = match self.upstream.manifest(mapped.on(), &url, limit).await {
             Answer::Found(fetched) => fetched,
             Answer::NotFound => return Err(ErrorCode::ManifestUnknown.into()),
             Answer::Failed(failure) => return Err(mapped.failed(failure)),
@@ -295,7 +315,7 @@ impl Mirror {
     ) -> Result<()> {
         let mapped = self.map(name).expect("a mirrored name");
         let limit = registry.limits().max_manifest_bytes;
-        match self.upstream.manifest(url, limit).await {
+        match self.upstream.manifest(mapped.on(), url, limit).await {
             Answer::Found(fetched) => {
                 self.store_manifest(registry, name, tag, digest, fetched)
                     .await
@@ -384,7 +404,7 @@ impl Mirror {
         }
         let url = mapped.url("blobs", &digest.to_string());
         if !with_body {
-            return match self.upstream.blob_size(&url).await {
+            return match self.upstream.blob_size(mapped.on(), &url).await {
                 Answer::Found(size) => Ok(Some(UpstreamBlob { size })),
                 Answer::NotFound => Err(ErrorCode::BlobUnknown.into()),
                 Answer::Failed(failure) => Err(mapped.failed(failure)),
@@ -412,7 +432,7 @@ impl Mirror {
         if registry.open_blob(name, digest).await.is_ok() {
             return Ok(());
         }
-        let fetched = match self.upstream.blob(url).await {
+        let fetched = match self.upstream.blob(mapped.on(), url).await {
             Answer::Found(fetched) => fetched,
             Answer::NotFound => return Err(ErrorCode::BlobUnknown.into()),
             Answer::Failed(failure) => return Err(mapped.failed(failure)),

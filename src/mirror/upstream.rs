@@ -1,15 +1,25 @@
 //! The upstream registry client of a mirror: manifest and blob requests to
-//! another registry's `/v2/` API, anonymous (docs/design/mirror.md §4).
+//! another registry's `/v2/` API, anonymous or logged in through the
+//! upstream's token flow or Basic (docs/design/mirror.md §4, §7).
 //! reqwest (already in the binary through object_store) brings pooling,
 //! HTTP/2, timeouts and redirects that drop `Authorization` across hosts
 //! (Docker Hub sends blob GETs to a CDN).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
+use reqwest::header::HeaderValue;
 use reqwest::{header, Method, StatusCode};
+use serde::Deserialize;
 
+use crate::auth::header::Challenge;
+use crate::auth::Secret;
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::registry::ByteStream;
 
@@ -87,13 +97,14 @@ impl Upstream {
 
     /// `HEAD` of a manifest: the digest the upstream names it by, `None`
     /// when it sent none.
-    pub(super) async fn manifest_digest(&self, url: &str) -> Answer<Option<Digest>> {
-        let request = self
-            .http
-            .request(Method::HEAD, url)
-            .header(header::ACCEPT, MANIFEST_ACCEPT)
-            .timeout(REQUEST_TIMEOUT);
-        match send(request).await {
+    pub(super) async fn manifest_digest(&self, on: On<'_>, url: &str) -> Answer<Option<Digest>> {
+        let request = || {
+            self.http
+                .request(Method::HEAD, url)
+                .header(header::ACCEPT, MANIFEST_ACCEPT)
+                .timeout(REQUEST_TIMEOUT)
+        };
+        match self.send(on, request).await {
             Answer::Found(response) => Answer::Found(content_digest(&response)),
             Answer::NotFound => Answer::NotFound,
             Answer::Failed(f) => Answer::Failed(f),
@@ -101,13 +112,19 @@ impl Upstream {
     }
 
     /// `GET` of a manifest, at most `limit` bytes.
-    pub(super) async fn manifest(&self, url: &str, limit: usize) -> Answer<FetchedManifest> {
-        let request = self
-            .http
-            .get(url)
-            .header(header::ACCEPT, MANIFEST_ACCEPT)
-            .timeout(REQUEST_TIMEOUT);
-        let response = match send(request).await {
+    pub(super) async fn manifest(
+        &self,
+        on: On<'_>,
+        url: &str,
+        limit: usize,
+    ) -> Answer<FetchedManifest> {
+        let request = || {
+            self.http
+                .get(url)
+                .header(header::ACCEPT, MANIFEST_ACCEPT)
+                .timeout(REQUEST_TIMEOUT)
+        };
+        let response = match self.send(on, request).await {
             Answer::Found(response) => response,
             Answer::NotFound => return Answer::NotFound,
             Answer::Failed(f) => return Answer::Failed(f),
@@ -144,9 +161,9 @@ impl Upstream {
     }
 
     /// `HEAD` of a blob: its size.
-    pub(super) async fn blob_size(&self, url: &str) -> Answer<u64> {
-        let request = self.http.head(url).timeout(REQUEST_TIMEOUT);
-        match send(request).await {
+    pub(super) async fn blob_size(&self, on: On<'_>, url: &str) -> Answer<u64> {
+        let request = || self.http.head(url).timeout(REQUEST_TIMEOUT);
+        match self.send(on, request).await {
             Answer::Found(response) => match content_length(&response) {
                 Some(size) => Answer::Found(size),
                 None => Answer::Failed(failure("a blob HEAD without Content-Length".into())),
@@ -157,11 +174,11 @@ impl Upstream {
     }
 
     /// `GET` of a blob: its body as it arrives.
-    pub(super) async fn blob(&self, url: &str) -> Answer<FetchedBlob> {
+    pub(super) async fn blob(&self, on: On<'_>, url: &str) -> Answer<FetchedBlob> {
         // The bound covers the response's headers only: `send` returns
         // once they are in, and the body is read under `READ_TIMEOUT`.
-        let request = self.http.get(url);
-        let response = match tokio::time::timeout(REQUEST_TIMEOUT, send(request)).await {
+        let request = || self.http.get(url);
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, self.send(on, request)).await {
             Ok(Answer::Found(response)) => response,
             Ok(Answer::NotFound) => return Answer::NotFound,
             Ok(Answer::Failed(f)) => return Answer::Failed(f),
@@ -190,9 +207,9 @@ fn failure(why: String) -> Failure {
     }
 }
 
-/// Sends a request: a 2xx answer, a 404, or what went wrong.
-async fn send(request: reqwest::RequestBuilder) -> Answer<reqwest::Response> {
-    match request.send().await {
+/// A 2xx answer, a 404, or what went wrong.
+fn classify(sent: reqwest::Result<reqwest::Response>) -> Answer<reqwest::Response> {
+    match sent {
         Ok(response) if response.status().is_success() => Answer::Found(response),
         Ok(response) if response.status() == StatusCode::NOT_FOUND => Answer::NotFound,
         Ok(response) => Answer::Failed(Failure {
@@ -202,6 +219,327 @@ async fn send(request: reqwest::RequestBuilder) -> Answer<reqwest::Response> {
         Err(e) if e.is_timeout() => Answer::Failed(failure("timed out".into())),
         Err(e) if e.is_connect() => Answer::Failed(failure("unreachable".into())),
         Err(e) => Answer::Failed(failure(format!("request failed: {e}"))),
+    }
+}
+
+/// Whom a request goes to the upstream as, and for which scope
+/// (`repository:<upstream name>:pull`).
+#[derive(Clone, Copy)]
+pub(super) struct On<'a> {
+    pub access: &'a Access,
+    pub scope: &'a str,
+}
+
+impl Upstream {
+    /// Sends a request with what `on` knows of the upstream's login; on a
+    /// 401, logs in as its challenge says (a token for the scope, or Basic)
+    /// and sends it once more.
+    async fn send(
+        &self,
+        on: On<'_>,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Answer<reqwest::Response> {
+        let known = match on.access.known_authorization(self, on.scope).await {
+            Ok(known) => known,
+            Err(failure) => return Answer::Failed(failure),
+        };
+        let with = |authorization: Option<&HeaderValue>| match authorization {
+            Some(value) => request().header(header::AUTHORIZATION, value.clone()),
+            None => request(),
+        };
+        let first = with(known.as_ref()).send().await;
+        let challenge = match &first {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse),
+            _ => return classify(first),
+        };
+        let Some(challenge) = challenge else {
+            return Answer::Failed(failure(
+                "answered 401 without a challenge Berth can follow".into(),
+            ));
+        };
+        on.access.forget(on.scope);
+        let authorization = match on.access.log_in(self, on.scope, &challenge).await {
+            Ok(authorization) => authorization,
+            Err(failure) => return Answer::Failed(failure),
+        };
+        let second = with(Some(&authorization)).send().await;
+        match second {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                on.access.forget(on.scope);
+                Answer::Failed(failure(on.access.refused()))
+            }
+            second => classify(second),
+        }
+    }
+}
+
+/// The account a mirror logs in to its upstream with.
+pub(super) struct Credentials {
+    username: String,
+    password: Password,
+}
+
+enum Password {
+    Inline(Secret),
+    /// Read again when the file changes (a rotated password).
+    File {
+        path: PathBuf,
+        read: Mutex<Option<(SystemTime, Secret)>>,
+    },
+}
+
+impl Credentials {
+    pub(super) fn new(
+        username: String,
+        password: Option<Secret>,
+        password_file: Option<PathBuf>,
+    ) -> Credentials {
+        let password = match (password, password_file) {
+            (Some(secret), _) => Password::Inline(secret),
+            (None, Some(path)) => Password::File {
+                path,
+                read: Mutex::new(None),
+            },
+            (None, None) => Password::Inline(Secret::new("")),
+        };
+        Credentials { username, password }
+    }
+
+    fn password(&self) -> Result<Secret, Failure> {
+        match &self.password {
+            Password::Inline(secret) => Ok(secret.clone()),
+            Password::File { path, read } => {
+                let changed = std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| {
+                        failure(format!("reading password_file {}: {e}", path.display()))
+                    })?;
+                let mut read = read.lock().expect("lock");
+                if let Some((at, secret)) = read.as_ref() {
+                    if *at == changed {
+                        return Ok(secret.clone());
+                    }
+                }
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    failure(format!("reading password_file {}: {e}", path.display()))
+                })?;
+                let secret = Secret::new(text.trim_end_matches(['\n', '\r']));
+                *read = Some((changed, secret.clone()));
+                Ok(secret)
+            }
+        }
+    }
+
+    /// `Basic base64(user:password)`, marked sensitive (never logged).
+    fn basic(&self) -> Result<HeaderValue, Failure> {
+        let password = self.password()?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.username,
+            password.expose()
+        ));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
+            failure("the upstream credentials hold characters a header cannot".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// How a mirror logs in to one upstream, and what it learned doing so.
+pub(super) struct Access {
+    credentials: Option<Credentials>,
+    /// The upstream's token endpoint (realm, service), once a challenge
+    /// named it: a scope seen for the first time gets its token before its
+    /// first request instead of after a 401.
+    bearer: Mutex<Option<(String, Option<String>)>>,
+    /// The upstream asked for Basic: the credentials go with every request.
+    basic: AtomicBool,
+    /// Tokens by scope, and until when they are used (a tenth before they
+    /// expire).
+    tokens: Mutex<HashMap<String, (HeaderValue, Instant)>>,
+}
+
+/// Scopes whose tokens are kept at most; past it they are all dropped
+/// (each costs a token request again, never a wrong answer).
+const MAX_TOKENS: usize = 10_000;
+
+impl Access {
+    pub(super) fn new(credentials: Option<Credentials>) -> Access {
+        Access {
+            credentials,
+            bearer: Mutex::new(None),
+            basic: AtomicBool::new(false),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What to send before any 401: a live token for `scope`, one fetched
+    /// now from a token endpoint seen before, Basic credentials, or nothing.
+    async fn known_authorization(
+        &self,
+        upstream: &Upstream,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, Failure> {
+        if self.basic.load(Ordering::Relaxed) {
+            if let Some(credentials) = &self.credentials {
+                return credentials.basic().map(Some);
+            }
+        }
+        if let Some((token, until)) = self.tokens.lock().expect("lock").get(scope) {
+            if Instant::now() < *until {
+                return Ok(Some(token.clone()));
+            }
+        }
+        let endpoint = self.bearer.lock().expect("lock").clone();
+        match endpoint {
+            Some((realm, service)) => self
+                .fetch_token(upstream, &realm, service.as_deref(), scope)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn forget(&self, scope: &str) {
+        self.tokens.lock().expect("lock").remove(scope);
+    }
+
+    /// What a 401 after logging in means, for the error the client gets.
+    fn refused(&self) -> String {
+        match &self.credentials {
+            Some(_) => "refused the configured credentials".into(),
+            None => "needs credentials (none are configured for it)".into(),
+        }
+    }
+
+    /// Logs in as a 401's challenge asks.
+    async fn log_in(
+        &self,
+        upstream: &Upstream,
+        scope: &str,
+        challenge: &Challenge,
+    ) -> Result<HeaderValue, Failure> {
+        match challenge.scheme.as_str() {
+            "bearer" => {
+                let realm = challenge
+                    .param("realm")
+                    .ok_or_else(|| failure("a Bearer challenge without a realm".into()))?
+                    .to_owned();
+                let service = challenge.param("service").map(str::to_owned);
+                *self.bearer.lock().expect("lock") = Some((realm.clone(), service.clone()));
+                // The challenge's own scope where it names one: it is what
+                // the upstream wants for this request.
+                let wanted = challenge.param("scope").unwrap_or(scope);
+                let token = self
+                    .fetch_token(upstream, &realm, service.as_deref(), wanted)
+                    .await?;
+                if wanted != scope {
+                    // Kept under the mirror's scope too, for its next request.
+                    self.keep(scope, token.clone(), Duration::from_secs(60));
+                }
+                Ok(token)
+            }
+            "basic" => match &self.credentials {
+                Some(credentials) => {
+                    self.basic.store(true, Ordering::Relaxed);
+                    credentials.basic()
+                }
+                None => Err(failure(self.refused())),
+            },
+            other => Err(failure(format!(
+                "asks for {other} authentication, which Berth does not speak"
+            ))),
+        }
+    }
+
+    fn keep(&self, scope: &str, token: HeaderValue, valid: Duration) {
+        let mut tokens = self.tokens.lock().expect("lock");
+        if tokens.len() >= MAX_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert(scope.to_owned(), (token, Instant::now() + valid));
+    }
+
+    /// The Docker token flow: `GET <realm>?service=…&scope=…`, with Basic
+    /// credentials when there are some, answered by `token` (or
+    /// `access_token`) and `expires_in` (60 s when absent).
+    async fn fetch_token(
+        &self,
+        upstream: &Upstream,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<HeaderValue, Failure> {
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| failure(format!("its token realm {realm:?} is not a URL: {e}")))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            for scope in scope.split(' ').filter(|s| !s.is_empty()) {
+                query.append_pair("scope", scope);
+            }
+        }
+        let mut request = upstream.http.get(url).timeout(REQUEST_TIMEOUT);
+        if let Some(credentials) = &self.credentials {
+            request = request.header(header::AUTHORIZATION, credentials.basic()?);
+        }
+        let sent = request.send().await;
+        if let Ok(response) = &sent {
+            if matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                return Err(failure(format!(
+                    "{} (token endpoint {realm})",
+                    self.refused()
+                )));
+            }
+        }
+        let response = match classify(sent) {
+            Answer::Found(response) => response,
+            Answer::NotFound => {
+                return Err(failure(format!("its token endpoint {realm} answered 404")))
+            }
+            Answer::Failed(f) => {
+                return Err(Failure {
+                    why: format!("token endpoint {realm}: {}", f.why),
+                    ..f
+                })
+            }
+        };
+        #[derive(Deserialize)]
+        struct TokenReply {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| failure(format!("reading its token endpoint {realm}'s answer: {e}")))?;
+        let reply: TokenReply = serde_json::from_slice(&body)
+            .map_err(|e| failure(format!("its token endpoint {realm} answered no token: {e}")))?;
+        let token = reply
+            .token
+            .or(reply.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| failure(format!("its token endpoint {realm} answered no token")))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            failure(format!(
+                "its token endpoint {realm} answered an unusable token"
+            ))
+        })?;
+        value.set_sensitive(true);
+        let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(60).max(1));
+        self.keep(scope, value.clone(), lifetime.mul_f64(0.9));
+        Ok(value)
     }
 }
 

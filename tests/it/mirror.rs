@@ -34,6 +34,9 @@ async fn mirrored(tag_ttl: Duration) -> Mirrored {
             prefix: "hub".into(),
             upstream: endpoint,
             tag_ttl,
+            username: None,
+            password: None,
+            password_file: None,
         }];
     })
     .await;
@@ -328,4 +331,188 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_and_misses_failing_f
     m.proxy.set_mode(Mode::Forward);
     let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
     expect_status(resp, StatusCode::OK).await;
+}
+
+// Upstreams that need a login.
+
+/// An upstream with access control: `alice` (an admin) pushes, `ci` may
+/// pull `library/*`, anonymous callers nothing. `extra` goes into its
+/// `[auth]` table (`challenge = "basic"`).
+async fn upstream_with_auth(extra: &str) -> TestRegistry {
+    let table = format!(
+        r#"
+        admins = ["alice"]
+        {extra}
+        [[rules]]
+        repositories = ["library/*"]
+        users = {{ ci = ["pull"] }}
+        "#
+    );
+    let mut upstream =
+        TestRegistry::start_one_with_auth(&[("alice", "alice-pw"), ("ci", "ci-pw")], &table).await;
+    upstream.client = client_with_authorization(&basic_auth("alice", "alice-pw"));
+    upstream
+}
+
+/// A mirror of `upstream` (through a logging proxy) that logs in as
+/// `adjust` sets.
+async fn mirror_of(
+    upstream: &TestRegistry,
+    adjust: impl FnOnce(&mut ProxyConfig),
+) -> (S3Proxy, TestRegistry) {
+    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+    let mut entry = ProxyConfig {
+        prefix: "hub".into(),
+        upstream: proxy.endpoint(),
+        tag_ttl: Duration::from_secs(3600),
+        username: None,
+        password: None,
+        password_file: None,
+    };
+    adjust(&mut entry);
+    let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
+    (proxy, mirror)
+}
+
+fn count(proxy: &S3Proxy, keep: impl Fn(&crate::s3_proxy::Logged) -> bool) -> usize {
+    proxy.requests().iter().filter(|r| keep(r)).count()
+}
+
+#[tokio::test]
+async fn a_mirror_logs_in_through_the_token_flow_once_per_scope_and_token() {
+    let upstream = upstream_with_auth("").await;
+    let image = push(&upstream, "library/app", "1", 10).await;
+    let other = push(&upstream, "library/other", "1", 11).await;
+    let (proxy, mirror) = mirror_of(&upstream, |e| {
+        e.username = Some("ci".into());
+        e.password = Some("ci-pw".into());
+    })
+    .await;
+    let get = |path: String| {
+        let mirror = &mirror;
+        async move { mirror.client.get(mirror.url(&path)).send().await.unwrap() }
+    };
+    let resp = expect_status(
+        get("/v2/hub/library/app/manifests/1".into()).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resp.bytes().await.unwrap(), image.manifest);
+    let layer = format!("/v2/hub/library/app/blobs/{}", image.layer_digest);
+    let resp = expect_status(get(layer).await, StatusCode::OK).await;
+    assert_eq!(resp.bytes().await.unwrap(), image.layer);
+    // One 401 (the first request), one token for the repository's scope,
+    // used for every request after it.
+    let tokens = |p: &S3Proxy| count(p, |r| r.path.starts_with("/auth/token"));
+    assert_eq!(tokens(&proxy), 1, "{:#?}", proxy.requests());
+    assert_eq!(
+        count(&proxy, |r| r.status == Some(401)),
+        1,
+        "{:#?}",
+        proxy.requests()
+    );
+
+    // Another repository: its own token, fetched before its first request
+    // (the token endpoint is known now): no 401.
+    let resp = expect_status(
+        get("/v2/hub/library/other/manifests/1".into()).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resp.bytes().await.unwrap(), other.manifest);
+    assert_eq!(tokens(&proxy), 2);
+    assert_eq!(count(&proxy, |r| r.status == Some(401)), 1);
+    // The token asked for names the repository and pull only.
+    let asked = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/auth/token"))
+        .map(|r| r.query.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        asked[1].contains("scope=repository%3Alibrary%2Fother%3Apull"),
+        "{asked:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_the_credentials_is_a_clear_503_and_a_rotated_password_file_is_read_again(
+) {
+    let upstream = upstream_with_auth("").await;
+    push(&upstream, "library/app", "1", 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("upstream-password");
+    std::fs::write(&password_file, "wrong\n").unwrap();
+    let file = password_file.clone();
+    let (_proxy, mirror) = mirror_of(&upstream, |e| {
+        e.username = Some("ci".into());
+        e.password_file = Some(file);
+    })
+    .await;
+    let path = "/v2/hub/library/app/manifests/1";
+    let resp = mirror.client.get(mirror.url(path)).send().await.unwrap();
+    let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    let detail = body["errors"][0]["detail"].to_string();
+    assert!(
+        detail.contains("refused the configured credentials"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("wrong"),
+        "no password in an answer: {detail}"
+    );
+
+    // The password is rotated in its file: the next pull logs in with it.
+    std::fs::write(&password_file, "ci-pw\n").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&password_file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let resp = mirror.client.get(mirror.url(path)).send().await.unwrap();
+    expect_status(resp, StatusCode::OK).await;
+
+    // Without credentials: the same 503, saying none are configured.
+    let (_proxy, anonymous) = mirror_of(&upstream, |_| {}).await;
+    let resp = anonymous
+        .client
+        .get(anonymous.url(path))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["errors"][0]["detail"].to_string();
+    assert!(detail.contains("needs credentials"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_mirror_logs_in_with_basic_where_the_upstream_asks_for_it() {
+    let upstream = upstream_with_auth(r#"challenge = "basic""#).await;
+    let image = push(&upstream, "library/app", "1", 13).await;
+    let (proxy, mirror) = mirror_of(&upstream, |e| {
+        e.username = Some("ci".into());
+        e.password = Some("ci-pw".into());
+    })
+    .await;
+    for path in [
+        "/v2/hub/library/app/manifests/1".to_owned(),
+        format!("/v2/hub/library/app/blobs/{}", image.layer_digest),
+        format!("/v2/hub/library/app/blobs/{}", image.config_digest),
+    ] {
+        let resp = mirror.client.get(mirror.url(&path)).send().await.unwrap();
+        expect_status(resp, StatusCode::OK).await;
+    }
+    // Challenged once; Basic with every request from then on.
+    assert_eq!(
+        count(&proxy, |r| r.status == Some(401)),
+        1,
+        "{:#?}",
+        proxy.requests()
+    );
+    assert_eq!(count(&proxy, |r| r.path.starts_with("/auth/token")), 0);
 }
