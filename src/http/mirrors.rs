@@ -1,56 +1,105 @@
 //! Requests for mirrored names (`[[proxy]]` entries): the mirror makes a
 //! manifest or blob local before the usual handler serves it
-//! (docs/design/mirror.md §3).
+//! (docs/design/mirror.md §3, §7).
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::routes::{Resource, Route};
 use super::{ApiError, DOCKER_CONTENT_DIGEST};
-use crate::mirror::{Mirror, UpstreamBlob};
+use crate::mirror::{Mirror, Refusal, UpstreamBlob};
 use crate::oci::RepositoryName;
 use crate::registry::Registry;
 
+/// What the route's handler does next.
+pub(super) enum Prepared {
+    /// Answers as for any repository, with this `Warning` on its response
+    /// when there is one (a cached tag served as cached).
+    Serve(Option<HeaderValue>),
+    /// This is the answer: an error, or a blob `HEAD` answered from the
+    /// upstream's size (nothing fetched).
+    Answer(Response),
+}
+
 /// Fetches what the request names when it is not here (or, for a tag, is
-/// due for a check upstream). `None`: the route's handler answers as for
-/// any repository; `Some`: the answer (an error, or a blob `HEAD` answered
-/// from the upstream's size, nothing fetched).
+/// due for a check upstream).
 pub(super) async fn prepare(
     mirror: &Arc<Mirror>,
     registry: &Arc<Registry>,
     route: &Route<'_>,
     name: &RepositoryName,
-) -> Option<Response> {
+) -> Prepared {
     let method = &route.row.method;
     if method != Method::GET && method != Method::HEAD {
-        return None;
+        return Prepared::Serve(None);
     }
     let outcome = match route.row.resource {
         Resource::Manifest => mirror
             .prepare_manifest(registry, name, route.last)
             .await
-            .map(|()| None),
-        Resource::Blob => {
-            mirror
-                .prepare_blob(registry, name, route.last, method == Method::GET)
-                .await
-        }
-        _ => return None,
+            .map(|warning| Prepared::Serve(warning.and_then(|w| warning_header(&w)))),
+        Resource::Blob => mirror
+            .prepare_blob(registry, name, route.last, method == Method::GET)
+            .await
+            .map(|head| match head {
+                None => Prepared::Serve(None),
+                Some(UpstreamBlob { size }) => Prepared::Answer(
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(header::CONTENT_LENGTH, size)
+                        .header(DOCKER_CONTENT_DIGEST, route.last)
+                        .body(Body::empty())
+                        .expect("valid response"),
+                ),
+            }),
+        _ => return Prepared::Serve(None),
     };
-    match outcome {
-        Ok(None) => None,
-        Ok(Some(UpstreamBlob { size })) => Some(
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(header::CONTENT_LENGTH, size)
-                .header(DOCKER_CONTENT_DIGEST, route.last)
-                .body(Body::empty())
-                .expect("valid response"),
-        ),
-        Err(e) => Some(ApiError::from(e).into_response()),
+    outcome.unwrap_or_else(|refusal| Prepared::Answer(refused(refusal)))
+}
+
+fn refused(Refusal { error, retry_after }: Refusal) -> Response {
+    let mut response = ApiError::from(error).into_response();
+    if let Some(after) = retry_after {
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    response
+}
+
+/// `Warning: 299 - "<text>"` (RFC 7234's miscellaneous persistent warning,
+/// the form the distribution-spec gives), quotes and backslashes escaped,
+/// within the spec's 4096 bytes.
+fn warning_header(text: &str) -> Option<HeaderValue> {
+    let escaped: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .take(4000)
+        .collect();
+    HeaderValue::from_str(&format!("299 - \"{escaped}\"")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_is_a_299_with_its_text_quoted() {
+        let value = warning_header(r#"upstream "x" down: serving a\b as cached"#).unwrap();
+        assert_eq!(
+            value.to_str().unwrap(),
+            r#"299 - "upstream \"x\" down: serving a\\b as cached""#
+        );
+        let long = warning_header(&"x".repeat(10_000)).unwrap();
+        assert!(long.len() <= 4096);
     }
 }

@@ -181,15 +181,21 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     };
     // A mirrored manifest or blob is made local (fetched when missing or,
     // for a tag, when due for a check), then served as any other.
+    let mut warning = None;
     if let Some((mirror, name, _)) = mirror {
-        if let Some(response) = mirrors::prepare(mirror, &state.registry, &route, name).await {
-            return response;
+        match mirrors::prepare(mirror, &state.registry, &route, name).await {
+            mirrors::Prepared::Serve(w) => warning = w,
+            mirrors::Prepared::Answer(response) => return response,
         }
     }
-    route
+    let mut response = route
         .call(&state.registry, &caller, &parts, body)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(warning) = warning {
+        response.headers_mut().append(header::WARNING, warning);
+    }
+    response
 }
 
 fn repository_name(name: &str) -> Result<RepositoryName, ApiError> {

@@ -24,6 +24,11 @@ pub struct ProxyConfig {
     /// every pull of the tag.
     #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
+    /// How long a pull of a cached tag waits for the upstream's answer to
+    /// its check before it is served as cached (with a `Warning`; the check
+    /// goes on and moves the tag for later pulls).
+    #[serde(default = "default_revalidate_timeout", with = "humantime_serde")]
+    pub revalidate_timeout: Duration,
     /// The account Berth logs in to the upstream with (its token flow or
     /// Basic), with `password` or `password_file`; absent: anonymous.
     /// Whoever may pull the prefix here reads what this account can.
@@ -39,6 +44,10 @@ pub struct ProxyConfig {
 
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(5 * 60)
+}
+
+fn default_revalidate_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl ProxyConfig {
@@ -118,6 +127,7 @@ mod tests {
             prefix: prefix.into(),
             upstream: upstream.into(),
             tag_ttl: default_tag_ttl(),
+            revalidate_timeout: default_revalidate_timeout(),
             username: None,
             password: None,
             password_file: None,

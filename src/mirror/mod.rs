@@ -14,6 +14,7 @@
 //! in this process.
 
 mod config;
+mod health;
 mod upstream;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 pub use config::ProxyConfig;
 
-use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Result, Tag};
+use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Tag};
 use crate::registry::{Registry, RequestBody};
 use upstream::{Answer, Upstream};
 
@@ -37,7 +38,9 @@ struct Entry {
     /// The upstream's base URL, no trailing `/`.
     base: String,
     tag_ttl: Duration,
+    revalidate_timeout: Duration,
     access: upstream::Access,
+    breaker: health::Breaker,
 }
 
 /// A local name under an entry: the entry and the upstream's name.
@@ -52,6 +55,7 @@ impl Mapped<'_, '_> {
     fn on(&self) -> upstream::On<'_> {
         upstream::On {
             access: &self.entry.access,
+            breaker: &self.entry.breaker,
             scope: &self.scope,
         }
     }
@@ -63,12 +67,16 @@ impl Mapped<'_, '_> {
         )
     }
 
-    fn failed(&self, failure: upstream::Failure) -> RegistryError {
-        failure.into_error(&self.entry.base)
+    fn failed(&self, failure: upstream::Failure) -> Refusal {
+        let retry_after = failure.retry_after;
+        Refusal {
+            error: failure.into_error(&self.entry.base),
+            retry_after,
+        }
     }
 }
 
-type Flight = Shared<BoxFuture<'static, Result<()>>>;
+type Flight = Shared<BoxFuture<'static, Outcome<Option<Warning>>>>;
 
 /// The mirrored prefixes of one process, and what it is fetching.
 pub struct Mirror {
@@ -87,6 +95,35 @@ pub struct Mirror {
 pub struct UpstreamBlob {
     pub size: u64,
 }
+
+/// Why a mirrored request cannot be served: the error, and when the client
+/// may try again (`Retry-After`) where the upstream is what failed.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub error: RegistryError,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(error: RegistryError) -> Refusal {
+        Refusal {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Refusal {
+        RegistryError::from(code).into()
+    }
+}
+
+type Outcome<T> = std::result::Result<T, Refusal>;
+
+/// A `Warning` (RFC 9111's 299, as the distribution-spec asks): the manifest
+/// is served, but as cached, because its upstream could not be asked.
+pub type Warning = String;
 
 impl Mirror {
     /// The mirror the `[[proxy]]` entries describe; `None` without entries.
@@ -109,7 +146,9 @@ impl Mirror {
                     prefix: e.prefix.clone(),
                     base: config::upstream_base(&e.upstream)?,
                     tag_ttl: e.tag_ttl,
+                    revalidate_timeout: e.revalidate_timeout,
                     access: upstream::Access::new(credentials),
+                    breaker: health::Breaker::default(),
                 })
             })
             .collect::<std::result::Result<_, String>>()?;
@@ -144,32 +183,34 @@ impl Mirror {
     /// Makes the manifest `reference` (as the client wrote it) of a mirrored
     /// `name` local, fetching it when it is missing or, for a tag, when its
     /// digest was last confirmed more than `tag_ttl` ago. A reference that
-    /// does not parse is left to the handler to refuse. A tag whose upstream
-    /// cannot be asked is served as cached.
+    /// does not parse is left to the handler to refuse. A cached tag whose
+    /// upstream cannot be asked, or does not answer within
+    /// `revalidate_timeout`, is served as cached, with a [`Warning`] (the
+    /// check goes on and moves the tag for later pulls).
     pub async fn prepare_manifest(
         self: &Arc<Self>,
         registry: &Arc<Registry>,
         name: &RepositoryName,
         reference: &str,
-    ) -> Result<()> {
+    ) -> Outcome<Option<Warning>> {
         let Some(mapped) = self.map(name) else {
-            return Ok(());
+            return Ok(None);
         };
         let reference = if reference.contains(':') {
             match reference.parse::<Digest>() {
                 Ok(digest) => Reference::Digest(digest),
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(None),
             }
         } else {
             match Reference::parse(reference) {
                 Some(reference) => reference,
-                None => return Ok(()),
+                None => return Ok(None),
             }
         };
         match &reference {
             Reference::Digest(digest) => {
                 if registry.resolve(name, &reference).await.is_ok() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let key = format!("manifest {name}@{digest}");
                 let url = mapped.url("manifests", &digest.to_string());
@@ -182,11 +223,12 @@ impl Mirror {
                         .await
                         .is_ok()
                     {
-                        return Ok(());
+                        return Ok(None);
                     }
                     mirror
                         .fetch_manifest(&registry, &name, &url, None, &digest)
                         .await
+                        .map(|()| None)
                 })
                 .await
             }
@@ -198,16 +240,29 @@ impl Mirror {
                     .expect("lock")
                     .get(&check)
                     .is_some_and(|at| at.elapsed() < mapped.entry.tag_ttl);
-                if fresh && registry.resolve(name, &reference).await.is_ok() {
-                    return Ok(());
+                let cached = registry.resolve(name, &reference).await.is_ok();
+                if fresh && cached {
+                    return Ok(None);
                 }
                 let key = format!("tag {check}");
-                let (mirror, registry, name, tag) =
+                let (mirror, registry, owned, tag) =
                     (self.clone(), registry.clone(), name.clone(), tag.clone());
-                self.single_flight(key, async move {
-                    mirror.revalidate_tag(&registry, &name, &tag).await
-                })
-                .await
+                let check = self.single_flight(key, async move {
+                    mirror.revalidate_tag(&registry, &owned, &tag).await
+                });
+                if !cached {
+                    return check.await;
+                }
+                let limit = mapped.entry.revalidate_timeout;
+                match tokio::time::timeout(limit, check).await {
+                    Ok(checked) => checked,
+                    Err(_) => Ok(Some(format!(
+                        "upstream {} did not answer within {} ms: serving {name}:{} as cached",
+                        mapped.entry.base,
+                        limit.as_millis(),
+                        reference_text(&reference),
+                    ))),
+                }
             }
         }
     }
@@ -219,7 +274,7 @@ impl Mirror {
         registry: &Registry,
         name: &RepositoryName,
         tag: &Tag,
-    ) -> Result<()> {
+    ) -> Outcome<Option<Warning>> {
         let mapped = self.map(name).expect("a mirrored name");
         let reference = Reference::Tag(tag.clone());
         let local = registry.resolve(name, &reference).await.ok();
@@ -233,7 +288,8 @@ impl Mirror {
                         "{}:{tag} is not at {}",
                         mapped.upstream_name, mapped.entry.base
                     ),
-                ))
+                )
+                .into())
             }
             Answer::Failed(failure) => {
                 return match local {
@@ -241,7 +297,10 @@ impl Mirror {
                     // missing, not the image.
                     Some(_) => {
                         tracing::warn!(%name, %tag, upstream = %mapped.entry.base, why = %failure.why, "upstream unavailable: serving the cached tag");
-                        Ok(())
+                        Ok(Some(format!(
+                            "upstream {} {}: serving {name}:{tag} as cached",
+                            mapped.entry.base, failure.why
+                        )))
                     }
                     None => Err(mapped.failed(failure)),
                 };
@@ -276,7 +335,7 @@ impl Mirror {
             checks.clear();
         }
         checks.insert(format!("{name}:{tag}"), Instant::now());
-        Ok(())
+        Ok(None)
     }
 
     /// An upstream that names no digest in its `HEAD`: the manifest by tag,
@@ -286,7 +345,7 @@ impl Mirror {
         registry: &Registry,
         name: &RepositoryName,
         tag: &Tag,
-    ) -> Result<()> {
+    ) -> Outcome<()> {
         let mapped = self.map(name).expect("a mirrored name");
         let url = mapped.url("manifests", tag.as_str());
         let limit = registry.limits().max_manifest_bytes;
@@ -312,7 +371,7 @@ impl Mirror {
         url: &str,
         tag: Option<&Tag>,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Outcome<()> {
         let mapped = self.map(name).expect("a mirrored name");
         let limit = registry.limits().max_manifest_bytes;
         match self.upstream.manifest(mapped.on(), url, limit).await {
@@ -326,7 +385,8 @@ impl Mirror {
                     "{}@{digest} is not at {}",
                     mapped.upstream_name, mapped.entry.base
                 ),
-            )),
+            )
+            .into()),
             Answer::Failed(failure) => Err(mapped.failed(failure)),
         }
     }
@@ -340,7 +400,7 @@ impl Mirror {
         tag: Option<&Tag>,
         digest: &Digest,
         fetched: upstream::FetchedManifest,
-    ) -> Result<()> {
+    ) -> Outcome<()> {
         let mapped = self.map(name).expect("a mirrored name");
         let actual = Digest::of(digest.algorithm(), &fetched.body);
         if &actual != digest {
@@ -351,7 +411,8 @@ impl Mirror {
                     "upstream {} sent a manifest whose digest is {actual}, not {digest}",
                     mapped.entry.base
                 ),
-            ));
+            )
+            .into());
         }
         let reference = match tag {
             Some(tag) => Reference::Tag(tag.clone()),
@@ -378,6 +439,7 @@ impl Mirror {
                 } else {
                     e
                 }
+                .into()
             })
             .map(|_| ())
     }
@@ -392,7 +454,7 @@ impl Mirror {
         name: &RepositoryName,
         digest: &str,
         with_body: bool,
-    ) -> Result<Option<UpstreamBlob>> {
+    ) -> Outcome<Option<UpstreamBlob>> {
         let Some(mapped) = self.map(name) else {
             return Ok(None);
         };
@@ -413,7 +475,10 @@ impl Mirror {
         let key = format!("blob {name}@{digest}");
         let (mirror, registry, name) = (self.clone(), registry.clone(), name.clone());
         self.single_flight(key, async move {
-            mirror.fetch_blob(&registry, &name, &url, &digest).await
+            mirror
+                .fetch_blob(&registry, &name, &url, &digest)
+                .await
+                .map(|()| None)
         })
         .await?;
         Ok(None)
@@ -425,7 +490,7 @@ impl Mirror {
         name: &RepositoryName,
         url: &str,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Outcome<()> {
         let mapped = self.map(name).expect("a mirrored name");
         // A request that found it missing just before the last fetch of it
         // ended starts a fetch of its own: there is nothing left to do.
@@ -456,6 +521,7 @@ impl Mirror {
                         e.detail.unwrap_or_else(|| e.code.message().to_owned())
                     ),
                 )
+                .into()
             })
     }
 
@@ -467,8 +533,8 @@ impl Mirror {
     async fn single_flight(
         self: &Arc<Self>,
         key: String,
-        work: impl std::future::Future<Output = Result<()>> + Send + 'static,
-    ) -> Result<()> {
+        work: impl std::future::Future<Output = Outcome<Option<Warning>>> + Send + 'static,
+    ) -> Outcome<Option<Warning>> {
         let flight = {
             let mut flights = self.flights.lock().expect("lock");
             match flights.get(&key) {
@@ -492,7 +558,7 @@ impl Mirror {
                     });
                     let flight: Flight = async move {
                         task.await.unwrap_or_else(|e| {
-                            Err(RegistryError::internal("a mirror fetch failed", e))
+                            Err(RegistryError::internal("a mirror fetch failed", e).into())
                         })
                     }
                     .boxed()
@@ -503,5 +569,13 @@ impl Mirror {
             }
         };
         flight.await
+    }
+}
+
+/// A reference as a client writes it after the name (`:tag`, `@digest`).
+fn reference_text(reference: &Reference) -> String {
+    match reference {
+        Reference::Tag(tag) => tag.as_str().to_owned(),
+        Reference::Digest(digest) => digest.to_string(),
     }
 }

@@ -18,6 +18,7 @@ use reqwest::header::HeaderValue;
 use reqwest::{header, Method, StatusCode};
 use serde::Deserialize;
 
+use super::health::Breaker;
 use crate::auth::header::Challenge;
 use crate::auth::Secret;
 use crate::oci::{Digest, ErrorCode, RegistryError};
@@ -54,6 +55,13 @@ pub(super) struct Failure {
     /// 429 from the upstream: the mirror answers 429 too.
     pub too_many_requests: bool,
     pub why: String,
+    /// When the client may try again: the upstream's `Retry-After`, or
+    /// what is left of the breaker's pause.
+    pub retry_after: Option<Duration>,
+    /// The upstream answered, but not usably (credentials refused, data
+    /// Berth cannot take): not a failure of the upstream, so the breaker
+    /// stays closed.
+    pub answered: bool,
 }
 
 impl Failure {
@@ -141,7 +149,7 @@ impl Upstream {
             match stream.try_next().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
-                        return Answer::Failed(failure(format!(
+                        return Answer::Failed(unusable(format!(
                             "a manifest over the {limit}-byte limit"
                         )));
                     }
@@ -166,7 +174,7 @@ impl Upstream {
         match self.send(on, request).await {
             Answer::Found(response) => match content_length(&response) {
                 Some(size) => Answer::Found(size),
-                None => Answer::Failed(failure("a blob HEAD without Content-Length".into())),
+                None => Answer::Failed(unusable("a blob HEAD without Content-Length".into())),
             },
             Answer::NotFound => Answer::NotFound,
             Answer::Failed(f) => Answer::Failed(f),
@@ -204,6 +212,16 @@ fn failure(why: String) -> Failure {
     Failure {
         too_many_requests: false,
         why,
+        retry_after: None,
+        answered: false,
+    }
+}
+
+/// The upstream answered with something unusable (see [`Failure::answered`]).
+fn unusable(why: String) -> Failure {
+    Failure {
+        answered: true,
+        ..failure(why)
     }
 }
 
@@ -215,6 +233,13 @@ fn classify(sent: reqwest::Result<reqwest::Response>) -> Answer<reqwest::Respons
         Ok(response) => Answer::Failed(Failure {
             too_many_requests: response.status() == StatusCode::TOO_MANY_REQUESTS,
             why: format!("answered {}", response.status()),
+            retry_after: response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+            answered: false,
         }),
         Err(e) if e.is_timeout() => Answer::Failed(failure("timed out".into())),
         Err(e) if e.is_connect() => Answer::Failed(failure("unreachable".into())),
@@ -227,6 +252,7 @@ fn classify(sent: reqwest::Result<reqwest::Response>) -> Answer<reqwest::Respons
 #[derive(Clone, Copy)]
 pub(super) struct On<'a> {
     pub access: &'a Access,
+    pub breaker: &'a Breaker,
     pub scope: &'a str,
 }
 
@@ -235,6 +261,33 @@ impl Upstream {
     /// 401, logs in as its challenge says (a token for the scope, or Basic)
     /// and sends it once more.
     async fn send(
+        &self,
+        on: On<'_>,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Answer<reqwest::Response> {
+        if let Some(open) = on.breaker.open() {
+            return Answer::Failed(Failure {
+                too_many_requests: open.too_many_requests,
+                why: format!(
+                    "failed just now{}; not asked again for {} s",
+                    if open.too_many_requests { " (429)" } else { "" },
+                    open.for_.as_secs() + 1
+                ),
+                retry_after: Some(open.for_),
+                answered: false,
+            });
+        }
+        let answer = self.send_logged_in(on, request).await;
+        match &answer {
+            Answer::Failed(failure) if !failure.answered => on
+                .breaker
+                .failed(failure.too_many_requests, failure.retry_after),
+            _ => on.breaker.answered(),
+        }
+        answer
+    }
+
+    async fn send_logged_in(
         &self,
         on: On<'_>,
         request: impl Fn() -> reqwest::RequestBuilder,
@@ -257,7 +310,7 @@ impl Upstream {
             _ => return classify(first),
         };
         let Some(challenge) = challenge else {
-            return Answer::Failed(failure(
+            return Answer::Failed(unusable(
                 "answered 401 without a challenge Berth can follow".into(),
             ));
         };
@@ -270,7 +323,7 @@ impl Upstream {
         match second {
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                 on.access.forget(on.scope);
-                Answer::Failed(failure(on.access.refused()))
+                Answer::Failed(unusable(on.access.refused()))
             }
             second => classify(second),
         }
@@ -316,7 +369,7 @@ impl Credentials {
                 let changed = std::fs::metadata(path)
                     .and_then(|m| m.modified())
                     .map_err(|e| {
-                        failure(format!("reading password_file {}: {e}", path.display()))
+                        unusable(format!("reading password_file {}: {e}", path.display()))
                     })?;
                 let mut read = read.lock().expect("lock");
                 if let Some((at, secret)) = read.as_ref() {
@@ -325,7 +378,7 @@ impl Credentials {
                     }
                 }
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    failure(format!("reading password_file {}: {e}", path.display()))
+                    unusable(format!("reading password_file {}: {e}", path.display()))
                 })?;
                 let secret = Secret::new(text.trim_end_matches(['\n', '\r']));
                 *read = Some((changed, secret.clone()));
@@ -343,7 +396,7 @@ impl Credentials {
             password.expose()
         ));
         let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
-            failure("the upstream credentials hold characters a header cannot".into())
+            unusable("the upstream credentials hold characters a header cannot".into())
         })?;
         value.set_sensitive(true);
         Ok(value)
@@ -428,7 +481,7 @@ impl Access {
             "bearer" => {
                 let realm = challenge
                     .param("realm")
-                    .ok_or_else(|| failure("a Bearer challenge without a realm".into()))?
+                    .ok_or_else(|| unusable("a Bearer challenge without a realm".into()))?
                     .to_owned();
                 let service = challenge.param("service").map(str::to_owned);
                 *self.bearer.lock().expect("lock") = Some((realm.clone(), service.clone()));
@@ -449,9 +502,9 @@ impl Access {
                     self.basic.store(true, Ordering::Relaxed);
                     credentials.basic()
                 }
-                None => Err(failure(self.refused())),
+                None => Err(unusable(self.refused())),
             },
-            other => Err(failure(format!(
+            other => Err(unusable(format!(
                 "asks for {other} authentication, which Berth does not speak"
             ))),
         }
@@ -476,7 +529,7 @@ impl Access {
         scope: &str,
     ) -> Result<HeaderValue, Failure> {
         let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| failure(format!("its token realm {realm:?} is not a URL: {e}")))?;
+            .map_err(|e| unusable(format!("its token realm {realm:?} is not a URL: {e}")))?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -496,7 +549,7 @@ impl Access {
                 response.status(),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
             ) {
-                return Err(failure(format!(
+                return Err(unusable(format!(
                     "{} (token endpoint {realm})",
                     self.refused()
                 )));
@@ -505,7 +558,7 @@ impl Access {
         let response = match classify(sent) {
             Answer::Found(response) => response,
             Answer::NotFound => {
-                return Err(failure(format!("its token endpoint {realm} answered 404")))
+                return Err(unusable(format!("its token endpoint {realm} answered 404")))
             }
             Answer::Failed(f) => {
                 return Err(Failure {
@@ -525,14 +578,14 @@ impl Access {
             .await
             .map_err(|e| failure(format!("reading its token endpoint {realm}'s answer: {e}")))?;
         let reply: TokenReply = serde_json::from_slice(&body)
-            .map_err(|e| failure(format!("its token endpoint {realm} answered no token: {e}")))?;
+            .map_err(|e| unusable(format!("its token endpoint {realm} answered no token: {e}")))?;
         let token = reply
             .token
             .or(reply.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| failure(format!("its token endpoint {realm} answered no token")))?;
+            .ok_or_else(|| unusable(format!("its token endpoint {realm} answered no token")))?;
         let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            failure(format!(
+            unusable(format!(
                 "its token endpoint {realm} answered an unusable token"
             ))
         })?;

@@ -34,6 +34,7 @@ async fn mirrored(tag_ttl: Duration) -> Mirrored {
             prefix: "hub".into(),
             upstream: endpoint,
             tag_ttl,
+            revalidate_timeout: Duration::from_millis(300),
             username: None,
             password: None,
             password_file: None,
@@ -296,7 +297,8 @@ async fn pushes_into_a_mirrored_prefix_are_refused_and_local_names_never_go_upst
 }
 
 #[tokio::test]
-async fn an_upstream_that_is_down_leaves_cached_tags_served_and_misses_failing_fast() {
+async fn an_upstream_that_is_down_leaves_cached_tags_served_with_a_warning_and_misses_failing_fast()
+{
     let m = mirrored(Duration::ZERO).await;
     let image = push(&m.upstream, "library/app", "1", 7).await;
     let other = m
@@ -311,26 +313,102 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_and_misses_failing_f
 
     m.proxy.set_mode(Mode::Cut);
     // The tag is due for a check (TTL 0), the upstream cannot answer: the
-    // cached image is served.
+    // cached image is served, with a Warning saying so.
     let resp = expect_status(
         m.get("/v2/hub/library/app/manifests/1").await,
         StatusCode::OK,
     )
     .await;
     assert_eq!(digest_header(&resp), image.digest);
-    // A miss: 503 UNAVAILABLE naming the upstream, nothing stored.
+    let warning = header_str(&resp, "warning");
+    assert!(warning.starts_with("299 - \""), "{warning}");
+    assert!(warning.contains("hub/library/app:1 as cached"), "{warning}");
+    // A miss while the breaker is open: 503 UNAVAILABLE at once, with
+    // Retry-After, and nothing sent upstream.
+    let asked = m.proxy.requests().len();
     let started = std::time::Instant::now();
     let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
     let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let retry_after: u64 = header_str(&resp, "retry-after").parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
     assert_eq!(error_code(resp).await, "UNAVAILABLE");
-    assert!(started.elapsed() < Duration::from_secs(10));
     let resp = m.get("/v2/hub/library/other/manifests/1").await;
     expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        m.proxy.requests().len(),
+        asked,
+        "the breaker holds requests back"
+    );
 
-    // Back up: the miss is fetched (a failure is not remembered).
+    // Back up: once the pause is over, the miss is fetched (a failure is
+    // not remembered past it).
     m.proxy.set_mode(Mode::Forward);
-    let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
-    expect_status(resp, StatusCode::OK).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = m.get(&format!("/v2/hub/library/app/blobs/{other}")).await;
+        if resp.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        resp.headers().get("warning").is_none(),
+        "checked again: no warning"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_tag_is_served_after_revalidate_timeout_when_the_upstream_hangs() {
+    let m = mirrored(Duration::ZERO).await;
+    push(&m.upstream, "library/app", "1", 14).await;
+    expect_status(
+        m.get("/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    m.proxy.set_mode(Mode::BlackHole);
+    let started = std::time::Instant::now();
+    let resp = expect_status(
+        m.get("/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    let waited = started.elapsed();
+    // revalidate_timeout is 300 ms here; the upstream's own bound is 15 s.
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(header_str(&resp, "warning").contains("did not answer within 300 ms"));
+}
+
+#[tokio::test]
+async fn an_upstream_429_is_passed_on_with_its_retry_after_and_holds_requests_back() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let blob = m
+        .upstream
+        .push_blob("library/app", &random_bytes(5000, 15))
+        .await;
+    m.proxy.set_mode(Mode::TooManyRequests);
+    let resp = m.get(&format!("/v2/hub/library/app/blobs/{blob}")).await;
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(header_str(&resp, "retry-after"), "7");
+    assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
+    // For the next 7 s the upstream is not asked: the same answer at once.
+    let asked = m.proxy.requests().len();
+    let resp = m.get("/v2/hub/library/app/manifests/2").await;
+    let resp = expect_status(resp, StatusCode::TOO_MANY_REQUESTS).await;
+    let retry_after: u64 = header_str(&resp, "retry-after").parse().unwrap();
+    assert!((1..=7).contains(&retry_after), "{retry_after}");
+    assert_eq!(m.proxy.requests().len(), asked);
 }
 
 // Upstreams that need a login.
@@ -365,6 +443,7 @@ async fn mirror_of(
         prefix: "hub".into(),
         upstream: proxy.endpoint(),
         tag_ttl: Duration::from_secs(3600),
+        revalidate_timeout: Duration::from_secs(2),
         username: None,
         password: None,
         password_file: None,

@@ -49,6 +49,9 @@ pub enum Mode {
     /// body), and forwards everything else: a store that stalls a streamed
     /// part.
     HangPresignedParts = 5,
+    /// Answers every request 429 with `Retry-After: 7`, forwarding nothing:
+    /// an upstream registry's rate limit.
+    TooManyRequests = 6,
 }
 
 /// One request the proxy received (in any mode).
@@ -169,7 +172,8 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         2 => Mode::Cut,
         3 => Mode::ShortRanges,
         4 => Mode::FailPresignedParts,
-        _ => Mode::HangPresignedParts,
+        5 => Mode::HangPresignedParts,
+        _ => Mode::TooManyRequests,
     }
 }
 
@@ -230,6 +234,21 @@ async fn serve_connection(
                     Ok(response)
                 }
                 Mode::HangPresignedParts if streamed_part => std::future::pending().await,
+                Mode::TooManyRequests => {
+                    answered(Some(429));
+                    let body = Full::new(Bytes::from_static(
+                        br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limited by the test proxy"}]}"#,
+                    ))
+                    .map_err(|never| match never {})
+                    .boxed();
+                    let mut response = Response::new(body);
+                    *response.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+                    response.headers_mut().insert(
+                        hyper::header::RETRY_AFTER,
+                        hyper::header::HeaderValue::from_static("7"),
+                    );
+                    Ok(response)
+                }
                 mode @ (Mode::Forward
                 | Mode::ShortRanges
                 | Mode::FailPresignedParts
