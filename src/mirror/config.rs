@@ -40,6 +40,12 @@ pub struct ProxyConfig {
     /// when it changes, so the password rotates without a restart.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Instead of `username`: a docker `config.json` whose `auths` entry for
+    /// the upstream's host gives the credentials (Docker Hub's key is
+    /// `https://index.docker.io/v1/`), read at start. Credential helpers
+    /// (`credsStore`, `credHelpers`) are not run.
+    #[serde(default)]
+    pub docker_config: Option<PathBuf>,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -77,6 +83,11 @@ impl ProxyConfig {
             );
         }
         upstream_base(&self.upstream)?;
+        if self.docker_config.is_some()
+            && (self.username.is_some() || self.password.is_some() || self.password_file.is_some())
+        {
+            return Err("give docker_config or username with a password, not both".into());
+        }
         match (&self.username, &self.password, &self.password_file) {
             (_, Some(_), Some(_)) => Err("give password or password_file, not both".into()),
             (None, Some(_), _) | (None, _, Some(_)) => Err("a password needs a username".into()),
@@ -84,6 +95,79 @@ impl ProxyConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// The (username, password) a docker `config.json` holds for `upstream`'s
+/// host: its `auths` entry, keyed by a host (`ghcr.io`), a host and port, or
+/// a URL (`https://index.docker.io/v1/` for Docker Hub), with `auth`
+/// (base64 of `user:password`) or `username` and `password`.
+pub(super) fn docker_config_credentials(
+    text: &str,
+    upstream: &str,
+) -> Result<(String, Secret), String> {
+    #[derive(Deserialize)]
+    struct DockerConfig {
+        #[serde(default)]
+        auths: std::collections::HashMap<String, AuthEntry>,
+    }
+    #[derive(Deserialize)]
+    struct AuthEntry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+        identitytoken: Option<String>,
+    }
+    let config: DockerConfig =
+        serde_json::from_str(text).map_err(|e| format!("not a docker config.json: {e}"))?;
+    let url = reqwest::Url::parse(upstream).map_err(|e| e.to_string())?;
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    // Docker Hub's API host is not the name its logins are kept under.
+    let hub = ["registry-1.docker.io", "index.docker.io", "docker.io"];
+    let wanted: Vec<&str> = if hub.contains(&host.as_str()) {
+        hub.to_vec()
+    } else {
+        vec![host.as_str()]
+    };
+    let entry = config.auths.iter().find_map(|(key, entry)| {
+        let key_host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        wanted.contains(&key_host).then_some(entry)
+    });
+    let Some(entry) = entry else {
+        return Err(format!(
+            "no auths entry for {host} (credential helpers, credsStore and credHelpers, are not run)"
+        ));
+    };
+    if entry.identitytoken.is_some() {
+        return Err(format!(
+            "the auths entry for {host} holds an identity token, which Berth does not use"
+        ));
+    }
+    if let (Some(username), Some(password)) = (&entry.username, &entry.password) {
+        return Ok((username.clone(), Secret::new(password.as_str())));
+    }
+    use base64::Engine;
+    let decoded = entry
+        .auth
+        .as_deref()
+        .and_then(|a| {
+            base64::engine::general_purpose::STANDARD
+                .decode(a.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or_else(|| format!("the auths entry for {host} has no usable auth"))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| format!("the auths entry for {host} has no usable auth"))?;
+    Ok((username.to_owned(), Secret::new(password)))
 }
 
 /// Whether names under `inner` are also under `outer` (`hub/x` in `hub`).
@@ -131,6 +215,7 @@ mod tests {
             username: None,
             password: None,
             password_file: None,
+            docker_config: None,
         }
     }
 
@@ -178,9 +263,35 @@ mod tests {
             assert_eq!(checked.is_ok(), good, "{config:?}: {checked:?}");
         }
         assert!(!format!("{:?}", with(Some("ci"), Some("hunter2"), None)).contains("hunter2"));
+        let both = ProxyConfig {
+            docker_config: Some("/etc/docker.json".into()),
+            ..with(Some("ci"), Some("pw"), None)
+        };
+        assert!(ProxyConfig::validate_all(&[both]).is_err());
         assert_eq!(
             upstream_base("https://example.com/registry/").unwrap(),
             "https://example.com/registry"
         );
+    }
+
+    #[test]
+    fn docker_config_entries_are_found_by_host_and_docker_hub_by_its_login_key() {
+        // base64("ci:pw:with:colons")
+        let text = r#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "Y2k6cHc6d2l0aDpjb2xvbnM="},
+            "ghcr.io": {"username": "octo", "password": "tok"},
+            "http://127.0.0.1:5000": {"auth": "YTpi"},
+            "quay.io": {"identitytoken": "x"}
+        }, "credsStore": "desktop"}"#;
+        let (user, password) =
+            docker_config_credentials(text, "https://registry-1.docker.io").unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("ci", "pw:with:colons"));
+        let (user, password) = docker_config_credentials(text, "https://ghcr.io/").unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("octo", "tok"));
+        let (user, _) = docker_config_credentials(text, "http://127.0.0.1:5000").unwrap();
+        assert_eq!(user, "a");
+        assert!(docker_config_credentials(text, "http://127.0.0.1:5001").is_err());
+        assert!(docker_config_credentials(text, "https://quay.io").is_err());
+        assert!(docker_config_credentials("not json", "https://ghcr.io").is_err());
     }
 }

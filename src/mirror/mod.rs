@@ -135,13 +135,34 @@ impl Mirror {
         let entries = entries
             .iter()
             .map(|e| {
-                let credentials = e.username.clone().map(|username| {
-                    upstream::Credentials::new(
-                        username,
+                let credentials = match (&e.username, &e.docker_config) {
+                    (Some(username), _) => Some(upstream::Credentials::new(
+                        username.clone(),
                         e.password.clone(),
                         e.password_file.clone(),
-                    )
-                });
+                    )),
+                    (None, Some(path)) => {
+                        let text = std::fs::read_to_string(path).map_err(|err| {
+                            format!(
+                                "[[proxy]] {:?}: reading docker_config {}: {err}",
+                                e.prefix,
+                                path.display()
+                            )
+                        })?;
+                        let (username, password) =
+                            config::docker_config_credentials(&text, &e.upstream).map_err(
+                                |err| {
+                                    format!(
+                                        "[[proxy]] {:?}: docker_config {}: {err}",
+                                        e.prefix,
+                                        path.display()
+                                    )
+                                },
+                            )?;
+                        Some(upstream::Credentials::new(username, Some(password), None))
+                    }
+                    (None, None) => None,
+                };
                 Ok(Entry {
                     prefix: e.prefix.clone(),
                     base: config::upstream_base(&e.upstream)?,

@@ -38,6 +38,7 @@ async fn mirrored(tag_ttl: Duration) -> Mirrored {
             username: None,
             password: None,
             password_file: None,
+            docker_config: None,
         }];
     })
     .await;
@@ -447,6 +448,7 @@ async fn mirror_of(
         username: None,
         password: None,
         password_file: None,
+        docker_config: None,
     };
     adjust(&mut entry);
     let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
@@ -594,4 +596,51 @@ async fn a_mirror_logs_in_with_basic_where_the_upstream_asks_for_it() {
         proxy.requests()
     );
     assert_eq!(count(&proxy, |r| r.path.starts_with("/auth/token")), 0);
+}
+
+#[tokio::test]
+async fn a_mirror_logs_in_with_the_credentials_of_a_docker_config_json() {
+    let upstream = upstream_with_auth("").await;
+    let image = push(&upstream, "library/app", "1", 16).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docker_config = dir.path().join("config.json");
+    let (proxy, mirror) = {
+        // The proxy's address is the upstream's host as the mirror knows it.
+        let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+        let auth = base64_of("ci:ci-pw");
+        std::fs::write(
+            &docker_config,
+            format!(
+                r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+                proxy.endpoint()
+            ),
+        )
+        .unwrap();
+        let entry = ProxyConfig {
+            prefix: "hub".into(),
+            upstream: proxy.endpoint(),
+            tag_ttl: Duration::from_secs(3600),
+            revalidate_timeout: Duration::from_secs(2),
+            username: None,
+            password: None,
+            password_file: None,
+            docker_config: Some(docker_config.clone()),
+        };
+        let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
+        (proxy, mirror)
+    };
+    let resp = mirror
+        .client
+        .get(mirror.url("/v2/hub/library/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::OK).await;
+    assert_eq!(resp.bytes().await.unwrap(), image.manifest);
+    assert_eq!(count(&proxy, |r| r.path.starts_with("/auth/token")), 1);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
