@@ -276,6 +276,20 @@ impl Mirror {
                 }
                 let limit = mapped.entry.revalidate_timeout;
                 match tokio::time::timeout(limit, check).await {
+                    // The tag moved upstream but its new manifest could not
+                    // be fetched: the cached one is still served.
+                    Ok(Err(refusal))
+                        if matches!(
+                            refusal.error.code,
+                            ErrorCode::Unavailable | ErrorCode::TooManyRequests
+                        ) =>
+                    {
+                        Ok(Some(format!(
+                            "{}: serving {name}:{} as cached",
+                            refusal.error.detail.unwrap_or_default(),
+                            reference_text(&reference),
+                        )))
+                    }
                     Ok(checked) => checked,
                     Err(_) => Ok(Some(format!(
                         "upstream {} did not answer within {} ms: serving {name}:{} as cached",
