@@ -60,12 +60,12 @@ impl Mirrored {
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.mirror
-            .client
-            .get(self.mirror.url(path))
-            .send()
-            .await
-            .unwrap()
+        get(&self.mirror, path).await
+    }
+
+    /// `GET path`, asserting 200.
+    async fn ok(&self, path: &str) -> reqwest::Response {
+        expect_status(self.get(path).await, StatusCode::OK).await
     }
 
     async fn head(&self, path: &str) -> reqwest::Response {
@@ -109,11 +109,7 @@ async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_t
     let m = mirrored(Duration::from_secs(3600)).await;
     let image = push(&m.upstream, "library/app", "1.0", 1).await;
 
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/1.0").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/1.0").await;
     assert_eq!(digest_header(&resp), image.digest);
     assert_eq!(
         resp.bytes().await.unwrap(),
@@ -132,10 +128,10 @@ async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_t
     );
 
     let layer = format!("/v2/hub/library/app/blobs/{}", image.layer_digest);
-    let resp = expect_status(m.get(&layer).await, StatusCode::OK).await;
+    let resp = m.ok(&layer).await;
     assert_eq!(resp.bytes().await.unwrap(), image.layer);
     let config = format!("/v2/hub/library/app/blobs/{}", image.config_digest);
-    expect_status(m.get(&config).await, StatusCode::OK).await;
+    m.ok(&config).await;
     assert_eq!(m.asked("GET", &image.layer_digest), 1);
 
     // Stored: the mirror's own store holds the manifest, the tag and the
@@ -154,15 +150,11 @@ async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_t
     // goes upstream.
     let before = m.proxy.requests().len();
     for _ in 0..2 {
-        let resp = expect_status(
-            m.get("/v2/hub/library/app/manifests/1.0").await,
-            StatusCode::OK,
-        )
-        .await;
+        let resp = m.ok("/v2/hub/library/app/manifests/1.0").await;
         assert_eq!(resp.bytes().await.unwrap(), image.manifest);
         let by_digest = format!("/v2/hub/library/app/manifests/{}", image.digest);
-        expect_status(m.get(&by_digest).await, StatusCode::OK).await;
-        let resp = expect_status(m.get(&layer).await, StatusCode::OK).await;
+        m.ok(&by_digest).await;
+        let resp = m.ok(&layer).await;
         assert_eq!(resp.bytes().await.unwrap(), image.layer);
         expect_status(m.head(&layer).await, StatusCode::OK).await;
     }
@@ -178,11 +170,7 @@ async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_t
 async fn a_tag_past_its_ttl_is_checked_by_head_and_fetched_again_only_when_it_moved() {
     let m = mirrored(Duration::ZERO).await;
     let first = push(&m.upstream, "library/app", "prod", 2).await;
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/prod").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/prod").await;
     assert_eq!(digest_header(&resp), first.digest);
     m.proxy.clear();
 
@@ -206,18 +194,14 @@ async fn a_tag_past_its_ttl_is_checked_by_head_and_fetched_again_only_when_it_mo
     // The tag moves upstream: the next pull serves the new image, fetched
     // by the digest the HEAD named.
     let second = push(&m.upstream, "library/app", "prod", 3).await;
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/prod").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/prod").await;
     assert_eq!(digest_header(&resp), second.digest);
     assert_eq!(resp.bytes().await.unwrap(), second.manifest);
     assert_eq!(m.asked("GET", &format!("/manifests/{}", second.digest)), 1);
     assert_eq!(m.asked("GET", "/manifests/prod"), 0, "never a GET by tag");
     // The old image stays by digest, local.
     let old = format!("/v2/hub/library/app/manifests/{}", first.digest);
-    expect_status(m.get(&old).await, StatusCode::OK).await;
+    m.ok(&old).await;
 }
 
 #[tokio::test]
@@ -227,7 +211,7 @@ async fn sixteen_concurrent_pulls_of_a_missing_blob_fetch_it_from_upstream_once(
     let digest = m.upstream.push_blob("library/big", &layer).await;
     let path = format!("/v2/hub/library/big/blobs/{digest}");
     let pulls = (0..16).map(|_| async {
-        let resp = expect_status(m.get(&path).await, StatusCode::OK).await;
+        let resp = m.ok(&path).await;
         resp.bytes().await.unwrap()
     });
     for body in futures::future::join_all(pulls).await {
@@ -289,11 +273,11 @@ async fn pushes_into_a_mirrored_prefix_are_refused_and_local_names_never_go_upst
     // A local repository, even one named like an upstream's, is local.
     let layer = random_bytes(1000, 6);
     m.mirror.push_image("library/app", "1", &layer).await;
-    let resp = expect_status(m.get("/v2/library/app/manifests/1").await, StatusCode::OK).await;
+    let resp = m.ok("/v2/library/app/manifests/1").await;
     drop(resp);
     // `hubx` is not under `hub`.
     m.mirror.push_image("hubx/app", "1", &layer).await;
-    expect_status(m.get("/v2/hubx/app/manifests/1").await, StatusCode::OK).await;
+    m.ok("/v2/hubx/app/manifests/1").await;
     assert!(m.proxy.requests().is_empty(), "{:#?}", m.proxy.requests());
 }
 
@@ -306,20 +290,12 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_with_a_warning_and_m
         .upstream
         .push_blob("library/app", &random_bytes(5000, 8))
         .await;
-    expect_status(
-        m.get("/v2/hub/library/app/manifests/1").await,
-        StatusCode::OK,
-    )
-    .await;
+    m.ok("/v2/hub/library/app/manifests/1").await;
 
     m.proxy.set_mode(Mode::Cut);
     // The tag is due for a check (TTL 0), the upstream cannot answer: the
     // cached image is served, with a Warning saying so.
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/1").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/1").await;
     assert_eq!(digest_header(&resp), image.digest);
     let warning = header_str(&resp, "warning");
     assert!(warning.starts_with("299 - \""), "{warning}");
@@ -355,11 +331,7 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_with_a_warning_and_m
         assert!(std::time::Instant::now() < deadline, "still refused");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/1").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/1").await;
     assert!(
         resp.headers().get("warning").is_none(),
         "checked again: no warning"
@@ -370,18 +342,10 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_with_a_warning_and_m
 async fn a_cached_tag_is_served_after_revalidate_timeout_when_the_upstream_hangs() {
     let m = mirrored(Duration::ZERO).await;
     push(&m.upstream, "library/app", "1", 14).await;
-    expect_status(
-        m.get("/v2/hub/library/app/manifests/1").await,
-        StatusCode::OK,
-    )
-    .await;
+    m.ok("/v2/hub/library/app/manifests/1").await;
     m.proxy.set_mode(Mode::BlackHole);
     let started = std::time::Instant::now();
-    let resp = expect_status(
-        m.get("/v2/hub/library/app/manifests/1").await,
-        StatusCode::OK,
-    )
-    .await;
+    let resp = m.ok("/v2/hub/library/app/manifests/1").await;
     let waited = started.elapsed();
     // revalidate_timeout is 300 ms here; the upstream's own bound is 15 s.
     assert!(
@@ -469,18 +433,14 @@ async fn a_mirror_logs_in_through_the_token_flow_once_per_scope_and_token() {
         e.password = Some("ci-pw".into());
     })
     .await;
-    let get = |path: String| {
-        let mirror = &mirror;
-        async move { mirror.client.get(mirror.url(&path)).send().await.unwrap() }
-    };
     let resp = expect_status(
-        get("/v2/hub/library/app/manifests/1".into()).await,
+        get(&mirror, "/v2/hub/library/app/manifests/1").await,
         StatusCode::OK,
     )
     .await;
     assert_eq!(resp.bytes().await.unwrap(), image.manifest);
     let layer = format!("/v2/hub/library/app/blobs/{}", image.layer_digest);
-    let resp = expect_status(get(layer).await, StatusCode::OK).await;
+    let resp = expect_status(get(&mirror, &layer).await, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), image.layer);
     // One 401 (the first request), one token for the repository's scope,
     // used for every request after it.
@@ -496,7 +456,7 @@ async fn a_mirror_logs_in_through_the_token_flow_once_per_scope_and_token() {
     // Another repository: its own token, fetched before its first request
     // (the token endpoint is known now): no 401.
     let resp = expect_status(
-        get("/v2/hub/library/other/manifests/1".into()).await,
+        get(&mirror, "/v2/hub/library/other/manifests/1").await,
         StatusCode::OK,
     )
     .await;
@@ -531,7 +491,7 @@ async fn an_upstream_refusing_the_credentials_is_a_clear_503_and_a_rotated_passw
     })
     .await;
     let path = "/v2/hub/library/app/manifests/1";
-    let resp = mirror.client.get(mirror.url(path)).send().await.unwrap();
+    let resp = get(&mirror, path).await;
     let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
@@ -554,17 +514,12 @@ async fn an_upstream_refusing_the_credentials_is_a_clear_503_and_a_rotated_passw
         .unwrap()
         .set_modified(later)
         .unwrap();
-    let resp = mirror.client.get(mirror.url(path)).send().await.unwrap();
+    let resp = get(&mirror, path).await;
     expect_status(resp, StatusCode::OK).await;
 
     // Without credentials: the same 503, saying none are configured.
     let (_proxy, anonymous) = mirror_of(&upstream, |_| {}).await;
-    let resp = anonymous
-        .client
-        .get(anonymous.url(path))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&anonymous, path).await;
     let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
     let body: serde_json::Value = resp.json().await.unwrap();
     let detail = body["errors"][0]["detail"].to_string();
@@ -585,7 +540,7 @@ async fn a_mirror_logs_in_with_basic_where_the_upstream_asks_for_it() {
         format!("/v2/hub/library/app/blobs/{}", image.layer_digest),
         format!("/v2/hub/library/app/blobs/{}", image.config_digest),
     ] {
-        let resp = mirror.client.get(mirror.url(&path)).send().await.unwrap();
+        let resp = get(&mirror, &path).await;
         expect_status(resp, StatusCode::OK).await;
     }
     // Challenged once; Basic with every request from then on.
@@ -604,37 +559,15 @@ async fn a_mirror_logs_in_with_the_credentials_of_a_docker_config_json() {
     let image = push(&upstream, "library/app", "1", 16).await;
     let dir = tempfile::tempdir().unwrap();
     let docker_config = dir.path().join("config.json");
-    let (proxy, mirror) = {
+    let (proxy, mirror) = mirror_of(&upstream, |e| {
         // The proxy's address is the upstream's host as the mirror knows it.
-        let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
         let auth = base64_of("ci:ci-pw");
-        std::fs::write(
-            &docker_config,
-            format!(
-                r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-                proxy.endpoint()
-            ),
-        )
-        .unwrap();
-        let entry = ProxyConfig {
-            prefix: "hub".into(),
-            upstream: proxy.endpoint(),
-            tag_ttl: Duration::from_secs(3600),
-            revalidate_timeout: Duration::from_secs(2),
-            username: None,
-            password: None,
-            password_file: None,
-            docker_config: Some(docker_config.clone()),
-        };
-        let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
-        (proxy, mirror)
-    };
-    let resp = mirror
-        .client
-        .get(mirror.url("/v2/hub/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+        let text = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, e.upstream);
+        std::fs::write(&docker_config, text).unwrap();
+        e.docker_config = Some(docker_config.clone());
+    })
+    .await;
+    let resp = get(&mirror, "/v2/hub/library/app/manifests/1").await;
     let resp = expect_status(resp, StatusCode::OK).await;
     assert_eq!(resp.bytes().await.unwrap(), image.manifest);
     assert_eq!(count(&proxy, |r| r.path.starts_with("/auth/token")), 1);
