@@ -7,11 +7,12 @@
 //! other; nothing fetched is visible before its digest checks out.
 //!
 //! Built so far: anonymous upstreams and logged-in ones (the token flow or
-//! Basic, `username` with `password` or `password_file`), entries by prefix, tags
-//! trusted for `tag_ttl` and then revalidated by `HEAD` (a `GET` only when
-//! the digest changed), blobs fetched whole into an upload and committed
-//! under their digest before they are served, one fetch per blob at a time
-//! in this process.
+//! Basic; `username` with `password` or `password_file`, or a docker
+//! `config.json`), entries by prefix, tags trusted for `tag_ttl` and then
+//! revalidated by `HEAD` (a `GET` only when the digest changed), blobs
+//! fetched whole into an upload and committed under their digest before they
+//! are served, one fetch per thing at a time in this process, and a breaker
+//! per upstream (`health`) with cached tags served under a `Warning`.
 
 mod config;
 mod health;
