@@ -577,3 +577,51 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+#[tokio::test]
+async fn a_caller_access_control_refuses_causes_no_upstream_request() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let image = push(&upstream, "library/app", "1", 17).await;
+    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+    let endpoint = proxy.endpoint();
+    let mirror = TestRegistry::start_with_auth_and(
+        |config| {
+            config.proxy = vec![ProxyConfig {
+                prefix: "hub".into(),
+                upstream: endpoint,
+                tag_ttl: Duration::ZERO,
+                revalidate_timeout: Duration::from_secs(2),
+                username: None,
+                password: None,
+                password_file: None,
+                docker_config: None,
+            }];
+        },
+        &[("nodes", "nodes-pw")],
+        r#"
+        [[rules]]
+        repositories = ["hub/library/*"]
+        users = { nodes = ["pull"] }
+        "#,
+    )
+    .await;
+    // Anonymous, and a user with no right on the name: refused, and the
+    // upstream never hears of it.
+    let paths = [
+        "/v2/hub/library/app/manifests/1".to_owned(),
+        format!("/v2/hub/library/app/blobs/{}", image.layer_digest),
+        "/v2/hub/other/app/manifests/1".to_owned(),
+    ];
+    for path in &paths {
+        let resp = get(&mirror, path).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let nodes = client_with_authorization(&basic_auth("nodes", "nodes-pw"));
+    let resp = nodes.get(mirror.url(&paths[2])).send().await.unwrap();
+    assert!(resp.status() == StatusCode::FORBIDDEN || resp.status() == StatusCode::UNAUTHORIZED);
+    assert!(proxy.requests().is_empty(), "{:#?}", proxy.requests());
+    // The user who may pull gets the image through the mirror.
+    let resp = nodes.get(mirror.url(&paths[0])).send().await.unwrap();
+    let resp = expect_status(resp, StatusCode::OK).await;
+    assert_eq!(resp.bytes().await.unwrap(), image.manifest);
+}
