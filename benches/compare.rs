@@ -50,6 +50,9 @@ macro_rules! bail {
 #[path = "compare/s3.rs"]
 mod s3;
 
+#[path = "compare/mirror.rs"]
+mod mirror;
+
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -102,6 +105,13 @@ struct Opts {
     /// blob, spread over two replicas of each registry).
     storm_pulls: usize,
     storm_blob: usize,
+    /// Filesystem mode, group `mirror`: an image of `mirror_layers` layers of `mirror_layer`
+    /// bytes pulled through each mirror, and `mirror_storm_pulls` concurrent pulls of one new
+    /// `mirror_storm_blob`-byte blob.
+    mirror_layers: usize,
+    mirror_layer: usize,
+    mirror_storm_pulls: usize,
+    mirror_storm_blob: usize,
     /// S3 mode: the bucket a collection runs over: `gc_repos` repositories of one tagged image
     /// (`gc_layers` layers and a config) and `gc_orphans` unreferenced blobs each.
     gc_repos: usize,
@@ -110,8 +120,8 @@ struct Opts {
 }
 
 /// Workload groups `--only` can pick, per storage.
-const GROUPS: [&str; 6] = ["blobs", "image", "wrk", "tags", "growth", "auth"];
-const S3_GROUPS: [&str; 6] = ["blobs", "image", "wrk", "tags", "storm", "gc"];
+const GROUPS: &[&str] = &["blobs", "image", "wrk", "tags", "growth", "auth", "mirror"];
+const S3_GROUPS: &[&str] = &["blobs", "image", "wrk", "tags", "storm", "gc"];
 
 impl Opts {
     fn parse() -> R<Opts> {
@@ -199,6 +209,10 @@ impl Opts {
             sha_bytes: q(64, 512) * MIB,
             storm_pulls: 64,
             storm_blob: q(16, 64) * MIB,
+            mirror_layers: 4,
+            mirror_layer: q(4, 25) * MIB,
+            mirror_storm_pulls: 32,
+            mirror_storm_blob: q(16, 64) * MIB,
             // 14 objects a repository (below): over 50,000 objects in a full run.
             gc_repos: q(300, 3600),
             gc_layers: 3,
@@ -207,7 +221,7 @@ impl Opts {
     }
 
     /// The workload groups of this storage mode.
-    fn groups(&self) -> [&'static str; 6] {
+    fn groups(&self) -> &'static [&'static str] {
         match self.storage {
             Storage::Filesystem => GROUPS,
             Storage::S3 => S3_GROUPS,
@@ -1614,12 +1628,14 @@ impl Launch {
             "berth",
             endpoint.as_deref().map(|e| (e, berth_prefix.as_str())),
             htpasswd,
+            None,
         )?;
         let (dist, yaml) = self.distribution(
             &dir,
             "distribution",
             endpoint.as_deref().map(|e| (e, dist_root.as_str())),
             htpasswd,
+            None,
             None,
         )?;
         let mut servers = vec![berth, dist];
@@ -1640,6 +1656,7 @@ impl Launch {
         name: &str,
         s3: Option<(&str, &str)>,
         htpasswd: Option<&Path>,
+        config: Option<&Path>,
     ) -> R<Server> {
         let port = free_port()?;
         let data = dir.join(format!("{name}-data"));
@@ -1651,6 +1668,9 @@ impl Launch {
             .arg("--data-dir")
             .arg(&data)
             .args(["--log-level", "warn"]);
+        if let Some(file) = config {
+            cmd.arg("--config").arg(file);
+        }
         if let Some(file) = htpasswd {
             cmd.arg("--htpasswd").arg(file);
         }
@@ -1682,11 +1702,12 @@ impl Launch {
         s3: Option<(&str, &str)>,
         htpasswd: Option<&Path>,
         secret: Option<&str>,
+        proxy: Option<&str>,
     ) -> R<(Server, String)> {
         let port = free_port()?;
         let yml = dir.join(format!("{name}.yml"));
         let data = dir.join(format!("{name}-data"));
-        let (yaml, file) = match s3 {
+        let (mut yaml, mut file) = match s3 {
             None => {
                 std::fs::create_dir_all(&data)?;
                 let yaml = distribution_config(&DistStore::Dir(&data), port, htpasswd, secret);
@@ -1705,6 +1726,12 @@ impl Launch {
                 (yaml, file)
             }
         };
+        // A pull-through cache of `proxy` (Distribution's proxy mode: one upstream, no pushes).
+        if let Some(remote) = proxy {
+            let section = format!("proxy:\n  remoteurl: {remote}\n");
+            yaml.push_str(&section);
+            file.push_str(&section);
+        }
         std::fs::create_dir_all(dir)?;
         write_private(&yml, &file)?;
         let mut cmd = Command::new(&self.dist_bin);
@@ -3397,7 +3424,8 @@ async fn run(o: Opts) -> R<()> {
 
     let selected: Vec<&'static str> =
         b.o.groups()
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|group| {
                 b.o.only
                     .as_ref()
@@ -3405,8 +3433,8 @@ async fn run(o: Opts) -> R<()> {
             })
             .collect();
     let runs = |group: &str| selected.contains(&group);
-    let [blobs, image, wrk, tags, growth, auth, storm, gc] = [
-        "blobs", "image", "wrk", "tags", "growth", "auth", "storm", "gc",
+    let [blobs, image, wrk, tags, growth, auth, storm, gc, mirror] = [
+        "blobs", "image", "wrk", "tags", "growth", "auth", "storm", "gc", "mirror",
     ]
     .map(runs);
     let server_cmds: [String; 2] = [b.servers[0].command.clone(), b.servers[1].command.clone()];
@@ -3468,10 +3496,16 @@ async fn run(o: Opts) -> R<()> {
             b.gc(&launch).await?;
             took.push(timed("gc", t));
         }
-        Ok::<_, Error>((auth_yaml, took))
+        let mut mirror_limits = Vec::new();
+        if mirror {
+            let t = Instant::now();
+            mirror_limits = b.mirror(&launch, &big).await?;
+            took.push(timed("mirror", t));
+        }
+        Ok::<_, Error>((auth_yaml, took, mirror_limits))
     }
     .await;
-    let (auth_yaml, mut group_secs) = match result {
+    let (auth_yaml, mut group_secs, mirror_limits) = match result {
         Ok(done) => done,
         Err(e) => {
             for s in &b.servers {
@@ -3481,10 +3515,11 @@ async fn run(o: Opts) -> R<()> {
         }
     };
     let t = Instant::now();
-    let limits = match &garage {
+    let mut limits = match &garage {
         Some(garage) => s3::garage_limits(&b.o, &garage.env, &big, &mut b.settler).await?,
         None => machine_limits(&b.o, tmp.path(), &big, &mut b.settler).await?,
     };
+    limits.extend(mirror_limits);
     group_secs.push(("limits", t.elapsed().as_secs_f64()));
     let total = started.elapsed().as_secs_f64();
 

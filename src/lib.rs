@@ -140,7 +140,8 @@ pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessCont
 pub async fn build_app(config: &Config) -> io::Result<Router> {
     let registry = build_registry(config).await?;
     let access = build_access_control(config)?;
-    let mirror = mirror::Mirror::new(&config.proxy).map_err(io::Error::other)?;
+    let mirror = mirror::Mirror::new(&config.proxy, &config.data_dir.join("mirror").join("spool"))
+        .map_err(io::Error::other)?;
     let app = http::router(registry.clone(), access, mirror);
     // The lifecycle task (upload expiry; retention and garbage collection
     // with `gc_interval`) lives exactly as long as the application: when

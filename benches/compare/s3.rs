@@ -169,9 +169,9 @@ pub(super) const GARAGE_SETUP: &str = "one node on loopback started by tests/gar
 
 /// A request that reached the bucket through the proxy.
 #[derive(Debug)]
-struct S3Request {
-    method: hyper::Method,
-    path: String,
+pub(super) struct S3Request {
+    pub(super) method: hyper::Method,
+    pub(super) path: String,
     /// The answer's Content-Length (0 when it has none).
     bytes: u64,
 }
@@ -180,14 +180,14 @@ struct S3Request {
 /// included, so SigV4 signatures stay valid) and records each one: the storm's replicas reach
 /// the bucket through it, so the benchmark can count the GETs of the blob they serve. Each
 /// client connection gets one connection to Garage, so keep-alive works as it would directly.
-struct CountingProxy {
-    endpoint: String,
+pub(super) struct CountingProxy {
+    pub(super) endpoint: String,
     log: Arc<Mutex<Vec<S3Request>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl CountingProxy {
-    async fn start(upstream: &str) -> R<CountingProxy> {
+    pub(super) async fn start(upstream: &str) -> R<CountingProxy> {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -215,7 +215,7 @@ impl CountingProxy {
     }
 
     /// The requests since the last call.
-    fn take(&self) -> Vec<S3Request> {
+    pub(super) fn take(&self) -> Vec<S3Request> {
         std::mem::take(&mut *self.log.lock().expect("proxy log"))
     }
 }
@@ -304,6 +304,7 @@ impl Bench {
                 &format!("berth-{r}"),
                 Some((&via, "storm-berth")),
                 None,
+                None,
             )?);
             let (server, _) = launch.distribution(
                 &dir,
@@ -311,6 +312,7 @@ impl Bench {
                 Some((&via, "/storm-distribution")),
                 None,
                 Some(&secret),
+                None,
             )?;
             replicas[1].push(server);
         }

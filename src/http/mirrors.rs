@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::connection::Download;
 use super::routes::{Resource, Route};
 use super::{ApiError, DOCKER_CONTENT_DIGEST};
-use crate::mirror::{Mirror, Refusal, UpstreamBlob};
+use crate::mirror::{Mirror, PreparedBlob, Refusal};
 use crate::oci::RepositoryName;
 use crate::registry::Registry;
 
@@ -25,12 +27,14 @@ pub(super) enum Prepared {
 }
 
 /// Fetches what the request names when it is not here (or, for a tag, is
-/// due for a check upstream).
+/// due for a check upstream). A blob `GET` without a `Range` is answered
+/// as it is fetched.
 pub(super) async fn prepare(
     mirror: &Arc<Mirror>,
     registry: &Arc<Registry>,
     route: &Route<'_>,
     name: &RepositoryName,
+    parts: &Parts,
 ) -> Prepared {
     let method = &route.row.method;
     if method != Method::GET && method != Method::HEAD {
@@ -42,23 +46,46 @@ pub(super) async fn prepare(
             .await
             .map(|warning| Prepared::Serve(warning.and_then(|w| warning_header(&w)))),
         Resource::Blob => mirror
-            .prepare_blob(registry, name, route.last, method == Method::GET)
+            .prepare_blob(
+                registry,
+                name,
+                route.last,
+                method == Method::GET,
+                !parts.headers.contains_key(header::RANGE),
+            )
             .await
-            .map(|head| match head {
-                None => Prepared::Serve(None),
-                Some(UpstreamBlob { size }) => Prepared::Answer(
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header(header::CONTENT_TYPE, "application/octet-stream")
-                        .header(header::CONTENT_LENGTH, size)
-                        .header(DOCKER_CONTENT_DIGEST, route.last)
-                        .body(Body::empty())
-                        .expect("valid response"),
-                ),
-            }),
+            .map(|blob| blob_answer(blob, route.last)),
         _ => return Prepared::Serve(None),
     };
     outcome.unwrap_or_else(|refusal| Prepared::Answer(refused(refusal)))
+}
+
+/// A blob as the mirror has it: local (the usual handler serves it), the
+/// upstream's size for a `HEAD`, or a body that follows the fetch.
+fn blob_answer(blob: PreparedBlob, digest: &str) -> Prepared {
+    let (size, body) = match blob {
+        PreparedBlob::Local => return Prepared::Serve(None),
+        PreparedBlob::UpstreamSize(size) => (size, Body::empty()),
+        PreparedBlob::Following { size, body } => {
+            // Counted while the stream lives, as any download.
+            let download = Download::start();
+            let body = futures::StreamExt::map(body, move |chunk| {
+                let _counted = &download;
+                chunk
+            });
+            (size, Body::from_stream(body))
+        }
+    };
+    Prepared::Answer(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size)
+            .header(DOCKER_CONTENT_DIGEST, digest)
+            .header(header::ETAG, format!("\"{digest}\""))
+            .body(body)
+            .expect("valid response"),
+    )
 }
 
 fn refused(Refusal { error, retry_after }: Refusal) -> Response {

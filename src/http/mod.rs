@@ -183,7 +183,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     // for a tag, when due for a check), then served as any other.
     let mut warning = None;
     if let Some((mirror, name, _)) = mirror {
-        match mirrors::prepare(mirror, &state.registry, &route, name).await {
+        match mirrors::prepare(mirror, &state.registry, &route, name, &parts).await {
             mirrors::Prepared::Serve(w) => warning = w,
             mirrors::Prepared::Answer(response) => return response,
         }

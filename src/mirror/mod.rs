@@ -10,24 +10,27 @@
 //! Basic; `username` with `password` or `password_file`, or a docker
 //! `config.json`), entries by prefix, tags trusted for `tag_ttl` and then
 //! revalidated by `HEAD` (a `GET` only when the digest changed), blobs
-//! fetched whole into an upload and committed under their digest before they
-//! are served, one fetch per thing at a time in this process, and a breaker
-//! per upstream (`health`) with cached tags served under a `Warning`.
+//! streamed to every client that asks while they are fetched (one fetch per
+//! blob at a time in this process, its last byte held until the digest
+//! checks out, committed only after), and a breaker per upstream (`health`)
+//! with cached tags served under a `Warning`.
 
 mod config;
 mod health;
 mod upstream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use tokio::sync::watch;
 
 pub use config::ProxyConfig;
 
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Tag};
-use crate::registry::{Registry, RequestBody};
+use crate::registry::{spool, ByteStream, Registry, RequestBody};
 use upstream::{Answer, Upstream};
 
 /// At most this many tag check times are kept; past it they are forgotten
@@ -89,12 +92,62 @@ pub struct Mirror {
     next_flight: std::sync::atomic::AtomicU64,
     /// When this process last had a tag's digest confirmed by its upstream.
     tag_checks: Mutex<HashMap<String, Instant>>,
+    /// Blob fetches in progress, by local name and digest.
+    blob_fetches: Mutex<HashMap<String, Arc<BlobFetch>>>,
+    /// Where fetched blobs are spooled (`<data_dir>/mirror/spool`).
+    spool_dir: std::path::PathBuf,
 }
 
-/// What a client's blob `HEAD` of a mirrored name gets when the blob is not
-/// here yet: the upstream's size, and nothing is fetched.
-pub struct UpstreamBlob {
-    pub size: u64,
+/// What a request for a mirrored blob gets.
+pub enum PreparedBlob {
+    /// The blob is here: served as any other.
+    Local,
+    /// A `HEAD` of a blob that is not here: the upstream's size (nothing is
+    /// fetched).
+    UpstreamSize(u64),
+    /// The blob as it is fetched: `size` bytes, the last of them sent only
+    /// once the digest checked out (a bad fetch ends `body` with an error).
+    Following { size: u64, body: ByteStream },
+}
+
+/// A blob being fetched from upstream into a spool file that the clients
+/// asking for it and the store's writer follow.
+struct BlobFetch {
+    digest: Digest,
+    spool: Arc<spool::Spool>,
+    /// Set when the fetch ends before there is a body to follow: the blob
+    /// turned out to be here, or the upstream's refusal.
+    before_the_body: OnceLock<BeforeTheBody>,
+    /// The fetch's outcome, once it and the commit have ended.
+    ended: watch::Receiver<Option<Outcome<()>>>,
+    _file: SpoolFile,
+}
+
+enum BeforeTheBody {
+    Here,
+    Refused(Refusal),
+}
+
+impl BlobFetch {
+    /// Waits for the fetch and its commit to end.
+    async fn ended(&self) -> Outcome<()> {
+        let mut ended = self.ended.clone();
+        let outcome = ended
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RegistryError::internal("a mirror fetch stopped", "no outcome"))?;
+        outcome.clone().expect("waited for")
+    }
+}
+
+/// Removes a spool file when the last one who reads it is done (readers
+/// that opened it keep reading it).
+struct SpoolFile(std::path::PathBuf);
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Why a mirrored request cannot be served: the error, and when the client
@@ -128,11 +181,23 @@ pub type Warning = String;
 
 impl Mirror {
     /// The mirror the `[[proxy]]` entries describe; `None` without entries.
-    pub fn new(entries: &[ProxyConfig]) -> std::result::Result<Option<Arc<Mirror>>, String> {
+    /// Blobs are spooled under `spool_dir` as they are fetched (created,
+    /// and emptied of what an earlier run left).
+    pub fn new(
+        entries: &[ProxyConfig],
+        spool_dir: &std::path::Path,
+    ) -> std::result::Result<Option<Arc<Mirror>>, String> {
         if entries.is_empty() {
             return Ok(None);
         }
         ProxyConfig::validate_all(entries)?;
+        let _ = std::fs::remove_dir_all(spool_dir);
+        std::fs::create_dir_all(spool_dir).map_err(|e| {
+            format!(
+                "[[proxy]]: creating the spool directory {}: {e}",
+                spool_dir.display()
+            )
+        })?;
         let entries = entries
             .iter()
             .map(|e| {
@@ -180,6 +245,8 @@ impl Mirror {
             flights: Mutex::default(),
             next_flight: Default::default(),
             tag_checks: Mutex::default(),
+            blob_fetches: Mutex::default(),
+            spool_dir: spool_dir.to_owned(),
         })))
     }
 
@@ -480,85 +547,257 @@ impl Mirror {
             .map(|_| ())
     }
 
-    /// Makes the blob `digest` of a mirrored `name` local, fetching it when
-    /// it is missing: whole, checked against its digest and committed
-    /// before anything is served. For a `HEAD` (`with_body` false) of a
-    /// missing blob, the upstream's size is returned and nothing fetched.
+    /// Makes the blob `digest` of a mirrored `name` local, or streams it
+    /// while it is fetched: a `GET` of a missing blob joins the fetch of it
+    /// in progress, or starts one, and follows the fetch's spool as it grows
+    /// (the last byte held until the digest checks out); the blob is
+    /// committed under its digest only after that. A `GET` with a `Range`
+    /// (`whole` false) waits for the fetch to end and is then served
+    /// locally. For a `HEAD` (`with_body` false) of a missing blob, the
+    /// upstream's size is returned and nothing fetched.
     pub async fn prepare_blob(
         self: &Arc<Self>,
         registry: &Arc<Registry>,
         name: &RepositoryName,
         digest: &str,
         with_body: bool,
-    ) -> Outcome<Option<UpstreamBlob>> {
+        whole: bool,
+    ) -> Outcome<PreparedBlob> {
         let Some(mapped) = self.map(name) else {
-            return Ok(None);
+            return Ok(PreparedBlob::Local);
         };
         let Ok(digest) = digest.parse::<Digest>() else {
-            return Ok(None);
+            return Ok(PreparedBlob::Local);
         };
         if registry.open_blob(name, &digest).await.is_ok() {
-            return Ok(None);
+            return Ok(PreparedBlob::Local);
         }
         let url = mapped.url("blobs", &digest.to_string());
         if !with_body {
             return match self.upstream.blob_size(mapped.on(), &url).await {
-                Answer::Found(size) => Ok(Some(UpstreamBlob { size })),
+                Answer::Found(size) => Ok(PreparedBlob::UpstreamSize(size)),
                 Answer::NotFound => Err(ErrorCode::BlobUnknown.into()),
                 Answer::Failed(failure) => Err(mapped.failed(failure)),
             };
         }
-        let key = format!("blob {name}@{digest}");
-        let (mirror, registry, name) = (self.clone(), registry.clone(), name.clone());
-        self.single_flight(key, async move {
-            mirror
-                .fetch_blob(&registry, &name, &url, &digest)
-                .await
-                .map(|()| None)
-        })
-        .await?;
-        Ok(None)
+        let fetch = self.blob_fetch(registry, name, url, digest);
+        if !whole {
+            return fetch.ended().await.map(|()| PreparedBlob::Local);
+        }
+        let read = spool::follow(fetch.spool.clone(), None).await;
+        match (read, fetch.before_the_body.get()) {
+            (Ok(Some(read)), _) => {
+                // The spool file stays while a client reads it.
+                let following = fetch.clone();
+                let body = read.stream.inspect(move |_| {
+                    let _ = &following;
+                });
+                Ok(PreparedBlob::Following {
+                    size: read.size,
+                    body: Box::pin(body),
+                })
+            }
+            (_, Some(BeforeTheBody::Here)) => Ok(PreparedBlob::Local),
+            (_, Some(BeforeTheBody::Refused(refusal))) => Err(refusal.clone()),
+            (Ok(None), None) => Err(ErrorCode::BlobUnknown.into()),
+            (Err(e), None) => Err(RegistryError::with_detail(
+                ErrorCode::Unavailable,
+                format!(
+                    "fetching {} from upstream {} failed: {e}",
+                    fetch.digest, mapped.entry.base
+                ),
+            )
+            .into()),
+        }
     }
 
+    /// The fetch of `digest` into `name` in progress, or a new one.
+    fn blob_fetch(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        name: &RepositoryName,
+        url: String,
+        digest: Digest,
+    ) -> Arc<BlobFetch> {
+        let key = format!("{name}@{digest}");
+        let mut fetches = self.blob_fetches.lock().expect("lock");
+        if let Some(fetch) = fetches.get(&key) {
+            return fetch.clone();
+        }
+        // On the filesystem the spool is the content file of an upload,
+        // committed by a rename once checked: the bytes are written once.
+        // Elsewhere it is a file of its own that the store's writer follows.
+        let id = uuid::Uuid::new_v4().to_string();
+        let (partial, finished, in_place) = match registry.fetched_upload_paths(name, &id, &digest)
+        {
+            Some((upload, blob)) => (upload, blob, Some(id)),
+            None => {
+                let spooled = self.spool_dir.join(format!(
+                    "{}.{id}.partial",
+                    digest.to_string().replace(':', "-")
+                ));
+                (spooled.clone(), spooled, None)
+            }
+        };
+        let (progress, spool) = spool::Spool::starting(partial.clone(), finished, true);
+        let (end, ended) = watch::channel(None);
+        let fetch = Arc::new(BlobFetch {
+            digest: digest.clone(),
+            spool,
+            before_the_body: OnceLock::new(),
+            ended,
+            _file: SpoolFile(partial.clone()),
+        });
+        fetches.insert(key.clone(), fetch.clone());
+        let (mirror, registry, name, running) =
+            (self.clone(), registry.clone(), name.clone(), fetch.clone());
+        tokio::spawn(async move {
+            let outcome = mirror
+                .fetch_blob(
+                    &registry,
+                    &name,
+                    &url,
+                    &running,
+                    (&partial, in_place),
+                    progress,
+                )
+                .await;
+            let mut fetches = mirror.blob_fetches.lock().expect("lock");
+            if fetches
+                .get(&key)
+                .is_some_and(|current| Arc::ptr_eq(current, &running))
+            {
+                fetches.remove(&key);
+            }
+            drop(fetches);
+            let _ = end.send(Some(outcome));
+        });
+        fetch
+    }
+
+    /// Fetches a blob into its spool and commits it under its digest once
+    /// the spool's writer has checked it: the spool is the content of the
+    /// upload `in_place` names, or the store's writer follows it into an
+    /// upload of its own. Before the upstream's body, an outcome that
+    /// leaves the spool empty is told in `fetch.before_the_body`.
     async fn fetch_blob(
         &self,
         registry: &Registry,
         name: &RepositoryName,
         url: &str,
-        digest: &Digest,
+        fetch: &Arc<BlobFetch>,
+        (partial, in_place): (&std::path::Path, Option<String>),
+        progress: watch::Sender<spool::Progress>,
     ) -> Outcome<()> {
         let mapped = self.map(name).expect("a mirrored name");
+        let digest = &fetch.digest;
+        let no_body = |before: BeforeTheBody| {
+            let outcome = match &before {
+                BeforeTheBody::Here => Ok(()),
+                BeforeTheBody::Refused(refusal) => Err(refusal.clone()),
+            };
+            let _ = fetch.before_the_body.set(before);
+            // Followers waiting for the size learn there is none.
+            progress.send_replace(spool::Progress::Failed(
+                std::io::ErrorKind::NotFound,
+                "no body".to_owned(),
+            ));
+            outcome
+        };
         // A request that found it missing just before the last fetch of it
         // ended starts a fetch of its own: there is nothing left to do.
         if registry.open_blob(name, digest).await.is_ok() {
-            return Ok(());
+            return no_body(BeforeTheBody::Here);
         }
         let fetched = match self.upstream.blob(mapped.on(), url).await {
             Answer::Found(fetched) => fetched,
-            Answer::NotFound => return Err(ErrorCode::BlobUnknown.into()),
-            Answer::Failed(failure) => return Err(mapped.failed(failure)),
+            Answer::NotFound => {
+                return no_body(BeforeTheBody::Refused(ErrorCode::BlobUnknown.into()))
+            }
+            Answer::Failed(failure) => {
+                return no_body(BeforeTheBody::Refused(mapped.failed(failure)))
+            }
         };
-        let body = RequestBody {
-            stream: fetched.body,
-            length: fetched.length,
+        let Some(size) = fetched.length else {
+            let refusal = RegistryError::with_detail(
+                ErrorCode::Unavailable,
+                format!(
+                    "upstream {} sent {digest} without a Content-Length",
+                    mapped.entry.base
+                ),
+            );
+            return no_body(BeforeTheBody::Refused(refusal.into()));
         };
-        // Hashed as it is written; committed under the digest only if it
-        // matches, else the upload is dropped and nothing is visible.
-        registry
-            .upload_whole(name, digest, body)
-            .await
-            .map_err(|e| {
-                tracing::error!(%name, %digest, upstream = %mapped.entry.base, error = %e, "fetching a blob from upstream failed: nothing stored");
-                RegistryError::with_detail(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "fetching {digest} from upstream {} failed: {}",
-                        mapped.entry.base,
-                        e.detail.unwrap_or_else(|| e.code.message().to_owned())
-                    ),
-                )
-                .into()
-            })
+        if in_place.is_some() {
+            let dir = partial
+                .parent()
+                .expect("an upload's file is in its directory");
+            if let Err(e) = tokio::fs::create_dir_all(dir).await {
+                let error = RegistryError::internal("creating an upload directory", e);
+                return no_body(BeforeTheBody::Refused(error.into()));
+            }
+        }
+        // The spool's writer, then its verdict for every follower.
+        let spooling = async {
+            let written =
+                spool::fill(fetched.body, size, Some(digest.clone()), partial, &progress).await;
+            progress.send_replace(match &written {
+                Ok(size) => spool::Progress::Done { size: *size },
+                Err(e) => spool::Progress::Failed(e.kind(), e.to_string()),
+            });
+            written
+        };
+        // The store's writer follows the spool: its upload ends only after
+        // the verdict, and a bad one fails it, so nothing is committed.
+        let storing = async {
+            let read = spool::follow(fetch.spool.clone(), None)
+                .await
+                .map_err(|e| RegistryError::with_detail(ErrorCode::Unavailable, e.to_string()))?
+                .ok_or(ErrorCode::BlobUnknown)?;
+            let body = RequestBody {
+                stream: read.stream,
+                length: Some(read.size),
+            };
+            registry.upload_whole(name, digest, body).await
+        };
+        let (written, stored) = match &in_place {
+            Some(id) => {
+                let written = spooling.await;
+                let stored = match &written {
+                    Ok(size) => {
+                        registry
+                            .commit_fetched_upload(name, id, *size, digest)
+                            .await
+                    }
+                    Err(_) => {
+                        registry.discard_fetched_upload(name, id).await;
+                        Ok(())
+                    }
+                };
+                (written, stored)
+            }
+            None => tokio::join!(spooling, storing),
+        };
+        if let Err(e) = written {
+            tracing::error!(%name, %digest, upstream = %mapped.entry.base, error = %e, "fetching a blob from upstream failed: nothing stored");
+            let what = if e.kind() == std::io::ErrorKind::InvalidData {
+                format!("the upstream's bytes do not match: {e}")
+            } else {
+                e.to_string()
+            };
+            return Err(RegistryError::with_detail(
+                ErrorCode::Unavailable,
+                format!(
+                    "fetching {digest} from upstream {} failed: {what}",
+                    mapped.entry.base
+                ),
+            )
+            .into());
+        }
+        stored.map_err(|e| {
+            tracing::error!(%name, %digest, error = %e, "storing a blob fetched from upstream failed");
+            e.into()
+        })
     }
 
     /// Runs `work` once for every caller that asks for `key` while it runs,

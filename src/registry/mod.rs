@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// What the registry hands out of storage: body streams, and a blob as a local
 /// file where the backend keeps them (so the layers above never name storage).
-pub use crate::storage::{ByteStream, LocalFile, RequestBody};
+pub use crate::storage::{spool, ByteStream, LocalFile, RequestBody};
 pub use blobs::Blob;
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
 pub use lifecycle::{

@@ -410,6 +410,43 @@ impl Registry {
         Ok(())
     }
 
+    /// Where a blob fetched into `name` can be written in place, when the
+    /// store keeps every object as a local file: the content file of a new
+    /// upload `id` (its directory not made yet), and the file the blob is
+    /// once [`Registry::commit_fetched_upload`] moved it there. The writer
+    /// must have checked the content against `digest` before the commit.
+    pub fn fetched_upload_paths(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+    ) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let files = self.storage.local_files()?;
+        Some((
+            files.local_path(&layout::upload_data(name, id))?,
+            files.local_path(&layout::blob_data(digest))?,
+        ))
+    }
+
+    /// Commits the upload `id` whose content file a fetch filled in place
+    /// ([`Registry::fetched_upload_paths`]) and checked against `digest`:
+    /// the blob, then its link in `name`. As for any upload, a crash before
+    /// the commit leaves an upload directory that upload expiry removes.
+    pub async fn commit_fetched_upload(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> Result<()> {
+        self.commit(name, id, size, digest, "").await
+    }
+
+    /// Removes a fetched upload that failed.
+    pub async fn discard_fetched_upload(&self, name: &RepositoryName, id: &str) {
+        self.abort_upload(name, id, "").await
+    }
+
     /// Gives up an upload that never reached a session record: what the
     /// storage holds for it outside its objects, then its objects.
     async fn abort_upload(&self, name: &RepositoryName, id: &str, storage_state: &str) {

@@ -1238,6 +1238,10 @@ impl LocalFiles for FsStorage {
         .await
         .map_err(io::Error::other)?
     }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
 }
 
 #[async_trait]

@@ -33,6 +33,7 @@ pub mod layout;
 #[cfg(test)]
 pub mod memory;
 pub mod s3;
+pub mod spool;
 
 use std::io;
 use std::ops::Range;
@@ -453,6 +454,16 @@ pub(crate) async fn put_each<S: Storage + ?Sized>(
 pub trait LocalFiles: Send + Sync {
     /// The object as an open local file, or `None` where it does not exist.
     async fn local_file(&self, key: &str) -> io::Result<Option<LocalFile>>;
+
+    /// The file that is, or would be, the object `key` (its directory may
+    /// not exist), where every object is a local file: for a writer on this
+    /// machine that fills an upload's content itself before
+    /// [`Storage::commit_upload`] (the mirror's spool), and for readers of
+    /// what that commit moved. Default: `None` (a store that only caches
+    /// some objects locally).
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Capability: interrupted writes leave debris under temporary names.

@@ -23,7 +23,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 
-use crate::s3_proxy::S3Proxy;
+use crate::fault_proxy::FaultProxy;
 use crate::support::balancer::Balancer;
 use crate::support::garage::{garage_or_skip, Garage};
 use crate::support::{
@@ -618,7 +618,7 @@ async fn a_declared_chunk_streams_its_parts_and_its_session_record_comes_back_as
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let root = format!("{}/docker/registry/v2/", s3.prefix);
     let replicas = Replicas::start_on(s3.clone(), |_| {}).await;
@@ -626,7 +626,7 @@ async fn a_declared_chunk_streams_its_parts_and_its_session_record_comes_back_as
     let name = "streamed/app";
     let content = Bytes::from(random_bytes(14 * MIB, 41));
     let digest = sha256_digest(&content);
-    let labelled = |label: &str| -> Vec<crate::s3_proxy::Logged> {
+    let labelled = |label: &str| -> Vec<crate::fault_proxy::Logged> {
         proxy
             .requests()
             .into_iter()
@@ -1360,7 +1360,7 @@ async fn a_pull_storm_of_64_clients_over_two_replicas_reads_the_blob_from_s3_at_
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replicas = Replicas::start_on(s3.clone(), |_| {}).await;
     let content = Arc::new(random_bytes(64 * MIB, 64));
@@ -1821,7 +1821,7 @@ async fn tags_list_in_byte_order_in_pages_over_s3_as_on_the_filesystem() {
 
 /// What a request to the store was, in the words of the registry's layout:
 /// `GET tag link`, `LIST gc intents`, `PUT gc marker`, `UploadPart`.
-fn request_label(request: &crate::s3_proxy::Logged, bucket: &str, root: &str) -> String {
+fn request_label(request: &crate::fault_proxy::Logged, bucket: &str, root: &str) -> String {
     let what = |key: &str| -> &'static str {
         let key = key
             .strip_prefix(bucket)
@@ -1883,7 +1883,7 @@ fn request_label(request: &crate::s3_proxy::Logged, bucket: &str, root: &str) ->
 /// The longest chain of requests each sent after the one before it was
 /// answered: the round trips an operation waited for (requests sent side by
 /// side count once).
-fn round_trips(requests: &[crate::s3_proxy::Logged]) -> usize {
+fn round_trips(requests: &[crate::fault_proxy::Logged]) -> usize {
     let mut chain: Vec<usize> = Vec::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
         let before = requests[..i]
@@ -1912,7 +1912,7 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let root = format!("{}/docker/registry/v2/", s3.prefix);
     // Ten minutes: "warm" means within the TTL for the whole test.
@@ -1927,7 +1927,7 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     let (layer_digest, config) = (&first.blobs[1].0, &first.blobs[0].1);
 
     // (operation, requests at most, what it did, how long it took)
-    let mut rows: Vec<(&str, usize, Vec<crate::s3_proxy::Logged>, Duration)> = Vec::new();
+    let mut rows: Vec<(&str, usize, Vec<crate::fault_proxy::Logged>, Duration)> = Vec::new();
     macro_rules! counted {
         ($label:expr, $bound:expr, $op:expr) => {{
             proxy.clear();
@@ -2162,7 +2162,7 @@ async fn each_common_operation_makes_at_most_its_stated_number_of_s3_requests() 
     // The cheap look at the collectors (one flag) is only that while none
     // runs: with a collection just run, the push lists the intents; without,
     // nothing lists them.
-    let lists_intents = |requests: &[crate::s3_proxy::Logged]| {
+    let lists_intents = |requests: &[crate::fault_proxy::Logged]| {
         requests
             .iter()
             .filter(|r| request_label(r, &garage.bucket, &root) == "LIST gc intents")
@@ -2191,7 +2191,7 @@ async fn a_blob_above_the_stores_copy_limit_is_committed_by_a_streamed_copy() {
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let mut s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     s3.copy_limit = MIB as u64;
     let root = format!("{}/docker/registry/v2/", s3.prefix);
@@ -2240,7 +2240,7 @@ async fn a_delete_through_one_replica_is_seen_by_the_next_push_through_the_other
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replicas = Replicas::start_on(s3.clone(), |_| {}).await;
     let (a, b) = (&replicas.a.api, &replicas.b.api);
@@ -2310,7 +2310,7 @@ async fn a_tag_from_memory_keeps_an_image_a_collection_would_otherwise_remove() 
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replicas = Replicas::start_on(s3.clone(), |c| c.lifecycle = deleting()).await;
     let (a, b) = (&replicas.a.api, &replicas.b.api);

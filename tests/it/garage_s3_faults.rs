@@ -12,8 +12,8 @@ use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::fault_proxy::{FaultProxy, Mode};
 use crate::garage_s3::{location, s3_config, Api, Replica, TestImage, MIB};
-use crate::s3_proxy::{Mode, S3Proxy};
 use crate::support::garage::{garage_or_skip, Garage};
 use crate::support::{expect_status, random_bytes, ServeProcess};
 
@@ -450,7 +450,7 @@ async fn an_unreachable_store_gives_clean_503s_within_a_bound_not_a_hang() {
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replica = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
     let image = TestImage::new("unreachable", &[&random_bytes(MIB, 95)]);
@@ -486,7 +486,7 @@ async fn a_store_sending_short_ranges_fails_the_pull_and_leaves_no_copy() {
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let pusher = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
     // Above the blob cache's range size (8 MiB): three ranges.
@@ -549,7 +549,7 @@ async fn streamed_part_sent_again_whole(mode: Mode, answered: Option<u16>, seed:
         return;
     }
     let garage = Garage::shared();
-    let proxy = S3Proxy::start(&garage.endpoint).await;
+    let proxy = FaultProxy::start(&garage.endpoint).await;
     let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
     let replica = Replica::start(&s3, |c| c.cache_ttl_ms = 0).await;
     let name = format!("failed-part/{seed}");

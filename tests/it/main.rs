@@ -5,8 +5,8 @@
 
 mod lifecycle_support;
 // The S3 tests' counting proxy in front of Garage.
-#[path = "support/s3_proxy.rs"]
-mod s3_proxy;
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 mod support;
 
 mod api_auth;

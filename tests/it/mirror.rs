@@ -11,12 +11,12 @@ use berth::oci::{RepositoryName, Tag};
 use berth::storage::layout;
 use reqwest::StatusCode;
 
-use crate::s3_proxy::{Mode, S3Proxy};
+use crate::fault_proxy::{FaultProxy, Mode};
 use crate::support::*;
 
 struct Mirrored {
     upstream: TestRegistry,
-    proxy: S3Proxy,
+    proxy: FaultProxy,
     mirror: TestRegistry,
 }
 
@@ -27,7 +27,7 @@ async fn mirrored(tag_ttl: Duration) -> Mirrored {
     // One upstream server: with two replicas on S3, one could answer from
     // its cache for a moment what the other just moved.
     let upstream = TestRegistry::start_one_with(|_| {}).await;
-    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
     let endpoint = proxy.endpoint();
     let mirror = TestRegistry::start_one_with(|config| {
         config.proxy = vec![ProxyConfig {
@@ -204,20 +204,149 @@ async fn a_tag_past_its_ttl_is_checked_by_head_and_fetched_again_only_when_it_mo
     m.ok(&old).await;
 }
 
+/// Whether the mirror's store holds `digest`'s content, or a link to it in
+/// `name`.
+async fn stored(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
+    let storage = m.mirror.storage().await;
+    let digest = digest.parse().unwrap();
+    let name = RepositoryName::parse(name).unwrap();
+    let content = storage.get(&layout::blob_data(&digest)).await.unwrap();
+    let link = storage
+        .get(&layout::layer_link(&name, &digest))
+        .await
+        .unwrap();
+    (content.is_some(), link.is_some())
+}
+
+/// What a fetch into `name` left behind: files in the mirror's spool
+/// directory and uploads in `name`, once there are none or after 5 s.
+async fn leftovers(m: &Mirrored, name: &str) -> Vec<String> {
+    let dir = m.mirror.config.data_dir.join("mirror").join("spool");
+    let storage = m.mirror.storage().await;
+    let uploads = layout::uploads_dir(&RepositoryName::parse(name).unwrap());
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+        left.extend(crate::support::store::children(&*storage, &uploads).await);
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    left
+}
+
 #[tokio::test]
-async fn sixteen_concurrent_pulls_of_a_missing_blob_fetch_it_from_upstream_once() {
+async fn sixteen_concurrent_pulls_of_a_missing_blob_stream_from_one_upstream_fetch_as_it_arrives() {
     let m = mirrored(Duration::from_secs(3600)).await;
     let layer = random_bytes(4 << 20, 4);
     let digest = m.upstream.push_blob("library/big", &layer).await;
     let path = format!("/v2/hub/library/big/blobs/{digest}");
-    let pulls = (0..16).map(|_| async {
-        let resp = m.ok(&path).await;
-        resp.bytes().await.unwrap()
+    // The upstream sends the first half, then holds the rest back.
+    m.proxy.set_mode(Mode::StallBlob);
+    let starts = (0..16).map(|_| async {
+        let start = async {
+            let mut resp = m.ok(&path).await;
+            let first = resp.chunk().await.unwrap().expect("a first chunk");
+            (resp, first)
+        };
+        let (resp, first) = tokio::time::timeout(Duration::from_secs(20), start)
+            .await
+            .expect("an answer and bytes while the upstream still holds the rest");
+        assert_eq!(header_str(&resp, "content-length"), layer.len().to_string());
+        (resp, first)
     });
-    for body in futures::future::join_all(pulls).await {
+    let started = futures::future::join_all(starts).await;
+    // Nothing is visible while the fetch is under way.
+    assert_eq!(stored(&m, "hub/library/big", &digest).await, (false, false));
+    m.proxy.set_mode(Mode::Forward);
+    let rests = started.into_iter().map(|(resp, first)| async move {
+        let rest = resp.bytes().await.expect("the rest of the blob");
+        [first, rest].concat()
+    });
+    for body in futures::future::join_all(rests).await {
         assert!(body == layer, "every client gets the blob whole");
     }
     assert_eq!(m.asked("GET", &digest), 1, "{:#?}", m.proxy.requests());
+    // Committed once checked, and from then on served locally.
+    for _ in 0..100 {
+        if stored(&m, "hub/library/big", &digest).await == (true, true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored(&m, "hub/library/big", &digest).await, (true, true));
+    let resp = m.ok(&path).await;
+    assert!(resp.bytes().await.unwrap() == layer);
+    assert_eq!(m.asked("GET", &digest), 1);
+    assert_eq!(leftovers(&m, "hub/library/big").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_upstream_blob_with_wrong_bytes_or_cut_short_fails_the_transfer_and_stores_nothing() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    for (mode, seed) in [(Mode::FlipBlobByte, 40), (Mode::TruncateBlob, 41)] {
+        let layer = random_bytes(3 << 20, seed);
+        let digest = m.upstream.push_blob("library/bad", &layer).await;
+        let path = format!("/v2/hub/library/bad/blobs/{digest}");
+        m.proxy.set_mode(mode);
+        let resp = m.get(&path).await;
+        match resp.status() {
+            // The answer had started: the client's transfer fails, and it
+            // never has the whole body.
+            StatusCode::OK => {
+                let body = resp.bytes().await;
+                assert!(
+                    body.as_ref().map_or(true, |b| b.len() < layer.len()),
+                    "{mode:?}: a failed transfer, not a whole body"
+                );
+                assert!(body.is_err(), "{mode:?}: the transfer fails");
+            }
+            // The fetch had failed before the client joined it.
+            status => {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{mode:?}");
+                assert_eq!(error_code(resp).await, "UNAVAILABLE");
+            }
+        }
+        assert_eq!(
+            stored(&m, "hub/library/bad", &digest).await,
+            (false, false),
+            "{mode:?}: nothing stored"
+        );
+        assert_eq!(
+            leftovers(&m, "hub/library/bad").await,
+            Vec::<String>::new(),
+            "{mode:?}"
+        );
+        // The next pull fetches again, and the upstream now sends it whole.
+        m.proxy.set_mode(Mode::Forward);
+        let resp = m.ok(&path).await;
+        assert!(resp.bytes().await.unwrap() == layer, "{mode:?}");
+        assert_eq!(m.asked("GET", &digest), 2, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_ranged_get_of_a_missing_blob_gets_its_range_once_the_blob_is_fetched() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let layer = random_bytes(1 << 20, 42);
+    let digest = m.upstream.push_blob("library/app", &layer).await;
+    let path = format!("/v2/hub/library/app/blobs/{digest}");
+    let resp = m
+        .mirror
+        .client
+        .get(m.mirror.url(&path))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
+    assert_eq!(resp.bytes().await.unwrap(), layer[1000..2000]);
+    assert_eq!(m.asked("GET", &digest), 1);
+    assert_eq!(stored(&m, "hub/library/app", &digest).await, (true, true));
 }
 
 #[tokio::test]
@@ -402,8 +531,8 @@ async fn upstream_with_auth(extra: &str) -> TestRegistry {
 async fn mirror_of(
     upstream: &TestRegistry,
     adjust: impl FnOnce(&mut ProxyConfig),
-) -> (S3Proxy, TestRegistry) {
-    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+) -> (FaultProxy, TestRegistry) {
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
     let mut entry = ProxyConfig {
         prefix: "hub".into(),
         upstream: proxy.endpoint(),
@@ -419,7 +548,7 @@ async fn mirror_of(
     (proxy, mirror)
 }
 
-fn count(proxy: &S3Proxy, keep: impl Fn(&crate::s3_proxy::Logged) -> bool) -> usize {
+fn count(proxy: &FaultProxy, keep: impl Fn(&crate::fault_proxy::Logged) -> bool) -> usize {
     proxy.requests().iter().filter(|r| keep(r)).count()
 }
 
@@ -444,7 +573,7 @@ async fn a_mirror_logs_in_through_the_token_flow_once_per_scope_and_token() {
     assert_eq!(resp.bytes().await.unwrap(), image.layer);
     // One 401 (the first request), one token for the repository's scope,
     // used for every request after it.
-    let tokens = |p: &S3Proxy| count(p, |r| r.path.starts_with("/auth/token"));
+    let tokens = |p: &FaultProxy| count(p, |r| r.path.starts_with("/auth/token"));
     assert_eq!(tokens(&proxy), 1, "{:#?}", proxy.requests());
     assert_eq!(
         count(&proxy, |r| r.status == Some(401)),
@@ -582,7 +711,7 @@ fn base64_of(text: &str) -> String {
 async fn a_caller_access_control_refuses_causes_no_upstream_request() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
     let image = push(&upstream, "library/app", "1", 17).await;
-    let proxy = S3Proxy::start(&format!("http://{}", upstream.addr)).await;
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
     let endpoint = proxy.endpoint();
     let mirror = TestRegistry::start_with_auth_and(
         |config| {

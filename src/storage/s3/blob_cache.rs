@@ -11,29 +11,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::io_error;
 use crate::oci::{Digest, Hasher};
+use crate::storage::spool::{fill, follow, gather, Batch, Progress, Spool, READ_CHUNK};
 use crate::storage::{layout, ByteStream, ContentRead};
-
-/// How much a follower reads from the file at a time (one blocking-pool
-/// hand-off each, straight into the buffer it sends).
-const READ_CHUNK: usize = 1024 * 1024;
-
-/// How much a download gathers, of what the store has already sent, before
-/// it writes: large writes (one blocking-pool hand-off and one wake-up of
-/// the followers each), while a slow stream still has its bytes written, and
-/// followed, as they come.
-const WRITE_CHUNK: usize = 1024 * 1024;
 
 /// An object larger than this is downloaded as ranges of this size, several
 /// side by side ([`SEGMENTS_IN_FLIGHT`]): one GET stream from an object store
@@ -46,59 +35,6 @@ const SEGMENT: u64 = 8 * 1024 * 1024;
 /// writes its bytes as they come, in batches of at most [`WRITE_CHUNK`].
 const SEGMENTS_IN_FLIGHT: usize = 4;
 
-/// A download in flight: how far it got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Progress {
-    /// Bytes written so far, of `size`.
-    Running {
-        written: u64,
-        size: u64,
-    },
-    Done {
-        size: u64,
-    },
-    Failed(io::ErrorKind, String),
-}
-
-impl Progress {
-    fn error(kind: io::ErrorKind, message: &str) -> io::Error {
-        io::Error::new(kind, message.to_owned())
-    }
-}
-
-struct Download {
-    /// The file being written (renamed into place when complete: followers
-    /// keep reading through their open handle).
-    partial: PathBuf,
-    /// Where the finished file goes.
-    finished: PathBuf,
-    progress: watch::Receiver<Progress>,
-    /// Checks the content against the digest its key names (see `fill`).
-    verifies: bool,
-}
-
-impl Download {
-    /// A download not started yet (its size unknown), and the sender that
-    /// tells its followers how far it got.
-    fn starting(
-        partial: PathBuf,
-        finished: PathBuf,
-        verifies: bool,
-    ) -> (watch::Sender<Progress>, Arc<Download>) {
-        let (progress, receiver) = watch::channel(Progress::Running {
-            written: 0,
-            size: u64::MAX,
-        });
-        let download = Download {
-            partial,
-            finished,
-            progress: receiver,
-            verifies,
-        };
-        (progress, Arc::new(download))
-    }
-}
-
 #[derive(Default)]
 struct Index {
     /// Complete files: size, last use (a tick), and whether this process
@@ -107,7 +43,7 @@ struct Index {
     files: HashMap<String, (u64, u64, bool)>,
     bytes: u64,
     tick: u64,
-    downloads: HashMap<String, Arc<Download>>,
+    downloads: HashMap<String, Arc<Spool>>,
 }
 
 pub(super) struct BlobCache {
@@ -222,7 +158,7 @@ impl BlobCache {
         store: Arc<S>,
         location: object_store::path::Path,
         key: &str,
-    ) -> Arc<Download> {
+    ) -> Arc<Spool> {
         let partial = self.dir.join(format!(
             "{}.{}.partial",
             file_name(key),
@@ -230,7 +166,7 @@ impl BlobCache {
         ));
         let digest = layout::blob_digest_of(key);
         let (progress, download) =
-            Download::starting(partial.clone(), self.path(key), digest.is_some());
+            Spool::starting(partial.clone(), self.path(key), digest.is_some());
         let verified = digest.is_some();
         let cache = self.clone();
         let key = key.to_owned();
@@ -529,53 +465,6 @@ async fn write_range<S: ObjectStore + ?Sized>(
     Ok(())
 }
 
-/// What [`gather`] took from a stream: chunks, their length, and whether
-/// the stream ended (it is not polled again).
-struct Batch {
-    chunks: Vec<Bytes>,
-    len: usize,
-    ended: bool,
-}
-
-/// One chunk of `stream` (waiting for it), then whatever else has arrived,
-/// up to [`WRITE_CHUNK`]: large writes while a slow stream still has its
-/// bytes written as they come.
-async fn gather(
-    stream: &mut (impl futures::Stream<Item = io::Result<Bytes>> + Unpin),
-) -> io::Result<Batch> {
-    let mut batch = Batch {
-        chunks: Vec::new(),
-        len: 0,
-        ended: false,
-    };
-    match stream.next().await {
-        Some(chunk) => {
-            let chunk = chunk?;
-            batch.len += chunk.len();
-            batch.chunks.push(chunk);
-        }
-        None => {
-            batch.ended = true;
-            return Ok(batch);
-        }
-    }
-    while batch.len < WRITE_CHUNK {
-        match stream.next().now_or_never() {
-            Some(Some(chunk)) => {
-                let chunk = chunk?;
-                batch.len += chunk.len();
-                batch.chunks.push(chunk);
-            }
-            Some(None) => {
-                batch.ended = true;
-                break;
-            }
-            None => break,
-        }
-    }
-    Ok(batch)
-}
-
 /// A hash of a file's content in progress, and the buffer it reads the file
 /// through (one for the whole download: a new one per read would be zeroed
 /// or faulted in each time, another pass over every byte).
@@ -631,84 +520,6 @@ async fn hash_file(
     .map_err(io::Error::other)?
 }
 
-/// Writes `stream` (an object of `size` bytes) into a new file at
-/// `partial`, telling followers through `progress` how much of it they can
-/// read. With a `digest`, the content is hashed as it is written (on the
-/// writing thread, off the readers' path: one hash however many follow),
-/// and the last byte is kept from followers until it checks out; a
-/// mismatch fails the download with `InvalidData`, so no reader gets the
-/// whole of a wrong blob.
-async fn fill(
-    stream: impl futures::Stream<Item = io::Result<Bytes>> + Send,
-    size: u64,
-    digest: Option<Digest>,
-    partial: &Path,
-    progress: &watch::Sender<Progress>,
-) -> io::Result<u64> {
-    let mut stream = std::pin::pin!(stream);
-    let mut file = Some(tokio::fs::File::create(partial).await?.into_std().await);
-    let mut hasher = digest.as_ref().map(|d| Hasher::new(d.algorithm()));
-    // What followers may read: all that is written, less the last byte
-    // while the digest is unchecked.
-    let readable = |written: u64| match digest {
-        Some(_) => written.min(size.saturating_sub(1)),
-        None => written,
-    };
-    let mut written = 0u64;
-    progress.send_replace(Progress::Running { written, size });
-    loop {
-        let Batch {
-            chunks: batch,
-            len: gathered,
-            ended,
-        } = gather(&mut stream).await?;
-        if gathered == 0 && ended {
-            break;
-        }
-        // Written (not only handed to a thread) before followers are told:
-        // a follower reading up to `written` must find those bytes.
-        let mut owned = file.take().expect("the file is back after each write");
-        let mut hashing = hasher.take();
-        (owned, hashing) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            for chunk in &batch {
-                owned.write_all(chunk)?;
-                if let Some(hasher) = &mut hashing {
-                    hasher.update(chunk);
-                }
-            }
-            Ok((owned, hashing))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        file = Some(owned);
-        hasher = hashing;
-        written += gathered as u64;
-        progress.send_replace(Progress::Running {
-            written: readable(written),
-            size,
-        });
-        if ended {
-            break;
-        }
-    }
-    if written != size {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("read {written} of {size} bytes"),
-        ));
-    }
-    if let (Some(digest), Some(hasher)) = (&digest, hasher) {
-        let found = hasher.finish();
-        if &found != digest {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the content's digest is {found}"),
-            ));
-        }
-    }
-    Ok(size)
-}
-
 /// Streams `range` of a finished file.
 async fn read_file(
     mut file: tokio::fs::File,
@@ -726,211 +537,12 @@ async fn read_file(
     })
 }
 
-/// Streams `range` of a download as it arrives.
-async fn follow(
-    download: Arc<Download>,
-    range: Option<std::ops::Range<u64>>,
-) -> io::Result<Option<ContentRead>> {
-    let mut progress = download.progress.clone();
-    // The size is known once the download's GET answered.
-    let size = loop {
-        let state = progress.borrow_and_update().clone();
-        match state {
-            Progress::Running { size, .. } if size != u64::MAX => break size,
-            Progress::Done { size } => break size,
-            Progress::Failed(io::ErrorKind::NotFound, _) => return Ok(None),
-            Progress::Failed(kind, e) => return Err(Progress::error(kind, &e)),
-            Progress::Running { .. } => {}
-        }
-        if progress.changed().await.is_err() {
-            return Err(io::Error::other("the download stopped"));
-        }
-    };
-    let file = match tokio::fs::File::open(&download.partial).await {
-        Ok(file) => file,
-        // Finished and renamed into place before we opened it, or failed
-        // and removed (after saying so) since it told the size.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match tokio::fs::File::open(&download.finished).await {
-                Ok(file) => file,
-                Err(e) => {
-                    return match &*progress.borrow() {
-                        Progress::Failed(io::ErrorKind::NotFound, _) => Ok(None),
-                        Progress::Failed(kind, failure) => Err(Progress::error(*kind, failure)),
-                        _ => Err(e),
-                    }
-                }
-            }
-        }
-        Err(e) => return Err(e),
-    };
-    let file = Arc::new(file.into_std().await);
-    let range = range.unwrap_or(0..size);
-    let stream = futures::stream::unfold(
-        (file, progress, range.start, range.end),
-        |(file, mut progress, mut at, end)| async move {
-            if at >= end {
-                return None;
-            }
-            loop {
-                let state = progress.borrow_and_update().clone();
-                let available = match state {
-                    Progress::Running { written, .. } => written,
-                    Progress::Done { size } => size,
-                    Progress::Failed(kind, e) => {
-                        let error = Progress::error(kind, &e);
-                        return Some((Err(error), (file, progress, end, end)));
-                    }
-                };
-                if available > at {
-                    let want = (available.min(end) - at).min(READ_CHUNK as u64) as usize;
-                    let reading = file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        crate::sys::read_exact_at(&reading, want, at)
-                    })
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|read| read);
-                    return match read {
-                        Ok(bytes) => {
-                            at += want as u64;
-                            Some((Ok(bytes), (file, progress, at, end)))
-                        }
-                        Err(e) => Some((Err(e), (file, progress, end, end))),
-                    };
-                }
-                if progress.changed().await.is_err() {
-                    // The sender is gone: its last state is final.
-                    if matches!(&*progress.borrow(), Progress::Running { .. }) {
-                        return Some((
-                            Err(io::Error::other("the download stopped")),
-                            (file, progress, end, end),
-                        ));
-                    }
-                }
-            }
-        },
-    );
-    let stream: ByteStream = Box::pin(stream);
-    Ok(Some(ContentRead {
-        size,
-        stream,
-        verified: download.verifies,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use futures::TryStreamExt;
 
     use super::*;
-
-    /// A follower reads a download while it is written, many times over: it
-    /// must get every byte. (Progress once counted bytes a tokio file had
-    /// accepted but not yet written, and a follower then hit the end of the
-    /// file early: a truncated blob for its client.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_follower_reads_every_byte_of_a_download_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let content: Bytes = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-        for round in 0..20 {
-            let partial = dir.path().join(format!("{round}.partial"));
-            let (sender, download) =
-                Download::starting(partial.clone(), dir.path().join(round.to_string()), false);
-            let chunks: Vec<io::Result<Bytes>> = (0..content.len())
-                .step_by(16 * 1024)
-                .map(|at| Ok(content.slice(at..(at + 16 * 1024).min(content.len()))))
-                .collect();
-            let size = content.len() as u64;
-            let writer = tokio::spawn(async move {
-                let written =
-                    fill(futures::stream::iter(chunks), size, None, &partial, &sender).await;
-                let _ = sender.send(Progress::Done { size });
-                written
-            });
-            let read = follow(download, None).await.unwrap().expect("found");
-            assert_eq!(read.size, size);
-            let body: Vec<Bytes> = read.stream.try_collect().await.unwrap_or_else(|e| {
-                panic!("round {round}: the follower's read failed: {e}");
-            });
-            assert_eq!(writer.await.unwrap().unwrap(), size);
-            assert_eq!(body.concat(), content, "round {round}");
-        }
-    }
-
-    /// Runs a download of `content`, checked against `digest`, with one
-    /// follower; what the follower read, and how the download ended.
-    async fn download_checked(
-        content: Bytes,
-        digest: Digest,
-    ) -> (io::Result<Vec<Bytes>>, bool, io::Result<u64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let partial = dir.path().join("blob.partial");
-        let (sender, download) = Download::starting(partial.clone(), dir.path().join("blob"), true);
-        let size = content.len() as u64;
-        let chunks: Vec<io::Result<Bytes>> = (0..content.len())
-            .step_by(64 * 1024)
-            .map(|at| Ok(content.slice(at..(at + 64 * 1024).min(content.len()))))
-            .collect();
-        let writer = tokio::spawn(async move {
-            let outcome = fill(
-                futures::stream::iter(chunks),
-                size,
-                Some(digest),
-                &partial,
-                &sender,
-            )
-            .await;
-            // Until the download ends, followers may read all but the last
-            // byte: the one the digest's verdict releases.
-            let before_the_verdict = sender.borrow().clone();
-            assert_eq!(
-                before_the_verdict,
-                Progress::Running {
-                    written: size - 1,
-                    size
-                }
-            );
-            let _ = match &outcome {
-                Ok(size) => sender.send(Progress::Done { size: *size }),
-                Err(e) => sender.send(Progress::Failed(e.kind(), e.to_string())),
-            };
-            outcome
-        });
-        let (body, verified) = match follow(download, None).await {
-            Ok(read) => {
-                let read = read.expect("found");
-                (read.stream.try_collect().await, read.verified)
-            }
-            // A follower that comes after the verdict (a loaded machine can
-            // let the writer finish first) is told it at once.
-            Err(e) => (Err(e), false),
-        };
-        (body, verified, writer.await.unwrap())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_download_is_checked_against_its_digest_once_for_its_followers() {
-        let content: Bytes = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
-        let digest = Digest::of(crate::oci::Algorithm::Sha256, &content);
-        let (body, verified, outcome) = download_checked(content.clone(), digest).await;
-        assert!(
-            verified,
-            "the follower is told the store checks the content"
-        );
-        assert_eq!(body.unwrap().concat(), content);
-        assert_eq!(outcome.unwrap(), content.len() as u64);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_download_that_does_not_match_its_digest_never_reaches_a_follower_whole() {
-        let content: Bytes = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
-        let other = Digest::of(crate::oci::Algorithm::Sha256, b"something else");
-        let (body, _, outcome) = download_checked(content.clone(), other).await;
-        let error = body.expect_err("the follower's read fails");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
-        assert_eq!(outcome.unwrap_err().kind(), io::ErrorKind::InvalidData);
-    }
 
     /// Runs [`fetch`] of `content` (stored in memory) in ranges of
     /// `segment` bytes, with one follower reading as it goes; what the
@@ -949,7 +561,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("blob.partial");
         let (sender, download) =
-            Download::starting(partial.clone(), dir.path().join("blob"), digest.is_some());
+            Spool::starting(partial.clone(), dir.path().join("blob"), digest.is_some());
         let writer = tokio::spawn(async move {
             let outcome = fetch(store, &location, digest, &partial, &sender, segment).await;
             let _ = match &outcome {

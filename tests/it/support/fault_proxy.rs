@@ -1,10 +1,12 @@
-//! An HTTP reverse proxy between Berth replicas and the object store, for the
-//! S3 tests: it logs every request it forwards (so a test can count the GETs
-//! of one key, as the pull-storm test does), and it can stop answering (a
-//! black hole: connections accepted, requests never answered) or cut every
-//! connection, so a test can make the store unreachable under running
-//! replicas (a replica refuses to start on a store it cannot reach, so the
-//! store must be there at start).
+//! An HTTP reverse proxy between Berth and what it talks to (the object store
+//! in the S3 tests, an upstream registry in the mirror tests) that logs
+//! every request it forwards (so a test can count the GETs of one key, as
+//! the pull-storm test does) and fails the way a test asks: it can stop
+//! answering (a black hole: connections accepted, requests never answered),
+//! cut every connection, rate-limit, or damage, cut short or stall a blob's
+//! body. A test can so make the store unreachable under running replicas (a
+//! replica refuses to start on a store it cannot reach, so the store must be
+//! there at start), or an upstream misbehave under a mirror.
 //!
 //! Requests are forwarded byte for byte, `Host` included: S3 signatures
 //! (SigV4) cover the host the client addressed, which is the proxy's.
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -52,6 +54,18 @@ pub enum Mode {
     /// Answers every request 429 with `Retry-After: 7`, forwarding nothing:
     /// an upstream registry's rate limit.
     TooManyRequests = 6,
+    /// Forwards, but flips the first byte of the body of every successful
+    /// registry blob `GET` (`/v2/.../blobs/...`): an upstream that sends
+    /// bytes other than the digest's.
+    FlipBlobByte = 7,
+    /// Forwards, but ends the body of every successful registry blob `GET`
+    /// after half of its `Content-Length`, with an error (the connection is
+    /// closed mid-body): a transfer cut short.
+    TruncateBlob = 8,
+    /// Forwards half of the body of every successful registry blob `GET`,
+    /// then holds the rest until the mode is no longer `StallBlob`: a slow
+    /// upstream, to see what clients get while a fetch is under way.
+    StallBlob = 9,
 }
 
 /// One request the proxy received (in any mode).
@@ -95,16 +109,16 @@ fn byte_range(headers: &hyper::HeaderMap) -> Option<std::ops::Range<u64>> {
 
 /// A proxy on `127.0.0.1:<free port>`; dropping it closes the listener and
 /// every connection.
-pub struct S3Proxy {
+pub struct FaultProxy {
     pub addr: SocketAddr,
     mode: Arc<AtomicU8>,
     log: Arc<Mutex<Vec<Logged>>>,
     task: JoinHandle<()>,
 }
 
-impl S3Proxy {
+impl FaultProxy {
     /// A proxy in front of `upstream` (`http://HOST:PORT`), forwarding.
-    pub async fn start(upstream: &str) -> S3Proxy {
+    pub async fn start(upstream: &str) -> FaultProxy {
         let upstream: SocketAddr = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -130,7 +144,7 @@ impl S3Proxy {
                 }
             })
         };
-        S3Proxy {
+        FaultProxy {
             addr,
             mode,
             log,
@@ -159,7 +173,7 @@ impl S3Proxy {
     }
 }
 
-impl Drop for S3Proxy {
+impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -173,7 +187,10 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         3 => Mode::ShortRanges,
         4 => Mode::FailPresignedParts,
         5 => Mode::HangPresignedParts,
-        _ => Mode::TooManyRequests,
+        6 => Mode::TooManyRequests,
+        7 => Mode::FlipBlobByte,
+        8 => Mode::TruncateBlob,
+        _ => Mode::StallBlob,
     }
 }
 
@@ -221,6 +238,7 @@ async fn serve_connection(
                     seq,
                 });
             }
+            let mode_now = mode.clone();
             match mode_of(&mode) {
                 Mode::FailPresignedParts if streamed_part => {
                     answered(Some(500));
@@ -228,7 +246,7 @@ async fn serve_connection(
                         b"<Error><Code>InternalError</Code><Message>failed by the test proxy</Message></Error>",
                     ))
                     .map_err(|never| match never {})
-                    .boxed();
+                    .boxed_unsync();
                     let mut response = Response::new(body);
                     *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                     Ok(response)
@@ -240,7 +258,7 @@ async fn serve_connection(
                         br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limited by the test proxy"}]}"#,
                     ))
                     .map_err(|never| match never {})
-                    .boxed();
+                    .boxed_unsync();
                     let mut response = Response::new(body);
                     *response.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
                     response.headers_mut().insert(
@@ -252,8 +270,14 @@ async fn serve_connection(
                 mode @ (Mode::Forward
                 | Mode::ShortRanges
                 | Mode::FailPresignedParts
-                | Mode::HangPresignedParts) => {
+                | Mode::HangPresignedParts
+                | Mode::FlipBlobByte
+                | Mode::TruncateBlob
+                | Mode::StallBlob) => {
                     let ranged = request.headers().contains_key(hyper::header::RANGE);
+                    let blob_get = request.method() == hyper::Method::GET
+                        && request.uri().path().starts_with("/v2/")
+                        && request.uri().path().contains("/blobs/");
                     let answer = forward(request, upstream, &sender).await;
                     let answer = match answer {
                         Ok(response)
@@ -263,7 +287,18 @@ async fn serve_connection(
                         {
                             shortened(response).await
                         }
-                        other => other.map(|response| response.map(BodyExt::boxed)),
+                        Ok(response)
+                            if blob_get
+                                && response.status() == hyper::StatusCode::OK
+                                && matches!(
+                                    mode,
+                                    Mode::FlipBlobByte | Mode::TruncateBlob | Mode::StallBlob
+                                ) =>
+                        {
+                            Ok(damaged(response, mode, mode_now))
+                        }
+                        other => other
+                            .map(|response| response.map(|b| b.map_err(Into::into).boxed_unsync())),
                     };
                     answered(answer.as_ref().ok().map(|r| r.status().as_u16()));
                     answer
@@ -281,7 +316,82 @@ async fn serve_connection(
 }
 
 /// A response body as the proxy sends it: the store's, or one it made.
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ProxyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A blob `GET`'s answer (a 200) damaged as `mode` says: its first byte
+/// flipped, its body cut after half its length, or its second half held
+/// until `mode_now` leaves [`Mode::StallBlob`]. Headers are left as sent.
+fn damaged(
+    response: Response<Incoming>,
+    mode: Mode,
+    mode_now: Arc<AtomicU8>,
+) -> Response<ProxyBody> {
+    use futures::StreamExt;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    struct Sending {
+        frames: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, Error>> + Send>>,
+        sent: u64,
+        /// The second half of a stalled body, held back.
+        held: Option<Bytes>,
+        stalled: bool,
+    }
+    let (parts, body) = response.into_parts();
+    let length: u64 = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let half = length / 2;
+    let start = Sending {
+        frames: Box::pin(
+            body.into_data_stream()
+                .map(|chunk| chunk.map_err(Error::from)),
+        ),
+        sent: 0,
+        held: None,
+        stalled: false,
+    };
+    let damaged = futures::stream::unfold(start, move |mut at| {
+        let mode_now = mode_now.clone();
+        async move {
+            if let Some(rest) = at.held.take() {
+                while mode_of(&mode_now) == Mode::StallBlob {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                at.sent += rest.len() as u64;
+                return Some((Ok(rest), at));
+            }
+            let mut chunk = match at.frames.next().await? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(e), at)),
+            };
+            let over_half = at.sent + chunk.len() as u64 > half;
+            match mode {
+                Mode::FlipBlobByte if at.sent == 0 && !chunk.is_empty() => {
+                    let mut flipped = chunk.to_vec();
+                    flipped[0] ^= 0xff;
+                    chunk = Bytes::from(flipped);
+                }
+                Mode::TruncateBlob if over_half => {
+                    if at.sent >= half {
+                        return Some((Err("cut short by the test proxy".into()), at));
+                    }
+                    chunk.truncate((half - at.sent) as usize);
+                }
+                Mode::StallBlob if over_half && !at.stalled => {
+                    at.stalled = true;
+                    at.held = Some(chunk.split_off((half - at.sent) as usize));
+                }
+                _ => {}
+            }
+            at.sent += chunk.len() as u64;
+            Some((Ok(chunk), at))
+        }
+    });
+    let body =
+        http_body_util::StreamBody::new(damaged.map(|chunk| chunk.map(hyper::body::Frame::data)));
+    Response::from_parts(parts, BodyExt::boxed_unsync(body))
+}
 
 /// `response` (a 206) with its body less the last byte.
 async fn shortened(response: Response<Incoming>) -> Result<Response<ProxyBody>, std::io::Error> {
@@ -296,7 +406,9 @@ async fn shortened(response: Response<Incoming>) -> Result<Response<ProxyBody>, 
         hyper::header::CONTENT_LENGTH,
         hyper::header::HeaderValue::from(body.len()),
     );
-    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    let body = Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -358,7 +470,7 @@ mod checks {
     #[tokio::test]
     async fn forwards_with_the_clients_host_logs_and_can_stop_answering() {
         let upstream = echo_server().await;
-        let proxy = S3Proxy::start(&format!("http://{upstream}")).await;
+        let proxy = FaultProxy::start(&format!("http://{upstream}")).await;
         let client = reqwest::Client::new();
         let url = format!("{}/bucket/key", proxy.endpoint());
         let answer = client.get(&url).send().await.unwrap().text().await.unwrap();
