@@ -53,6 +53,9 @@ mod s3;
 #[path = "compare/mirror.rs"]
 mod mirror;
 
+#[path = "compare/proxy.rs"]
+mod proxy;
+
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -2892,6 +2895,7 @@ impl Report<'_> {
                 ));
             }
         }
+        out.extend(self.mirror_bounds());
         out
     }
 

@@ -9,18 +9,17 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
+use super::proxy::{CountingProxy, ProxiedRequest};
 use super::{
     config_blob, first_line_of, fmt_num, image_manifest, median, order, pull_count,
     push_monolithic, run_pool, Bench, Big, Blob, Kind, Launch, Limit, Opts, Reg, Report, Server,
@@ -167,112 +166,6 @@ pub(super) const GARAGE_SETUP: &str = "one node on loopback started by tests/gar
 // ---------------------------------------------------------------------------------------------
 // The counting proxy
 
-/// A request that reached the bucket through the proxy.
-#[derive(Debug)]
-pub(super) struct S3Request {
-    pub(super) method: hyper::Method,
-    pub(super) path: String,
-    /// The answer's Content-Length (0 when it has none).
-    bytes: u64,
-}
-
-/// An HTTP/1.1 proxy in front of Garage that forwards every request as it came (the Host header
-/// included, so SigV4 signatures stay valid) and records each one: the storm's replicas reach
-/// the bucket through it, so the benchmark can count the GETs of the blob they serve. Each
-/// client connection gets one connection to Garage, so keep-alive works as it would directly.
-pub(super) struct CountingProxy {
-    pub(super) endpoint: String,
-    log: Arc<Mutex<Vec<S3Request>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CountingProxy {
-    pub(super) async fn start(upstream: &str) -> R<CountingProxy> {
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let task_log = log.clone();
-        let task = tokio::spawn(async move {
-            // Dropped (aborted) with the proxy: its connections go with it.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((down, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(forward(down, upstream.clone(), task_log.clone()));
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        Ok(CountingProxy {
-            endpoint,
-            log,
-            task,
-        })
-    }
-
-    /// The requests since the last call.
-    pub(super) fn take(&self) -> Vec<S3Request> {
-        std::mem::take(&mut *self.log.lock().expect("proxy log"))
-    }
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves one client connection, forwarding its requests one at a time over one connection to
-/// `upstream`. A failure ends the connection; the client sees it (a failed pull fails the run).
-async fn forward(down: tokio::net::TcpStream, upstream: String, log: Arc<Mutex<Vec<S3Request>>>) {
-    let outcome = async {
-        let up = tokio::net::TcpStream::connect(&upstream).await?;
-        up.set_nodelay(true)?;
-        down.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(up)).await?;
-        let upstream_task = tokio::spawn(connection);
-        let sender = Arc::new(tokio::sync::Mutex::new(sender));
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let (sender, log) = (sender.clone(), log.clone());
-            async move {
-                let method = request.method().clone();
-                let path = request.uri().path().to_owned();
-                let response = {
-                    let mut sender = sender.lock().await;
-                    // The previous answer's body may still be finishing on the upstream side.
-                    sender.ready().await?;
-                    sender.send_request(request).await?
-                };
-                let bytes = response
-                    .headers()
-                    .get(hyper::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(0);
-                log.lock().expect("proxy log").push(S3Request {
-                    method,
-                    path,
-                    bytes,
-                });
-                Ok::<_, hyper::Error>(response)
-            }
-        });
-        let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(down), service)
-            .await;
-        upstream_task.abort();
-        served?;
-        Ok::<(), super::Error>(())
-    }
-    .await;
-    // A client that closes its connection mid-answer ends here too: nothing to report.
-    drop(outcome);
-}
-
 /// The end of a blob's object key (`…/blobs/sha256/ab/<hex>/data`), the same in both
 /// registries' layouts.
 fn blob_key_suffix(digest: &str) -> String {
@@ -291,7 +184,7 @@ impl Bench {
     /// the blob was read from the bucket, and how many bytes that was.
     pub(super) async fn storm(&mut self, launch: &Launch, big: &Big) -> R<()> {
         let env = launch.s3.as_ref().ok_or("the pull storm needs S3")?;
-        let proxy = CountingProxy::start(&env.endpoint).await?;
+        let proxy = CountingProxy::start(&env.endpoint, None).await?;
         let via = proxy.endpoint.clone();
         let dir = launch.tmp.join("storm");
         let (n, size) = (self.o.storm_pulls, self.o.storm_blob);
@@ -361,7 +254,7 @@ impl Bench {
                     .await?;
                     let requests = proxy.take();
                     let suffix = blob_key_suffix(&blob.digest);
-                    let blob_gets: Vec<&S3Request> = requests
+                    let blob_gets: Vec<&ProxiedRequest> = requests
                         .iter()
                         .filter(|r| r.method == hyper::Method::GET && r.path.ends_with(&suffix))
                         .collect();

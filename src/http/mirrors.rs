@@ -10,11 +10,50 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::connection::Download;
+use super::host::request_authority;
 use super::routes::{Resource, Route};
-use super::{ApiError, DOCKER_CONTENT_DIGEST};
-use crate::mirror::{Mirror, PreparedBlob, Refusal};
-use crate::oci::RepositoryName;
+use super::{query_pairs, query_value, ApiError, DOCKER_CONTENT_DIGEST};
+use crate::mirror::{Mirror, Namespace, PreparedBlob, Refusal};
+use crate::oci::{RegistryError, RepositoryName};
 use crate::registry::Registry;
+
+/// The local repository a request for `name` is for, when a mirror entry
+/// serves it under another name, and the `OCI-Namespace` to answer with:
+/// a request sent to a host an entry lists (dockerd's `registry-mirrors`)
+/// names the upstream's repositories; else `?ns=<registry>` (containerd's
+/// mirror requests) picks the entry that mirrors that registry; then a
+/// Docker Hub entry's one-component names are `library/` ones.
+pub(super) fn local_name(
+    mirror: &Mirror,
+    parts: &Parts,
+    name: &RepositoryName,
+) -> Result<Option<(RepositoryName, Option<HeaderValue>)>, RegistryError> {
+    let by_host = request_authority(parts.version, &parts.uri, &parts.headers)
+        .ok()
+        .flatten()
+        .and_then(|authority| mirror.by_host(authority.as_str(), name));
+    let mut namespace = None;
+    let local = match by_host {
+        Some(local) => Some(local.map_err(|r| r.error)?),
+        None => match query_value(&query_pairs(parts), "ns") {
+            None => None,
+            Some(ns) => match mirror.namespace(ns, name) {
+                Namespace::AsIs => None,
+                Namespace::Mirrored(local) => {
+                    namespace = HeaderValue::from_str(ns).ok();
+                    Some(local)
+                }
+                Namespace::Refused(error) => return Err(error),
+            },
+        },
+    };
+    let named = local.as_ref().unwrap_or(name);
+    Ok(match (mirror.canonical(named), local) {
+        (Some(canonical), _) => Some((canonical, namespace)),
+        (None, Some(local)) => Some((local, namespace)),
+        (None, None) => None,
+    })
+}
 
 /// What the route's handler does next.
 pub(super) enum Prepared {

@@ -52,6 +52,9 @@ pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-co
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 /// The smallest chunk a registry wants in a chunked upload (distribution-spec).
 pub const OCI_CHUNK_MIN_LENGTH: HeaderName = HeaderName::from_static("oci-chunk-min-length");
+/// The registry a mirror served a `?ns=` request for (distribution-spec,
+/// "Registry Proxying").
+pub const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 /// What every handler shares: the registry, and access control when it is
@@ -149,18 +152,49 @@ fn not_found_response() -> Response {
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let rest = parts.uri.path().strip_prefix("/v2/").unwrap_or_default();
-    let route = match routes::resolve(rest, &parts.method) {
+    let mut route = match routes::resolve(rest, &parts.method) {
         Ok(route) => route,
         Err(unrouted) => return unrouted.into_response(),
     };
+    // A mirror entry may serve the request under another name: the answer
+    // then says so (`OCI-Namespace`) when `?ns=` picked the entry.
+    let mut namespace = None;
+    if let (Some(mirror), Some(name)) = (&state.mirror, &route.name) {
+        match mirrors::local_name(mirror, &parts, name) {
+            Ok(Some((local, ns))) => {
+                route.name = Some(local);
+                namespace = ns;
+            }
+            Ok(None) => {}
+            Err(refused) => return ApiError::from(refused).into_response(),
+        }
+    }
+    let mut response = dispatch_route(&state, route, &parts, body).await;
+    if let Some(ns) = namespace {
+        response.headers_mut().insert(OCI_NAMESPACE, ns);
+    }
+    response
+}
+
+/// [`dispatch`] once the route names the repository it serves.
+async fn dispatch_route(
+    state: &AppState,
+    route: routes::Route<'_>,
+    parts: &Parts,
+    body: axum::body::Body,
+) -> Response {
     let mirror = state
         .mirror
         .as_ref()
         .zip(route.name.as_ref())
         .and_then(|(mirror, name)| Some((mirror, name, mirror.upstream_of(name)?)));
-    // Pushes into a mirrored prefix are refused before anything else: the
-    // names there are the upstream's.
-    if let Some((_, name, upstream)) = mirror {
+    // Names a mirror's allow and deny lists refuse, and pushes into a
+    // mirrored prefix, are refused before anything else: the names there
+    // are the upstream's.
+    if let Some((mirror, name, upstream)) = mirror {
+        if let Some(refused) = mirror.refuses(name) {
+            return ApiError::from(refused).into_response();
+        }
         if route.writes() {
             return ApiError::from(RegistryError::with_detail(
                 ErrorCode::Denied,
@@ -172,7 +206,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let caller = match &state.access {
         None => Caller::Everyone,
         Some(access) => match access
-            .authorize(&route.need(), route.starts_upload(), &parts)
+            .authorize(&route.need(), route.starts_upload(), parts)
             .await
         {
             Ok(caller) => caller,
@@ -183,13 +217,13 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     // for a tag, when due for a check), then served as any other.
     let mut warning = None;
     if let Some((mirror, name, _)) = mirror {
-        match mirrors::prepare(mirror, &state.registry, &route, name, &parts).await {
+        match mirrors::prepare(mirror, &state.registry, &route, name, parts).await {
             mirrors::Prepared::Serve(w) => warning = w,
             mirrors::Prepared::Answer(response) => return response,
         }
     }
     let mut response = route
-        .call(&state.registry, &caller, &parts, body)
+        .call(&state.registry, &caller, parts, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     if let Some(warning) = warning {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::Secret;
-use crate::oci::RepositoryName;
+use crate::oci::{RepositoryName, RepositoryPattern};
 
 /// One `[[proxy]]` entry: local names under `prefix` are the upstream's
 /// names (`hub/library/alpine` is `library/alpine` at `upstream`).
@@ -19,6 +19,26 @@ pub struct ProxyConfig {
     /// The upstream registry's base URL (`https://registry-1.docker.io`);
     /// a path is kept (its API is then at `<path>/v2/`).
     pub upstream: String,
+    /// Registries (hosts, with a port where they have one) whose names this
+    /// entry also serves when a request says so with `?ns=` (what
+    /// containerd sends to a mirror): `GET /v2/library/alpine/...?ns=docker.io`
+    /// is `<prefix>/library/alpine`. `docker.io`, `index.docker.io` and
+    /// `registry-1.docker.io` name one registry.
+    #[serde(default)]
+    pub ns: Vec<String>,
+    /// Hosts (with a port where clients send one) whose requests are all for
+    /// this entry: `GET /v2/library/alpine/...` sent to such a host is
+    /// `<prefix>/library/alpine`. This is how dockerd's `registry-mirrors`
+    /// (Docker Hub only, plain names, no path) reach a mirror: give the
+    /// mirror a DNS name of its own and list it here.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Upstream names that may be pulled through (`library/*`); empty: all.
+    #[serde(default)]
+    pub allow: Vec<RepositoryPattern>,
+    /// Upstream names that may not, whatever `allow` says.
+    #[serde(default)]
+    pub deny: Vec<RepositoryPattern>,
     /// How long a tag's digest is trusted before the upstream is asked again
     /// (with a `HEAD`, which Docker Hub does not count as a pull); 0: on
     /// every pull of the tag.
@@ -57,6 +77,29 @@ fn default_revalidate_timeout() -> Duration {
 }
 
 impl ProxyConfig {
+    /// An entry with the defaults: anonymous, no `ns`.
+    pub fn new(prefix: &str, upstream: &str) -> ProxyConfig {
+        ProxyConfig {
+            prefix: prefix.to_owned(),
+            upstream: upstream.to_owned(),
+            ns: Vec::new(),
+            hosts: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            tag_ttl: default_tag_ttl(),
+            revalidate_timeout: default_revalidate_timeout(),
+            username: None,
+            password: None,
+            password_file: None,
+            docker_config: None,
+        }
+    }
+
+    /// The registries `ns` names, each as [`registry_key`] gives it.
+    pub(super) fn namespaces(&self) -> Vec<String> {
+        self.ns.iter().map(|ns| registry_key(ns)).collect()
+    }
+
     /// Checks every entry and that no two claim the same names.
     pub fn validate_all(entries: &[ProxyConfig]) -> Result<(), String> {
         for (i, entry) in entries.iter().enumerate() {
@@ -67,6 +110,19 @@ impl ProxyConfig {
                 if nests(&entry.prefix, &other.prefix) || nests(&other.prefix, &entry.prefix) {
                     return Err(format!(
                         "[[proxy]] prefixes {:?} and {:?} overlap: one name, one entry",
+                        other.prefix, entry.prefix
+                    ));
+                }
+                if let Some(host) = entry.hosts.iter().find(|h| other.hosts.contains(h)) {
+                    return Err(format!(
+                        "[[proxy]] {:?} and {:?} both list host {host:?}: one host, one entry",
+                        other.prefix, entry.prefix
+                    ));
+                }
+                let theirs = other.namespaces();
+                if let Some(ns) = entry.namespaces().iter().find(|ns| theirs.contains(ns)) {
+                    return Err(format!(
+                        "[[proxy]] {:?} and {:?} both list ns {ns:?}: one registry, one entry",
                         other.prefix, entry.prefix
                     ));
                 }
@@ -83,6 +139,16 @@ impl ProxyConfig {
             );
         }
         upstream_base(&self.upstream)?;
+        if let Some(ns) = self.ns.iter().find(|ns| !is_registry_host(ns)) {
+            return Err(format!(
+                "ns {ns:?} is not a registry's host (lowercase letters, digits, dots and dashes, then :port if any)"
+            ));
+        }
+        if let Some(host) = self.hosts.iter().find(|h| !is_registry_host(h)) {
+            return Err(format!(
+                "host {host:?} is not a host name (lowercase letters, digits, dots and dashes, then :port if any)"
+            ));
+        }
         if self.docker_config.is_some()
             && (self.username.is_some() || self.password.is_some() || self.password_file.is_some())
         {
@@ -170,6 +236,45 @@ pub(super) fn docker_config_credentials(
     Ok((username.to_owned(), Secret::new(password)))
 }
 
+/// Whether `host` names a registry as `?ns=` does: a DNS name or an IPv4
+/// address, lowercase, and a port if any.
+fn is_registry_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// Whether an upstream base URL is Docker Hub's.
+pub(super) fn is_docker_hub(base: &str) -> bool {
+    reqwest::Url::parse(base).is_ok_and(|url| {
+        url.host_str()
+            .is_some_and(|host| registry_key(host) == "docker.io")
+    })
+}
+
+/// One spelling per registry: Docker Hub's three names are `docker.io`.
+pub(super) fn registry_key(host: &str) -> String {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// Whether names under `inner` are also under `outer` (`hub/x` in `hub`).
 fn nests(inner: &str, outer: &str) -> bool {
     inner == outer
@@ -207,16 +312,39 @@ mod tests {
     use super::*;
 
     fn entry(prefix: &str, upstream: &str) -> ProxyConfig {
-        ProxyConfig {
-            prefix: prefix.into(),
-            upstream: upstream.into(),
-            tag_ttl: default_tag_ttl(),
-            revalidate_timeout: default_revalidate_timeout(),
-            username: None,
-            password: None,
-            password_file: None,
-            docker_config: None,
+        ProxyConfig::new(prefix, upstream)
+    }
+
+    #[test]
+    fn ns_values_are_registry_hosts_each_listed_by_one_entry() {
+        let mut hub = entry("hub", "https://registry-1.docker.io");
+        hub.ns = vec!["docker.io".into()];
+        let mut local = entry("local", "http://127.0.0.1:5001");
+        local.ns = vec!["localhost:5001".into(), "127.0.0.1:5001".into()];
+        assert_eq!(ProxyConfig::validate_all(&[hub.clone(), local]), Ok(()));
+        for bad in [
+            "",
+            "Docker.io",
+            "docker.io/library",
+            "a..b",
+            "-a.io",
+            "x:",
+            "x:port",
+            "x:123456",
+        ] {
+            let mut wrong = hub.clone();
+            wrong.ns = vec![bad.into()];
+            let error = ProxyConfig::validate_all(&[wrong]).unwrap_err();
+            assert!(
+                error.contains("is not a registry's host"),
+                "{bad:?}: {error}"
+            );
         }
+        // Docker Hub's names are one registry.
+        let mut other = entry("dockerhub", "https://mirror.gcr.io");
+        other.ns = vec!["registry-1.docker.io".into()];
+        let error = ProxyConfig::validate_all(&[hub, other]).unwrap_err();
+        assert!(error.contains("both list ns"), "{error}");
     }
 
     #[test]

@@ -39,6 +39,16 @@ const MAX_TAG_CHECKS: usize = 100_000;
 
 struct Entry {
     prefix: String,
+    /// The registries whose `?ns=` requests this entry serves, each as
+    /// `config::registry_key` spells it.
+    namespaces: Vec<String>,
+    /// Hosts whose every request is for this entry (dockerd).
+    hosts: Vec<String>,
+    allow: Vec<crate::oci::RepositoryPattern>,
+    deny: Vec<crate::oci::RepositoryPattern>,
+    /// The upstream is Docker Hub, whose one-component names are
+    /// `library/<name>`.
+    docker_hub: bool,
     /// The upstream's base URL, no trailing `/`.
     base: String,
     tag_ttl: Duration,
@@ -96,6 +106,16 @@ pub struct Mirror {
     blob_fetches: Mutex<HashMap<String, Arc<BlobFetch>>>,
     /// Where fetched blobs are spooled (`<data_dir>/mirror/spool`).
     spool_dir: std::path::PathBuf,
+}
+
+/// Where a request with `?ns=` goes ([`Mirror::namespace`]).
+pub enum Namespace {
+    /// To the name as it is.
+    AsIs,
+    /// To this local name, under the entry mirroring that registry.
+    Mirrored(RepositoryName),
+    /// Nowhere: the answer.
+    Refused(RegistryError),
 }
 
 /// What a request for a mirrored blob gets.
@@ -229,9 +249,15 @@ impl Mirror {
                     }
                     (None, None) => None,
                 };
+                let base = config::upstream_base(&e.upstream)?;
                 Ok(Entry {
+                    docker_hub: config::is_docker_hub(&base),
                     prefix: e.prefix.clone(),
-                    base: config::upstream_base(&e.upstream)?,
+                    namespaces: e.namespaces(),
+                    hosts: e.hosts.clone(),
+                    allow: e.allow.clone(),
+                    deny: e.deny.clone(),
+                    base,
                     tag_ttl: e.tag_ttl,
                     revalidate_timeout: e.revalidate_timeout,
                     access: upstream::Access::new(credentials),
@@ -262,6 +288,101 @@ impl Mirror {
                 scope: format!("repository:{rest}:pull"),
             })
         })
+    }
+
+    /// The local repository a request for `name` sent to `authority` (its
+    /// validated `Host`) names, when an entry lists that host: the whole
+    /// name is the upstream's, under the entry's prefix. A host listed
+    /// without a port matches on any port.
+    pub fn by_host(
+        &self,
+        authority: &str,
+        name: &RepositoryName,
+    ) -> Option<Outcome<RepositoryName>> {
+        let authority = authority.to_ascii_lowercase();
+        let host = match authority.rsplit_once(':') {
+            Some((host, port))
+                if !host.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                host
+            }
+            _ => authority.as_str(),
+        };
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.hosts.iter().any(|h| *h == authority || *h == host))?;
+        Some(
+            RepositoryName::parse(&format!("{}/{name}", entry.prefix)).ok_or_else(|| {
+                RegistryError::with_detail(
+                    ErrorCode::NameInvalid,
+                    format!("{name} under {} is not a valid name here", entry.prefix),
+                )
+                .into()
+            }),
+        )
+    }
+
+    /// Which local repository a request for `name` with `?ns=<ns>` names
+    /// (docs/design/mirror.md §3): a name under an entry's prefix is that
+    /// name (the path is explicit, and `ns` is ignored); else the entry
+    /// that lists `ns` serves it under its prefix. A registry no entry
+    /// mirrors is refused rather than answered from a local repository of
+    /// the same name, which is not the image the client asked for (a
+    /// containerd client then goes to its next host).
+    pub fn namespace(&self, ns: &str, name: &RepositoryName) -> Namespace {
+        if self.map(name).is_some() {
+            return Namespace::AsIs;
+        }
+        let key = config::registry_key(ns);
+        match self.entries.iter().find(|e| e.namespaces.contains(&key)) {
+            Some(entry) => match RepositoryName::parse(&format!("{}/{name}", entry.prefix)) {
+                Some(local) => Namespace::Mirrored(local),
+                None => Namespace::Refused(RegistryError::with_detail(
+                    ErrorCode::NameInvalid,
+                    format!("{name} under {} is not a valid name here", entry.prefix),
+                )),
+            },
+            None => Namespace::Refused(RegistryError::with_detail(
+                ErrorCode::NameUnknown,
+                format!("this registry does not mirror {ns}"),
+            )),
+        }
+    }
+
+    /// The name a mirrored `name` is cached under when it is not that
+    /// name: on a Docker Hub entry a one-component upstream name is
+    /// `library/<name>` (as docker spells `alpine`), so `hub/alpine` is
+    /// `hub/library/alpine` and one image is cached once.
+    pub fn canonical(&self, name: &RepositoryName) -> Option<RepositoryName> {
+        let mapped = self.map(name)?;
+        if !mapped.entry.docker_hub || mapped.upstream_name.contains('/') {
+            return None;
+        }
+        RepositoryName::parse(&format!(
+            "{}/library/{}",
+            mapped.entry.prefix, mapped.upstream_name
+        ))
+    }
+
+    /// Why a mirrored name may not be used at all, when its entry's `allow`
+    /// and `deny` lists refuse its upstream name (403 `DENIED`, whether a
+    /// copy is cached or not).
+    pub fn refuses(&self, name: &RepositoryName) -> Option<RegistryError> {
+        let mapped = self.map(name)?;
+        let upstream = RepositoryName::parse(mapped.upstream_name)?;
+        let entry = mapped.entry;
+        let allowed = entry.allow.is_empty() || entry.allow.iter().any(|p| p.matches(&upstream));
+        if allowed && !entry.deny.iter().any(|p| p.matches(&upstream)) {
+            return None;
+        }
+        Some(RegistryError::with_detail(
+            ErrorCode::Denied,
+            format!(
+                "{upstream} is not mirrored from {} here ([[proxy]] {:?} allow and deny)",
+                entry.base, entry.prefix
+            ),
+        ))
     }
 
     /// The upstream a local name is mirrored from, when it is.
@@ -852,5 +973,33 @@ fn reference_text(reference: &Reference) -> String {
     match reference {
         Reference::Tag(tag) => tag.as_str().to_owned(),
         Reference::Digest(digest) => digest.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_component_names_of_a_docker_hub_entry_are_library_names() {
+        let spool = tempfile::tempdir().unwrap();
+        let entries = [
+            ProxyConfig::new("hub", "https://registry-1.docker.io"),
+            ProxyConfig::new("ghcr", "https://ghcr.io"),
+        ];
+        let mirror = Mirror::new(&entries, spool.path()).unwrap().unwrap();
+        let canonical = |name: &str| {
+            mirror
+                .canonical(&RepositoryName::parse(name).unwrap())
+                .map(|n| n.to_string())
+        };
+        assert_eq!(
+            canonical("hub/alpine").as_deref(),
+            Some("hub/library/alpine")
+        );
+        assert_eq!(canonical("hub/library/alpine"), None);
+        assert_eq!(canonical("hub/bitnami/redis"), None);
+        assert_eq!(canonical("ghcr/alpine"), None, "not Docker Hub");
+        assert_eq!(canonical("alpine"), None, "not mirrored");
     }
 }

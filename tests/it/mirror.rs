@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use berth::mirror::ProxyConfig;
-use berth::oci::{RepositoryName, Tag};
+use berth::oci::{RepositoryName, RepositoryPattern, Tag};
 use berth::storage::layout;
 use reqwest::StatusCode;
 
@@ -21,7 +21,8 @@ struct Mirrored {
 }
 
 /// An upstream registry, the logging proxy in front of it, and one mirror
-/// server whose entry `hub` mirrors the upstream through the proxy. One
+/// server whose entry `hub` mirrors the upstream through the proxy (and
+/// serves `?ns=upstream.example`). One
 /// server, on either backend: the counts are of one process's fetches.
 async fn mirrored(tag_ttl: Duration) -> Mirrored {
     // One upstream server: with two replicas on S3, one could answer from
@@ -31,14 +32,10 @@ async fn mirrored(tag_ttl: Duration) -> Mirrored {
     let endpoint = proxy.endpoint();
     let mirror = TestRegistry::start_one_with(|config| {
         config.proxy = vec![ProxyConfig {
-            prefix: "hub".into(),
-            upstream: endpoint,
             tag_ttl,
             revalidate_timeout: Duration::from_millis(300),
-            username: None,
-            password: None,
-            password_file: None,
-            docker_config: None,
+            ns: vec!["upstream.example".into()],
+            ..ProxyConfig::new("hub", &endpoint)
         }];
     })
     .await;
@@ -218,6 +215,18 @@ async fn stored(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
     (content.is_some(), link.is_some())
 }
 
+/// [`stored`], once the blob and its link are there or after 5 s: a blob
+/// is committed just after its last byte reached the clients.
+async fn committed(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
+    for _ in 0..100 {
+        if stored(m, name, digest).await == (true, true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stored(m, name, digest).await
+}
+
 /// What a fetch into `name` left behind: files in the mirror's spool
 /// directory and uploads in `name`, once there are none or after 5 s.
 async fn leftovers(m: &Mirrored, name: &str) -> Vec<String> {
@@ -272,13 +281,10 @@ async fn sixteen_concurrent_pulls_of_a_missing_blob_stream_from_one_upstream_fet
     }
     assert_eq!(m.asked("GET", &digest), 1, "{:#?}", m.proxy.requests());
     // Committed once checked, and from then on served locally.
-    for _ in 0..100 {
-        if stored(&m, "hub/library/big", &digest).await == (true, true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stored(&m, "hub/library/big", &digest).await, (true, true));
+    assert_eq!(
+        committed(&m, "hub/library/big", &digest).await,
+        (true, true)
+    );
     let resp = m.ok(&path).await;
     assert!(resp.bytes().await.unwrap() == layer);
     assert_eq!(m.asked("GET", &digest), 1);
@@ -347,6 +353,136 @@ async fn a_ranged_get_of_a_missing_blob_gets_its_range_once_the_blob_is_fetched(
     assert_eq!(resp.bytes().await.unwrap(), layer[1000..2000]);
     assert_eq!(m.asked("GET", &digest), 1);
     assert_eq!(stored(&m, "hub/library/app", &digest).await, (true, true));
+}
+
+#[tokio::test]
+async fn a_request_with_ns_is_served_by_the_entry_mirroring_that_registry_and_an_unknown_one_is_404(
+) {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let image = push(&m.upstream, "library/app", "1.0", 50).await;
+    // A local repository of the same name holds another image.
+    let (_, local_digest) = m
+        .mirror
+        .push_image("library/app", "1.0", &random_bytes(1000, 51))
+        .await;
+
+    // containerd's request to a mirror: the name as the registry knows it,
+    // and `ns` naming the registry.
+    let resp = m
+        .ok("/v2/library/app/manifests/1.0?ns=upstream.example")
+        .await;
+    assert_eq!(header_str(&resp, "oci-namespace"), "upstream.example");
+    assert_eq!(digest_header(&resp), image.digest);
+    let layer = format!(
+        "/v2/library/app/blobs/{}?ns=upstream.example",
+        image.layer_digest
+    );
+    let resp = m.ok(&layer).await;
+    assert_eq!(header_str(&resp, "oci-namespace"), "upstream.example");
+    assert!(resp.bytes().await.unwrap() == image.layer);
+    // Cached under the entry's prefix, like a pull through the prefix.
+    assert_eq!(
+        committed(&m, "hub/library/app", &image.layer_digest).await,
+        (true, true)
+    );
+    let resp = m.ok("/v2/hub/library/app/manifests/1.0").await;
+    assert_eq!(digest_header(&resp), image.digest);
+
+    // Without `ns`: the local repository, untouched.
+    let resp = m.ok("/v2/library/app/manifests/1.0").await;
+    assert_eq!(digest_header(&resp), local_digest);
+    assert!(resp.headers().get("oci-namespace").is_none());
+
+    // A registry no entry mirrors: 404, not the local image, and nothing
+    // asked upstream.
+    m.proxy.clear();
+    let resp = expect_status(
+        m.get("/v2/library/app/manifests/1.0?ns=quay.io").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+    // A name under the prefix is explicit: `ns` is ignored.
+    let resp = m.ok("/v2/hub/library/app/manifests/1.0?ns=quay.io").await;
+    assert_eq!(digest_header(&resp), image.digest);
+    assert!(resp.headers().get("oci-namespace").is_none());
+    assert_eq!(m.proxy.requests().len(), 0, "{:#?}", m.proxy.requests());
+}
+
+#[tokio::test]
+async fn a_request_sent_to_a_host_an_entry_lists_names_the_upstreams_repositories() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let (_proxy, mirror) = mirror_of(&upstream, |entry| {
+        entry.hosts = vec!["hub-mirror.test".into()];
+    })
+    .await;
+    let image = push(&upstream, "library/app", "1", 70).await;
+    let (_, local_digest) = mirror
+        .push_image("library/app", "1", &random_bytes(1000, 71))
+        .await;
+    // dockerd's `registry-mirrors` request: the plain name, sent to the
+    // mirror's own name.
+    let via_host = |path: String| {
+        mirror
+            .client
+            .get(mirror.url(&path))
+            .header("host", format!("hub-mirror.test:{}", mirror.addr.port()))
+            .send()
+    };
+    let resp = expect_status(
+        via_host("/v2/library/app/manifests/1".into())
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), image.digest);
+    let resp = expect_status(
+        via_host(format!("/v2/library/app/blobs/{}", image.layer_digest))
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(resp.bytes().await.unwrap() == image.layer);
+    // Sent to any other name, the same path is the local repository.
+    let resp = expect_status(
+        get(&mirror, "/v2/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), local_digest);
+}
+
+#[tokio::test]
+async fn allow_and_deny_lists_pick_the_upstream_names_that_may_be_pulled_through() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let (proxy, mirror) = mirror_of(&upstream, |entry| {
+        entry.allow = vec![RepositoryPattern::parse("library/*").unwrap()];
+        entry.deny = vec![RepositoryPattern::parse("library/evil*").unwrap()];
+        entry.ns = vec!["upstream.example".into()];
+    })
+    .await;
+    let good = push(&upstream, "library/app", "1", 60).await;
+    push(&upstream, "library/evil-app", "1", 61).await;
+    push(&upstream, "team/app", "1", 62).await;
+    let resp = expect_status(
+        get(&mirror, "/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), good.digest);
+    proxy.clear();
+    for path in [
+        "/v2/hub/library/evil-app/manifests/1",
+        "/v2/hub/team/app/manifests/1",
+        "/v2/library/evil-app/manifests/1?ns=upstream.example",
+        &format!("/v2/hub/team/app/blobs/{}", good.layer_digest),
+    ] {
+        let resp = expect_status(get(&mirror, path).await, StatusCode::FORBIDDEN).await;
+        assert_eq!(error_code(resp).await, "DENIED", "{path}");
+    }
+    assert_eq!(proxy.requests().len(), 0, "{:#?}", proxy.requests());
 }
 
 #[tokio::test]
@@ -534,14 +670,8 @@ async fn mirror_of(
 ) -> (FaultProxy, TestRegistry) {
     let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
     let mut entry = ProxyConfig {
-        prefix: "hub".into(),
-        upstream: proxy.endpoint(),
         tag_ttl: Duration::from_secs(3600),
-        revalidate_timeout: Duration::from_secs(2),
-        username: None,
-        password: None,
-        password_file: None,
-        docker_config: None,
+        ..ProxyConfig::new("hub", &proxy.endpoint())
     };
     adjust(&mut entry);
     let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
@@ -716,14 +846,8 @@ async fn a_caller_access_control_refuses_causes_no_upstream_request() {
     let mirror = TestRegistry::start_with_auth_and(
         |config| {
             config.proxy = vec![ProxyConfig {
-                prefix: "hub".into(),
-                upstream: endpoint,
                 tag_ttl: Duration::ZERO,
-                revalidate_timeout: Duration::from_secs(2),
-                username: None,
-                password: None,
-                password_file: None,
-                docker_config: None,
+                ..ProxyConfig::new("hub", &endpoint)
             }];
         },
         &[("nodes", "nodes-pw")],
