@@ -4,8 +4,13 @@
 # through the release binary's `hub` prefix (a `[[proxy]]` entry). Checks:
 # the image arrives byte for byte with the upstream's digests; a second pull
 # sends no blob request to the upstream (its access log); Berth's store then
-# holds the image; a push under the prefix is refused; with the upstream
-# stopped, the cached image is still pulled.
+# holds the image; a push under the prefix is refused; containerd (ctr, a
+# private daemon) pulls docker.io/library/... through a hosts.toml mirror,
+# which sends `?ns=docker.io`, and Berth caches it under the entry that lists
+# that registry; dockerd with Berth in `registry-mirrors` (as
+# http://localhost:<port>, a name the entry's `hosts` lists) pulls a Docker
+# Hub name through it; with the upstream stopped, the cached image is still
+# pulled.
 #
 #   tests/e2e/mirror.sh      (after tests/e2e/install-clients.sh and a release build)
 set -euo pipefail
@@ -13,18 +18,22 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BERTH_BIN="${BERTH_BIN:-$ROOT/target/release/berth}"
 REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
-for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)"; do
+for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)" \
+  "$(command -v containerd || echo containerd)" "$(command -v ctr || echo ctr)" \
+  "$(command -v dockerd || echo dockerd)" "$(command -v docker || echo docker)"; do
   [ -x "$bin" ] || { echo "mirror.sh: $bin missing (build, then tests/e2e/install-clients.sh)" >&2; exit 1; }
 done
 
 WORK="$(mktemp -d /tmp/berth-mirror.XXXXXX)"
 DIST_PID=""
 BERTH_PID=""
+CTRD_PID=""
+DOCKERD_PID=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   set +e
-  for pid in "$BERTH_PID" "$DIST_PID"; do
+  for pid in "$DOCKERD_PID" "$CTRD_PID" "$BERTH_PID" "$DIST_PID"; do
     [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
   if [ "$rc" != 0 ]; then
@@ -114,6 +123,8 @@ cat >"$WORK/berth.toml" <<TOML
 [[proxy]]
 prefix = "hub"
 upstream = "http://127.0.0.1:$DPORT"
+ns = ["docker.io"]
+hosts = ["localhost"]
 tag_ttl = "0s"
 TOML
 "$BERTH_BIN" serve --listen "127.0.0.1:$BPORT" --data-dir "$WORK/berth-data" \
@@ -152,6 +163,80 @@ if sk copy -q --dest-tls-verify=false "oci:$WORK/oci:1" "docker://127.0.0.1:$BPO
 fi
 grep -q -i "denied" "$WORK/push.err" || die "the refused push did not say DENIED: $(cat "$WORK/push.err")"
 echo "ok: a push under hub/ is refused (DENIED)"
+
+# containerd as a Kubernetes node runs it: docker.io images, with Berth as
+# the mirror in docker.io's hosts.toml. It asks Berth for
+# /v2/library/other/manifests/1?ns=docker.io (an image nobody pulled yet).
+sk copy -q --dest-tls-verify=false --preserve-digests "oci:$WORK/oci:1" "docker://127.0.0.1:$DPORT/library/other:1"
+CTRD="$WORK/ctrd"
+mkdir -p "$CTRD" "$WORK/certs.d/docker.io"
+cat >"$CTRD/config.toml" <<TOML
+version = 2
+root = "$CTRD/root"
+state = "$CTRD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "$CTRD/containerd.sock"
+[ttrpc]
+  address = "$CTRD/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+TOML
+containerd --config "$CTRD/config.toml" >"$WORK/containerd.log" 2>&1 &
+CTRD_PID=$!
+for ((i = 0; i < 300; i++)); do
+  [ -S "$CTRD/containerd.sock" ] && break
+  kill -0 "$CTRD_PID" 2>/dev/null || die "containerd exited: $(tail -n 5 "$WORK/containerd.log")"
+  sleep 0.1
+done
+[ -S "$CTRD/containerd.sock" ] || die "containerd's socket did not appear"
+cat >"$WORK/certs.d/docker.io/hosts.toml" <<TOML
+server = "https://registry-1.docker.io"
+
+[host."http://127.0.0.1:$BPORT"]
+  capabilities = ["pull", "resolve"]
+TOML
+ctr -a "$CTRD/containerd.sock" -n mirror-e2e images pull --hosts-dir "$WORK/certs.d" \
+  --snapshotter native docker.io/library/other:1 >"$WORK/ctr-pull.log" 2>&1 ||
+  die "ctr pull through the mirror failed: $(tail -n 5 "$WORK/ctr-pull.log")"
+got="$(ctr -a "$CTRD/containerd.sock" -n mirror-e2e images ls | awk '$1 == "docker.io/library/other:1" { print $3 }')"
+[ "$got" = "$upstream_digest" ] || die "ctr pulled $got through the mirror, upstream has $upstream_digest"
+link="$WORK/berth-data/docker/registry/v2/repositories/hub/library/other/_manifests/tags/1/current/link"
+[ "$(cat "$link" 2>/dev/null)" = "$upstream_digest" ] ||
+  die "Berth did not cache docker.io/library/other:1 under hub/library/other"
+echo "ok: ctr pulled docker.io/library/other:1 through a hosts.toml mirror (?ns=docker.io), cached as hub/library/other"
+
+# dockerd mirrors Docker Hub only and sends plain names to the mirror's
+# host: `docker pull library/third:1` asks http://localhost:<port>/v2/library/third/...
+sk copy -q --dest-tls-verify=false --preserve-digests "oci:$WORK/oci:1" "docker://127.0.0.1:$DPORT/library/third:1"
+mkdir -p "$WORK/docker"
+cat >"$WORK/docker/daemon.json" <<JSON
+{"registry-mirrors": ["http://localhost:$BPORT"], "deprecated-key-path": "$WORK/docker/key.json"}
+JSON
+dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
+  --userland-proxy=false --ip-masq=false --config-file "$WORK/docker/daemon.json" \
+  --containerd "$CTRD/containerd.sock" --data-root "$WORK/docker/data" \
+  --exec-root "$WORK/docker/exec" --pidfile "$WORK/docker/docker.pid" \
+  --host "unix://$WORK/docker/docker.sock" >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+dk() { docker -H "unix://$WORK/docker/docker.sock" "$@"; }
+for ((i = 0; i < 300; i++)); do
+  dk version >/dev/null 2>&1 && break
+  kill -0 "$DOCKERD_PID" 2>/dev/null || die "dockerd exited: $(tail -n 5 "$WORK/dockerd.log")"
+  sleep 0.2
+done
+dk version >/dev/null 2>&1 || die "dockerd did not answer"
+dk pull -q library/third:1 >"$WORK/docker-pull.log" 2>&1 ||
+  die "docker pull through the mirror failed: $(tail -n 5 "$WORK/docker-pull.log")"
+got="$(dk image inspect --format '{{index .RepoDigests 0}}' library/third:1)"
+[ "$got" = "third@$upstream_digest" ] || die "docker pulled $got through the mirror, upstream has $upstream_digest"
+link="$WORK/berth-data/docker/registry/v2/repositories/hub/library/third/_manifests/tags/1/current/link"
+[ "$(cat "$link" 2>/dev/null)" = "$upstream_digest" ] ||
+  die "Berth did not cache library/third:1 under hub/library/third"
+echo "ok: dockerd pulled library/third:1 through registry-mirrors (the entry's hosts), cached as hub/library/third"
+kill -TERM "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null || true; DOCKERD_PID=""
 
 kill -TERM "$DIST_PID"; wait "$DIST_PID" 2>/dev/null || true; DIST_PID=""
 sk copy -q --src-tls-verify=false "docker://127.0.0.1:$BPORT/hub/library/demo:1" "oci:$WORK/out3:1"
