@@ -195,7 +195,7 @@ async fn dispatch_route(
         if let Some(refused) = mirror.refuses(name) {
             return ApiError::from(refused).into_response();
         }
-        if route.writes() {
+        if route.writes() && !mirror.takes_pushes(name) {
             return ApiError::from(RegistryError::with_detail(
                 ErrorCode::Denied,
                 format!("{name} is mirrored from {upstream}: pushes are refused"),

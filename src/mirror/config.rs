@@ -33,6 +33,11 @@ pub struct ProxyConfig {
     /// mirror a DNS name of its own and list it here.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Pushes into the prefix are taken (else refused, 403 `DENIED`). A
+    /// pushed tag shadows the upstream's: it is served as pushed and never
+    /// checked upstream until the mirror sets it again.
+    #[serde(default)]
+    pub allow_push: bool,
     /// Upstream names that may be pulled through (`library/*`); empty: all.
     #[serde(default)]
     pub allow: Vec<RepositoryPattern>,
@@ -84,6 +89,7 @@ impl ProxyConfig {
             upstream: upstream.to_owned(),
             ns: Vec::new(),
             hosts: Vec::new(),
+            allow_push: false,
             allow: Vec::new(),
             deny: Vec::new(),
             tag_ttl: default_tag_ttl(),

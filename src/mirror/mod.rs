@@ -44,6 +44,8 @@ struct Entry {
     namespaces: Vec<String>,
     /// Hosts whose every request is for this entry (dockerd).
     hosts: Vec<String>,
+    /// Pushes are taken; tags the mirror sets are recorded.
+    allow_push: bool,
     allow: Vec<crate::oci::RepositoryPattern>,
     deny: Vec<crate::oci::RepositoryPattern>,
     /// The upstream is Docker Hub, whose one-component names are
@@ -255,6 +257,7 @@ impl Mirror {
                     prefix: e.prefix.clone(),
                     namespaces: e.namespaces(),
                     hosts: e.hosts.clone(),
+                    allow_push: e.allow_push,
                     allow: e.allow.clone(),
                     deny: e.deny.clone(),
                     base,
@@ -385,6 +388,11 @@ impl Mirror {
         ))
     }
 
+    /// Whether pushes into a mirrored name are taken (`allow_push`).
+    pub fn takes_pushes(&self, name: &RepositoryName) -> bool {
+        self.map(name).is_some_and(|m| m.entry.allow_push)
+    }
+
     /// The upstream a local name is mirrored from, when it is.
     pub fn upstream_of(&self, name: &RepositoryName) -> Option<&str> {
         self.map(name).map(|m| m.entry.base.as_str())
@@ -450,9 +458,17 @@ impl Mirror {
                     .expect("lock")
                     .get(&check)
                     .is_some_and(|at| at.elapsed() < mapped.entry.tag_ttl);
-                let cached = registry.resolve(name, &reference).await.is_ok();
+                let local = registry.resolve(name, &reference).await.ok();
+                let cached = local.is_some();
                 if fresh && cached {
                     return Ok(None);
+                }
+                // Where pushes are taken, a tag the mirror did not set last
+                // was pushed here: it is served as it is.
+                if let (true, Some(local)) = (mapped.entry.allow_push, &local) {
+                    if registry.fetched_tag(name, tag).await?.as_ref() != Some(local) {
+                        return Ok(None);
+                    }
                 }
                 let key = format!("tag {check}");
                 let (mirror, registry, owned, tag) =
@@ -553,6 +569,12 @@ impl Mirror {
                 }
             }
             None => self.fetch_tag_without_digest(registry, name, tag).await?,
+        }
+        // Written after the tag: a crash between the two leaves a tag that
+        // looks pushed, served as the upstream last had it.
+        if mapped.entry.allow_push {
+            let set = registry.resolve(name, &reference).await?;
+            registry.record_fetched_tag(name, tag, &set).await?;
         }
         let mut checks = self.tag_checks.lock().expect("lock");
         if checks.len() >= MAX_TAG_CHECKS {

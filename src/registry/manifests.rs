@@ -93,6 +93,25 @@ impl Registry {
             .await
     }
 
+    /// Records that a mirror set `tag` to `digest` from its upstream, so
+    /// that a later push of the tag is told apart ([`Registry::fetched_tag`]).
+    pub async fn record_fetched_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<()> {
+        self.write_link(&layout::mirror_tag_record(name, tag), digest)
+            .await
+            .map(|_| ())
+    }
+
+    /// The digest a mirror last set `tag` to ([`Registry::record_fetched_tag`]).
+    pub async fn fetched_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
+        self.read_link_uncached(&layout::mirror_tag_record(name, tag))
+            .await
+    }
+
     async fn store_manifest(
         &self,
         name: &RepositoryName,

@@ -19,6 +19,8 @@
 //!   _berth/history/<tag>/<nanos>-<alg>-<hex>          Berth: the tag was pointed at that digest at that
 //!                                                     time (nanoseconds since the Unix epoch, 20 digits)
 //!   _berth/history/<tag>/<nanos>-deleted              Berth: the tag was deleted at that time
+//!   _berth/mirror/tags/<tag>                          Berth: the digest a pull-through mirror set the tag to
+//!                                                     (a `[[proxy]]` entry with `allow_push`)
 //! _berth/trash/<uuid>/<key>                           Berth: an object garbage collection is removing
 //!                                                     (put back at <key> if a crash leaves it here)
 //! _berth/quarantine/<alg>/<hex>                       Berth: a blob whose content did not match its digest
@@ -213,6 +215,13 @@ pub fn repository_berth_dir(name: &RepositoryName) -> String {
 /// The directory of every tag with a Berth history in `name`, one child per tag.
 pub fn tag_histories(name: &RepositoryName) -> String {
     format!("{}/history", repository_berth_dir(name))
+}
+
+/// The digest a pull-through mirror last set `tag` to from its upstream (in
+/// a prefix that also takes pushes): a tag whose link says otherwise was
+/// pushed here.
+pub fn mirror_tag_record(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{}/mirror/tags/{tag}", repository_berth_dir(name))
 }
 
 pub fn tag_history_dir(name: &RepositoryName, tag: &Tag) -> String {

@@ -455,6 +455,54 @@ async fn a_request_sent_to_a_host_an_entry_lists_names_the_upstreams_repositorie
 }
 
 #[tokio::test]
+async fn with_allow_push_pushes_land_beside_mirrored_images_and_a_pushed_tag_shadows_the_upstream()
+{
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let (proxy, mirror) = mirror_of(&upstream, |entry| {
+        entry.allow_push = true;
+        // Every pull of a mirrored tag asks the upstream.
+        entry.tag_ttl = Duration::ZERO;
+    })
+    .await;
+    let fetched = push(&upstream, "library/app", "1", 80).await;
+    let resp = expect_status(
+        get(&mirror, "/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), fetched.digest);
+
+    // Pushed here over the mirrored tag, and a tag only pushed here.
+    let (_, pushed) = mirror
+        .push_image("hub/library/app", "1", &random_bytes(1000, 81))
+        .await;
+    let (_, own) = mirror
+        .push_image("hub/library/app", "own", &random_bytes(1000, 82))
+        .await;
+    proxy.clear();
+    for _ in 0..2 {
+        let resp = get(&mirror, "/v2/hub/library/app/manifests/1").await;
+        assert_eq!(digest_header(&resp), pushed, "the pushed tag is served");
+        let resp = get(&mirror, "/v2/hub/library/app/manifests/own").await;
+        assert_eq!(digest_header(&resp), own);
+    }
+    assert_eq!(proxy.requests().len(), 0, "{:#?}", proxy.requests());
+
+    // A tag the mirror set is still checked upstream on every pull.
+    let second = push(&upstream, "library/app", "2", 83).await;
+    for _ in 0..2 {
+        let resp = get(&mirror, "/v2/hub/library/app/manifests/2").await;
+        assert_eq!(digest_header(&resp), second.digest);
+    }
+    let heads = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == reqwest::Method::HEAD && r.path.ends_with("/manifests/2"))
+        .count();
+    assert_eq!(heads, 2, "{:#?}", proxy.requests());
+}
+
+#[tokio::test]
 async fn allow_and_deny_lists_pick_the_upstream_names_that_may_be_pulled_through() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
     let (proxy, mirror) = mirror_of(&upstream, |entry| {
