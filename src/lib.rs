@@ -113,12 +113,19 @@ pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
         content_bytes: config.cache_bytes,
         ttl: std::time::Duration::from_millis(config.cache_ttl_ms),
     };
-    Ok(Arc::new(Registry::new(
-        storage,
-        limits,
-        &cache,
-        config.lifecycle.clone(),
-    )))
+    let mut lifecycle = config.lifecycle.clone();
+    // Mirrored prefixes whose unused images go: the lifecycle's as data.
+    lifecycle.mirror_eviction = config
+        .proxy
+        .iter()
+        .filter_map(|entry| {
+            Some(registry::MirrorEviction {
+                prefix: oci::RepositoryName::parse(&entry.prefix)?,
+                unused_for: entry.unused_for?,
+            })
+        })
+        .collect();
+    Ok(Arc::new(Registry::new(storage, limits, &cache, lifecycle)))
 }
 
 /// Access control from the `[auth]` table; `None` when there is none (auth

@@ -38,6 +38,12 @@ pub struct ProxyConfig {
     /// checked upstream until the mirror sets it again.
     #[serde(default)]
     pub allow_push: bool,
+    /// Cached images nobody pulled for this long are evicted by the
+    /// lifecycle (`gc_interval` or `berth gc`): their tags and revision
+    /// links go, then garbage collection reclaims their blobs after its
+    /// grace period; the next pull fetches them again. Absent: kept.
+    #[serde(default, with = "humantime_serde")]
+    pub unused_for: Option<Duration>,
     /// Upstream names that may be pulled through (`library/*`); empty: all.
     #[serde(default)]
     pub allow: Vec<RepositoryPattern>,
@@ -90,6 +96,7 @@ impl ProxyConfig {
             ns: Vec::new(),
             hosts: Vec::new(),
             allow_push: false,
+            unused_for: None,
             allow: Vec::new(),
             deny: Vec::new(),
             tag_ttl: default_tag_ttl(),

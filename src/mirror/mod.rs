@@ -46,6 +46,8 @@ struct Entry {
     hosts: Vec<String>,
     /// Pushes are taken; tags the mirror sets are recorded.
     allow_push: bool,
+    /// Cached images unused this long are evicted: pulls are recorded.
+    unused_for: Option<Duration>,
     allow: Vec<crate::oci::RepositoryPattern>,
     deny: Vec<crate::oci::RepositoryPattern>,
     /// The upstream is Docker Hub, whose one-component names are
@@ -104,6 +106,9 @@ pub struct Mirror {
     next_flight: std::sync::atomic::AtomicU64,
     /// When this process last had a tag's digest confirmed by its upstream.
     tag_checks: Mutex<HashMap<String, Instant>>,
+    /// When this process last recorded a pull of a manifest (`name@digest`),
+    /// for entries with `unused_for`.
+    pulls: Mutex<HashMap<String, Instant>>,
     /// Blob fetches in progress, by local name and digest.
     blob_fetches: Mutex<HashMap<String, Arc<BlobFetch>>>,
     /// Where fetched blobs are spooled (`<data_dir>/mirror/spool`).
@@ -258,6 +263,7 @@ impl Mirror {
                     namespaces: e.namespaces(),
                     hosts: e.hosts.clone(),
                     allow_push: e.allow_push,
+                    unused_for: e.unused_for,
                     allow: e.allow.clone(),
                     deny: e.deny.clone(),
                     base,
@@ -275,6 +281,7 @@ impl Mirror {
             next_flight: Default::default(),
             tag_checks: Mutex::default(),
             blob_fetches: Mutex::default(),
+            pulls: Mutex::default(),
             spool_dir: spool_dir.to_owned(),
         })))
     }
@@ -406,6 +413,51 @@ impl Mirror {
     /// `revalidate_timeout`, is served as cached, with a [`Warning`] (the
     /// check goes on and moves the tag for later pulls).
     pub async fn prepare_manifest(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        name: &RepositoryName,
+        reference: &str,
+    ) -> Outcome<Option<Warning>> {
+        let prepared = self.prepare_manifest_now(registry, name, reference).await?;
+        self.note_pull(registry, name, reference).await;
+        Ok(prepared)
+    }
+
+    /// Records a pull of the manifest `reference` names, for the eviction
+    /// of unused images: on entries with `unused_for`, at most once per a
+    /// tenth of it (at most an hour) per manifest in this process.
+    async fn note_pull(&self, registry: &Registry, name: &RepositoryName, reference: &str) {
+        let Some(unused_for) = self.map(name).and_then(|m| m.entry.unused_for) else {
+            return;
+        };
+        let reference = match reference.parse::<Digest>() {
+            Ok(digest) => Reference::Digest(digest),
+            Err(_) => match Reference::parse(reference) {
+                Some(reference) => reference,
+                None => return,
+            },
+        };
+        let Ok(digest) = registry.resolve(name, &reference).await else {
+            return;
+        };
+        let key = format!("{name}@{digest}");
+        let period = (unused_for / 10).min(Duration::from_secs(3600));
+        {
+            let mut pulls = self.pulls.lock().expect("lock");
+            if pulls.get(&key).is_some_and(|at| at.elapsed() < period) {
+                return;
+            }
+            if pulls.len() >= MAX_TAG_CHECKS {
+                pulls.clear();
+            }
+            pulls.insert(key, Instant::now());
+        }
+        if let Err(e) = registry.record_pull(name, &digest).await {
+            tracing::warn!(%name, %digest, error = %e, "recording a mirrored manifest's pull failed");
+        }
+    }
+
+    async fn prepare_manifest_now(
         self: &Arc<Self>,
         registry: &Arc<Registry>,
         name: &RepositoryName,

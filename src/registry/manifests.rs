@@ -622,18 +622,29 @@ impl Registry {
                 for tag in &pointing {
                     self.delete_tag(name, tag).await?;
                 }
-                self.forget_in_history(name, digest).await?;
-                if let Ok(manifest) = Manifest::parse(&stored.body, None) {
-                    if let Some(subject) = manifest.subject {
-                        let key = layout::referrer_link(name, &subject, digest);
-                        self.storage.delete(&key).await.map_err(storage_error)?;
-                    }
-                }
-                self.remove_link(&layout::revision_link(name, digest))
-                    .await?;
-                self.recheck_repository(name).await
+                self.remove_revision(name, digest, &stored.body).await
             }
         }
+    }
+
+    /// Removes a manifest's revision link, what links to it as a referrer
+    /// and the history entries naming it; `body` is its content.
+    pub(super) async fn remove_revision(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        body: &[u8],
+    ) -> Result<()> {
+        self.forget_in_history(name, digest).await?;
+        if let Ok(manifest) = Manifest::parse(body, None) {
+            if let Some(subject) = manifest.subject {
+                let key = layout::referrer_link(name, &subject, digest);
+                self.storage.delete(&key).await.map_err(storage_error)?;
+            }
+        }
+        self.remove_link(&layout::revision_link(name, digest))
+            .await?;
+        self.recheck_repository(name).await
     }
 
     /// Removes a tag; its history stays (with the deletion recorded) so it

@@ -24,8 +24,8 @@ pub use crate::storage::{spool, ByteStream, LocalFile, RequestBody};
 pub use blobs::Blob;
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
 pub use lifecycle::{
-    ExpiryReport, GcOptions, GcReport, LifecycleConfig, LifecycleReport, LifecycleTask, RemovedTag,
-    RetentionReport,
+    EvictionReport, ExpiryReport, GcOptions, GcReport, LifecycleConfig, LifecycleReport,
+    LifecycleTask, MirrorEviction, RemovedTag, RetentionReport,
 };
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};

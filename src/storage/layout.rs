@@ -19,6 +19,8 @@
 //!   _berth/history/<tag>/<nanos>-<alg>-<hex>          Berth: the tag was pointed at that digest at that
 //!                                                     time (nanoseconds since the Unix epoch, 20 digits)
 //!   _berth/history/<tag>/<nanos>-deleted              Berth: the tag was deleted at that time
+//!   _berth/mirror/manifests/<alg>-<hex>               Berth: when a pull-through mirror last fetched or served
+//!                                                     that manifest (milliseconds since the Unix epoch)
 //!   _berth/mirror/tags/<tag>                          Berth: the digest a pull-through mirror set the tag to
 //!                                                     (a `[[proxy]]` entry with `allow_push`)
 //! _berth/trash/<uuid>/<key>                           Berth: an object garbage collection is removing
@@ -215,6 +217,27 @@ pub fn repository_berth_dir(name: &RepositoryName) -> String {
 /// The directory of every tag with a Berth history in `name`, one child per tag.
 pub fn tag_histories(name: &RepositoryName) -> String {
     format!("{}/history", repository_berth_dir(name))
+}
+
+/// The directory of a repository's mirror pull records, one per manifest.
+pub fn mirror_pull_records(name: &RepositoryName) -> String {
+    format!("{}/mirror/manifests", repository_berth_dir(name))
+}
+
+/// When a pull-through mirror last fetched or served the manifest `digest`.
+pub fn mirror_pull_record(name: &RepositoryName, digest: &Digest) -> String {
+    format!(
+        "{}/{}-{}",
+        mirror_pull_records(name),
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
+}
+
+/// The digest a pull record's name (`<alg>-<hex>`) stands for.
+pub fn parse_mirror_pull_record(entry: &str) -> Option<Digest> {
+    let (algorithm, hex) = entry.split_once('-')?;
+    format!("{algorithm}:{hex}").parse().ok()
 }
 
 /// The digest a pull-through mirror last set `tag` to from its upstream (in

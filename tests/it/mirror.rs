@@ -503,6 +503,97 @@ async fn with_allow_push_pushes_land_beside_mirrored_images_and_a_pushed_tag_sha
 }
 
 #[tokio::test]
+async fn an_image_unused_for_its_entrys_unused_for_is_evicted_and_fetched_again_on_the_next_pull() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
+    let endpoint = proxy.endpoint();
+    let mirror = TestRegistry::start_one_with(|config| {
+        config.proxy = vec![ProxyConfig {
+            tag_ttl: Duration::from_secs(3600),
+            unused_for: Some(Duration::from_secs(1)),
+            ..ProxyConfig::new("hub", &endpoint)
+        }];
+        // Another process's eviction shows at once.
+        config.cache_ttl_ms = 0;
+    })
+    .await;
+    let gone = push(&upstream, "library/gone", "1", 90).await;
+    let kept = push(&upstream, "library/kept", "1", 91).await;
+    let (_, own) = mirror
+        .push_image("local/app", "1", &random_bytes(1000, 92))
+        .await;
+    for name in ["gone", "kept"] {
+        let path = format!("/v2/hub/library/{name}/manifests/1");
+        expect_status(get(&mirror, &path).await, StatusCode::OK).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Pulled again: its record is new.
+    expect_status(
+        get(&mirror, "/v2/hub/library/kept/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+
+    // The lifecycle, as `berth gc` runs it over the same configuration.
+    let config = berth::Config {
+        proxy: mirror.config.proxy.clone(),
+        ..mirror.tool_config()
+    };
+    let collector = berth::build_registry(&config).await.unwrap();
+    let report = collector
+        .run_lifecycle(&berth::registry::GcOptions::default())
+        .await
+        .unwrap();
+    let evicted: Vec<String> = report
+        .mirror
+        .evicted
+        .iter()
+        .map(|(name, digest)| format!("{name}@{digest}"))
+        .collect();
+    assert_eq!(evicted, [format!("hub/library/gone@{}", gone.digest)]);
+    let storage = mirror.storage().await;
+    let tag = Tag::parse("1").unwrap();
+    let gone_name = RepositoryName::parse("hub/library/gone").unwrap();
+    let kept_name = RepositoryName::parse("hub/library/kept").unwrap();
+    assert!(storage
+        .get(&layout::tag_current_link(&gone_name, &tag))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(storage
+        .get(&layout::revision_link(
+            &gone_name,
+            &gone.digest.parse().unwrap()
+        ))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(storage
+        .get(&layout::tag_current_link(&kept_name, &tag))
+        .await
+        .unwrap()
+        .is_some());
+    // Pushed content has no pull record and stays.
+    let resp = get(&mirror, "/v2/local/app/manifests/1").await;
+    assert_eq!(digest_header(&resp), own);
+
+    // The next pull of the evicted image fetches it again.
+    proxy.clear();
+    let resp = expect_status(
+        get(&mirror, "/v2/hub/library/gone/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(digest_header(&resp), gone.digest);
+    assert_eq!(
+        count(&proxy, |r| r.method == reqwest::Method::GET
+            && r.path.ends_with(&format!("/manifests/{}", gone.digest))),
+        1
+    );
+    drop(kept);
+}
+
+#[tokio::test]
 async fn allow_and_deny_lists_pick_the_upstream_names_that_may_be_pulled_through() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
     let (proxy, mirror) = mirror_of(&upstream, |entry| {

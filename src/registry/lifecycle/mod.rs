@@ -17,12 +17,14 @@
 mod expiry;
 pub mod fsck;
 mod gc;
+mod mirror;
 mod retention;
 pub mod rules;
 pub mod task;
 
 pub use expiry::ExpiryReport;
 pub use gc::{GcOptions, GcReport};
+pub use mirror::{EvictionReport, MirrorEviction};
 pub use retention::{RemovedTag, RetentionReport};
 pub use rules::{LifecycleConfig, RetentionRule, TagPattern, TagRule, UntaggedManifests};
 pub use task::{LifecycleReport, LifecycleTask};

@@ -38,6 +38,10 @@ pub struct LifecycleConfig {
     /// removed and their id stops working.
     #[serde(with = "humantime_serde")]
     pub upload_expiry: Duration,
+    /// Mirrored prefixes whose unused cached images go (from the
+    /// `[[proxy]]` entries with `unused_for`, not from this table).
+    #[serde(skip)]
+    pub mirror_eviction: Vec<super::MirrorEviction>,
 }
 
 impl Default for LifecycleConfig {
@@ -50,6 +54,7 @@ impl Default for LifecycleConfig {
             gc_grace_period: Duration::from_secs(3600),
             gc_interval: None,
             upload_expiry: Duration::from_secs(24 * 3600),
+            mirror_eviction: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::expiry::ExpiryReport;
 use super::gc::{GcOptions, GcReport};
+use super::mirror::EvictionReport;
 use super::retention::RetentionReport;
 use crate::oci::Result;
 use crate::registry::Registry;
@@ -21,6 +22,8 @@ use crate::registry::Registry;
 /// What one lifecycle run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LifecycleReport {
+    /// Mirrored images unused for their prefix's `unused_for`.
+    pub mirror: EvictionReport,
     pub retention: RetentionReport,
     pub gc: GcReport,
     pub uploads: ExpiryReport,
@@ -31,6 +34,9 @@ impl Registry {
     /// first so that the images of the tags it removes are collected in the
     /// same run; in a dry run the collection treats those tags as removed.
     pub async fn run_lifecycle(&self, options: &GcOptions) -> Result<LifecycleReport> {
+        // Mirror eviction first, so that the collection reclaims what it
+        // unlinked in the same run (in a dry run it only counts).
+        let mirror = self.evict_unused_mirrored(options.dry_run).await?;
         let retention = self.apply_retention(options.dry_run).await?;
         let ignored: HashSet<_> = if options.dry_run {
             retention
@@ -48,10 +54,12 @@ impl Registry {
         // removed tag or revision link can empty a repository's `_manifests`
         // (what the catalog lists by); otherwise the walk, a request per
         // repository on an object store, is skipped.
-        if !options.dry_run && (!retention.removed.is_empty() || gc.manifests_removed > 0) {
+        let unlinked = !retention.removed.is_empty() || !mirror.evicted.is_empty();
+        if !options.dry_run && (unlinked || gc.manifests_removed > 0) {
             self.rebuild_repository_index().await?;
         }
         Ok(LifecycleReport {
+            mirror,
             retention,
             gc,
             uploads,
@@ -64,6 +72,7 @@ impl Registry {
 impl fmt::Display for LifecycleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let LifecycleReport {
+            mirror,
             retention,
             gc,
             uploads,
@@ -75,6 +84,14 @@ impl fmt::Display for LifecycleReport {
             )?;
         }
         writeln!(f, "repositories: {}", gc.repositories)?;
+        writeln!(
+            f,
+            "mirrored manifests evicted (unused): {}",
+            mirror.evicted.len()
+        )?;
+        for (name, digest) in &mirror.evicted {
+            writeln!(f, "  {name}@{digest}")?;
+        }
         writeln!(f, "tags removed by retention: {}", retention.removed.len())?;
         for removed in &retention.removed {
             writeln!(
@@ -108,9 +125,10 @@ impl fmt::Display for LifecycleReport {
             "spared (used during the run): {}",
             gc.spared + uploads.spared
         )?;
-        for problem in retention
+        for problem in mirror
             .problems
             .iter()
+            .chain(&retention.problems)
             .chain(&gc.problems)
             .chain(&uploads.problems)
         {
@@ -213,11 +231,13 @@ async fn run(registry: Arc<Registry>, mut stopped: tokio::sync::oneshot::Receive
 
 fn log_run(report: &LifecycleReport) {
     let LifecycleReport {
+        mirror,
         retention,
         gc,
         uploads,
     } = report;
     tracing::info!(
+        mirrored_manifests_evicted = mirror.evicted.len(),
         tags_removed = retention.removed.len(),
         manifests_removed = gc.manifests_removed,
         blobs_removed = gc.blobs_removed,
@@ -226,9 +246,10 @@ fn log_run(report: &LifecycleReport) {
         spared = gc.spared,
         "lifecycle run finished"
     );
-    for problem in retention
+    for problem in mirror
         .problems
         .iter()
+        .chain(&retention.problems)
         .chain(&gc.problems)
         .chain(&uploads.problems)
     {
