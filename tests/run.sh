@@ -193,7 +193,7 @@ tests/e2e/oras_sdk_auth.sh
 step "the request sequences of crane and helm, which cannot be installed here (tests/e2e/client_sequences.sh)"
 tests/e2e/client_sequences.sh
 
-step "the pull-through mirror: skopeo, ctr (hosts.toml, ?ns=) and dockerd (registry-mirrors) through Berth, Distribution as the upstream (tests/e2e/mirror.sh)"
+step "the pull-through mirror: skopeo, podman, ctr (hosts.toml, ?ns=) and dockerd (registry-mirrors) through Berth, Distribution as the upstream (tests/e2e/mirror.sh)"
 tests/e2e/mirror.sh
 
 step "the checks run beside the clients (Distribution compatibility, crash, power cut; memory): their output"

@@ -4,7 +4,8 @@
 # through the release binary's `hub` prefix (a `[[proxy]]` entry). Checks:
 # the image arrives byte for byte with the upstream's digests; a second pull
 # sends no blob request to the upstream (its access log); Berth's store then
-# holds the image; a push under the prefix is refused; containerd (ctr, a
+# holds the image; a push under the prefix is refused; podman pulls through
+# the prefix into a store of its own; containerd (ctr, a
 # private daemon) pulls docker.io/library/... through a hosts.toml mirror,
 # which sends `?ns=docker.io`, and Berth caches it under the entry that lists
 # that registry; dockerd with Berth in `registry-mirrors` (as
@@ -20,7 +21,8 @@ BERTH_BIN="${BERTH_BIN:-$ROOT/target/release/berth}"
 REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
 for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)" \
   "$(command -v containerd || echo containerd)" "$(command -v ctr || echo ctr)" \
-  "$(command -v dockerd || echo dockerd)" "$(command -v docker || echo docker)"; do
+  "$(command -v dockerd || echo dockerd)" "$(command -v docker || echo docker)" \
+  "$(command -v podman || echo podman)"; do
   [ -x "$bin" ] || { echo "mirror.sh: $bin missing (build, then tests/e2e/install-clients.sh)" >&2; exit 1; }
 done
 
@@ -163,6 +165,32 @@ if sk copy -q --dest-tls-verify=false "oci:$WORK/oci:1" "docker://127.0.0.1:$BPO
 fi
 grep -q -i "denied" "$WORK/push.err" || die "the refused push did not say DENIED: $(cat "$WORK/push.err")"
 echo "ok: a push under hub/ is refused (DENIED)"
+
+# podman, with a store and configuration of its own (vfs, no network).
+cat >"$WORK/storage.conf" <<CONF
+[storage]
+driver = "vfs"
+graphroot = "$WORK/podman/storage"
+runroot = "$WORK/podman/runroot"
+CONF
+cat >"$WORK/containers.conf" <<CONF
+[containers]
+netns = "none"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$WORK/podman/events.log"
+tmp_dir = "$WORK/podman/tmp"
+CONF
+pd() {
+  CONTAINERS_STORAGE_CONF="$WORK/storage.conf" CONTAINERS_CONF="$WORK/containers.conf" \
+    CONTAINERS_REGISTRIES_CONF=/dev/null podman "$@"
+}
+pd pull -q --tls-verify=false "127.0.0.1:$BPORT/hub/library/demo:1" >"$WORK/podman-pull.log" 2>&1 ||
+  die "podman pull through the mirror failed: $(tail -n 5 "$WORK/podman-pull.log")"
+got="$(pd image inspect --format '{{.Digest}}' "127.0.0.1:$BPORT/hub/library/demo:1")"
+[ "$got" = "$upstream_digest" ] || die "podman pulled $got through the mirror, upstream has $upstream_digest"
+echo "ok: podman pulled hub/library/demo:1 through Berth ($got)"
 
 # containerd as a Kubernetes node runs it: docker.io images, with Berth as
 # the mirror in docker.io's hosts.toml. It asks Berth for
