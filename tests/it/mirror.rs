@@ -593,6 +593,89 @@ async fn an_image_unused_for_its_entrys_unused_for_is_evicted_and_fetched_again_
     drop(kept);
 }
 
+/// On S3 the mirror runs as two replicas over one bucket (on the filesystem
+/// as one server, which is then both).
+#[tokio::test]
+async fn what_one_replica_fetched_another_serves_without_fetching_it_again() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
+    let endpoint = proxy.endpoint();
+    let mirror = TestRegistry::start_with(|config| {
+        config.proxy = vec![ProxyConfig {
+            tag_ttl: Duration::from_secs(3600),
+            ..ProxyConfig::new("hub", &endpoint)
+        }];
+    })
+    .await;
+    let image = push(&upstream, "library/app", "1", 95).await;
+    let via = |server: usize, path: String| {
+        let url = format!("http://{}{path}", mirror.servers[server].addr);
+        mirror.client.get(url).send()
+    };
+    let blobs = [&image.layer_digest, &image.config_digest];
+    let first = 0;
+    let resp = via(first, "/v2/hub/library/app/manifests/1".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        digest_header(&expect_status(resp, StatusCode::OK).await),
+        image.digest
+    );
+    for digest in blobs {
+        let resp = via(first, format!("/v2/hub/library/app/blobs/{digest}"))
+            .await
+            .unwrap();
+        expect_status(resp, StatusCode::OK)
+            .await
+            .bytes()
+            .await
+            .unwrap();
+    }
+    // Committed in the shared store (just after the clients had the bytes).
+    let storage = mirror.storage().await;
+    for digest in blobs {
+        let key = layout::blob_data(&digest.parse().unwrap());
+        for _ in 0..100 {
+            if storage.get(&key).await.unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    proxy.clear();
+    let other = mirror.servers.len() - 1;
+    let resp = via(other, "/v2/hub/library/app/manifests/1".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        digest_header(&expect_status(resp, StatusCode::OK).await),
+        image.digest
+    );
+    let resp = via(
+        other,
+        format!("/v2/hub/library/app/blobs/{}", image.layer_digest),
+    )
+    .await
+    .unwrap();
+    assert!(
+        expect_status(resp, StatusCode::OK)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == image.layer
+    );
+    // At most the tag's check (a HEAD): no GET of a manifest or blob.
+    let gets: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == reqwest::Method::GET)
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(gets, Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn allow_and_deny_lists_pick_the_upstream_names_that_may_be_pulled_through() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
