@@ -118,10 +118,12 @@ pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
     lifecycle.mirror_eviction = config
         .proxy
         .iter()
+        .filter(|entry| entry.unused_for.is_some() || entry.max_bytes.is_some())
         .filter_map(|entry| {
             Some(registry::MirrorEviction {
                 prefix: oci::RepositoryName::parse(&entry.prefix)?,
-                unused_for: entry.unused_for?,
+                unused_for: entry.unused_for,
+                max_bytes: entry.max_bytes,
             })
         })
         .collect();

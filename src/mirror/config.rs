@@ -44,6 +44,11 @@ pub struct ProxyConfig {
     /// grace period; the next pull fetches them again. Absent: kept.
     #[serde(default, with = "humantime_serde")]
     pub unused_for: Option<Duration>,
+    /// The most the entry's cached images may hold, in bytes: beyond it the
+    /// lifecycle evicts the least recently pulled (each blob counted once;
+    /// met once garbage collection ran, one grace period later).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
     /// Upstream names that may be pulled through (`library/*`); empty: all.
     #[serde(default)]
     pub allow: Vec<RepositoryPattern>,
@@ -97,6 +102,7 @@ impl ProxyConfig {
             hosts: Vec::new(),
             allow_push: false,
             unused_for: None,
+            max_bytes: None,
             allow: Vec::new(),
             deny: Vec::new(),
             tag_ttl: default_tag_ttl(),

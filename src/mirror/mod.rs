@@ -48,6 +48,8 @@ struct Entry {
     allow_push: bool,
     /// Cached images unused this long are evicted: pulls are recorded.
     unused_for: Option<Duration>,
+    /// Cached images beyond this size are evicted: pulls are recorded.
+    max_bytes: Option<u64>,
     allow: Vec<crate::oci::RepositoryPattern>,
     deny: Vec<crate::oci::RepositoryPattern>,
     /// The upstream is Docker Hub, whose one-component names are
@@ -264,6 +266,7 @@ impl Mirror {
                     hosts: e.hosts.clone(),
                     allow_push: e.allow_push,
                     unused_for: e.unused_for,
+                    max_bytes: e.max_bytes,
                     allow: e.allow.clone(),
                     deny: e.deny.clone(),
                     base,
@@ -423,12 +426,19 @@ impl Mirror {
         Ok(prepared)
     }
 
-    /// Records a pull of the manifest `reference` names, for the eviction
-    /// of unused images: on entries with `unused_for`, at most once per a
-    /// tenth of it (at most an hour) per manifest in this process.
+    /// Records a pull of the manifest `reference` names, for eviction: on
+    /// entries with `unused_for`, at most once per a tenth of it (at most an
+    /// hour) per manifest in this process; on entries with only
+    /// `max_bytes`, once per manifest in this process (its order is then
+    /// about when images were fetched).
     async fn note_pull(&self, registry: &Registry, name: &RepositoryName, reference: &str) {
-        let Some(unused_for) = self.map(name).and_then(|m| m.entry.unused_for) else {
+        let Some(entry) = self.map(name).map(|m| m.entry) else {
             return;
+        };
+        let period = match (entry.unused_for, entry.max_bytes) {
+            (Some(unused_for), _) => (unused_for / 10).min(Duration::from_secs(3600)),
+            (None, Some(_)) => Duration::MAX,
+            (None, None) => return,
         };
         let reference = match reference.parse::<Digest>() {
             Ok(digest) => Reference::Digest(digest),
@@ -441,7 +451,6 @@ impl Mirror {
             return;
         };
         let key = format!("{name}@{digest}");
-        let period = (unused_for / 10).min(Duration::from_secs(3600));
         {
             let mut pulls = self.pulls.lock().expect("lock");
             if pulls.get(&key).is_some_and(|at| at.elapsed() < period) {

@@ -203,8 +203,8 @@ async fn a_tag_past_its_ttl_is_checked_by_head_and_fetched_again_only_when_it_mo
 
 /// Whether the mirror's store holds `digest`'s content, or a link to it in
 /// `name`.
-async fn stored(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
-    let storage = m.mirror.storage().await;
+async fn stored(mirror: &TestRegistry, name: &str, digest: &str) -> (bool, bool) {
+    let storage = mirror.storage().await;
     let digest = digest.parse().unwrap();
     let name = RepositoryName::parse(name).unwrap();
     let content = storage.get(&layout::blob_data(&digest)).await.unwrap();
@@ -217,14 +217,14 @@ async fn stored(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
 
 /// [`stored`], once the blob and its link are there or after 5 s: a blob
 /// is committed just after its last byte reached the clients.
-async fn committed(m: &Mirrored, name: &str, digest: &str) -> (bool, bool) {
+async fn committed(mirror: &TestRegistry, name: &str, digest: &str) -> (bool, bool) {
     for _ in 0..100 {
-        if stored(m, name, digest).await == (true, true) {
+        if stored(mirror, name, digest).await == (true, true) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stored(m, name, digest).await
+    stored(mirror, name, digest).await
 }
 
 /// What a fetch into `name` left behind: files in the mirror's spool
@@ -270,7 +270,10 @@ async fn sixteen_concurrent_pulls_of_a_missing_blob_stream_from_one_upstream_fet
     });
     let started = futures::future::join_all(starts).await;
     // Nothing is visible while the fetch is under way.
-    assert_eq!(stored(&m, "hub/library/big", &digest).await, (false, false));
+    assert_eq!(
+        stored(&m.mirror, "hub/library/big", &digest).await,
+        (false, false)
+    );
     m.proxy.set_mode(Mode::Forward);
     let rests = started.into_iter().map(|(resp, first)| async move {
         let rest = resp.bytes().await.expect("the rest of the blob");
@@ -282,7 +285,7 @@ async fn sixteen_concurrent_pulls_of_a_missing_blob_stream_from_one_upstream_fet
     assert_eq!(m.asked("GET", &digest), 1, "{:#?}", m.proxy.requests());
     // Committed once checked, and from then on served locally.
     assert_eq!(
-        committed(&m, "hub/library/big", &digest).await,
+        committed(&m.mirror, "hub/library/big", &digest).await,
         (true, true)
     );
     let resp = m.ok(&path).await;
@@ -318,7 +321,7 @@ async fn an_upstream_blob_with_wrong_bytes_or_cut_short_fails_the_transfer_and_s
             }
         }
         assert_eq!(
-            stored(&m, "hub/library/bad", &digest).await,
+            stored(&m.mirror, "hub/library/bad", &digest).await,
             (false, false),
             "{mode:?}: nothing stored"
         );
@@ -352,7 +355,10 @@ async fn a_ranged_get_of_a_missing_blob_gets_its_range_once_the_blob_is_fetched(
     let resp = expect_status(resp, StatusCode::PARTIAL_CONTENT).await;
     assert_eq!(resp.bytes().await.unwrap(), layer[1000..2000]);
     assert_eq!(m.asked("GET", &digest), 1);
-    assert_eq!(stored(&m, "hub/library/app", &digest).await, (true, true));
+    assert_eq!(
+        stored(&m.mirror, "hub/library/app", &digest).await,
+        (true, true)
+    );
 }
 
 #[tokio::test]
@@ -382,7 +388,7 @@ async fn a_request_with_ns_is_served_by_the_entry_mirroring_that_registry_and_an
     assert!(resp.bytes().await.unwrap() == image.layer);
     // Cached under the entry's prefix, like a pull through the prefix.
     assert_eq!(
-        committed(&m, "hub/library/app", &image.layer_digest).await,
+        committed(&m.mirror, "hub/library/app", &image.layer_digest).await,
         (true, true)
     );
     let resp = m.ok("/v2/hub/library/app/manifests/1.0").await;
@@ -674,6 +680,65 @@ async fn what_one_replica_fetched_another_serves_without_fetching_it_again() {
         .map(|r| r.path.clone())
         .collect();
     assert_eq!(gets, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn beyond_max_bytes_the_least_recently_fetched_images_are_evicted() {
+    let upstream = TestRegistry::start_one_with(|_| {}).await;
+    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
+    let endpoint = proxy.endpoint();
+    // Room for two of the three images (a 300,000-byte layer each).
+    let mirror = TestRegistry::start_one_with(|config| {
+        config.proxy = vec![ProxyConfig {
+            tag_ttl: Duration::from_secs(3600),
+            max_bytes: Some(700_000),
+            ..ProxyConfig::new("hub", &endpoint)
+        }];
+        config.cache_ttl_ms = 0;
+    })
+    .await;
+    let mut images = Vec::new();
+    for (i, name) in ["first", "second", "third"].into_iter().enumerate() {
+        let image = push(&upstream, &format!("library/{name}"), "1", 100 + i as u64).await;
+        let path = format!("/v2/hub/library/{name}/manifests/1");
+        expect_status(get(&mirror, &path).await, StatusCode::OK).await;
+        for digest in [&image.layer_digest, &image.config_digest] {
+            let path = format!("/v2/hub/library/{name}/blobs/{digest}");
+            let resp = expect_status(get(&mirror, &path).await, StatusCode::OK).await;
+            resp.bytes().await.unwrap();
+        }
+        let key = format!("hub/library/{name}");
+        assert_eq!(
+            committed(&mirror, &key, &image.layer_digest).await,
+            (true, true)
+        );
+        images.push(image);
+        // Pull records are in milliseconds: one image clearly after the other.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = berth::Config {
+        proxy: mirror.config.proxy.clone(),
+        ..mirror.tool_config()
+    };
+    let collector = berth::build_registry(&config).await.unwrap();
+    let report = collector
+        .run_lifecycle(&berth::registry::GcOptions::default())
+        .await
+        .unwrap();
+    let evicted: Vec<String> = report
+        .mirror
+        .evicted
+        .iter()
+        .map(|(name, digest)| format!("{name}@{digest}"))
+        .collect();
+    assert_eq!(evicted, [format!("hub/library/first@{}", images[0].digest)]);
+    let resp = get(&mirror, "/v2/hub/library/second/manifests/1").await;
+    assert_eq!(digest_header(&resp), images[1].digest);
+    // The images kept are still served from here.
+    let before = proxy.requests().len();
+    let resp = get(&mirror, "/v2/hub/library/third/manifests/1").await;
+    assert_eq!(digest_header(&resp), images[2].digest);
+    assert_eq!(proxy.requests().len(), before);
 }
 
 #[tokio::test]
