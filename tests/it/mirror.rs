@@ -540,22 +540,7 @@ async fn an_image_unused_for_its_entrys_unused_for_is_evicted_and_fetched_again_
     )
     .await;
 
-    // The lifecycle, as `berth gc` runs it over the same configuration.
-    let config = berth::Config {
-        proxy: mirror.config.proxy.clone(),
-        ..mirror.tool_config()
-    };
-    let collector = berth::build_registry(&config).await.unwrap();
-    let report = collector
-        .run_lifecycle(&berth::registry::GcOptions::default())
-        .await
-        .unwrap();
-    let evicted: Vec<String> = report
-        .mirror
-        .evicted
-        .iter()
-        .map(|(name, digest)| format!("{name}@{digest}"))
-        .collect();
+    let evicted = lifecycle_evictions(&mirror).await;
     assert_eq!(evicted, [format!("hub/library/gone@{}", gone.digest)]);
     let storage = mirror.storage().await;
     let tag = Tag::parse("1").unwrap();
@@ -597,6 +582,26 @@ async fn an_image_unused_for_its_entrys_unused_for_is_evicted_and_fetched_again_
         1
     );
     drop(kept);
+}
+
+/// Runs the lifecycle as `berth gc` does over the mirror's configuration
+/// (another process's view); the manifests it evicted, as `name@digest`.
+async fn lifecycle_evictions(mirror: &TestRegistry) -> Vec<String> {
+    let config = berth::Config {
+        proxy: mirror.config.proxy.clone(),
+        ..mirror.tool_config()
+    };
+    let collector = berth::build_registry(&config).await.unwrap();
+    let report = collector
+        .run_lifecycle(&berth::registry::GcOptions::default())
+        .await
+        .unwrap();
+    report
+        .mirror
+        .evicted
+        .iter()
+        .map(|(name, digest)| format!("{name}@{digest}"))
+        .collect()
 }
 
 /// On S3 the mirror runs as two replicas over one bucket (on the filesystem
@@ -716,21 +721,7 @@ async fn beyond_max_bytes_the_least_recently_fetched_images_are_evicted() {
         // Pull records are in milliseconds: one image clearly after the other.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let config = berth::Config {
-        proxy: mirror.config.proxy.clone(),
-        ..mirror.tool_config()
-    };
-    let collector = berth::build_registry(&config).await.unwrap();
-    let report = collector
-        .run_lifecycle(&berth::registry::GcOptions::default())
-        .await
-        .unwrap();
-    let evicted: Vec<String> = report
-        .mirror
-        .evicted
-        .iter()
-        .map(|(name, digest)| format!("{name}@{digest}"))
-        .collect();
+    let evicted = lifecycle_evictions(&mirror).await;
     assert_eq!(evicted, [format!("hub/library/first@{}", images[0].digest)]);
     let resp = get(&mirror, "/v2/hub/library/second/manifests/1").await;
     assert_eq!(digest_header(&resp), images[1].digest);
