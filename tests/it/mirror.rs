@@ -511,16 +511,8 @@ async fn with_allow_push_pushes_land_beside_mirrored_images_and_a_pushed_tag_sha
 #[tokio::test]
 async fn an_image_unused_for_its_entrys_unused_for_is_evicted_and_fetched_again_on_the_next_pull() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
-    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
-    let endpoint = proxy.endpoint();
-    let mirror = TestRegistry::start_one_with(|config| {
-        config.proxy = vec![ProxyConfig {
-            tag_ttl: Duration::from_secs(3600),
-            unused_for: Some(Duration::from_secs(1)),
-            ..ProxyConfig::new("hub", &endpoint)
-        }];
-        // Another process's eviction shows at once.
-        config.cache_ttl_ms = 0;
+    let (proxy, mirror) = mirror_of(&upstream, |entry| {
+        entry.unused_for = Some(Duration::from_secs(1));
     })
     .await;
     let gone = push(&upstream, "library/gone", "1", 90).await;
@@ -690,18 +682,8 @@ async fn what_one_replica_fetched_another_serves_without_fetching_it_again() {
 #[tokio::test]
 async fn beyond_max_bytes_the_least_recently_fetched_images_are_evicted() {
     let upstream = TestRegistry::start_one_with(|_| {}).await;
-    let proxy = FaultProxy::start(&format!("http://{}", upstream.addr)).await;
-    let endpoint = proxy.endpoint();
     // Room for two of the three images (a 300,000-byte layer each).
-    let mirror = TestRegistry::start_one_with(|config| {
-        config.proxy = vec![ProxyConfig {
-            tag_ttl: Duration::from_secs(3600),
-            max_bytes: Some(700_000),
-            ..ProxyConfig::new("hub", &endpoint)
-        }];
-        config.cache_ttl_ms = 0;
-    })
-    .await;
+    let (proxy, mirror) = mirror_of(&upstream, |entry| entry.max_bytes = Some(700_000)).await;
     let mut images = Vec::new();
     for (i, name) in ["first", "second", "third"].into_iter().enumerate() {
         let image = push(&upstream, &format!("library/{name}"), "1", 100 + i as u64).await;
@@ -952,7 +934,12 @@ async fn mirror_of(
         ..ProxyConfig::new("hub", &proxy.endpoint())
     };
     adjust(&mut entry);
-    let mirror = TestRegistry::start_one_with(|config| config.proxy = vec![entry]).await;
+    let mirror = TestRegistry::start_one_with(|config| {
+        config.proxy = vec![entry];
+        // What another process (`berth gc`) changes shows at once.
+        config.cache_ttl_ms = 0;
+    })
+    .await;
     (proxy, mirror)
 }
 
