@@ -335,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn ns_values_are_registry_hosts_each_listed_by_one_entry() {
+    fn ns_and_hosts_values_are_host_names_each_listed_by_one_entry() {
         let mut hub = entry("hub", "https://registry-1.docker.io");
         hub.ns = vec!["docker.io".into()];
         let mut local = entry("local", "http://127.0.0.1:5001");
@@ -359,6 +359,24 @@ mod tests {
                 "{bad:?}: {error}"
             );
         }
+        for bad in [
+            "",
+            "Mirror.example",
+            "mirror.example/v2",
+            "mirror example",
+            "x:",
+        ] {
+            let mut wrong = entry("hub", "https://registry-1.docker.io");
+            wrong.hosts = vec![bad.into()];
+            let error = ProxyConfig::validate_all(&[wrong]).unwrap_err();
+            assert!(error.contains("is not a host name"), "{bad:?}: {error}");
+        }
+        let mut twice = entry("other", "https://quay.io");
+        twice.hosts = vec!["m.example".into()];
+        let mut first = entry("hub", "https://registry-1.docker.io");
+        first.hosts = vec!["m.example".into()];
+        let error = ProxyConfig::validate_all(&[first, twice]).unwrap_err();
+        assert!(error.contains("both list host"), "{error}");
         // Docker Hub's names are one registry.
         let mut other = entry("dockerhub", "https://mirror.gcr.io");
         other.ns = vec!["registry-1.docker.io".into()];

@@ -313,14 +313,12 @@ impl Mirror {
         name: &RepositoryName,
     ) -> Option<Outcome<RepositoryName>> {
         let authority = authority.to_ascii_lowercase();
-        let host = match authority.rsplit_once(':') {
-            Some((host, port))
-                if !host.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                host
-            }
-            _ => authority.as_str(),
-        };
+        // Configured hosts are names or IPv4 addresses (`config.rs`): the
+        // port, if any, is what follows the last `:` (an IPv6 authority
+        // matches no entry either way).
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(host, _)| host);
         let entry = self
             .entries
             .iter()

@@ -1112,6 +1112,8 @@ async fn a_caller_access_control_refuses_causes_no_upstream_request() {
         |config| {
             config.proxy = vec![ProxyConfig {
                 tag_ttl: Duration::ZERO,
+                ns: vec!["upstream.example".into()],
+                hosts: vec!["hub-mirror.test".into()],
                 ..ProxyConfig::new("hub", &endpoint)
             }];
         },
@@ -1133,6 +1135,24 @@ async fn a_caller_access_control_refuses_causes_no_upstream_request() {
     for path in &paths {
         let resp = get(&mirror, path).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The same names reached by `?ns=` and by the mirror's host: the local
+    // names are what access control checks.
+    let resp = get(&mirror, "/v2/library/app/manifests/1?ns=upstream.example").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = mirror
+        .client
+        .get(mirror.url("/v2/library/app/manifests/1"))
+        .header("host", "hub-mirror.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Hostile `ns` values name no mirrored registry: 404, never upstream.
+    for ns in ["..%2F..", "%0d%0aX-Injected:%201", &"a".repeat(5000)] {
+        let resp = get(&mirror, &format!("/v2/library/app/manifests/1?ns={ns}")).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{ns}");
+        assert!(resp.headers().get("x-injected").is_none());
     }
     let nodes = client_with_authorization(&basic_auth("nodes", "nodes-pw"));
     let resp = nodes.get(mirror.url(&paths[2])).send().await.unwrap();

@@ -80,7 +80,7 @@ impl Registry {
 
     /// Evicts mirrored manifests as their prefixes' rules say (see the
     /// module's doc).
-    pub async fn evict_unused_mirrored(&self, dry_run: bool) -> Result<EvictionReport> {
+    pub async fn evict_mirrored(&self, dry_run: bool) -> Result<EvictionReport> {
         let mut report = EvictionReport::default();
         let rules = &self.lifecycle.mirror_eviction;
         if rules.is_empty() {

@@ -36,7 +36,7 @@ impl Registry {
     pub async fn run_lifecycle(&self, options: &GcOptions) -> Result<LifecycleReport> {
         // Mirror eviction first, so that the collection reclaims what it
         // unlinked in the same run (in a dry run it only counts).
-        let mirror = self.evict_unused_mirrored(options.dry_run).await?;
+        let mirror = self.evict_mirrored(options.dry_run).await?;
         let retention = self.apply_retention(options.dry_run).await?;
         let ignored: HashSet<_> = if options.dry_run {
             retention
