@@ -14,7 +14,7 @@ use super::host::request_authority;
 use super::routes::{Resource, Route};
 use super::{query_pairs, query_value, ApiError, DOCKER_CONTENT_DIGEST};
 use crate::mirror::{Mirror, Namespace, PreparedBlob, Refusal};
-use crate::oci::{RegistryError, RepositoryName};
+use crate::oci::{ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
 
 /// The local repository a request for `name` is for, when a mirror entry
@@ -23,10 +23,16 @@ use crate::registry::Registry;
 /// names the upstream's repositories; else `?ns=<registry>` (containerd's
 /// mirror requests) picks the entry that mirrors that registry; then a
 /// Docker Hub entry's one-component names are `library/` ones.
+///
+/// A write routed by host or `?ns=` is refused: its answers (an upload's
+/// `Location`) would name the local repository, which the client would
+/// send back through the same routing under yet another name. Pushes go
+/// to the local name (`<prefix>/...`), as the entry's `allow_push` says.
 pub(super) fn local_name(
     mirror: &Mirror,
     parts: &Parts,
     name: &RepositoryName,
+    writes: bool,
 ) -> Result<Option<(RepositoryName, Option<HeaderValue>)>, RegistryError> {
     let by_host = request_authority(parts.version, &parts.uri, &parts.headers)
         .ok()
@@ -47,6 +53,12 @@ pub(super) fn local_name(
             },
         },
     };
+    if let (true, Some(local)) = (writes, &local) {
+        return Err(RegistryError::with_detail(
+            ErrorCode::Denied,
+            format!("{name} is routed to the mirror's {local}: push to {local} by that name"),
+        ));
+    }
     let named = local.as_ref().unwrap_or(name);
     Ok(match (mirror.canonical(named), local) {
         (Some(canonical), _) => Some((canonical, namespace)),

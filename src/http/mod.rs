@@ -160,7 +160,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     // then says so (`OCI-Namespace`) when `?ns=` picked the entry.
     let mut namespace = None;
     if let (Some(mirror), Some(name)) = (&state.mirror, &route.name) {
-        match mirrors::local_name(mirror, &parts, name) {
+        match mirrors::local_name(mirror, &parts, name, route.writes()) {
             Ok(Some((local, ns))) => {
                 route.name = Some(local);
                 namespace = ns;

@@ -466,10 +466,27 @@ async fn with_allow_push_pushes_land_beside_mirrored_images_and_a_pushed_tag_sha
     let upstream = TestRegistry::start_one_with(|_| {}).await;
     let (proxy, mirror) = mirror_of(&upstream, |entry| {
         entry.allow_push = true;
+        entry.hosts = vec!["hub-mirror.test".into()];
+        entry.ns = vec!["upstream.example".into()];
         // Every pull of a mirrored tag asks the upstream.
         entry.tag_ttl = Duration::ZERO;
     })
     .await;
+    // A write routed by `?ns=` or by the mirror's host is refused, stores
+    // nothing, and goes nowhere (the push goes to the local name).
+    let host = format!("hub-mirror.test:{}", mirror.addr.port());
+    for (path, host) in [
+        ("/v2/library/app/blobs/uploads/?ns=upstream.example", None),
+        ("/v2/library/app/blobs/uploads/", Some(host.as_str())),
+    ] {
+        let mut request = mirror.client.post(mirror.url(path));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let resp = expect_status(request.send().await.unwrap(), StatusCode::FORBIDDEN).await;
+        assert_eq!(error_code(resp).await, "DENIED", "{path}");
+    }
+    assert_eq!(proxy.requests().len(), 0, "{:#?}", proxy.requests());
     let fetched = push(&upstream, "library/app", "1", 80).await;
     let resp = expect_status(
         get(&mirror, "/v2/hub/library/app/manifests/1").await,
