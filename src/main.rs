@@ -534,6 +534,7 @@ fn fsck(config: &Config, repair: bool) -> ExitCode {
     };
     let options = fsck::Options {
         repair,
+        mirrored: config.proxy.iter().map(|p| p.prefix.clone()).collect(),
         ..fsck::Options::default()
     };
     let stdout = std::io::stdout();

@@ -13,7 +13,7 @@ use super::connection::Download;
 use super::host::request_authority;
 use super::routes::{Resource, Route};
 use super::{query_pairs, query_value, ApiError, DOCKER_CONTENT_DIGEST};
-use crate::mirror::{Mirror, Namespace, PreparedBlob, Refusal};
+use crate::mirror::{Mirror, MirroredTags, Namespace, PreparedBlob, Refusal};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
 
@@ -85,6 +85,7 @@ pub(super) async fn prepare(
     registry: &Arc<Registry>,
     route: &Route<'_>,
     name: &RepositoryName,
+    asked: &RepositoryName,
     parts: &Parts,
 ) -> Prepared {
     let method = &route.row.method;
@@ -92,6 +93,20 @@ pub(super) async fn prepare(
         return Prepared::Serve(None);
     }
     let outcome = match route.row.resource {
+        Resource::Tags => mirror
+            .tags(registry, name)
+            .await
+            .map(|listed| match listed {
+                None => Prepared::Serve(None),
+                Some(MirroredTags { tags, warning }) => {
+                    let mut response = super::tags::list_of(&tags, asked, parts)
+                        .unwrap_or_else(IntoResponse::into_response);
+                    if let Some(warning) = warning.and_then(|w| warning_header(&w)) {
+                        response.headers_mut().append(header::WARNING, warning);
+                    }
+                    Prepared::Answer(response)
+                }
+            }),
         Resource::Manifest => mirror
             .prepare_manifest(registry, name, route.last)
             .await

@@ -159,6 +159,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     // A mirror entry may serve the request under another name: the answer
     // then says so (`OCI-Namespace`) when `?ns=` picked the entry.
     let mut namespace = None;
+    let asked = route.name.clone();
     if let (Some(mirror), Some(name)) = (&state.mirror, &route.name) {
         match mirrors::local_name(mirror, &parts, name, route.writes()) {
             Ok(Some((local, ns))) => {
@@ -169,17 +170,19 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
             Err(refused) => return ApiError::from(refused).into_response(),
         }
     }
-    let mut response = dispatch_route(&state, route, &parts, body).await;
+    let mut response = dispatch_route(&state, route, asked.as_ref(), &parts, body).await;
     if let Some(ns) = namespace {
         response.headers_mut().insert(OCI_NAMESPACE, ns);
     }
     response
 }
 
-/// [`dispatch`] once the route names the repository it serves.
+/// [`dispatch`] once the route names the repository it serves (`asked`:
+/// the name the client wrote).
 async fn dispatch_route(
     state: &AppState,
     route: routes::Route<'_>,
+    asked: Option<&RepositoryName>,
     parts: &Parts,
     body: axum::body::Body,
 ) -> Response {
@@ -217,7 +220,8 @@ async fn dispatch_route(
     // for a tag, when due for a check), then served as any other.
     let mut warning = None;
     if let Some((mirror, name, _)) = mirror {
-        match mirrors::prepare(mirror, &state.registry, &route, name, parts).await {
+        let asked = asked.unwrap_or(name);
+        match mirrors::prepare(mirror, &state.registry, &route, name, asked, parts).await {
             mirrors::Prepared::Serve(w) => warning = w,
             mirrors::Prepared::Answer(response) => return response,
         }

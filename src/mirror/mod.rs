@@ -17,6 +17,7 @@
 
 mod config;
 mod health;
+mod tags;
 mod upstream;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 pub use config::ProxyConfig;
+pub use tags::MirroredTags;
 
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Tag};
 use crate::registry::{spool, ByteStream, Registry, RequestBody};
@@ -108,6 +110,8 @@ pub struct Mirror {
     next_flight: std::sync::atomic::AtomicU64,
     /// When this process last had a tag's digest confirmed by its upstream.
     tag_checks: Mutex<HashMap<String, Instant>>,
+    /// Upstream tag lists, by local name, and when they were read.
+    tag_lists: Mutex<HashMap<String, tags::KeptList>>,
     /// When this process last recorded a pull of a manifest (`name@digest`),
     /// for entries with `unused_for`.
     pulls: Mutex<HashMap<String, Instant>>,
@@ -283,6 +287,7 @@ impl Mirror {
             flights: Mutex::default(),
             next_flight: Default::default(),
             tag_checks: Mutex::default(),
+            tag_lists: Mutex::default(),
             blob_fetches: Mutex::default(),
             pulls: Mutex::default(),
             spool_dir: spool_dir.to_owned(),

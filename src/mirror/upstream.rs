@@ -143,29 +143,65 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .map(|t| t.split(';').next().unwrap_or_default().trim().to_owned());
         let digest = content_digest(&response);
-        let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
-        loop {
-            match stream.try_next().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Answer::Failed(unusable(format!(
-                            "a manifest over the {limit}-byte limit"
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
+        match read_whole(response, limit, "a manifest").await {
+            Ok(body) => Answer::Found(FetchedManifest {
+                content_type,
+                body,
+                digest,
+            }),
+            Err(failure) => Answer::Failed(failure),
+        }
+    }
+
+    /// A repository's tags (`tags/list`), every page, following the
+    /// upstream's `Link`s on the same host: at most [`MAX_TAG_PAGES`] pages
+    /// of at most [`MAX_TAG_PAGE_BYTES`] each.
+    pub(super) async fn tags(&self, on: On<'_>, base: &str, path: &str) -> Answer<Vec<String>> {
+        #[derive(Deserialize)]
+        struct TagList {
+            // Some registries write `null` for a repository without tags.
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut next = Some(path.to_owned());
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Answer::Failed(unusable(format!(
+                    "a tag list of over {MAX_TAG_PAGES} pages"
+                )));
+            }
+            let url = format!("{base}{path}");
+            let request = || {
+                self.http
+                    .get(&url)
+                    .header(header::ACCEPT, "application/json")
+                    .timeout(REQUEST_TIMEOUT)
+            };
+            let response = match self.send(on, request).await {
+                Answer::Found(response) => response,
+                // A repository the upstream does not have; a later page
+                // gone is a failure, not an empty list.
+                Answer::NotFound if pages == 1 => return Answer::NotFound,
+                Answer::NotFound => {
+                    return Answer::Failed(failure("a tag list page went missing".into()))
                 }
-                Ok(None) => break,
+                Answer::Failed(f) => return Answer::Failed(f),
+            };
+            next = next_link(&response);
+            let body = match read_whole(response, MAX_TAG_PAGE_BYTES, "a tag list").await {
+                Ok(body) => body,
+                Err(failure) => return Answer::Failed(failure),
+            };
+            match serde_json::from_slice::<TagList>(&body) {
+                Ok(page) => tags.extend(page.tags.unwrap_or_default()),
                 Err(e) => {
-                    return Answer::Failed(failure(format!("reading a manifest: {e}")));
+                    return Answer::Failed(unusable(format!("a tag list that is not one: {e}")))
                 }
             }
         }
-        Answer::Found(FetchedManifest {
-            content_type,
-            body: body.freeze(),
-            digest,
-        })
+        Answer::Found(tags)
     }
 
     /// `HEAD` of a blob: its size.
@@ -596,6 +632,50 @@ impl Access {
     }
 }
 
+/// The pages of an upstream's tag list a mirror reads at most, and the
+/// bytes of each: 100 pages of Docker Hub's 1,000 tags, far beyond any
+/// repository's, so that a hostile upstream cannot make one request
+/// endless.
+const MAX_TAG_PAGES: usize = 100;
+const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+
+/// A response's body, whole, when it is at most `limit` bytes.
+async fn read_whole(
+    response: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(unusable(format!("{what} over the {limit}-byte limit")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => return Err(failure(format!("reading {what}: {e}"))),
+        }
+    }
+}
+
+/// The path of a listing's next page (RFC 8288 `Link: <path>; rel="next"`,
+/// as the distribution-spec writes it), when it is on the same host: a
+/// link elsewhere is not followed with the upstream's credentials.
+fn next_link(response: &reqwest::Response) -> Option<String> {
+    let link = response.headers().get(header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|one| {
+        let (target, params) = one.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        (next && target.starts_with("/v2/")).then(|| target.to_owned())
+    })
+}
+
 fn content_digest(response: &reqwest::Response) -> Option<Digest> {
     response
         .headers()
@@ -610,4 +690,38 @@ fn content_length(response: &reqwest::Response) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_link(link: &str) -> reqwest::Response {
+        reqwest::Response::from(
+            axum::http::Response::builder()
+                .header(header::LINK, link)
+                .body("")
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_next_page_is_followed_only_on_the_same_host() {
+        let next = |link: &str| next_link(&with_link(link));
+        assert_eq!(
+            next(r#"</v2/library/alpine/tags/list?last=3.19&n=100>; rel="next""#).as_deref(),
+            Some("/v2/library/alpine/tags/list?last=3.19&n=100")
+        );
+        assert_eq!(
+            next(r#"<https://elsewhere.example/v2/x/tags/list?last=a>; rel="next""#),
+            None
+        );
+        assert_eq!(next(r#"</v2/x/tags/list?last=a>; rel="prev""#), None);
+        assert_eq!(
+            next(r#"</v2/x/tags/list?last=a>; rel="prev", </v2/x/tags/list?last=b>; rel=next"#)
+                .as_deref(),
+            Some("/v2/x/tags/list?last=b")
+        );
+        assert_eq!(next("garbage"), None);
+    }
 }

@@ -510,6 +510,18 @@ async fn with_allow_push_pushes_land_beside_mirrored_images_and_a_pushed_tag_sha
         assert_eq!(digest_header(&resp), own);
     }
     assert_eq!(proxy.requests().len(), 0, "{:#?}", proxy.requests());
+    // The tag list has the upstream's tags and those pushed here.
+    push(&upstream, "library/app", "upstream-only", 84).await;
+    let resp = expect_status(
+        get(&mirror, "/v2/hub/library/app/tags/list").await,
+        StatusCode::OK,
+    )
+    .await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        listed["tags"],
+        serde_json::json!(["1", "own", "upstream-only"])
+    );
 
     // A tag the mirror set is still checked upstream on every pull.
     let second = push(&upstream, "library/app", "2", 83).await;
@@ -611,6 +623,52 @@ async fn lifecycle_evictions(mirror: &TestRegistry) -> Vec<String> {
         .iter()
         .map(|(name, digest)| format!("{name}@{digest}"))
         .collect()
+}
+
+/// `berth fsck` with the mirror's config counts the blobs of a mirrored
+/// manifest that nobody pulled as not fetched yet, not as damage.
+#[tokio::test]
+async fn fsck_counts_the_unpulled_blobs_of_a_mirrored_manifest_as_not_fetched() {
+    let m = mirrored(Duration::from_secs(3600)).await;
+    let image = push(&m.upstream, "library/app", "1", 95).await;
+    m.ok("/v2/hub/library/app/manifests/1").await;
+    let fsck = |config: Option<&std::path::Path>| {
+        let mut command = m.mirror.berth_command("fsck");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let output = command.output().expect("berth fsck runs");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        (output.status.success(), stdout)
+    };
+    // Without the mirror's config: the config and layer are missing.
+    let (ok, out) = fsck(None);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&image.layer_digest), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        "[[proxy]]\nprefix = \"hub\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let (ok, out) = fsck(Some(&config));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("; 2 references of mirrored images not fetched yet"),
+        "{out}"
+    );
+    // Once pulled (and committed), nothing is left unfetched.
+    for digest in [&image.layer_digest, &image.config_digest] {
+        let path = format!("/v2/hub/library/app/blobs/{digest}");
+        m.ok(&path).await.bytes().await.unwrap();
+        let stored = committed(&m.mirror, "hub/library/app", digest).await;
+        assert_eq!(stored, (true, true));
+    }
+    assert_eq!(leftovers(&m, "hub/library/app").await, Vec::<String>::new());
+    let (ok, out) = fsck(Some(&config));
+    assert!(ok, "{out}");
+    assert!(!out.contains("not fetched"), "{out}");
 }
 
 /// On S3 the mirror runs as two replicas over one bucket (on the filesystem
@@ -878,6 +936,55 @@ async fn an_upstream_that_is_down_leaves_cached_tags_served_with_a_warning_and_m
         resp.headers().get("warning").is_none(),
         "checked again: no warning"
     );
+}
+
+#[tokio::test]
+async fn a_mirrored_tag_list_is_the_upstreams_paged_here_and_the_cached_tags_while_it_is_down() {
+    let m = mirrored(Duration::ZERO).await;
+    for (tag, seed) in [("1", 90), ("2", 91), ("3", 92)] {
+        push(&m.upstream, "library/app", tag, seed).await;
+    }
+    // Tags the mirror never fetched are listed, under the client's name.
+    let resp = m.ok("/v2/hub/library/app/tags/list").await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["name"], "hub/library/app");
+    assert_eq!(listed["tags"], serde_json::json!(["1", "2", "3"]));
+    assert_eq!(m.asked("GET", "/v2/library/app/tags/list"), 1);
+    // Paged here, with `Link`s under the client's name; by `?ns=` too.
+    let resp = m.ok("/v2/hub/library/app/tags/list?n=2").await;
+    assert_eq!(
+        header_str(&resp, "link"),
+        "</v2/hub/library/app/tags/list?n=2&last=2>; rel=\"next\""
+    );
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["1", "2"]));
+    let resp = m.ok("/v2/hub/library/app/tags/list?n=2&last=2").await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["3"]));
+    let resp = m.ok("/v2/library/app/tags/list?ns=upstream.example").await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["name"], "library/app");
+    assert_eq!(listed["tags"], serde_json::json!(["1", "2", "3"]));
+    // A repository the upstream does not have.
+    let resp = m.get("/v2/hub/library/nothing/tags/list").await;
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+
+    // The upstream down: the tags cached here, with a Warning; a repository
+    // with none cached is the upstream's failure.
+    m.ok("/v2/hub/library/app/manifests/2").await;
+    m.proxy.set_mode(Mode::Cut);
+    let resp = m.ok("/v2/hub/library/app/tags/list").await;
+    let warning = header_str(&resp, "warning");
+    assert!(
+        warning.contains("listing the tags cached here"),
+        "{warning}"
+    );
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["2"]));
+    let resp = m.get("/v2/hub/library/other/tags/list").await;
+    let resp = expect_status(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(error_code(resp).await, "UNAVAILABLE");
 }
 
 #[tokio::test]

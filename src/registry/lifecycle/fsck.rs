@@ -23,6 +23,10 @@
 //! to what was quarantined stay, and a second run reports them: a push of the
 //! same content heals them.
 //!
+//! In a mirrored repository (under a `[[proxy]]` prefix) a manifest is
+//! fetched before its blobs, which are fetched when pulled: a reference not
+//! linked there is counted as not fetched yet, not reported as a problem.
+//!
 //! Without `--repair` nothing is written, so it is safe beside a running
 //! server; what the server changes meanwhile may show as a transient finding.
 
@@ -77,6 +81,8 @@ pub struct Options {
     pub repair: bool,
     /// Temporary files younger than this are reported but not removed.
     pub leftover_min_age: Duration,
+    /// The prefixes of mirrored repositories (`[[proxy]]` entries).
+    pub mirrored: Vec<String>,
 }
 
 impl Default for Options {
@@ -84,6 +90,7 @@ impl Default for Options {
         Options {
             repair: false,
             leftover_min_age: LEFTOVER_MIN_AGE,
+            mirrored: Vec::new(),
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct Report {
     pub repaired: u64,
     /// Blobs found in quarantine (moved there before or by this run).
     pub quarantined: u64,
+    /// References of mirrored manifests whose content was never pulled.
+    pub not_fetched: u64,
 }
 
 impl Report {
@@ -123,7 +132,15 @@ impl fmt::Display for Report {
             self.leftovers,
             self.repaired,
             self.quarantined
-        )
+        )?;
+        if self.not_fetched > 0 {
+            write!(
+                f,
+                "; {} references of mirrored images not fetched yet",
+                self.not_fetched
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -464,6 +481,11 @@ impl Checker<'_> {
             }
         };
         let mut unusable = HashSet::new();
+        let mirrored = self.options.mirrored.iter().any(|prefix| {
+            name.as_str()
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        });
         for requirement in &manifest.requirements {
             let (required, problem) = match requirement {
                 Requirement::Blob(d) => {
@@ -472,7 +494,11 @@ impl Checker<'_> {
                         .get(&layout::layer_link(name, d))
                         .await?
                         .is_some();
-                    let problem = if !linked {
+                    let problem = if !linked && mirrored {
+                        self.report.not_fetched += 1;
+                        unusable.insert(d.clone());
+                        continue;
+                    } else if !linked {
                         Some(format!(
                             "references blob {d}, which is not linked in {name}"
                         ))
@@ -485,6 +511,15 @@ impl Checker<'_> {
                     (d, problem)
                 }
                 Requirement::Manifest(d) => {
+                    let fetched = || async {
+                        let link = self.storage.get(&layout::revision_link(name, d)).await?;
+                        io::Result::Ok(link.is_some())
+                    };
+                    if mirrored && !fetched().await? {
+                        self.report.not_fetched += 1;
+                        unusable.insert(d.clone());
+                        continue;
+                    }
                     let problem = self
                         .has_manifest(name, d)
                         .await?
@@ -675,6 +710,7 @@ mod tests {
         let options = Options {
             repair,
             leftover_min_age: Duration::from_secs(60),
+            ..Options::default()
         };
         let report = check(storage, &options, &mut |f| findings.push(f.clone()))
             .await
