@@ -70,6 +70,8 @@ if [ $# -ne 1 ]; then
 fi
 ADDR="$1"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tests/e2e/containerd.sh
+source "$HERE/containerd.sh"
 PY="${PYTHON:-python3}"
 if [ -z "${DOCKER_BIN:-}" ]; then
   # Prefer the CLI that ships with Debian's dockerd (same API version).
@@ -370,20 +372,7 @@ wait_for_socket() { # path pidname seconds
 start_containerd() { # name
   local d="$TMP/$1"
   mkdir -p "$d"
-  cat >"$d/config.toml" <<EOF
-version = 2
-root = "$d/root"
-state = "$d/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "$d/containerd.sock"
-[ttrpc]
-  address = "$d/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-EOF
+  write_containerd_config "$d"
   containerd --config "$d/config.toml" >"$TMP/logs/$1.log" 2>&1 &
   echo $! >"$TMP/pids/$1"
   wait_for_socket "$d/containerd.sock" "$1" 30

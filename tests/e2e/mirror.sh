@@ -4,7 +4,8 @@
 # through the release binary's `hub` prefix (a `[[proxy]]` entry). Checks:
 # the image arrives byte for byte with the upstream's digests; a second pull
 # sends no blob request to the upstream (its access log); Berth's store then
-# holds the image; a push under the prefix is refused; podman pulls through
+# holds the image; skopeo list-tags through the prefix lists the upstream's
+# tags; a push under the prefix is refused; podman pulls through
 # the prefix into a store of its own; containerd (ctr, a
 # private daemon) pulls docker.io/library/... through a hosts.toml mirror,
 # which sends `?ns=docker.io`, and Berth caches it under the entry that lists
@@ -17,6 +18,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=tests/e2e/containerd.sh
+source "$ROOT/tests/e2e/containerd.sh"
 BERTH_BIN="${BERTH_BIN:-$ROOT/target/release/berth}"
 REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
 for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)" \
@@ -160,6 +163,14 @@ link="$WORK/berth-data/docker/registry/v2/repositories/hub/library/demo/_manifes
 [ "$(cat "$link")" = "$upstream_digest" ] || die "the mirror's tag link holds $(cat "$link" 2>/dev/null)"
 echo "ok: the mirror stored hub/library/demo:1 under its own tag link"
 
+# The tag list is the upstream's: a tag nobody pulled through the mirror is
+# listed too.
+sk copy -q --dest-tls-verify=false --preserve-digests "oci:$WORK/oci:1" "docker://127.0.0.1:$DPORT/library/demo:unpulled"
+tags="$(sk list-tags --tls-verify=false "docker://127.0.0.1:$BPORT/hub/library/demo" | tr -d ' \n')"
+[ "$tags" = '{"Repository":"127.0.0.1:'"$BPORT"'/hub/library/demo","Tags":["1","unpulled"]}' ] ||
+  die "skopeo list-tags through the mirror said $tags"
+echo "ok: skopeo list-tags through the mirror lists the upstream's tags (1, unpulled)"
+
 if sk copy -q --dest-tls-verify=false "oci:$WORK/oci:1" "docker://127.0.0.1:$BPORT/hub/library/pushed:1" 2>"$WORK/push.err"; then
   die "a push under the mirrored prefix was accepted"
 fi
@@ -198,20 +209,7 @@ echo "ok: podman pulled hub/library/demo:1 through Berth ($got)"
 sk copy -q --dest-tls-verify=false --preserve-digests "oci:$WORK/oci:1" "docker://127.0.0.1:$DPORT/library/other:1"
 CTRD="$WORK/ctrd"
 mkdir -p "$CTRD" "$WORK/certs.d/docker.io"
-cat >"$CTRD/config.toml" <<TOML
-version = 2
-root = "$CTRD/root"
-state = "$CTRD/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "$CTRD/containerd.sock"
-[ttrpc]
-  address = "$CTRD/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-TOML
+write_containerd_config "$CTRD"
 containerd --config "$CTRD/config.toml" >"$WORK/containerd.log" 2>&1 &
 CTRD_PID=$!
 for ((i = 0; i < 300; i++)); do
