@@ -58,6 +58,30 @@ pub struct Config {
     /// Upstream registries mirrored under local prefixes (`[[proxy]]`
     /// entries; none: Berth mirrors nothing).
     pub proxy: Vec<ProxyConfig>,
+    /// Prometheus metrics (the `[metrics]` table).
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` table: `GET /metrics` in Prometheus's text format, on the
+/// main listener (like `/healthz`, outside access control), or only on a
+/// listener of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` is served at all.
+    pub enabled: bool,
+    /// A separate plain-HTTP address for `/metrics` (a port the network
+    /// keeps internal); the main listener then does not serve it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 /// Which store holds the registry's content.
@@ -194,6 +218,7 @@ impl Default for Config {
             lifecycle: LifecycleConfig::default(),
             server: ServerConfig::default(),
             proxy: Vec::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod registry;
@@ -132,7 +133,10 @@ pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
 
 /// Access control from the `[auth]` table; `None` when there is none (auth
 /// off). Fails when a file it names is missing or invalid.
-pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessControl>>> {
+pub fn build_access_control(
+    config: &Config,
+    metrics: Arc<metrics::Metrics>,
+) -> io::Result<Option<Arc<AccessControl>>> {
     let Some(auth_config) = &config.auth else {
         return Ok(None);
     };
@@ -141,23 +145,38 @@ pub fn build_access_control(config: &Config) -> io::Result<Option<Arc<AccessCont
     Ok(Some(Arc::new(AccessControl::new(
         auth,
         auth_config.challenge,
+        metrics,
     ))))
 }
 
-/// The whole application the configuration describes: the registry behind
-/// the HTTP API, with access control when configured.
-pub async fn build_app(config: &Config) -> io::Result<Router> {
+/// What serving a registry takes: the API (the registry behind the HTTP
+/// API, with access control when configured, and `/metrics` unless
+/// `[metrics] listen` moves it), and the separate metrics application when
+/// it does.
+pub struct App {
+    pub api: Router,
+    pub metrics: Option<Router>,
+}
+
+pub async fn build_app(config: &Config) -> io::Result<App> {
     let registry = build_registry(config).await?;
-    let access = build_access_control(config)?;
-    let mirror = mirror::Mirror::new(&config.proxy, &config.data_dir.join("mirror").join("spool"))
-        .map_err(io::Error::other)?;
-    let app = http::router(registry.clone(), access, mirror);
+    let access = build_access_control(config, registry.metrics().clone())?;
+    let mirror = mirror::Mirror::new(
+        &config.proxy,
+        &config.data_dir.join("mirror").join("spool"),
+        registry.metrics().clone(),
+    )
+    .map_err(io::Error::other)?;
+    let separate_metrics = config.metrics.enabled && config.metrics.listen.is_some();
+    let metrics = separate_metrics.then(|| http::metrics_router(&registry));
+    let on_main = config.metrics.enabled && !separate_metrics;
+    let app = http::router(registry.clone(), access, mirror, on_main);
     // The lifecycle task (upload expiry; retention and garbage collection
     // with `gc_interval`) lives exactly as long as the application: when
     // serving ends and the app is dropped, the task stops. An app built
     // outside a runtime serves nothing, so it needs none.
     if tokio::runtime::Handle::try_current().is_err() {
-        return Ok(app);
+        return Ok(App { api: app, metrics });
     }
     // The catalog's repository index is built while the server starts
     // serving, so that no catalog page waits for a walk of the store.
@@ -168,7 +187,19 @@ pub async fn build_app(config: &Config) -> io::Result<Router> {
         }
     });
     let task = registry::LifecycleTask::spawn(registry);
-    Ok(app.layer(Holding(Arc::new(task))))
+    Ok(App {
+        api: app.layer(Holding(Arc::new(task))),
+        metrics,
+    })
+}
+
+/// Serves the metrics application on `listener` (plain HTTP) until the
+/// task is dropped or aborted.
+pub fn spawn_metrics_server(
+    listener: TcpListener,
+    app: Router,
+) -> tokio::task::JoinHandle<io::Result<()>> {
+    tokio::spawn(async move { axum::serve(listener, app).await })
 }
 
 /// Tower layer that holds a value for as long as the services it wraps exist.
@@ -249,6 +280,9 @@ pub async fn run_gc(
 /// stops it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<tokio::task::JoinHandle<io::Result<()>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
@@ -257,7 +291,13 @@ impl RunningServer {
     /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(config: &Config) -> io::Result<RunningServer> {
         let tls = tls_acceptor_config(config)?;
-        let app = build_app(config).await?;
+        let App { api: app, metrics } = build_app(config).await?;
+        let (mut metrics_addr, mut metrics_task) = (None, None);
+        if let (Some(metrics), Some(listen)) = (metrics, config.metrics.listen) {
+            let listener = TcpListener::bind(listen).await?;
+            metrics_addr = Some(listener.local_addr()?);
+            metrics_task = Some(spawn_metrics_server(listener, metrics));
+        }
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -269,6 +309,8 @@ impl RunningServer {
             tokio::spawn(async move { serve::run(listener, app, tls, &limits, stopped).await });
         Ok(RunningServer {
             addr,
+            metrics_addr,
+            metrics_task,
             stop: Some(stop),
             task: Some(task),
         })
@@ -288,6 +330,9 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        if let Some(task) = self.metrics_task.take() {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -565,7 +565,13 @@ async fn run(config: Config) -> std::io::Result<()> {
         tracing::warn!(error = %e, "could not raise the open files limit");
     }
     let tls = berth::tls_acceptor_config(&config)?;
-    let app = berth::build_app(&config).await?;
+    let berth::App { api: app, metrics } = berth::build_app(&config).await?;
+    if let (Some(metrics), Some(listen)) = (metrics, config.metrics.listen) {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, "serving /metrics");
+        // Ends with the process.
+        drop(berth::spawn_metrics_server(listener, metrics));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -63,6 +63,7 @@ use crate::auth::{
     Action, Actions, Auth, Challenge, Identity, LoginError, Policy, Refused, Scope, Secret,
     VerifiedToken,
 };
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
 
 /// Where the built-in token endpoint is served.
@@ -74,6 +75,8 @@ pub struct AccessControl {
     challenge: Challenge,
     logins: LoginCache,
     tokens: TokenCache,
+    /// Where refusals are counted (`berth_auth_failures_total`).
+    metrics: Arc<Metrics>,
 }
 
 /// What a `/v2/` request needs of its caller.
@@ -235,12 +238,32 @@ enum Refusal {
 }
 
 impl AccessControl {
-    pub fn new(auth: Auth, challenge: Challenge) -> AccessControl {
+    pub fn new(auth: Auth, challenge: Challenge, metrics: Arc<Metrics>) -> AccessControl {
         AccessControl {
             auth,
             challenge,
             logins: LoginCache::new(),
             tokens: TokenCache::new(),
+            metrics,
+        }
+    }
+
+    /// Counts a refusal: `reason` is one of `anonymous` (credentials
+    /// needed), `bad_credentials`, `bad_token`, `insufficient_scope`,
+    /// `denied` (known caller without the right), `locked_out` (too many
+    /// failed logins; also counted as rate limited).
+    fn count_failure(&self, reason: &'static str) {
+        self.metrics
+            .auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        if reason == "locked_out" {
+            self.metrics
+                .rate_limited
+                .get_or_create(&ReasonLabels {
+                    reason: "login_attempts",
+                })
+                .inc();
         }
     }
 
@@ -267,6 +290,7 @@ impl AccessControl {
                 .then(|| self.mount_source_to_ask_for(&caller, parts))
                 .flatten();
             if let Some(source) = source {
+                // Not a failure: the client is asked for a token that mounts.
                 let scopes =
                     [scopes, vec![Scope::repository(source, Action::Pull.into())]].concat();
                 return Err(self.unauthorized(parts, &scopes, Some("insufficient_scope")));
@@ -278,9 +302,18 @@ impl AccessControl {
                 identity: Identity::Anonymous,
                 ..
             }
-            | Caller::Everyone => self.unauthorized(parts, &scopes, None),
-            Caller::Token { .. } => self.unauthorized(parts, &scopes, Some("insufficient_scope")),
-            Caller::Identity { .. } => ApiError::from(ErrorCode::Denied).into_response(),
+            | Caller::Everyone => {
+                self.count_failure("anonymous");
+                self.unauthorized(parts, &scopes, None)
+            }
+            Caller::Token { .. } => {
+                self.count_failure("insufficient_scope");
+                self.unauthorized(parts, &scopes, Some("insufficient_scope"))
+            }
+            Caller::Identity { .. } => {
+                self.count_failure("denied");
+                ApiError::from(ErrorCode::Denied).into_response()
+            }
         })
     }
 
@@ -463,12 +496,21 @@ impl AccessControl {
         self.login(self.client(parts).addr, user, password)
             .await
             .map_err(|refusal| match refusal {
-                Refusal::Invalid { .. } => self.basic_unauthorized(),
+                Refusal::Invalid { .. } => {
+                    self.count_failure("bad_credentials");
+                    self.basic_unauthorized()
+                }
                 other => self.refuse(other, parts, &[]),
             })
     }
 
     fn refuse(&self, refusal: Refusal, parts: &Parts, scopes: &[Scope]) -> Response {
+        self.count_failure(match refusal {
+            Refusal::Invalid { token: false } => "bad_credentials",
+            Refusal::Invalid { token: true } => "bad_token",
+            Refusal::TooManyAttempts { .. } => "locked_out",
+            Refusal::Internal => "internal",
+        });
         match refusal {
             Refusal::Invalid { token } => {
                 self.unauthorized(parts, scopes, token.then_some("invalid_token"))

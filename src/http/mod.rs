@@ -15,6 +15,7 @@ mod fuzz_tests;
 mod host;
 mod login_cache;
 mod manifests;
+mod metrics;
 mod mirrors;
 mod range;
 mod referrers;
@@ -67,13 +68,20 @@ pub struct AppState {
     pub mirror: Option<Arc<Mirror>>,
 }
 
-/// The whole HTTP application for a registry.
+/// The whole HTTP application for a registry; with `serve_metrics`,
+/// `GET /metrics` too.
 pub fn router(
     registry: Arc<Registry>,
     access: Option<Arc<AccessControl>>,
     mirror: Option<Arc<Mirror>>,
+    serve_metrics: bool,
 ) -> Router {
-    Router::new()
+    let metrics = registry.metrics().clone();
+    let mut router = Router::new();
+    if serve_metrics {
+        router = router.route("/metrics", get(metrics::scrape).with_state(metrics.clone()));
+    }
+    router
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
@@ -89,6 +97,10 @@ pub fn router(
             HeaderValue::from_static("registry/2.0"),
         ))
         .layer(axum::middleware::from_fn(request_log::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::observe,
+        ))
         .with_state(AppState {
             registry,
             access,
@@ -317,4 +329,12 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 fn location(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).expect("locations are built from validated parts")
+}
+
+/// The application of a separate metrics listener: `GET /metrics` only.
+pub fn metrics_router(registry: &Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .fallback(not_found)
+        .with_state(registry.metrics().clone())
 }

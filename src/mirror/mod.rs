@@ -31,6 +31,7 @@ use tokio::sync::watch;
 pub use config::ProxyConfig;
 pub use tags::MirroredTags;
 
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepositoryName, Tag};
 use crate::registry::{spool, ByteStream, Registry, RequestBody};
 use upstream::{Answer, Upstream};
@@ -76,6 +77,7 @@ struct Mapped<'e, 'n> {
 impl Mapped<'_, '_> {
     fn on(&self) -> upstream::On<'_> {
         upstream::On {
+            prefix: &self.entry.prefix,
             access: &self.entry.access,
             breaker: &self.entry.breaker,
             scope: &self.scope,
@@ -219,6 +221,7 @@ impl Mirror {
     pub fn new(
         entries: &[ProxyConfig],
         spool_dir: &std::path::Path,
+        metrics: Arc<Metrics>,
     ) -> std::result::Result<Option<Arc<Mirror>>, String> {
         if entries.is_empty() {
             return Ok(None);
@@ -283,7 +286,7 @@ impl Mirror {
             .collect::<std::result::Result<_, String>>()?;
         Ok(Some(Arc::new(Mirror {
             entries,
-            upstream: Upstream::new()?,
+            upstream: Upstream::new(metrics)?,
             flights: Mutex::default(),
             next_flight: Default::default(),
             tag_checks: Mutex::default(),
@@ -1073,7 +1076,9 @@ mod tests {
             ProxyConfig::new("hub", "https://registry-1.docker.io"),
             ProxyConfig::new("ghcr", "https://ghcr.io"),
         ];
-        let mirror = Mirror::new(&entries, spool.path()).unwrap().unwrap();
+        let mirror = Mirror::new(&entries, spool.path(), Arc::default())
+            .unwrap()
+            .unwrap();
         let canonical = |name: &str| {
             mirror
                 .canonical(&RepositoryName::parse(name).unwrap())

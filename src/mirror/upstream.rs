@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -21,6 +21,7 @@ use serde::Deserialize;
 use super::health::Breaker;
 use crate::auth::header::Challenge;
 use crate::auth::Secret;
+use crate::metrics::{Metrics, UpstreamLabels};
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::registry::ByteStream;
 
@@ -91,16 +92,17 @@ pub(super) struct FetchedBlob {
 
 pub(super) struct Upstream {
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub(super) fn new() -> Result<Upstream, String> {
+    pub(super) fn new(metrics: Arc<Metrics>) -> Result<Upstream, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(|e| format!("building the upstream client: {e}"))?;
-        Ok(Upstream { http })
+        Ok(Upstream { http, metrics })
     }
 
     /// `HEAD` of a manifest: the digest the upstream names it by, `None`
@@ -112,7 +114,7 @@ impl Upstream {
                 .header(header::ACCEPT, MANIFEST_ACCEPT)
                 .timeout(REQUEST_TIMEOUT)
         };
-        match self.send(on, request).await {
+        match self.send(on, "manifest_head", request).await {
             Answer::Found(response) => Answer::Found(content_digest(&response)),
             Answer::NotFound => Answer::NotFound,
             Answer::Failed(f) => Answer::Failed(f),
@@ -132,7 +134,7 @@ impl Upstream {
                 .header(header::ACCEPT, MANIFEST_ACCEPT)
                 .timeout(REQUEST_TIMEOUT)
         };
-        let response = match self.send(on, request).await {
+        let response = match self.send(on, "manifest", request).await {
             Answer::Found(response) => response,
             Answer::NotFound => return Answer::NotFound,
             Answer::Failed(f) => return Answer::Failed(f),
@@ -179,7 +181,7 @@ impl Upstream {
                     .header(header::ACCEPT, "application/json")
                     .timeout(REQUEST_TIMEOUT)
             };
-            let response = match self.send(on, request).await {
+            let response = match self.send(on, "tags", request).await {
                 Answer::Found(response) => response,
                 // A repository the upstream does not have; a later page
                 // gone is a failure, not an empty list.
@@ -207,7 +209,7 @@ impl Upstream {
     /// `HEAD` of a blob: its size.
     pub(super) async fn blob_size(&self, on: On<'_>, url: &str) -> Answer<u64> {
         let request = || self.http.head(url).timeout(REQUEST_TIMEOUT);
-        match self.send(on, request).await {
+        match self.send(on, "blob_head", request).await {
             Answer::Found(response) => match content_length(&response) {
                 Some(size) => Answer::Found(size),
                 None => Answer::Failed(unusable("a blob HEAD without Content-Length".into())),
@@ -222,17 +224,18 @@ impl Upstream {
         // The bound covers the response's headers only: `send` returns
         // once they are in, and the body is read under `READ_TIMEOUT`.
         let request = || self.http.get(url);
-        let response = match tokio::time::timeout(REQUEST_TIMEOUT, self.send(on, request)).await {
-            Ok(Answer::Found(response)) => response,
-            Ok(Answer::NotFound) => return Answer::NotFound,
-            Ok(Answer::Failed(f)) => return Answer::Failed(f),
-            Err(_) => {
-                return Answer::Failed(failure(format!(
-                    "no answer to a blob GET in {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                )))
-            }
-        };
+        let response =
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.send(on, "blob", request)).await {
+                Ok(Answer::Found(response)) => response,
+                Ok(Answer::NotFound) => return Answer::NotFound,
+                Ok(Answer::Failed(f)) => return Answer::Failed(f),
+                Err(_) => {
+                    return Answer::Failed(failure(format!(
+                        "no answer to a blob GET in {} s",
+                        REQUEST_TIMEOUT.as_secs()
+                    )))
+                }
+            };
         let length = content_length(&response);
         let body = response
             .bytes_stream()
@@ -287,6 +290,8 @@ fn classify(sent: reqwest::Result<reqwest::Response>) -> Answer<reqwest::Respons
 /// (`repository:<upstream name>:pull`).
 #[derive(Clone, Copy)]
 pub(super) struct On<'a> {
+    /// The entry's prefix, for the metrics' labels.
+    pub prefix: &'a str,
     pub access: &'a Access,
     pub breaker: &'a Breaker,
     pub scope: &'a str,
@@ -299,6 +304,7 @@ impl Upstream {
     async fn send(
         &self,
         on: On<'_>,
+        kind: &'static str,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Answer<reqwest::Response> {
         if let Some(open) = on.breaker.open() {
@@ -313,7 +319,24 @@ impl Upstream {
                 answered: false,
             });
         }
+        let started = Instant::now();
         let answer = self.send_logged_in(on, request).await;
+        let labels = UpstreamLabels {
+            prefix: on.prefix.to_owned(),
+            request: kind,
+            result: match &answer {
+                Answer::Found(_) => "ok",
+                Answer::NotFound => "not_found",
+                Answer::Failed(f) if f.too_many_requests => "too_many_requests",
+                Answer::Failed(f) if f.answered => "unusable",
+                Answer::Failed(_) => "error",
+            },
+        };
+        self.metrics
+            .upstream_request_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_requests.get_or_create(&labels).inc();
         match &answer {
             Answer::Failed(failure) if !failure.answered => on
                 .breaker

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
+use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName};
 
 /// Blobs up to this size are kept in memory once read.
@@ -122,6 +123,8 @@ pub struct Caches {
     verified: Cache<Digest, ()>,
     epoch: AtomicU64,
     fill_lock: Mutex<()>,
+    /// Where lookups are counted (`berth_cache_lookups_total`).
+    metrics: Arc<Metrics>,
 }
 
 /// Taken before a storage read whose result may be cached.
@@ -135,7 +138,7 @@ impl Caches {
         self.ttl
     }
 
-    pub fn new(config: &CacheConfig) -> Caches {
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Caches {
         let content_items = (config.content_bytes / 4096).max(16) as usize;
         Caches {
             ttl: config.ttl,
@@ -147,6 +150,7 @@ impl Caches {
             verified: Cache::new(VERIFIED_ENTRIES),
             epoch: AtomicU64::new(0),
             fill_lock: Mutex::new(()),
+            metrics,
         }
     }
 
@@ -160,7 +164,14 @@ impl Caches {
     /// "unknown blob" when a HEAD through one replica answered from a cached
     /// 404 while the upload went through another).
     pub fn link(&self, key: &str) -> Option<Option<Digest>> {
-        self.fresh(self.links.get(key)).filter(|v| v.is_some())
+        let found = self.fresh(self.links.get(key)).filter(|v| v.is_some());
+        self.counted("link", found)
+    }
+
+    /// Counts a lookup's hit or miss, and passes its answer on.
+    fn counted<T>(&self, cache: &'static str, found: Option<T>) -> Option<T> {
+        self.metrics.cache_lookup(cache, found.is_some());
+        found
     }
 
     pub fn fill_link(&self, ticket: ReadTicket, key: &str, value: Option<Digest>) {
@@ -175,7 +186,8 @@ impl Caches {
     }
 
     pub fn tag_list(&self, name: &RepositoryName) -> Option<Arc<Vec<String>>> {
-        self.fresh(self.tag_lists.get(name))
+        let found = self.fresh(self.tag_lists.get(name));
+        self.counted("tag_list", found)
     }
 
     pub fn fill_tag_list(&self, ticket: ReadTicket, name: &RepositoryName, tags: Arc<Vec<String>>) {
@@ -194,7 +206,8 @@ impl Caches {
     /// A cached content size, while fresh; an absence is not served (see
     /// [`Caches::link`]).
     pub fn size(&self, digest: &Digest) -> Option<Option<u64>> {
-        self.fresh(self.sizes.get(digest)).filter(|v| v.is_some())
+        let found = self.fresh(self.sizes.get(digest)).filter(|v| v.is_some());
+        self.counted("blob_size", found)
     }
 
     pub fn fill_size(&self, ticket: ReadTicket, digest: &Digest, value: Option<u64>) {
@@ -219,7 +232,7 @@ impl Caches {
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<Arc<CachedManifest>> {
-        self.manifests.get(digest)
+        self.counted("manifest", self.manifests.get(digest))
     }
 
     /// Content keyed by digest cannot go stale: no ticket needed. Only bytes
@@ -229,7 +242,7 @@ impl Caches {
     }
 
     pub fn small_blob(&self, digest: &Digest) -> Option<Bytes> {
-        self.small_blobs.get(digest)
+        self.counted("small_blob", self.small_blobs.get(digest))
     }
 
     /// Whether the stored content of `digest` is known to match it.
@@ -298,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_fill_started_before_a_write_does_not_overwrite_it() {
-        let caches = Caches::new(&CacheConfig::default());
+        let caches = Caches::new(&CacheConfig::default(), Arc::default());
         let ticket = caches.ticket();
         caches.wrote_link("k", Some(digest("new")));
         caches.fill_link(ticket, "k", Some(digest("old")));
@@ -307,10 +320,13 @@ mod tests {
 
     #[test]
     fn entries_expire_after_the_ttl() {
-        let caches = Caches::new(&CacheConfig {
-            ttl: Duration::from_millis(20),
-            ..CacheConfig::default()
-        });
+        let caches = Caches::new(
+            &CacheConfig {
+                ttl: Duration::from_millis(20),
+                ..CacheConfig::default()
+            },
+            Arc::default(),
+        );
         caches.fill_link(caches.ticket(), "k", Some(digest("d")));
         assert_eq!(caches.link("k"), Some(Some(digest("d"))));
         std::thread::sleep(Duration::from_millis(30));
@@ -320,7 +336,7 @@ mod tests {
     #[test]
     fn an_absence_is_never_served_from_the_cache() {
         // Another replica may have written the link or the content since.
-        let caches = Caches::new(&CacheConfig::default());
+        let caches = Caches::new(&CacheConfig::default(), Arc::default());
         caches.fill_link(caches.ticket(), "k", None);
         assert_eq!(caches.link("k"), None);
         caches.wrote_link("k", None);
@@ -334,10 +350,13 @@ mod tests {
     #[test]
     fn tag_lists_are_bounded_by_their_bytes() {
         let budget = 64 * 1024;
-        let caches = Caches::new(&CacheConfig {
-            content_bytes: budget,
-            ..CacheConfig::default()
-        });
+        let caches = Caches::new(
+            &CacheConfig {
+                content_bytes: budget,
+                ..CacheConfig::default()
+            },
+            Arc::default(),
+        );
         // 200 repositories of 20 tags (about 1 KB each) offer three times
         // the budget.
         let tags: Arc<Vec<String>> =
@@ -362,7 +381,7 @@ mod tests {
 
     #[test]
     fn only_small_blobs_are_kept() {
-        let caches = Caches::new(&CacheConfig::default());
+        let caches = Caches::new(&CacheConfig::default(), Arc::default());
         caches.keep_small_blob(&digest("s"), Bytes::from(vec![0; 10]));
         caches.keep_small_blob(
             &digest("l"),

@@ -30,6 +30,7 @@ pub use lifecycle::{
 pub use manifests::{ManifestPut, StoredManifest};
 pub use uploads::{UploadSession, UploadStart};
 
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::storage::{layout, Listing, Storage, WriteMode};
 use cache::{CacheConfig, Caches};
@@ -60,6 +61,9 @@ pub struct Registry {
     /// history records changes in the order they happened.
     tag_locks: locks::KeyedLocks,
     lifecycle: Arc<LifecycleConfig>,
+    /// What this registry counts (metrics.rs), shared with the HTTP layer
+    /// and the mirror that serve it.
+    metrics: Arc<Metrics>,
     /// Every repository's name, for the catalog (catalog.rs).
     repository_index: Arc<catalog::RepositoryIndex>,
 }
@@ -71,10 +75,12 @@ impl Registry {
         cache: &CacheConfig,
         lifecycle: LifecycleConfig,
     ) -> Registry {
+        let metrics = Arc::new(Metrics::new());
         Registry {
             storage,
             limits,
-            caches: Arc::new(Caches::new(cache)),
+            caches: Arc::new(Caches::new(cache, metrics.clone())),
+            metrics,
             upload_locks: locks::KeyedLocks::default(),
             tag_locks: locks::KeyedLocks::default(),
             lifecycle: Arc::new(lifecycle),
@@ -84,6 +90,12 @@ impl Registry {
 
     pub fn lifecycle(&self) -> &LifecycleConfig {
         &self.lifecycle
+    }
+
+    /// What this registry counts, for `GET /metrics` and for the parts
+    /// that serve it to record into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn limits(&self) -> &Limits {

@@ -26,6 +26,7 @@ mod gc;
 mod host_header;
 mod integrity;
 mod manifest_limits;
+mod metrics;
 mod mirror;
 mod oci_client;
 mod retention;

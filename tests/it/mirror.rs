@@ -161,6 +161,16 @@ async fn an_image_is_fetched_once_then_served_locally_by_digest_and_within_the_t
         "{:#?}",
         m.proxy.requests()
     );
+    // The upstream requests, as the mirror's metrics count them.
+    let metrics = scrape(&m.mirror).await;
+    let sent = |request: &str| {
+        metrics.get(&format!(
+            "berth_upstream_requests_total{{prefix=\"hub\",request=\"{request}\",result=\"ok\"}}"
+        ))
+    };
+    assert_eq!(sent("manifest_head"), 1.0);
+    assert_eq!(sent("manifest"), 1.0);
+    assert_eq!(sent("blob"), 2.0, "the layer and the config");
 }
 
 #[tokio::test]

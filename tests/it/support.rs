@@ -887,3 +887,41 @@ mod checks {
         assert!(ran_nothing.is_err(), "a name that matches no test fails");
     }
 }
+
+/// A scrape of `GET /metrics`: each series (`name{labels}` as written) and its value.
+pub struct Scrape(std::collections::HashMap<String, f64>);
+
+impl Scrape {
+    /// The series' value; 0 when absent (a family shows a series only once
+    /// it has been counted).
+    pub fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+pub async fn scrape_at(client: &reqwest::Client, addr: std::net::SocketAddr) -> Scrape {
+    let resp = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::OK).await;
+    assert_eq!(
+        header_str(&resp, "content-type"),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    let series = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect();
+    Scrape(series)
+}
+
+pub async fn scrape(registry: &TestRegistry) -> Scrape {
+    scrape_at(&registry.client, registry.addr).await
+}

@@ -34,6 +34,33 @@ impl Registry {
     /// first so that the images of the tags it removes are collected in the
     /// same run; in a dry run the collection treats those tags as removed.
     pub async fn run_lifecycle(&self, options: &GcOptions) -> Result<LifecycleReport> {
+        let started = std::time::Instant::now();
+        let run = self.run_lifecycle_once(options).await;
+        let metrics = self.metrics();
+        if !options.dry_run {
+            let result = if run.is_ok() { "ok" } else { "error" };
+            metrics
+                .gc_runs
+                .get_or_create(&crate::metrics::ResultLabels { result })
+                .inc();
+            metrics.gc_duration.observe(started.elapsed().as_secs_f64());
+        }
+        if let (false, Ok(report)) = (options.dry_run, &run) {
+            metrics
+                .gc_removed_blobs
+                .inc_by(report.gc.blobs_removed as u64);
+            metrics.gc_removed_bytes.inc_by(report.gc.bytes_removed);
+            metrics
+                .gc_removed_manifests
+                .inc_by(report.gc.manifests_removed as u64);
+            metrics
+                .mirror_evicted_manifests
+                .inc_by(report.mirror.evicted.len() as u64);
+        }
+        run
+    }
+
+    async fn run_lifecycle_once(&self, options: &GcOptions) -> Result<LifecycleReport> {
         // Mirror eviction first, so that the collection reclaims what it
         // unlinked in the same run (in a dry run it only counts).
         let mirror = self.evict_mirrored(options.dry_run).await?;

@@ -1,0 +1,227 @@
+//! `GET /metrics`, and the middleware that counts every request into the
+//! registry's [`Metrics`]: by method, kind of resource (the route table's,
+//! never the path) and status; its duration to the end of the response
+//! body; the body bytes read and sent; blob uploads in progress.
+//!
+//! Bodies are wrapped, not copied: each frame passes through as it is (a
+//! zero-copy blob's placeholder frames included, `serve/zero_copy.rs`), and
+//! the size hint is the inner body's, so `Content-Length` is unchanged.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+
+use super::routes::{self, Resource};
+use crate::metrics::{self, Metrics, RequestLabels, RouteLabels};
+
+/// `GET /metrics`: the text a Prometheus scrape reads.
+pub async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Middleware: counts the request and its response (see the module).
+pub async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let route = route_label(request.uri().path());
+    let labels = RouteLabels { method, route };
+    let uploading = route == "upload" && request.method() != Method::GET;
+    let _in_progress = uploading.then(|| InProgress::start(&metrics));
+    let received = metrics.http_received_bytes.get_or_create_owned(&labels);
+    let request = request.map(|body| {
+        Body::new(Counted {
+            inner: body,
+            bytes: received,
+        })
+    });
+    let response = next.run(request).await;
+    metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    let sent = metrics.http_sent_bytes.get_or_create_owned(&labels);
+    response.map(|body| {
+        Body::new(Timed {
+            inner: Counted {
+                inner: body,
+                bytes: sent,
+            },
+            started,
+            labels,
+            metrics,
+        })
+    })
+}
+
+/// The method as a label: the ones the API uses, else `other` (a client's
+/// made-up methods must not make new series).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The kind of resource a path names, from the route table (`/v2/...`) or
+/// the few other routes; `other` for anything else.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => return "base",
+        "/healthz" | "/readyz" => return "health",
+        "/metrics" => return "metrics",
+        _ if path == super::token::TOKEN_PATH => return "token",
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return "other";
+    };
+    match routes::parse(rest).map(|p| p.resource) {
+        Some(Resource::Catalog) => "catalog",
+        Some(Resource::UploadStart | Resource::Upload) => "upload",
+        Some(Resource::Blob) => "blob",
+        Some(Resource::Manifest) => "manifest",
+        Some(Resource::Tags) => "tags",
+        Some(Resource::Referrers) => "referrers",
+        Some(Resource::TagHistory | Resource::TagRollback) => "tag_history",
+        None => "other",
+    }
+}
+
+/// Counts an upload request while it is handled.
+struct InProgress(Arc<Metrics>);
+
+impl InProgress {
+    fn start(metrics: &Arc<Metrics>) -> InProgress {
+        metrics.uploads_in_progress.inc();
+        InProgress(metrics.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.uploads_in_progress.dec();
+    }
+}
+
+/// A body whose data frames are counted into `bytes` as they pass.
+struct Counted {
+    inner: Body,
+    bytes: Counter,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that observes the request's duration when it is done
+/// with (sent whole, or dropped by a client that left).
+struct Timed {
+    inner: Counted,
+    started: Instant,
+    labels: RouteLabels,
+    metrics: Arc<Metrics>,
+}
+
+impl HttpBody for Timed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.metrics
+            .http_request_duration
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_labelled_by_kind_never_by_name() {
+        let label = route_label;
+        assert_eq!(label("/v2/"), "base");
+        assert_eq!(label("/v2/team/app/blobs/sha256:ab"), "blob");
+        assert_eq!(label("/v2/team/app/blobs/uploads/"), "upload");
+        assert_eq!(label("/v2/team/app/blobs/uploads/1234"), "upload");
+        assert_eq!(label("/v2/a/b/c/manifests/latest"), "manifest");
+        assert_eq!(label("/v2/team/app/tags/list"), "tags");
+        assert_eq!(label("/v2/_catalog"), "catalog");
+        assert_eq!(label("/v2/x/referrers/sha256:ab"), "referrers");
+        assert_eq!(label("/v2/x/_berth/tags/1/history"), "tag_history");
+        assert_eq!(label("/metrics"), "metrics");
+        assert_eq!(label("/healthz"), "health");
+        assert_eq!(label("/favicon.ico"), "other");
+        assert_eq!(label("/v2/nothing-here"), "other");
+    }
+}

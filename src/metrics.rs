@@ -1,0 +1,381 @@
+//! Prometheus metrics: every family Berth exports, in one place, and their
+//! text encoding for `GET /metrics` (the `prometheus-client` crate, the
+//! Prometheus project's own Rust client).
+//!
+//! One [`Metrics`] per running registry, created with it
+//! (`Registry::metrics`) and handed to what records into it: the HTTP
+//! layer (requests, bytes, uploads in progress, auth failures), the
+//! registry (caches, stored content, the lifecycle) and the mirror (upstream
+//! requests). Per instance rather than global, so that the servers a test
+//! process starts count apart. Names follow Prometheus's conventions:
+//! `berth_` prefix, base units (seconds, bytes), `_total` on counters.
+//! Recording is an atomic add, or a read-locked map lookup for a labelled
+//! family: nothing on a request's path waits for a scrape.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of the answer to a scrape (Prometheus text 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    /// The kind of resource (`blob`, `manifest`, `upload`, ...), never the
+    /// path: repository names would make the series unbounded.
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Which cache: `link`, `tag_list`, `blob_size`, `manifest`,
+    /// `small_blob`.
+    pub cache: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The mirror entry's prefix (bounded by the configuration).
+    pub prefix: String,
+    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags`.
+    pub request: &'static str,
+    /// `ok`, `not_found`, `too_many_requests`, `unusable` (an answer the
+    /// mirror cannot take: credentials refused, bad data), `error` (no
+    /// answer, a timeout, 5xx).
+    pub result: &'static str,
+}
+
+/// Every family Berth exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_request_duration: Family<RouteLabels, Histogram>,
+    pub http_received_bytes: Family<RouteLabels, Counter>,
+    pub http_sent_bytes: Family<RouteLabels, Counter>,
+    pub uploads_in_progress: Gauge,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub rate_limited: Family<ReasonLabels, Counter>,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub stored: Arc<Stored>,
+    pub gc_runs: Family<ResultLabels, Counter>,
+    pub gc_duration: Histogram,
+    pub gc_removed_blobs: Counter,
+    pub gc_removed_bytes: Counter,
+    pub gc_removed_manifests: Counter,
+    pub mirror_evicted_manifests: Counter,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_request_duration: Family<UpstreamLabels, Histogram>,
+}
+
+/// What the store holds, as the last inventory of it counted, kept up to
+/// date by this process's own writes and removals since (never by a walk
+/// per scrape). `-1` until the first inventory has ended: not exported
+/// until then.
+#[derive(Debug)]
+pub struct Stored {
+    pub blobs: AtomicI64,
+    pub blob_bytes: AtomicI64,
+    pub manifests: AtomicI64,
+    pub repositories: AtomicI64,
+}
+
+impl Default for Stored {
+    fn default() -> Stored {
+        Stored {
+            blobs: AtomicI64::new(-1),
+            blob_bytes: AtomicI64::new(-1),
+            manifests: AtomicI64::new(-1),
+            repositories: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Stored {
+    /// Adds `by` to a count, unless no inventory has set it yet (a delta
+    /// to an unknown total would make a wrong one).
+    pub fn add(count: &AtomicI64, by: i64) {
+        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+            (now >= 0).then(|| (now + by).max(0))
+        });
+    }
+}
+
+impl Collector for Stored {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauges: [(&str, &str, Option<Unit>, &AtomicI64); 4] = [
+            (
+                "storage_blobs",
+                "Blobs in the store (layers, configs and manifests), as of the last inventory plus this process's changes",
+                None,
+                &self.blobs,
+            ),
+            (
+                "storage_blobs",
+                "Bytes of the blobs in the store, as counted like berth_storage_blobs",
+                Some(Unit::Bytes),
+                &self.blob_bytes,
+            ),
+            (
+                "storage_manifests",
+                "Manifests linked in repositories (one per repository and digest), counted like berth_storage_blobs",
+                None,
+                &self.manifests,
+            ),
+            (
+                "storage_repositories",
+                "Repositories in the store, as of the last inventory",
+                None,
+                &self.repositories,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            let value = value.load(Ordering::Relaxed);
+            if value < 0 {
+                continue;
+            }
+            let gauge = ConstGauge::new(value);
+            let metric =
+                encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds, from 1 ms to about 65 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("berth");
+        let metrics = Metrics {
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(duration_histogram),
+            http_received_bytes: Family::default(),
+            http_sent_bytes: Family::default(),
+            uploads_in_progress: Gauge::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            cache_lookups: Family::default(),
+            stored: Arc::new(Stored::default()),
+            gc_runs: Family::default(),
+            gc_duration: duration_histogram(),
+            gc_removed_blobs: Counter::default(),
+            gc_removed_bytes: Counter::default(),
+            gc_removed_manifests: Counter::default(),
+            mirror_evicted_manifests: Counter::default(),
+            upstream_requests: Family::default(),
+            upstream_request_duration: Family::new_with_constructor(duration_histogram),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "http_requests",
+            "Requests answered, by method, kind of resource and status",
+            metrics.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "From a request's head to the end of its response body",
+            Unit::Seconds,
+            metrics.http_request_duration.clone(),
+        );
+        r.register_with_unit(
+            "http_received",
+            "Request body bytes read",
+            Unit::Bytes,
+            metrics.http_received_bytes.clone(),
+        );
+        r.register_with_unit(
+            "http_sent",
+            "Response body bytes handed to the connection",
+            Unit::Bytes,
+            metrics.http_sent_bytes.clone(),
+        );
+        r.register(
+            "uploads_in_progress",
+            "Blob upload requests (POST, PATCH, PUT) whose body is being received",
+            metrics.uploads_in_progress.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Requests refused by access control, by reason",
+            metrics.auth_failures.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests answered 429, by what limited them",
+            metrics.rate_limited.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Lookups in the registry's in-memory caches, by cache and result",
+            metrics.cache_lookups.clone(),
+        );
+        r.register_collector(Box::new(metrics.stored.clone()));
+        r.register(
+            "gc_runs",
+            "Lifecycle runs (mirror eviction, retention, garbage collection, upload expiry)",
+            metrics.gc_runs.clone(),
+        );
+        r.register_with_unit(
+            "gc_duration",
+            "How long each lifecycle run took",
+            Unit::Seconds,
+            metrics.gc_duration.clone(),
+        );
+        r.register(
+            "gc_removed_blobs",
+            "Blobs garbage collection removed",
+            metrics.gc_removed_blobs.clone(),
+        );
+        r.register_with_unit(
+            "gc_removed",
+            "Bytes of the blobs garbage collection removed",
+            Unit::Bytes,
+            metrics.gc_removed_bytes.clone(),
+        );
+        r.register(
+            "gc_removed_manifests",
+            "Manifests (revision links) garbage collection removed from repositories",
+            metrics.gc_removed_manifests.clone(),
+        );
+        r.register(
+            "mirror_evicted_manifests",
+            "Mirrored manifests the lifecycle evicted (unused_for, max_bytes)",
+            metrics.mirror_evicted_manifests.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests a mirror sent to its upstreams, by entry, kind and result",
+            metrics.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "From sending an upstream request to its response's head",
+            Unit::Seconds,
+            metrics.upstream_request_duration.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a lookup in one of the registry's caches.
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
+    }
+
+    /// The text a scrape gets.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_named_as_prometheus_expects() {
+        let metrics = Metrics::new();
+        metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                method: "GET",
+                route: "blob",
+                status: 200,
+            })
+            .inc();
+        metrics.cache_lookup("link", true);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "berth_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("berth_http_request_duration_seconds"),
+            "no series yet"
+        );
+        assert!(!text.contains("berth_storage_blobs"), "no inventory yet");
+        metrics
+            .http_request_duration
+            .get_or_create(&RouteLabels {
+                method: "GET",
+                route: "blob",
+            })
+            .observe(0.003);
+        metrics.stored.blobs.store(7, Ordering::Relaxed);
+        let blob = RouteLabels {
+            method: "GET",
+            route: "blob",
+        };
+        metrics.http_sent_bytes.get_or_create(&blob).inc_by(512);
+        let text = metrics.encode();
+        assert!(text.contains("# TYPE berth_http_request_duration_seconds histogram"));
+        assert!(text.contains(
+            "berth_http_request_duration_seconds_bucket{method=\"GET\",route=\"blob\",le=\"0.004\"} 1"
+        ), "{text}");
+        assert!(text.contains("berth_http_sent_bytes_total{method=\"GET\",route=\"blob\"} 512"));
+        assert!(text.contains("berth_cache_lookups_total{cache=\"link\",result=\"hit\"} 1"));
+        assert!(text.contains("berth_storage_blobs 7"), "{text}");
+        assert!(!text.contains("berth_storage_blobs_bytes"), "{text}");
+    }
+
+    #[test]
+    fn a_stored_count_moves_only_once_an_inventory_set_it() {
+        let stored = Stored::default();
+        Stored::add(&stored.blobs, 3);
+        assert_eq!(stored.blobs.load(Ordering::Relaxed), -1);
+        stored.blobs.store(10, Ordering::Relaxed);
+        Stored::add(&stored.blobs, 3);
+        Stored::add(&stored.blobs, -20);
+        assert_eq!(stored.blobs.load(Ordering::Relaxed), 0);
+    }
+}
