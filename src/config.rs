@@ -73,6 +73,20 @@ pub struct MetricsConfig {
     /// A separate plain-HTTP address for `/metrics` (a port the network
     /// keeps internal); the main listener then does not serve it.
     pub listen: Option<SocketAddr>,
+    /// How often the store is counted for the `berth_storage_*` gauges
+    /// (also at the start and after each lifecycle run): a walk of the
+    /// store, never one per scrape.
+    #[serde(with = "humantime_serde")]
+    pub inventory_interval: Duration,
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.inventory_interval.is_zero() {
+            return Err("metrics.inventory_interval must be more than zero".to_owned());
+        }
+        Ok(())
+    }
 }
 
 impl Default for MetricsConfig {
@@ -80,6 +94,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: None,
+            inventory_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -236,6 +251,7 @@ impl Config {
             .and_then(|()| config.server.validate())
             .and_then(|()| config.storage.validate())
             .and_then(|()| ProxyConfig::validate_all(&config.proxy))
+            .and_then(|()| config.metrics.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

@@ -186,7 +186,11 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
             tracing::warn!(error = %e, "building the repository index failed");
         }
     });
-    let task = registry::LifecycleTask::spawn(registry);
+    let inventory_every = config
+        .metrics
+        .enabled
+        .then_some(config.metrics.inventory_interval);
+    let task = registry::LifecycleTask::spawn(registry, inventory_every);
     Ok(App {
         api: app.layer(Holding(Arc::new(task))),
         metrics,

@@ -96,16 +96,18 @@ pub struct Metrics {
     pub upstream_request_duration: Family<UpstreamLabels, Histogram>,
 }
 
-/// What the store holds, as the last inventory of it counted, kept up to
-/// date by this process's own writes and removals since (never by a walk
-/// per scrape). `-1` until the first inventory has ended: not exported
-/// until then.
+/// What the store holds, as the last inventory of it counted (the
+/// lifecycle task's, `registry/lifecycle/inventory.rs`: never a walk per
+/// scrape). `-1` until the first inventory has ended: not exported until
+/// then.
 #[derive(Debug)]
 pub struct Stored {
     pub blobs: AtomicI64,
     pub blob_bytes: AtomicI64,
     pub manifests: AtomicI64,
     pub repositories: AtomicI64,
+    /// When the last inventory ended, in seconds since the Unix epoch.
+    pub counted_at: AtomicI64,
 }
 
 impl Default for Stored {
@@ -115,38 +117,29 @@ impl Default for Stored {
             blob_bytes: AtomicI64::new(-1),
             manifests: AtomicI64::new(-1),
             repositories: AtomicI64::new(-1),
+            counted_at: AtomicI64::new(-1),
         }
-    }
-}
-
-impl Stored {
-    /// Adds `by` to a count, unless no inventory has set it yet (a delta
-    /// to an unknown total would make a wrong one).
-    pub fn add(count: &AtomicI64, by: i64) {
-        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-            (now >= 0).then(|| (now + by).max(0))
-        });
     }
 }
 
 impl Collector for Stored {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauges: [(&str, &str, Option<Unit>, &AtomicI64); 4] = [
+        let gauges: [(&str, &str, Option<Unit>, &AtomicI64); 5] = [
             (
                 "storage_blobs",
-                "Blobs in the store (layers, configs and manifests), as of the last inventory plus this process's changes",
+                "Blobs in the store (layers, configs and manifests), as of the last inventory",
                 None,
                 &self.blobs,
             ),
             (
                 "storage_blobs",
-                "Bytes of the blobs in the store, as counted like berth_storage_blobs",
+                "Bytes of the blobs in the store, as of the last inventory",
                 Some(Unit::Bytes),
                 &self.blob_bytes,
             ),
             (
                 "storage_manifests",
-                "Manifests linked in repositories (one per repository and digest), counted like berth_storage_blobs",
+                "Manifests linked in repositories (one per repository and digest), as of the last inventory",
                 None,
                 &self.manifests,
             ),
@@ -155,6 +148,12 @@ impl Collector for Stored {
                 "Repositories in the store, as of the last inventory",
                 None,
                 &self.repositories,
+            ),
+            (
+                "storage_inventory_timestamp",
+                "When the last inventory of the store ended (Unix time)",
+                Some(Unit::Seconds),
+                &self.counted_at,
             ),
         ];
         for (name, help, unit, value) in gauges {
@@ -369,13 +368,77 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_count_moves_only_once_an_inventory_set_it() {
-        let stored = Stored::default();
-        Stored::add(&stored.blobs, 3);
-        assert_eq!(stored.blobs.load(Ordering::Relaxed), -1);
-        stored.blobs.store(10, Ordering::Relaxed);
-        Stored::add(&stored.blobs, 3);
-        Stored::add(&stored.blobs, -20);
-        assert_eq!(stored.blobs.load(Ordering::Relaxed), 0);
+    fn every_series_the_grafana_dashboard_queries_is_exported() {
+        let dashboard = include_str!("../deploy/grafana/berth-dashboard.json");
+        let metrics = Metrics::new();
+        // One series in every family, as a running server soon has.
+        let route = RouteLabels {
+            method: "GET",
+            route: "blob",
+        };
+        metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                method: "GET",
+                route: "blob",
+                status: 200,
+            })
+            .inc();
+        metrics
+            .http_request_duration
+            .get_or_create(&route)
+            .observe(0.1);
+        metrics.http_received_bytes.get_or_create(&route).inc();
+        metrics.http_sent_bytes.get_or_create(&route).inc();
+        let reason = ReasonLabels { reason: "denied" };
+        metrics.auth_failures.get_or_create(&reason).inc();
+        metrics.rate_limited.get_or_create(&reason).inc();
+        metrics.cache_lookup("link", true);
+        metrics
+            .gc_runs
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        let upstream = UpstreamLabels {
+            prefix: "hub".into(),
+            request: "blob",
+            result: "ok",
+        };
+        metrics.upstream_requests.get_or_create(&upstream).inc();
+        metrics
+            .upstream_request_duration
+            .get_or_create(&upstream)
+            .observe(0.1);
+        for gauge in [
+            &metrics.stored.blobs,
+            &metrics.stored.blob_bytes,
+            &metrics.stored.manifests,
+            &metrics.stored.repositories,
+            &metrics.stored.counted_at,
+        ] {
+            gauge.store(1, Ordering::Relaxed);
+        }
+        let text = metrics.encode();
+        let exported: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let queried: Vec<&str> = dashboard
+            .match_indices("berth_")
+            .map(|(at, _)| {
+                let rest = &dashboard[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        assert!(queried.len() > 10, "{queried:?}");
+        for name in queried {
+            assert!(
+                exported.contains(name),
+                "the dashboard queries {name}, not exported"
+            );
+        }
     }
 }

@@ -176,3 +176,35 @@ async fn metrics_on_a_listener_of_their_own_are_not_served_on_the_main_one() {
     let off = TestRegistry::start_one_with(|c| c.metrics.enabled = false).await;
     expect_status(get(&off, "/metrics").await, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn the_stored_gauges_are_an_inventory_of_the_store_taken_in_the_background() {
+    let registry = TestRegistry::start_one_with(|c| {
+        c.metrics.inventory_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut bytes = 0;
+    for (name, seed) in [("team/app", 3), ("team/other", 4)] {
+        let layer = random_bytes(50_000 + seed as usize, seed);
+        let (manifest, _) = registry.push_image(name, "1", &layer).await;
+        let config_size = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["config"]
+            ["size"]
+            .as_u64()
+            .unwrap();
+        bytes += manifest.len() as u64 + config_size + layer.len() as u64;
+    }
+    // Counted within a few intervals, never on the scrape itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = scrape(&registry).await;
+        if m.get("berth_storage_blobs") == 6.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(m.get("berth_storage_blobs_bytes"), bytes as f64);
+    assert_eq!(m.get("berth_storage_repositories"), 2.0);
+    assert_eq!(m.get("berth_storage_manifests"), 2.0);
+    assert!(m.get("berth_storage_inventory_timestamp_seconds") > 1.7e9);
+}

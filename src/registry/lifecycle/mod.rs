@@ -17,6 +17,7 @@
 mod expiry;
 pub mod fsck;
 mod gc;
+mod inventory;
 mod mirror;
 mod retention;
 pub mod rules;
@@ -24,6 +25,7 @@ pub mod task;
 
 pub use expiry::ExpiryReport;
 pub use gc::{GcOptions, GcReport};
+pub use inventory::Inventory;
 pub use mirror::{EvictionReport, MirrorEviction};
 pub use retention::{RemovedTag, RetentionReport};
 pub use rules::{LifecycleConfig, RetentionRule, TagPattern, TagRule, UntaggedManifests};

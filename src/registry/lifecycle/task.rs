@@ -191,10 +191,12 @@ impl LifecycleTask {
     /// Starts the task on the current tokio runtime: upload expiry every
     /// min(`upload_expiry` / 4, 10 min), and with `gc_interval` a whole
     /// lifecycle run (retention, collection, expiry) at that interval. The
-    /// first runs come one period after the start, not at it.
-    pub fn spawn(registry: Arc<Registry>) -> LifecycleTask {
+    /// first runs come one period after the start, not at it. With
+    /// `inventory_every`, an inventory of the store for the metrics at the
+    /// start, after each whole run, and at that interval.
+    pub fn spawn(registry: Arc<Registry>, inventory_every: Option<Duration>) -> LifecycleTask {
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(registry, stopped));
+        let task = tokio::spawn(run(registry, inventory_every, stopped));
         LifecycleTask { stop, task }
     }
 
@@ -213,7 +215,18 @@ fn expiry_period(upload_expiry: Duration) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-async fn run(registry: Arc<Registry>, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+/// What the task does on a tick.
+enum Work {
+    Expiry,
+    FullRun,
+    Inventory,
+}
+
+async fn run(
+    registry: Arc<Registry>,
+    inventory_every: Option<Duration>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
     use tokio::time::{interval_at, Instant, MissedTickBehavior};
     let lifecycle = registry.lifecycle().clone();
     let every = expiry_period(lifecycle.upload_expiry);
@@ -224,18 +237,36 @@ async fn run(registry: Arc<Registry>, mut stopped: tokio::sync::oneshot::Receive
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer
     });
+    // The first tick at once: the gauges have a value soon after the start.
+    let mut inventory = inventory_every.map(|period| {
+        let mut timer = interval_at(Instant::now(), period);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        timer
+    });
     loop {
-        let full_run = tokio::select! {
+        let next = tokio::select! {
             _ = &mut stopped => return,
-            _ = expiry.tick() => false,
+            _ = expiry.tick() => Work::Expiry,
             _ = async { collection.as_mut().expect("guarded").tick().await },
-                if collection.is_some() => true,
+                if collection.is_some() => Work::FullRun,
+            _ = async { inventory.as_mut().expect("guarded").tick().await },
+                if inventory.is_some() => Work::Inventory,
+        };
+        let take_inventory = || async {
+            if let Err(e) = registry.take_inventory().await {
+                tracing::warn!(error = %e, "counting the store for the metrics failed");
+            }
         };
         let work = async {
-            if full_run {
+            if let Work::Inventory = next {
+                take_inventory().await;
+            } else if let Work::FullRun = next {
                 match registry.run_lifecycle(&GcOptions::default()).await {
                     Ok(report) => log_run(&report),
                     Err(e) => tracing::error!(error = %e, "lifecycle run failed"),
+                }
+                if inventory.is_some() {
+                    take_inventory().await;
                 }
             } else {
                 match registry.expire_uploads(false).await {
@@ -302,7 +333,7 @@ mod tests {
             &crate::registry::cache::CacheConfig::default(),
             lifecycle,
         ));
-        let task = LifecycleTask::spawn(registry.clone());
+        let task = LifecycleTask::spawn(registry.clone(), Some(Duration::from_secs(3600)));
         tokio::time::timeout(Duration::from_secs(5), task.stop())
             .await
             .expect("the task stops at once");
