@@ -293,6 +293,18 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_filesystem_example_keeps_its_data_on_the_volume_claim() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/filesystem/berth.toml");
+        let config = Config::from_file(&example).unwrap();
+        assert_eq!(config.storage.backend, StorageBackend::Filesystem);
+        // Where berth.yaml mounts the claim, and reachable from the Service.
+        assert_eq!(config.data_dir, Path::new("/var/lib/berth"));
+        assert_eq!(config.listen.port(), 5000);
+        assert!(config.listen.ip().is_unspecified());
+    }
+
+    #[test]
     fn the_documented_example_parses_and_unknown_keys_are_refused() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/berth.toml");
         let config = Config::from_file(&example).unwrap();

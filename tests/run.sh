@@ -196,6 +196,9 @@ tests/e2e/client_sequences.sh
 step "the pull-through mirror: skopeo, podman, ctr (hosts.toml, ?ns=) and dockerd (registry-mirrors) through Berth, Distribution as the upstream (tests/e2e/mirror.sh)"
 tests/e2e/mirror.sh
 
+step "deployment built and run: the container image (podman, FROM scratch) and the systemd unit (tests/e2e/image.sh)"
+tests/e2e/image.sh
+
 step "the checks run beside the clients (Distribution compatibility, crash, power cut; memory): their output"
 finish_lanes
 trap stop_garage_build EXIT

@@ -70,8 +70,8 @@ if [ $# -ne 1 ]; then
 fi
 ADDR="$1"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=tests/e2e/containerd.sh
-source "$HERE/containerd.sh"
+# shellcheck source=tests/support/lib.sh
+source "$HERE/../support/lib.sh"
 PY="${PYTHON:-python3}"
 if [ -z "${DOCKER_BIN:-}" ]; then
   # Prefer the CLI that ships with Debian's dockerd (same API version).

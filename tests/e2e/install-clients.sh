@@ -24,6 +24,8 @@ APT_PACKAGES=(
   nginx
   # lint
   shellcheck
+  # systemd-analyze, which checks deploy/systemd/berth.service (tests/e2e/image.sh)
+  systemd
 )
 ORAS_PY_VERSION="${ORAS_PY_VERSION:-0.2.43}"
 

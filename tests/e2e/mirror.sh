@@ -18,8 +18,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=tests/e2e/containerd.sh
-source "$ROOT/tests/e2e/containerd.sh"
+# shellcheck source=tests/support/lib.sh
+source "$ROOT/tests/support/lib.sh"
 BERTH_BIN="${BERTH_BIN:-$ROOT/target/release/berth}"
 REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
 for bin in "$BERTH_BIN" "$REGISTRY_BIN" "$(command -v skopeo || echo skopeo)" \
@@ -53,17 +53,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 die() { echo "FAIL: $*" >&2; exit 1; }
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_http() { # URL
-  local i
-  for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing answers at $1"
-}
 sk() { skopeo --policy "$WORK/policy.json" "$@"; }
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
 
@@ -178,21 +167,7 @@ grep -q -i "denied" "$WORK/push.err" || die "the refused push did not say DENIED
 echo "ok: a push under hub/ is refused (DENIED)"
 
 # podman, with a store and configuration of its own (vfs, no network).
-cat >"$WORK/storage.conf" <<CONF
-[storage]
-driver = "vfs"
-graphroot = "$WORK/podman/storage"
-runroot = "$WORK/podman/runroot"
-CONF
-cat >"$WORK/containers.conf" <<CONF
-[containers]
-netns = "none"
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$WORK/podman/events.log"
-tmp_dir = "$WORK/podman/tmp"
-CONF
+write_podman_config "$WORK"
 pd() {
   CONTAINERS_STORAGE_CONF="$WORK/storage.conf" CONTAINERS_CONF="$WORK/containers.conf" \
     CONTAINERS_REGISTRIES_CONF=/dev/null podman "$@"
@@ -218,12 +193,10 @@ for ((i = 0; i < 300; i++)); do
   sleep 0.1
 done
 [ -S "$CTRD/containerd.sock" ] || die "containerd's socket did not appear"
-cat >"$WORK/certs.d/docker.io/hosts.toml" <<TOML
-server = "https://registry-1.docker.io"
-
-[host."http://127.0.0.1:$BPORT"]
-  capabilities = ["pull", "resolve"]
-TOML
+# The hosts.toml deploy/containerd ships, pointed at this Berth.
+sed "s|http://berth.berth.svc.cluster.local:5000|http://127.0.0.1:$BPORT|" \
+  "$ROOT/deploy/containerd/hosts.toml" >"$WORK/certs.d/docker.io/hosts.toml"
+grep -q "127.0.0.1:$BPORT" "$WORK/certs.d/docker.io/hosts.toml" || die "deploy/containerd/hosts.toml names no Berth host to replace"
 ctr -a "$CTRD/containerd.sock" -n mirror-e2e images pull --hosts-dir "$WORK/certs.d" \
   --snapshotter native docker.io/library/other:1 >"$WORK/ctr-pull.log" 2>&1 ||
   die "ctr pull through the mirror failed: $(tail -n 5 "$WORK/ctr-pull.log")"

@@ -107,3 +107,44 @@ write_result() {
   } >"$file"
   echo "recorded in $file"
 }
+
+# Writes DIR/storage.conf and DIR/containers.conf for a podman with a store
+# and state of its own under DIR (vfs: no overlay here; cgroupfs, events to a
+# file: no systemd here); run it as
+#   CONTAINERS_STORAGE_CONF=DIR/storage.conf CONTAINERS_CONF=DIR/containers.conf \
+#     CONTAINERS_REGISTRIES_CONF=/dev/null podman ...
+write_podman_config() { # dir
+  cat >"$1/storage.conf" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$1/podman/storage"
+runroot = "$1/podman/runroot"
+EOF
+  cat >"$1/containers.conf" <<EOF
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$1/podman/events.log"
+tmp_dir = "$1/podman/tmp"
+EOF
+}
+
+# Writes DIR/config.toml for a containerd whose root, state and sockets all
+# lie under DIR (socket: DIR/containerd.sock), with what a private daemon
+# without CRI does not need (and cannot start here) disabled.
+write_containerd_config() { # dir
+  cat >"$1/config.toml" <<EOF
+version = 2
+root = "$1/root"
+state = "$1/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "$1/containerd.sock"
+[ttrpc]
+  address = "$1/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+}
