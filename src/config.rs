@@ -60,6 +60,44 @@ pub struct Config {
     pub proxy: Vec<ProxyConfig>,
     /// Prometheus metrics (the `[metrics]` table).
     pub metrics: MetricsConfig,
+    /// Request rate and concurrent upload limits (the `[limits]` table).
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` table: what one client may ask for, and how many uploads
+/// are received at once. Nothing is limited by default. Over a limit the
+/// answer is 429 `TOOMANYREQUESTS` with `Retry-After`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second one client (its address; behind
+    /// `auth.trusted_proxies`, the one they report) may make to `/v2/` and
+    /// the token endpoint, sustained.
+    pub requests_per_second: Option<u32>,
+    /// Requests a client may make at once above that rate (default: one
+    /// second's worth).
+    pub burst: Option<u32>,
+    /// Blob upload requests (POST, PATCH, PUT of an upload) received at once,
+    /// by all clients together.
+    pub max_uploads: Option<usize>,
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.requests_per_second == Some(0) {
+            return Err("limits.requests_per_second must be at least 1".to_owned());
+        }
+        if self.burst == Some(0) {
+            return Err("limits.burst must be at least 1".to_owned());
+        }
+        if self.burst.is_some() && self.requests_per_second.is_none() {
+            return Err("limits.burst needs limits.requests_per_second".to_owned());
+        }
+        if self.max_uploads == Some(0) {
+            return Err("limits.max_uploads must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// The `[metrics]` table: `GET /metrics` in Prometheus's text format, on the
@@ -234,6 +272,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             proxy: Vec::new(),
             metrics: MetricsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -252,6 +291,7 @@ impl Config {
             .and_then(|()| config.storage.validate())
             .and_then(|()| ProxyConfig::validate_all(&config.proxy))
             .and_then(|()| config.metrics.validate())
+            .and_then(|()| config.limits.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

@@ -170,7 +170,20 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
     let separate_metrics = config.metrics.enabled && config.metrics.listen.is_some();
     let metrics = separate_metrics.then(|| http::metrics_router(&registry));
     let on_main = config.metrics.enabled && !separate_metrics;
-    let app = http::router(registry.clone(), access, mirror, on_main);
+    let (proxies, forwarded_header) = config
+        .auth
+        .as_ref()
+        .map(|auth| (auth.trusted_proxies.clone(), auth.forwarded_header))
+        .unwrap_or_default();
+    let limits = http::RequestLimits::new(
+        config.limits.requests_per_second,
+        config.limits.burst,
+        config.limits.max_uploads,
+        proxies,
+        forwarded_header,
+        registry.metrics().clone(),
+    );
+    let app = http::router(registry.clone(), access, mirror, limits, on_main);
     // The lifecycle task (upload expiry; retention and garbage collection
     // with `gc_interval`) lives exactly as long as the application: when
     // serving ends and the app is dropped, the task stops. An app built

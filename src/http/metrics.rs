@@ -102,10 +102,7 @@ fn route_label(path: &str) -> &'static str {
         _ if path == super::token::TOKEN_PATH => return "token",
         _ => {}
     }
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return "other";
-    };
-    match routes::parse(rest).map(|p| p.resource) {
+    match routes::resource_of(path) {
         Some(Resource::Catalog) => "catalog",
         Some(Resource::UploadStart | Resource::Upload) => "upload",
         Some(Resource::Blob) => "blob",

@@ -13,6 +13,7 @@ mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod host;
+mod limits;
 mod login_cache;
 mod manifests;
 mod metrics;
@@ -42,6 +43,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFile};
 pub use error::{status_of, ApiError, ApiResult};
+pub use limits::RequestLimits;
 
 use crate::mirror::Mirror;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
@@ -74,6 +76,7 @@ pub fn router(
     registry: Arc<Registry>,
     access: Option<Arc<AccessControl>>,
     mirror: Option<Arc<Mirror>>,
+    limits: Option<Arc<RequestLimits>>,
     serve_metrics: bool,
 ) -> Router {
     let metrics = registry.metrics().clone();
@@ -81,7 +84,7 @@ pub fn router(
     if serve_metrics {
         router = router.route("/metrics", get(metrics::scrape).with_state(metrics.clone()));
     }
-    router
+    let router = router
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
@@ -96,16 +99,23 @@ pub fn router(
             API_VERSION,
             HeaderValue::from_static("registry/2.0"),
         ))
+        .with_state(AppState {
+            registry,
+            access,
+            mirror,
+        });
+    // Outermost last: a request is counted and logged even when a limit
+    // refuses it.
+    let router = match limits {
+        Some(limits) => router.layer(axum::middleware::from_fn_with_state(limits, limits::limit)),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn(request_log::log_request))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::observe,
         ))
-        .with_state(AppState {
-            registry,
-            access,
-            mirror,
-        })
 }
 
 /// `GET /v2/`: the API is here (end-1). With access control on, it answers

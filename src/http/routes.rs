@@ -275,6 +275,12 @@ impl Route<'_> {
     }
 }
 
+/// The resource a request path (`/v2/...`) names, if any: for what looks
+/// at requests before routing (metrics, limits).
+pub fn resource_of(path: &str) -> Option<Resource> {
+    parse(path.strip_prefix("/v2/")?).map(|p| p.resource)
+}
+
 /// Parses what follows `/v2/`.
 pub fn parse(rest: &str) -> Option<Path<'_>> {
     let path = |resource, name, last| {

@@ -25,6 +25,7 @@ mod garage_s3_faults;
 mod gc;
 mod host_header;
 mod integrity;
+mod limits;
 mod manifest_limits;
 mod metrics;
 mod mirror;

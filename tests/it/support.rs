@@ -570,6 +570,16 @@ impl TestRegistry {
         Self::start_replicas_with_auth(1, users, auth_table, |_| {}).await
     }
 
+    /// [`TestRegistry::start_one_with_auth`] whose config `adjust` changes
+    /// further.
+    pub async fn start_one_with_auth_and(
+        adjust: impl FnOnce(&mut Config),
+        users: &[(&str, &str)],
+        auth_table: &str,
+    ) -> TestRegistry {
+        Self::start_replicas_with_auth(1, users, auth_table, adjust).await
+    }
+
     async fn start_replicas_with_auth(
         replicas: usize,
         users: &[(&str, &str)],
