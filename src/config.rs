@@ -62,6 +62,17 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Request rate and concurrent upload limits (the `[limits]` table).
     pub limits: LimitsConfig,
+    /// The audit log (the `[audit]` table).
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` table: one JSON line per change and per refused request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file lines are appended to (`-`: standard output); absent: no
+    /// audit log.
+    pub path: Option<PathBuf>,
 }
 
 /// The `[limits]` table: what one client may ask for, and how many uploads
@@ -273,6 +284,7 @@ impl Default for Config {
             proxy: Vec::new(),
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -183,7 +183,23 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
         forwarded_header,
         registry.metrics().clone(),
     );
-    let app = http::router(registry.clone(), access, mirror, limits, on_main);
+    let audit = match &config.audit.path {
+        Some(path) => Some(Arc::new(http::AuditLog::open(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening the audit log {}: {e}", path.display()),
+            )
+        })?)),
+        None => None,
+    };
+    let services = http::Services {
+        access,
+        mirror,
+        limits,
+        audit,
+        serve_metrics: on_main,
+    };
+    let app = http::router(registry.clone(), services);
     // The lifecycle task (upload expiry; retention and garbage collection
     // with `gc_interval`) lives exactly as long as the application: when
     // serving ends and the app is dropped, the task stops. An app built

@@ -273,18 +273,19 @@ impl AccessControl {
 
     /// Authorises a `/v2/` request that needs `need` (an upload start, which
     /// may carry a mount, when `starts_upload`): the caller it may proceed
-    /// as, or the response refusing it.
+    /// as, or the response refusing it (with the caller, when the
+    /// credentials were good but not enough).
     pub async fn authorize(
         self: &Arc<Self>,
         need: &Need,
         starts_upload: bool,
         parts: &Parts,
-    ) -> Result<Caller, Response> {
+    ) -> Result<Caller, (Response, Option<Caller>)> {
         let scopes = vec![need.scope()];
         let caller = self
             .identify(parts)
             .await
-            .map_err(|refusal| self.refuse(refusal, parts, &scopes))?;
+            .map_err(|refusal| (self.refuse(refusal, parts, &scopes), None))?;
         if caller.satisfies(need) {
             let source = starts_upload
                 .then(|| self.mount_source_to_ask_for(&caller, parts))
@@ -293,11 +294,14 @@ impl AccessControl {
                 // Not a failure: the client is asked for a token that mounts.
                 let scopes =
                     [scopes, vec![Scope::repository(source, Action::Pull.into())]].concat();
-                return Err(self.unauthorized(parts, &scopes, Some("insufficient_scope")));
+                return Err((
+                    self.unauthorized(parts, &scopes, Some("insufficient_scope")),
+                    Some(caller),
+                ));
             }
             return Ok(caller);
         }
-        Err(match &caller {
+        let response = match &caller {
             Caller::Identity {
                 identity: Identity::Anonymous,
                 ..
@@ -314,7 +318,8 @@ impl AccessControl {
                 self.count_failure("denied");
                 ApiError::from(ErrorCode::Denied).into_response()
             }
-        })
+        };
+        Err((response, Some(caller)))
     }
 
     /// A mount's source the caller's token lacks `pull` on only because the
@@ -518,6 +523,11 @@ impl AccessControl {
             Refusal::TooManyAttempts { retry_after_secs } => too_many_attempts(retry_after_secs),
             Refusal::Internal => ApiError::from(ErrorCode::Internal).into_response(),
         }
+    }
+
+    /// The client's address as the configured trusted proxies report it.
+    pub(super) fn client_addr(&self, parts: &Parts) -> IpAddr {
+        self.client(parts).addr
     }
 
     /// The client as the configured trusted proxies report it.

@@ -4,6 +4,7 @@
 //! With access control on, [`auth`] authorises every `/v2/` request before
 //! its handler runs, and [`token`] serves the token endpoint.
 
+mod audit;
 pub mod auth;
 mod blobs;
 mod catalog;
@@ -41,6 +42,7 @@ use axum::Router;
 use futures::TryStreamExt;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use audit::AuditLog;
 pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFile};
 pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
@@ -68,17 +70,30 @@ pub struct AppState {
     pub access: Option<Arc<AccessControl>>,
     /// Upstream registries mirrored under local prefixes, when configured.
     pub mirror: Option<Arc<Mirror>>,
+    /// Where changes and refusals are recorded, when configured.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
-/// The whole HTTP application for a registry; with `serve_metrics`,
-/// `GET /metrics` too.
-pub fn router(
-    registry: Arc<Registry>,
-    access: Option<Arc<AccessControl>>,
-    mirror: Option<Arc<Mirror>>,
-    limits: Option<Arc<RequestLimits>>,
-    serve_metrics: bool,
-) -> Router {
+/// What the application serves beside the registry, each when configured.
+#[derive(Default)]
+pub struct Services {
+    pub access: Option<Arc<AccessControl>>,
+    pub mirror: Option<Arc<Mirror>>,
+    pub limits: Option<Arc<RequestLimits>>,
+    pub audit: Option<Arc<AuditLog>>,
+    /// `GET /metrics` on this router.
+    pub serve_metrics: bool,
+}
+
+/// The whole HTTP application for a registry.
+pub fn router(registry: Arc<Registry>, services: Services) -> Router {
+    let Services {
+        access,
+        mirror,
+        limits,
+        audit,
+        serve_metrics,
+    } = services;
     let metrics = registry.metrics().clone();
     let mut router = Router::new();
     if serve_metrics {
@@ -103,6 +118,7 @@ pub fn router(
             registry,
             access,
             mirror,
+            audit,
         });
     // Outermost last: a request is counted and logged even when a limit
     // refuses it.
@@ -216,16 +232,31 @@ async fn dispatch_route(
     // Names a mirror's allow and deny lists refuse, and pushes into a
     // mirrored prefix, are refused before anything else: the names there
     // are the upstream's.
-    if let Some((mirror, name, upstream)) = mirror {
-        if let Some(refused) = mirror.refuses(name) {
-            return ApiError::from(refused).into_response();
+    let audited = |caller: Option<&Caller>, response: &Response| {
+        if let Some(audit) = &state.audit {
+            let digest = header_str(response.headers(), DOCKER_CONTENT_DIGEST);
+            let client = match &state.access {
+                Some(access) => access.client_addr(parts),
+                None => client_addr::client_view(parts, &[], Default::default()).addr,
+            };
+            audit.record(&route, caller, client, parts, response.status(), digest);
         }
-        if route.writes() && !mirror.takes_pushes(name) {
-            return ApiError::from(RegistryError::with_detail(
-                ErrorCode::Denied,
-                format!("{name} is mirrored from {upstream}: pushes are refused"),
-            ))
-            .into_response();
+    };
+    if let Some((mirror, name, upstream)) = mirror {
+        let refused = match mirror.refuses(name) {
+            Some(refused) => Some(refused),
+            None if route.writes() && !mirror.takes_pushes(name) => {
+                Some(RegistryError::with_detail(
+                    ErrorCode::Denied,
+                    format!("{name} is mirrored from {upstream}: pushes are refused"),
+                ))
+            }
+            None => None,
+        };
+        if let Some(refused) = refused {
+            let response = ApiError::from(refused).into_response();
+            audited(None, &response);
+            return response;
         }
     }
     let caller = match &state.access {
@@ -235,7 +266,10 @@ async fn dispatch_route(
             .await
         {
             Ok(caller) => caller,
-            Err(refusal) => return refusal,
+            Err((refusal, caller)) => {
+                audited(caller.as_ref(), &refusal);
+                return refusal;
+            }
         },
     };
     // A mirrored manifest or blob is made local (fetched when missing or,
@@ -252,6 +286,7 @@ async fn dispatch_route(
         .call(&state.registry, &caller, parts, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    audited(Some(&caller), &response);
     if let Some(warning) = warning {
         response.headers_mut().append(header::WARNING, warning);
     }

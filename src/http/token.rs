@@ -46,9 +46,9 @@ pub async fn get(State(state): State<AppState>, request: Request) -> Response {
         Err(e) => return oauth_error("invalid_scope", &e.to_string()),
     };
     let identity = match basic_header(&parts) {
-        Some((user, password)) => match access.token_login(&parts, user, password).await {
+        Some((user, password)) => match access.token_login(&parts, user.clone(), password).await {
             Ok(identity) => identity,
-            Err(response) => return response,
+            Err(response) => return refused_login(&state, &access, &parts, &user, response),
         },
         None => Identity::Anonymous,
     };
@@ -77,9 +77,9 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
             ) else {
                 return oauth_error("invalid_request", "username and password are required");
             };
-            match access.token_login(&parts, user, password).await {
+            match access.token_login(&parts, user.clone(), password).await {
                 Ok(identity) => identity,
-                Err(response) => return response,
+                Err(response) => return refused_login(&state, &access, &parts, &user, response),
             }
         }
         Some(other) => {
@@ -91,6 +91,25 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
         None => return oauth_error("invalid_request", "grant_type is required"),
     };
     issue(&access, &identity, &token_request)
+}
+
+/// A login the token endpoint refused, recorded in the audit log.
+fn refused_login(
+    state: &AppState,
+    access: &AccessControl,
+    parts: &Parts,
+    user: &str,
+    response: Response,
+) -> Response {
+    if let Some(audit) = &state.audit {
+        audit.record_login(
+            user,
+            access.client_addr(parts),
+            &parts.method,
+            response.status(),
+        );
+    }
+    response
 }
 
 fn basic_header(parts: &Parts) -> Option<(String, Secret)> {

@@ -15,6 +15,7 @@ mod api_blobs;
 mod api_listing;
 mod api_manifests;
 mod api_uploads;
+mod audit;
 mod cli;
 mod cli_tag;
 mod fuzz;
