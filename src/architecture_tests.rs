@@ -34,6 +34,7 @@ const RANKS: &[(&str, u8)] = &[
     ("client", 5),
     ("config", 4),
     ("mirror", 3),
+    ("events", 3),
     ("auth", 2),
     ("registry", 2),
     ("storage", 1),

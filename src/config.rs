@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::events::EventsConfig;
 use crate::mirror::ProxyConfig;
 use crate::registry::LifecycleConfig;
 use crate::storage::s3::{GcsConfig, S3Config};
@@ -64,6 +65,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The audit log (the `[audit]` table).
     pub audit: AuditConfig,
+    /// Events for CI/CD (the `[events]` table, `[[events.endpoints]]`).
+    pub events: EventsConfig,
 }
 
 /// The `[audit]` table: one JSON line per change and per refused request.
@@ -285,6 +288,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -304,6 +308,7 @@ impl Config {
             .and_then(|()| ProxyConfig::validate_all(&config.proxy))
             .and_then(|()| config.metrics.validate())
             .and_then(|()| config.limits.validate())
+            .and_then(|()| config.events.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

@@ -12,6 +12,7 @@ mod architecture_tests;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod mirror;
@@ -192,11 +193,15 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
         })?)),
         None => None,
     };
+    let events =
+        events::Events::start(&config.events, &config.data_dir, registry.metrics().clone())
+            .map_err(|e| io::Error::new(e.kind(), format!("opening the event queues: {e}")))?;
     let services = http::Services {
         access,
         mirror,
         limits,
         audit,
+        events,
         serve_metrics: on_main,
     };
     let app = http::router(registry.clone(), services);

@@ -73,6 +73,20 @@ pub struct UpstreamLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// An events endpoint's host and the key of its URL (never the URL,
+    /// which may hold a token).
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub endpoint: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Every family Berth exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -94,6 +108,9 @@ pub struct Metrics {
     pub mirror_evicted_manifests: Counter,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_request_duration: Family<UpstreamLabels, Histogram>,
+    pub events_queued: Family<EndpointLabels, Gauge>,
+    pub events_sent: Family<DeliveryLabels, Counter>,
+    pub events_dropped: Family<EndpointLabels, Counter>,
 }
 
 /// What the store holds, as the last inventory of it counted (the
@@ -202,6 +219,9 @@ impl Metrics {
             mirror_evicted_manifests: Counter::default(),
             upstream_requests: Family::default(),
             upstream_request_duration: Family::new_with_constructor(duration_histogram),
+            events_queued: Family::default(),
+            events_sent: Family::default(),
+            events_dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -291,6 +311,21 @@ impl Metrics {
             "From sending an upstream request to its response's head",
             Unit::Seconds,
             metrics.upstream_request_duration.clone(),
+        );
+        r.register(
+            "events_queued",
+            "Events waiting in an endpoint's queue on disk",
+            metrics.events_queued.clone(),
+        );
+        r.register(
+            "events_sent",
+            "Deliveries of events tried, by endpoint and result (a failed one is tried again)",
+            metrics.events_sent.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events dropped from a full queue (events.max_queued), oldest first",
+            metrics.events_dropped.clone(),
         );
         Metrics {
             registry,

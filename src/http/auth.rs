@@ -126,6 +126,17 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who this is, by name: a user, `robot$NAME`, a token's subject;
+    /// `None` for anonymous (or everyone, with access control off).
+    pub fn name(&self) -> Option<String> {
+        let name = match self {
+            Caller::Everyone => return None,
+            Caller::Identity { identity, .. } => identity.subject(),
+            Caller::Token { token, .. } => token.subject.clone(),
+        };
+        (!name.is_empty()).then_some(name)
+    }
+
     pub fn may(&self, name: &RepositoryName, action: Action) -> bool {
         match self {
             Caller::Everyone => true,

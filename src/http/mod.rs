@@ -47,6 +47,7 @@ pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFil
 pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
 
+use crate::events::{EventKind, Events, Happened};
 use crate::mirror::Mirror;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepositoryName};
 use crate::registry::Registry;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub mirror: Option<Arc<Mirror>>,
     /// Where changes and refusals are recorded, when configured.
     pub audit: Option<Arc<AuditLog>>,
+    /// Where CI/CD events go, when endpoints are configured.
+    pub events: Option<Arc<Events>>,
 }
 
 /// What the application serves beside the registry, each when configured.
@@ -81,6 +84,7 @@ pub struct Services {
     pub mirror: Option<Arc<Mirror>>,
     pub limits: Option<Arc<RequestLimits>>,
     pub audit: Option<Arc<AuditLog>>,
+    pub events: Option<Arc<Events>>,
     /// `GET /metrics` on this router.
     pub serve_metrics: bool,
 }
@@ -92,6 +96,7 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
         mirror,
         limits,
         audit,
+        events,
         serve_metrics,
     } = services;
     let metrics = registry.metrics().clone();
@@ -119,6 +124,7 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
             access,
             mirror,
             audit,
+            events,
         });
     // Outermost last: a request is counted and logged even when a limit
     // refuses it.
@@ -287,6 +293,9 @@ async fn dispatch_route(
         .await
         .unwrap_or_else(IntoResponse::into_response);
     audited(Some(&caller), &response);
+    if let Some(events) = &state.events {
+        emit_event(events, &route, &caller, parts, &response);
+    }
     if let Some(warning) = warning {
         response.headers_mut().append(header::WARNING, warning);
     }
@@ -382,4 +391,54 @@ pub fn metrics_router(registry: &Registry) -> Router {
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .with_state(registry.metrics().clone())
+}
+
+/// The CI/CD events a request that succeeded causes: a manifest push (and,
+/// by tag, the tag set), a delete, a rollback, a pull.
+fn emit_event(
+    events: &Events,
+    route: &routes::Route<'_>,
+    caller: &Caller,
+    parts: &Parts,
+    response: &Response,
+) {
+    use routes::Resource;
+    if !response.status().is_success() {
+        return;
+    }
+    let Some(repository) = route.name.clone() else {
+        return;
+    };
+    let by_tag = !route.last.contains(':');
+    let kinds: &[EventKind] = match (route.row.resource, &parts.method) {
+        (Resource::Manifest, &axum::http::Method::PUT) if by_tag => {
+            &[EventKind::Push, EventKind::Tag]
+        }
+        (Resource::Manifest, &axum::http::Method::PUT) => &[EventKind::Push],
+        (Resource::Manifest, &axum::http::Method::DELETE) => &[EventKind::Delete],
+        (Resource::TagRollback, _) => &[EventKind::Rollback],
+        (Resource::Manifest, &axum::http::Method::GET) => &[EventKind::Pull],
+        _ => return,
+    };
+    for &kind in kinds {
+        if !events.wants(kind) {
+            continue;
+        }
+        let digest = header_str(response.headers(), DOCKER_CONTENT_DIGEST)
+            .or((!by_tag).then_some(route.last))
+            .map(str::to_owned);
+        let media_type = match kind {
+            EventKind::Push => header_str(&parts.headers, header::CONTENT_TYPE),
+            EventKind::Pull => header_str(response.headers(), header::CONTENT_TYPE),
+            _ => None,
+        };
+        events.emit(&Happened {
+            kind,
+            repository: repository.clone(),
+            digest,
+            tag: by_tag.then(|| route.last.to_owned()),
+            media_type: media_type.map(str::to_owned),
+            actor: caller.name(),
+        });
+    }
 }

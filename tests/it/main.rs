@@ -18,6 +18,7 @@ mod api_uploads;
 mod audit;
 mod cli;
 mod cli_tag;
+mod events;
 mod fuzz;
 mod garage_fixture;
 mod garage_redirect;

@@ -907,6 +907,21 @@ impl Scrape {
     pub fn get(&self, series: &str) -> f64 {
         self.0.get(series).copied().unwrap_or(0.0)
     }
+
+    /// The sum of `family`'s series whose labels contain `labels` (all of
+    /// them for "").
+    pub fn sum_of(&self, family: &str, labels: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                series
+                    .strip_prefix(family)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+                    && series.contains(labels)
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
 }
 
 pub async fn scrape_at(client: &reqwest::Client, addr: std::net::SocketAddr) -> Scrape {
