@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::auth::AuthConfig;
 use crate::events::EventsConfig;
 use crate::mirror::ProxyConfig;
-use crate::registry::LifecycleConfig;
+use crate::registry::{LifecycleConfig, QuotaRule};
 use crate::storage::s3::{GcsConfig, S3Config};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -67,6 +67,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Events for CI/CD (the `[events]` table, `[[events.endpoints]]`).
     pub events: EventsConfig,
+    /// Storage quotas per repository pattern (`[[quotas]]` entries).
+    pub quotas: Vec<QuotaRule>,
 }
 
 /// The `[audit]` table: one JSON line per change and per refused request.
@@ -130,6 +132,19 @@ pub struct MetricsConfig {
     /// store, never one per scrape.
     #[serde(with = "humantime_serde")]
     pub inventory_interval: Duration,
+}
+
+fn validate_quotas(quotas: &[QuotaRule]) -> Result<(), String> {
+    match quotas
+        .iter()
+        .find(|q| q.max_bytes.is_none() && q.max_tags.is_none())
+    {
+        Some(q) => Err(format!(
+            "quotas: {} sets neither max_bytes nor max_tags",
+            q.repositories
+        )),
+        None => Ok(()),
+    }
 }
 
 impl MetricsConfig {
@@ -289,6 +304,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             events: EventsConfig::default(),
+            quotas: Vec::new(),
         }
     }
 }
@@ -309,6 +325,7 @@ impl Config {
             .and_then(|()| config.metrics.validate())
             .and_then(|()| config.limits.validate())
             .and_then(|()| config.events.validate())
+            .and_then(|()| validate_quotas(&config.quotas))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

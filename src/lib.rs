@@ -110,6 +110,7 @@ pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
     let storage = open_storage(config, true).await?;
     let limits = Limits {
         max_manifest_bytes: config.max_manifest_bytes,
+        quotas: config.quotas.clone(),
     };
     let cache = CacheConfig {
         content_bytes: config.cache_bytes,

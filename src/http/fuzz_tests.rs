@@ -205,6 +205,7 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
             Resource::Referrers => format!("{name}/referrers/{last}"),
             Resource::TagHistory => format!("{name}/_berth/tags/{last}/history"),
             Resource::TagRollback => format!("{name}/_berth/tags/{last}/rollback"),
+            Resource::Usage => format!("{name}/_berth/usage"),
         };
         prop_assert_eq!(rebuilt, rest);
         prop_assert!(!last.contains('/'), "last segment {:?}", last);

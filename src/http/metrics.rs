@@ -110,6 +110,7 @@ fn route_label(path: &str) -> &'static str {
         Some(Resource::Tags) => "tags",
         Some(Resource::Referrers) => "referrers",
         Some(Resource::TagHistory | Resource::TagRollback) => "tag_history",
+        Some(Resource::Usage) => "usage",
         None => "other",
     }
 }

@@ -28,6 +28,7 @@ mod tags;
 mod token;
 mod token_cache;
 mod uploads;
+mod usage;
 
 use std::io;
 use std::sync::Arc;

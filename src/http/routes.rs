@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 
 use super::auth::{Caller, Need};
 use super::{
-    blobs, catalog, manifests, referrers, repository_name, tag_history, tags, uploads, ApiError,
-    ApiResult,
+    blobs, catalog, manifests, referrers, repository_name, tag_history, tags, uploads, usage,
+    ApiError, ApiResult,
 };
 use crate::auth::{Action, Actions};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
@@ -51,6 +51,8 @@ pub enum Resource {
     TagHistory,
     /// `<name>/_berth/tags/<tag>/rollback`
     TagRollback,
+    /// `<name>/_berth/usage`
+    Usage,
 }
 
 /// A `/v2/<rest>` path split into its resource, repository name and last
@@ -113,7 +115,7 @@ const fn row(
 /// a manifest or blob needs `delete`; rolling a tag back moves it and takes
 /// the current image away from it, as a delete of the tag would: `push` and
 /// `delete`.
-pub static TABLE: [Row; 17] = [
+pub static TABLE: [Row; 18] = [
     Row {
         resource: Resource::Catalog,
         method: Method::GET,
@@ -172,6 +174,9 @@ pub static TABLE: [Row; 17] = [
         PUSH.and(Action::Delete),
         |c| Box::pin(tag_history::rollback(c.registry, c.name, c.last, c.parts)),
     ),
+    row(Resource::Usage, Method::GET, PULL, |c| {
+        Box::pin(usage::get(c.registry, c.name))
+    }),
 ];
 
 /// A request matched to its row, its repository name validated.
@@ -301,6 +306,9 @@ pub fn parse(rest: &str) -> Option<Path<'_>> {
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return path(Resource::Tags, name, "");
+    }
+    if let Some(name) = rest.strip_suffix("/_berth/usage") {
+        return path(Resource::Usage, name, "");
     }
     let (head, last) = rest.rsplit_once('/')?;
     if let Some(route) = extension(head, last) {

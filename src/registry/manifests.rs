@@ -194,6 +194,16 @@ impl Registry {
                 format!("{missing} is not in repository {name}"),
             ));
         }
+        if let Origin::Pushed = origin {
+            let new_tags: Vec<&Tag> = tags
+                .iter()
+                .zip(&currents)
+                .filter(|(_, current)| current.is_none())
+                .map(|(tag, _)| *tag)
+                .collect();
+            self.check_quota(name, &manifest, &digest, body.len() as u64, &new_tags)
+                .await?;
+        }
         let [content_stored, revision_stored, ..] = touched.extra[..] else {
             return Err(RegistryError::internal(
                 "storage answered a different number of touches",

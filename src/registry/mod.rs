@@ -10,6 +10,7 @@ mod integrity;
 pub mod lifecycle;
 mod locks;
 mod manifests;
+mod quota;
 mod referrers;
 mod tags;
 mod touch;
@@ -28,6 +29,7 @@ pub use lifecycle::{
     LifecycleTask, MirrorEviction, RemovedTag, RetentionReport,
 };
 pub use manifests::{ManifestPut, StoredManifest};
+pub use quota::{QuotaRule, Usage};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::metrics::Metrics;
@@ -40,12 +42,15 @@ use cache::{CacheConfig, Caches};
 pub struct Limits {
     /// The largest manifest accepted (distribution-spec suggests at least 4 MiB).
     pub max_manifest_bytes: usize,
+    /// Storage quotas per repository pattern (quota.rs).
+    pub quotas: Vec<QuotaRule>,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
+            quotas: Vec::new(),
         }
     }
 }

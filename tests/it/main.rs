@@ -32,6 +32,7 @@ mod manifest_limits;
 mod metrics;
 mod mirror;
 mod oci_client;
+mod quotas;
 mod retention;
 mod tag_history;
 mod tls;

@@ -1,0 +1,107 @@
+//! `[[quotas]]`: bytes and tags per repository matching a pattern; pushes
+//! past them refused with 403 `DENIED` and nothing of them kept; usage
+//! through `GET /v2/<name>/_berth/usage`.
+
+use berth::registry::QuotaRule;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn quota(pattern: &str, max_bytes: Option<u64>, max_tags: Option<u64>) -> QuotaRule {
+    QuotaRule {
+        repositories: berth::oci::RepositoryPattern::parse(pattern).unwrap(),
+        max_bytes,
+        max_tags,
+    }
+}
+
+/// Pushes a one-layer image's blobs and then its manifest under `tag`; the
+/// manifest PUT's response.
+async fn push_image_response(
+    registry: &TestRegistry,
+    name: &str,
+    tag: &str,
+    layer: &[u8],
+) -> (reqwest::Response, Vec<u8>) {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config_digest = registry.push_blob(name, config).await;
+    let layer_digest = registry.push_blob(name, layer).await;
+    let manifest = image_manifest(&config_digest, config.len(), &[(layer_digest, layer.len())]);
+    let resp = registry
+        .put_manifest(name, tag, OCI_MANIFEST, &manifest)
+        .await;
+    (resp, manifest)
+}
+
+async fn usage(registry: &TestRegistry, name: &str) -> Value {
+    let resp = get(registry, &format!("/v2/{name}/_berth/usage")).await;
+    expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_push_of_a_tag_past_max_tags_is_refused_and_moving_a_tag_is_not() {
+    let registry =
+        TestRegistry::start_with(|c| c.quotas = vec![quota("team/*", None, Some(2))]).await;
+    for tag in ["a", "b"] {
+        registry
+            .push_image("team/app", tag, &random_bytes(1000, 1))
+            .await;
+    }
+    let (resp, _) = push_image_response(&registry, "team/app", "c", &random_bytes(1000, 2)).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    let detail = body["errors"][0]["message"].as_str().unwrap().to_owned()
+        + body["errors"][0]["detail"].to_string().as_str();
+    assert!(detail.contains("quota"), "{body}");
+    assert_eq!(registry.tags("team/app").await, ["a", "b"]);
+    // Moving a tag adds none; another repository's tags are its own.
+    let (resp, _) = push_image_response(&registry, "team/app", "a", &random_bytes(1000, 3)).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    for tag in ["a", "b", "c"] {
+        registry
+            .push_image("other/app", tag, &random_bytes(1000, 4))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_push_past_max_bytes_is_refused_and_the_usage_says_what_is_used() {
+    let registry = TestRegistry::start_with(|c| {
+        c.quotas = vec![quota("team/*", Some(60_000), None)];
+    })
+    .await;
+    let first = random_bytes(40_000, 5);
+    let (resp, manifest) = push_image_response(&registry, "team/app", "1", &first).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    let used = usage(&registry, "team/app").await;
+    let config_len = br#"{"architecture":"amd64","os":"linux"}"#.len();
+    let expected = (manifest.len() + config_len + first.len()) as u64;
+    assert_eq!(used["bytes"], expected);
+    assert_eq!(used["manifests"], 1);
+    assert_eq!(used["tags"], 1);
+    assert_eq!(used["quota"]["repositories"], "team/*");
+    assert_eq!(used["quota"]["max_bytes"], 60_000);
+
+    // A second image with a new 40 kB layer would pass 60 kB: refused, and
+    // the usage is unchanged.
+    let (resp, _) = push_image_response(&registry, "team/app", "2", &random_bytes(40_000, 6)).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    assert_eq!(error_code(resp).await, "DENIED");
+    assert_eq!(usage(&registry, "team/app").await["bytes"], expected);
+    let resp = get(&registry, "/v2/team/app/manifests/2").await;
+    expect_status(resp, StatusCode::NOT_FOUND).await;
+    // The same image under another tag uses no more bytes.
+    let (resp, _) = push_image_response(&registry, "team/app", "also-1", &first).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    assert_eq!(usage(&registry, "team/app").await["bytes"], expected);
+
+    let resp = get(&registry, "/v2/team/none/_berth/usage").await;
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+}
