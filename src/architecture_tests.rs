@@ -41,6 +41,7 @@ const RANKS: &[(&str, u8)] = &[
     ("oci", 0),
     ("sys", 0),
     ("metrics", 0),
+    ("traces", 0),
 ];
 
 /// Imports that go down but past the layer that owns the access: (from, to,

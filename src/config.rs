@@ -12,6 +12,7 @@ use crate::events::EventsConfig;
 use crate::mirror::ProxyConfig;
 use crate::registry::{LifecycleConfig, QuotaRule};
 use crate::storage::s3::{GcsConfig, S3Config};
+use crate::traces::TracesConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +70,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Storage quotas per repository pattern (`[[quotas]]` entries).
     pub quotas: Vec<QuotaRule>,
+    /// OpenTelemetry traces (the `[traces]` table).
+    pub traces: TracesConfig,
 }
 
 /// The `[audit]` table: one JSON line per change and per refused request.
@@ -305,6 +308,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             events: EventsConfig::default(),
             quotas: Vec::new(),
+            traces: TracesConfig::default(),
         }
     }
 }
@@ -326,6 +330,7 @@ impl Config {
             .and_then(|()| config.limits.validate())
             .and_then(|()| config.events.validate())
             .and_then(|()| validate_quotas(&config.quotas))
+            .and_then(|()| config.traces.validate())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }

@@ -22,6 +22,7 @@ pub mod serve;
 pub mod storage;
 #[allow(unsafe_code)]
 mod sys;
+pub mod traces;
 
 use std::io;
 use std::net::SocketAddr;

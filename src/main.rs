@@ -286,20 +286,49 @@ impl ServeArgs {
 }
 
 /// Logs go to stderr through a writer thread, so a request never waits on a
-/// terminal or pipe. The guard flushes what is queued when `main` returns.
-fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// terminal or pipe; with `[traces] otlp_endpoint`, spans also go to an OTLP
+/// collector (`berth::traces`). The guards flush what is queued when `main`
+/// returns.
+fn init_logging(
+    config: &Config,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    Option<berth::traces::Traces>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    guard
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (traces, spans) = match berth::traces::Traces::start(&config.traces) {
+        Ok(Some((traces, layer))) => {
+            // Berth's own spans (`request`, `storage.*`, at debug level).
+            let only_berth = tracing_subscriber::filter::Targets::new()
+                .with_target("berth", tracing::Level::DEBUG);
+            (Some(traces), Some(layer.with_filter(only_berth)))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("berth: {e}; serving without traces");
+            (None, None)
+        }
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    (guard, traces)
 }
 
 async fn shutdown_signal() {
@@ -442,7 +471,7 @@ fn run_command(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let _log_guard = init_logging(&config);
+            let _log_guards = init_logging(&config);
             let runtime = berth::runtime().expect("tokio runtime");
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,

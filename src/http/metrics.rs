@@ -102,17 +102,7 @@ fn route_label(path: &str) -> &'static str {
         _ if path == super::token::TOKEN_PATH => return "token",
         _ => {}
     }
-    match routes::resource_of(path) {
-        Some(Resource::Catalog) => "catalog",
-        Some(Resource::UploadStart | Resource::Upload) => "upload",
-        Some(Resource::Blob) => "blob",
-        Some(Resource::Manifest) => "manifest",
-        Some(Resource::Tags) => "tags",
-        Some(Resource::Referrers) => "referrers",
-        Some(Resource::TagHistory | Resource::TagRollback) => "tag_history",
-        Some(Resource::Usage) => "usage",
-        None => "other",
-    }
+    routes::resource_of(path).map_or("other", Resource::label)
 }
 
 /// Counts an upload request while it is handled.

@@ -14,8 +14,22 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let request_bytes = content_length(request.headers());
-    let response = next.run(request).await;
+    // The request's span (exported as a trace with `[traces]`; debug level,
+    // so not even created without).
+    let span = tracing::debug_span!(
+        "request",
+        otel.name = %format!("{method} {}", route_name(&path)),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        crate::traces::continue_trace(&span, request.headers());
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     // Bodies built in memory have an exact size before hyper sets the header.
     let response_bytes = HttpBody::size_hint(response.body())
         .exact()
@@ -40,4 +54,14 @@ fn content_length(headers: &axum::http::HeaderMap) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A span's name: the route's kind, not the path (whose names would make
+/// every repository a span name of its own).
+fn route_name(path: &str) -> &'static str {
+    match super::routes::resource_of(path) {
+        Some(resource) => resource.label(),
+        None if path == "/v2" || path == "/v2/" => "base",
+        None => "other",
+    }
 }

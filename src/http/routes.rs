@@ -55,6 +55,23 @@ pub enum Resource {
     Usage,
 }
 
+impl Resource {
+    /// The resource's kind as metrics, traces and logs name it (never a
+    /// path: repository names would make the names unbounded).
+    pub fn label(self) -> &'static str {
+        match self {
+            Resource::Catalog => "catalog",
+            Resource::UploadStart | Resource::Upload => "upload",
+            Resource::Blob => "blob",
+            Resource::Manifest => "manifest",
+            Resource::Tags => "tags",
+            Resource::Referrers => "referrers",
+            Resource::TagHistory | Resource::TagRollback => "tag_history",
+            Resource::Usage => "usage",
+        }
+    }
+}
+
 /// A `/v2/<rest>` path split into its resource, repository name and last
 /// segment, before anything is validated (`name` and `last` are empty where
 /// the resource has none).

@@ -870,15 +870,18 @@ fn find_leftovers(root: &Path, dir: &Path, found: &mut Vec<Leftover>) -> io::Res
 
 #[async_trait]
 impl Storage for FsStorage {
+    #[tracing::instrument(level = "debug", name = "storage.get", skip_all, fields(key = %key))]
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
         Ok(not_found_is_none(fs::read(self.path(key)).await)?.map(Bytes::from))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.put", skip_all, fields(key = %key))]
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
         let written = self.put_all(vec![(key.to_owned(), data, mode)]).await?;
         Ok(written[0])
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.put_all", skip_all)]
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
         let paths: Vec<PathBuf> = docs.iter().map(|(key, _, _)| self.path(key)).collect();
         let store = self.clone_handle();
@@ -907,6 +910,7 @@ impl Storage for FsStorage {
         Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.stat", skip_all, fields(key = %key))]
     async fn stat(&self, key: &str) -> io::Result<Option<ObjectInfo>> {
         let meta = not_found_is_none(fs::metadata(self.path(key)).await)?;
         meta.filter(|m| m.is_file())
@@ -925,6 +929,7 @@ impl Storage for FsStorage {
             .map(|found| found[0].is_some())
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.touch_all", skip_all)]
     async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
         // One blocking call for all: a touch is a few fast syscalls, while a
         // hand-off to the blocking pool and back costs two thread switches.
@@ -1027,6 +1032,7 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.read", skip_all, fields(key = %key))]
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
         let Some(LocalFile { file, size }) = self.local_file(key).await? else {
             return Ok(None);
@@ -1045,6 +1051,7 @@ impl Storage for FsStorage {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.delete", skip_all, fields(key = %key))]
     async fn delete(&self, key: &str) -> io::Result<bool> {
         let path = self.path(key);
         let store = self.clone_handle();
@@ -1077,6 +1084,7 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.list", skip_all, fields(prefix = %prefix))]
     async fn list(
         &self,
         prefix: &str,
@@ -1106,6 +1114,7 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.append_upload", skip_all, fields(key = %key))]
     async fn append_upload(
         &self,
         key: &str,
@@ -1148,6 +1157,7 @@ impl Storage for FsStorage {
         Err(e)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.commit_upload", skip_all, fields(key = %key))]
     async fn commit_upload(
         &self,
         key: &str,

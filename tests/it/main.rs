@@ -36,5 +36,6 @@ mod quotas;
 mod retention;
 mod tag_history;
 mod tls;
+mod traces;
 mod transport;
 mod zero_copy;

@@ -24,6 +24,7 @@ pub struct Inventory {
 
 impl Registry {
     /// Counts the store and sets the `berth_storage_*` gauges to the count.
+    #[tracing::instrument(level = "debug", name = "lifecycle.inventory", skip_all)]
     pub async fn take_inventory(&self) -> Result<Inventory> {
         let (blobs, blob_bytes) = self.count_blobs().await?;
         let mut inventory = Inventory {

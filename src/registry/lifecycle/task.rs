@@ -33,6 +33,7 @@ impl Registry {
     /// Retention, then mark and sweep, then upload expiry. Retention runs
     /// first so that the images of the tags it removes are collected in the
     /// same run; in a dry run the collection treats those tags as removed.
+    #[tracing::instrument(level = "debug", name = "lifecycle.run", skip_all)]
     pub async fn run_lifecycle(&self, options: &GcOptions) -> Result<LifecycleReport> {
         let started = std::time::Instant::now();
         let run = self.run_lifecycle_once(options).await;
@@ -269,7 +270,9 @@ async fn run(
                     take_inventory().await;
                 }
             } else {
-                match registry.expire_uploads(false).await {
+                let expiry = registry.expire_uploads(false);
+                let span = tracing::debug_span!("lifecycle.expiry");
+                match tracing::Instrument::instrument(expiry, span).await {
                     Ok(report) if report.expired > 0 => tracing::info!(
                         expired = report.expired,
                         bytes = report.bytes_removed,

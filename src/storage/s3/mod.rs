@@ -1114,6 +1114,7 @@ impl S3Storage {
 
 #[async_trait]
 impl Storage for S3Storage {
+    #[tracing::instrument(level = "debug", name = "storage.get", skip_all, fields(key = %key))]
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
         if layout::is_upload_session(key) {
             return self.get_session_record(key).await;
@@ -1125,6 +1126,7 @@ impl Storage for S3Storage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.put", skip_all, fields(key = %key))]
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> io::Result<bool> {
         if self.writes_plainly(key, mode) {
             self.put_guarded(key, data).await?;
@@ -1166,6 +1168,7 @@ impl Storage for S3Storage {
         Ok(self.get(key).await?.is_some_and(|kept| kept == data))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.put_all", skip_all)]
     async fn put_all(&self, docs: Vec<(String, Bytes, WriteMode)>) -> io::Result<Vec<bool>> {
         // Independent documents: those to create if absent (touched in one
         // batch) beside those to write (one look at the collections). A
@@ -1239,6 +1242,7 @@ impl Storage for S3Storage {
         Ok(self.head(key).await?.map(|meta| meta.size))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.stat", skip_all, fields(key = %key))]
     async fn stat(&self, key: &str) -> io::Result<Option<ObjectInfo>> {
         Ok(self.head(key).await?.map(|meta| ObjectInfo {
             size: meta.size,
@@ -1250,6 +1254,7 @@ impl Storage for S3Storage {
         Ok(self.touch_keys(&[key]).await?[0].is_some())
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.touch_all", skip_all)]
     async fn touch_all(&self, keys: Vec<String>) -> io::Result<Vec<Option<u64>>> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.touch_keys(&keys).await
@@ -1314,6 +1319,7 @@ impl Storage for S3Storage {
         Ok(true)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.read", skip_all, fields(key = %key))]
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> io::Result<Option<ContentRead>> {
         // S3 cannot answer an empty range: the size comes from a HEAD.
         if range.as_ref().is_some_and(|r| r.is_empty()) {
@@ -1348,6 +1354,7 @@ impl Storage for S3Storage {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.delete", skip_all, fields(key = %key))]
     async fn delete(&self, key: &str) -> io::Result<bool> {
         self.forget(key);
         self.collection.removed(key);
@@ -1391,6 +1398,7 @@ impl Storage for S3Storage {
             .map(drop)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.list", skip_all, fields(prefix = %prefix))]
     async fn list(
         &self,
         prefix: &str,
@@ -1487,6 +1495,7 @@ impl Storage for S3Storage {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.append_upload", skip_all, fields(key = %key))]
     async fn append_upload(
         &self,
         key: &str,
@@ -1554,6 +1563,7 @@ impl Storage for S3Storage {
         Ok(received)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.commit_upload", skip_all, fields(key = %key))]
     async fn commit_upload(&self, key: &str, size: u64, dest: &str, state: &str) -> io::Result<()> {
         let mut upload = UploadState::parse(state)?;
         // The tail object holds what the append that wrote it counted.
