@@ -1459,6 +1459,7 @@ impl Storage for S3Storage {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.list_tree", skip_all, fields(prefix = %prefix))]
     async fn list_tree(
         &self,
         prefix: &str,
