@@ -131,7 +131,7 @@ pub struct MetricsConfig {
     /// keeps internal); the main listener then does not serve it.
     pub listen: Option<SocketAddr>,
     /// How often the store is counted for the `berth_storage_*` gauges
-    /// (also at the start and after each lifecycle run): a walk of the
+    /// (also soon after the start and after each lifecycle run): a walk of the
     /// store, never one per scrape.
     #[serde(with = "humantime_serde")]
     pub inventory_interval: Duration,

@@ -187,6 +187,29 @@ impl Collector for Stored {
     }
 }
 
+/// A counter read when scraped from a part that keeps its own count (the
+/// journal's syncs).
+pub struct CounterFn {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for CounterFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Collector for CounterFn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = prometheus_client::metrics::counter::ConstCounter::new((self.read)());
+        let metric =
+            encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        counter.encode(metric)
+    }
+}
+
 /// Seconds, from 1 ms to about 65 s.
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -331,6 +354,21 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Registers a counter (`berth_<name>_total`) that `read` gives at each
+    /// scrape.
+    pub fn count_from(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(CounterFn {
+            name,
+            help,
+            read: Box::new(read),
+        }));
     }
 
     /// Counts a lookup in one of the registry's caches.

@@ -80,7 +80,21 @@ impl Registry {
         cache: &CacheConfig,
         lifecycle: LifecycleConfig,
     ) -> Registry {
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        if storage.deferred_durability().is_some() {
+            let (syncs, records) = (storage.clone(), storage.clone());
+            metrics.count_from(
+                "journal_syncs",
+                "Data syncs of the filesystem store's journal",
+                move || syncs.deferred_durability().map_or(0, |d| d.synced().0),
+            );
+            metrics.count_from(
+                "journal_records",
+                "Records (document writes and deletes) the journal's syncs made durable",
+                move || records.deferred_durability().map_or(0, |d| d.synced().1),
+            );
+        }
+        let metrics = Arc::new(metrics);
         Registry {
             storage,
             limits,

@@ -1288,6 +1288,10 @@ impl Leftovers for FsStorage {
 
 #[async_trait]
 impl DeferredDurability for FsStorage {
+    fn synced(&self) -> (u64, u64) {
+        self.journal.journal.get().map_or((0, 0), Journal::counts)
+    }
+
     async fn barrier(&self) -> io::Result<()> {
         let slot = self.journal.clone();
         if slot.journal.get().is_none_or(Journal::all_durable) {

@@ -543,8 +543,8 @@ impl Journal {
         record_limit(self.shared.tuning.capacity)
     }
 
-    /// How many syncs the journal made, and how many records they covered.
-    #[cfg(test)]
+    /// How many syncs the journal made, and how many records they covered
+    /// (tests, and `berth_journal_syncs_total`).
     pub fn counts(&self) -> (u64, u64) {
         let state = self.shared.lock();
         (state.syncs, state.records)

@@ -487,6 +487,10 @@ pub trait DeferredDurability: Send + Sync {
     /// durable: for a caller that acknowledges what it found, not what it
     /// wrote (a write waits for its own durability).
     async fn barrier(&self) -> io::Result<()>;
+
+    /// The journal's data syncs so far, and the records they made durable
+    /// (one sync covers every record waiting when it starts).
+    fn synced(&self) -> (u64, u64);
 }
 
 /// Walks a prefix's children a page at a time, in ascending byte order: the

@@ -63,6 +63,14 @@ async fn a_scripted_session_is_counted_by_method_route_status_and_bytes() {
         3.0
     );
     assert_eq!(m.get("berth_uploads_in_progress"), 0.0);
+    // On the filesystem the push's documents went through the journal.
+    let syncs = m.get("berth_journal_syncs_total");
+    if crate::support::backend::on_s3() {
+        assert_eq!(syncs, 0.0, "no journal on S3");
+    } else {
+        assert!(syncs >= 1.0, "{syncs}");
+        assert!(m.get("berth_journal_records_total") >= syncs);
+    }
     // The second pull by tag found the tag's link in the cache.
     assert!(m.get("berth_cache_lookups_total{cache=\"link\",result=\"hit\"}") >= 1.0);
     // A request is counted once its response is ready: the next scrape

@@ -86,9 +86,12 @@ fn config_file(dir: &std::path::Path, traces: &str) -> std::path::PathBuf {
 async fn requests_and_their_storage_calls_are_exported_as_one_trace_continuing_the_callers() {
     let (endpoint, bodies) = receiver().await;
     let dir = tempfile::tempdir().unwrap();
+    // An inventory soon after the start: background work to find a trace of.
     let config = config_file(
         dir.path(),
-        &format!("[traces]\notlp_endpoint = {endpoint:?}\n"),
+        &format!(
+            "[traces]\notlp_endpoint = {endpoint:?}\n[metrics]\ninventory_interval = \"200ms\"\n"
+        ),
     );
     let served = ServeProcess::start(&["--config", config.to_str().unwrap()], &[]);
     let client = new_client();
@@ -111,7 +114,22 @@ async fn requests_and_their_storage_calls_are_exported_as_one_trace_continuing_t
         .await
         .unwrap();
     assert_eq!(resp.bytes().await.unwrap().len(), blob.len());
-    // SIGTERM: the server sends what it still has batched as it stops.
+    // Once the first inventory has ended (it shows in the metrics)...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = client.get(served.url("/metrics")).send().await.unwrap();
+        if text
+            .text()
+            .await
+            .unwrap()
+            .contains("berth_storage_inventory_timestamp_seconds")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no inventory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...SIGTERM: the server sends what it still has batched as it stops.
     served.terminate();
     let mut served = served;
     let _ = tokio::task::spawn_blocking(move || served.child.wait()).await;

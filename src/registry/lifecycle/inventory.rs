@@ -1,8 +1,8 @@
 //! What the store holds, counted for the `berth_storage_*` gauges: blobs
 //! and their bytes, repositories, and manifests (revision links). A walk of
-//! the store, so never per scrape: the lifecycle task takes one when the
-//! server starts, after each lifecycle run, and every `[metrics]
-//! inventory_interval`. Between two, the gauges are the last count (changes
+//! the store, so never per scrape: the lifecycle task takes one soon after
+//! the server starts (within 30 s), after each lifecycle run, and every
+//! `[metrics] inventory_interval`. Between two, the gauges are the last count (changes
 //! by this process or another replica show at the next).
 //!
 //! On an object store the blobs come from one listing of `blobs/` with

@@ -193,8 +193,8 @@ impl LifecycleTask {
     /// min(`upload_expiry` / 4, 10 min), and with `gc_interval` a whole
     /// lifecycle run (retention, collection, expiry) at that interval. The
     /// first runs come one period after the start, not at it. With
-    /// `inventory_every`, an inventory of the store for the metrics at the
-    /// start, after each whole run, and at that interval.
+    /// `inventory_every`, an inventory of the store for the metrics soon
+    /// after the start, after each whole run, and at that interval.
     pub fn spawn(registry: Arc<Registry>, inventory_every: Option<Duration>) -> LifecycleTask {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(run(registry, inventory_every, stopped));
@@ -207,6 +207,9 @@ impl LifecycleTask {
         let _ = self.task.await;
     }
 }
+
+/// The longest the first inventory of the store waits after the start.
+const INVENTORY_AFTER_START: Duration = Duration::from_secs(30);
 
 /// How often uploads are expired between full runs: often enough that an
 /// upload is gone soon after it expires, rarely enough to cost nothing.
@@ -238,9 +241,11 @@ async fn run(
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer
     });
-    // The first tick at once: the gauges have a value soon after the start.
+    // The first soon after the start (within 30 s: after the start's own
+    // traffic, a pod's readiness checks and first pulls), then every period.
     let mut inventory = inventory_every.map(|period| {
-        let mut timer = interval_at(Instant::now(), period);
+        let first = period.min(INVENTORY_AFTER_START);
+        let mut timer = interval_at(Instant::now() + first, period);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer
     });
