@@ -52,6 +52,7 @@ pub async fn observe(
         Body::new(Counted {
             inner: body,
             bytes: received,
+            timed: None,
         })
     });
     let response = next.run(request).await;
@@ -65,14 +66,14 @@ pub async fn observe(
         .inc();
     let sent = metrics.http_sent_bytes.get_or_create_owned(&labels);
     response.map(|body| {
-        Body::new(Timed {
-            inner: Counted {
-                inner: body,
-                bytes: sent,
-            },
-            started,
-            labels,
-            metrics,
+        Body::new(Counted {
+            inner: body,
+            bytes: sent,
+            timed: Some(Timing {
+                started,
+                labels,
+                metrics,
+            }),
         })
     })
 }
@@ -121,10 +122,19 @@ impl Drop for InProgress {
     }
 }
 
-/// A body whose data frames are counted into `bytes` as they pass.
+/// A body whose data frames are counted into `bytes` as they pass; a
+/// response's also observes the request's duration when it is done with
+/// (sent whole, or dropped by a client that left).
 struct Counted {
     inner: Body,
     bytes: Counter,
+    timed: Option<Timing>,
+}
+
+struct Timing {
+    started: Instant,
+    labels: RouteLabels,
+    metrics: Arc<Metrics>,
 }
 
 impl HttpBody for Counted {
@@ -153,41 +163,15 @@ impl HttpBody for Counted {
     }
 }
 
-/// A response body that observes the request's duration when it is done
-/// with (sent whole, or dropped by a client that left).
-struct Timed {
-    inner: Counted,
-    started: Instant,
-    labels: RouteLabels,
-    metrics: Arc<Metrics>,
-}
-
-impl HttpBody for Timed {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Timed {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.metrics
-            .http_request_duration
-            .get_or_create(&self.labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(timing) = &self.timed {
+            timing
+                .metrics
+                .http_request_duration
+                .get_or_create(&timing.labels)
+                .observe(timing.started.elapsed().as_secs_f64());
+        }
     }
 }
 
