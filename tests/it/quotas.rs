@@ -105,3 +105,33 @@ async fn a_push_past_max_bytes_is_refused_and_the_usage_says_what_is_used() {
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
 }
+
+#[tokio::test]
+async fn the_usage_needs_pull_and_a_valid_name() {
+    let registry = TestRegistry::start_one_with_auth(
+        &[("alice", "alice-pw"), ("bob", "bob-pw")],
+        r#"
+        challenge = "basic"
+        [[rules]]
+        repositories = ["team/*"]
+        users = { alice = ["pull", "push"] }
+        "#,
+    )
+    .await;
+    let as_user =
+        |user: &str, password: &str| client_with_authorization(&basic_auth(user, password));
+    let url = registry.url("/v2/team/app/_berth/usage");
+    // Nobody anonymous, and no user without pull, learns anything of it.
+    let resp = new_client().get(&url).send().await.unwrap();
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
+    let resp = as_user("bob", "bob-pw").get(&url).send().await.unwrap();
+    expect_status(resp, StatusCode::FORBIDDEN).await;
+    // A name that is not one is refused before anything is read.
+    let resp = as_user("alice", "alice-pw")
+        .get(registry.url("/v2/Team/App/_berth/usage"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "NAME_INVALID");
+}
