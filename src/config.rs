@@ -135,6 +135,9 @@ pub struct MetricsConfig {
     /// store, never one per scrape.
     #[serde(with = "humantime_serde")]
     pub inventory_interval: Duration,
+    /// A file holding the token a scrape must send as `Authorization:
+    /// Bearer <token>`; absent, anyone who reaches `/metrics` may scrape.
+    pub token_file: Option<PathBuf>,
 }
 
 fn validate_quotas(quotas: &[QuotaRule]) -> Result<(), String> {
@@ -165,6 +168,7 @@ impl Default for MetricsConfig {
             enabled: true,
             listen: None,
             inventory_interval: Duration::from_secs(3600),
+            token_file: None,
         }
     }
 }

@@ -152,6 +152,25 @@ pub fn build_access_control(
     ))))
 }
 
+/// The token in `path` (`[metrics] token_file`), its line end trimmed; an
+/// empty one is refused rather than taken as "no token".
+fn read_token_file(path: &std::path::Path) -> io::Result<auth::Secret> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("reading metrics.token_file {}: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("metrics.token_file {} is empty", path.display()),
+        ));
+    }
+    Ok(auth::Secret::new(token))
+}
+
 /// What serving a registry takes: the API (the registry behind the HTTP
 /// API, with access control when configured, and `/metrics` unless
 /// `[metrics] listen` moves it), and the separate metrics application when
@@ -170,9 +189,13 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
         registry.metrics().clone(),
     )
     .map_err(io::Error::other)?;
+    let scrape_access = match &config.metrics.token_file {
+        Some(path) => http::ScrapeAccess::with_token(&read_token_file(path)?),
+        None => http::ScrapeAccess::anyone(),
+    };
     let separate_metrics = config.metrics.enabled && config.metrics.listen.is_some();
-    let metrics = separate_metrics.then(|| http::metrics_router(&registry));
-    let on_main = config.metrics.enabled && !separate_metrics;
+    let metrics = separate_metrics.then(|| http::metrics_router(&registry, scrape_access.clone()));
+    let on_main = (config.metrics.enabled && !separate_metrics).then_some(scrape_access);
     let (proxies, forwarded_header) = config
         .auth
         .as_ref()

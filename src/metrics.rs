@@ -87,6 +87,70 @@ pub struct DeliveryLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreRequestLabels {
+    /// What the request asks of the object store: `get`, `head`, `put`,
+    /// `copy`, `delete`, `list`, `create_multipart`, `upload_part`,
+    /// `upload_part_streamed` (a part sent as a client's bytes arrive: its
+    /// duration includes the client's pace), `complete_multipart`,
+    /// `abort_multipart`, `other`.
+    pub operation: &'static str,
+    /// `ok` (2xx, 3xx), `not_found`, `conflict` (409, 412: a conditional
+    /// write lost), `client_error` (another 4xx), `server_error` (5xx, 503
+    /// slow-downs included), `error` (no answer: refused, reset, timed out).
+    pub result: &'static str,
+}
+
+/// Requests sent to an object store (the S3 backend's), each attempt of a
+/// retried one counted apart. Kept by the backend from its opening and
+/// registered with a registry's [`Metrics`] that serves over it
+/// ([`Metrics::export_store_requests`]): the store is opened before the
+/// registry, and tools (`berth fsck`) open one with no metrics at all.
+#[derive(Clone, Debug)]
+pub struct StoreRequests {
+    requests: Family<StoreRequestLabels, Counter>,
+    duration: Family<StoreRequestLabels, Histogram>,
+}
+
+impl Default for StoreRequests {
+    fn default() -> StoreRequests {
+        StoreRequests {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+impl StoreRequests {
+    /// Counts one request and how long it took to its response's head
+    /// (`None` for a request that got no answer: counted, not timed).
+    pub fn record(
+        &self,
+        operation: &'static str,
+        result: &'static str,
+        elapsed: Option<std::time::Duration>,
+    ) {
+        let labels = StoreRequestLabels { operation, result };
+        self.requests.get_or_create(&labels).inc();
+        if let Some(elapsed) = elapsed {
+            self.duration
+                .get_or_create(&labels)
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The `result` label for an HTTP status.
+    pub fn result_of(status: u16) -> &'static str {
+        match status {
+            200..=399 => "ok",
+            404 => "not_found",
+            409 | 412 => "conflict",
+            400..=499 => "client_error",
+            _ => "server_error",
+        }
+    }
+}
+
 /// Every family Berth exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -356,6 +420,22 @@ impl Metrics {
         }
     }
 
+    /// Exports an object store's request counts and durations as
+    /// `berth_s3_requests_total` and `berth_s3_request_duration_seconds`.
+    pub fn export_store_requests(&mut self, store: &StoreRequests) {
+        self.registry.register(
+            "s3_requests",
+            "Requests sent to the object store, by operation and result (each attempt of a retried one)",
+            store.requests.clone(),
+        );
+        self.registry.register_with_unit(
+            "s3_request_duration",
+            "From sending a request to the object store to its response's head",
+            Unit::Seconds,
+            store.duration.clone(),
+        );
+    }
+
     /// Registers a counter (`berth_<name>_total`) that `read` gives at each
     /// scrape.
     pub fn count_from(
@@ -481,6 +561,10 @@ mod tests {
             .upstream_request_duration
             .get_or_create(&upstream)
             .observe(0.1);
+        let store = StoreRequests::default();
+        store.record("get", "ok", Some(std::time::Duration::from_millis(3)));
+        let mut metrics = metrics;
+        metrics.export_store_requests(&store);
         for gauge in [
             &metrics.stored.blobs,
             &metrics.stored.blob_bytes,

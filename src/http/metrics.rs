@@ -14,17 +14,86 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::routes::{self, Resource};
+use crate::auth::Secret;
 use crate::metrics::{self, Metrics, RequestLabels, RouteLabels};
 
+/// Who may scrape: anyone (the default, like `/healthz`), or only who
+/// sends `Authorization: Bearer <token>` with the token of `[metrics]
+/// token_file` (Prometheus's `authorization: {credentials_file: ...}`).
+#[derive(Clone, Default)]
+pub struct ScrapeAccess {
+    /// The token's SHA-256: compared in constant time with the offered
+    /// one's, so neither its bytes nor its length leak through timing.
+    token_sha256: Option<[u8; 32]>,
+}
+
+impl ScrapeAccess {
+    pub fn anyone() -> ScrapeAccess {
+        ScrapeAccess::default()
+    }
+
+    pub fn with_token(token: &Secret) -> ScrapeAccess {
+        ScrapeAccess {
+            token_sha256: Some(Sha256::digest(token.expose().as_bytes()).into()),
+        }
+    }
+
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token_sha256 else {
+            return true;
+        };
+        let offered = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        offered.is_some_and(|token| {
+            let offered: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            bool::from(offered.ct_eq(expected))
+        })
+    }
+}
+
+/// What the scrape handler holds.
+#[derive(Clone)]
+pub struct ScrapeState {
+    pub metrics: Arc<Metrics>,
+    pub access: ScrapeAccess,
+}
+
 /// `GET /metrics`: the text a Prometheus scrape reads.
-pub async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+pub async fn scrape(
+    State(ScrapeState { metrics, access }): State<ScrapeState>,
+    headers: HeaderMap,
+) -> Response {
+    if !access.allows(&headers) {
+        metrics
+            .auth_failures
+            .get_or_create(&metrics::ReasonLabels {
+                reason: "metrics_token",
+            })
+            .inc();
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            )],
+            "a scrape of /metrics needs the bearer token of [metrics] token_file\n",
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

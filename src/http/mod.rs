@@ -47,6 +47,7 @@ pub use audit::AuditLog;
 pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFile};
 pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
+pub use metrics::ScrapeAccess;
 
 use crate::events::{EventKind, Events, Happened};
 use crate::mirror::Mirror;
@@ -86,8 +87,8 @@ pub struct Services {
     pub limits: Option<Arc<RequestLimits>>,
     pub audit: Option<Arc<AuditLog>>,
     pub events: Option<Arc<Events>>,
-    /// `GET /metrics` on this router.
-    pub serve_metrics: bool,
+    /// `GET /metrics` on this router, open to whom this allows.
+    pub serve_metrics: Option<ScrapeAccess>,
 }
 
 /// The whole HTTP application for a registry.
@@ -102,8 +103,12 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
     } = services;
     let metrics = registry.metrics().clone();
     let mut router = Router::new();
-    if serve_metrics {
-        router = router.route("/metrics", get(metrics::scrape).with_state(metrics.clone()));
+    if let Some(access) = serve_metrics {
+        let state = metrics::ScrapeState {
+            metrics: metrics.clone(),
+            access,
+        };
+        router = router.route("/metrics", get(metrics::scrape).with_state(state));
     }
     let router = router
         .route("/v2", get(base))
@@ -387,11 +392,14 @@ fn location(value: &str) -> HeaderValue {
 }
 
 /// The application of a separate metrics listener: `GET /metrics` only.
-pub fn metrics_router(registry: &Registry) -> Router {
+pub fn metrics_router(registry: &Registry, access: ScrapeAccess) -> Router {
     Router::new()
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
-        .with_state(registry.metrics().clone())
+        .with_state(metrics::ScrapeState {
+            metrics: registry.metrics().clone(),
+            access,
+        })
 }
 
 /// The CI/CD events a request that succeeded causes: a manifest push (and,

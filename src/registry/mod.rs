@@ -94,6 +94,9 @@ impl Registry {
                 move || records.deferred_durability().map_or(0, |d| d.synced().1),
             );
         }
+        if let Some(requests) = storage.store_requests() {
+            metrics.export_store_requests(requests);
+        }
         let metrics = Arc::new(metrics);
         Registry {
             storage,

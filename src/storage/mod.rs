@@ -419,6 +419,12 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// The requests this store sends over the network, counted, for a
+    /// registry serving over it to export. Default: none (the filesystem).
+    fn store_requests(&self) -> Option<&crate::metrics::StoreRequests> {
+        None
+    }
+
     /// Writes that are visible before they are durable. Default: every
     /// write is durable when it returns, and there is nothing to wait for.
     fn deferred_durability(&self) -> Option<&dyn DeferredDurability> {

@@ -186,6 +186,66 @@ async fn metrics_on_a_listener_of_their_own_are_not_served_on_the_main_one() {
 }
 
 #[tokio::test]
+async fn with_a_token_file_a_scrape_needs_that_bearer_token_on_either_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics-token");
+    std::fs::write(&token_file, "s3cr3t-scrape-token\n").unwrap();
+    for separate in [false, true] {
+        let registry = TestRegistry::start_one_with(|c| {
+            c.metrics.token_file = Some(token_file.clone());
+            if separate {
+                c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+            }
+        })
+        .await;
+        let addr = registry.servers[0].metrics_addr.unwrap_or(registry.addr);
+        let url = format!("http://{addr}/metrics");
+        let scrape_with = |authorization: Option<&'static str>| {
+            let mut request = registry.client.get(&url);
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            request.send()
+        };
+        for refused in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer s3cr3t-scrape-toke"),
+            Some("Basic czNjcjN0LXNjcmFwZS10b2tlbg=="),
+        ] {
+            let resp = scrape_with(refused).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+            assert_eq!(
+                header_str(&resp, "www-authenticate"),
+                "Bearer realm=\"metrics\""
+            );
+            assert!(!resp.text().await.unwrap().contains("berth_"));
+        }
+        let resp = scrape_with(Some("Bearer s3cr3t-scrape-token"))
+            .await
+            .unwrap();
+        let resp = expect_status(resp, StatusCode::OK).await;
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("berth_auth_failures_total{reason=\"metrics_token\"} 4"),
+            "{text}"
+        );
+        // The registry's own API is as open as before.
+        expect_status(get(&registry, "/v2/").await, StatusCode::OK).await;
+    }
+
+    // An empty token file is a configuration error, not "no token".
+    std::fs::write(&token_file, "\n").unwrap();
+    let mut config = berth::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.metrics.token_file = Some(token_file);
+    let refused = berth::build_app(&config).await.err().expect("refused");
+    assert!(refused.to_string().contains("is empty"), "{refused}");
+}
+
+#[tokio::test]
 async fn the_stored_gauges_are_an_inventory_of_the_store_taken_in_the_background() {
     let registry = TestRegistry::start_one_with(|c| {
         c.metrics.inventory_interval = Duration::from_millis(200);
@@ -215,4 +275,138 @@ async fn the_stored_gauges_are_an_inventory_of_the_store_taken_in_the_background
     assert_eq!(m.get("berth_storage_repositories"), 2.0);
     assert_eq!(m.get("berth_storage_manifests"), 2.0);
     assert!(m.get("berth_storage_inventory_timestamp_seconds") > 1.7e9);
+}
+
+/// The S3 request a proxy saw, named as `berth_s3_requests_total` names
+/// its operation and result (told apart here from the proxy's log, on its
+/// own terms: method, query, copy header, presigned URL, status).
+fn s3_series(request: &crate::fault_proxy::Logged) -> (String, &'static str) {
+    let has = |key: &str| {
+        request
+            .query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key))
+    };
+    let operation = match request.method.as_str() {
+        "HEAD" => "head",
+        "GET" if has("list-type") => "list",
+        "GET" => "get",
+        "PUT" if has("partNumber") && request.presigned => "upload_part_streamed",
+        "PUT" if has("partNumber") => "upload_part",
+        "PUT" if request.copy => "copy",
+        "PUT" => "put",
+        "POST" if has("uploads") => "create_multipart",
+        "POST" if has("uploadId") => "complete_multipart",
+        "POST" if has("delete") => "delete",
+        "DELETE" if has("uploadId") => "abort_multipart",
+        "DELETE" => "delete",
+        other => panic!(
+            "an S3 request Berth does not send: {other} ?{}",
+            request.query
+        ),
+    };
+    let result = match request.status.expect("answered") {
+        200..=399 => "ok",
+        404 => "not_found",
+        409 | 412 => "conflict",
+        400..=499 => "client_error",
+        _ => "server_error",
+    };
+    (operation.to_owned(), result)
+}
+
+/// Every request a replica sent to the store since it started, counted by a
+/// proxy between it and Garage, is in `berth_s3_requests_total` under its
+/// operation and result, and timed: a workload of pushes (a small blob, a
+/// 12 MiB one whose parts are streamed, a chunked one), pulls and misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_s3_request_is_counted_by_operation_and_result() {
+    use crate::garage_s3::{s3_config, Replica};
+    use crate::support::garage::{garage_or_skip, Garage};
+    use std::collections::BTreeMap;
+
+    if !garage_or_skip() {
+        return;
+    }
+    let garage = Garage::shared();
+    let proxy = crate::fault_proxy::FaultProxy::start(&garage.endpoint).await;
+    let s3 = s3_config(garage, &proxy.endpoint(), &garage.prefix());
+    let replica = Replica::start(&s3, |_| {}).await;
+    let api = &replica.api;
+    let name = "counted/app";
+    api.push_blob(name, b"small").await;
+    let big = random_bytes(12 * 1024 * 1024, 3);
+    let big_digest = api.push_blob(name, &big).await;
+    let (_, pulled) = api
+        .get_bytes(&format!("/v2/{name}/blobs/{big_digest}"))
+        .await;
+    assert_eq!(pulled.len(), big.len());
+    let (status, _) = api
+        .get_bytes(&format!("/v2/{name}/manifests/missing"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let image = crate::garage_s3::TestImage::new("counted", &[&random_bytes(100_000, 4)]);
+    api.push_image(name, "1", &image).await;
+    let (status, _) = api.get_bytes(&format!("/v2/{name}/manifests/1")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The proxy logs a request when it arrives, Berth counts it when it is
+    // answered: read both until they agree twice in a row with nothing in
+    // flight (the replica's background work, its repository index and the
+    // inventory, is counted by both).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (seen, m) = loop {
+        let before = proxy.requests();
+        let m = scrape_at(&api.client, replica.server.addr).await;
+        let after = proxy.requests();
+        let settled = before.len() == after.len() && after.iter().all(|r| r.status.is_some());
+        if settled {
+            break (after, m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store's requests never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut expected: BTreeMap<(String, &str), f64> = BTreeMap::new();
+    for request in &seen {
+        *expected.entry(s3_series(request)).or_default() += 1.0;
+    }
+    for ((operation, result), count) in &expected {
+        assert_eq!(
+            m.get(&format!(
+                "berth_s3_requests_total{{operation=\"{operation}\",result=\"{result}\"}}"
+            )),
+            *count,
+            "{operation} {result}"
+        );
+        assert_eq!(
+            m.get(&format!(
+                "berth_s3_request_duration_seconds_count{{operation=\"{operation}\",result=\"{result}\"}}"
+            )),
+            *count,
+            "{operation} {result} timed"
+        );
+    }
+    assert_eq!(
+        m.sum_of("berth_s3_requests_total", ""),
+        seen.len() as f64,
+        "no request counted that the store did not see"
+    );
+    // The workload's kinds of request all happened (so each was checked).
+    for kind in [
+        "put",
+        "get",
+        "head",
+        "list",
+        "upload_part_streamed",
+        "complete_multipart",
+    ] {
+        assert!(
+            expected.keys().any(|(operation, _)| operation == kind),
+            "no {kind} in {expected:?}"
+        );
+    }
+    assert!(expected.keys().any(|(_, result)| *result == "not_found"));
 }

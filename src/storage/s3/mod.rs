@@ -40,6 +40,8 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::StoreRequests;
+
 use super::{
     layout, ByteSource, ContentRead, ListPage, LocalFile, LocalFiles, ObjectInfo, Storage,
     TreePage, WriteMode,
@@ -47,6 +49,7 @@ use super::{
 
 mod blob_cache;
 mod collection;
+mod counted;
 mod parts;
 mod records;
 
@@ -288,6 +291,8 @@ pub struct S3Storage {
     part_streamer: Option<parts::PartStreamer>,
     /// Upload session records, read back by a conditional GET.
     session_records: records::SessionRecords,
+    /// Every request sent to the store, counted and timed (`counted.rs`).
+    requests: StoreRequests,
 }
 
 impl S3Storage {
@@ -299,15 +304,30 @@ impl S3Storage {
         cache_dir: Option<&std::path::Path>,
     ) -> io::Result<S3Storage> {
         config.validate().map_err(io::Error::other)?;
-        let meta = Arc::new(build(config, metadata_client(), Payload::Signed)?);
-        let transfer = Arc::new(build(config, transfer_client(), Payload::Unsigned)?);
+        let requests = StoreRequests::default();
+        let meta = Arc::new(build(
+            config,
+            metadata_client(),
+            Payload::Signed,
+            &requests,
+        )?);
+        let transfer = Arc::new(build(
+            config,
+            transfer_client(),
+            Payload::Unsigned,
+            &requests,
+        )?);
         let settings = Settings {
             prefix: &config.prefix,
             part_size: config.part_size,
             redirect: config.redirect,
             cache_bytes: config.cache_bytes,
             copy_limit: config.copy_limit,
-            part_streamer: Some(parts::PartStreamer::new(config.plain_http())?),
+            part_streamer: Some(parts::PartStreamer::new(
+                config.plain_http(),
+                requests.clone(),
+            )?),
+            requests,
         };
         S3Storage::open_on(meta, transfer, settings, cache_dir).await
     }
@@ -321,8 +341,9 @@ impl S3Storage {
         cache_dir: Option<&std::path::Path>,
     ) -> io::Result<S3Storage> {
         config.validate().map_err(io::Error::other)?;
-        let meta = Arc::new(build_gcs(config, metadata_client())?);
-        let transfer = Arc::new(build_gcs(config, transfer_client())?);
+        let requests = StoreRequests::default();
+        let meta = Arc::new(build_gcs(config, metadata_client(), &requests)?);
+        let transfer = Arc::new(build_gcs(config, transfer_client(), &requests)?);
         let settings = Settings {
             prefix: &config.prefix,
             part_size: config.part_size,
@@ -333,6 +354,7 @@ impl S3Storage {
             // Each part sent once whole: streaming one to a signed URL is
             // untested on GCS.
             part_streamer: None,
+            requests,
         };
         S3Storage::open_on(meta, transfer, settings, cache_dir).await
     }
@@ -361,6 +383,7 @@ impl S3Storage {
             part_budget: Arc::new(tokio::sync::Semaphore::new(EXTRA_PARTS)),
             part_streamer: settings.part_streamer,
             session_records: records::SessionRecords::default(),
+            requests: settings.requests,
         };
         if let Some(dir) = cache_dir.filter(|_| settings.cache_bytes > 0) {
             match blob_cache::BlobCache::open(dir, settings.cache_bytes) {
@@ -826,6 +849,7 @@ struct Settings<'a> {
     cache_bytes: u64,
     copy_limit: u64,
     part_streamer: Option<parts::PartStreamer>,
+    requests: StoreRequests,
 }
 
 /// The client for documents, HEADs, listings and deletes: bounded in total.
@@ -852,9 +876,13 @@ fn retries() -> RetryConfig {
 fn build_gcs(
     config: &GcsConfig,
     options: ClientOptions,
+    requests: &StoreRequests,
 ) -> io::Result<object_store::gcp::GoogleCloudStorage> {
     let mut builder = GoogleCloudStorageBuilder::from_env()
         .with_bucket_name(&config.bucket)
+        .with_http_connector(counted::CountingConnector {
+            requests: requests.clone(),
+        })
         .with_retry(retries())
         .with_client_options(options);
     if let Some(path) = &config.service_account_path {
@@ -882,9 +910,13 @@ fn build(
     config: &S3Config,
     options: ClientOptions,
     payload: Payload,
+    requests: &StoreRequests,
 ) -> io::Result<object_store::aws::AmazonS3> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
+        .with_http_connector(counted::CountingConnector {
+            requests: requests.clone(),
+        })
         .with_region(&config.region)
         .with_retry(retries())
         .with_unsigned_payload(payload == Payload::Unsigned);
@@ -1114,6 +1146,10 @@ impl S3Storage {
 
 #[async_trait]
 impl Storage for S3Storage {
+    fn store_requests(&self) -> Option<&StoreRequests> {
+        Some(&self.requests)
+    }
+
     #[tracing::instrument(level = "debug", name = "storage.get", skip_all, fields(key = %key))]
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
         if layout::is_upload_session(key) {

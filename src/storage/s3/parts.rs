@@ -28,6 +28,8 @@ use object_store::{PutPayload, PutPayloadMut};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
+use crate::metrics::StoreRequests;
+
 #[cfg(doc)]
 use super::EXTRA_PARTS;
 use super::{
@@ -45,14 +47,20 @@ const PART_URL_VALIDITY: Duration = Duration::from_secs(15 * 60);
 /// it shares with the registry cost more than streaming gained.
 const STREAM_WRITE: usize = 1024 * 1024;
 
+/// The operation a streamed part is counted as: apart from `upload_part`,
+/// as its duration includes the pace of the client sending it.
+const STREAMED_PART: &str = "upload_part_streamed";
+
 /// Sends parts as their bytes arrive: an HTTP client of its own, since
 /// object_store sends only bodies it holds whole.
 pub(super) struct PartStreamer {
     http: reqwest::Client,
+    /// Its requests are counted with the object_store clients'.
+    requests: StoreRequests,
 }
 
 impl PartStreamer {
-    pub(super) fn new(allow_http: bool) -> io::Result<PartStreamer> {
+    pub(super) fn new(allow_http: bool, requests: StoreRequests) -> io::Result<PartStreamer> {
         // No read timeout: reqwest's runs from the request's start to the
         // answer, which a part streamed from a slow client can outlast; the
         // answer's bound starts once the part's bytes are in (`stream_part`).
@@ -61,7 +69,7 @@ impl PartStreamer {
             .https_only(!allow_http)
             .build()
             .map_err(io::Error::other)?;
-        Ok(PartStreamer { http })
+        Ok(PartStreamer { http, requests })
     }
 }
 
@@ -344,6 +352,7 @@ fn stream_part(
     let (to_store, from_feed) = mpsc::unbounded();
     let (whole, whole_bytes) = oneshot::channel();
     let http = streamer.http.clone();
+    let requests = streamer.requests.clone();
     let sent = tokio::spawn(async move {
         // Held until the part is stored.
         let _extra = extra;
@@ -357,6 +366,7 @@ fn stream_part(
                 .signed_url_opts(http::Method::PUT, &path, PART_URL_VALIDITY, &options)
                 .await
                 .map_err(io_error)?;
+            let started = std::time::Instant::now();
             let response = http
                 .put(url)
                 .header(http::header::CONTENT_LENGTH, len)
@@ -364,8 +374,16 @@ fn stream_part(
                 .send()
                 .await
                 // The URL carries the part's signature: never in a log.
-                .map_err(|e| io::Error::other(e.without_url()))?;
+                .map_err(|e| {
+                    requests.record(STREAMED_PART, "error", None);
+                    io::Error::other(e.without_url())
+                })?;
             let status = response.status();
+            requests.record(
+                STREAMED_PART,
+                StoreRequests::result_of(status.as_u16()),
+                Some(started.elapsed()),
+            );
             if !status.is_success() {
                 let answer = response.text().await.unwrap_or_default();
                 let answer: String = answer.chars().take(500).collect();
