@@ -29,7 +29,7 @@ pub use lifecycle::{
     LifecycleTask, MirrorEviction, RemovedTag, RetentionReport,
 };
 pub use manifests::{ManifestPut, StoredManifest};
-pub use quota::{QuotaRule, Usage};
+pub use quota::{Counted, QuotaRule, QuotaScope, Usage};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::metrics::Metrics;
@@ -266,6 +266,8 @@ pub(crate) struct RepositoryWalk<'a> {
     tree: Option<TreeWalk>,
     /// Whether the backend was asked for a tree listing yet.
     asked: bool,
+    /// The directory below `repositories/` the walk covers (`""`: all).
+    base: String,
 }
 
 /// [`RepositoryWalk`] over a tree listing.
@@ -299,15 +301,32 @@ pub(crate) fn registry_folder_of(key: &str) -> Option<(&str, &str, bool)> {
 
 impl<'a> RepositoryWalk<'a> {
     pub fn new(storage: &'a dyn Storage) -> RepositoryWalk<'a> {
+        RepositoryWalk::under(storage, "")
+    }
+
+    /// A walk of the repositories named `base/...` (and `base` itself), a
+    /// part of the tree: `""` is all of it.
+    pub fn under(storage: &'a dyn Storage, base: &str) -> RepositoryWalk<'a> {
+        let base = base.trim_matches('/').to_owned();
         let root = RepositoryDir {
-            path: String::new(),
+            path: base.clone(),
             children: Vec::new(),
         };
         RepositoryWalk {
             storage,
-            open: vec![(root, Listing::new(storage, layout::REPOSITORIES))],
+            open: vec![(root, Listing::new(storage, Self::dir_of(&base)))],
             tree: None,
             asked: false,
+            base,
+        }
+    }
+
+    /// The key of the directory `base` names.
+    fn dir_of(base: &str) -> String {
+        if base.is_empty() {
+            layout::REPOSITORIES.to_owned()
+        } else {
+            format!("{}/{base}", layout::REPOSITORIES)
         }
     }
 
@@ -317,7 +336,7 @@ impl<'a> RepositoryWalk<'a> {
             self.asked = true;
             let page = self
                 .storage
-                .list_tree(layout::REPOSITORIES, None, self.storage.walk_page())
+                .list_tree(&Self::dir_of(&self.base), None, self.storage.walk_page())
                 .await?;
             if let Some(page) = page {
                 self.tree = Some(TreeWalk {
@@ -350,6 +369,7 @@ impl<'a> RepositoryWalk<'a> {
                 }
                 None => {
                     let (done, _) = self.open.pop().expect("looked at it above");
+                    // The root is handed out unless it is the whole tree's.
                     if !done.path.is_empty() {
                         return Ok(Some(done));
                     }
@@ -378,7 +398,7 @@ impl<'a> RepositoryWalk<'a> {
                         });
                 let page = storage
                     .list_tree(
-                        layout::REPOSITORIES,
+                        &Self::dir_of(&self.base),
                         start_after.as_deref(),
                         storage.walk_page(),
                     )
@@ -388,6 +408,11 @@ impl<'a> RepositoryWalk<'a> {
                 tree.after = page.objects.last().map(|(key, _)| key.clone());
                 tree.page = page.objects.into_iter();
                 continue;
+            };
+            // Keys are relative to the listed directory.
+            let key = match self.base.as_str() {
+                "" => key,
+                base => format!("{base}/{key}"),
             };
             let Some((dir, folder, _)) = registry_folder_of(&key) else {
                 continue;

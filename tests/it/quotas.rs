@@ -2,7 +2,7 @@
 //! past them refused with 403 `DENIED` and nothing of them kept; usage
 //! through `GET /v2/<name>/_berth/usage`.
 
-use berth::registry::QuotaRule;
+use berth::registry::{QuotaRule, QuotaScope};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -13,6 +13,7 @@ fn quota(pattern: &str, max_bytes: Option<u64>, max_tags: Option<u64>) -> QuotaR
         repositories: berth::oci::RepositoryPattern::parse(pattern).unwrap(),
         max_bytes,
         max_tags,
+        scope: QuotaScope::Repository,
     }
 }
 
@@ -104,6 +105,75 @@ async fn a_push_past_max_bytes_is_refused_and_the_usage_says_what_is_used() {
     let resp = get(&registry, "/v2/team/none/_berth/usage").await;
     let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
     assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+}
+
+/// `scope = "pattern"`: the repositories under the pattern share the
+/// limits (a team's namespace), a blob two of them share counted once; a
+/// repository under another rule, or none, is not counted with them.
+#[tokio::test]
+async fn a_pattern_quota_bounds_its_repositories_together() {
+    let registry = TestRegistry::start_with(|c| {
+        c.quotas = vec![
+            QuotaRule {
+                scope: QuotaScope::Pattern,
+                ..quota("team/*", Some(100_000), Some(3))
+            },
+            quota("*", Some(1_000_000), None),
+        ];
+    })
+    .await;
+    let shared = random_bytes(40_000, 7);
+    let (resp, one) = push_image_response(&registry, "team/one", "1", &shared).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    // The same image in a second repository costs nothing more: each
+    // digest is counted once across the pattern.
+    let (resp, two) = push_image_response(&registry, "team/two", "1", &shared).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    assert_eq!(one, two);
+    // Outside the pattern: not counted with the team.
+    let (resp, _) =
+        push_image_response(&registry, "other/app", "1", &random_bytes(90_000, 8)).await;
+    expect_status(resp, StatusCode::CREATED).await;
+
+    let config_len = br#"{"architecture":"amd64","os":"linux"}"#.len();
+    let team_bytes = (one.len() + config_len + shared.len()) as u64;
+    let used = usage(&registry, "team/two").await;
+    assert_eq!(used["quota"]["scope"], "pattern");
+    assert_eq!(used["counted"]["bytes"], team_bytes);
+    assert_eq!(used["counted"]["tags"], 2);
+    assert_eq!(used["counted"]["repositories"], 2);
+    assert_eq!(
+        used["bytes"],
+        (two.len() + config_len + shared.len()) as u64
+    );
+    let other = usage(&registry, "other/app").await;
+    assert_eq!(other["quota"]["scope"], "repository");
+    assert_eq!(other["counted"]["repositories"], 1);
+
+    // 70 kB more in a third repository would take the team past 100 kB,
+    // though that repository alone would be far below it.
+    let (resp, _) =
+        push_image_response(&registry, "team/three", "1", &random_bytes(70_000, 9)).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    let detail = body["errors"][0]["detail"].to_string();
+    assert!(detail.contains("the repositories under team/*"), "{detail}");
+    let resp = get(&registry, "/v2/team/three/manifests/1").await;
+    expect_status(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        usage(&registry, "team/one").await["counted"]["bytes"],
+        team_bytes
+    );
+
+    // Tags count together too: a third fits, a fourth does not.
+    let (resp, _) = push_image_response(&registry, "team/three", "1", &shared).await;
+    expect_status(resp, StatusCode::CREATED).await;
+    let (resp, _) = push_image_response(&registry, "team/one", "2", &shared).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    let body: Value = resp.json().await.unwrap();
+    let detail = body["errors"][0]["detail"].to_string();
+    assert!(detail.contains("3 tags"), "{detail}");
 }
 
 #[tokio::test]
