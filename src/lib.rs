@@ -138,13 +138,16 @@ pub async fn build_registry(config: &Config) -> io::Result<Arc<Registry>> {
 /// off). Fails when a file it names is missing or invalid.
 pub fn build_access_control(
     config: &Config,
-    metrics: Arc<metrics::Metrics>,
+    registry: &Arc<Registry>,
 ) -> io::Result<Option<Arc<AccessControl>>> {
     let Some(auth_config) = &config.auth else {
         return Ok(None);
     };
+    let metrics = registry.metrics().clone();
+    // Repository settings add their grants to the configuration's rules.
     let auth = auth::Auth::from_config(auth_config, &config.data_dir)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_grant_source(Arc::new(http::SettingsGrants::new(registry.clone())));
     Ok(Some(Arc::new(AccessControl::new(
         auth,
         auth_config.challenge,
@@ -182,7 +185,12 @@ pub struct App {
 
 pub async fn build_app(config: &Config) -> io::Result<App> {
     let registry = build_registry(config).await?;
-    let access = build_access_control(config, registry.metrics().clone())?;
+    // Settings are in force from the first request.
+    registry
+        .load_settings()
+        .await
+        .map_err(|e| io::Error::other(format!("reading repository settings: {e}")))?;
+    let access = build_access_control(config, &registry)?;
     let mirror = mirror::Mirror::new(
         &config.proxy,
         &config.data_dir.join("mirror").join("spool"),

@@ -58,7 +58,7 @@ pub use config::{
 pub use htpasswd::Htpasswd;
 pub use identity::{Grant, Identity};
 pub use limiter::{Attempt, FailureLimiter, Refused};
-pub use policy::Policy;
+pub use policy::{GrantSource, Policy};
 pub use robots::{Robot, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
 pub use token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
@@ -214,6 +214,13 @@ impl Auth {
             trusted_proxies: config.trusted_proxies.clone(),
             forwarded_header: config.forwarded_header,
         })
+    }
+
+    /// Adds the grants `source` keeps (repository settings) to the
+    /// configuration's rules, for every decision the policy makes.
+    pub fn with_grant_source(mut self, source: std::sync::Arc<dyn GrantSource>) -> Auth {
+        self.policy = self.policy.with_grant_source(source);
+        self
     }
 
     /// The `service` for challenges: the external issuer's when one is

@@ -15,6 +15,12 @@
 //! With no rules configured, the default is one rule: authenticated users may
 //! pull and push everything; anonymous clients nothing.
 //!
+//! **Repository settings** (a [`GrantSource`]: visibility and grants kept in
+//! the registry, changed through its API) add to all of this, as one more
+//! rule would: a setting can give rights the configuration does not, and
+//! can never take away one it gives (a repository the rules make public
+//! stays public whatever its visibility setting says).
+//!
 //! **Catalog.** Listing `/v2/_catalog` (`registry:catalog:*`) is for admins
 //! and whoever `[auth.catalog]` names. It is all or nothing: the http layer
 //! may further filter the list by [`Policy::allowed`] for pull.
@@ -26,6 +32,7 @@
 //! a pattern without `*` is an exact name.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::identity::Identity;
 
@@ -50,9 +57,17 @@ impl Rule {
     }
 }
 
+/// Grants kept outside the configuration, added to its rules' (see the
+/// module): what repository settings give `identity` on `name`.
+pub trait GrantSource: Send + Sync + std::fmt::Debug {
+    fn actions(&self, identity: &Identity, name: &RepositoryName) -> Actions;
+}
+
 /// The access policy, built from the `[auth]` table.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// Repository settings' grants, when the registry keeps any.
+    extra: Option<Arc<dyn GrantSource>>,
     admins: BTreeSet<String>,
     admin_groups: BTreeSet<String>,
     /// user → the groups it belongs to
@@ -95,12 +110,19 @@ impl Policy {
                 .collect()
         };
         Ok(Policy {
+            extra: None,
             admins: config.admins.iter().cloned().collect(),
             admin_groups: config.admin_groups.iter().cloned().collect(),
             memberships,
             rules,
             catalog: config.catalog.clone(),
         })
+    }
+
+    /// This policy with `source`'s grants added to its rules'.
+    pub fn with_grant_source(mut self, source: Arc<dyn GrantSource>) -> Policy {
+        self.extra = Some(source);
+        self
     }
 
     /// The identity of an authenticated htpasswd user, with its groups.
@@ -144,6 +166,9 @@ impl Policy {
             for grant in grants.iter().filter(|g| g.repositories.matches(name)) {
                 actions = actions.union(grant.actions);
             }
+        }
+        if let Some(extra) = &self.extra {
+            actions = actions.union(extra.actions(identity, name));
         }
         actions
     }
@@ -318,7 +343,10 @@ mod tests {
         let p = policy(EXAMPLE);
         assert_eq!(p.actions(&p.user("dave"), &name("team-a/app")), PULL);
         let carol = p.user("carol");
-        assert_eq!(p.actions(&carol, &name("team-a/releases/v1")), Actions::ALL);
+        assert_eq!(
+            p.actions(&carol, &name("team-a/releases/v1")),
+            Actions::from_iter([Action::Pull, Action::Push, Action::Delete])
+        );
         assert!(!p.allowed(&carol, &name("team-a/app"), Action::Delete));
     }
 

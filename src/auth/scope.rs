@@ -2,7 +2,8 @@
 //! Documentation"): `resourcetype[(class)]:resourcename:action[,action]*`.
 //!
 //! Two resource types mean something here: `repository` (actions `pull`,
-//! `push`, `delete`; `*` means all three; a class such as
+//! `push`, `delete`, and Berth's `manage`: change the repository's settings;
+//! `*` means all four; a class such as
 //! `repository(plugin)` is accepted and dropped) and `registry:catalog:*`.
 //! Unknown actions are dropped, as the spec asks; a name that is not a valid
 //! repository name is an error; other resource types are unsupported (list
@@ -22,16 +23,20 @@ pub enum Action {
     Pull,
     Push,
     Delete,
+    /// Change the repository's settings (visibility, description, grants:
+    /// `registry/settings.rs`); Berth's, not Docker's.
+    Manage,
 }
 
 impl Action {
-    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+    pub const ALL: [Action; 4] = [Action::Pull, Action::Push, Action::Delete, Action::Manage];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pull => "pull",
             Action::Push => "push",
             Action::Delete => "delete",
+            Action::Manage => "manage",
         }
     }
 
@@ -40,6 +45,7 @@ impl Action {
             "pull" => Some(Action::Pull),
             "push" => Some(Action::Push),
             "delete" => Some(Action::Delete),
+            "manage" => Some(Action::Manage),
             _ => None,
         }
     }
@@ -49,6 +55,7 @@ impl Action {
             Action::Pull => 1,
             Action::Push => 2,
             Action::Delete => 4,
+            Action::Manage => 8,
         }
     }
 }
@@ -67,7 +74,7 @@ pub struct Actions(u8);
 
 impl Actions {
     pub const NONE: Actions = Actions(0);
-    pub const ALL: Actions = Actions(7);
+    pub const ALL: Actions = Actions(15);
 
     /// Just `action` (usable in constants, unlike `From`).
     pub const fn only(action: Action) -> Actions {
@@ -181,7 +188,7 @@ impl<'de> Deserialize<'de> for Actions {
                 (_, Some(action)) => actions.insert(action),
                 (_, None) => {
                     return Err(serde::de::Error::custom(format!(
-                        "unknown action {word:?} (expected pull, push, delete or *)"
+                        "unknown action {word:?} (expected pull, push, delete, manage or *)"
                     )))
                 }
             }
@@ -370,7 +377,7 @@ mod tests {
     fn star_means_every_repository_action() {
         assert_eq!(
             Scope::parse("repository:a:*").unwrap(),
-            repo("a", &[Action::Pull, Action::Push, Action::Delete])
+            repo("a", &Action::ALL)
         );
     }
 
@@ -479,7 +486,11 @@ mod tests {
         let pull_push = Actions::from_iter([Action::Pull, Action::Push]);
         let push_delete = Actions::from_iter([Action::Push, Action::Delete]);
         assert_eq!(pull_push.intersection(push_delete).to_string(), "push");
-        assert_eq!(pull_push.union(push_delete), Actions::ALL);
+        assert_eq!(pull_push.union(push_delete).to_string(), "pull,push,delete");
+        assert_eq!(
+            pull_push.union(Action::Manage.into()).to_string(),
+            "pull,push,manage"
+        );
         assert!(Actions::NONE.is_empty());
         assert_eq!(format!("{:?}", pull_push), "Actions(pull,push)");
     }

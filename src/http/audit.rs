@@ -89,7 +89,8 @@ impl AuditLog {
         let Some(action) = action_of(route, &parts.method, status) else {
             return;
         };
-        if !refused && !route.writes() && parts.method != Method::DELETE {
+        // Reads are audited only when refused.
+        if !refused && matches!(parts.method, Method::GET | Method::HEAD) {
             return;
         }
         let actor = match caller {
@@ -176,6 +177,8 @@ fn action_of(route: &Route<'_>, method: &Method, status: StatusCode) -> Option<&
         }
         (Resource::Upload, &Method::PUT) => "upload",
         (Resource::Upload, &Method::DELETE) => "cancel_upload",
+        (Resource::Settings, &Method::PUT | &Method::DELETE) => "settings",
+        (Resource::Namespace, &Method::PUT | &Method::DELETE) => "namespace",
         (_, &Method::GET | &Method::HEAD) if refused => "pull",
         (Resource::Catalog, _) if refused => "catalog",
         _ if refused => "write",

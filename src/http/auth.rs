@@ -83,6 +83,8 @@ pub struct AccessControl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
     Catalog,
+    /// An admin (`[auth] admins`, `admin_groups`).
+    Admin,
     /// Every one of `actions` on `name`.
     Repository {
         name: RepositoryName,
@@ -95,7 +97,9 @@ impl Need {
     /// as docker does: pushing starts by checking which blobs exist.
     fn scope(&self) -> Scope {
         match self {
-            Need::Catalog => Scope::Catalog,
+            // No scope names administration: a token for the catalog gets
+            // the client a token, and its subject decides.
+            Need::Catalog | Need::Admin => Scope::Catalog,
             Need::Repository { name, actions } => {
                 let mut actions = *actions;
                 if actions.contains(Action::Push) {
@@ -147,8 +151,32 @@ impl Caller {
         }
     }
 
+    /// May anyone, anonymous clients included, do `action` to `name`?
+    pub fn anyone_may(&self, name: &RepositoryName, action: Action) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { access, .. } | Caller::Token { access, .. } => access
+                .auth
+                .policy()
+                .allowed(&Identity::Anonymous, name, action),
+        }
+    }
+
+    /// Is the caller an admin? A token's subject is, when it is ours and
+    /// the policy says so.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { identity, access } => access.auth.policy().is_admin(identity),
+            Caller::Token { token, access } => access
+                .identity_of(token)
+                .is_some_and(|identity| access.auth.policy().is_admin(&identity)),
+        }
+    }
+
     fn satisfies(&self, need: &Need) -> bool {
         match need {
+            Need::Admin => self.is_admin(),
             Need::Repository { name, actions } => actions.iter().all(|a| self.may(name, a)),
             Need::Catalog => match self {
                 Caller::Everyone => true,

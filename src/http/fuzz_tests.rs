@@ -206,6 +206,10 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
             Resource::TagHistory => format!("{name}/_berth/tags/{last}/history"),
             Resource::TagRollback => format!("{name}/_berth/tags/{last}/rollback"),
             Resource::Usage => format!("{name}/_berth/usage"),
+            Resource::Settings => format!("{name}/_berth/settings"),
+            Resource::Namespaces if rest.ends_with('/') => "_berth/namespaces/".to_owned(),
+            Resource::Namespaces => "_berth/namespaces".to_owned(),
+            Resource::Namespace => format!("_berth/namespaces/{name}"),
         };
         prop_assert_eq!(rebuilt, rest);
         prop_assert!(!last.contains('/'), "last segment {:?}", last);
@@ -222,7 +226,10 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
                         .split('/')
                         .all(|s| !s.is_empty() && s != ".." && s != "." && !s.starts_with('_')));
                 }
-                None => prop_assert_eq!(path.resource, Resource::Catalog),
+                None => prop_assert!(matches!(
+                    path.resource,
+                    Resource::Catalog | Resource::Namespaces
+                )),
             }
         }
         Err(Unrouted::NotFound) => prop_assert!(parsed.is_none()),

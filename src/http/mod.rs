@@ -23,6 +23,7 @@ mod range;
 mod referrers;
 mod request_log;
 mod routes;
+mod settings;
 mod tag_history;
 mod tags;
 mod token;
@@ -48,6 +49,7 @@ pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFil
 pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
 pub use metrics::ScrapeAccess;
+pub use settings::SettingsGrants;
 
 use crate::events::{EventKind, Events, Happened};
 use crate::mirror::Mirror;
@@ -270,6 +272,10 @@ async fn dispatch_route(
             audited(None, &response);
             return response;
         }
+    }
+    // Repository settings grant rights: current ones before deciding.
+    if state.access.is_some() {
+        state.registry.fresh_settings().await;
     }
     let caller = match &state.access {
         None => Caller::Everyone,

@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 
 use super::auth::{Caller, Need};
 use super::{
-    blobs, catalog, manifests, referrers, repository_name, tag_history, tags, uploads, usage,
-    ApiError, ApiResult,
+    blobs, catalog, manifests, referrers, repository_name, settings, tag_history, tags, uploads,
+    usage, ApiError, ApiResult,
 };
 use crate::auth::{Action, Actions};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
@@ -53,6 +53,12 @@ pub enum Resource {
     TagRollback,
     /// `<name>/_berth/usage`
     Usage,
+    /// `<name>/_berth/settings`
+    Settings,
+    /// `_berth/namespaces`
+    Namespaces,
+    /// `_berth/namespaces/<namespace>`
+    Namespace,
 }
 
 impl Resource {
@@ -68,6 +74,8 @@ impl Resource {
             Resource::Referrers => "referrers",
             Resource::TagHistory | Resource::TagRollback => "tag_history",
             Resource::Usage => "usage",
+            Resource::Settings => "settings",
+            Resource::Namespaces | Resource::Namespace => "namespaces",
         }
     }
 }
@@ -102,6 +110,11 @@ pub enum Endpoint {
     Registry(RegistryHandler),
     /// About one repository: needs every one of the actions on it.
     Repository(Actions, RepositoryHandler),
+    /// Administration of the registry as a whole: admins only.
+    Admin(RegistryHandler),
+    /// Administration of a namespace (its name in the path, validated as a
+    /// repository name): admins only.
+    AdminOf(RepositoryHandler),
 }
 
 pub struct Row {
@@ -113,6 +126,7 @@ pub struct Row {
 const PULL: Actions = Actions::only(Action::Pull);
 const PUSH: Actions = Actions::only(Action::Push);
 const DELETE: Actions = Actions::only(Action::Delete);
+const MANAGE: Actions = Actions::only(Action::Manage);
 
 const fn row(
     resource: Resource,
@@ -131,8 +145,9 @@ const fn row(
 /// request, cancelling included, and manifest `PUT`) needs `push`; deleting
 /// a manifest or blob needs `delete`; rolling a tag back moves it and takes
 /// the current image away from it, as a delete of the tag would: `push` and
-/// `delete`.
-pub static TABLE: [Row; 18] = [
+/// `delete`. A repository's settings are read with `pull` and changed with
+/// `manage`; namespaces are the admins'.
+pub static TABLE: [Row; 25] = [
     Row {
         resource: Resource::Catalog,
         method: Method::GET,
@@ -194,6 +209,39 @@ pub static TABLE: [Row; 18] = [
     row(Resource::Usage, Method::GET, PULL, |c| {
         Box::pin(usage::get(c.registry, c.name))
     }),
+    row(Resource::Settings, Method::GET, PULL, |c| {
+        Box::pin(settings::get(c.registry, c.caller, c.name))
+    }),
+    row(Resource::Settings, Method::PUT, MANAGE, |c| {
+        Box::pin(settings::put(c.registry, c.caller, c.name, c.body))
+    }),
+    row(Resource::Settings, Method::DELETE, MANAGE, |c| {
+        Box::pin(settings::delete(c.registry, c.name))
+    }),
+    Row {
+        resource: Resource::Namespaces,
+        method: Method::GET,
+        endpoint: Endpoint::Admin(|r, _, _| Box::pin(settings::list_namespaces(r))),
+    },
+    Row {
+        resource: Resource::Namespace,
+        method: Method::GET,
+        endpoint: Endpoint::AdminOf(|c| Box::pin(settings::get_namespace(c.registry, c.name))),
+    },
+    Row {
+        resource: Resource::Namespace,
+        method: Method::PUT,
+        endpoint: Endpoint::AdminOf(|c| {
+            Box::pin(settings::put_namespace(
+                c.registry, c.caller, c.name, c.body,
+            ))
+        }),
+    },
+    Row {
+        resource: Resource::Namespace,
+        method: Method::DELETE,
+        endpoint: Endpoint::AdminOf(|c| Box::pin(settings::delete_namespace(c.registry, c.name))),
+    },
 ];
 
 /// A request matched to its row, its repository name validated.
@@ -236,8 +284,8 @@ pub fn resolve<'a>(rest: &'a str, method: &Method) -> Result<Route<'a>, Unrouted
         .find(|row| row.resource == path.resource && row.method == *method)
         .ok_or_else(|| Unrouted::MethodNotAllowed(method.clone()))?;
     let name = match row.endpoint {
-        Endpoint::Registry(_) => None,
-        Endpoint::Repository(..) => {
+        Endpoint::Registry(_) | Endpoint::Admin(_) => None,
+        Endpoint::Repository(..) | Endpoint::AdminOf(_) => {
             Some(repository_name(path.name).map_err(Unrouted::InvalidName)?)
         }
     };
@@ -256,6 +304,7 @@ impl Route<'_> {
                 name: name.clone(),
                 actions: *actions,
             },
+            (Endpoint::Admin(_) | Endpoint::AdminOf(_), _) => Need::Admin,
             _ => Need::Catalog,
         }
     }
@@ -280,8 +329,10 @@ impl Route<'_> {
         body: Body,
     ) -> ApiResult {
         match (&self.row.endpoint, &self.name) {
-            (Endpoint::Registry(handler), _) => handler(registry, caller, parts).await,
-            (Endpoint::Repository(_, handler), Some(name)) => {
+            (Endpoint::Registry(handler) | Endpoint::Admin(handler), _) => {
+                handler(registry, caller, parts).await
+            }
+            (Endpoint::Repository(_, handler) | Endpoint::AdminOf(handler), Some(name)) => {
                 handler(Call {
                     registry,
                     caller,
@@ -292,7 +343,9 @@ impl Route<'_> {
                 })
                 .await
             }
-            (Endpoint::Repository(..), None) => unreachable!("resolve names every repository row"),
+            (Endpoint::Repository(..) | Endpoint::AdminOf(_), None) => {
+                unreachable!("resolve names every repository and namespace row")
+            }
         }
     }
 }
@@ -326,6 +379,16 @@ pub fn parse(rest: &str) -> Option<Path<'_>> {
     }
     if let Some(name) = rest.strip_suffix("/_berth/usage") {
         return path(Resource::Usage, name, "");
+    }
+    if let Some(name) = rest.strip_suffix("/_berth/settings") {
+        return path(Resource::Settings, name, "");
+    }
+    // No repository name starts with `_`: these never shadow one.
+    if rest == "_berth/namespaces" || rest == "_berth/namespaces/" {
+        return path(Resource::Namespaces, "", "");
+    }
+    if let Some(name) = rest.strip_prefix("_berth/namespaces/") {
+        return path(Resource::Namespace, name, "");
     }
     let (head, last) = rest.rsplit_once('/')?;
     if let Some(route) = extension(head, last) {
@@ -399,6 +462,9 @@ mod tests {
             path(TagRollback, "a", "blobs")
         );
         assert_eq!(parse("a/_berth/tags/v1/other"), None);
+        assert_eq!(parse("a/b/_berth/settings"), path(Settings, "a/b", ""));
+        assert_eq!(parse("_berth/namespaces"), path(Namespaces, "", ""));
+        assert_eq!(parse("_berth/namespaces/a/b"), path(Namespace, "a/b", ""));
         assert_eq!(parse("a/unknown/x"), None);
         assert_eq!(parse("nothing"), None);
     }

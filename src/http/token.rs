@@ -52,6 +52,8 @@ pub async fn get(State(state): State<AppState>, request: Request) -> Response {
         },
         None => Identity::Anonymous,
     };
+    // Repository settings grant rights: current ones before granting.
+    state.registry.fresh_settings().await;
     issue(&access, &identity, &token_request)
 }
 
@@ -90,6 +92,8 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
         }
         None => return oauth_error("invalid_request", "grant_type is required"),
     };
+    // Repository settings grant rights: current ones before granting.
+    state.registry.fresh_settings().await;
     issue(&access, &identity, &token_request)
 }
 

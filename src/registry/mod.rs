@@ -12,6 +12,7 @@ mod locks;
 mod manifests;
 mod quota;
 mod referrers;
+mod settings;
 mod tags;
 mod touch;
 mod uploads;
@@ -30,6 +31,9 @@ pub use lifecycle::{
 };
 pub use manifests::{ManifestPut, StoredManifest};
 pub use quota::{Counted, QuotaRule, QuotaScope, Usage};
+pub use settings::{
+    Settings, SettingsChange, SettingsGrant, SettingsOf, SettingsSnapshot, SubjectKind, Visibility,
+};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::metrics::Metrics;
@@ -71,6 +75,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Every repository's name, for the catalog (catalog.rs).
     repository_index: Arc<catalog::RepositoryIndex>,
+    /// Repository and namespace settings, in memory (settings.rs).
+    settings: Arc<settings::SettingsIndex>,
 }
 
 impl Registry {
@@ -107,6 +113,7 @@ impl Registry {
             tag_locks: locks::KeyedLocks::default(),
             lifecycle: Arc::new(lifecycle),
             repository_index: Arc::new(catalog::RepositoryIndex::new(cache.ttl)),
+            settings: Arc::new(settings::SettingsIndex::new(cache.ttl)),
         }
     }
 

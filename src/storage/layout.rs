@@ -31,6 +31,11 @@
 //! _berth/gc/active                                    Berth on S3: when a collector last wrote an intent (millis)
 //! _berth/journal/{lock,a,b}                           Berth: the filesystem store's write-ahead journal
 //!                                                     (storage/journal.rs), not keys
+//! _berth/settings/repositories/<name>/_settings.json  Berth: a repository's settings (visibility,
+//!                                                     description, grants; registry/settings.rs)
+//! _berth/settings/namespaces/<name>/_settings.json    Berth: a namespace's settings
+//! _berth/settings/generation                          Berth: rewritten after every settings change,
+//!                                                     so other replicas know to reload them
 //! ```
 //!
 //! History entries are empty files: the name is the record.
@@ -64,6 +69,21 @@ pub fn is_safe_key(key: &str) -> bool {
         && !key
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
+}
+
+pub const SETTINGS_REPOSITORIES: &str = "_berth/settings/repositories";
+pub const SETTINGS_NAMESPACES: &str = "_berth/settings/namespaces";
+pub const SETTINGS_GENERATION: &str = "_berth/settings/generation";
+/// The settings document's name in its directory: no name component starts
+/// with `_`, so it never stands for a nested name.
+pub const SETTINGS_DOCUMENT: &str = "_settings.json";
+
+pub fn repository_settings(name: &RepositoryName) -> String {
+    format!("{SETTINGS_REPOSITORIES}/{name}/{SETTINGS_DOCUMENT}")
+}
+
+pub fn namespace_settings(name: &RepositoryName) -> String {
+    format!("{SETTINGS_NAMESPACES}/{name}/{SETTINGS_DOCUMENT}")
 }
 
 pub fn blob_data(digest: &Digest) -> String {

@@ -34,6 +34,7 @@ mod mirror;
 mod oci_client;
 mod quotas;
 mod retention;
+mod settings;
 mod tag_history;
 mod tls;
 mod traces;

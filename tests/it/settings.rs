@@ -1,0 +1,372 @@
+//! Repository settings and namespaces over real HTTP, with access control:
+//! visibility (anonymous pulls allowed, then refused again), grants to
+//! users, groups and robots adding to the configuration's rules, namespaces
+//! admins hand to teams, the `manage` right, and refusals of malformed
+//! settings. On S3 the requests alternate between two replicas, so every
+//! change is checked on the replica that did not make it too.
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const USERS: &[(&str, &str)] = &[
+    ("alice", "alice-pw"),
+    ("bob", "bob-pw"),
+    ("carol", "carol-pw"),
+];
+
+/// alice is an admin, bob is in group devs and may pull and push app/*;
+/// carol has no rule of her own.
+async fn start() -> TestRegistry {
+    TestRegistry::start_with_auth_and(
+        uncached_on_s3,
+        USERS,
+        &format!(
+            r#"
+            signing_key = "{SIGNING_KEY}"
+            admins = ["alice"]
+            [groups]
+            devs = ["bob"]
+            [[rules]]
+            repositories = ["app/*"]
+            users = {{ bob = ["pull", "push"] }}
+            "#
+        ),
+    )
+    .await
+}
+
+fn as_user(user: &str) -> Client {
+    let password = USERS.iter().find(|(u, _)| *u == user).unwrap().1;
+    client_with_authorization(&basic_auth(user, password))
+}
+
+async fn put_json(client: &Client, url: String, body: Value) -> Response {
+    client.put(url).json(&body).send().await.unwrap()
+}
+
+/// Pushes a one-layer image as `client`'s user; asserts each step's status.
+async fn push_as(registry: &mut TestRegistry, client: &Client, name: &str, tag: &str, seed: u64) {
+    registry.client = client.clone();
+    registry
+        .push_image(name, tag, &random_bytes(2000, seed))
+        .await;
+    registry.client = new_client();
+}
+
+/// The status of an upload start as `client`: whether it may push.
+async fn upload_start_status(registry: &TestRegistry, client: &Client, name: &str) -> StatusCode {
+    client
+        .post(registry.url(&format!("/v2/{name}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn manifest_status(
+    registry: &TestRegistry,
+    client: &Client,
+    name: &str,
+    tag: &str,
+) -> StatusCode {
+    client
+        .get(registry.url(&format!("/v2/{name}/manifests/{tag}")))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_public_repository_is_pulled_anonymously_until_it_is_private_again() {
+    let mut registry = start().await;
+    let (alice, bob, anonymous) = (as_user("alice"), as_user("bob"), new_client());
+    push_as(&mut registry, &bob, "app/web", "1", 1).await;
+    assert_eq!(
+        manifest_status(&registry, &anonymous, "app/web", "1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let settings_url = registry.url("/v2/app/web/_berth/settings");
+
+    // bob may push but not manage: the change is refused, saying so.
+    let resp = put_json(&bob, settings_url.clone(), json!({"visibility": "public"})).await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    assert_eq!(error_code(resp).await, "DENIED");
+
+    let resp = put_json(
+        &alice,
+        settings_url.clone(),
+        json!({"visibility": "public", "description": "The web front end"}),
+    )
+    .await;
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["visibility"], "public");
+    assert_eq!(shown["public"], true);
+    assert_eq!(shown["description"], "The web front end");
+    assert_eq!(shown["updated_by"], "alice");
+    assert_eq!(
+        shown["actions"],
+        json!(["pull", "push", "delete", "manage"])
+    );
+
+    // Anonymous pulls work, directly and through the token flow.
+    assert_eq!(
+        manifest_status(&registry, &anonymous, "app/web", "1").await,
+        StatusCode::OK
+    );
+    let token = token(&registry, None, &["repository:app/web:pull"]).await;
+    let with_token = client_with_authorization(&format!("Bearer {token}"));
+    assert_eq!(
+        manifest_status(&registry, &with_token, "app/web", "1").await,
+        StatusCode::OK
+    );
+    // Anyone may read the settings of a repository they may pull; what
+    // they may do is theirs.
+    let resp = anonymous.get(&settings_url).send().await.unwrap();
+    let seen: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["actions"], json!(["pull"]));
+    assert_eq!(seen["description"], "The web front end");
+    // Pushes stay refused to anonymous clients.
+    assert_eq!(
+        upload_start_status(&registry, &anonymous, "app/web").await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Only this repository is public.
+    push_as(&mut registry, &bob, "app/other", "1", 2).await;
+    assert_eq!(
+        manifest_status(&registry, &anonymous, "app/other", "1").await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let resp = put_json(
+        &alice,
+        settings_url.clone(),
+        json!({"visibility": "private"}),
+    )
+    .await;
+    expect_status(resp, StatusCode::OK).await;
+    assert_eq!(
+        manifest_status(&registry, &anonymous, "app/web", "1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let resp = anonymous.get(&settings_url).send().await.unwrap();
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
+
+    // Deleting the settings: back to the rules alone; a second delete finds none.
+    let resp = alice.delete(&settings_url).send().await.unwrap();
+    expect_status(resp, StatusCode::NO_CONTENT).await;
+    let resp = alice.delete(&settings_url).send().await.unwrap();
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn namespaces_hand_repositories_to_teams_and_grants_add_to_the_rules() {
+    let mut registry = start().await;
+    let (alice, bob, carol) = (as_user("alice"), as_user("bob"), as_user("carol"));
+    let namespace_url = registry.url("/v2/_berth/namespaces/team");
+    assert_eq!(
+        upload_start_status(&registry, &bob, "team/api").await,
+        StatusCode::FORBIDDEN
+    );
+
+    // Only admins create namespaces.
+    let team = json!({
+        "description": "The team's images",
+        "grants": [
+            {"subject": "group:devs", "actions": ["pull", "push", "manage"]},
+            {"subject": "user:carol", "actions": ["pull"]},
+        ],
+    });
+    let resp = put_json(&bob, namespace_url.clone(), team.clone()).await;
+    expect_status(resp, StatusCode::FORBIDDEN).await;
+    let resp = put_json(&alice, namespace_url.clone(), team).await;
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["namespace"], "team");
+    assert_eq!(shown["grants"][0]["subject"], "group:devs");
+
+    // bob's group may now push anywhere under team/, carol only pull.
+    push_as(&mut registry, &bob, "team/api", "1", 3).await;
+    push_as(&mut registry, &bob, "team/tools/lint", "1", 4).await;
+    assert_eq!(
+        manifest_status(&registry, &carol, "team/api", "1").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        upload_start_status(&registry, &carol, "team/api").await,
+        StatusCode::FORBIDDEN
+    );
+    // Not beyond the namespace: `teams/` is another name.
+    assert_eq!(
+        upload_start_status(&registry, &bob, "teams/api").await,
+        StatusCode::FORBIDDEN
+    );
+
+    // bob manages team/api through the namespace: he lets carol push there.
+    let resp = put_json(
+        &bob,
+        registry.url("/v2/team/api/_berth/settings"),
+        json!({"grants": [{"subject": "user:carol", "actions": ["push"]}]}),
+    )
+    .await;
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["namespaces"][0]["namespace"], "team");
+    assert_eq!(
+        upload_start_status(&registry, &carol, "team/api").await,
+        StatusCode::ACCEPTED
+    );
+    // A token carries what the settings grant.
+    let carol_token = token(
+        &registry,
+        Some(&basic_auth("carol", "carol-pw")),
+        &["repository:team/api:pull,push"],
+    )
+    .await;
+    let with_token = client_with_authorization(&format!("Bearer {carol_token}"));
+    assert_eq!(
+        upload_start_status(&registry, &with_token, "team/api").await,
+        StatusCode::ACCEPTED
+    );
+
+    // Admins list namespaces; others may not.
+    let resp = alice
+        .get(registry.url("/v2/_berth/namespaces"))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["namespaces"][0]["namespace"], "team");
+    let resp = bob
+        .get(registry.url("/v2/_berth/namespaces"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::FORBIDDEN).await;
+
+    // Without the namespace, its grants are gone; the repository's own stay.
+    let resp = alice.delete(&namespace_url).send().await.unwrap();
+    expect_status(resp, StatusCode::NO_CONTENT).await;
+    assert_eq!(
+        upload_start_status(&registry, &bob, "team/tools/lint").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        upload_start_status(&registry, &carol, "team/api").await,
+        StatusCode::ACCEPTED
+    );
+    let resp = alice.get(&namespace_url).send().await.unwrap();
+    let resp = expect_status(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(error_code(resp).await, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn malformed_settings_are_refused_and_change_nothing() {
+    let registry = start().await;
+    let alice = as_user("alice");
+    let url = registry.url("/v2/app/web/_berth/settings");
+    let resp = put_json(&alice, url.clone(), json!({"visibility": "public"})).await;
+    expect_status(resp, StatusCode::OK).await;
+    let refused = [
+        json!({"visibility": "everyone"}),
+        json!({"grants": [{"subject": "user:bob", "actions": ["fly"]}]}),
+        json!({"grants": [{"subject": "bob", "actions": ["pull"]}]}),
+        json!({"grants": [{"subject": "user:bob", "actions": []}]}),
+        json!({"description": "x".repeat(5000)}),
+        json!({"unknown": true}),
+    ];
+    for body in refused {
+        let resp = put_json(&alice, url.clone(), body.clone()).await;
+        let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+        assert_eq!(error_code(resp).await, "PARAMETER_INVALID", "{body}");
+    }
+    let resp = alice
+        .put(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::BAD_REQUEST).await;
+    let resp = alice
+        .put(&url)
+        .body(vec![b' '; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::BAD_REQUEST).await;
+    // Invalid names are refused before anything else.
+    let resp = put_json(
+        &alice,
+        registry.url("/v2/App/_berth/settings"),
+        json!({"visibility": "public"}),
+    )
+    .await;
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "NAME_INVALID");
+    let resp = put_json(
+        &alice,
+        registry.url("/v2/_berth/namespaces/Team"),
+        json!({}),
+    )
+    .await;
+    expect_status(resp, StatusCode::BAD_REQUEST).await;
+
+    // The settings stored before are intact.
+    let resp = alice.get(&url).send().await.unwrap();
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["visibility"], "public");
+    assert_eq!(shown["grants"], json!([]));
+}
+
+#[tokio::test]
+async fn without_access_control_settings_are_stored_and_everyone_may_do_everything() {
+    let registry = TestRegistry::start_with(uncached_on_s3).await;
+    let url = registry.url("/v2/free/app/_berth/settings");
+    let resp = put_json(
+        &registry.client,
+        url.clone(),
+        json!({"description": "no auth here"}),
+    )
+    .await;
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["public"], true);
+    assert_eq!(shown["updated_by"], "");
+    let resp = registry.client.get(&url).send().await.unwrap();
+    let shown: Value = expect_status(resp, StatusCode::OK)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["description"], "no auth here");
+}
