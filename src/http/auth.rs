@@ -85,6 +85,9 @@ pub enum Need {
     Catalog,
     /// An admin (`[auth] admins`, `admin_groups`).
     Admin,
+    /// Nothing: any caller whose credentials (if any) are good; the
+    /// handler applies the caller's rights itself.
+    Nothing,
     /// Every one of `actions` on `name`.
     Repository {
         name: RepositoryName,
@@ -99,7 +102,7 @@ impl Need {
         match self {
             // No scope names administration: a token for the catalog gets
             // the client a token, and its subject decides.
-            Need::Catalog | Need::Admin => Scope::Catalog,
+            Need::Catalog | Need::Admin | Need::Nothing => Scope::Catalog,
             Need::Repository { name, actions } => {
                 let mut actions = *actions;
                 if actions.contains(Action::Push) {
@@ -177,6 +180,7 @@ impl Caller {
     fn satisfies(&self, need: &Need) -> bool {
         match need {
             Need::Admin => self.is_admin(),
+            Need::Nothing => true,
             Need::Repository { name, actions } => actions.iter().all(|a| self.may(name, a)),
             Need::Catalog => match self {
                 Caller::Everyone => true,

@@ -207,6 +207,7 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
             Resource::TagRollback => format!("{name}/_berth/tags/{last}/rollback"),
             Resource::Usage => format!("{name}/_berth/usage"),
             Resource::Settings => format!("{name}/_berth/settings"),
+            Resource::Repositories => "_berth/repositories".to_owned(),
             Resource::Namespaces if rest.ends_with('/') => "_berth/namespaces/".to_owned(),
             Resource::Namespaces => "_berth/namespaces".to_owned(),
             Resource::Namespace => format!("_berth/namespaces/{name}"),
@@ -228,7 +229,7 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
                 }
                 None => prop_assert!(matches!(
                     path.resource,
-                    Resource::Catalog | Resource::Namespaces
+                    Resource::Catalog | Resource::Namespaces | Resource::Repositories
                 )),
             }
         }

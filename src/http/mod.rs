@@ -21,6 +21,7 @@ mod metrics;
 mod mirrors;
 mod range;
 mod referrers;
+mod repositories;
 mod request_log;
 mod routes;
 mod settings;

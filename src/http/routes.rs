@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 
 use super::auth::{Caller, Need};
 use super::{
-    blobs, catalog, manifests, referrers, repository_name, settings, tag_history, tags, uploads,
-    usage, ApiError, ApiResult,
+    blobs, catalog, manifests, referrers, repositories, repository_name, settings, tag_history,
+    tags, uploads, usage, ApiError, ApiResult,
 };
 use crate::auth::{Action, Actions};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
@@ -55,6 +55,8 @@ pub enum Resource {
     Usage,
     /// `<name>/_berth/settings`
     Settings,
+    /// `_berth/repositories`
+    Repositories,
     /// `_berth/namespaces`
     Namespaces,
     /// `_berth/namespaces/<namespace>`
@@ -66,7 +68,7 @@ impl Resource {
     /// path: repository names would make the names unbounded).
     pub fn label(self) -> &'static str {
         match self {
-            Resource::Catalog => "catalog",
+            Resource::Catalog | Resource::Repositories => "catalog",
             Resource::UploadStart | Resource::Upload => "upload",
             Resource::Blob => "blob",
             Resource::Manifest => "manifest",
@@ -110,6 +112,9 @@ pub enum Endpoint {
     Registry(RegistryHandler),
     /// About one repository: needs every one of the actions on it.
     Repository(Actions, RepositoryHandler),
+    /// Open to every caller, whose rights the handler applies itself (a
+    /// listing filtered to what the caller may pull).
+    Open(RegistryHandler),
     /// Administration of the registry as a whole: admins only.
     Admin(RegistryHandler),
     /// Administration of a namespace (its name in the path, validated as a
@@ -147,7 +152,7 @@ const fn row(
 /// the current image away from it, as a delete of the tag would: `push` and
 /// `delete`. A repository's settings are read with `pull` and changed with
 /// `manage`; namespaces are the admins'.
-pub static TABLE: [Row; 25] = [
+pub static TABLE: [Row; 26] = [
     Row {
         resource: Resource::Catalog,
         method: Method::GET,
@@ -219,6 +224,11 @@ pub static TABLE: [Row; 25] = [
         Box::pin(settings::delete(c.registry, c.name))
     }),
     Row {
+        resource: Resource::Repositories,
+        method: Method::GET,
+        endpoint: Endpoint::Open(|r, caller, parts| Box::pin(repositories::list(r, caller, parts))),
+    },
+    Row {
         resource: Resource::Namespaces,
         method: Method::GET,
         endpoint: Endpoint::Admin(|r, _, _| Box::pin(settings::list_namespaces(r))),
@@ -284,7 +294,7 @@ pub fn resolve<'a>(rest: &'a str, method: &Method) -> Result<Route<'a>, Unrouted
         .find(|row| row.resource == path.resource && row.method == *method)
         .ok_or_else(|| Unrouted::MethodNotAllowed(method.clone()))?;
     let name = match row.endpoint {
-        Endpoint::Registry(_) | Endpoint::Admin(_) => None,
+        Endpoint::Registry(_) | Endpoint::Admin(_) | Endpoint::Open(_) => None,
         Endpoint::Repository(..) | Endpoint::AdminOf(_) => {
             Some(repository_name(path.name).map_err(Unrouted::InvalidName)?)
         }
@@ -305,6 +315,7 @@ impl Route<'_> {
                 actions: *actions,
             },
             (Endpoint::Admin(_) | Endpoint::AdminOf(_), _) => Need::Admin,
+            (Endpoint::Open(_), _) => Need::Nothing,
             _ => Need::Catalog,
         }
     }
@@ -329,9 +340,10 @@ impl Route<'_> {
         body: Body,
     ) -> ApiResult {
         match (&self.row.endpoint, &self.name) {
-            (Endpoint::Registry(handler) | Endpoint::Admin(handler), _) => {
-                handler(registry, caller, parts).await
-            }
+            (
+                Endpoint::Registry(handler) | Endpoint::Admin(handler) | Endpoint::Open(handler),
+                _,
+            ) => handler(registry, caller, parts).await,
             (Endpoint::Repository(_, handler) | Endpoint::AdminOf(handler), Some(name)) => {
                 handler(Call {
                     registry,
@@ -384,6 +396,9 @@ pub fn parse(rest: &str) -> Option<Path<'_>> {
         return path(Resource::Settings, name, "");
     }
     // No repository name starts with `_`: these never shadow one.
+    if rest == "_berth/repositories" {
+        return path(Resource::Repositories, "", "");
+    }
     if rest == "_berth/namespaces" || rest == "_berth/namespaces/" {
         return path(Resource::Namespaces, "", "");
     }

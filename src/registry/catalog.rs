@@ -255,6 +255,45 @@ impl Registry {
         }))
     }
 
+    /// One page of every repository `shows` accepts, as people browse them:
+    /// the catalog's (those with manifests) and those that exist only by
+    /// their settings (created before their first push), merged in name
+    /// order; each with whether it has manifests.
+    pub async fn browse(
+        &self,
+        n: usize,
+        last: Option<&str>,
+        shows: impl Fn(&RepositoryName) -> bool,
+    ) -> Result<BrowsePage> {
+        let listed = self.catalog_visible(Some(n), last, &shows).await?;
+        let settings = self.fresh_settings().await;
+        let after = last.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut configured = settings
+            .repositories
+            .range::<str, _>((after, Bound::Unbounded))
+            .map(|(name, _)| name)
+            .filter(|name| RepositoryName::parse(name).is_some_and(|name| shows(&name)));
+        let extra: Vec<&String> = configured.by_ref().take(n).collect();
+        let more_configured = configured.next().is_some();
+        let mut merged: Vec<(String, bool)> = listed
+            .entries
+            .iter()
+            .map(|name| (name.clone(), true))
+            .collect();
+        for name in extra {
+            if !listed.entries.contains(name) {
+                merged.push((name.clone(), false));
+            }
+        }
+        merged.sort_unstable();
+        let more = listed.more || more_configured || merged.len() > n;
+        merged.truncate(n);
+        Ok(BrowsePage {
+            entries: merged,
+            more,
+        })
+    }
+
     /// Rebuilds the repository index from a walk of the store now. For
     /// whoever changed many repositories at once (garbage collection, fsck's
     /// repairs) and wants the catalog to show it before the staleness bound.
@@ -374,4 +413,12 @@ mod tests {
         );
         assert_eq!(index.freshness(Instant::now()), Freshness::Missing);
     }
+}
+
+/// A page of [`Registry::browse`]: names, each with whether it has
+/// manifests, and whether more follow.
+#[derive(Debug)]
+pub struct BrowsePage {
+    pub entries: Vec<(String, bool)>,
+    pub more: bool,
 }

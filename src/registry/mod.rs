@@ -24,6 +24,7 @@ use std::sync::Arc;
 /// file where the backend keeps them (so the layers above never name storage).
 pub use crate::storage::{spool, ByteStream, LocalFile, RequestBody};
 pub use blobs::Blob;
+pub use catalog::BrowsePage;
 pub use history::{Rollback, RollbackTarget, TagChange, TagHistory};
 pub use lifecycle::{
     EvictionReport, ExpiryReport, GcOptions, GcReport, LifecycleConfig, LifecycleReport,

@@ -370,3 +370,92 @@ async fn without_access_control_settings_are_stored_and_everyone_may_do_everythi
         .unwrap();
     assert_eq!(shown["description"], "no auth here");
 }
+
+/// `GET /v2/_berth/repositories`: what the caller may pull, searched and
+/// paginated on the server, with repositories created by their settings
+/// before a first push.
+#[tokio::test]
+async fn the_repository_list_shows_what_the_caller_may_pull_searched_and_paged() {
+    let mut registry = start().await;
+    let (alice, bob, carol, anonymous) = (
+        as_user("alice"),
+        as_user("bob"),
+        as_user("carol"),
+        new_client(),
+    );
+    for (i, name) in ["app/api", "app/web", "app/worker"].iter().enumerate() {
+        push_as(&mut registry, &bob, name, "1", 10 + i as u64).await;
+    }
+    // Every replica's repository index has them (on S3 within its bound).
+    catalog_settled(&registry, &alice, &["app/api", "app/web", "app/worker"]).await;
+    // Created by its settings before any push, public, described.
+    let resp = put_json(
+        &alice,
+        registry.url("/v2/app/docs/_berth/settings"),
+        json!({"visibility": "public", "description": "Documentation site"}),
+    )
+    .await;
+    expect_status(resp, StatusCode::OK).await;
+
+    let list = |client: &Client, query: &str| {
+        let url = registry.url(&format!("/v2/_berth/repositories{query}"));
+        let client = client.clone();
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            let resp = expect_status(resp, StatusCode::OK).await;
+            let link = resp
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = resp.json().await.unwrap();
+            let names: Vec<String> = body["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect();
+            (names, body, link)
+        }
+    };
+    let (names, body, _) = list(&bob, "").await;
+    assert_eq!(names, ["app/api", "app/docs", "app/web", "app/worker"]);
+    let docs = &body["repositories"][1];
+    assert_eq!(docs["description"], "Documentation site");
+    assert_eq!(docs["public"], true);
+    assert_eq!(docs["empty"], true);
+    assert_eq!(body["repositories"][0]["empty"], false);
+    assert_eq!(body["more"], false);
+
+    // Anonymous clients and carol see only the public one; no catalog
+    // right is needed.
+    assert_eq!(list(&anonymous, "").await.0, ["app/docs"]);
+    assert_eq!(list(&carol, "").await.0, ["app/docs"]);
+
+    // Search and pages, with a Link to the next that keeps the search.
+    assert_eq!(list(&bob, "?q=w").await.0, ["app/web", "app/worker"]);
+    let (first, body, link) = list(&bob, "?n=2&q=app").await;
+    assert_eq!(first, ["app/api", "app/docs"]);
+    assert_eq!(body["more"], true);
+    let link = link.expect("a Link to the next page");
+    assert!(link.contains("last=app%2Fdocs"), "{link}");
+    assert!(link.contains("q=app"), "{link}");
+    let (second, body, link) = list(&bob, "?n=2&q=app&last=app%2Fdocs").await;
+    assert_eq!(second, ["app/web", "app/worker"]);
+    assert_eq!(body["more"], false);
+    assert_eq!(link, None);
+
+    let resp = bob
+        .get(registry.url("/v2/_berth/repositories?n=x"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "PAGINATION_NUMBER_INVALID");
+    // Bad credentials are refused, not taken for anonymous.
+    let resp = client_with_authorization(&basic_auth("bob", "wrong"))
+        .get(registry.url("/v2/_berth/repositories"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::UNAUTHORIZED).await;
+}
