@@ -30,7 +30,7 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
         challenge = "basic"
         [[rules]]
         repositories = ["team/*"]
-        users = { alice = ["pull", "push", "delete"], bob = ["pull"] }
+        users = { alice = ["pull", "push", "delete", "manage"], bob = ["pull"] }
         "#,
     )
     .await;
@@ -75,6 +75,16 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
     expect_status(resp, StatusCode::UNAUTHORIZED).await;
     let resp = registry.delete_manifest("team/app", &digest).await;
     expect_status(resp, StatusCode::ACCEPTED).await;
+    // A settings change, and one refused.
+    for (user, status) in [("alice", StatusCode::OK), ("bob", StatusCode::FORBIDDEN)] {
+        let resp = as_user(user)
+            .put(registry.url("/v2/team/app/_berth/settings"))
+            .body(r#"{"visibility": "public"}"#)
+            .send()
+            .await
+            .unwrap();
+        expect_status(resp, status).await;
+    }
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let text = std::fs::read_to_string(&path).unwrap();
@@ -115,6 +125,8 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
             s("pull", "claimed", "alice", "team/app", 401),
             s("login", "claimed", "bob", "", 401),
             s("delete", "user", "alice", "team/app", 202),
+            s("settings", "user", "alice", "team/app", 200),
+            s("settings", "user", "bob", "team/app", 403),
         ],
         "{text}"
     );
