@@ -72,6 +72,28 @@ pub struct Config {
     pub quotas: Vec<QuotaRule>,
     /// OpenTelemetry traces (the `[traces]` table).
     pub traces: TracesConfig,
+    /// The web UI (the `[ui]` table).
+    pub ui: UiConfig,
+}
+
+/// The `[ui]` table: the web UI served at `/ui/`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Whether the UI (its pages and `/ui/api/session`) is served.
+    pub enabled: bool,
+    /// How long a login in the UI lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> UiConfig {
+        UiConfig {
+            enabled: true,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// The `[audit]` table: one JSON line per change and per refused request.
@@ -313,6 +335,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             quotas: Vec::new(),
             traces: TracesConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }

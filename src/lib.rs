@@ -236,6 +236,9 @@ pub async fn build_app(config: &Config) -> io::Result<App> {
         audit,
         events,
         serve_metrics: on_main,
+        ui: config.ui.enabled.then_some(http::UiOptions {
+            session_ttl: config.ui.session_ttl,
+        }),
     };
     let app = http::router(registry.clone(), services);
     // The lifecycle task (upload expiry; retention and garbage collection

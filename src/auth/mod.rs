@@ -223,6 +223,11 @@ impl Auth {
         self
     }
 
+    /// Whether `user` is in the htpasswd file (with a usable entry).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.htpasswd.as_ref().is_some_and(|h| h.contains(user))
+    }
+
     /// The `service` for challenges: the external issuer's when one is
     /// configured, else ours.
     pub fn service(&self) -> &str {

@@ -386,6 +386,30 @@ impl TokenIssuer {
         self.issue_at(subject, access, SystemTime::now())
     }
 
+    /// A web UI session's token for `subject`, valid for `ttl`: it grants
+    /// nothing itself (as a bearer token it is worth no more than
+    /// anonymous), and only a token marked so is taken as a session
+    /// ([`VerifiedToken::session`]); the policy then decides for its
+    /// subject on each request.
+    pub fn issue_session(&self, subject: &str, ttl: Duration) -> Result<IssuedToken, AuthError> {
+        let iat = unix_secs(SystemTime::now());
+        let claims = IssuedClaims {
+            iss: &self.issuer,
+            sub: subject,
+            aud: &self.service,
+            exp: iat + ttl.as_secs(),
+            nbf: iat,
+            iat,
+            jti: hex::encode(super::random_bytes::<16>()),
+            access: vec![AccessEntry {
+                kind: SESSION_TYPE.to_owned(),
+                name: SESSION_NAME.to_owned(),
+                actions: Vec::new(),
+            }],
+        };
+        self.sign(&claims, ttl.as_secs())
+    }
+
     fn issue_at(
         &self,
         subject: &str,
@@ -404,14 +428,18 @@ impl TokenIssuer {
             jti: hex::encode(super::random_bytes::<16>()),
             access: access.iter().map(AccessEntry::from_scope).collect(),
         };
+        self.sign(&claims, ttl)
+    }
+
+    fn sign(&self, claims: &IssuedClaims<'_>, expires_in: u64) -> Result<IssuedToken, AuthError> {
         let mut header = Header::new(self.key.algorithm);
         header.kid = self.key.public.kid.clone();
-        let token = jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+        let token = jsonwebtoken::encode(&header, claims, &self.key.encoding)
             .map_err(|e| AuthError::Signing(e.to_string()))?;
         Ok(IssuedToken {
             token: Secret::new(token),
-            expires_in: ttl,
-            issued_at: from_unix_secs(iat),
+            expires_in,
+            issued_at: from_unix_secs(claims.iat),
         })
     }
 
@@ -457,6 +485,8 @@ pub struct VerifiedToken {
     /// The granted access.
     pub access: Vec<Scope>,
     pub expires_at: SystemTime,
+    /// Whether it is a web UI session's token ([`TokenIssuer::issue_session`]).
+    pub session: bool,
 }
 
 impl VerifiedToken {
@@ -686,13 +716,23 @@ fn verified(claims: ReceivedClaims) -> VerifiedToken {
         .iter()
         .filter_map(AccessEntry::to_scope)
         .collect();
+    let session = claims
+        .access
+        .iter()
+        .any(|entry| entry.kind == SESSION_TYPE && entry.name == SESSION_NAME);
     VerifiedToken {
         issuer: claims.iss,
         subject: claims.sub,
         access,
         expires_at: from_unix_secs(claims.exp.max(0.0) as u64),
+        session,
     }
 }
+
+/// The access entry that marks a web UI session's token (a resource type
+/// no registry client asks for, so no token endpoint grants it).
+const SESSION_TYPE: &str = "berth-ui";
+const SESSION_NAME: &str = "session";
 
 fn claim_error(kind: &ErrorKind) -> TokenError {
     match kind {

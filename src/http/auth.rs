@@ -248,13 +248,44 @@ enum Presented {
         password: Secret,
     },
     Bearer(String),
+    /// The web UI's session cookie, sent with the UI's header (never
+    /// without: see [`session_cookie`]).
+    Session(String),
     /// Another scheme or an undecodable value.
     Unusable,
 }
 
+/// The web UI's session cookie ([`crate::auth::TokenIssuer::issue_session`]).
+pub const SESSION_COOKIE: &str = "berth_session";
+/// The header the web UI sends with every request. A session cookie counts
+/// only beside it: a page on another site can make a browser send the
+/// cookie (a form, an image) but not a custom header (a cross-origin script
+/// needs a CORS preflight, which Berth never grants), so a session cannot
+/// be ridden from elsewhere (CSRF).
+pub const UI_HEADER: &str = "x-berth-ui";
+
+/// The session token in the request's cookies, when the UI's header is
+/// there too.
+pub fn session_cookie(parts: &Parts) -> Option<String> {
+    parts.headers.get(UI_HEADER)?;
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then(|| value.to_owned())
+        })
+}
+
 fn presented(parts: &Parts) -> Presented {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Presented::Nothing;
+        return match session_cookie(parts) {
+            Some(token) => Presented::Session(token),
+            None => Presented::Nothing,
+        };
     };
     let Ok(value) = value.to_str() else {
         return Presented::Unusable;
@@ -418,6 +449,8 @@ impl AccessControl {
                     });
                 }
                 match self.auth.verify_token(&token) {
+                    // A session's token counts only as the UI's cookie.
+                    Ok(verified) if verified.session => Err(Refusal::Invalid { token: true }),
                     Ok(verified) => {
                         let verified = Arc::new(verified);
                         self.tokens.insert(&token, Arc::clone(&verified));
@@ -434,6 +467,12 @@ impl AccessControl {
             }
             Presented::Basic { user, password } => {
                 let identity = self.login(self.client(parts).addr, user, password).await?;
+                Ok(Caller::Identity { identity, access })
+            }
+            Presented::Session(token) => {
+                let identity = self
+                    .session_identity(&token)
+                    .ok_or(Refusal::Invalid { token: true })?;
                 Ok(Caller::Identity { identity, access })
             }
             Presented::Unusable => Err(Refusal::Invalid { token: false }),
@@ -535,6 +574,21 @@ impl AccessControl {
 
     /// A login to the token endpoint with Basic credentials (shares the
     /// limiter and the cache with `/v2/`).
+    /// Who a session token stands for, decided now: a user still in the
+    /// htpasswd file, a robot still in its store and unexpired; `None` for
+    /// a token that is not a valid session's, or whose subject is gone.
+    pub(super) fn session_identity(&self, token: &str) -> Option<Identity> {
+        let verified = self.auth.verify_token(token).ok()?;
+        if !verified.session || verified.subject.is_empty() {
+            return None;
+        }
+        match self.identity_of(&verified)? {
+            Identity::Anonymous => None,
+            Identity::User { name, .. } if !self.auth.has_user(&name) => None,
+            identity => Some(identity),
+        }
+    }
+
     pub(super) async fn token_login(
         self: &Arc<Self>,
         parts: &Parts,
@@ -566,6 +620,11 @@ impl AccessControl {
             Refusal::TooManyAttempts { retry_after_secs } => too_many_attempts(retry_after_secs),
             Refusal::Internal => ApiError::from(ErrorCode::Internal).into_response(),
         }
+    }
+
+    /// The scheme the client used, as a trusted proxy reports it.
+    pub(super) fn client_proto(&self, parts: &Parts) -> Option<String> {
+        self.client(parts).proto
     }
 
     /// The client's address as the configured trusted proxies report it.

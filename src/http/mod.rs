@@ -29,6 +29,7 @@ mod tag_history;
 mod tags;
 mod token;
 mod token_cache;
+mod ui;
 mod uploads;
 mod usage;
 
@@ -51,6 +52,7 @@ pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
 pub use metrics::ScrapeAccess;
 pub use settings::SettingsGrants;
+pub use ui::UiOptions;
 
 use crate::events::{EventKind, Events, Happened};
 use crate::mirror::Mirror;
@@ -80,6 +82,8 @@ pub struct AppState {
     pub audit: Option<Arc<AuditLog>>,
     /// Where CI/CD events go, when endpoints are configured.
     pub events: Option<Arc<Events>>,
+    /// The web UI, when served.
+    pub ui: Option<ui::UiOptions>,
 }
 
 /// What the application serves beside the registry, each when configured.
@@ -92,6 +96,8 @@ pub struct Services {
     pub events: Option<Arc<Events>>,
     /// `GET /metrics` on this router, open to whom this allows.
     pub serve_metrics: Option<ScrapeAccess>,
+    /// The web UI (`/`, `/ui/`), when served.
+    pub ui: Option<ui::UiOptions>,
 }
 
 /// The whole HTTP application for a registry.
@@ -103,9 +109,24 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
         audit,
         events,
         serve_metrics,
+        ui,
     } = services;
     let metrics = registry.metrics().clone();
     let mut router = Router::new();
+    if ui.is_some() {
+        router = router
+            .route("/", get(ui::root))
+            .route(
+                "/ui",
+                get(|| async { axum::response::Redirect::permanent("/ui/") }),
+            )
+            .route("/ui/", get(ui::asset))
+            .route("/ui/{*rest}", get(ui::asset))
+            .route(
+                "/ui/api/session",
+                get(ui::whoami).post(ui::login).delete(ui::logout),
+            );
+    }
     if let Some(access) = serve_metrics {
         let state = metrics::ScrapeState {
             metrics: metrics.clone(),
@@ -134,6 +155,7 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
             mirror,
             audit,
             events,
+            ui,
         });
     // Outermost last: a request is counted and logged even when a limit
     // refuses it.

@@ -98,7 +98,7 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
 }
 
 /// A login the token endpoint refused, recorded in the audit log.
-fn refused_login(
+pub(super) fn refused_login(
     state: &AppState,
     access: &AccessControl,
     parts: &Parts,

@@ -39,4 +39,5 @@ mod tag_history;
 mod tls;
 mod traces;
 mod transport;
+mod ui;
 mod zero_copy;

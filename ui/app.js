@@ -1,0 +1,307 @@
+// Berth's web UI: a few views over the registry's own API. No framework
+// and no build step (docs/design/ui.md): the browser routes under /ui/,
+// every request carries the X-Berth-UI header that makes the session
+// cookie count, and the cookie itself is HttpOnly: no secret is ever
+// readable here.
+
+const main = document.getElementById("main");
+const account = document.getElementById("account");
+const PAGE = 30;
+let session = { auth: true, user: null, admin: false };
+
+// ---- helpers ---------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = { "X-Berth-UI": "1", Accept: "application/json", ...(options.headers || {}) };
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
+  let body = null;
+  const type = response.headers.get("content-type") || "";
+  if (type.includes("json")) body = await response.json().catch(() => null);
+  return { status: response.status, ok: response.ok, body, headers: response.headers };
+}
+
+// What went wrong, in words a user can act on.
+function problem(result, what) {
+  if (result.status === 401) {
+    return session.user
+      ? `Your session has ended: log in again to ${what}.`
+      : `You need to log in to ${what}.`;
+  }
+  if (result.status === 403) {
+    const detail = result.body && result.body.errors && result.body.errors[0];
+    return `You may not ${what}${detail && detail.message ? ` (${detail.message})` : ""}.`;
+  }
+  if (result.status === 404) return `Not found: there is nothing to ${what}.`;
+  const detail = result.body && result.body.errors && result.body.errors[0];
+  return `Could not ${what}: ${detail ? detail.detail || detail.message : `HTTP ${result.status}`}.`;
+}
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+  main.focus({ preventScroll: true });
+}
+
+function link(href, text, attrs = {}) {
+  return el("a", { href, "data-link": true, ...attrs }, text);
+}
+
+function repoUrl(name) {
+  return `/ui/r/${name}`;
+}
+
+function copyButton(text, label) {
+  return el("button", {
+    type: "button",
+    "aria-label": label,
+    onclick: async (event) => {
+      const button = event.currentTarget;
+      try {
+        await navigator.clipboard.writeText(text);
+        button.textContent = "Copied";
+      } catch {
+        button.textContent = "Select and copy";
+      }
+      setTimeout(() => (button.textContent = "Copy"), 1500);
+    },
+  }, "Copy");
+}
+
+function pullCommand(reference) {
+  const command = `docker pull ${location.host}/${reference}`;
+  return el("div", { class: "pull" }, el("code", {}, command), copyButton(command, `Copy ${command}`));
+}
+
+// ---- session ---------------------------------------------------------------
+
+async function loadSession() {
+  const result = await api("/ui/api/session");
+  if (result.ok && result.body) session = result.body;
+  renderAccount();
+}
+
+function renderAccount() {
+  const items = [];
+  if (!session.auth) {
+    items.push(el("span", { class: "muted" }, "Access control is off"));
+  } else if (session.user) {
+    items.push(el("span", {}, "Signed in as ", el("strong", {}, session.user)));
+    items.push(el("button", { type: "button", onclick: logout }, "Log out"));
+  } else {
+    items.push(link(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`, "Log in", { class: "button" }));
+  }
+  account.replaceChildren(...items);
+}
+
+async function logout() {
+  await api("/ui/api/session", { method: "DELETE" });
+  session = { ...session, user: null, admin: false };
+  renderAccount();
+  navigate("/ui/");
+}
+
+function loginView(params) {
+  const next = params.get("next") || "/ui/";
+  const message = el("p", { role: "alert", class: "error" });
+  const form = el("form", { class: "login panel", onsubmit: async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const submit = form.querySelector("button");
+    submit.disabled = true;
+    const result = await api("/ui/api/session", {
+      method: "POST",
+      json: { username: data.get("username"), password: data.get("password") },
+    });
+    submit.disabled = false;
+    if (!result.ok) {
+      message.textContent = result.status === 429
+        ? "Too many failed logins: wait a minute and try again."
+        : (result.body && result.body.error) || `The login failed (HTTP ${result.status}).`;
+      return;
+    }
+    session = result.body;
+    renderAccount();
+    navigate(next.startsWith("/ui/") ? next : "/ui/");
+  } },
+    el("h1", {}, "Log in"),
+    el("p", { class: "muted" }, "The same user name and password (or robot account) as docker login."),
+    el("label", { for: "username" }, "User name"),
+    el("input", { id: "username", name: "username", autocomplete: "username", required: true }),
+    el("label", { for: "password" }, "Password"),
+    el("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true }),
+    el("p", {}, el("button", { type: "submit", class: "primary" }, "Log in")),
+    message,
+  );
+  show(form);
+  form.querySelector("input").focus();
+}
+
+// ---- repositories ------------------------------------------------------------
+
+async function repositoriesView(params) {
+  const query = params.get("q") || "";
+  const last = params.get("last") || "";
+  const search = el("input", {
+    type: "search", name: "q", value: query, placeholder: "Search repositories",
+    "aria-label": "Search repositories",
+  });
+  const form = el("form", { class: "toolbar", role: "search", onsubmit: (event) => {
+    event.preventDefault();
+    const value = search.value.trim();
+    navigate(value ? `/ui/?q=${encodeURIComponent(value)}` : "/ui/");
+  } }, search, el("button", { type: "submit" }, "Search"));
+  const list = el("ul", { class: "repos", "aria-label": "Repositories" });
+  const status = el("p", { class: "muted", role: "status" }, "Loading…");
+  const pager = el("div", { class: "pager" });
+  show(el("h1", {}, "Repositories"), form, status, list, pager);
+  let path = `/v2/_berth/repositories?n=${PAGE}&q=${encodeURIComponent(query)}`;
+  if (last) path += `&last=${encodeURIComponent(last)}`;
+  const result = await api(path);
+  if (!result.ok) {
+    status.textContent = problem(result, "list repositories");
+    status.className = "error";
+    return;
+  }
+  const repositories = result.body.repositories;
+  status.textContent = repositories.length
+    ? ""
+    : query ? `No repository you may pull matches “${query}”.` : (session.user
+      ? "No repository you may pull yet."
+      : "No public repository yet. Log in to see yours.");
+  for (const repo of repositories) {
+    list.append(el("li", { class: "panel repo" },
+      el("div", {},
+        link(repoUrl(repo.name), repo.name),
+        repo.public ? el("span", { class: "badge public" }, "public") : el("span", { class: "badge" }, "private"),
+        repo.empty ? el("span", { class: "badge empty" }, "empty") : null,
+        repo.description ? el("div", { class: "muted" }, repo.description) : null),
+      repo.empty ? null : el("code", { class: "muted" }, `${location.host}/${repo.name}`)));
+  }
+  if (last) pager.append(link(query ? `/ui/?q=${encodeURIComponent(query)}` : "/ui/", "First page", { class: "button" }));
+  if (result.body.more && repositories.length) {
+    const after = repositories[repositories.length - 1].name;
+    pager.append(link(`/ui/?q=${encodeURIComponent(query)}&last=${encodeURIComponent(after)}`, "Next page", { class: "button" }));
+  }
+}
+
+async function repositoryView(name, params) {
+  const last = params.get("last") || "";
+  const heading = el("h1", {}, name);
+  const about = el("div");
+  const tags = el("tbody");
+  const status = el("p", { class: "muted", role: "status" }, "Loading…");
+  const pager = el("div", { class: "pager" });
+  const settingsPanel = el("div");
+  show(link("/ui/", "← Repositories"), heading, about,
+    el("h2", {}, "Tags"), status,
+    el("table", { class: "panel" },
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Tag"), el("th", { scope: "col" }, "Pull"))),
+      tags),
+    pager, settingsPanel);
+
+  const [settings, listed] = await Promise.all([
+    api(`/v2/${name}/_berth/settings`),
+    api(`/v2/${name}/tags/list?n=${PAGE}${last ? `&last=${encodeURIComponent(last)}` : ""}`),
+  ]);
+  if (!settings.ok) {
+    status.textContent = problem(settings, `see ${name}`);
+    status.className = "error";
+    return;
+  }
+  const s = settings.body;
+  about.append(
+    s.public ? el("span", { class: "badge public" }, "public: anyone may pull") : el("span", { class: "badge" }, "private"),
+    s.description ? el("p", {}, s.description) : null,
+    el("p", { class: "muted" }, `You may: ${s.actions.length ? s.actions.join(", ") : "nothing"}.`),
+  );
+  if (!listed.ok) {
+    status.textContent = listed.status === 404 ? "No tags yet: push one." : problem(listed, `list the tags of ${name}`);
+  } else {
+    const names = listed.body.tags || [];
+    status.textContent = names.length ? "" : "No tags yet: push one.";
+    for (const tag of names) {
+      tags.append(el("tr", {},
+        el("td", {}, el("strong", {}, tag)),
+        el("td", {}, pullCommand(`${name}:${tag}`))));
+    }
+    const next = listed.headers.get("link");
+    if (next && names.length) {
+      pager.append(link(`${repoUrl(name)}?last=${encodeURIComponent(names[names.length - 1])}`, "Next page", { class: "button" }));
+    }
+  }
+  if (s.actions.includes("manage")) settingsPanel.append(settingsForm(name, s));
+}
+
+function settingsForm(name, current) {
+  const message = el("p", { role: "status" });
+  const visibility = el("select", { id: "visibility", name: "visibility" },
+    el("option", { value: "private", selected: current.visibility === "private" }, "Private: who the rules and grants allow"),
+    el("option", { value: "public", selected: current.visibility === "public" }, "Public: anyone may pull"));
+  const description = el("textarea", { id: "description", name: "description", maxlength: "4096" });
+  description.value = current.description || "";
+  const form = el("form", { class: "panel", "aria-label": "Repository settings", onsubmit: async (event) => {
+    event.preventDefault();
+    const result = await api(`/v2/${name}/_berth/settings`, {
+      method: "PUT",
+      json: { visibility: visibility.value, description: description.value, grants: current.grants },
+    });
+    if (result.ok) {
+      message.textContent = "Saved: in force now.";
+      message.className = "notice";
+      setTimeout(() => route(), 600);
+    } else {
+      message.textContent = problem(result, `change the settings of ${name}`);
+      message.className = "error";
+    }
+  } },
+    el("h2", {}, "Settings"),
+    el("label", { for: "visibility" }, "Visibility"), visibility,
+    el("label", { for: "description" }, "Description"), description,
+    el("p", {}, el("button", { type: "submit", class: "primary" }, "Save settings")),
+    message);
+  return form;
+}
+
+// ---- routing -------------------------------------------------------------------
+
+function navigate(path) {
+  history.pushState(null, "", path);
+  route();
+}
+
+function route() {
+  const path = location.pathname;
+  const params = new URLSearchParams(location.search);
+  if (path === "/ui/login") return loginView(params);
+  if (path.startsWith("/ui/r/")) return repositoryView(decodeURIComponent(path.slice("/ui/r/".length)), params);
+  return repositoriesView(params);
+}
+
+document.addEventListener("click", (event) => {
+  const anchor = event.target.closest("a[data-link]");
+  if (!anchor || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+  event.preventDefault();
+  navigate(anchor.getAttribute("href"));
+});
+window.addEventListener("popstate", route);
+
+await loadSession();
+route();
