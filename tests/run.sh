@@ -199,6 +199,9 @@ tests/e2e/mirror.sh
 step "deployment built and run: the container image (podman, FROM scratch) and the systemd unit (tests/e2e/image.sh)"
 tests/e2e/image.sh
 
+step "the web UI in headless Chromium: browse, search, log in, settings in force for skopeo (tests/e2e/ui.sh)"
+tests/e2e/ui.sh
+
 step "the checks run beside the clients (Distribution compatibility, crash, power cut; memory): their output"
 finish_lanes
 trap stop_garage_build EXIT

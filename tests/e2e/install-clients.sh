@@ -26,6 +26,9 @@ APT_PACKAGES=(
   shellcheck
   # systemd-analyze, which checks deploy/systemd/berth.service (tests/e2e/image.sh)
   systemd
+  # the web UI's browser test (tests/e2e/ui.sh): headless Chromium, a font to
+  # render its screenshots with, node for playwright-core (npm: below)
+  chromium fonts-dejavu-core nodejs
 )
 ORAS_PY_VERSION="${ORAS_PY_VERSION:-0.2.43}"
 
@@ -52,6 +55,13 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "install-clients: apt packages already installed"
+fi
+
+# npm for playwright-core: Debian's package, unless the nodejs installed
+# brings its own (NodeSource's does, and conflicts with Debian's npm).
+if ! command -v npm >/dev/null; then
+  echo "install-clients: apt-get install npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 
 # The Debian packages ship systemd units; this script never starts them

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The web UI end to end in headless Chromium (Debian's chromium, driven by
+# playwright-core from npm: tests/e2e/ui/browse.mjs) against the release
+# Berth with access control on and images pushed by skopeo: browse and
+# search, open a repository, copy its pull command, log in (a wrong password
+# first), make the repository public and pull it anonymously with skopeo,
+# private again and the anonymous pull refused, a user without `manage` sees
+# no settings, permission errors say what is missing, the page on a phone's
+# width. Screenshots go to target/ui-screenshots/ (CI keeps them).
+#   tests/e2e/ui.sh            (BERTH_BIN defaults to target/release/berth)
+#   tests/e2e/ui.sh --record   also copies the screenshots the README shows
+#                              into docs/images/
+# The last line is "N passed, M failed"; exit status 0 only when nothing failed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. tests/support/lib.sh
+
+BERTH=${BERTH_BIN:-target/release/berth}
+[ -x "$BERTH" ] || cargo build --release --locked
+tests/e2e/install-clients.sh
+command -v chromium >/dev/null || {
+  echo "ui.sh: chromium is missing (tests/e2e/install-clients.sh installs it)" >&2
+  exit 1
+}
+(cd tests/e2e/ui && npm ci --no-audit --no-fund --loglevel=error)
+
+WORK=$(mktemp -d /tmp/berth-e2e-ui.XXXXXX)
+trap 'stop_all; rm -rf "$WORK"' EXIT
+SHOTS=target/ui-screenshots
+rm -rf "$SHOTS" && mkdir -p "$SHOTS"
+
+"$BERTH" user add alice --htpasswd "$WORK/htpasswd" <<<"alice-pw" >/dev/null
+"$BERTH" user add bob --htpasswd "$WORK/htpasswd" <<<"bob-pw" >/dev/null
+PORT=$(free_port)
+cat >"$WORK/berth.toml" <<TOML
+listen = "127.0.0.1:$PORT"
+data_dir = "$WORK/data"
+[auth]
+htpasswd = "$WORK/htpasswd"
+admins = ["alice"]
+[[auth.rules]]
+repositories = ["app/*"]
+users = { bob = ["pull", "push"] }
+TOML
+start_bg "$WORK/berth.log" "$BERTH" serve --config "$WORK/berth.toml"
+wait_http "http://127.0.0.1:$PORT/healthz"
+
+# An image built here: one random layer and a config, as an OCI layout.
+python3 - "$WORK/oci" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+out = sys.argv[1]
+os.makedirs(f"{out}/blobs/sha256")
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(f"{out}/blobs/sha256/{d}", "wb").write(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w") as tar:
+    content = os.urandom(256 << 10)
+    info = tarfile.TarInfo("data.bin"); info.size = len(content)
+    tar.addfile(info, io.BytesIO(content))
+layer = gzip.compress(raw.getvalue(), mtime=0)
+diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "config": {"Entrypoint": ["/app"], "Env": ["MODE=prod"]},
+                     "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+manifest = json.dumps({"schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": dict(mediaType="application/vnd.oci.image.config.v1+json", **blob(config)),
+    "layers": [dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **blob(layer))]}).encode()
+m = blob(manifest)
+json.dump({"schemaVersion": 2, "manifests": [dict(mediaType="application/vnd.oci.image.manifest.v1+json",
+    annotations={"org.opencontainers.image.ref.name": "1"}, **m)]}, open(f"{out}/index.json", "w"))
+json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{out}/oci-layout", "w"))
+PY
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
+sk() { skopeo --policy "$WORK/policy.json" "$@"; }
+for ref in app/web:1 app/web:2 app/api:1; do
+  sk copy -q --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/oci:1" "docker://127.0.0.1:$PORT/$ref"
+done
+
+set +e
+BERTH_URL="http://127.0.0.1:$PORT" SKOPEO_POLICY="$WORK/policy.json" SCREENSHOTS="$SHOTS" \
+  node tests/e2e/ui/browse.mjs
+status=$?
+set -e
+# The server logged no error while the browser used it.
+if grep -E '"level":"(ERROR|WARN)"|ERROR|panicked' "$WORK/berth.log" >/dev/null; then
+  echo "FAIL berth-log-clean"
+  grep -E 'ERROR|WARN|panicked' "$WORK/berth.log" | head -20
+  status=1
+else
+  echo "PASS berth-log-clean"
+fi
+if [ "${1:-}" = --record ] && [ "$status" -eq 0 ]; then
+  mkdir -p docs/images
+  cp "$SHOTS/03-repositories.png" docs/images/ui-repositories.png
+  cp "$SHOTS/05-public.png" docs/images/ui-repository.png
+  echo "recorded docs/images/ui-repositories.png and docs/images/ui-repository.png"
+fi
+exit $status

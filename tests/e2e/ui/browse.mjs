@@ -1,0 +1,164 @@
+// Drives Berth's web UI in headless Chromium (run by tests/e2e/ui.sh, which
+// starts Berth with alice (admin) and bob (pull and push on app/*) and pushes
+// app/web:1, app/web:2 and app/api:1). Each step prints PASS or FAIL; the
+// last line is "N passed, M failed". Screenshots go to $SCREENSHOTS.
+
+import { execFileSync } from "node:child_process";
+import { chromium } from "playwright-core";
+
+const base = process.env.BERTH_URL;
+const shots = process.env.SCREENSHOTS;
+const host = new URL(base).host;
+let passed = 0;
+let failed = 0;
+
+async function step(name, run) {
+  try {
+    await run();
+    console.log(`PASS ${name}`);
+    passed += 1;
+  } catch (error) {
+    console.log(`FAIL ${name}: ${error.message.split("\n")[0]}`);
+    failed += 1;
+  }
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+// An anonymous `skopeo inspect`: whether the registry lets it pull.
+function anonymousPull(reference) {
+  try {
+    execFileSync("skopeo", ["--policy", process.env.SKOPEO_POLICY, "inspect", "--tls-verify=false",
+      "--no-creds", `docker://${host}/${reference}`], { stdio: "pipe" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+const page = await context.newPage();
+const consoleErrors = [];
+// Script errors only: a refused request (401, 403) is logged by the browser
+// as a failed resource load, which the steps below cause on purpose.
+page.on("console", (message) => {
+  if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) {
+    consoleErrors.push(message.text());
+  }
+});
+page.on("pageerror", (error) => consoleErrors.push(error.message));
+const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+const repoNames = async () => page.locator("ul.repos li a").allTextContents();
+
+async function login(user, password) {
+  await page.getByRole("link", { name: "Log in" }).click();
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+}
+
+await step("root-lands-in-the-ui", async () => {
+  await page.goto(base + "/");
+  expect(new URL(page.url()).pathname === "/ui/", `landed on ${page.url()}`);
+  await page.getByRole("heading", { name: "Repositories" }).waitFor();
+  await page.getByText("No public repository yet").waitFor();
+  await shot("01-anonymous");
+});
+
+await step("wrong-password-says-so", async () => {
+  await login("alice", "not-her-password");
+  await page.getByText("wrong user name or password").waitFor();
+  await shot("02-wrong-password");
+});
+
+await step("login-lists-the-repositories", async () => {
+  await page.getByLabel("Password").fill("alice-pw");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByText("Signed in as").waitFor();
+  await page.locator("ul.repos li").first().waitFor();
+  const names = await repoNames();
+  expect(JSON.stringify(names) === JSON.stringify(["app/api", "app/web"]), `listed ${names}`);
+  await shot("03-repositories");
+});
+
+await step("search-on-the-server", async () => {
+  await page.getByLabel("Search repositories").fill("web");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForURL(/\?q=web/);
+  await page.waitForFunction(() => document.querySelectorAll("ul.repos li").length === 1);
+  const names = await repoNames();
+  expect(JSON.stringify(names) === JSON.stringify(["app/web"]), `found ${names}`);
+});
+
+await step("repository-page-copies-the-pull-command", async () => {
+  await page.getByRole("link", { name: "app/web" }).click();
+  await page.getByRole("heading", { name: "app/web" }).waitFor();
+  await page.getByRole("cell", { name: "2", exact: true }).waitFor();
+  const command = `docker pull ${host}/app/web:1`;
+  await page.getByRole("button", { name: `Copy ${command}` }).click();
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  expect(copied === command, `copied ${copied}`);
+  await shot("04-repository");
+});
+
+await step("private-repository-refuses-anonymous-pulls", async () => {
+  expect(!anonymousPull("app/web:1"), "an anonymous pull of a private repository worked");
+});
+
+await step("make-public-then-anonymous-pull-works", async () => {
+  await page.getByLabel("Visibility").selectOption("public");
+  await page.getByLabel("Description").fill("The web front end");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await page.getByText("Saved: in force now.").waitFor();
+  await page.getByText("public: anyone may pull", { exact: true }).waitFor();
+  expect(anonymousPull("app/web:1"), "the anonymous pull was refused");
+  await shot("05-public");
+});
+
+await step("private-again-refuses-anonymous-pulls", async () => {
+  await page.getByLabel("Visibility").selectOption("private");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await page.getByText("Saved: in force now.").waitFor();
+  expect(!anonymousPull("app/web:1"), "the anonymous pull still worked");
+});
+
+await step("logout-hides-private-repositories", async () => {
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.getByText("No public repository yet").waitFor();
+});
+
+await step("a-user-without-manage-sees-no-settings", async () => {
+  await login("bob", "bob-pw");
+  await page.getByText("Signed in as").waitFor();
+  await page.goto(base + "/ui/r/app/web");
+  await page.getByText("You may: pull, push.").waitFor();
+  expect(await page.getByRole("button", { name: "Save settings" }).count() === 0,
+    "bob sees the settings form");
+});
+
+await step("permission-errors-say-what-is-missing", async () => {
+  await page.goto(base + "/ui/r/other/secret");
+  await page.getByText("You may not see other/secret").waitFor();
+  await shot("06-permission-error");
+});
+
+await step("usable-at-a-phones-width", async () => {
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.goto(base + "/ui/");
+  await page.locator("ul.repos li").first().waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  expect(!overflow, "the page scrolls sideways on a phone");
+  await shot("07-phone");
+});
+
+await step("no-script-errors", async () => {
+  expect(consoleErrors.length === 0, consoleErrors.join(" | "));
+});
+
+await browser.close();
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
