@@ -19,7 +19,7 @@ function el(tag, attrs = {}, ...children) {
     else if (key === "text") node.textContent = value;
     else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -66,6 +66,42 @@ function link(href, text, attrs = {}) {
 
 function repoUrl(name) {
   return `/ui/r/${name}`;
+}
+
+// An image by tag or digest: names never hold a ":", so the first one ends
+// the name.
+function imageUrl(name, reference) {
+  return `/ui/i/${name}:${reference}`;
+}
+
+function short(digest) {
+  return digest.replace(/^sha256:/, "").slice(0, 12);
+}
+
+function size(bytes) {
+  if (bytes === undefined || bytes === null) return "?";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
+}
+
+const MANIFEST_TYPES = [
+  "application/vnd.oci.image.index.v1+json",
+  "application/vnd.oci.image.manifest.v1+json",
+  "application/vnd.docker.distribution.manifest.list.v2+json",
+  "application/vnd.docker.distribution.manifest.v2+json",
+].join(", ");
+
+async function manifestDigest(name, reference) {
+  const result = await api(`/v2/${name}/manifests/${reference}`, {
+    method: "HEAD", headers: { Accept: MANIFEST_TYPES },
+  });
+  return result.ok ? result.headers.get("docker-content-digest") : null;
 }
 
 function copyButton(text, label) {
@@ -213,7 +249,10 @@ async function repositoryView(name, params) {
   show(link("/ui/", "← Repositories"), heading, about,
     el("h2", {}, "Tags"), status,
     el("table", { class: "panel" },
-      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Tag"), el("th", { scope: "col" }, "Pull"))),
+      el("thead", {}, el("tr", {},
+        el("th", { scope: "col" }, "Tag"),
+        el("th", { scope: "col", class: "optional" }, "Digest"),
+        el("th", { scope: "col" }, "Pull"))),
       tags),
     pager, settingsPanel);
 
@@ -238,9 +277,12 @@ async function repositoryView(name, params) {
     const names = listed.body.tags || [];
     status.textContent = names.length ? "" : "No tags yet: push one.";
     for (const tag of names) {
+      const digest = el("td", { class: "optional mono muted" }, "…");
       tags.append(el("tr", {},
-        el("td", {}, el("strong", {}, tag)),
+        el("td", {}, link(imageUrl(name, tag), tag, { class: "tag" })),
+        digest,
         el("td", {}, pullCommand(`${name}:${tag}`))));
+      manifestDigest(name, tag).then((d) => (digest.textContent = d ? short(d) : "?"));
     }
     const next = listed.headers.get("link");
     if (next && names.length) {
@@ -280,6 +322,135 @@ function settingsForm(name, current) {
   return form;
 }
 
+// ---- an image ------------------------------------------------------------------
+
+async function imageView(name, reference) {
+  const byTag = !reference.includes(":");
+  const status = el("p", { class: "muted", role: "status" }, "Loading…");
+  const body = el("div");
+  show(link(repoUrl(name), `← ${name}`), el("h1", {}, `${name}${byTag ? ":" : "@"}${reference}`), status, body);
+  const [manifest, settings] = await Promise.all([
+    api(`/v2/${name}/manifests/${reference}`, { headers: { Accept: MANIFEST_TYPES } }),
+    api(`/v2/${name}/_berth/settings`),
+  ]);
+  if (!manifest.ok) {
+    status.textContent = problem(manifest, `see ${name}:${reference}`);
+    status.className = "error";
+    return;
+  }
+  const actions = settings.ok ? settings.body.actions : [];
+  const digest = manifest.headers.get("docker-content-digest");
+  const m = manifest.body;
+  status.textContent = "";
+  body.append(el("div", { class: "panel" },
+    el("p", {}, "Digest ", el("code", {}, digest)),
+    el("p", { class: "muted" }, m.mediaType || "(no media type)"),
+    pullCommand(`${name}@${digest}`),
+    byTag ? pullCommand(`${name}:${reference}`) : null));
+
+  if (m.manifests) {
+    const rows = m.manifests.map((entry) => el("tr", {},
+      el("td", {}, entry.platform ? [entry.platform.os, entry.platform.architecture, entry.platform.variant].filter(Boolean).join("/") : "(no platform)"),
+      el("td", {}, link(imageUrl(name, entry.digest), short(entry.digest))),
+      el("td", { class: "optional" }, size(entry.size))));
+    body.append(el("h2", {}, "Platforms"), el("table", { class: "panel" },
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Platform"), el("th", { scope: "col" }, "Manifest"),
+        el("th", { scope: "col", class: "optional" }, "Size"))),
+      el("tbody", {}, rows)));
+  } else {
+    await imageDetails(name, m, body);
+  }
+  await referrers(name, digest, body);
+  if (byTag) await tagHistory(name, reference, digest, actions, body);
+  if (actions.includes("delete")) {
+    body.append(el("h2", {}, "Delete"), el("div", { class: "panel" },
+      el("p", { class: "muted" }, byTag
+        ? `Removes the tag ${reference}; the image stays while other tags or digests reference it.`
+        : "Removes this manifest from the repository, and the tags that point at it."),
+      el("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete ${name}${byTag ? ":" : "@"}${reference}?`)) return;
+        const result = await api(`/v2/${name}/manifests/${reference}`, { method: "DELETE" });
+        if (result.ok) navigate(repoUrl(name));
+        else alert(problem(result, `delete ${reference}`));
+      } }, byTag ? `Delete tag ${reference}` : "Delete manifest")));
+  }
+}
+
+async function imageDetails(name, m, body) {
+  const layers = m.layers || [];
+  const total = layers.reduce((sum, layer) => sum + (layer.size || 0), 0);
+  body.append(el("h2", {}, `Layers (${layers.length}, ${size(total)})`), el("table", { class: "panel" },
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Layer"), el("th", { scope: "col" }, "Size"),
+      el("th", { scope: "col", class: "optional" }, "Type"))),
+    el("tbody", {}, layers.map((layer) => el("tr", {},
+      el("td", { class: "mono" }, short(layer.digest)),
+      el("td", {}, size(layer.size)),
+      el("td", { class: "optional muted" }, layer.mediaType))))));
+  if (!m.config) return;
+  // Blobs come as application/octet-stream: read the config as JSON here.
+  const response = await fetch(`/v2/${name}/blobs/${m.config.digest}`, {
+    headers: { "X-Berth-UI": "1" }, credentials: "same-origin",
+  });
+  if (!response.ok) return;
+  let c;
+  try {
+    c = JSON.parse(await response.text());
+  } catch {
+    return;
+  }
+  const run = c.config || {};
+  const facts = [
+    ["Platform", [c.os, c.architecture, c.variant].filter(Boolean).join("/")],
+    ["Created", c.created],
+    ["Entrypoint", run.Entrypoint && run.Entrypoint.join(" ")],
+    ["Command", run.Cmd && run.Cmd.join(" ")],
+    ["Working directory", run.WorkingDir],
+    ["User", run.User],
+  ].filter(([, value]) => value);
+  body.append(el("h2", {}, "Configuration"), el("div", { class: "panel" },
+    el("dl", { class: "facts" }, facts.map(([key, value]) => [el("dt", {}, key), el("dd", { class: "mono" }, value)])),
+    run.Env && run.Env.length ? [el("h3", {}, "Environment"), el("ul", { class: "mono" }, run.Env.map((e) => el("li", {}, e)))] : null,
+    run.Labels && Object.keys(run.Labels).length ? [el("h3", {}, "Labels"),
+      el("ul", { class: "mono" }, Object.entries(run.Labels).map(([k, v]) => el("li", {}, `${k}=${v}`)))] : null,
+    c.history && c.history.length ? [el("h3", {}, "Build history"),
+      el("ol", { class: "mono history" }, c.history.map((h) => el("li", {}, h.created_by || h.comment || "(step)")))] : null));
+}
+
+async function referrers(name, digest, body) {
+  const result = await api(`/v2/${name}/referrers/${digest}`);
+  if (!result.ok || !result.body || !result.body.manifests || !result.body.manifests.length) return;
+  body.append(el("h2", {}, "Referrers (signatures, SBOMs, attestations)"), el("table", { class: "panel" },
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Artifact type"), el("th", { scope: "col" }, "Manifest"))),
+    el("tbody", {}, result.body.manifests.map((r) => el("tr", {},
+      el("td", {}, r.artifactType || "(none)"),
+      el("td", {}, link(imageUrl(name, r.digest), short(r.digest))))))));
+}
+
+async function tagHistory(name, tag, current, actions, body) {
+  const result = await api(`/v2/${name}/_berth/tags/${tag}/history?n=20`);
+  if (!result.ok) return;
+  const mayRollBack = actions.includes("push") && actions.includes("delete");
+  const message = el("p", { role: "status" });
+  const rows = result.body.history.map((change, index) => el("tr", {},
+    el("td", {}, change.time.replace("T", " ").replace(/\.\d+Z$/, " UTC")),
+    el("td", { class: "mono" }, change.deleted ? "(deleted)" : link(imageUrl(name, change.digest), short(change.digest))),
+    el("td", {}, index > 0 && !change.deleted && change.digest !== current && mayRollBack
+      ? el("button", { type: "button", onclick: async () => {
+        if (!confirm(`Point ${name}:${tag} back at ${short(change.digest)}?`)) return;
+        const done = await api(`/v2/${name}/_berth/tags/${tag}/rollback?to=${change.digest}`, { method: "POST" });
+        if (done.ok) navigate(imageUrl(name, tag));
+        else {
+          message.textContent = problem(done, `roll ${tag} back`);
+          message.className = "error";
+        }
+      } }, "Roll back to this")
+      : index === 0 && change.digest === current ? el("span", { class: "badge public" }, "current") : null)));
+  body.append(el("h2", {}, "Tag history"), el("table", { class: "panel" },
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "When"), el("th", { scope: "col" }, "Image"),
+      el("th", { scope: "col" }, mayRollBack ? "Rollback" : ""))),
+    el("tbody", {}, rows)), message);
+}
+
 // ---- routing -------------------------------------------------------------------
 
 function navigate(path) {
@@ -292,6 +463,11 @@ function route() {
   const params = new URLSearchParams(location.search);
   if (path === "/ui/login") return loginView(params);
   if (path.startsWith("/ui/r/")) return repositoryView(decodeURIComponent(path.slice("/ui/r/".length)), params);
+  if (path.startsWith("/ui/i/")) {
+    const spec = decodeURIComponent(path.slice("/ui/i/".length));
+    const at = spec.indexOf(":");
+    if (at > 0) return imageView(spec.slice(0, at), spec.slice(at + 1));
+  }
   return repositoriesView(params);
 }
 

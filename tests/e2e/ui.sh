@@ -4,9 +4,11 @@
 # Berth with access control on and images pushed by skopeo: browse and
 # search, open a repository, copy its pull command, log in (a wrong password
 # first), make the repository public and pull it anonymously with skopeo,
-# private again and the anonymous pull refused, a user without `manage` sees
-# no settings, permission errors say what is missing, the page on a phone's
-# width. Screenshots go to target/ui-screenshots/ (CI keeps them).
+# private again and the anonymous pull refused, an image's layers and
+# configuration, a tag's history and a rollback from it, a tag deleted after
+# a confirmation, a user without `manage` sees no settings, permission errors
+# say what is missing, the page on a phone's width. Screenshots go to
+# target/ui-screenshots/ (left there after the run).
 #   tests/e2e/ui.sh            (BERTH_BIN defaults to target/release/berth)
 #   tests/e2e/ui.sh --record   also copies the screenshots the README shows
 #                              into docs/images/
@@ -45,8 +47,10 @@ TOML
 start_bg "$WORK/berth.log" "$BERTH" serve --config "$WORK/berth.toml"
 wait_http "http://127.0.0.1:$PORT/healthz"
 
-# An image built here: one random layer and a config, as an OCI layout.
-python3 - "$WORK/oci" <<'PY'
+# make_image DIR: an image built here (one random layer and a config) as an
+# OCI layout in DIR, tagged 1.
+make_image() {
+python3 - "$1" <<'PY'
 import gzip, hashlib, io, json, os, sys, tarfile
 out = sys.argv[1]
 os.makedirs(f"{out}/blobs/sha256")
@@ -73,11 +77,18 @@ json.dump({"schemaVersion": 2, "manifests": [dict(mediaType="application/vnd.oci
     annotations={"org.opencontainers.image.ref.name": "1"}, **m)]}, open(f"{out}/index.json", "w"))
 json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{out}/oci-layout", "w"))
 PY
+}
+make_image "$WORK/oci"
+make_image "$WORK/oci2"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
 sk() { skopeo --policy "$WORK/policy.json" "$@"; }
 for ref in app/web:1 app/web:2 app/api:1; do
   sk copy -q --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/oci:1" "docker://127.0.0.1:$PORT/$ref"
 done
+# A second image under app/web:1, so that the tag has a history to roll back.
+sk copy -q --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/oci2:1" "docker://127.0.0.1:$PORT/app/web:1"
+FIRST_DIGEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$WORK/oci/index.json")
+export FIRST_DIGEST
 
 set +e
 BERTH_URL="http://127.0.0.1:$PORT" SKOPEO_POLICY="$WORK/policy.json" SCREENSHOTS="$SHOTS" \
@@ -96,6 +107,7 @@ if [ "${1:-}" = --record ] && [ "$status" -eq 0 ]; then
   mkdir -p docs/images
   cp "$SHOTS/03-repositories.png" docs/images/ui-repositories.png
   cp "$SHOTS/05-public.png" docs/images/ui-repository.png
-  echo "recorded docs/images/ui-repositories.png and docs/images/ui-repository.png"
+  cp "$SHOTS/08-image.png" docs/images/ui-image.png
+  echo "recorded docs/images/ui-{repositories,repository,image}.png"
 fi
 exit $status

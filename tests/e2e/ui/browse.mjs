@@ -20,6 +20,8 @@ async function step(name, run) {
   } catch (error) {
     console.log(`FAIL ${name}: ${error.message.split("\n")[0]}`);
     failed += 1;
+    // What the page showed when the step failed.
+    await page.screenshot({ path: `${shots}/failed-${name}.png`, fullPage: true }).catch(() => {});
   }
 }
 
@@ -126,6 +128,42 @@ await step("private-again-refuses-anonymous-pulls", async () => {
   expect(!anonymousPull("app/web:1"), "the anonymous pull still worked");
 });
 
+await step("image-page-shows-layers-and-configuration", async () => {
+  await page.goto(base + "/ui/r/app/web");
+  await page.getByRole("link", { name: "1", exact: true }).click();
+  await page.getByRole("heading", { name: "app/web:1" }).waitFor();
+  await page.getByRole("heading", { name: /^Layers \(1, / }).waitFor();
+  await page.getByText("/app", { exact: true }).waitFor();
+  await page.getByText("MODE=prod", { exact: true }).waitFor();
+  await shot("08-image");
+});
+
+await step("rollback-from-the-tag-history", async () => {
+  const rows = page.locator("h2:has-text('Tag history') + table tbody tr");
+  expect(await rows.count() === 2, `history of ${await rows.count()} entries`);
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.getByRole("button", { name: "Roll back to this" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("h2 + table tbody tr").length >= 3);
+  const digest = execFileSync("skopeo", ["--policy", process.env.SKOPEO_POLICY, "inspect", "--tls-verify=false",
+    "--creds", "bob:bob-pw", "--format", "{{.Digest}}", `docker://${host}/app/web:1`]).toString().trim();
+  expect(digest === process.env.FIRST_DIGEST, `app/web:1 is ${digest}, not ${process.env.FIRST_DIGEST}`);
+  await shot("09-rolled-back");
+});
+
+await step("delete-a-tag-after-confirming", async () => {
+  await page.goto(base + "/ui/i/app/web:2");
+  let asked = "";
+  page.once("dialog", (dialog) => {
+    asked = dialog.message();
+    dialog.accept();
+  });
+  await page.getByRole("button", { name: "Delete tag 2" }).click();
+  await page.getByRole("heading", { name: "Tags" }).waitFor();
+  expect(asked === "Delete app/web:2?", `asked ${asked}`);
+  await page.getByRole("link", { name: "1", exact: true }).waitFor();
+  expect(await page.getByRole("link", { name: "2", exact: true }).count() === 0, "tag 2 is still listed");
+});
+
 await step("logout-hides-private-repositories", async () => {
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByText("No public repository yet").waitFor();
@@ -138,6 +176,10 @@ await step("a-user-without-manage-sees-no-settings", async () => {
   await page.getByText("You may: pull, push.").waitFor();
   expect(await page.getByRole("button", { name: "Save settings" }).count() === 0,
     "bob sees the settings form");
+  await page.goto(base + "/ui/i/app/web:1");
+  await page.getByRole("heading", { name: "Tag history" }).waitFor();
+  expect(await page.getByRole("button", { name: /Delete|Roll back/ }).count() === 0,
+    "bob sees delete or rollback buttons");
 });
 
 await step("permission-errors-say-what-is-missing", async () => {
