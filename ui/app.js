@@ -140,6 +140,7 @@ function renderAccount() {
     items.push(el("span", { class: "muted" }, "Access control is off"));
   } else if (session.user) {
     items.push(el("span", {}, "Signed in as ", el("strong", {}, session.user)));
+    if (session.admin) items.push(link("/ui/namespaces", "Namespaces"));
     items.push(el("button", { type: "button", onclick: logout }, "Log out"));
   } else {
     items.push(link(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`, "Log in", { class: "button" }));
@@ -292,6 +293,39 @@ async function repositoryView(name, params) {
   if (s.actions.includes("manage")) settingsPanel.append(settingsForm(name, s));
 }
 
+const ACTIONS = ["pull", "push", "delete", "manage"];
+
+// An editor of grants ({subject, actions}); `read()` gives the rows filled in.
+function grantsEditor(grants, label) {
+  const body = el("tbody");
+  const addRow = (grant = { subject: "", actions: ["pull"] }) => {
+    const row = el("tr", {},
+      el("td", {}, el("input", {
+        class: "subject", value: grant.subject, placeholder: "user:NAME, group:NAME or robot:NAME",
+        "aria-label": "Subject",
+      })),
+      ACTIONS.map((action) => el("td", {}, el("input", {
+        type: "checkbox", value: action, checked: grant.actions.includes(action),
+        "aria-label": action,
+      }))),
+      el("td", {}, el("button", { type: "button", "aria-label": "Remove this grant",
+        onclick: () => row.remove() }, "Remove")));
+    body.append(row);
+  };
+  grants.forEach(addRow);
+  const editor = el("div", { role: "group", "aria-label": label },
+    el("table", {},
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Subject"),
+        ACTIONS.map((a) => el("th", { scope: "col" }, a)), el("th", {}, ""))),
+      body),
+    el("p", {}, el("button", { type: "button", onclick: () => addRow() }, "Add a grant")));
+  editor.read = () => [...body.querySelectorAll("tr")].map((row) => ({
+    subject: row.querySelector("input.subject").value.trim(),
+    actions: [...row.querySelectorAll("input[type=checkbox]:checked")].map((box) => box.value),
+  })).filter((grant) => grant.subject);
+  return editor;
+}
+
 function settingsForm(name, current) {
   const message = el("p", { role: "status" });
   const visibility = el("select", { id: "visibility", name: "visibility" },
@@ -299,11 +333,12 @@ function settingsForm(name, current) {
     el("option", { value: "public", selected: current.visibility === "public" }, "Public: anyone may pull"));
   const description = el("textarea", { id: "description", name: "description", maxlength: "4096" });
   description.value = current.description || "";
+  const grants = grantsEditor(current.grants || [], "Grants on this repository");
   const form = el("form", { class: "panel", "aria-label": "Repository settings", onsubmit: async (event) => {
     event.preventDefault();
     const result = await api(`/v2/${name}/_berth/settings`, {
       method: "PUT",
-      json: { visibility: visibility.value, description: description.value, grants: current.grants },
+      json: { visibility: visibility.value, description: description.value, grants: grants.read() },
     });
     if (result.ok) {
       message.textContent = "Saved: in force now.";
@@ -317,7 +352,67 @@ function settingsForm(name, current) {
     el("h2", {}, "Settings"),
     el("label", { for: "visibility" }, "Visibility"), visibility,
     el("label", { for: "description" }, "Description"), description,
+    el("h3", {}, "Grants"),
+    el("p", { class: "muted" }, "Added to what the configuration's rules allow; they never take a right away."),
+    grants,
     el("p", {}, el("button", { type: "submit", class: "primary" }, "Save settings")),
+    message);
+  return form;
+}
+
+// ---- namespaces (admins) ----------------------------------------------------------
+
+async function namespacesView() {
+  const status = el("p", { class: "muted", role: "status" }, "Loading…");
+  const list = el("div");
+  show(el("h1", {}, "Namespaces"),
+    el("p", { class: "muted" }, "A namespace hands every repository below it (team/… for team) to whom its grants name."),
+    status, list, namespaceForm(null));
+  const result = await api("/v2/_berth/namespaces");
+  if (!result.ok) {
+    status.textContent = problem(result, "manage namespaces");
+    status.className = "error";
+    return;
+  }
+  status.textContent = result.body.namespaces.length ? "" : "No namespace yet.";
+  for (const namespace of result.body.namespaces) list.append(namespaceForm(namespace));
+}
+
+function namespaceForm(namespace) {
+  const creating = namespace === null;
+  const message = el("p", { role: "status" });
+  const nameInput = el("input", { id: `ns-${creating ? "new" : namespace.namespace}`, required: true,
+    value: creating ? "" : namespace.namespace, readonly: !creating, "aria-label": "Namespace name" });
+  const description = el("input", { "aria-label": "Description", value: creating ? "" : namespace.description });
+  const grants = grantsEditor(creating ? [] : namespace.grants, "Grants on the namespace");
+  const form = el("form", { class: "panel", "aria-label": creating ? "New namespace" : `Namespace ${namespace.namespace}`,
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const name = nameInput.value.trim();
+      const result = await api(`/v2/_berth/namespaces/${name}`, {
+        method: "PUT", json: { description: description.value, grants: grants.read() },
+      });
+      if (result.ok) navigate("/ui/namespaces");
+      else {
+        message.textContent = problem(result, `save the namespace ${name}`);
+        message.className = "error";
+      }
+    } },
+    el("h2", {}, creating ? "New namespace" : namespace.namespace),
+    creating ? [el("label", { for: nameInput.id }, "Name"), nameInput] : null,
+    el("label", {}, "Description", description),
+    el("h3", {}, "Grants"), grants,
+    el("p", {},
+      el("button", { type: "submit", class: "primary" }, creating ? "Create namespace" : "Save namespace"), " ",
+      creating ? null : el("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete the namespace ${namespace.namespace}? Its repositories stay.`)) return;
+        const result = await api(`/v2/_berth/namespaces/${namespace.namespace}`, { method: "DELETE" });
+        if (result.ok) navigate("/ui/namespaces");
+        else {
+          message.textContent = problem(result, "delete the namespace");
+          message.className = "error";
+        }
+      } }, "Delete namespace")),
     message);
   return form;
 }
@@ -462,6 +557,7 @@ function route() {
   const path = location.pathname;
   const params = new URLSearchParams(location.search);
   if (path === "/ui/login") return loginView(params);
+  if (path === "/ui/namespaces") return namespacesView();
   if (path.startsWith("/ui/r/")) return repositoryView(decodeURIComponent(path.slice("/ui/r/".length)), params);
   if (path.startsWith("/ui/i/")) {
     const spec = decodeURIComponent(path.slice("/ui/i/".length));

@@ -6,7 +6,8 @@
 # first), make the repository public and pull it anonymously with skopeo,
 # private again and the anonymous pull refused, an image's layers and
 # configuration, a tag's history and a rollback from it, a tag deleted after
-# a confirmation, a user without `manage` sees no settings, permission errors
+# a confirmation, an admin hands a namespace to a user (who can then push
+# there with skopeo), a user without `manage` sees no settings, permission errors
 # say what is missing, the page on a phone's width. Screenshots go to
 # target/ui-screenshots/ (left there after the run).
 #   tests/e2e/ui.sh            (BERTH_BIN defaults to target/release/berth)
@@ -91,7 +92,7 @@ FIRST_DIGEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["
 export FIRST_DIGEST
 
 set +e
-BERTH_URL="http://127.0.0.1:$PORT" SKOPEO_POLICY="$WORK/policy.json" SCREENSHOTS="$SHOTS" \
+BERTH_URL="http://127.0.0.1:$PORT" SKOPEO_POLICY="$WORK/policy.json" SCREENSHOTS="$SHOTS" OCI_LAYOUT="$WORK/oci" \
   node tests/e2e/ui/browse.mjs
 status=$?
 set -e

@@ -164,6 +164,34 @@ await step("delete-a-tag-after-confirming", async () => {
   expect(await page.getByRole("link", { name: "2", exact: true }).count() === 0, "tag 2 is still listed");
 });
 
+// bob may push app/* only: whether a push into `reference` as bob works.
+function pushAsBob(reference) {
+  try {
+    execFileSync("skopeo", ["--policy", process.env.SKOPEO_POLICY, "copy", "-q", "--dest-tls-verify=false",
+      "--dest-creds", "bob:bob-pw", `oci:${process.env.OCI_LAYOUT}:1`, `docker://${host}/${reference}`],
+    { stdio: "pipe" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+await step("an-admin-hands-a-namespace-to-a-user", async () => {
+  expect(!pushAsBob("team/tools:1"), "bob pushed into team/ before the namespace");
+  await page.getByRole("link", { name: "Namespaces" }).click();
+  await page.getByText("No namespace yet.").waitFor();
+  const form = page.getByRole("form", { name: "New namespace" });
+  await form.getByLabel("Namespace name").fill("team");
+  await form.getByLabel("Description").fill("The team's images");
+  await form.getByRole("button", { name: "Add a grant" }).click();
+  await form.getByLabel("Subject").fill("user:bob");
+  await form.getByLabel("push", { exact: true }).check();
+  await form.getByRole("button", { name: "Create namespace" }).click();
+  await page.getByRole("form", { name: "Namespace team" }).waitFor();
+  expect(pushAsBob("team/tools:1"), "bob could not push into team/ after the namespace");
+  await shot("10-namespaces");
+});
+
 await step("logout-hides-private-repositories", async () => {
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByText("No public repository yet").waitFor();
