@@ -48,46 +48,20 @@ TOML
 start_bg "$WORK/berth.log" "$BERTH" serve --config "$WORK/berth.toml"
 wait_http "http://127.0.0.1:$PORT/healthz"
 
-# make_image DIR: an image built here (one random layer and a config) as an
-# OCI layout in DIR, tagged 1.
-make_image() {
-python3 - "$1" <<'PY'
-import gzip, hashlib, io, json, os, sys, tarfile
-out = sys.argv[1]
-os.makedirs(f"{out}/blobs/sha256")
-def blob(data):
-    d = hashlib.sha256(data).hexdigest()
-    open(f"{out}/blobs/sha256/{d}", "wb").write(data)
-    return {"digest": "sha256:" + d, "size": len(data)}
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w") as tar:
-    content = os.urandom(256 << 10)
-    info = tarfile.TarInfo("data.bin"); info.size = len(content)
-    tar.addfile(info, io.BytesIO(content))
-layer = gzip.compress(raw.getvalue(), mtime=0)
-diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
-config = json.dumps({"architecture": "amd64", "os": "linux",
-                     "config": {"Entrypoint": ["/app"], "Env": ["MODE=prod"]},
-                     "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
-manifest = json.dumps({"schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": dict(mediaType="application/vnd.oci.image.config.v1+json", **blob(config)),
-    "layers": [dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **blob(layer))]}).encode()
-m = blob(manifest)
-json.dump({"schemaVersion": 2, "manifests": [dict(mediaType="application/vnd.oci.image.manifest.v1+json",
-    annotations={"org.opencontainers.image.ref.name": "1"}, **m)]}, open(f"{out}/index.json", "w"))
-json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{out}/oci-layout", "w"))
-PY
-}
-make_image "$WORK/oci"
-make_image "$WORK/oci2"
+# Images built here (tests/support/make_oci_layout.py): one layer, three
+# layers, an index over two platforms; a second seed makes other images.
+python3 tests/support/make_oci_layout.py "$WORK/oci" ui-first
+python3 tests/support/make_oci_layout.py "$WORK/oci2" ui-second
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
 sk() { skopeo --policy "$WORK/policy.json" "$@"; }
-for ref in app/web:1 app/web:2 app/api:1; do
-  sk copy -q --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/oci:1" "docker://127.0.0.1:$PORT/$ref"
-done
+push() { # layout:ref repository:tag
+  sk copy -q --all --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/$1" "docker://127.0.0.1:$PORT/$2"
+}
+push oci:single app/web:1
+push oci:multi app/web:2
+push oci:multiarch app/api:1
 # A second image under app/web:1, so that the tag has a history to roll back.
-sk copy -q --dest-tls-verify=false --dest-creds bob:bob-pw "oci:$WORK/oci2:1" "docker://127.0.0.1:$PORT/app/web:1"
+push oci2:single app/web:1
 FIRST_DIGEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$WORK/oci/index.json")
 export FIRST_DIGEST
 

@@ -51,6 +51,20 @@ fn session_of(resp: &reqwest::Response) -> String {
     value.split(';').next().unwrap().to_owned()
 }
 
+/// A client sending `token` as the session cookie, with the UI's header or
+/// without (as another site's form would).
+fn cookie_client(token: &str, ui_header: bool) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("cookie", format!("berth_session={token}").parse().unwrap());
+    if ui_header {
+        headers.insert("x-berth-ui", "1".parse().unwrap());
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_pages_are_served_embedded_with_a_strict_policy_and_a_browser_lands_there() {
     let registry = start().await;
@@ -132,20 +146,7 @@ async fn a_login_sets_an_http_only_session_that_counts_only_with_the_ui_header()
     let shown: Value = resp.json().await.unwrap();
     assert_eq!(shown, json!({"auth": true, "user": "bob", "admin": false}));
 
-    let with_session = |header: bool| {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            "cookie",
-            format!("berth_session={session}").parse().unwrap(),
-        );
-        if header {
-            headers.insert("x-berth-ui", "1".parse().unwrap());
-        }
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap()
-    };
+    let with_session = |header: bool| cookie_client(&session, header);
     // With the header, the session is bob: he may start an upload.
     let resp = with_session(true)
         .post(registry.url("/v2/app/web/blobs/uploads/"))
@@ -185,16 +186,7 @@ async fn a_login_sets_an_http_only_session_that_counts_only_with_the_ui_header()
         &["repository:app/web:pull,push"],
     )
     .await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        "cookie",
-        format!("berth_session={api_token}").parse().unwrap(),
-    );
-    headers.insert("x-berth-ui", "1".parse().unwrap());
-    let forged = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let forged = cookie_client(&api_token, true);
     let resp = forged
         .post(registry.url("/v2/app/web/blobs/uploads/"))
         .send()

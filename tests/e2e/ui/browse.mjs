@@ -133,12 +133,23 @@ await step("image-page-shows-layers-and-configuration", async () => {
   await page.getByRole("link", { name: "1", exact: true }).click();
   await page.getByRole("heading", { name: "app/web:1" }).waitFor();
   await page.getByRole("heading", { name: /^Layers \(1, / }).waitFor();
-  await page.getByText("/app", { exact: true }).waitFor();
-  await page.getByText("MODE=prod", { exact: true }).waitFor();
+  await page.getByText("/hello.txt", { exact: true }).waitFor();
+  await page.getByText("linux/amd64", { exact: true }).waitFor();
   await shot("08-image");
 });
 
+await step("an-index-shows-its-platforms", async () => {
+  await page.goto(base + "/ui/i/app/api:1");
+  await page.getByRole("heading", { name: "Platforms" }).waitFor();
+  await page.getByRole("cell", { name: "linux/amd64" }).waitFor();
+  await page.getByRole("cell", { name: "linux/arm64" }).waitFor();
+  await page.locator("table a").first().click();
+  await page.getByRole("heading", { name: /^Layers \(1, / }).waitFor();
+});
+
 await step("rollback-from-the-tag-history", async () => {
+  await page.goto(base + "/ui/i/app/web:1");
+  await page.getByRole("heading", { name: "Tag history" }).waitFor();
   const rows = page.locator("h2:has-text('Tag history') + table tbody tr");
   expect(await rows.count() === 2, `history of ${await rows.count()} entries`);
   page.once("dialog", (dialog) => dialog.accept());
@@ -168,7 +179,7 @@ await step("delete-a-tag-after-confirming", async () => {
 function pushAsBob(reference) {
   try {
     execFileSync("skopeo", ["--policy", process.env.SKOPEO_POLICY, "copy", "-q", "--dest-tls-verify=false",
-      "--dest-creds", "bob:bob-pw", `oci:${process.env.OCI_LAYOUT}:1`, `docker://${host}/${reference}`],
+      "--dest-creds", "bob:bob-pw", `oci:${process.env.OCI_LAYOUT}:single`, `docker://${host}/${reference}`],
     { stdio: "pipe" });
     return true;
   } catch {
