@@ -8,7 +8,8 @@
 # configuration, a tag's history and a rollback from it, a tag deleted after
 # a confirmation, an admin hands a namespace to a user (who can then push
 # there with skopeo), a user without `manage` sees no settings, permission errors
-# say what is missing, the page on a phone's width. Screenshots go to
+# say what is missing, the page on a phone's width, every page checked by axe-core
+# against WCAG 2.1 AA (light and dark). Screenshots go to
 # target/ui-screenshots/ (left there after the run).
 #   tests/e2e/ui.sh            (BERTH_BIN defaults to target/release/berth)
 #   tests/e2e/ui.sh --record   also copies the screenshots the README shows

@@ -4,7 +4,26 @@
 // last line is "N passed, M failed". Screenshots go to $SCREENSHOTS.
 
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+
+// axe-core, evaluated in the page through the browser's debugging protocol
+// (which the page's CSP does not govern; a script tag would be refused).
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const axeViolations = [];
+// Checks the page as it is now against WCAG 2.1 A and AA (labels,
+// contrast, names of buttons and links, landmarks, ...).
+async function axeCheck(label) {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+  }));
+  console.log(`axe ${label}: ${result.passes.length} rules passed, ${result.violations.length} violated`);
+  for (const violation of result.violations) {
+    axeViolations.push(`${label}: ${violation.id} (${violation.impact}, ${violation.nodes.length} nodes: ${violation.nodes[0].target})`);
+  }
+}
 
 const base = process.env.BERTH_URL;
 const shots = process.env.SCREENSHOTS;
@@ -69,12 +88,14 @@ await step("root-lands-in-the-ui", async () => {
   await page.getByRole("heading", { name: "Repositories" }).waitFor();
   await page.getByText("No public repository yet").waitFor();
   await shot("01-anonymous");
+  await axeCheck("repositories, anonymous");
 });
 
 await step("wrong-password-says-so", async () => {
   await login("alice", "not-her-password");
   await page.getByText("wrong user name or password").waitFor();
   await shot("02-wrong-password");
+  await axeCheck("login");
 });
 
 await step("login-lists-the-repositories", async () => {
@@ -85,6 +106,7 @@ await step("login-lists-the-repositories", async () => {
   const names = await repoNames();
   expect(JSON.stringify(names) === JSON.stringify(["app/api", "app/web"]), `listed ${names}`);
   await shot("03-repositories");
+  await axeCheck("repositories");
 });
 
 await step("search-on-the-server", async () => {
@@ -105,6 +127,7 @@ await step("repository-page-copies-the-pull-command", async () => {
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   expect(copied === command, `copied ${copied}`);
   await shot("04-repository");
+  await axeCheck("repository with settings");
 });
 
 await step("private-repository-refuses-anonymous-pulls", async () => {
@@ -136,6 +159,7 @@ await step("image-page-shows-layers-and-configuration", async () => {
   await page.getByText("/hello.txt", { exact: true }).waitFor();
   await page.getByText("linux/amd64", { exact: true }).waitFor();
   await shot("08-image");
+  await axeCheck("image");
 });
 
 await step("an-index-shows-its-platforms", async () => {
@@ -201,6 +225,7 @@ await step("an-admin-hands-a-namespace-to-a-user", async () => {
   await page.getByRole("form", { name: "Namespace team" }).waitFor();
   expect(pushAsBob("team/tools:1"), "bob could not push into team/ after the namespace");
   await shot("10-namespaces");
+  await axeCheck("namespaces");
 });
 
 await step("logout-hides-private-repositories", async () => {
@@ -234,6 +259,14 @@ await step("usable-at-a-phones-width", async () => {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
   expect(!overflow, "the page scrolls sideways on a phone");
   await shot("07-phone");
+  // The dark scheme (prefers-color-scheme) keeps its contrast too.
+  await page.emulateMedia({ colorScheme: "dark" });
+  await axeCheck("repositories, phone, dark");
+  await shot("11-phone-dark");
+});
+
+await step("pages-pass-axe-wcag-2.1-aa", async () => {
+  expect(axeViolations.length === 0, axeViolations.join(" | "));
 });
 
 await step("no-script-errors", async () => {
