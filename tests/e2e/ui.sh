@@ -9,7 +9,9 @@
 # a confirmation, an admin hands a namespace to a user (who can then push
 # there with skopeo), a user without `manage` sees no settings, permission errors
 # say what is missing, the page on a phone's width, every page checked by axe-core
-# against WCAG 2.1 AA (light and dark). Screenshots go to
+# against WCAG 2.1 AA (light and dark), then 10,000 repositories and 10,000
+# tags (tests/e2e/ui/populate.py) paged and searched on the server, the
+# page times printed. Screenshots go to
 # target/ui-screenshots/ (left there after the run).
 #   tests/e2e/ui.sh            (BERTH_BIN defaults to target/release/berth)
 #   tests/e2e/ui.sh --record   also copies the screenshots the README shows

@@ -265,6 +265,43 @@ await step("usable-at-a-phones-width", async () => {
   await shot("11-phone-dark");
 });
 
+// A large registry: 10,000 repositories, 10,000 tags in one of them. The
+// pages ask the server for one page at a time; the times are printed (a
+// measurement, not a pass condition).
+const timed = async (what, run) => {
+  const started = Date.now();
+  await run();
+  console.log(`time ${what}: ${Date.now() - started} ms`);
+};
+
+await step("a-large-registry-is-paged-and-searched-on-the-server", async () => {
+  execFileSync("python3", [new URL("./populate.py", import.meta.url).pathname, base, "bob", "bob-pw",
+    "app/scale", "10000", "10000"], { stdio: "inherit" });
+  await page.setViewportSize({ width: 1280, height: 860 });
+  await timed("first page of 10,000+ repositories", async () => {
+    await page.goto(base + "/ui/");
+    await page.getByRole("link", { name: "Next page" }).waitFor();
+  });
+  expect(await page.locator("ul.repos li").count() === 30, "not a page of 30");
+  await timed("search among them", async () => {
+    await page.getByLabel("Search repositories").fill("scale-07777");
+    await page.getByRole("button", { name: "Search" }).click();
+    await page.waitForFunction(() => document.querySelectorAll("ul.repos li").length === 1);
+  });
+  const names = await repoNames();
+  expect(JSON.stringify(names) === JSON.stringify(["app/scale-07777"]), `found ${names}`);
+  await timed("a repository of 10,001 tags, first page", async () => {
+    await page.goto(base + "/ui/r/app/scale-00000");
+    await page.getByRole("link", { name: "t00028", exact: true }).waitFor();
+  });
+  await timed("its next page", async () => {
+    await page.getByRole("link", { name: "Next page" }).click();
+    await page.getByRole("link", { name: "t00058", exact: true }).waitFor();
+  });
+  expect(await page.getByRole("link", { name: "t00000", exact: true }).count() === 0, "the first page again");
+  await shot("12-large");
+});
+
 await step("pages-pass-axe-wcag-2.1-aa", async () => {
   expect(axeViolations.length === 0, axeViolations.join(" | "));
 });
