@@ -156,8 +156,18 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
         .token_login(&parts, login.username, Secret::new(login.password))
         .await
     {
-        Ok(Identity::Anonymous) | Err(_) => {
+        Ok(Identity::Anonymous) => {
             let refused = ui_error(StatusCode::UNAUTHORIZED, "wrong user name or password");
+            return super::token::refused_login(&state, &access, &parts, &user, refused);
+        }
+        // Bad credentials; anything else (429 with Retry-After once the
+        // failure limiter steps in) is answered as the API answers it.
+        Err(refused) => {
+            let refused = if refused.status() == StatusCode::UNAUTHORIZED {
+                ui_error(StatusCode::UNAUTHORIZED, "wrong user name or password")
+            } else {
+                refused
+            };
             return super::token::refused_login(&state, &access, &parts, &user, refused);
         }
         Ok(identity) => identity,

@@ -313,8 +313,11 @@ impl Registry {
         index.current()
     }
 
-    /// Loads the settings now (at the start, before serving).
+    /// Loads the settings now (at the start, before serving, and after
+    /// each change this process makes): one load at a time, so a slower
+    /// load never replaces a newer snapshot.
     pub async fn load_settings(&self) -> Result<Arc<SettingsSnapshot>> {
+        let _loading = self.settings.refreshing.lock().await;
         self.settings
             .refresh(self.storage.as_ref())
             .await

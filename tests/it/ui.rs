@@ -214,6 +214,32 @@ async fn a_login_sets_an_http_only_session_that_counts_only_with_the_ui_header()
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// The UI's login is the API's: its failures count toward the same limit,
+/// and a locked-out login says so (429 with `Retry-After`), not "wrong
+/// password".
+#[tokio::test]
+async fn failed_ui_logins_meet_the_same_limit_as_the_api() {
+    let registry = TestRegistry::start_one_with_auth(
+        USERS,
+        &format!(
+            r#"
+            signing_key = "{SIGNING_KEY}"
+            [login_limit]
+            max_failures = 3
+            "#
+        ),
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = login(&registry, "bob", "wrong").await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = login(&registry, "bob", "bob-pw").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert!(resp.headers().get("set-cookie").is_none());
+}
+
 #[tokio::test]
 async fn an_admin_session_is_an_admin_and_without_access_control_there_is_no_login() {
     let registry = start().await;
