@@ -572,8 +572,6 @@ impl AccessControl {
         })
     }
 
-    /// A login to the token endpoint with Basic credentials (shares the
-    /// limiter and the cache with `/v2/`).
     /// Who a session token stands for, decided now: a user still in the
     /// htpasswd file, a robot still in its store and unexpired; `None` for
     /// a token that is not a valid session's, or whose subject is gone.
@@ -589,6 +587,8 @@ impl AccessControl {
         }
     }
 
+    /// A login to the token endpoint with Basic credentials (shares the
+    /// limiter and the cache with `/v2/`), or to the web UI.
     pub(super) async fn token_login(
         self: &Arc<Self>,
         parts: &Parts,
