@@ -451,6 +451,14 @@ async fn the_repository_list_shows_what_the_caller_may_pull_searched_and_paged()
         .unwrap();
     let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
     assert_eq!(error_code(resp).await, "PAGINATION_NUMBER_INVALID");
+    let long = "x".repeat(300);
+    let resp = bob
+        .get(registry.url(&format!("/v2/_berth/repositories?q={long}")))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error_code(resp).await, "PARAMETER_INVALID");
     // Bad credentials are refused, not taken for anonymous.
     let resp = client_with_authorization(&basic_auth("bob", "wrong"))
         .get(registry.url("/v2/_berth/repositories"))

@@ -135,6 +135,31 @@ async fn a_login_sets_an_http_only_session_that_counts_only_with_the_ui_header()
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
+    // A body that is no login, or far too big for one: refused, no cookie.
+    for (body, status) in [
+        (b"{not json".to_vec(), StatusCode::BAD_REQUEST),
+        (br#"{"username": "bob"}"#.to_vec(), StatusCode::BAD_REQUEST),
+        (vec![b' '; 64 * 1024], StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let resp = plain()
+            .post(registry.url("/ui/api/session"))
+            .header("x-berth-ui", "1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+        assert!(resp.headers().get("set-cookie").is_none());
+    }
+    // A cookie that holds no token is refused, not taken for anonymous.
+    let resp = cookie_client("not-a-token", true)
+        .get(registry.url("/v2/_berth/repositories"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
     let resp = login(&registry, "bob", "bob-pw").await;
     let resp = expect_status(resp, StatusCode::OK).await;
     let cookie = header_str(&resp, "set-cookie").to_owned();
