@@ -12,8 +12,8 @@
 //! manifest do not count. It is counted from the repository's manifests
 //! (read through the manifest cache) when a push needs it and for
 //! `GET /v2/<name>/_berth/usage`; a pattern's usage is the union over the
-//! repositories the catalog lists under it (a digest two of them share
-//! counts once). Two pushes at the same moment may both pass a check that
+//! repositories a walk of the store finds under it (a digest two of them
+//! share counts once), and tags are listed from the store, not the cache. Two pushes at the same moment may both pass a check that
 //! together they exceed: the bound is exact for pushes one after another.
 
 use std::collections::HashMap;
@@ -33,10 +33,11 @@ use crate::storage::{layout, Listing};
 #[serde(deny_unknown_fields)]
 pub struct QuotaRule {
     pub repositories: RepositoryPattern,
-    /// Bytes a repository's images may use.
+    /// Bytes the images may use (of each repository, or of all of them
+    /// together with `scope = "pattern"`).
     #[serde(default)]
     pub max_bytes: Option<u64>,
-    /// Tags a repository may have.
+    /// Tags there may be (per repository, or in all, as `max_bytes`).
     #[serde(default)]
     pub max_tags: Option<u64>,
     /// What the limits bound: each matching repository, or all of them
