@@ -21,6 +21,7 @@ mod cli_tag;
 mod events;
 mod fuzz;
 mod garage_fixture;
+mod garage_metrics;
 mod garage_redirect;
 mod garage_s3;
 mod garage_s3_faults;

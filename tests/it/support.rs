@@ -890,6 +890,23 @@ mod checks {
     }
 
     #[test]
+    fn a_test_that_needs_garage_outside_a_garage_module_fails_wherever_it_runs() {
+        let misplaced = std::thread::Builder::new()
+            .name("metrics::counts_s3_requests".to_owned())
+            .spawn(super::garage::garage_or_skip)
+            .unwrap()
+            .join();
+        let message = *misplaced
+            .expect_err("refused")
+            .downcast::<String>()
+            .unwrap();
+        assert!(
+            message.contains("belongs in a garage_* module"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn in_own_process_fails_unless_exactly_the_named_test_ran_and_passed() {
         let ran_nothing = std::panic::catch_unwind(|| {
             in_own_process("support::checks::no_such_test", || {});

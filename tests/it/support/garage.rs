@@ -30,14 +30,24 @@ const NO_GARAGE: i32 = 3;
 /// Whether tests that need Garage can run. Without a Garage binary: in CI
 /// (`CI=true`) this panics, since a green CI must mean the S3 tests ran;
 /// elsewhere it prints a loud SKIPPED line naming the test and returns false.
+///
+/// Its test must have `garage_` in its path (a `garage_*` module):
+/// `tests/run.sh` runs those apart, once its Garage build is done, and any
+/// other would find no Garage on a fresh CI machine. Checked here, on every
+/// machine, so that a misplaced test fails where it is written.
 pub fn garage_or_skip() -> bool {
-    if garage_found() {
-        return true;
-    }
     let test = std::thread::current()
         .name()
         .unwrap_or("a test that needs Garage")
         .to_owned();
+    assert!(
+        test.contains("garage_"),
+        "{test} needs Garage, so it belongs in a garage_* module: \
+         tests/run.sh runs those once Garage is built"
+    );
+    if garage_found() {
+        return true;
+    }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
             "{test}: no Garage binary, and CI=true requires one \
