@@ -144,10 +144,12 @@ pub fn build_access_control(
         return Ok(None);
     };
     let metrics = registry.metrics().clone();
-    // Repository settings add their grants to the configuration's rules.
+    // Repository settings add their grants to the configuration's rules,
+    // and the robots made through the API to the robot file's.
     let auth = auth::Auth::from_config(auth_config, &config.data_dir)
         .map_err(|e| io::Error::other(e.to_string()))?
-        .with_grant_source(Arc::new(http::SettingsGrants::new(registry.clone())));
+        .with_grant_source(Arc::new(http::SettingsGrants::new(registry.clone())))
+        .with_robot_source(Arc::new(http::RegistryRobots::new(registry.clone())));
     Ok(Some(Arc::new(AccessControl::new(
         auth,
         auth_config.challenge,

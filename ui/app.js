@@ -140,6 +140,7 @@ function renderAccount() {
     items.push(el("span", { class: "muted" }, "Access control is off"));
   } else if (session.user) {
     items.push(el("span", {}, "Signed in as ", el("strong", {}, session.user)));
+    items.push(link("/ui/robots", "Robots"));
     if (session.admin) items.push(link("/ui/namespaces", "Namespaces"));
     items.push(el("button", { type: "button", onclick: logout }, "Log out"));
   } else {
@@ -417,6 +418,107 @@ function namespaceForm(namespace) {
   return form;
 }
 
+// ---- robot accounts ---------------------------------------------------------------
+
+// `made`: a robot just created, whose secret is shown above the list.
+async function robotsView(made) {
+  const status = el("p", { class: "muted", role: "status" }, "Loading…");
+  const list = el("div");
+  const secret = el("div");
+  show(el("h1", {}, "Robot accounts"),
+    el("p", { class: "muted" }, "Credentials for CI: a robot logs in as robot$NAME with its secret and may do what its grants say."),
+    secret, status, list, robotForm());
+  if (made) showSecret(secret, made);
+  const result = await api("/v2/_berth/robots");
+  if (!result.ok) {
+    status.textContent = problem(result, "manage robot accounts");
+    status.className = "error";
+    return;
+  }
+  const robots = result.body.robots;
+  status.textContent = robots.length ? "" : (result.body.admin
+    ? "No robot yet."
+    : "No robot you manage: a namespace's managers make robots for it.");
+  if (!robots.length) return;
+  list.append(el("div", { class: "scroll panel" }, el("table", {},
+    el("caption", { class: "muted" }, "Robots you manage"),
+    el("thead", {}, el("tr", {}, ["Robot", "Namespace", "Grants", "Created", "Expires", "Actions"].map((h) =>
+      el("th", { scope: "col" }, h)))),
+    el("tbody", {}, robots.map((robot) => robotRow(robot, secret))))));
+}
+
+function robotRow(robot, secret) {
+  const message = el("span", { role: "status" });
+  const fromFile = robot.source === "file";
+  const revoke = async () => {
+    if (!confirm(`Revoke ${robot.username}? Its secret stops working at once.`)) return;
+    const result = await api(`/v2/_berth/robots/${robot.name}`, { method: "DELETE" });
+    if (result.ok) navigate("/ui/robots");
+    else message.textContent = problem(result, `revoke ${robot.username}`);
+  };
+  const renew = async () => {
+    if (!confirm(`Make a new secret for ${robot.username}? The current one stops working.`)) return;
+    const result = await api(`/v2/_berth/robots/${robot.name}/secret`, { method: "POST" });
+    if (result.ok) showSecret(secret, result.body);
+    else message.textContent = problem(result, `renew the secret of ${robot.username}`);
+  };
+  return el("tr", {},
+    el("th", { scope: "row" }, el("code", {}, robot.username)),
+    el("td", {}, robot.namespace || el("span", { class: "muted" }, fromFile ? "robot file" : "(admin)")),
+    el("td", {}, robot.grants.map((grant) => el("code", { class: "grant" }, grant))),
+    el("td", {}, robot.created_at, robot.created_by ? ` by ${robot.created_by}` : ""),
+    el("td", {}, robot.expires_at ? `${robot.expires_at}${robot.expired ? " (expired)" : ""}` : "never"),
+    el("td", {}, fromFile
+      ? el("span", { class: "muted" }, "berth robot")
+      : [el("button", { type: "button", onclick: renew, "aria-label": `New secret for ${robot.username}` }, "New secret"), " ",
+        el("button", { type: "button", class: "danger", onclick: revoke, "aria-label": `Revoke ${robot.username}` }, "Revoke")],
+    message));
+}
+
+// The secret, shown once: it is not kept anywhere the page can read again.
+function showSecret(into, robot) {
+  const login = `docker login ${location.host} -u '${robot.username}' --password-stdin`;
+  into.replaceChildren(el("section", { class: "panel notice", role: "alert", "aria-label": "New robot secret" },
+    el("h2", {}, `Secret of ${robot.username}`),
+    el("p", {}, "Copy it now: it is shown only this once."),
+    el("div", { class: "pull" }, el("code", { class: "secret" }, robot.secret), copyButton(robot.secret, "Copy the secret")),
+    el("p", {}, "Log in with it (the secret on standard input):"),
+    el("div", { class: "pull" }, el("code", {}, login), copyButton(login, "Copy the login command"))));
+  into.scrollIntoView();
+}
+
+function robotForm() {
+  const message = el("p", { role: "status" });
+  const name = el("input", { id: "robot-name", required: true, pattern: "[a-z0-9]+([._\\-][a-z0-9]+)*", maxlength: "64" });
+  const namespace = el("input", { id: "robot-namespace", placeholder: session.admin ? "none: any grants" : "team" });
+  const grants = el("textarea", { id: "robot-grants", required: true, rows: "3", placeholder: "team/*:pull,push" });
+  const expires = el("select", { id: "robot-expires" },
+    ["30d", "90d", "365d"].map((d) => el("option", { value: d, selected: d === "90d" }, `in ${d.slice(0, -1)} days`)),
+    el("option", { value: "" }, "never"));
+  return el("form", { class: "panel", "aria-label": "New robot", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = {
+      name: name.value.trim(),
+      grants: grants.value.split("\n").map((g) => g.trim()).filter(Boolean),
+    };
+    if (namespace.value.trim()) body.namespace = namespace.value.trim();
+    if (expires.value) body.expires_in = expires.value;
+    const result = await api("/v2/_berth/robots", { method: "POST", json: body });
+    if (result.ok) await robotsView(result.body);
+    else {
+      message.textContent = problem(result, `create the robot ${body.name}`);
+      message.className = "error";
+    }
+  } },
+    el("h2", {}, "New robot"),
+    el("label", { for: name.id }, "Name (lowercase letters, digits, . _ -)"), name,
+    el("label", { for: namespace.id }, "Namespace"), namespace,
+    el("label", { for: grants.id }, "Grants, one per line: PATTERN:ACTIONS (pull, push, delete)"), grants,
+    el("label", { for: expires.id }, "Expires"), expires,
+    el("p", {}, el("button", { type: "submit", class: "primary" }, "Create robot")),
+    message);
+}
+
 // ---- an image ------------------------------------------------------------------
 
 async function imageView(name, reference) {
@@ -558,6 +660,7 @@ function route() {
   const params = new URLSearchParams(location.search);
   if (path === "/ui/login") return loginView(params);
   if (path === "/ui/namespaces") return namespacesView();
+  if (path === "/ui/robots") return robotsView();
   if (path.startsWith("/ui/r/")) return repositoryView(decodeURIComponent(path.slice("/ui/r/".length)), params);
   if (path.startsWith("/ui/i/")) {
     const spec = decodeURIComponent(path.slice("/ui/i/".length));

@@ -59,7 +59,7 @@ pub use htpasswd::Htpasswd;
 pub use identity::{Grant, Identity};
 pub use limiter::{Attempt, FailureLimiter, Refused};
 pub use policy::{GrantSource, Policy};
-pub use robots::{Robot, RobotStore};
+pub use robots::{KeptRobot, Robot, RobotSource, RobotStore};
 pub use scope::{parse_scopes, Action, Actions, Scope, ScopeError};
 pub use token::{IssuedToken, TokenError, TokenIssuer, TokenVerifier, VerifiedToken};
 
@@ -174,6 +174,8 @@ pub struct Auth {
     realm: Option<String>,
     htpasswd: Option<Htpasswd>,
     robots: RobotStore,
+    /// Robots made through the API, when the registry keeps any.
+    more_robots: Option<std::sync::Arc<dyn RobotSource>>,
     policy: Policy,
     issuer: TokenIssuer,
     verifier: TokenVerifier,
@@ -207,6 +209,7 @@ impl Auth {
             realm,
             htpasswd,
             robots,
+            more_robots: None,
             policy,
             issuer,
             verifier,
@@ -221,6 +224,20 @@ impl Auth {
     pub fn with_grant_source(mut self, source: std::sync::Arc<dyn GrantSource>) -> Auth {
         self.policy = self.policy.with_grant_source(source);
         self
+    }
+
+    /// Adds the robots `source` keeps (those made through the API) to the
+    /// robot file's.
+    pub fn with_robot_source(mut self, source: std::sync::Arc<dyn RobotSource>) -> Auth {
+        self.more_robots = Some(source);
+        self
+    }
+
+    /// Robot `name`, from the robot file or else the API's store.
+    pub fn robot(&self, name: &str) -> Option<KeptRobot> {
+        self.robots
+            .kept(name)
+            .or_else(|| self.more_robots.as_ref()?.robot(name))
     }
 
     /// Whether `user` is in the htpasswd file (with a usable entry).
@@ -242,14 +259,14 @@ impl Auth {
     }
 
     /// Checks a user name and password: `robot$NAME` against the robot
-    /// store, anything else against the htpasswd file.
+    /// stores ([`Auth::robot`]), anything else against the htpasswd file.
     ///
     /// **CPU-heavy and blocking**: a bcrypt verification costs milliseconds
     /// to hundreds of milliseconds, and the files are re-read when changed.
     /// Call it from `tokio::task::spawn_blocking`.
     pub fn authenticate(&self, user: &str, password: &str) -> Option<Identity> {
-        if identity::is_robot_user(user) {
-            return self.robots.authenticate(user, password);
+        if let Some(name) = user.strip_prefix(identity::USER_PREFIX) {
+            return self.robot(name)?.login(password, SystemTime::now());
         }
         let htpasswd = self.htpasswd.as_ref()?;
         htpasswd
@@ -363,14 +380,14 @@ impl Auth {
 }
 
 /// Seconds since the Unix epoch (0 before it).
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The time `secs` after the epoch, at most the end of year 9999 (what
 /// [`rfc3339`] shows): a token's `exp` is the signer's number, and adding
 /// `u64::MAX` seconds to a `SystemTime` panics.
-pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
+pub fn from_unix_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.min(LAST_FORMATTABLE))
 }
 

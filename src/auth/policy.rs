@@ -55,12 +55,33 @@ impl Rule {
     fn matches(&self, name: &RepositoryName) -> bool {
         self.repositories.iter().any(|p| p.matches(name))
     }
+
+    /// What the rule gives `identity` where it applies (robots: nothing,
+    /// their grants decide).
+    fn actions_for(&self, identity: &Identity) -> Actions {
+        let mut actions = self.anonymous;
+        if let Identity::User { name, groups } = identity {
+            actions = actions.union(self.authenticated);
+            if let Some(a) = self.users.get(name) {
+                actions = actions.union(*a);
+            }
+            for group in groups {
+                if let Some(a) = self.groups.get(group) {
+                    actions = actions.union(*a);
+                }
+            }
+        }
+        actions
+    }
 }
 
 /// Grants kept outside the configuration, added to its rules' (see the
 /// module): what repository settings give `identity` on `name`.
 pub trait GrantSource: Send + Sync + std::fmt::Debug {
     fn actions(&self, identity: &Identity, name: &RepositoryName) -> Actions;
+    /// What the source gives `identity` over every repository below
+    /// `namespace` at once (a namespace's grants, its parents' included).
+    fn namespace_actions(&self, identity: &Identity, namespace: &RepositoryName) -> Actions;
 }
 
 /// The access policy, built from the `[auth]` table.
@@ -149,18 +170,7 @@ impl Policy {
         }
         let mut actions = Actions::NONE;
         for rule in self.rules.iter().filter(|r| r.matches(name)) {
-            actions = actions.union(rule.anonymous);
-            if let Identity::User { name: user, groups } = identity {
-                actions = actions.union(rule.authenticated);
-                if let Some(a) = rule.users.get(user) {
-                    actions = actions.union(*a);
-                }
-                for group in groups {
-                    if let Some(a) = rule.groups.get(group) {
-                        actions = actions.union(*a);
-                    }
-                }
-            }
+            actions = actions.union(rule.actions_for(identity));
         }
         if let Identity::Robot { grants, .. } = identity {
             for grant in grants.iter().filter(|g| g.repositories.matches(name)) {
@@ -169,6 +179,37 @@ impl Policy {
         }
         if let Some(extra) = &self.extra {
             actions = actions.union(extra.actions(identity, name));
+        }
+        actions
+    }
+
+    /// What `identity` may do to every repository below `namespace`, as
+    /// one: what rules and grants whose patterns cover the whole namespace
+    /// give it ([`RepositoryPattern::covers_namespace`]), and the
+    /// namespace's settings. Managing a namespace (its robots) needs
+    /// `manage` here.
+    pub fn namespace_actions(&self, identity: &Identity, namespace: &RepositoryName) -> Actions {
+        if self.is_admin(identity) {
+            return Actions::ALL;
+        }
+        let mut actions = Actions::NONE;
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.repositories.iter().any(|p| p.covers_namespace(namespace)))
+        {
+            actions = actions.union(rule.actions_for(identity));
+        }
+        if let Identity::Robot { grants, .. } = identity {
+            for grant in grants
+                .iter()
+                .filter(|g| g.repositories.covers_namespace(namespace))
+            {
+                actions = actions.union(grant.actions);
+            }
+        }
+        if let Some(extra) = &self.extra {
+            actions = actions.union(extra.namespace_actions(identity, namespace));
         }
         actions
     }
@@ -315,6 +356,43 @@ mod tests {
         assert_eq!(p.actions(&anon, &name("public/nginx")), PULL);
         assert_eq!(p.actions(&anon, &name("team-a/app")), Actions::NONE);
         assert_eq!(p.actions(&anon, &name("public")), Actions::NONE);
+    }
+
+    #[test]
+    fn over_a_namespace_only_rules_covering_all_of_it_count() {
+        let p = policy(EXAMPLE);
+        let (bob, carol) = (p.user("bob"), p.user("carol"));
+        assert_eq!(
+            p.namespace_actions(&bob, &name("team-a")).to_string(),
+            "pull,push"
+        );
+        // carol's delete is for team-a/releases/* only.
+        assert_eq!(
+            p.namespace_actions(&carol, &name("team-a")).to_string(),
+            "pull,push"
+        );
+        assert_eq!(
+            p.namespace_actions(&carol, &name("team-a/releases"))
+                .to_string(),
+            "pull,push,delete"
+        );
+        assert_eq!(
+            p.namespace_actions(&Identity::Anonymous, &name("public")),
+            PULL
+        );
+        assert_eq!(p.namespace_actions(&bob, &name("team-b")), Actions::NONE);
+        assert_eq!(
+            p.namespace_actions(&p.user("alice"), &name("x")),
+            Actions::ALL
+        );
+        let robot = Identity::Robot {
+            name: "ci".into(),
+            grants: vec![Grant::parse("team-a/*:push").unwrap()],
+        };
+        assert_eq!(
+            p.namespace_actions(&robot, &name("team-a")).to_string(),
+            "push"
+        );
     }
 
     #[test]

@@ -76,18 +76,64 @@ struct StoredRobot {
     expires_at: Option<u64>,
 }
 
-/// A parsed, usable entry.
-#[derive(Debug, Clone)]
-struct Entry {
-    robot: Robot,
-    secret_sha256: [u8; 32],
+/// A robot and the hash its secret is checked against, from either store.
+/// `Debug` shows no hash.
+#[derive(Clone)]
+pub struct KeptRobot {
+    pub robot: Robot,
+    pub secret_sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for KeptRobot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptRobot")
+            .field("robot", &self.robot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeptRobot {
+    /// The robot's identity, when `secret` is its secret (compared in
+    /// constant time) and it has not expired by `now`.
+    pub fn login(&self, secret: &str, now: SystemTime) -> Option<Identity> {
+        let offered: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if !bool::from(self.secret_sha256.ct_eq(&offered)) {
+            return None;
+        }
+        if self.robot.is_expired(now) {
+            tracing::info!(robot = %self.robot.name, "refused an expired robot");
+            return None;
+        }
+        Some(Identity::Robot {
+            name: self.robot.name.clone(),
+            grants: self.robot.grants.clone(),
+        })
+    }
+}
+
+/// Robot accounts kept outside the robot file: those made through the
+/// registry's API, stored with its settings so that every replica sees them
+/// (the http layer feeds them in). The file's robots come first: a name is
+/// never in both, as the API refuses a name the file has.
+pub trait RobotSource: Send + Sync + std::fmt::Debug {
+    fn robot(&self, name: &str) -> Option<KeptRobot>;
+}
+
+/// A new robot secret (32 random bytes, base64url) and the SHA-256 a store
+/// keeps of it.
+pub fn new_secret() -> (Secret, [u8; 32]) {
+    let secret = Secret::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(super::random_bytes::<32>()),
+    );
+    let hash = Sha256::digest(secret.expose().as_bytes()).into();
+    (secret, hash)
 }
 
 #[derive(Debug, Default)]
 struct Loaded {
     /// `None`: the file did not exist (or could not be read).
     stamp: Option<FileStamp>,
-    robots: BTreeMap<String, Entry>,
+    robots: BTreeMap<String, KeptRobot>,
 }
 
 /// The robot accounts in one JSON file. Share it (`Arc`); methods take
@@ -122,17 +168,15 @@ impl RobotStore {
         expires_at: Option<SystemTime>,
     ) -> Result<Secret, AuthError> {
         validate_name(name)?;
-        let secret = Secret::new(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(super::random_bytes::<32>()),
-        );
-        let entry = Entry {
+        let (secret, secret_sha256) = new_secret();
+        let entry = KeptRobot {
             robot: Robot {
                 name: name.to_owned(),
                 grants,
                 created_at: from_unix_secs(unix_secs(SystemTime::now())),
                 expires_at: expires_at.map(|t| from_unix_secs(unix_secs(t))),
             },
-            secret_sha256: Sha256::digest(secret.expose().as_bytes()).into(),
+            secret_sha256,
         };
         self.change(|robots| {
             if robots.contains_key(name) {
@@ -169,22 +213,15 @@ impl RobotStore {
     }
 
     fn authenticate_at(&self, user: &str, secret: &str, now: SystemTime) -> Option<Identity> {
-        let name = user.strip_prefix(USER_PREFIX)?;
-        let offered: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.kept(user.strip_prefix(USER_PREFIX)?)?
+            .login(secret, now)
+    }
+
+    /// Robot `name` as the file has it now (re-read when it changed).
+    pub fn kept(&self, name: &str) -> Option<KeptRobot> {
         let mut loaded = self.lock();
         self.refresh(&mut loaded);
-        let entry = loaded.robots.get(name)?;
-        if !bool::from(entry.secret_sha256.ct_eq(&offered)) {
-            return None;
-        }
-        if entry.robot.is_expired(now) {
-            tracing::info!(robot = name, "refused an expired robot");
-            return None;
-        }
-        Some(Identity::Robot {
-            name: name.to_owned(),
-            grants: entry.robot.grants.clone(),
-        })
+        loaded.robots.get(name).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
@@ -217,7 +254,7 @@ impl RobotStore {
     /// changes made by other processes in between are kept.
     fn change(
         &self,
-        edit: impl FnOnce(&mut BTreeMap<String, Entry>) -> Result<(), AuthError>,
+        edit: impl FnOnce(&mut BTreeMap<String, KeptRobot>) -> Result<(), AuthError>,
     ) -> Result<(), AuthError> {
         let mut loaded = self.lock();
         let mut current = load(&self.path)?;
@@ -287,7 +324,7 @@ fn load(path: &Path) -> Result<Loaded, AuthError> {
         };
         robots.insert(
             stored.name,
-            Entry {
+            KeptRobot {
                 robot,
                 secret_sha256,
             },

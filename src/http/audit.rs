@@ -98,9 +98,12 @@ impl AuditLog {
             None => claimed(parts),
         };
         let reference = match route.row.resource {
-            Resource::Manifest | Resource::Blob | Resource::TagHistory | Resource::TagRollback => {
-                Some(route.last)
-            }
+            Resource::Manifest
+            | Resource::Blob
+            | Resource::TagHistory
+            | Resource::TagRollback
+            | Resource::Robot
+            | Resource::RobotSecret => Some(route.last),
             _ => None,
         };
         let line = Line {
@@ -179,6 +182,9 @@ fn action_of(route: &Route<'_>, method: &Method, status: StatusCode) -> Option<&
         (Resource::Upload, &Method::DELETE) => "cancel_upload",
         (Resource::Settings, &Method::PUT | &Method::DELETE) => "settings",
         (Resource::Namespace, &Method::PUT | &Method::DELETE) => "namespace",
+        (Resource::Robots, &Method::POST) => "robot_create",
+        (Resource::Robot, &Method::DELETE) => "robot_revoke",
+        (Resource::RobotSecret, &Method::POST) => "robot_secret",
         (_, &Method::GET | &Method::HEAD) if refused => "pull",
         (Resource::Catalog, _) if refused => "catalog",
         _ if refused => "write",

@@ -88,6 +88,9 @@ pub enum Need {
     /// Nothing: any caller whose credentials (if any) are good; the
     /// handler applies the caller's rights itself.
     Nothing,
+    /// A caller who is someone (not anonymous); the handler applies its
+    /// rights itself.
+    SignedIn,
     /// Every one of `actions` on `name`.
     Repository {
         name: RepositoryName,
@@ -102,7 +105,7 @@ impl Need {
         match self {
             // No scope names administration: a token for the catalog gets
             // the client a token, and its subject decides.
-            Need::Catalog | Need::Admin | Need::Nothing => Scope::Catalog,
+            Need::Catalog | Need::Admin | Need::Nothing | Need::SignedIn => Scope::Catalog,
             Need::Repository { name, actions } => {
                 let mut actions = *actions;
                 if actions.contains(Action::Push) {
@@ -165,6 +168,37 @@ impl Caller {
         }
     }
 
+    /// Who the caller is, as the policy sees it now (a token's subject, for
+    /// our own tokens); `None` with access control off and for an external
+    /// issuer's token.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Caller::Everyone => None,
+            Caller::Identity { identity, .. } => Some(identity.clone()),
+            Caller::Token { token, access } => access.identity_of(token),
+        }
+    }
+
+    /// The access control in force; `None` when it is off.
+    pub fn auth(&self) -> Option<&Auth> {
+        match self {
+            Caller::Everyone => None,
+            Caller::Identity { access, .. } | Caller::Token { access, .. } => Some(&access.auth),
+        }
+    }
+
+    /// What the caller may do to every repository below `namespace`
+    /// ([`crate::auth::Policy::namespace_actions`]).
+    pub fn namespace_actions(&self, namespace: &RepositoryName) -> Actions {
+        match (self, self.identity()) {
+            (Caller::Everyone, _) => Actions::ALL,
+            (Caller::Identity { access, .. } | Caller::Token { access, .. }, Some(identity)) => {
+                access.auth.policy().namespace_actions(&identity, namespace)
+            }
+            (_, None) => Actions::NONE,
+        }
+    }
+
     /// Is the caller an admin? A token's subject is, when it is ours and
     /// the policy says so.
     pub fn is_admin(&self) -> bool {
@@ -181,6 +215,7 @@ impl Caller {
         match need {
             Need::Admin => self.is_admin(),
             Need::Nothing => true,
+            Need::SignedIn => matches!(self, Caller::Everyone) || self.name().is_some(),
             Need::Repository { name, actions } => actions.iter().all(|a| self.may(name, a)),
             Need::Catalog => match self {
                 Caller::Everyone => true,
@@ -558,17 +593,12 @@ impl AccessControl {
         };
         // A robot's grants live in its store; gone or expired: anonymous.
         let now = std::time::SystemTime::now();
-        let found = self.auth.robots().list().ok().and_then(|robots| {
-            robots
-                .into_iter()
-                .find(|r| r.name == robot && !r.is_expired(now))
-        });
-        Some(match found {
-            Some(r) => Identity::Robot {
-                name: r.name,
-                grants: r.grants,
+        Some(match self.auth.robot(robot) {
+            Some(kept) if !kept.robot.is_expired(now) => Identity::Robot {
+                name: kept.robot.name,
+                grants: kept.robot.grants,
             },
-            None => Identity::Anonymous,
+            _ => Identity::Anonymous,
         })
     }
 

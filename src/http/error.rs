@@ -23,6 +23,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ParameterInvalid => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Denied | ErrorCode::TagImmutable => StatusCode::FORBIDDEN,
+        ErrorCode::AlreadyExists => StatusCode::CONFLICT,
         ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,

@@ -211,6 +211,9 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
             Resource::Namespaces if rest.ends_with('/') => "_berth/namespaces/".to_owned(),
             Resource::Namespaces => "_berth/namespaces".to_owned(),
             Resource::Namespace => format!("_berth/namespaces/{name}"),
+            Resource::Robots => "_berth/robots".to_owned(),
+            Resource::Robot => format!("_berth/robots/{last}"),
+            Resource::RobotSecret => format!("_berth/robots/{last}/secret"),
         };
         prop_assert_eq!(rebuilt, rest);
         prop_assert!(!last.contains('/'), "last segment {:?}", last);
@@ -229,7 +232,12 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
                 }
                 None => prop_assert!(matches!(
                     path.resource,
-                    Resource::Catalog | Resource::Namespaces | Resource::Repositories
+                    Resource::Catalog
+                        | Resource::Namespaces
+                        | Resource::Repositories
+                        | Resource::Robots
+                        | Resource::Robot
+                        | Resource::RobotSecret
                 )),
             }
         }

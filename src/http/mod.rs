@@ -23,6 +23,7 @@ mod range;
 mod referrers;
 mod repositories;
 mod request_log;
+mod robots;
 mod routes;
 mod settings;
 mod tag_history;
@@ -51,6 +52,7 @@ pub use connection::{downloads_in_flight, Download, FileSender, OverTls, SendFil
 pub use error::{status_of, ApiError, ApiResult};
 pub use limits::RequestLimits;
 pub use metrics::ScrapeAccess;
+pub use robots::RegistryRobots;
 pub use settings::SettingsGrants;
 pub use ui::UiOptions;
 

@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 
 use super::auth::{Caller, Need};
 use super::{
-    blobs, catalog, manifests, referrers, repositories, repository_name, settings, tag_history,
-    tags, uploads, usage, ApiError, ApiResult,
+    blobs, catalog, manifests, referrers, repositories, repository_name, robots, settings,
+    tag_history, tags, uploads, usage, ApiError, ApiResult,
 };
 use crate::auth::{Action, Actions};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
@@ -61,6 +61,12 @@ pub enum Resource {
     Namespaces,
     /// `_berth/namespaces/<namespace>`
     Namespace,
+    /// `_berth/robots`
+    Robots,
+    /// `_berth/robots/<robot>`
+    Robot,
+    /// `_berth/robots/<robot>/secret`
+    RobotSecret,
 }
 
 impl Resource {
@@ -78,6 +84,7 @@ impl Resource {
             Resource::Usage => "usage",
             Resource::Settings => "settings",
             Resource::Namespaces | Resource::Namespace => "namespaces",
+            Resource::Robots | Resource::Robot | Resource::RobotSecret => "robots",
         }
     }
 }
@@ -103,7 +110,17 @@ pub struct Call<'a> {
     pub body: Body,
 }
 
+/// What a signed-in endpoint's handler is given.
+pub struct AccountCall<'a> {
+    pub registry: &'a Registry,
+    pub caller: &'a Caller,
+    /// The path's last segment (a robot name), unvalidated.
+    pub last: &'a str,
+    pub body: Body,
+}
+
 type RepositoryHandler = for<'a> fn(Call<'a>) -> BoxFuture<'a, ApiResult>;
+type AccountHandler = for<'a> fn(AccountCall<'a>) -> BoxFuture<'a, ApiResult>;
 type RegistryHandler = for<'a> fn(&'a Registry, &'a Caller, &'a Parts) -> BoxFuture<'a, ApiResult>;
 
 /// What a row does, and the right it needs.
@@ -120,6 +137,9 @@ pub enum Endpoint {
     /// Administration of a namespace (its name in the path, validated as a
     /// repository name): admins only.
     AdminOf(RepositoryHandler),
+    /// Accounts (robots): any signed-in caller, whose rights over each
+    /// account the handler decides.
+    SignedIn(AccountHandler),
 }
 
 pub struct Row {
@@ -151,8 +171,9 @@ const fn row(
 /// a manifest or blob needs `delete`; rolling a tag back moves it and takes
 /// the current image away from it, as a delete of the tag would: `push` and
 /// `delete`. A repository's settings are read with `pull` and changed with
-/// `manage`; namespaces are the admins'.
-pub static TABLE: [Row; 26] = [
+/// `manage`; namespaces are the admins'; robot accounts are for signed-in
+/// callers, each to the extent of what it manages (`http/robots.rs`).
+pub static TABLE: [Row; 30] = [
     Row {
         resource: Resource::Catalog,
         method: Method::GET,
@@ -252,6 +273,28 @@ pub static TABLE: [Row; 26] = [
         method: Method::DELETE,
         endpoint: Endpoint::AdminOf(|c| Box::pin(settings::delete_namespace(c.registry, c.name))),
     },
+    Row {
+        resource: Resource::Robots,
+        method: Method::GET,
+        endpoint: Endpoint::SignedIn(|c| Box::pin(robots::list(c.registry, c.caller))),
+    },
+    Row {
+        resource: Resource::Robots,
+        method: Method::POST,
+        endpoint: Endpoint::SignedIn(|c| Box::pin(robots::create(c.registry, c.caller, c.body))),
+    },
+    Row {
+        resource: Resource::Robot,
+        method: Method::DELETE,
+        endpoint: Endpoint::SignedIn(|c| Box::pin(robots::revoke(c.registry, c.caller, c.last))),
+    },
+    Row {
+        resource: Resource::RobotSecret,
+        method: Method::POST,
+        endpoint: Endpoint::SignedIn(|c| {
+            Box::pin(robots::new_secret(c.registry, c.caller, c.last))
+        }),
+    },
 ];
 
 /// A request matched to its row, its repository name validated.
@@ -294,7 +337,9 @@ pub fn resolve<'a>(rest: &'a str, method: &Method) -> Result<Route<'a>, Unrouted
         .find(|row| row.resource == path.resource && row.method == *method)
         .ok_or_else(|| Unrouted::MethodNotAllowed(method.clone()))?;
     let name = match row.endpoint {
-        Endpoint::Registry(_) | Endpoint::Admin(_) | Endpoint::Open(_) => None,
+        Endpoint::Registry(_) | Endpoint::Admin(_) | Endpoint::Open(_) | Endpoint::SignedIn(_) => {
+            None
+        }
         Endpoint::Repository(..) | Endpoint::AdminOf(_) => {
             Some(repository_name(path.name).map_err(Unrouted::InvalidName)?)
         }
@@ -316,6 +361,7 @@ impl Route<'_> {
             },
             (Endpoint::Admin(_) | Endpoint::AdminOf(_), _) => Need::Admin,
             (Endpoint::Open(_), _) => Need::Nothing,
+            (Endpoint::SignedIn(_), _) => Need::SignedIn,
             _ => Need::Catalog,
         }
     }
@@ -351,6 +397,15 @@ impl Route<'_> {
                     name,
                     last: self.last,
                     parts,
+                    body,
+                })
+                .await
+            }
+            (Endpoint::SignedIn(handler), _) => {
+                handler(AccountCall {
+                    registry,
+                    caller,
+                    last: self.last,
                     body,
                 })
                 .await
@@ -404,6 +459,16 @@ pub fn parse(rest: &str) -> Option<Path<'_>> {
     }
     if let Some(name) = rest.strip_prefix("_berth/namespaces/") {
         return path(Resource::Namespace, name, "");
+    }
+    if rest == "_berth/robots" {
+        return path(Resource::Robots, "", "");
+    }
+    if let Some(robot) = rest.strip_prefix("_berth/robots/") {
+        return match robot.strip_suffix("/secret") {
+            Some(robot) if !robot.contains('/') => path(Resource::RobotSecret, "", robot),
+            None if !robot.contains('/') => path(Resource::Robot, "", robot),
+            _ => None,
+        };
     }
     let (head, last) = rest.rsplit_once('/')?;
     if let Some(route) = extension(head, last) {
@@ -480,6 +545,13 @@ mod tests {
         assert_eq!(parse("a/b/_berth/settings"), path(Settings, "a/b", ""));
         assert_eq!(parse("_berth/namespaces"), path(Namespaces, "", ""));
         assert_eq!(parse("_berth/namespaces/a/b"), path(Namespace, "a/b", ""));
+        assert_eq!(parse("_berth/robots"), path(Robots, "", ""));
+        assert_eq!(parse("_berth/robots/ci"), path(Robot, "", "ci"));
+        assert_eq!(
+            parse("_berth/robots/ci/secret"),
+            path(RobotSecret, "", "ci")
+        );
+        assert_eq!(parse("_berth/robots/a/b"), None);
         assert_eq!(parse("a/unknown/x"), None);
         assert_eq!(parse("nothing"), None);
     }

@@ -52,6 +52,15 @@ impl GrantSource for SettingsGrants {
     fn actions(&self, identity: &Identity, name: &RepositoryName) -> Actions {
         granted(&self.registry.settings(), identity, name)
     }
+
+    fn namespace_actions(&self, identity: &Identity, namespace: &RepositoryName) -> Actions {
+        let snapshot = self.registry.settings();
+        let documents = snapshot
+            .namespaces_of(namespace)
+            .map(|(_, settings)| settings)
+            .chain(snapshot.namespaces.get(namespace.as_str()));
+        granted_by(documents, identity)
+    }
 }
 
 /// What the settings of `name` and of the namespaces above it give
@@ -59,11 +68,16 @@ impl GrantSource for SettingsGrants {
 /// whose subject is the identity (its user name, one of its groups, its
 /// robot name).
 fn granted(snapshot: &SettingsSnapshot, identity: &Identity, name: &RepositoryName) -> Actions {
-    let mut actions = Actions::NONE;
     let documents = snapshot
         .namespaces_of(name)
         .map(|(_, settings)| settings)
         .chain(snapshot.repositories.get(name.as_str()));
+    granted_by(documents, identity)
+}
+
+/// What `documents` give `identity`, together.
+fn granted_by<'a>(documents: impl Iterator<Item = &'a Settings>, identity: &Identity) -> Actions {
+    let mut actions = Actions::NONE;
     for settings in documents {
         if settings.visibility == Visibility::Public {
             actions.insert(Action::Pull);

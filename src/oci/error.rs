@@ -31,6 +31,9 @@ pub enum ErrorCode {
     ParameterInvalid,
     /// `DENIED`, for a push or delete that would change an immutable tag.
     TagImmutable,
+    /// Not a spec code: an extension endpoint asked to create what exists
+    /// (a robot name taken). Sent as `DENIED` with status 409.
+    AlreadyExists,
     /// Not a spec code: storage or another internal failure (details are logged, never sent).
     Internal,
     /// Not a spec code: the registry is shutting down or storage is unavailable.
@@ -62,7 +65,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::TooLarge => "SIZE_INVALID",
             ErrorCode::ParameterInvalid => "PARAMETER_INVALID",
-            ErrorCode::TagImmutable => "DENIED",
+            ErrorCode::TagImmutable | ErrorCode::AlreadyExists => "DENIED",
             ErrorCode::Internal => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::StorageFull => "UNKNOWN",
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::TagImmutable => {
                 "the tag is immutable: it cannot be moved to another image or deleted"
             }
+            ErrorCode::AlreadyExists => "the name is taken",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::TooLarge => "request body too large",

@@ -32,6 +32,24 @@ impl RepositoryPattern {
     pub fn matches(&self, name: &RepositoryName) -> bool {
         glob_match(self.0.as_bytes(), name.as_str().as_bytes())
     }
+
+    /// Whether the pattern matches every name below `namespace` (`team/*`,
+    /// `team*` and `*` cover `team`): a literal prefix of `namespace/` and
+    /// one `*` at the end. Other shapes are not recognised, so the answer
+    /// errs toward "no", which is what an access decision wants.
+    pub fn covers_namespace(&self, namespace: &RepositoryName) -> bool {
+        self.0.strip_suffix('*').is_some_and(|prefix| {
+            !prefix.contains('*') && format!("{namespace}/").starts_with(prefix)
+        })
+    }
+
+    /// Whether every name the pattern matches lies below `namespace`: its
+    /// text starts with `namespace/` (a `*` can only come after that).
+    pub fn lies_under(&self, namespace: &RepositoryName) -> bool {
+        self.0
+            .strip_prefix(namespace.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 /// `*` matches any run of bytes (including `/`); everything else literally.
@@ -80,5 +98,40 @@ impl<'de> Deserialize<'de> for RepositoryPattern {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RepositoryPattern, D::Error> {
         let s = String::deserialize(deserializer)?;
         RepositoryPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(s: &str) -> RepositoryPattern {
+        RepositoryPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_pattern_covers_a_namespace_only_when_it_matches_every_name_below_it() {
+        let team = RepositoryName::parse("team").unwrap();
+        for covering in ["*", "team/*", "team*", "te*"] {
+            assert!(pattern(covering).covers_namespace(&team), "{covering}");
+        }
+        for partial in [
+            "team", "team/app", "team/*/x", "*/team/*", "teams/*", "team/a*",
+        ] {
+            assert!(!pattern(partial).covers_namespace(&team), "{partial}");
+        }
+        let nested = RepositoryName::parse("team/tools").unwrap();
+        assert!(pattern("team/*").covers_namespace(&nested));
+    }
+
+    #[test]
+    fn a_pattern_lies_under_a_namespace_when_it_starts_with_it_and_a_slash() {
+        let team = RepositoryName::parse("team").unwrap();
+        for inside in ["team/*", "team/app", "team/tools/*", "team/*/x"] {
+            assert!(pattern(inside).lies_under(&team), "{inside}");
+        }
+        for outside in ["team", "teams/*", "team*", "*", "*/team/x", "other/team/x"] {
+            assert!(!pattern(outside).lies_under(&team), "{outside}");
+        }
     }
 }

@@ -33,7 +33,8 @@ pub use lifecycle::{
 pub use manifests::{ManifestPut, StoredManifest};
 pub use quota::{Counted, QuotaRule, QuotaScope, Usage};
 pub use settings::{
-    Settings, SettingsChange, SettingsGrant, SettingsOf, SettingsSnapshot, SubjectKind, Visibility,
+    RobotAccount, Settings, SettingsChange, SettingsGrant, SettingsOf, SettingsSnapshot,
+    SubjectKind, Visibility,
 };
 pub use uploads::{UploadSession, UploadStart};
 

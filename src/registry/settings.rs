@@ -9,7 +9,13 @@
 //! (`auth::GrantSource`, fed from here by the http layer): this module
 //! stores documents and keeps them in memory, and checks only their shape.
 //!
-//! **Storage.** One document per repository and per namespace, under
+//! **Robot accounts** made through the API are kept here too (one document
+//! each, [`RobotAccount`]: the SHA-256 of its secret, never the secret), so
+//! a robot made on one replica logs in on every other; what its grants mean
+//! and how its secret is checked are the access policy's business
+//! (`auth::RobotSource`).
+//!
+//! **Storage.** One document per repository, namespace and robot, under
 //! `_berth/settings/` (`storage/layout.rs`), and a generation marker
 //! rewritten after every change. Every process keeps all documents in
 //! memory (they are few and small: only what someone configured). A change
@@ -146,6 +152,44 @@ pub struct Settings {
     pub updated_by: String,
 }
 
+/// A robot account made through the API, as stored. Its grants are
+/// `PATTERN:ACTIONS` strings and its times Unix seconds, as in the robot
+/// file of `berth robot`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotAccount {
+    pub name: String,
+    /// Hex SHA-256 of the secret (32 random bytes: a hash is enough).
+    pub secret_sha256: String,
+    pub grants: Vec<String>,
+    /// The namespace whose managers made it and may change it; `None`: an
+    /// admin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub created_at: u64,
+    /// Who made it (a user name).
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for RobotAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobotAccount")
+            .field("name", &self.name)
+            .field("grants", &self.grants)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `name` can name a robot's document: a plain key segment. (The
+/// http layer applies the robot naming rule before this.)
+fn valid_robot_key(name: &str) -> bool {
+    valid_subject_name(name) && !name.starts_with(['.', '_'])
+}
+
 /// Every setting this process knows, as of its last load.
 #[derive(Debug, Default)]
 pub struct SettingsSnapshot {
@@ -153,6 +197,8 @@ pub struct SettingsSnapshot {
     generation: Option<Bytes>,
     pub repositories: BTreeMap<String, Settings>,
     pub namespaces: BTreeMap<String, Settings>,
+    /// Robot accounts by name.
+    pub robots: BTreeMap<String, RobotAccount>,
 }
 
 impl SettingsSnapshot {
@@ -276,6 +322,23 @@ async fn load(
             }
         }
     }
+    let mut robots = Listing::new(storage, layout::SETTINGS_ROBOTS.to_owned());
+    while let Some(child) = robots.next().await? {
+        let Some(name) = child.strip_suffix(".json") else {
+            continue;
+        };
+        let key = layout::robot_account(name);
+        let Some(bytes) = storage.get(&key).await? else {
+            continue;
+        };
+        match serde_json::from_slice::<RobotAccount>(&bytes) {
+            Ok(account) if account.name == name && valid_robot_key(name) => {
+                snapshot.robots.insert(account.name.clone(), account);
+            }
+            Ok(_) => tracing::warn!(%key, "a robot account under another name: ignored"),
+            Err(e) => tracing::warn!(%key, error = %e, "unreadable robot account: ignored"),
+        }
+    }
     Ok(snapshot)
 }
 
@@ -358,6 +421,77 @@ impl Registry {
         Ok(existed)
     }
 
+    /// Stores a new robot account, refusing a name already taken
+    /// (`AlreadyExists`: of two replicas creating the same name at once, the
+    /// store's create-if-absent lets one win).
+    pub async fn create_robot_account(&self, account: &RobotAccount) -> Result<()> {
+        self.write_robot_account(account, WriteMode::CreateIfAbsent)
+            .await
+    }
+
+    /// Replaces robot account `account.name` (a new secret); 404 when it is
+    /// gone.
+    pub async fn replace_robot_account(&self, account: &RobotAccount) -> Result<()> {
+        let key = self.robot_key(&account.name)?;
+        if self
+            .storage
+            .get(&key)
+            .await
+            .map_err(storage_error)?
+            .is_none()
+        {
+            return Err(no_robot(&account.name));
+        }
+        self.write_robot_account(account, WriteMode::Overwrite)
+            .await
+    }
+
+    /// Removes robot account `name`: its secret stops working on this
+    /// process at once and on other replicas within `cache_ttl`. Whether
+    /// there was one.
+    pub async fn delete_robot_account(&self, name: &str) -> Result<bool> {
+        let key = self.robot_key(name)?;
+        let existed = self.storage.delete(&key).await.map_err(storage_error)?;
+        self.store_settings_change(Vec::new()).await?;
+        Ok(existed)
+    }
+
+    fn robot_key(&self, name: &str) -> Result<String> {
+        if !valid_robot_key(name) {
+            return Err(RegistryError::with_detail(
+                ErrorCode::ParameterInvalid,
+                format!("invalid robot name {name:?}"),
+            ));
+        }
+        Ok(layout::robot_account(name))
+    }
+
+    async fn write_robot_account(&self, account: &RobotAccount, mode: WriteMode) -> Result<()> {
+        let key = self.robot_key(&account.name)?;
+        let body = serde_json::to_vec_pretty(account).expect("a robot account serializes");
+        let generation = uuid::Uuid::new_v4().to_string();
+        let written = self
+            .storage
+            .put_chain(vec![
+                (key, Bytes::from(body), mode),
+                (
+                    layout::SETTINGS_GENERATION.to_owned(),
+                    Bytes::from(generation),
+                    WriteMode::Overwrite,
+                ),
+            ])
+            .await
+            .map_err(storage_error)?;
+        self.load_settings().await?;
+        if written.first() == Some(&false) {
+            return Err(RegistryError::with_detail(
+                ErrorCode::AlreadyExists,
+                format!("a robot named {:?} already exists", account.name),
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes `docs`, then a new generation marker (so other replicas
     /// reload), then reloads this process's snapshot.
     async fn store_settings_change(&self, mut docs: Vec<(String, Bytes, WriteMode)>) -> Result<()> {
@@ -371,6 +505,10 @@ impl Registry {
         self.load_settings().await?;
         Ok(())
     }
+}
+
+fn no_robot(name: &str) -> RegistryError {
+    RegistryError::with_detail(ErrorCode::NameUnknown, format!("no robot named {name:?}"))
 }
 
 fn settings_key(of: SettingsOf, name: &RepositoryName) -> String {

@@ -34,6 +34,7 @@
 //! _berth/settings/repositories/<name>/_settings.json  Berth: a repository's settings (visibility,
 //!                                                     description, grants; registry/settings.rs)
 //! _berth/settings/namespaces/<name>/_settings.json    Berth: a namespace's settings
+//! _berth/settings/robots/<robot>.json                 Berth: a robot account made through the API
 //! _berth/settings/generation                          Berth: rewritten after every settings change,
 //!                                                     so other replicas know to reload them
 //! ```
@@ -69,21 +70,6 @@ pub fn is_safe_key(key: &str) -> bool {
         && !key
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
-}
-
-pub const SETTINGS_REPOSITORIES: &str = "_berth/settings/repositories";
-pub const SETTINGS_NAMESPACES: &str = "_berth/settings/namespaces";
-pub const SETTINGS_GENERATION: &str = "_berth/settings/generation";
-/// The settings document's name in its directory: no name component starts
-/// with `_`, so it never stands for a nested name.
-pub const SETTINGS_DOCUMENT: &str = "_settings.json";
-
-pub fn repository_settings(name: &RepositoryName) -> String {
-    format!("{SETTINGS_REPOSITORIES}/{name}/{SETTINGS_DOCUMENT}")
-}
-
-pub fn namespace_settings(name: &RepositoryName) -> String {
-    format!("{SETTINGS_NAMESPACES}/{name}/{SETTINGS_DOCUMENT}")
 }
 
 pub fn blob_data(digest: &Digest) -> String {
@@ -307,6 +293,30 @@ pub fn parse_tag_history_entry(entry: &str) -> Option<(u128, Option<Digest>)> {
     let (algorithm, hex) = rest.split_once('-')?;
     let digest = format!("{algorithm}:{hex}").parse().ok()?;
     Some((nanos, Some(digest)))
+}
+
+/// Repository and namespace settings, and the robot accounts made through
+/// the API (`registry/settings.rs`).
+pub const SETTINGS_REPOSITORIES: &str = "_berth/settings/repositories";
+pub const SETTINGS_NAMESPACES: &str = "_berth/settings/namespaces";
+pub const SETTINGS_ROBOTS: &str = "_berth/settings/robots";
+pub const SETTINGS_GENERATION: &str = "_berth/settings/generation";
+/// The settings document's name in its directory: no name component starts
+/// with `_`, so it never stands for a nested name.
+pub const SETTINGS_DOCUMENT: &str = "_settings.json";
+
+pub fn repository_settings(name: &RepositoryName) -> String {
+    format!("{SETTINGS_REPOSITORIES}/{name}/{SETTINGS_DOCUMENT}")
+}
+
+pub fn namespace_settings(name: &RepositoryName) -> String {
+    format!("{SETTINGS_NAMESPACES}/{name}/{SETTINGS_DOCUMENT}")
+}
+
+/// A robot account's document; `name` is a robot name the caller checked
+/// (no `/`, no leading `.`).
+pub fn robot_account(name: &str) -> String {
+    format!("{SETTINGS_ROBOTS}/{name}.json")
 }
 
 /// The filesystem store's write-ahead journal: files, not keys.

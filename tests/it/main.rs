@@ -35,6 +35,7 @@ mod mirror;
 mod oci_client;
 mod quotas;
 mod retention;
+mod robots;
 mod settings;
 mod tag_history;
 mod tls;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const USERS: &[(&str, &str)] = &[
+pub const USERS: &[(&str, &str)] = &[
     ("alice", "alice-pw"),
     ("bob", "bob-pw"),
     ("carol", "carol-pw"),
@@ -18,7 +18,7 @@ const USERS: &[(&str, &str)] = &[
 
 /// alice is an admin, bob is in group devs and may pull and push app/*;
 /// carol has no rule of her own.
-async fn start() -> TestRegistry {
+pub async fn start() -> TestRegistry {
     TestRegistry::start_with_auth_and(
         uncached_on_s3,
         USERS,
@@ -37,7 +37,7 @@ async fn start() -> TestRegistry {
     .await
 }
 
-fn as_user(user: &str) -> Client {
+pub fn as_user(user: &str) -> Client {
     let password = USERS.iter().find(|(u, _)| *u == user).unwrap().1;
     client_with_authorization(&basic_auth(user, password))
 }
@@ -56,7 +56,11 @@ async fn push_as(registry: &mut TestRegistry, client: &Client, name: &str, tag: 
 }
 
 /// The status of an upload start as `client`: whether it may push.
-async fn upload_start_status(registry: &TestRegistry, client: &Client, name: &str) -> StatusCode {
+pub async fn upload_start_status(
+    registry: &TestRegistry,
+    client: &Client,
+    name: &str,
+) -> StatusCode {
     client
         .post(registry.url(&format!("/v2/{name}/blobs/uploads/")))
         .send()

@@ -844,6 +844,15 @@ pub async fn expect_status(resp: Response, want: StatusCode) -> Response {
     expect_status_of(resp, want, "").await
 }
 
+/// The JSON body of `resp`, which must have status `want`.
+pub async fn json_of(resp: Response, want: StatusCode) -> serde_json::Value {
+    expect_status(resp, want)
+        .await
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// [`expect_status`] with a word on what was asked (the method, a header
 /// the URL does not show), put first in the failure message.
 pub async fn expect_status_of(resp: Response, want: StatusCode, what: &str) -> Response {

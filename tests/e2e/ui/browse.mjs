@@ -199,17 +199,21 @@ await step("delete-a-tag-after-confirming", async () => {
   expect(await page.getByRole("link", { name: "2", exact: true }).count() === 0, "tag 2 is still listed");
 });
 
-// bob may push app/* only: whether a push into `reference` as bob works.
-function pushAsBob(reference) {
+// Whether a skopeo push of the single-image layout into `reference` with
+// `creds` (USER:PASSWORD) works.
+function pushAs(creds, reference) {
   try {
     execFileSync("skopeo", ["--policy", process.env.SKOPEO_POLICY, "copy", "-q", "--dest-tls-verify=false",
-      "--dest-creds", "bob:bob-pw", `oci:${process.env.OCI_LAYOUT}:single`, `docker://${host}/${reference}`],
+      "--dest-creds", creds, `oci:${process.env.OCI_LAYOUT}:single`, `docker://${host}/${reference}`],
     { stdio: "pipe" });
     return true;
   } catch {
     return false;
   }
 }
+
+// bob may push app/* only.
+const pushAsBob = (reference) => pushAs("bob:bob-pw", reference);
 
 await step("an-admin-hands-a-namespace-to-a-user", async () => {
   expect(!pushAsBob("team/tools:1"), "bob pushed into team/ before the namespace");
@@ -226,6 +230,36 @@ await step("an-admin-hands-a-namespace-to-a-user", async () => {
   expect(pushAsBob("team/tools:1"), "bob could not push into team/ after the namespace");
   await shot("10-namespaces");
   await axeCheck("namespaces");
+});
+
+await step("create-a-robot-and-push-with-it", async () => {
+  await page.getByRole("link", { name: "Robots" }).click();
+  await page.getByText("No robot yet.").waitFor();
+  const form = page.getByRole("form", { name: "New robot" });
+  await form.getByLabel(/^Name \(/).fill("team-ci");
+  await form.getByLabel("Namespace").fill("team");
+  await form.getByLabel(/^Grants/).fill("team/*:pull,push");
+  await form.getByRole("button", { name: "Create robot" }).click();
+  const shown = page.getByRole("alert", { name: "New robot secret" });
+  await shown.waitFor();
+  const secret = (await shown.locator("code.secret").textContent()).trim();
+  expect(secret.length >= 40, `a secret of ${secret.length} characters`);
+  await shown.getByRole("button", { name: "Copy the secret" }).click();
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  expect(copied === secret, "the copied secret is not the one shown");
+  await page.getByRole("row", { name: /robot\$team-ci/ }).waitFor();
+  expect(pushAs(`robot$team-ci:${secret}`, "team/robot:1"), "the robot could not push into team/");
+  expect(!pushAs(`robot$team-ci:${secret}`, "app/robot:1"), "the robot pushed outside its grants");
+  await shot("11-robots");
+  await axeCheck("robots");
+  // Shown once: a reload lists the robot, never its secret.
+  await page.reload();
+  await page.getByRole("row", { name: /robot\$team-ci/ }).waitFor();
+  expect(!(await page.content()).includes(secret), "the secret is on the page again");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.getByRole("button", { name: "Revoke robot$team-ci" }).click();
+  await page.getByText("No robot yet.").waitFor();
+  expect(!pushAs(`robot$team-ci:${secret}`, "team/robot:2"), "a revoked robot pushed");
 });
 
 await step("logout-hides-private-repositories", async () => {
