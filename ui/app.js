@@ -78,6 +78,21 @@ function short(digest) {
   return digest.replace(/^sha256:/, "").slice(0, 12);
 }
 
+// "3 days ago" for an RFC 3339 time.
+function ago(iso) {
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  const steps = [[60, "second"], [60, "minute"], [24, "hour"], [30, "day"], [12, "month"], [Infinity, "year"]];
+  let value = seconds;
+  for (const [per, unit] of steps) {
+    if (value < per) {
+      const whole = Math.floor(value);
+      return whole <= 1 && unit === "second" ? "just now" : `${whole} ${unit}${whole === 1 ? "" : "s"} ago`;
+    }
+    value /= per;
+  }
+  return iso;
+}
+
 function size(bytes) {
   if (bytes === undefined || bytes === null) return "?";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -96,13 +111,6 @@ const MANIFEST_TYPES = [
   "application/vnd.docker.distribution.manifest.list.v2+json",
   "application/vnd.docker.distribution.manifest.v2+json",
 ].join(", ");
-
-async function manifestDigest(name, reference) {
-  const result = await api(`/v2/${name}/manifests/${reference}`, {
-    method: "HEAD", headers: { Accept: MANIFEST_TYPES },
-  });
-  return result.ok ? result.headers.get("docker-content-digest") : null;
-}
 
 function copyButton(text, label) {
   return el("button", {
@@ -242,54 +250,80 @@ async function repositoriesView(params) {
 
 async function repositoryView(name, params) {
   const last = params.get("last") || "";
+  const sort = params.get("sort") === "newest" ? "newest" : "name";
+  const filter = params.get("q") || "";
   const heading = el("h1", {}, name);
   const about = el("div");
   const tags = el("tbody");
   const status = el("p", { class: "muted", role: "status" }, "Loading…");
   const pager = el("div", { class: "pager" });
   const settingsPanel = el("div");
+  const pageUrl = (extra = {}) => {
+    const query = new URLSearchParams({ ...(sort === "newest" ? { sort } : {}), ...(filter ? { q: filter } : {}), ...extra });
+    const text = query.toString();
+    return `${repoUrl(name)}${text ? `?${text}` : ""}`;
+  };
+  const search = el("input", { type: "search", name: "q", value: filter, "aria-label": "Filter tags", placeholder: "Filter tags" });
+  const order = el("select", { name: "sort", "aria-label": "Sort tags by" },
+    el("option", { value: "name", selected: sort === "name" }, "Name"),
+    el("option", { value: "newest", selected: sort === "newest" }, "Newest first"));
+  const apply = () => {
+    const query = new URLSearchParams();
+    if (order.value === "newest") query.set("sort", "newest");
+    if (search.value.trim()) query.set("q", search.value.trim());
+    const text = query.toString();
+    navigate(`${repoUrl(name)}${text ? `?${text}` : ""}`);
+  };
+  order.addEventListener("change", apply);
+  const toolbar = el("form", { class: "toolbar", role: "search", "aria-label": "Tags",
+    onsubmit: (event) => { event.preventDefault(); apply(); } },
+    search, order, el("button", { type: "submit" }, "Filter"));
   show(link("/ui/", "← Repositories"), heading, about,
-    el("h2", {}, "Tags"), status,
-    el("table", { class: "panel" },
+    el("h2", {}, "Tags"), toolbar, status,
+    el("div", { class: "scroll panel" }, el("table", {},
       el("thead", {}, el("tr", {},
         el("th", { scope: "col" }, "Tag"),
         el("th", { scope: "col", class: "optional" }, "Digest"),
+        el("th", { scope: "col" }, "Size"),
+        el("th", { scope: "col", class: "optional" }, "Platforms"),
+        el("th", { scope: "col" }, "Pushed"),
         el("th", { scope: "col" }, "Pull"))),
-      tags),
+      tags)),
     pager, settingsPanel);
 
-  const [settings, listed] = await Promise.all([
-    api(`/v2/${name}/_berth/settings`),
-    api(`/v2/${name}/tags/list?n=${PAGE}${last ? `&last=${encodeURIComponent(last)}` : ""}`),
-  ]);
+  let path = `/v2/${name}/_berth/tags?n=${PAGE}&sort=${sort}`;
+  if (filter) path += `&q=${encodeURIComponent(filter)}`;
+  if (last) path += `&last=${encodeURIComponent(last)}`;
+  const [settings, listed] = await Promise.all([api(`/v2/${name}/_berth/settings`), api(path)]);
   if (!settings.ok) {
     status.textContent = problem(settings, `see ${name}`);
     status.className = "error";
     return;
   }
   const s = settings.body;
-  about.append(
+  // Through el(), which leaves out what is null (append would write "null").
+  about.append(el("div", {},
     s.public ? el("span", { class: "badge public" }, "public: anyone may pull") : el("span", { class: "badge" }, "private"),
     s.description ? el("p", {}, s.description) : null,
-    el("p", { class: "muted" }, `You may: ${s.actions.length ? s.actions.join(", ") : "nothing"}.`),
-  );
+    el("p", { class: "muted" }, `You may: ${s.actions.length ? s.actions.join(", ") : "nothing"}.`)));
   if (!listed.ok) {
     status.textContent = listed.status === 404 ? "No tags yet: push one." : problem(listed, `list the tags of ${name}`);
   } else {
-    const names = listed.body.tags || [];
-    status.textContent = names.length ? "" : "No tags yet: push one.";
-    for (const tag of names) {
-      const digest = el("td", { class: "optional mono muted" }, "…");
+    const page = listed.body;
+    status.textContent = page.tags.length
+      ? `${page.total} tag${page.total === 1 ? "" : "s"}${filter ? ` matching “${filter}”` : ""}.`
+      : filter ? `No tag matches “${filter}”.` : "No tags yet: push one.";
+    for (const tag of page.tags) {
       tags.append(el("tr", {},
-        el("td", {}, link(imageUrl(name, tag), tag, { class: "tag" })),
-        digest,
-        el("td", {}, pullCommand(`${name}:${tag}`))));
-      manifestDigest(name, tag).then((d) => (digest.textContent = d ? short(d) : "?"));
+        el("td", {}, link(imageUrl(name, tag.tag), tag.tag, { class: "tag" })),
+        el("td", { class: "optional mono muted" }, tag.digest ? short(tag.digest) : "missing"),
+        el("td", {}, tag.size === null ? (tag.platforms.length ? "per platform" : "?") : size(tag.size)),
+        el("td", { class: "optional" }, tag.platforms.join(", ")),
+        el("td", {}, tag.updated_at ? el("time", { datetime: tag.updated_at, title: tag.updated_at }, ago(tag.updated_at)) : "?"),
+        el("td", {}, pullCommand(`${name}:${tag.tag}`))));
     }
-    const next = listed.headers.get("link");
-    if (next && names.length) {
-      pager.append(link(`${repoUrl(name)}?last=${encodeURIComponent(names[names.length - 1])}`, "Next page", { class: "button" }));
-    }
+    if (last) pager.append(link(pageUrl(), "First page", { class: "button" }));
+    if (page.next) pager.append(link(pageUrl({ last: page.next }), "Next page", { class: "button" }));
   }
   if (s.actions.includes("manage")) settingsPanel.append(settingsForm(name, s));
 }

@@ -207,6 +207,7 @@ fn check_route(rest: &str, method: &Method) -> Result<(), TestCaseError> {
             Resource::TagRollback => format!("{name}/_berth/tags/{last}/rollback"),
             Resource::Usage => format!("{name}/_berth/usage"),
             Resource::Settings => format!("{name}/_berth/settings"),
+            Resource::TagDetails => format!("{name}/_berth/tags"),
             Resource::Repositories => "_berth/repositories".to_owned(),
             Resource::Namespaces if rest.ends_with('/') => "_berth/namespaces/".to_owned(),
             Resource::Namespaces => "_berth/namespaces".to_owned(),

@@ -55,6 +55,8 @@ pub enum Resource {
     Usage,
     /// `<name>/_berth/settings`
     Settings,
+    /// `<name>/_berth/tags`
+    TagDetails,
     /// `_berth/repositories`
     Repositories,
     /// `_berth/namespaces`
@@ -78,7 +80,7 @@ impl Resource {
             Resource::UploadStart | Resource::Upload => "upload",
             Resource::Blob => "blob",
             Resource::Manifest => "manifest",
-            Resource::Tags => "tags",
+            Resource::Tags | Resource::TagDetails => "tags",
             Resource::Referrers => "referrers",
             Resource::TagHistory | Resource::TagRollback => "tag_history",
             Resource::Usage => "usage",
@@ -173,7 +175,7 @@ const fn row(
 /// `delete`. A repository's settings are read with `pull` and changed with
 /// `manage`; namespaces are the admins'; robot accounts are for signed-in
 /// callers, each to the extent of what it manages (`http/robots.rs`).
-pub static TABLE: [Row; 30] = [
+pub static TABLE: [Row; 31] = [
     Row {
         resource: Resource::Catalog,
         method: Method::GET,
@@ -219,6 +221,9 @@ pub static TABLE: [Row; 30] = [
     }),
     row(Resource::Tags, Method::GET, PULL, |c| {
         Box::pin(tags::list(c.registry, c.name, c.parts))
+    }),
+    row(Resource::TagDetails, Method::GET, PULL, |c| {
+        Box::pin(tags::details(c.registry, c.name, c.parts))
     }),
     row(Resource::Referrers, Method::GET, PULL, |c| {
         Box::pin(referrers::list(c.registry, c.name, c.last, c.parts))
@@ -449,6 +454,9 @@ pub fn parse(rest: &str) -> Option<Path<'_>> {
     }
     if let Some(name) = rest.strip_suffix("/_berth/settings") {
         return path(Resource::Settings, name, "");
+    }
+    if let Some(name) = rest.strip_suffix("/_berth/tags") {
+        return path(Resource::TagDetails, name, "");
     }
     // No repository name starts with `_`: these never shadow one.
     if rest == "_berth/repositories" {

@@ -13,6 +13,7 @@ mod manifests;
 mod quota;
 mod referrers;
 mod settings;
+mod tag_details;
 mod tags;
 mod touch;
 mod uploads;
@@ -36,11 +37,12 @@ pub use settings::{
     RobotAccount, Settings, SettingsChange, SettingsGrant, SettingsOf, SettingsSnapshot,
     SubjectKind, Visibility,
 };
+pub use tag_details::{TagDetail, TagDetailsPage, TagOrder, TagQuery, MAX_TAG_DETAILS};
 pub use uploads::{UploadSession, UploadStart};
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::storage::{layout, Listing, Storage, WriteMode};
+use crate::storage::{layout, Listing, Storage, TreeObject, WriteMode};
 use cache::{CacheConfig, Caches};
 
 /// Limits the registry enforces, whatever the transport.
@@ -281,7 +283,7 @@ pub(crate) struct RepositoryWalk<'a> {
 
 /// [`RepositoryWalk`] over a tree listing.
 struct TreeWalk {
-    page: std::vec::IntoIter<(String, u64)>,
+    page: std::vec::IntoIter<TreeObject>,
     /// Where the next page starts after.
     after: Option<String>,
     more: bool,
@@ -350,7 +352,7 @@ impl<'a> RepositoryWalk<'a> {
             if let Some(page) = page {
                 self.tree = Some(TreeWalk {
                     more: page.more && !page.objects.is_empty(),
-                    after: page.objects.last().map(|(key, _)| key.clone()),
+                    after: page.objects.last().map(|o| o.name.clone()),
                     page: page.objects.into_iter(),
                     current: None,
                 });
@@ -392,7 +394,7 @@ impl<'a> RepositoryWalk<'a> {
         let storage = self.storage;
         let tree = self.tree.as_mut().expect("in tree mode");
         loop {
-            let Some((key, _)) = tree.page.next() else {
+            let Some(TreeObject { name: key, .. }) = tree.page.next() else {
                 if !tree.more {
                     return Ok(tree.current.take());
                 }
@@ -414,7 +416,7 @@ impl<'a> RepositoryWalk<'a> {
                     .await?
                     .unwrap_or_default();
                 tree.more = page.more && !page.objects.is_empty();
-                tree.after = page.objects.last().map(|(key, _)| key.clone());
+                tree.after = page.objects.last().map(|o| o.name.clone());
                 tree.page = page.objects.into_iter();
                 continue;
             };

@@ -133,12 +133,23 @@ pub struct ListPage {
     pub more: bool,
 }
 
-/// One page of a tree listing ([`Storage::list_tree`]): objects as
-/// (name below the prefix, size), ascending, and whether more follow.
+/// One page of a tree listing ([`Storage::list_tree`]): objects in
+/// ascending order of name, and whether more follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreePage {
-    pub objects: Vec<(String, u64)>,
+    pub objects: Vec<TreeObject>,
     pub more: bool,
+}
+
+/// An object of a tree listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeObject {
+    /// Below the listed prefix (`a/b/link`).
+    pub name: String,
+    pub size: u64,
+    /// When it was last written or touched, as the listing tells it (an
+    /// object store's `LastModified`).
+    pub modified: std::time::SystemTime,
 }
 
 /// The core every backend implements. Keys are `/`-separated paths made by
@@ -569,7 +580,7 @@ impl<'a> Listing<'a> {
 pub struct TreeListing<'a> {
     storage: &'a dyn Storage,
     prefix: String,
-    page: std::vec::IntoIter<(String, u64)>,
+    page: std::vec::IntoIter<TreeObject>,
     after: Option<String>,
     more: bool,
 }
@@ -600,10 +611,15 @@ impl<'a> TreeListing<'a> {
     /// The next object's name (below the prefix) and size, or `None` at
     /// the end.
     pub async fn next(&mut self) -> io::Result<Option<(String, u64)>> {
+        Ok(self.next_object().await?.map(|o| (o.name, o.size)))
+    }
+
+    /// The next object, or `None` at the end.
+    pub async fn next_object(&mut self) -> io::Result<Option<TreeObject>> {
         loop {
-            if let Some((name, size)) = self.page.next() {
-                self.after = Some(name.clone());
-                return Ok(Some((name, size)));
+            if let Some(object) = self.page.next() {
+                self.after = Some(object.name.clone());
+                return Ok(Some(object));
             }
             if !self.more {
                 return Ok(None);

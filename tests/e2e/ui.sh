@@ -86,6 +86,7 @@ if [ "${1:-}" = --record ] && [ "$status" -eq 0 ]; then
   cp "$SHOTS/03-repositories.png" docs/images/ui-repositories.png
   cp "$SHOTS/05-public.png" docs/images/ui-repository.png
   cp "$SHOTS/08-image.png" docs/images/ui-image.png
-  echo "recorded docs/images/ui-{repositories,repository,image}.png"
+  cp "$SHOTS/11-robots.png" docs/images/ui-robots.png
+  echo "recorded docs/images/ui-{repositories,repository,image,robots}.png"
 fi
 exit $status

@@ -37,6 +37,7 @@ mod quotas;
 mod retention;
 mod robots;
 mod settings;
+mod tag_details;
 mod tag_history;
 mod tls;
 mod traces;

@@ -44,7 +44,7 @@ use crate::metrics::StoreRequests;
 
 use super::{
     layout, ByteSource, ContentRead, ListPage, LocalFile, LocalFiles, ObjectInfo, Storage,
-    TreePage, WriteMode,
+    TreeObject, TreePage, WriteMode,
 };
 
 mod blob_cache;
@@ -1523,7 +1523,11 @@ impl Storage for S3Storage {
             .into_iter()
             .filter_map(|o| {
                 let name = o.location.as_ref().strip_prefix(&dir)?.to_owned();
-                Some((name, o.size))
+                Some(TreeObject {
+                    name,
+                    size: o.size,
+                    modified: o.last_modified.into(),
+                })
             })
             .collect();
         Ok(Some(TreePage {

@@ -130,6 +130,28 @@ await step("repository-page-copies-the-pull-command", async () => {
   await axeCheck("repository with settings");
 });
 
+await step("tags-show-size-platforms-and-age-and-sort-by-date", async () => {
+  const body = page.locator("table tbody").first();
+  await body.getByText("linux/amd64").first().waitFor();
+  const text = await body.textContent();
+  expect(/\d+(\.\d)? (B|KiB|MiB)/.test(text), `no size in ${text}`);
+  expect(/just now|ago/.test(text), `no age in ${text}`);
+  expect(/[0-9a-f]{12}/.test(text), `no digest in ${text}`);
+  const shown = await page.locator("main").innerText();
+  expect(!/\b(null|undefined)\b/.test(shown), "the page shows null or undefined");
+  await page.getByLabel("Sort tags by").selectOption("newest");
+  await page.waitForURL(/sort=newest/);
+  await page.getByText("2 tags.").waitFor();
+  // app/web:1 was pushed again after app/web:2 (tests/e2e/ui.sh).
+  const first = await page.locator("table tbody tr").first().locator("a.tag").textContent();
+  expect(first === "1", `newest first is ${first}`);
+  await page.getByLabel("Filter tags").fill("2");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.getByText("1 tag matching “2”.").waitFor();
+  await page.goto(base + "/ui/r/app/web");
+  await page.getByText("2 tags.").waitFor();
+});
+
 await step("private-repository-refuses-anonymous-pulls", async () => {
   expect(!anonymousPull("app/web:1"), "an anonymous pull of a private repository worked");
 });
