@@ -48,7 +48,8 @@ function problem(result, what) {
   }
   if (result.status === 403) {
     const detail = result.body && result.body.errors && result.body.errors[0];
-    return `You may not ${what}${detail && detail.message ? ` (${detail.message})` : ""}.`;
+    const why = detail && (typeof detail.detail === "string" ? detail.detail : detail.message);
+    return `You may not ${what}${why ? ` (${why})` : ""}.`;
   }
   if (result.status === 404) return `Not found: there is nothing to ${what}.`;
   const detail = result.body && result.body.errors && result.body.errors[0];
@@ -365,7 +366,8 @@ function settingsForm(name, current) {
   const message = el("p", { role: "status" });
   const visibility = el("select", { id: "visibility", name: "visibility" },
     el("option", { value: "private", selected: current.visibility === "private" }, "Private: who the rules and grants allow"),
-    el("option", { value: "public", selected: current.visibility === "public" }, "Public: anyone may pull"));
+    el("option", { value: "public", selected: current.visibility === "public", disabled: !current.public_allowed },
+      current.public_allowed ? "Public: anyone may pull" : "Public: not allowed here by the registry's configuration"));
   const description = el("textarea", { id: "description", name: "description", maxlength: "4096" });
   description.value = current.description || "";
   const grants = grantsEditor(current.grants || [], "Grants on this repository");

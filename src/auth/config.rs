@@ -87,6 +87,9 @@ pub struct AuthConfig {
     pub groups: BTreeMap<String, Vec<String>>,
     /// Access rules. None: authenticated users may pull and push everywhere.
     pub rules: Vec<RuleConfig>,
+    /// Where repository settings may make a repository public (patterns);
+    /// `None`: anywhere. It binds admins too (they change it here).
+    pub public_repositories: Option<Vec<RepositoryPattern>>,
     pub catalog: CatalogConfig,
     pub login_limit: LoginLimitConfig,
     pub external: Option<ExternalIssuerConfig>,
@@ -163,6 +166,7 @@ impl Default for AuthConfig {
             admin_groups: Vec::new(),
             groups: BTreeMap::new(),
             rules: Vec::new(),
+            public_repositories: None,
             catalog: CatalogConfig::default(),
             login_limit: LoginLimitConfig::default(),
             external: None,

@@ -78,7 +78,11 @@ impl Rule {
 /// Grants kept outside the configuration, added to its rules' (see the
 /// module): what repository settings give `identity` on `name`.
 pub trait GrantSource: Send + Sync + std::fmt::Debug {
+    /// What the source's grants give `identity` on `name`.
     fn actions(&self, identity: &Identity, name: &RepositoryName) -> Actions;
+    /// Whether the source makes `name` public (anyone may pull), which the
+    /// policy honours where `[auth] public_repositories` allows.
+    fn public(&self, name: &RepositoryName) -> bool;
     /// What the source gives `identity` over every repository below
     /// `namespace` at once (a namespace's grants, its parents' included).
     fn namespace_actions(&self, identity: &Identity, namespace: &RepositoryName) -> Actions;
@@ -95,6 +99,8 @@ pub struct Policy {
     memberships: BTreeMap<String, Vec<String>>,
     rules: Vec<Rule>,
     catalog: CatalogConfig,
+    /// `[auth] public_repositories`.
+    public_repositories: Option<Vec<RepositoryPattern>>,
 }
 
 impl Policy {
@@ -137,6 +143,7 @@ impl Policy {
             memberships,
             rules,
             catalog: config.catalog.clone(),
+            public_repositories: config.public_repositories.clone(),
         })
     }
 
@@ -144,6 +151,15 @@ impl Policy {
     pub fn with_grant_source(mut self, source: Arc<dyn GrantSource>) -> Policy {
         self.extra = Some(source);
         self
+    }
+
+    /// Whether repository settings may make `name` public: anywhere
+    /// without `[auth] public_repositories`, else where one of its patterns
+    /// matches.
+    pub fn public_allowed(&self, name: &RepositoryName) -> bool {
+        self.public_repositories
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(name)))
     }
 
     /// The identity of an authenticated htpasswd user, with its groups.
@@ -179,6 +195,9 @@ impl Policy {
         }
         if let Some(extra) = &self.extra {
             actions = actions.union(extra.actions(identity, name));
+            if self.public_allowed(name) && extra.public(name) {
+                actions.insert(Action::Pull);
+            }
         }
         actions
     }
@@ -356,6 +375,37 @@ mod tests {
         assert_eq!(p.actions(&anon, &name("public/nginx")), PULL);
         assert_eq!(p.actions(&anon, &name("team-a/app")), Actions::NONE);
         assert_eq!(p.actions(&anon, &name("public")), Actions::NONE);
+    }
+
+    /// Settings that make everything public and grant nothing.
+    #[derive(Debug)]
+    struct EverythingPublic;
+
+    impl GrantSource for EverythingPublic {
+        fn actions(&self, _: &Identity, _: &RepositoryName) -> Actions {
+            Actions::NONE
+        }
+        fn public(&self, _: &RepositoryName) -> bool {
+            true
+        }
+        fn namespace_actions(&self, _: &Identity, _: &RepositoryName) -> Actions {
+            Actions::NONE
+        }
+    }
+
+    #[test]
+    fn public_settings_count_only_where_public_repositories_allows() {
+        let anyone = Identity::Anonymous;
+        let open = policy("").with_grant_source(Arc::new(EverythingPublic));
+        assert_eq!(open.actions(&anyone, &name("app/web")), PULL);
+        let bounded = policy(r#"public_repositories = ["oss/*"]"#)
+            .with_grant_source(Arc::new(EverythingPublic));
+        assert_eq!(bounded.actions(&anyone, &name("oss/lib")), PULL);
+        assert_eq!(bounded.actions(&anyone, &name("app/web")), Actions::NONE);
+        assert!(!bounded.public_allowed(&name("app/web")));
+        let closed =
+            policy("public_repositories = []").with_grant_source(Arc::new(EverythingPublic));
+        assert_eq!(closed.actions(&anyone, &name("oss/lib")), Actions::NONE);
     }
 
     #[test]

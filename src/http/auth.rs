@@ -199,6 +199,16 @@ impl Caller {
         }
     }
 
+    /// May settings make `name` public (`[auth] public_repositories`)?
+    pub fn may_make_public(&self, name: &RepositoryName) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { access, .. } | Caller::Token { access, .. } => {
+                access.auth.policy().public_allowed(name)
+            }
+        }
+    }
+
     /// Is the caller an admin? A token's subject is, when it is ours and
     /// the policy says so.
     pub fn is_admin(&self) -> bool {

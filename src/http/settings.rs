@@ -53,6 +53,10 @@ impl GrantSource for SettingsGrants {
         granted(&self.registry.settings(), identity, name)
     }
 
+    fn public(&self, name: &RepositoryName) -> bool {
+        is_public(&self.registry.settings(), name)
+    }
+
     fn namespace_actions(&self, identity: &Identity, namespace: &RepositoryName) -> Actions {
         let snapshot = self.registry.settings();
         let documents = snapshot
@@ -63,10 +67,19 @@ impl GrantSource for SettingsGrants {
     }
 }
 
-/// What the settings of `name` and of the namespaces above it give
-/// `identity`: pull to everyone where one of them is public, and each grant
-/// whose subject is the identity (its user name, one of its groups, its
-/// robot name).
+/// Whether the settings of `name` or of a namespace above it make it
+/// public.
+fn is_public(snapshot: &SettingsSnapshot, name: &RepositoryName) -> bool {
+    snapshot
+        .namespaces_of(name)
+        .map(|(_, settings)| settings)
+        .chain(snapshot.repositories.get(name.as_str()))
+        .any(|settings| settings.visibility == Visibility::Public)
+}
+
+/// What the grants in the settings of `name` and of the namespaces above it
+/// give `identity`: each grant whose subject is the identity (its user
+/// name, one of its groups, its robot name). Visibility is [`is_public`]'s.
 fn granted(snapshot: &SettingsSnapshot, identity: &Identity, name: &RepositoryName) -> Actions {
     let documents = snapshot
         .namespaces_of(name)
@@ -79,9 +92,6 @@ fn granted(snapshot: &SettingsSnapshot, identity: &Identity, name: &RepositoryNa
 fn granted_by<'a>(documents: impl Iterator<Item = &'a Settings>, identity: &Identity) -> Actions {
     let mut actions = Actions::NONE;
     for settings in documents {
-        if settings.visibility == Visibility::Public {
-            actions.insert(Action::Pull);
-        }
         for grant in &settings.grants {
             let Some((kind, subject)) = grant.subject() else {
                 continue;
@@ -146,6 +156,7 @@ fn repository_view(snapshot: &SettingsSnapshot, caller: &Caller, name: &Reposito
     view["repository"] = json!(name.as_str());
     view["namespaces"] = json!(namespaces);
     view["public"] = json!(caller.anyone_may(name, Action::Pull));
+    view["public_allowed"] = json!(caller.may_make_public(name));
     view["actions"] = json!(actions);
     view
 }
@@ -158,6 +169,16 @@ pub async fn put(
     body: Body,
 ) -> ApiResult {
     let change = read_change(body).await?;
+    if change.visibility == Visibility::Public && !caller.may_make_public(name) {
+        return Err(RegistryError::with_detail(
+            ErrorCode::Denied,
+            format!(
+                "{name} may not be made public here: [auth] public_repositories names where \
+                 repositories may be public; ask an admin"
+            ),
+        )
+        .into());
+    }
     let by = caller.name().unwrap_or_default();
     registry
         .put_settings(SettingsOf::Repository, name, change, &by)
@@ -306,26 +327,24 @@ mod tests {
         let other = RepositoryName::parse("team/other").unwrap();
         let outside = RepositoryName::parse("teams/app").unwrap();
         let bob = user("bob", &["devs"]);
-        assert_eq!(granted(&snapshot, &bob, &app), Actions::ALL);
+        assert_eq!(
+            granted(&snapshot, &bob, &app).to_string(),
+            "pull,push,delete,manage"
+        );
         assert_eq!(granted(&snapshot, &bob, &other).to_string(), "pull,push");
         assert_eq!(granted(&snapshot, &bob, &outside), Actions::NONE);
         assert_eq!(
-            granted(&snapshot, &Identity::Anonymous, &app).to_string(),
-            "pull"
-        );
-        assert_eq!(
-            granted(&snapshot, &Identity::Anonymous, &other),
+            granted(&snapshot, &Identity::Anonymous, &app),
             Actions::NONE
         );
+        assert!(is_public(&snapshot, &app));
+        assert!(!is_public(&snapshot, &other));
         let ci = Identity::Robot {
             name: "ci".to_owned(),
             grants: Vec::new(),
         };
-        assert_eq!(granted(&snapshot, &ci, &app).to_string(), "pull,push");
+        assert_eq!(granted(&snapshot, &ci, &app).to_string(), "push");
         // A user named like the robot is not the robot.
-        assert_eq!(
-            granted(&snapshot, &user("ci", &[]), &app).to_string(),
-            "pull"
-        );
+        assert_eq!(granted(&snapshot, &user("ci", &[]), &app), Actions::NONE);
     }
 }

@@ -349,6 +349,53 @@ async fn malformed_settings_are_refused_and_change_nothing() {
     assert_eq!(shown["grants"], json!([]));
 }
 
+/// `[auth] public_repositories` bounds where settings may make a repository
+/// public: a change outside it is refused, admins' too (that the bound also
+/// retires public settings made before it is `auth/policy.rs`'s test).
+#[tokio::test]
+async fn public_repositories_bound_where_a_repository_may_be_public() {
+    let rules = |bound: &str| {
+        format!(
+            r#"
+            signing_key = "{SIGNING_KEY}"
+            admins = ["alice"]
+            {bound}
+            [[rules]]
+            repositories = ["app/*", "oss/*"]
+            users = {{ bob = ["pull", "push", "manage"] }}
+            "#
+        )
+    };
+    let mut registry = TestRegistry::start_with_auth_and(
+        uncached_on_s3,
+        USERS,
+        &rules(r#"public_repositories = ["oss/*"]"#),
+    )
+    .await;
+    let bob = as_user("bob");
+    push_as(&mut registry, &bob, "oss/lib", "1", 5).await;
+    push_as(&mut registry, &bob, "app/web", "1", 6).await;
+    let public = json!({"visibility": "public"});
+    for (who, name) in [("bob", "app/web"), ("alice", "app/web")] {
+        let url = registry.url(&format!("/v2/{name}/_berth/settings"));
+        let resp = put_json(&as_user(who), url, public.clone()).await;
+        let resp = expect_status_of(resp, StatusCode::FORBIDDEN, who).await;
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("public_repositories"), "{body}");
+    }
+    assert_eq!(
+        manifest_status(&registry, &new_client(), "app/web", "1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let url = registry.url("/v2/oss/lib/_berth/settings");
+    let resp = put_json(&bob, url, public.clone()).await;
+    expect_status(resp, StatusCode::OK).await;
+    assert_eq!(
+        manifest_status(&registry, &new_client(), "oss/lib", "1").await,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn without_access_control_settings_are_stored_and_everyone_may_do_everything() {
     let registry = TestRegistry::start_with(uncached_on_s3).await;
