@@ -169,6 +169,9 @@ fn route_label(path: &str) -> &'static str {
         "/v2" | "/v2/" => return "base",
         "/healthz" | "/readyz" => return "health",
         "/metrics" => return "metrics",
+        // The web UI: its pages (the root redirects there), assets and session.
+        "/" => return "ui",
+        _ if path == "/ui" || path.starts_with("/ui/") => return "ui",
         _ if path == super::token::TOKEN_PATH => return "token",
         _ => {}
     }
@@ -262,6 +265,12 @@ mod tests {
         assert_eq!(label("/v2/x/_berth/tags/1/history"), "tag_history");
         assert_eq!(label("/metrics"), "metrics");
         assert_eq!(label("/healthz"), "health");
+        assert_eq!(label("/ui/r/team/app"), "ui");
+        assert_eq!(label("/ui/api/session"), "ui");
+        assert_eq!(label("/"), "ui");
+        assert_eq!(label("/v2/x/_berth/tags"), "tags");
+        assert_eq!(label("/v2/_berth/robots/ci/secret"), "robots");
+        assert_eq!(label("/uix"), "other");
         assert_eq!(label("/favicon.ico"), "other");
         assert_eq!(label("/v2/nothing-here"), "other");
     }

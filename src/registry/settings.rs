@@ -379,13 +379,12 @@ impl Registry {
     /// Loads the settings now (at the start, before serving, and after
     /// each change this process makes): one load at a time, so a slower
     /// load never replaces a newer snapshot.
-    pub async fn load_settings(&self) -> Result<Arc<SettingsSnapshot>> {
+    pub async fn load_settings(&self) -> Result<()> {
         let _loading = self.settings.refreshing.lock().await;
         self.settings
             .refresh(self.storage.as_ref())
             .await
-            .map_err(storage_error)?;
-        Ok(self.settings.current())
+            .map_err(storage_error)
     }
 
     /// Stores `change` as the settings of repository or namespace `name`,

@@ -106,11 +106,7 @@ async fn a_public_repository_is_pulled_anonymously_until_it_is_private_again() {
         json!({"visibility": "public", "description": "The web front end"}),
     )
     .await;
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["visibility"], "public");
     assert_eq!(shown["public"], true);
     assert_eq!(shown["description"], "The web front end");
@@ -134,11 +130,7 @@ async fn a_public_repository_is_pulled_anonymously_until_it_is_private_again() {
     // Anyone may read the settings of a repository they may pull; what
     // they may do is theirs.
     let resp = anonymous.get(&settings_url).send().await.unwrap();
-    let seen: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let seen = json_of(resp, StatusCode::OK).await;
     assert_eq!(seen["actions"], json!(["pull"]));
     assert_eq!(seen["description"], "The web front end");
     // Pushes stay refused to anonymous clients.
@@ -196,11 +188,7 @@ async fn namespaces_hand_repositories_to_teams_and_grants_add_to_the_rules() {
     let resp = put_json(&bob, namespace_url.clone(), team.clone()).await;
     expect_status(resp, StatusCode::FORBIDDEN).await;
     let resp = put_json(&alice, namespace_url.clone(), team).await;
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["namespace"], "team");
     assert_eq!(shown["grants"][0]["subject"], "group:devs");
 
@@ -228,11 +216,7 @@ async fn namespaces_hand_repositories_to_teams_and_grants_add_to_the_rules() {
         json!({"grants": [{"subject": "user:carol", "actions": ["push"]}]}),
     )
     .await;
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["namespaces"][0]["namespace"], "team");
     assert_eq!(
         upload_start_status(&registry, &carol, "team/api").await,
@@ -257,11 +241,7 @@ async fn namespaces_hand_repositories_to_teams_and_grants_add_to_the_rules() {
         .send()
         .await
         .unwrap();
-    let listed: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed = json_of(resp, StatusCode::OK).await;
     assert_eq!(listed["namespaces"][0]["namespace"], "team");
     let resp = bob
         .get(registry.url("/v2/_berth/namespaces"))
@@ -340,11 +320,7 @@ async fn malformed_settings_are_refused_and_change_nothing() {
 
     // The settings stored before are intact.
     let resp = alice.get(&url).send().await.unwrap();
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["visibility"], "public");
     assert_eq!(shown["grants"], json!([]));
 }
@@ -406,19 +382,11 @@ async fn without_access_control_settings_are_stored_and_everyone_may_do_everythi
         json!({"description": "no auth here"}),
     )
     .await;
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["public"], true);
     assert_eq!(shown["updated_by"], "");
     let resp = registry.client.get(&url).send().await.unwrap();
-    let shown: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown = json_of(resp, StatusCode::OK).await;
     assert_eq!(shown["description"], "no auth here");
 }
 

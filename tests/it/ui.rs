@@ -184,11 +184,7 @@ async fn a_login_sets_an_http_only_session_that_counts_only_with_the_ui_header()
         .send()
         .await
         .unwrap();
-    let who: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let who = json_of(resp, StatusCode::OK).await;
     assert_eq!(who["user"], "bob");
     // The cookie alone (what another site's form would send) is anonymous.
     let resp = with_session(false)
@@ -279,11 +275,7 @@ async fn an_admin_session_is_an_admin_and_without_access_control_there_is_no_log
         .send()
         .await
         .unwrap();
-    let who: Value = expect_status(resp, StatusCode::OK)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let who = json_of(resp, StatusCode::OK).await;
     assert_eq!(who["auth"], false);
     let resp = login(&open, "alice", "alice-pw").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
