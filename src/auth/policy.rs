@@ -19,7 +19,8 @@
 //! the registry, changed through its API) add to all of this, as one more
 //! rule would: a setting can give rights the configuration does not, and
 //! can never take away one it gives (a repository the rules make public
-//! stays public whatever its visibility setting says).
+//! stays public whatever its visibility setting says). A public visibility
+//! setting counts only where `public_repositories` allows, when it is set.
 //!
 //! **Catalog.** Listing `/v2/_catalog` (`registry:catalog:*`) is for admins
 //! and whoever `[auth.catalog]` names. It is all or nothing: the http layer

@@ -115,6 +115,8 @@ pub async fn whoami(State(state): State<AppState>, request: Request) -> Response
     let Some(access) = &state.access else {
         return axum::Json(json!({ "auth": false, "user": null, "admin": true })).into_response();
     };
+    // A robot revoked on another replica is gone here too (within cache_ttl).
+    state.registry.fresh_settings().await;
     let identity = session_cookie(&parts).and_then(|token| access.session_identity(&token));
     axum::Json(session_view(access, identity.as_ref())).into_response()
 }
@@ -152,6 +154,8 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
         Err(response) => return response,
     };
     let user = login.username.clone();
+    // A robot made on another replica logs in here too.
+    state.registry.fresh_settings().await;
     let identity = match access
         .token_login(&parts, login.username, Secret::new(login.password))
         .await

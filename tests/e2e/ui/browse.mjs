@@ -308,6 +308,37 @@ await step("permission-errors-say-what-is-missing", async () => {
   await shot("06-permission-error");
 });
 
+// Presses Tab until `predicate` holds for the focused element (at most
+// `limit` times): what a keyboard-only user can reach.
+async function tabTo(predicate, description, limit = 40) {
+  for (let i = 0; i < limit; i += 1) {
+    await page.keyboard.press("Tab");
+    if (await page.evaluate(predicate)) return;
+  }
+  throw new Error(`Tab never reached ${description}`);
+}
+
+await step("keyboard-only-search-open-and-copy", async () => {
+  await page.goto(base + "/ui/");
+  await page.locator("ul.repos li").first().waitFor();
+  await tabTo(() => document.activeElement?.getAttribute("aria-label") === "Search repositories", "the search box");
+  await page.keyboard.type("web");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\?q=web/);
+  await page.waitForFunction(() => document.querySelectorAll("ul.repos li").length === 1);
+  await tabTo(() => document.activeElement?.textContent === "app/web", "the app/web link");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "app/web" }).waitFor();
+  await page.locator("table tbody tr").first().waitFor();
+  await tabTo(() => (document.activeElement?.getAttribute("aria-label") || "").startsWith("Copy docker pull"),
+    "a copy button");
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  expect(outline !== "none", "the focused button shows no focus outline");
+  await page.keyboard.press("Enter");
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  expect(copied.startsWith(`docker pull ${host}/app/web:`), `copied ${copied}`);
+});
+
 await step("usable-at-a-phones-width", async () => {
   await page.setViewportSize({ width: 375, height: 740 });
   await page.goto(base + "/ui/");
@@ -355,6 +386,15 @@ await step("a-large-registry-is-paged-and-searched-on-the-server", async () => {
     await page.getByRole("link", { name: "t00058", exact: true }).waitFor();
   });
   expect(await page.getByRole("link", { name: "t00000", exact: true }).count() === 0, "the first page again");
+  await timed("its tags newest first (every tag's date read)", async () => {
+    await page.goto(base + "/ui/r/app/scale-00000?sort=newest");
+    await page.getByText("10001 tags.").waitFor();
+  });
+  expect(await page.locator("table tbody tr").count() === 30, "not a page of 30");
+  await timed("a filter among its tags", async () => {
+    await page.goto(base + "/ui/r/app/scale-00000?q=t0999");
+    await page.getByText("10 tags matching").waitFor();
+  });
   await shot("12-large");
 });
 
