@@ -85,16 +85,50 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
             .unwrap();
         expect_status(resp, status).await;
     }
+    // A robot made in alice's namespace (her rule covers team/*), its
+    // secret renewed, then revoked; bob may not make one.
+    let mut secrets = Vec::new();
+    for (user, status) in [
+        ("alice", StatusCode::CREATED),
+        ("bob", StatusCode::FORBIDDEN),
+    ] {
+        let resp = as_user(user)
+            .post(registry.url("/v2/_berth/robots"))
+            .body(r#"{"name": "ci", "namespace": "team", "grants": ["team/*:pull"]}"#)
+            .send()
+            .await
+            .unwrap();
+        let body = expect_status(resp, status).await.text().await.unwrap();
+        if let Some(secret) =
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["secret"].as_str()
+        {
+            secrets.push(secret.to_owned());
+        }
+    }
+    let resp = as_user("alice")
+        .post(registry.url("/v2/_berth/robots/ci/secret"))
+        .send()
+        .await
+        .unwrap();
+    let renewed: serde_json::Value = json_of(resp, StatusCode::OK).await;
+    secrets.push(renewed["secret"].as_str().unwrap().to_owned());
+    let resp = as_user("alice")
+        .delete(registry.url("/v2/_berth/robots/ci"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::NO_CONTENT).await;
+    assert_eq!(secrets.len(), 2);
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let text = std::fs::read_to_string(&path).unwrap();
-    for secret in [
+    for secret in secrets.iter().map(String::as_str).chain([
         "alice-secret-pw",
         "bob-secret-pw",
         "not-alices-password",
         "not-bobs-password",
         "Basic ",
-    ] {
+    ]) {
         assert!(!text.contains(secret), "{secret} in the audit log:\n{text}");
     }
     let lines = lines(&path);
@@ -127,6 +161,10 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
             s("delete", "user", "alice", "team/app", 202),
             s("settings", "user", "alice", "team/app", 200),
             s("settings", "user", "bob", "team/app", 403),
+            s("robot_create", "user", "alice", "", 201),
+            s("robot_create", "user", "bob", "", 403),
+            s("robot_secret", "user", "alice", "", 200),
+            s("robot_revoke", "user", "alice", "", 204),
         ],
         "{text}"
     );
@@ -138,4 +176,6 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
     assert!(push["time"].as_str().unwrap().ends_with('Z'));
     assert_eq!(lines[3]["result"], "refused");
     assert_eq!(lines[7]["reference"], digest.as_str());
+    assert_eq!(lines[12]["reference"], "ci");
+    assert_eq!(lines[13]["reference"], "ci");
 }
