@@ -138,7 +138,7 @@ pub enum AuthError {
     #[error("invalid grant {0:?}: expected PATTERN:ACTIONS, e.g. 'team-a/*:pull,push'")]
     InvalidGrant(String),
     #[error(
-        "invalid duration {0:?}: expected a positive number and unit, e.g. 90d, 12h or 1d 12h"
+        "invalid duration {0:?}: expected a positive number and unit, e.g. 90d, 12h or 1d 12h, at most 100 years"
     )]
     InvalidDuration(String),
     #[error("signing key: {0}")]

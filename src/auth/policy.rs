@@ -163,6 +163,14 @@ impl Policy {
             .is_none_or(|patterns| patterns.iter().any(|p| p.matches(name)))
     }
 
+    /// Whether a namespace's settings may make every repository below
+    /// `namespace` public: one of the patterns covers it all.
+    pub fn public_allowed_below(&self, namespace: &RepositoryName) -> bool {
+        self.public_repositories
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.covers_namespace(namespace)))
+    }
+
     /// The identity of an authenticated htpasswd user, with its groups.
     pub fn user(&self, name: &str) -> Identity {
         Identity::User {
@@ -404,6 +412,8 @@ mod tests {
         assert_eq!(bounded.actions(&anyone, &name("oss/lib")), PULL);
         assert_eq!(bounded.actions(&anyone, &name("app/web")), Actions::NONE);
         assert!(!bounded.public_allowed(&name("app/web")));
+        assert!(bounded.public_allowed_below(&name("oss")));
+        assert!(!bounded.public_allowed_below(&name("app")));
         let closed =
             policy("public_repositories = []").with_grant_source(Arc::new(EverythingPublic));
         assert_eq!(closed.actions(&anyone, &name("oss/lib")), Actions::NONE);

@@ -113,8 +113,9 @@ impl KeptRobot {
 
 /// Robot accounts kept outside the robot file: those made through the
 /// registry's API, stored with its settings so that every replica sees them
-/// (the http layer feeds them in). The file's robots come first: a name is
-/// never in both, as the API refuses a name the file has.
+/// (the http layer feeds them in). The file's robots come first: the API
+/// refuses a name the file has, but `berth robot create` cannot see the
+/// API's, and a file robot then shadows the API's robot of its name.
 pub trait RobotSource: Send + Sync + std::fmt::Debug {
     fn robot(&self, name: &str) -> Option<KeptRobot>;
 }
@@ -354,12 +355,17 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
     }
 }
 
+/// The longest lifetime a robot is given: beyond it "never" is meant (and
+/// adding a larger one to the time now could overflow).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 366 * 86_400);
+
 /// Parses a lifetime like `90d`, `12h`, `30m`, `45s`, `2w` or `1d 12h` (for
 /// `--expires`), with humantime, as the CLI's other durations. Zero is
-/// refused: a robot that expires as it is made is a typo.
+/// refused (a robot that expires as it is made is a typo), and so is more
+/// than [`MAX_LIFETIME`].
 pub fn parse_duration(s: &str) -> Result<Duration, AuthError> {
     match humantime::parse_duration(s.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(d) if !d.is_zero() && d <= MAX_LIFETIME => Ok(d),
         _ => Err(AuthError::InvalidDuration(s.to_owned())),
     }
 }
@@ -571,6 +577,10 @@ mod tests {
             parse_duration("1d 12h").unwrap(),
             Duration::from_secs(36 * 3600)
         );
+        // Past a century, or past what a clock can add: refused, not a panic.
+        assert!(parse_duration("99y").is_ok());
+        assert!(parse_duration("101y").is_err());
+        assert!(parse_duration("300000000000y").is_err());
         assert_eq!(
             parse_duration("1.5d").unwrap(),
             Duration::from_secs(36 * 3600)

@@ -209,6 +209,16 @@ impl Caller {
         }
     }
 
+    /// May a namespace's settings make everything below `namespace` public?
+    pub fn may_make_public_below(&self, namespace: &RepositoryName) -> bool {
+        match self {
+            Caller::Everyone => true,
+            Caller::Identity { access, .. } | Caller::Token { access, .. } => {
+                access.auth.policy().public_allowed_below(namespace)
+            }
+        }
+    }
+
     /// Is the caller an admin? A token's subject is, when it is ours and
     /// the policy says so.
     pub fn is_admin(&self) -> bool {

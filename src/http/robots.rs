@@ -15,8 +15,13 @@
 //! grant. Anyone else manages the robots of the namespaces they hold
 //! `manage` over as a whole (a namespace's settings, or a rule covering
 //! it): they create robots there whose grants stay inside the namespace and
-//! carry no action they do not hold there themselves. A robot's name is
-//! unique across the robot file and the API's robots.
+//! carry no action they do not hold there themselves, renew the secret only
+//! of a robot whose every right they hold, and revoke any of them. A robot
+//! of a namespace, even an admin's, has grants inside it only. Names: the
+//! API refuses one the robot file has (`berth robot create` cannot see the
+//! API's robots; a file robot of the same name would shadow one), and a
+//! non-admin may not take a name that settings outside the namespace still
+//! grant rights to (`robot:NAME`), which would inherit them.
 //!
 //! The robots are stored by the registry with its settings
 //! (`registry/settings.rs`); [`RegistryRobots`] is how the access control
@@ -36,12 +41,16 @@ use super::{ApiError, ApiResult};
 use crate::auth::robots::{self, validate_name, KeptRobot, Robot, RobotSource};
 use crate::auth::{from_unix_secs, rfc3339, unix_secs, Action, Actions, Grant};
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
-use crate::registry::{Registry, RobotAccount};
+use crate::registry::{Registry, RobotAccount, SettingsSnapshot};
 
 /// The largest request body.
 const MAX_BODY: usize = 64 * 1024;
 /// The most grants one robot holds.
 const MAX_GRANTS: usize = 64;
+/// The most robots a namespace's managers make there, and in all: every
+/// replica holds them in memory and reads them all on a change.
+const MAX_ROBOTS_PER_NAMESPACE: usize = 100;
+const MAX_ROBOTS: usize = 10_000;
 
 /// The registry's robot accounts, as the access control looks them up.
 pub struct RegistryRobots {
@@ -228,11 +237,27 @@ pub async fn create(registry: &Registry, caller: &Caller, body: Body) -> ApiResu
     authorize_grants(caller, namespace.as_ref(), &grants)?;
     let expires_at = match &request.expires_in {
         Some(text) => {
+            // At most a century (parse_duration): the sum cannot overflow.
             let lifetime = robots::parse_duration(text).map_err(|e| invalid(e.to_string()))?;
             Some(unix_secs(SystemTime::now() + lifetime))
         }
         None => None,
     };
+    let snapshot = registry.fresh_settings().await;
+    check_room(caller, &snapshot, namespace.as_ref())?;
+    if !caller.is_admin() {
+        if let Some(elsewhere) = granted_elsewhere(&snapshot, &request.name, namespace.as_ref()) {
+            return Err(RegistryError::with_detail(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "the settings of {elsewhere} grant rights to robot:{}: a new robot of that \
+                     name would have them; pick another name",
+                    request.name
+                ),
+            )
+            .into());
+        }
+    }
     if auth.robots().kept(&request.name).is_some() {
         return Err(RegistryError::with_detail(
             ErrorCode::AlreadyExists,
@@ -264,18 +289,69 @@ pub async fn create(registry: &Registry, caller: &Caller, body: Body) -> ApiResu
         .into_response())
 }
 
+/// Whether there is room for one more robot in `namespace` (for its
+/// managers) and in all.
+fn check_room(
+    caller: &Caller,
+    snapshot: &SettingsSnapshot,
+    namespace: Option<&RepositoryName>,
+) -> Result<(), ApiError> {
+    if snapshot.robots.len() >= MAX_ROBOTS {
+        return Err(denied(format!("there are {MAX_ROBOTS} robots already")));
+    }
+    if let (false, Some(namespace)) = (caller.is_admin(), namespace) {
+        let here = snapshot
+            .robots
+            .values()
+            .filter(|r| r.namespace.as_deref() == Some(namespace.as_str()))
+            .count();
+        if here >= MAX_ROBOTS_PER_NAMESPACE {
+            return Err(denied(format!(
+                "namespace {namespace} has {MAX_ROBOTS_PER_NAMESPACE} robots already: revoke one"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A repository or namespace outside `namespace` whose settings grant
+/// something to `robot:NAME`.
+fn granted_elsewhere(
+    snapshot: &SettingsSnapshot,
+    name: &str,
+    namespace: Option<&RepositoryName>,
+) -> Option<String> {
+    let subject = format!("robot:{name}");
+    let inside = |document: &str| {
+        namespace.is_some_and(|ns| {
+            document == ns.as_str()
+                || document
+                    .strip_prefix(ns.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
+    snapshot
+        .repositories
+        .iter()
+        .chain(&snapshot.namespaces)
+        .find(|(document, settings)| {
+            !inside(document) && settings.grants.iter().any(|g| g.subject == subject)
+        })
+        .map(|(document, _)| document.clone())
+}
+
 /// Whether `caller` may give a robot of `namespace` these `grants`: an
-/// admin anything; a namespace's manager grants inside it, no action the
-/// manager lacks there.
+/// admin anything outside a namespace; inside one, grants inside it only,
+/// and for a manager no action the manager lacks there.
 fn authorize_grants(
     caller: &Caller,
     namespace: Option<&RepositoryName>,
     grants: &[Grant],
 ) -> Result<(), ApiError> {
-    if caller.is_admin() {
-        return Ok(());
-    }
     let Some(namespace) = namespace else {
+        if caller.is_admin() {
+            return Ok(());
+        }
         return Err(denied(
             "only admins create robots outside a namespace: name a namespace you manage",
         ));
@@ -330,12 +406,30 @@ pub async fn revoke(registry: &Registry, caller: &Caller, name: &str) -> ApiResu
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /v2/_berth/robots/<name>/secret`: a new secret, shown once.
+/// `POST /v2/_berth/robots/<name>/secret`: a new secret, shown once, to
+/// whoever holds every right the robot has (else a manager with less would
+/// take over a stronger robot).
 pub async fn new_secret(registry: &Registry, caller: &Caller, name: &str) -> ApiResult {
-    let mut account = managed(registry, caller, name).await?;
+    let previous = managed(registry, caller, name).await?;
+    let grants = previous
+        .grants
+        .iter()
+        .map(|g| Grant::parse(g).map_err(|e| invalid(e.to_string())))
+        .collect::<Result<Vec<Grant>, ApiError>>()?;
+    let namespace = previous
+        .namespace
+        .as_deref()
+        .and_then(RepositoryName::parse);
+    authorize_grants(caller, namespace.as_ref(), &grants).map_err(|_| {
+        denied(format!(
+            "renewing the secret of {name} needs every right it has ({})",
+            previous.grants.join(" ")
+        ))
+    })?;
+    let mut account = previous.clone();
     let (secret, secret_sha256) = robots::new_secret();
     account.secret_sha256 = hex::encode(secret_sha256);
-    registry.replace_robot_account(&account).await?;
+    registry.replace_robot_account(&previous, &account).await?;
     let mut shown = shown(&account, SystemTime::now());
     shown["secret"] = json!(secret.expose());
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(shown)).into_response())

@@ -170,14 +170,7 @@ pub async fn put(
 ) -> ApiResult {
     let change = read_change(body).await?;
     if change.visibility == Visibility::Public && !caller.may_make_public(name) {
-        return Err(RegistryError::with_detail(
-            ErrorCode::Denied,
-            format!(
-                "{name} may not be made public here: [auth] public_repositories names where \
-                 repositories may be public; ask an admin"
-            ),
-        )
-        .into());
+        return Err(not_public_here(name));
     }
     let by = caller.name().unwrap_or_default();
     registry
@@ -238,6 +231,9 @@ pub async fn put_namespace(
     body: Body,
 ) -> ApiResult {
     let change = read_change(body).await?;
+    if change.visibility == Visibility::Public && !caller.may_make_public_below(namespace) {
+        return Err(not_public_here(namespace));
+    }
     let by = caller.name().unwrap_or_default();
     let settings = registry
         .put_settings(SettingsOf::Namespace, namespace, change, &by)
@@ -255,6 +251,17 @@ pub async fn delete_namespace(registry: &Registry, namespace: &RepositoryName) -
         return Err(no_namespace(namespace));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn not_public_here(name: &RepositoryName) -> ApiError {
+    RegistryError::with_detail(
+        ErrorCode::Denied,
+        format!(
+            "{name} may not be made public here: [auth] public_repositories names where \
+             repositories may be public; ask an admin"
+        ),
+    )
+    .into()
 }
 
 fn no_namespace(namespace: &RepositoryName) -> ApiError {

@@ -428,18 +428,30 @@ impl Registry {
             .await
     }
 
-    /// Replaces robot account `account.name` (a new secret); 404 when it is
-    /// gone.
-    pub async fn replace_robot_account(&self, account: &RobotAccount) -> Result<()> {
+    /// Replaces robot account `previous` by `account` (a new secret): 404
+    /// when it is gone, `AlreadyExists` when it changed since `previous`
+    /// was read (revoked and made again, renewed meanwhile). Read just
+    /// before the write: a change in between is not seen (the store has no
+    /// compare-and-swap every backend honours), a window of one request.
+    pub async fn replace_robot_account(
+        &self,
+        previous: &RobotAccount,
+        account: &RobotAccount,
+    ) -> Result<()> {
         let key = self.robot_key(&account.name)?;
-        if self
-            .storage
-            .get(&key)
-            .await
-            .map_err(storage_error)?
-            .is_none()
-        {
+        let stored = self.storage.get(&key).await.map_err(storage_error)?;
+        let Some(stored) = stored else {
             return Err(no_robot(&account.name));
+        };
+        if serde_json::from_slice::<RobotAccount>(&stored)
+            .ok()
+            .as_ref()
+            != Some(previous)
+        {
+            return Err(RegistryError::with_detail(
+                ErrorCode::AlreadyExists,
+                format!("robot {:?} changed meanwhile: try again", account.name),
+            ));
         }
         self.write_robot_account(account, WriteMode::Overwrite)
             .await

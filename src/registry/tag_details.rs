@@ -6,10 +6,13 @@
 //! **Cost.** The tag names come from the tag list (cached when small).
 //! Sorting by date needs every matching tag's date: its `current` link's
 //! modification time, from one tree listing of the tags directory on an
-//! object store (`LastModified`, a request per thousand objects) or a
-//! `stat` per tag on the filesystem (local, concurrent). Details are read
-//! for the page's tags only: the manifest (cached) and, for an image, its
-//! config (small and bounded) for the platform.
+//! object store (`LastModified`; a request per thousand objects, and the
+//! directory holds a link per digest each tag has pointed at besides) or a
+//! `stat` per tag on the filesystem (local, concurrent: 0.4 s for 10,001
+//! tags in `tests/e2e/ui.sh`). That is paid on every newest-first page: a
+//! cache of the dates, kept by the tag writes, is future work. Details are
+//! read for the page's tags only: the manifest (cached) and, for an image,
+//! its config (small and bounded) for the platform.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;

@@ -198,6 +198,7 @@ async fn what_a_robot_may_do_is_bounded_by_what_its_maker_manages() {
         json!({"name": "x", "grants": ["team/*:fly"]}),
         json!({"name": "x", "grants": ["Team/*:pull"]}),
         json!({"name": "x", "grants": ["team/*:pull"], "expires_in": "0s"}),
+        json!({"name": "x", "grants": ["team/*:pull"], "expires_in": "300000000000y"}),
         json!({"name": "x", "grants": ["team/*:pull"], "namespace": "Team"}),
         json!({"name": "x", "grants": ["team/*:pull"], "admin": true}),
         json!("not an object"),
@@ -251,6 +252,14 @@ async fn what_a_robot_may_do_is_bounded_by_what_its_maker_manages() {
         StatusCode::OK,
         "the file's robot still logs in"
     );
+    // A robot of a namespace stays inside it, an admin's too.
+    let resp = create(
+        &registry,
+        &alice,
+        json!({"name": "wide", "namespace": "team", "grants": ["*:pull"]}),
+    )
+    .await;
+    expect_status(resp, StatusCode::FORBIDDEN).await;
     // bob sees only the robot of his namespace.
     assert_eq!(names(&listed(&registry, &bob).await), ["team-ci"]);
     let resp = bob
@@ -259,6 +268,47 @@ async fn what_a_robot_may_do_is_bounded_by_what_its_maker_manages() {
         .await
         .unwrap();
     expect_status(resp, StatusCode::NOT_FOUND).await;
+
+    // A robot of bob's namespace with a right bob lacks (delete): he may
+    // revoke it, not take its secret.
+    let resp = create(
+        &registry,
+        &alice,
+        json!({"name": "cleaner", "namespace": "team", "grants": ["team/*:pull,delete"]}),
+    )
+    .await;
+    expect_status(resp, StatusCode::CREATED).await;
+    let resp = bob
+        .post(registry.url("/v2/_berth/robots/cleaner/secret"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    assert!(resp.text().await.unwrap().contains("every right it has"));
+    let resp = bob
+        .delete(registry.url("/v2/_berth/robots/cleaner"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::NO_CONTENT).await;
+
+    // A name that settings elsewhere still grant to is not bob's to take:
+    // the new robot would inherit what they grant.
+    let resp = alice
+        .put(registry.url("/v2/app/web/_berth/settings"))
+        .json(&json!({"grants": [{"subject": "robot:deploy", "actions": ["push"]}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    let resp = create(
+        &registry,
+        &bob,
+        json!({"name": "deploy", "namespace": "team", "grants": ["team/*:pull"]}),
+    )
+    .await;
+    let resp = expect_status(resp, StatusCode::CONFLICT).await;
+    assert!(resp.text().await.unwrap().contains("app/web"));
 }
 
 #[tokio::test]

@@ -366,6 +366,22 @@ async fn public_repositories_bound_where_a_repository_may_be_public() {
     let url = registry.url("/v2/oss/lib/_berth/settings");
     let resp = put_json(&bob, url, public.clone()).await;
     expect_status(resp, StatusCode::OK).await;
+    // A namespace is public only where the bound covers all of it.
+    let alice = as_user("alice");
+    let resp = put_json(
+        &alice,
+        registry.url("/v2/_berth/namespaces/app"),
+        public.clone(),
+    )
+    .await;
+    expect_status(resp, StatusCode::FORBIDDEN).await;
+    let resp = put_json(
+        &alice,
+        registry.url("/v2/_berth/namespaces/oss"),
+        public.clone(),
+    )
+    .await;
+    expect_status(resp, StatusCode::OK).await;
     assert_eq!(
         manifest_status(&registry, &new_client(), "oss/lib", "1").await,
         StatusCode::OK
