@@ -187,6 +187,9 @@ struct ReceivedClaims {
     #[serde(default)]
     sub: String,
     exp: f64,
+    /// Ours always carry it; an external issuer's may not.
+    #[serde(default)]
+    iat: Option<f64>,
     #[serde(default)]
     access: Vec<AccessEntry>,
 }
@@ -485,6 +488,8 @@ pub struct VerifiedToken {
     /// The granted access.
     pub access: Vec<Scope>,
     pub expires_at: SystemTime,
+    /// When it was issued (`iat`), when it says.
+    pub issued_at: Option<SystemTime>,
     /// Whether it is a web UI session's token ([`TokenIssuer::issue_session`]).
     pub session: bool,
 }
@@ -725,6 +730,7 @@ fn verified(claims: ReceivedClaims) -> VerifiedToken {
         subject: claims.sub,
         access,
         expires_at: from_unix_secs(claims.exp.max(0.0) as u64),
+        issued_at: claims.iat.map(|iat| from_unix_secs(iat.max(0.0) as u64)),
         session,
     }
 }

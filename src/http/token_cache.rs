@@ -150,6 +150,7 @@ mod tests {
             subject: "alice".into(),
             access: Vec::new(),
             expires_at: SystemTime::now() - Duration::from_secs(5),
+            issued_at: None,
             session: false,
         };
         cache.insert("t", Arc::new(expired));

@@ -346,3 +346,52 @@ async fn without_access_control_there_are_no_robots() {
     let resp = expect_status(resp, StatusCode::METHOD_NOT_ALLOWED).await;
     assert_eq!(error_code(resp).await, "UNSUPPORTED");
 }
+
+/// A robot may log in to the web UI; its session ends with it, and does not
+/// carry over to a robot made later under its name.
+#[tokio::test]
+async fn a_robots_ui_session_ends_with_it_and_never_becomes_a_later_namesakes() {
+    let registry = start().await;
+    let alice = as_user("alice");
+    let make = || async {
+        let resp = create(
+            &registry,
+            &alice,
+            json!({"name": "viewer", "grants": ["app/*:pull"]}),
+        )
+        .await;
+        let made = json_of(resp, StatusCode::CREATED).await;
+        made["secret"].as_str().unwrap().to_owned()
+    };
+    let whoami = |session: String| {
+        let url = registry.url("/ui/api/session");
+        async move {
+            let resp = crate::ui::cookie_client(&session, true)
+                .get(url)
+                .send()
+                .await
+                .unwrap();
+            json_of(resp, StatusCode::OK).await["user"].clone()
+        }
+    };
+    let secret = make().await;
+    let resp = crate::ui::login(&registry, "robot$viewer", &secret).await;
+    let session = crate::ui::session_of(&resp);
+    expect_status(resp, StatusCode::OK).await;
+    assert_eq!(whoami(session.clone()).await, "robot$viewer");
+
+    let resp = alice
+        .delete(registry.url("/v2/_berth/robots/viewer"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::NO_CONTENT).await;
+    assert_eq!(whoami(session.clone()).await, Value::Null);
+    // Made again a second later (times are kept to the second).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let secret = make().await;
+    assert_eq!(whoami(session).await, Value::Null, "the old session");
+    let resp = crate::ui::login(&registry, "robot$viewer", &secret).await;
+    let session = crate::ui::session_of(&resp);
+    assert_eq!(whoami(session).await, "robot$viewer");
+}

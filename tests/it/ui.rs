@@ -32,7 +32,7 @@ fn plain() -> Client {
     new_client()
 }
 
-async fn login(registry: &TestRegistry, user: &str, password: &str) -> reqwest::Response {
+pub async fn login(registry: &TestRegistry, user: &str, password: &str) -> reqwest::Response {
     plain()
         .post(registry.url("/ui/api/session"))
         .header("x-berth-ui", "1")
@@ -43,7 +43,7 @@ async fn login(registry: &TestRegistry, user: &str, password: &str) -> reqwest::
 }
 
 /// The session token a successful login set.
-fn session_of(resp: &reqwest::Response) -> String {
+pub fn session_of(resp: &reqwest::Response) -> String {
     let cookie = header_str(resp, "set-cookie");
     let value = cookie
         .strip_prefix("berth_session=")
@@ -53,7 +53,7 @@ fn session_of(resp: &reqwest::Response) -> String {
 
 /// A client sending `token` as the session cookie, with the UI's header or
 /// without (as another site's form would).
-fn cookie_client(token: &str, ui_header: bool) -> Client {
+pub fn cookie_client(token: &str, ui_header: bool) -> Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("cookie", format!("berth_session={token}").parse().unwrap());
     if ui_header {
