@@ -22,7 +22,7 @@ use super::health::Breaker;
 use crate::auth::header::Challenge;
 use crate::auth::Secret;
 use crate::metrics::{Metrics, UpstreamLabels};
-use crate::oci::{Digest, ErrorCode, RegistryError};
+use crate::oci::{Digest, ErrorCode, RegistryError, Tag};
 use crate::registry::ByteStream;
 
 /// The manifest types a mirror asks for, in one fixed `Accept`, so that a
@@ -157,7 +157,10 @@ impl Upstream {
 
     /// A repository's tags (`tags/list`), every page, following the
     /// upstream's `Link`s on the same host: at most [`MAX_TAG_PAGES`] pages
-    /// of at most [`MAX_TAG_PAGE_BYTES`] each.
+    /// of at most [`MAX_TAG_PAGE_BYTES`] each, [`MAX_UPSTREAM_TAGS`] tags in
+    /// all. Names that are not tags (the distribution-spec's grammar) are
+    /// left out: a client would list what it can never pull, and a name
+    /// like `../x` must not reach anything that makes paths of tags.
     pub(super) async fn tags(&self, on: On<'_>, base: &str, path: &str) -> Answer<Vec<String>> {
         #[derive(Deserialize)]
         struct TagList {
@@ -165,6 +168,7 @@ impl Upstream {
             tags: Option<Vec<String>>,
         }
         let mut tags = Vec::new();
+        let mut invalid = 0usize;
         let mut next = Some(path.to_owned());
         let mut pages = 0;
         while let Some(path) = next.take() {
@@ -197,11 +201,27 @@ impl Upstream {
                 Err(failure) => return Answer::Failed(failure),
             };
             match serde_json::from_slice::<TagList>(&body) {
-                Ok(page) => tags.extend(page.tags.unwrap_or_default()),
+                Ok(page) => {
+                    for tag in page.tags.unwrap_or_default() {
+                        if Tag::parse(&tag).is_some() {
+                            tags.push(tag);
+                        } else {
+                            invalid += 1;
+                        }
+                    }
+                }
                 Err(e) => {
                     return Answer::Failed(unusable(format!("a tag list that is not one: {e}")))
                 }
             }
+            if tags.len() > MAX_UPSTREAM_TAGS {
+                return Answer::Failed(unusable(format!(
+                    "a tag list of over {MAX_UPSTREAM_TAGS} tags"
+                )));
+            }
+        }
+        if invalid > 0 {
+            tracing::warn!(upstream = %base, %path, invalid, "upstream tag list: left out names that are not tags");
         }
         Answer::Found(tags)
     }
@@ -661,6 +681,9 @@ impl Access {
 /// endless.
 const MAX_TAG_PAGES: usize = 100;
 const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+/// The tags of one upstream list a mirror holds at most: a page of tiny
+/// names could otherwise hold a million, each a `String` in memory.
+const MAX_UPSTREAM_TAGS: usize = 100_000;
 
 /// A response's body, whole, when it is at most `limit` bytes.
 async fn read_whole(

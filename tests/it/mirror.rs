@@ -997,6 +997,67 @@ async fn a_mirrored_tag_list_is_the_upstreams_paged_here_and_the_cached_tags_whi
     assert_eq!(error_code(resp).await, "UNAVAILABLE");
 }
 
+/// A hostile upstream's tag list: not JSON, pages without end, a flood of
+/// bytes or of tags, names that are not tags. Each is a clear 503 naming the upstream (or,
+/// for the names, a list without them); the mirror holds nothing of it,
+/// answers at once, and keeps mirroring: an unusable answer is not an
+/// outage, so the upstream's breaker stays shut.
+#[tokio::test]
+async fn a_hostile_upstream_tag_list_is_refused_clearly_and_bounded() {
+    let m = mirrored(Duration::ZERO).await;
+    push(&m.upstream, "library/app", "1", 93).await;
+    let refused = |mode: Mode, says: &'static str| {
+        let m = &m;
+        async move {
+            m.proxy.set_mode(mode);
+            m.proxy.clear();
+            let started = std::time::Instant::now();
+            let resp = m.get("/v2/hub/library/app/tags/list").await;
+            let resp = expect_status_of(resp, StatusCode::SERVICE_UNAVAILABLE, says).await;
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+            let detail = body["errors"][0]["detail"].to_string();
+            assert!(
+                detail.contains(&m.proxy.endpoint()) && detail.contains(says),
+                "{mode:?}: {detail}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(20), "{mode:?}");
+        }
+    };
+    refused(Mode::GarbageTagList, "a tag list that is not one").await;
+    refused(Mode::OversizedTagList, "over the 4194304-byte limit").await;
+    refused(Mode::TooManyTags, "a tag list of over 100000 tags").await;
+    refused(Mode::EndlessTagList, "a tag list of over 100 pages").await;
+    assert_eq!(
+        m.asked("GET", "/v2/library/app/tags/list"),
+        100,
+        "the endless list is read for 100 pages, then given up"
+    );
+
+    // Names no tag can have are left out; the tags are listed.
+    m.proxy.set_mode(Mode::NotTagNames);
+    let resp = m.ok("/v2/hub/library/app/tags/list").await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["1", "ok_2"]));
+    assert!(crate::fault_proxy::NOT_TAG_NAMES.contains("../escape"));
+
+    // None of it opened the breaker: the image is pulled through at once.
+    m.proxy.set_mode(Mode::Forward);
+    m.ok("/v2/hub/library/app/manifests/1").await;
+    let resp = m.ok("/v2/hub/library/app/tags/list").await;
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["1"]));
+
+    // With a tag cached here, a garbage list leaves the cached tags, with a
+    // Warning that says why.
+    m.proxy.set_mode(Mode::GarbageTagList);
+    let resp = m.ok("/v2/hub/library/app/tags/list").await;
+    let warning = header_str(&resp, "warning");
+    assert!(warning.contains("a tag list that is not one"), "{warning}");
+    let listed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(listed["tags"], serde_json::json!(["1"]));
+}
+
 #[tokio::test]
 async fn a_cached_tag_is_served_after_revalidate_timeout_when_the_upstream_hangs() {
     let m = mirrored(Duration::ZERO).await;

@@ -66,7 +66,26 @@ pub enum Mode {
     /// then holds the rest until the mode is no longer `StallBlob`: a slow
     /// upstream, to see what clients get while a fetch is under way.
     StallBlob = 9,
+    /// Answers every registry tag list `GET` (`/v2/.../tags/list`) with a
+    /// 200 whose body is not JSON, and forwards everything else.
+    GarbageTagList = 10,
+    /// Answers every tag list `GET` with one tag and a `Link` to a next
+    /// page that is the same request again: a listing without end.
+    EndlessTagList = 11,
+    /// Answers every tag list `GET` with a 200 of 5 MiB (a valid start of
+    /// a list, growing without a close): an upstream flooding the mirror.
+    OversizedTagList = 12,
+    /// Answers every tag list `GET` with [`NOT_TAG_NAMES`]: names a tag can
+    /// never have, beside two it can.
+    NotTagNames = 13,
+    /// Answers every tag list `GET` with one page of 100,001 tags (400 KB):
+    /// more than a mirror keeps of one list.
+    TooManyTags = 14,
 }
+
+/// The tag list [`Mode::NotTagNames`] answers with: of these, only `1` and
+/// `ok_2` are tags.
+pub const NOT_TAG_NAMES: &str = r#"{"name":"x","tags":["ok_2","../escape","","-lead",".dot","a b","a/b","1","aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}"#;
 
 /// One request the proxy received (in any mode).
 #[derive(Debug, Clone)]
@@ -190,7 +209,12 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         6 => Mode::TooManyRequests,
         7 => Mode::FlipBlobByte,
         8 => Mode::TruncateBlob,
-        _ => Mode::StallBlob,
+        9 => Mode::StallBlob,
+        10 => Mode::GarbageTagList,
+        11 => Mode::EndlessTagList,
+        12 => Mode::OversizedTagList,
+        13 => Mode::NotTagNames,
+        _ => Mode::TooManyTags,
     }
 }
 
@@ -252,6 +276,17 @@ async fn serve_connection(
                     Ok(response)
                 }
                 Mode::HangPresignedParts if streamed_part => std::future::pending().await,
+                mode @ (Mode::GarbageTagList
+                | Mode::EndlessTagList
+                | Mode::OversizedTagList
+                | Mode::NotTagNames
+                | Mode::TooManyTags)
+                    if request.method() == hyper::Method::GET
+                        && request.uri().path().ends_with("/tags/list") =>
+                {
+                    answered(Some(200));
+                    Ok(hostile_tag_list(mode, request.uri()))
+                }
                 Mode::TooManyRequests => {
                     answered(Some(429));
                     let body = Full::new(Bytes::from_static(
@@ -273,7 +308,12 @@ async fn serve_connection(
                 | Mode::HangPresignedParts
                 | Mode::FlipBlobByte
                 | Mode::TruncateBlob
-                | Mode::StallBlob) => {
+                | Mode::StallBlob
+                | Mode::GarbageTagList
+                | Mode::EndlessTagList
+                | Mode::OversizedTagList
+                | Mode::NotTagNames
+                | Mode::TooManyTags) => {
                     let ranged = request.headers().contains_key(hyper::header::RANGE);
                     let blob_get = request.method() == hyper::Method::GET
                         && request.uri().path().starts_with("/v2/")
@@ -391,6 +431,55 @@ fn damaged(
     let body =
         http_body_util::StreamBody::new(damaged.map(|chunk| chunk.map(hyper::body::Frame::data)));
     Response::from_parts(parts, BodyExt::boxed_unsync(body))
+}
+
+/// A tag list `GET`'s answer from a hostile upstream, as `mode` says.
+fn hostile_tag_list(mode: Mode, uri: &hyper::Uri) -> Response<ProxyBody> {
+    let body: ProxyBody = match mode {
+        Mode::GarbageTagList => Full::new(Bytes::from_static(
+            b"{\"name\":\"x\",\"tags\":[\"1\",<html>",
+        ))
+        .map_err(|never| match never {})
+        .boxed_unsync(),
+        Mode::EndlessTagList => Full::new(Bytes::from_static(br#"{"name":"x","tags":["1"]}"#))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        Mode::OversizedTagList => {
+            // 5 MiB in 64 KiB frames: `["t","t",...` never closed.
+            let frame = Bytes::from("\"t\",".repeat(16 << 10));
+            let start = Bytes::from_static(br#"{"name":"x","tags":["#);
+            let frames = std::iter::once(start).chain(std::iter::repeat_n(frame, 80));
+            let stream =
+                futures::stream::iter(frames.map(|bytes| {
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))
+                }));
+            http_body_util::StreamBody::new(stream)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        Mode::TooManyTags => {
+            let tags = vec!["t"; 100_001];
+            let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        _ => Full::new(Bytes::from_static(NOT_TAG_NAMES.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    };
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if mode == Mode::EndlessTagList {
+        let link = format!("<{}?n=1&last=1>; rel=\"next\"", uri.path());
+        response
+            .headers_mut()
+            .insert(hyper::header::LINK, link.parse().expect("a header value"));
+    }
+    response
 }
 
 /// `response` (a 206) with its body less the last byte.
