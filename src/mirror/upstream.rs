@@ -652,10 +652,12 @@ impl Access {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| failure(format!("reading its token endpoint {realm}'s answer: {e}")))?;
+        let body = read_whole(
+            response,
+            MAX_TOKEN_REPLY_BYTES,
+            &format!("its token endpoint {realm}'s answer"),
+        )
+        .await?;
         let reply: TokenReply = serde_json::from_slice(&body)
             .map_err(|e| unusable(format!("its token endpoint {realm} answered no token: {e}")))?;
         let token = reply
@@ -669,11 +671,20 @@ impl Access {
             ))
         })?;
         value.set_sensitive(true);
-        let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(60).max(1));
+        let lifetime =
+            Duration::from_secs(reply.expires_in.unwrap_or(60).clamp(1, MAX_TOKEN_LIFETIME));
         self.keep(scope, value.clone(), lifetime.mul_f64(0.9));
         Ok(value)
     }
 }
+
+/// A token endpoint's answer a mirror reads at most: Docker Hub's and the
+/// clouds' are a few KiB.
+const MAX_TOKEN_REPLY_BYTES: usize = 1 << 20;
+/// The longest a mirror keeps an upstream token, whatever its
+/// `expires_in` says (Docker Hub's live 300 s): an endless one would
+/// overflow the clock, and a day bounds how long a revoked one is tried.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 60 * 60;
 
 /// The pages of an upstream's tag list a mirror reads at most, and the
 /// bytes of each: 100 pages of Docker Hub's 1,000 tags, far beyond any

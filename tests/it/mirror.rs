@@ -1245,6 +1245,38 @@ async fn an_upstream_refusing_the_credentials_is_a_clear_503_and_a_rotated_passw
     assert!(detail.contains("needs credentials"), "{detail}");
 }
 
+/// A hostile token endpoint: a token with an endless lifetime (which
+/// overflowed the clock and crashed the request), a 5 MiB answer. Each is
+/// a clear 503; the mirror logs in again once the endpoint behaves.
+#[tokio::test]
+async fn a_hostile_token_endpoint_is_a_clear_503_and_the_next_login_works() {
+    let upstream = upstream_with_auth("").await;
+    let image = push(&upstream, "library/app", "1", 12).await;
+    let (proxy, mirror) = mirror_of(&upstream, |e| {
+        e.username = Some("ci".into());
+        e.password = Some("ci-pw".into());
+    })
+    .await;
+    for (mode, says) in [
+        (Mode::EndlessTokenLifetime, "refused"),
+        (Mode::OversizedToken, "over the"),
+    ] {
+        proxy.set_mode(mode);
+        let resp = get(&mirror, "/v2/hub/library/app/manifests/1").await;
+        let resp = expect_status_of(resp, StatusCode::SERVICE_UNAVAILABLE, says).await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let detail = body["errors"][0]["detail"].to_string();
+        assert!(detail.contains(says), "{mode:?}: {detail}");
+    }
+    proxy.set_mode(Mode::Forward);
+    let resp = expect_status(
+        get(&mirror, "/v2/hub/library/app/manifests/1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resp.bytes().await.unwrap(), image.manifest);
+}
+
 #[tokio::test]
 async fn a_mirror_logs_in_with_basic_where_the_upstream_asks_for_it() {
     let upstream = upstream_with_auth(r#"challenge = "basic""#).await;

@@ -81,6 +81,13 @@ pub enum Mode {
     /// Answers every tag list `GET` with one page of 100,001 tags (400 KB):
     /// more than a mirror keeps of one list.
     TooManyTags = 14,
+    /// Answers every token request (`/auth/token`) with a token that is
+    /// none and an `expires_in` of 2^64 - 1 seconds, and forwards
+    /// everything else.
+    EndlessTokenLifetime = 15,
+    /// Answers every token request with a 200 of 5 MiB, a JSON string that
+    /// never closes.
+    OversizedToken = 16,
 }
 
 /// The tag list [`Mode::NotTagNames`] answers with: of these, only `1` and
@@ -214,7 +221,9 @@ fn mode_of(mode: &AtomicU8) -> Mode {
         11 => Mode::EndlessTagList,
         12 => Mode::OversizedTagList,
         13 => Mode::NotTagNames,
-        _ => Mode::TooManyTags,
+        14 => Mode::TooManyTags,
+        15 => Mode::EndlessTokenLifetime,
+        _ => Mode::OversizedToken,
     }
 }
 
@@ -287,6 +296,12 @@ async fn serve_connection(
                     answered(Some(200));
                     Ok(hostile_tag_list(mode, request.uri()))
                 }
+                mode @ (Mode::EndlessTokenLifetime | Mode::OversizedToken)
+                    if request.uri().path().starts_with("/auth/token") =>
+                {
+                    answered(Some(200));
+                    Ok(hostile_token(mode))
+                }
                 Mode::TooManyRequests => {
                     answered(Some(429));
                     let body = Full::new(Bytes::from_static(
@@ -313,7 +328,9 @@ async fn serve_connection(
                 | Mode::EndlessTagList
                 | Mode::OversizedTagList
                 | Mode::NotTagNames
-                | Mode::TooManyTags) => {
+                | Mode::TooManyTags
+                | Mode::EndlessTokenLifetime
+                | Mode::OversizedToken) => {
                     let ranged = request.headers().contains_key(hyper::header::RANGE);
                     let blob_get = request.method() == hyper::Method::GET
                         && request.uri().path().starts_with("/v2/")
@@ -479,6 +496,35 @@ fn hostile_tag_list(mode: Mode, uri: &hyper::Uri) -> Response<ProxyBody> {
             .headers_mut()
             .insert(hyper::header::LINK, link.parse().expect("a header value"));
     }
+    response
+}
+
+/// A token request's answer from a hostile token endpoint, as `mode` says.
+fn hostile_token(mode: Mode) -> Response<ProxyBody> {
+    let body: ProxyBody = match mode {
+        Mode::EndlessTokenLifetime => Full::new(Bytes::from_static(
+            br#"{"token":"not-a-token","expires_in":18446744073709551615}"#,
+        ))
+        .map_err(|never| match never {})
+        .boxed_unsync(),
+        _ => {
+            let start = Bytes::from_static(br#"{"token":""#);
+            let frame = Bytes::from("a".repeat(64 << 10));
+            let frames = std::iter::once(start).chain(std::iter::repeat_n(frame, 80));
+            let stream =
+                futures::stream::iter(frames.map(|bytes| {
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))
+                }));
+            http_body_util::StreamBody::new(stream)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+    };
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
