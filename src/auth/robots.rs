@@ -82,6 +82,9 @@ struct StoredRobot {
 pub struct KeptRobot {
     pub robot: Robot,
     pub secret_sha256: [u8; 32],
+    /// When the current secret was set (its creation, or its last renewal):
+    /// a token issued before it was got with another secret.
+    pub secret_since: SystemTime,
 }
 
 impl std::fmt::Debug for KeptRobot {
@@ -170,14 +173,16 @@ impl RobotStore {
     ) -> Result<Secret, AuthError> {
         validate_name(name)?;
         let (secret, secret_sha256) = new_secret();
+        let created_at = from_unix_secs(unix_secs(SystemTime::now()));
         let entry = KeptRobot {
             robot: Robot {
                 name: name.to_owned(),
                 grants,
-                created_at: from_unix_secs(unix_secs(SystemTime::now())),
+                created_at,
                 expires_at: expires_at.map(|t| from_unix_secs(unix_secs(t))),
             },
             secret_sha256,
+            secret_since: created_at,
         };
         self.change(|robots| {
             if robots.contains_key(name) {
@@ -326,6 +331,7 @@ fn load(path: &Path) -> Result<Loaded, AuthError> {
         robots.insert(
             stored.name,
             KeptRobot {
+                secret_since: robot.created_at,
                 robot,
                 secret_sha256,
             },

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
 use serde::Serialize;
 
 use super::auth::Caller;
@@ -82,9 +83,13 @@ impl AuditLog {
         caller: Option<&Caller>,
         client: IpAddr,
         parts: &Parts,
-        status: StatusCode,
-        digest: Option<&str>,
+        response: &Response,
     ) {
+        let status = response.status();
+        let header =
+            |name: header::HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let digest = header(header::HeaderName::from_static("docker-content-digest"));
+        let location = header(header::LOCATION);
         let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
         let Some(action) = action_of(route, &parts.method, status) else {
             return;
@@ -104,6 +109,9 @@ impl AuditLog {
             | Resource::TagRollback
             | Resource::Robot
             | Resource::RobotSecret => Some(route.last),
+            // A robot made: the name is in the body; its answer's Location
+            // names it.
+            Resource::Robots => location.and_then(|l| l.rsplit('/').next()),
             _ => None,
         };
         let line = Line {

@@ -612,12 +612,13 @@ impl AccessControl {
             return Some(self.auth.policy().user(subject));
         };
         // A robot's grants live in its store; gone or expired: anonymous.
-        // So is a token issued before the robot was made: it was another
-        // robot's of the same name, since revoked.
+        // So is a token issued before the robot's secret was set: it was
+        // got with an older secret (since renewed), or by another robot of
+        // the same name (since revoked).
         let now = std::time::SystemTime::now();
         let issued_before = |made: std::time::SystemTime| token.issued_at.is_some_and(|t| t < made);
         Some(match self.auth.robot(robot) {
-            Some(kept) if !kept.robot.is_expired(now) && !issued_before(kept.robot.created_at) => {
+            Some(kept) if !kept.robot.is_expired(now) && !issued_before(kept.secret_since) => {
                 Identity::Robot {
                     name: kept.robot.name,
                     grants: kept.robot.grants,

@@ -177,6 +177,9 @@ pub fn router(registry: Arc<Registry>, services: Services) -> Router {
 /// 401 to a client without credentials, which starts its login.
 async fn base(State(state): State<AppState>, request: Request) -> Response {
     if let Some(access) = &state.access {
+        // A robot made or revoked through another replica logs in here as
+        // it would there.
+        state.registry.fresh_settings().await;
         let (parts, _) = request.into_parts();
         if let Err(refusal) = access.check_login(&parts).await {
             return refusal;
@@ -273,12 +276,11 @@ async fn dispatch_route(
     // are the upstream's.
     let audited = |caller: Option<&Caller>, response: &Response| {
         if let Some(audit) = &state.audit {
-            let digest = header_str(response.headers(), DOCKER_CONTENT_DIGEST);
             let client = match &state.access {
                 Some(access) => access.client_addr(parts),
                 None => client_addr::client_view(parts, &[], Default::default()).addr,
             };
-            audit.record(&route, caller, client, parts, response.status(), digest);
+            audit.record(&route, caller, client, parts, response);
         }
     };
     if let Some((mirror, name, upstream)) = mirror {

@@ -92,6 +92,7 @@ fn kept(account: &RobotAccount) -> Option<KeptRobot> {
                 expires_at: account.expires_at.map(from_unix_secs),
             },
             secret_sha256,
+            secret_since: from_unix_secs(account.secret_set_at.unwrap_or(account.created_at)),
         }),
         _ => {
             tracing::warn!(robot = %account.name, "a stored robot account does not parse: refused");
@@ -275,43 +276,85 @@ pub async fn create(registry: &Registry, caller: &Caller, body: Body) -> ApiResu
         grants: grants.iter().map(Grant::to_string).collect(),
         namespace: namespace.map(|n| n.as_str().to_owned()),
         created_at: unix_secs(SystemTime::now()),
+        secret_set_at: None,
         created_by: caller.name().unwrap_or_default(),
         expires_at,
     };
     registry.create_robot_account(&account).await?;
     let mut shown = shown(&account, SystemTime::now());
     shown["secret"] = json!(secret.expose());
+    let location = format!("/v2/_berth/robots/{}", account.name);
     Ok((
         StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::LOCATION, location),
+        ],
         axum::Json(shown),
     )
         .into_response())
 }
 
 /// Whether there is room for one more robot in `namespace` (for its
-/// managers) and in all.
+/// managers) and in all. A manager's cap counts every robot at or below
+/// the highest namespace they manage on the way down to `namespace`, so
+/// that one made in each of `team-a/n1`, `team-a/n2`, ... counts against
+/// one cap; and the last tenth of the total is kept for admins, so that no
+/// team can fill the registry's.
 fn check_room(
     caller: &Caller,
     snapshot: &SettingsSnapshot,
     namespace: Option<&RepositoryName>,
 ) -> Result<(), ApiError> {
-    if snapshot.robots.len() >= MAX_ROBOTS {
-        return Err(denied(format!("there are {MAX_ROBOTS} robots already")));
+    let cap = if caller.is_admin() {
+        MAX_ROBOTS
+    } else {
+        MAX_ROBOTS - MAX_ROBOTS / 10
+    };
+    if snapshot.robots.len() >= cap {
+        return Err(denied(format!(
+            "there are {} robots already{}",
+            snapshot.robots.len(),
+            if caller.is_admin() {
+                ""
+            } else {
+                ": the rest are kept for admins"
+            }
+        )));
     }
     if let (false, Some(namespace)) = (caller.is_admin(), namespace) {
+        let managed = managed_root(caller, namespace);
         let here = snapshot
             .robots
             .values()
-            .filter(|r| r.namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|r| {
+                r.namespace.as_deref().is_some_and(|ns| {
+                    ns == managed.as_str()
+                        || ns
+                            .strip_prefix(managed.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
+            })
             .count();
         if here >= MAX_ROBOTS_PER_NAMESPACE {
             return Err(denied(format!(
-                "namespace {namespace} has {MAX_ROBOTS_PER_NAMESPACE} robots already: revoke one"
+                "namespace {managed} and those below it have {MAX_ROBOTS_PER_NAMESPACE} robots \
+                 already: revoke one"
             )));
         }
     }
     Ok(())
+}
+
+/// The highest namespace on the way down to `namespace` (itself included)
+/// that the caller manages.
+fn managed_root(caller: &Caller, namespace: &RepositoryName) -> RepositoryName {
+    let name = namespace.as_str();
+    name.match_indices('/')
+        .map(|(at, _)| &name[..at])
+        .filter_map(RepositoryName::parse)
+        .find(|ancestor| caller.namespace_actions(ancestor).contains(Action::Manage))
+        .unwrap_or_else(|| namespace.clone())
 }
 
 /// A repository or namespace outside `namespace` whose settings grant
@@ -322,21 +365,28 @@ fn granted_elsewhere(
     namespace: Option<&RepositoryName>,
 ) -> Option<String> {
     let subject = format!("robot:{name}");
-    let inside = |document: &str| {
+    // Below the namespace; a namespace's own document too, but not a
+    // repository named as the namespace: what `team-a` grants is outside
+    // `team-a/`.
+    let below = |document: &str| {
         namespace.is_some_and(|ns| {
-            document == ns.as_str()
-                || document
-                    .strip_prefix(ns.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
+            document
+                .strip_prefix(ns.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
         })
     };
-    snapshot
+    let is_namespace = |document: &str| namespace.is_some_and(|ns| document == ns.as_str());
+    let repositories = snapshot
         .repositories
         .iter()
-        .chain(&snapshot.namespaces)
-        .find(|(document, settings)| {
-            !inside(document) && settings.grants.iter().any(|g| g.subject == subject)
-        })
+        .filter(|(document, _)| !below(document));
+    let namespaces = snapshot
+        .namespaces
+        .iter()
+        .filter(|(document, _)| !below(document) && !is_namespace(document));
+    repositories
+        .chain(namespaces)
+        .find(|(_, settings)| settings.grants.iter().any(|g| g.subject == subject))
         .map(|(document, _)| document.clone())
 }
 
@@ -429,6 +479,8 @@ pub async fn new_secret(registry: &Registry, caller: &Caller, name: &str) -> Api
     let mut account = previous.clone();
     let (secret, secret_sha256) = robots::new_secret();
     account.secret_sha256 = hex::encode(secret_sha256);
+    // Tokens and UI sessions got with the old secret end with it.
+    account.secret_set_at = Some(unix_secs(SystemTime::now()));
     registry.replace_robot_account(&previous, &account).await?;
     let mut shown = shown(&account, SystemTime::now());
     shown["secret"] = json!(secret.expose());

@@ -172,11 +172,58 @@ pub async fn put(
     if change.visibility == Visibility::Public && !caller.may_make_public(name) {
         return Err(not_public_here(name));
     }
+    let snapshot = registry.fresh_settings().await;
+    check_grants_held(&snapshot, caller, name, &change)?;
     let by = caller.name().unwrap_or_default();
     registry
         .put_settings(SettingsOf::Repository, name, change, &by)
         .await?;
     get(registry, caller, name).await
+}
+
+/// Refuses a grant of an action the caller does not hold on `name` itself,
+/// unless the settings already grant it to that subject: `manage` lets a
+/// team hand out its own rights, not more (a manager without `delete`
+/// cannot give itself or a robot `delete`), and leaves alone what an admin
+/// granted.
+fn check_grants_held(
+    snapshot: &SettingsSnapshot,
+    caller: &Caller,
+    name: &RepositoryName,
+    change: &SettingsChange,
+) -> Result<(), ApiError> {
+    let current = snapshot.repositories.get(name.as_str());
+    let granted_now = |subject: &str, action: &str| {
+        current.is_some_and(|settings| {
+            settings
+                .grants
+                .iter()
+                .any(|g| g.subject == subject && g.actions.iter().any(|a| a == action))
+        })
+    };
+    for grant in &change.grants {
+        let beyond: Vec<&str> = grant
+            .actions
+            .iter()
+            .map(String::as_str)
+            .filter(|action| {
+                !granted_now(&grant.subject, action)
+                    && !Action::parse(action).is_some_and(|a| caller.may(name, a))
+            })
+            .collect();
+        if !beyond.is_empty() {
+            return Err(RegistryError::with_detail(
+                ErrorCode::Denied,
+                format!(
+                    "granting {} to {} on {name} needs holding it yourself",
+                    beyond.join(","),
+                    grant.subject
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `DELETE /v2/<name>/_berth/settings`: back to no settings (private, no

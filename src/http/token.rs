@@ -45,6 +45,10 @@ pub async fn get(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return oauth_error("invalid_scope", &e.to_string()),
     };
+    // Current settings before the login: they hold the robots made through
+    // the API (one revoked on another replica must not log in here) and
+    // grant rights.
+    state.registry.fresh_settings().await;
     let identity = match basic_header(&parts) {
         Some((user, password)) => match access.token_login(&parts, user.clone(), password).await {
             Ok(identity) => identity,
@@ -52,8 +56,6 @@ pub async fn get(State(state): State<AppState>, request: Request) -> Response {
         },
         None => Identity::Anonymous,
     };
-    // Repository settings grant rights: current ones before granting.
-    state.registry.fresh_settings().await;
     issue(&access, &identity, &token_request)
 }
 
@@ -71,6 +73,8 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return oauth_error("invalid_scope", &e.to_string()),
     };
+    // Current settings before the login, as for `GET`.
+    state.registry.fresh_settings().await;
     let identity = match token_request.grant_type.as_deref() {
         Some("password") => {
             let (Some(user), Some(password)) = (
@@ -92,8 +96,6 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
         }
         None => return oauth_error("invalid_request", "grant_type is required"),
     };
-    // Repository settings grant rights: current ones before granting.
-    state.registry.fresh_settings().await;
     issue(&access, &identity, &token_request)
 }
 

@@ -167,6 +167,9 @@ pub struct RobotAccount {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub created_at: u64,
+    /// When its secret was last renewed (`None`: never, set at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_set_at: Option<u64>,
     /// Who made it (a user name).
     #[serde(default)]
     pub created_by: String,

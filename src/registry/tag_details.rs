@@ -242,11 +242,17 @@ impl Registry {
             return Ok(detail);
         }
         let size_of = |descriptor: &Value| descriptor["size"].as_u64().unwrap_or(0);
-        let layers: u64 = body["layers"]
-            .as_array()
-            .map_or(0, |layers| layers.iter().map(size_of).sum());
+        // Sizes a fetched (mirrored) manifest declares are not checked:
+        // added without overflow.
+        let layers: u64 = body["layers"].as_array().map_or(0, |layers| {
+            layers.iter().map(size_of).fold(0, u64::saturating_add)
+        });
         let config = &body["config"];
-        detail.size = Some(manifest.body.len() as u64 + size_of(config) + layers);
+        detail.size = Some(
+            (manifest.body.len() as u64)
+                .saturating_add(size_of(config))
+                .saturating_add(layers),
+        );
         let is_image_config = matches!(
             config["mediaType"].as_str(),
             Some(
@@ -261,11 +267,19 @@ impl Registry {
             is_image_config && size_of(config) <= MAX_CONFIG,
             config_digest,
         ) {
-            let read = self
+            // The stored blob's own size, not the descriptor's: a mirrored
+            // manifest's config descriptor may name a layer of gigabytes.
+            let key = layout::blob_data(&digest);
+            let small = self
                 .storage
-                .get(&layout::blob_data(&digest))
+                .size(&key)
                 .await
-                .map_err(storage_error)?;
+                .map_err(storage_error)?
+                .is_some_and(|size| size <= MAX_CONFIG);
+            let read = match small {
+                true => self.storage.get(&key).await.map_err(storage_error)?,
+                false => None,
+            };
             if let Some(config) = read.and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
                 detail.platforms.extend(platform_of(&config));
             }

@@ -168,6 +168,13 @@ async fn changes_and_refusals_are_audited_with_who_what_and_the_result_and_no_se
         ],
         "{text}"
     );
+    // The robot each robot line is about: the made one's from its answer.
+    let robots: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["action"].as_str().unwrap().starts_with("robot_"))
+        .map(|l| l["reference"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(robots, ["ci", "", "ci", "ci"], "{text}");
     let push = &lines[2];
     assert_eq!(push["reference"], "1");
     assert_eq!(push["digest"], digest.as_str());

@@ -347,8 +347,8 @@ async fn without_access_control_there_are_no_robots() {
     assert_eq!(error_code(resp).await, "UNSUPPORTED");
 }
 
-/// A robot may log in to the web UI; its session ends with it, and does not
-/// carry over to a robot made later under its name.
+/// A robot may log in to the web UI; its session ends with it or with its
+/// secret, and does not carry over to a robot made later under its name.
 #[tokio::test]
 async fn a_robots_ui_session_ends_with_it_and_never_becomes_a_later_namesakes() {
     let registry = start().await;
@@ -393,5 +393,136 @@ async fn a_robots_ui_session_ends_with_it_and_never_becomes_a_later_namesakes() 
     assert_eq!(whoami(session).await, Value::Null, "the old session");
     let resp = crate::ui::login(&registry, "robot$viewer", &secret).await;
     let session = crate::ui::session_of(&resp);
+    assert_eq!(whoami(session.clone()).await, "robot$viewer");
+
+    // A new secret (a leaked one replaced) ends the sessions got with the
+    // old one, a second later as above. (A bearer token got with it lasts
+    // until it expires, at most the token TTL, as after a revocation.)
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let resp = alice
+        .post(registry.url("/v2/_berth/robots/viewer/secret"))
+        .send()
+        .await
+        .unwrap();
+    let renewed = json_of(resp, StatusCode::OK).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        whoami(session).await,
+        Value::Null,
+        "the old secret's session"
+    );
+    let resp = crate::ui::login(&registry, "robot$viewer", &renewed).await;
+    let session = crate::ui::session_of(&resp);
     assert_eq!(whoami(session).await, "robot$viewer");
+}
+
+/// What a namespace's manager hands out is bounded by what they hold: in a
+/// repository's settings (no `delete` for themselves or a robot; an
+/// admin's grant left as it is), and in robots, which count against one
+/// cap for the whole namespace however many namespaces below it they are
+/// spread over. A repository named like the namespace is outside it.
+#[tokio::test]
+async fn a_manager_hands_out_only_what_they_hold_and_one_cap_covers_their_namespace() {
+    let registry = start().await;
+    hand_team_to_devs(&registry).await;
+    let (alice, bob) = (as_user("alice"), as_user("bob"));
+    let settings_url = registry.url("/v2/team/api/_berth/settings");
+    let put = |client: &Client, body: Value| client.put(&settings_url).json(&body).send();
+
+    // bob holds pull, push and manage over team/: not delete.
+    let resp = put(
+        &bob,
+        json!({"grants": [{"subject": "user:bob", "actions": ["pull", "delete"]}]}),
+    )
+    .await
+    .unwrap();
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    let detail = body["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("delete") && detail.contains("user:bob"),
+        "{detail}"
+    );
+    let resp = put(
+        &bob,
+        json!({"grants": [{"subject": "user:carol", "actions": ["pull", "push"]}]}),
+    )
+    .await
+    .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    // An admin grants delete to a robot; bob may keep that grant while he
+    // changes the rest, but not give delete to anyone else.
+    let admins = json!({"subject": "robot:cleaner", "actions": ["delete"]});
+    let resp = put(&alice, json!({"grants": [admins.clone()]}))
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    let resp = put(
+        &bob,
+        json!({"description": "the API", "grants": [admins.clone()]}),
+    )
+    .await
+    .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    let resp = put(
+        &bob,
+        json!({"grants": [admins, {"subject": "user:carol", "actions": ["delete"]}]}),
+    )
+    .await
+    .unwrap();
+    expect_status(resp, StatusCode::FORBIDDEN).await;
+
+    // The repository named `team` is not in namespace team: a name its
+    // settings grant to is not bob's to take.
+    let resp = alice
+        .put(registry.url("/v2/team/_berth/settings"))
+        .json(&json!({"grants": [{"subject": "robot:deploy", "actions": ["pull", "push", "delete"]}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    let resp = create(
+        &registry,
+        &bob,
+        json!({"name": "deploy", "namespace": "team", "grants": ["team/*:pull"]}),
+    )
+    .await;
+    let resp = expect_status(resp, StatusCode::CONFLICT).await;
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("the settings of team grant"), "{text}");
+
+    // 100 robots spread over team/n0 ... team/n99 fill team's cap.
+    for n in 0..100 {
+        let resp = create(
+            &registry,
+            &bob,
+            json!({"name": format!("r{n}"), "namespace": format!("team/n{n}"), "grants": [format!("team/n{n}/*:pull")]}),
+        )
+        .await;
+        expect_status(resp, StatusCode::CREATED).await;
+    }
+    let resp = create(
+        &registry,
+        &bob,
+        json!({"name": "one-more", "namespace": "team/other", "grants": ["team/other/*:pull"]}),
+    )
+    .await;
+    let resp = expect_status(resp, StatusCode::FORBIDDEN).await;
+    let body: Value = resp.json().await.unwrap();
+    let detail = body["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("namespace team and those below it"),
+        "{detail}"
+    );
+    // Admins are not bound by a namespace's cap.
+    let resp = create(
+        &registry,
+        &alice,
+        json!({"name": "one-more", "namespace": "team/other", "grants": ["team/other/*:pull"]}),
+    )
+    .await;
+    expect_status(resp, StatusCode::CREATED).await;
 }
