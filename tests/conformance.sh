@@ -10,11 +10,14 @@
 # (made with `berth user add`) who may pull, push and delete conformance/*,
 # logging in through the Bearer token flow (OCI_USERNAME / OCI_PASSWORD).
 # CONFORMANCE_STORAGE=s3 runs it against two Berth replicas on one prefix of a
-# Garage bucket, behind a round-robin TCP balancer (each new connection goes
-# to the other replica: tests/e2e/replicas.sh), the suite talking to the
-# balancer; with auth the replicas share the htpasswd file and a token
-# signing key made for the run (a token one replica issues, the other
-# accepts). Garage is the one $GARAGE_ENV names (a Garage env file, so that
+# Garage bucket, the suite talking to a balancer in front: without auth,
+# nginx sending each request to the other replica, the replicas caching
+# nothing (--cache-ttl-ms 0), so every check that something is there or
+# gone is answered by the replica that did not make the change; with auth,
+# a round-robin TCP balancer (each new connection to the other replica:
+# tests/e2e/replicas.sh) in front of replicas in their default
+# configuration, sharing the htpasswd file and a token signing key made for
+# the run (a token one replica issues, the other accepts). Garage is the one $GARAGE_ENV names (a Garage env file, so that
 # .ci/run's two S3 runs share one), else one started here (tests/garage.sh);
 # with no Garage binary the run fails in CI (CI=true) and is skipped, loudly,
 # elsewhere. Both replicas must have served requests, and neither may log an
@@ -101,10 +104,18 @@ TOML
   auth_env=(OCI_USERNAME=conformance "OCI_PASSWORD=$password")
 fi
 
-if [ "$storage" = s3 ]; then
+if [ "$storage" = s3 ] && [ "$auth" = 1 ]; then
   garage_up "$work/garage"
   replicas_up "$berth" "$work" "$(random_prefix conformance)" "${auth_args[@]}" --log-level warn,berth=info
   addr=$BALANCER_ADDR
+elif [ "$storage" = s3 ]; then
+  # Each request to the other replica (nginx), with no cache between them
+  # (cache_ttl_ms 0: what one replica changed, the other serves on the next
+  # request): the two behave as one registry, request by request.
+  garage_up "$work/garage"
+  replicas_up "$berth" "$work" "$(random_prefix conformance)" --cache-ttl-ms 0 --log-level warn,berth=info
+  nginx_balancer_up "$work/nginx" "${REPLICA_ADDRS[@]}"
+  addr=$NGINX_ADDR
 else
   # Port 0: the kernel picks a free port; read it back from the log.
   start_bg "$work/berth.log" "$berth" serve "${auth_args[@]}" --listen 127.0.0.1:0 --data-dir "$work/data" \
@@ -185,7 +196,12 @@ if $record; then
     file=${file%.md}-s3.md
     command="CONFORMANCE_STORAGE=s3 $command"
     mode="$mode, on S3"
-    where="two replicas on one prefix of a 1-node Garage bucket behind a round-robin TCP balancer (requests served: ${served[0]} and ${served[1]}), plain HTTP on 127.0.0.1"
+    if [ "$auth" = 1 ]; then
+      balanced="behind a round-robin TCP balancer"
+    else
+      balanced="with no cache (cache_ttl_ms 0), behind nginx sending each request to the other replica"
+    fi
+    where="two replicas on one prefix of a 1-node Garage bucket $balanced (requests served: ${served[0]} and ${served[1]}), plain HTTP on 127.0.0.1"
   fi
   suite_commit=$(sed -nE 's/^\s*commit:\s*([0-9a-f]+)\s*$/\1/p' "$out" | head -1)
   write_result "$file" "OCI conformance: $mode" "$command" \

@@ -113,6 +113,58 @@ replicas_up() {
   echo "replicas ${REPLICA_ADDRS[*]} on s3://$S3_BUCKET/$prefix at $S3_ENDPOINT, balanced at $BALANCER_ADDR"
 }
 
+# nginx_balancer_up DIR ADDR...: nginx on 127.0.0.1:<free port> in front of
+# the replicas at ADDR..., balancing each request (not each connection, as
+# balancer.py does) round robin: a client on one keep-alive connection, as
+# the conformance suite, then alternates between replicas request by
+# request (an upload's PATCH on one, its PUT on the other; a delete on one,
+# the check that it is gone on the other). Sets NGINX_ADDR; stopped by
+# stop_all.
+NGINX_ADDR=
+nginx_balancer_up() {
+  local dir=$1 port servers="" addr nginx
+  shift
+  nginx=$(PATH=$PATH:/usr/sbin command -v nginx) ||
+    { echo "nginx_balancer_up: needs nginx (tests/e2e/install-clients.sh)" >&2; return 1; }
+  for addr in "$@"; do servers+="    server $addr;"$'\n'; done
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<CONF
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+  upstream replicas {
+$servers    keepalive 16;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+      proxy_buffering off;
+      proxy_set_header Host \$http_host;
+    }
+  }
+}
+CONF
+  start_bg "$dir/nginx.log" "$nginx" -e "$dir/error.log" -c "$dir/nginx.conf"
+  for _ in $(seq 100); do
+    # shellcheck disable=SC2034 # read by the scripts that source this one
+    curl -s -o /dev/null "http://127.0.0.1:$port/v2/" && { NGINX_ADDR=127.0.0.1:$port; return 0; }
+    sleep 0.1
+  done
+  echo "nginx did not start: $(cat "$dir/error.log" "$dir/nginx.log" 2>/dev/null)" >&2
+  return 1
+}
+
 replica_requests() {
   grep -c 'berth::request' "$1" || true
 }
