@@ -1027,6 +1027,64 @@ async fn a_token_issued_by_one_replica_is_accepted_by_the_other_with_a_shared_ke
     }
 }
 
+/// A robot made through A logs in through B at once, though B served
+/// nothing since its settings last went stale: the token endpoint reads
+/// current settings before the login (it read them after, so a robot
+/// revoked through A could log in through an idle B, and a new one could
+/// not, until B's next request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_made_through_one_replica_logs_in_through_an_idle_other() {
+    let users = tempfile::tempdir().unwrap();
+    let htpasswd = users.path().join("htpasswd");
+    berth::auth::Htpasswd::add_or_update_user(&htpasswd, "bob", "bob-pw", TEST_BCRYPT_COST)
+        .unwrap();
+    let mut auth = auth_config(&htpasswd, true);
+    auth.admins = vec!["bob".into()];
+    let Some(replicas) = Replicas::start(|c| {
+        c.auth = Some(auth.clone());
+        c.cache_ttl_ms = 500;
+    })
+    .await
+    else {
+        return;
+    };
+    // B reads the settings now, then idles past its cache_ttl.
+    let resp = replicas.b.api.get("/v2/").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let resp = replicas
+        .a
+        .api
+        .client
+        .post(replicas.a.api.url("/v2/_berth/robots"))
+        .header("authorization", basic_auth("bob", "bob-pw"))
+        .json(&serde_json::json!({"name": "ci", "grants": ["app/*:pull"]}))
+        .send()
+        .await
+        .unwrap();
+    let made: Value = expect_status(resp, StatusCode::CREATED)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = made["secret"].as_str().unwrap();
+    let resp = replicas
+        .b
+        .api
+        .client
+        .get(
+            replicas
+                .b
+                .api
+                .url("/auth/token?service=berth&scope=repository:app/web:pull"),
+        )
+        .header("authorization", basic_auth("robot$ci", secret))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+}
+
 /// Without a shared key each replica signs with a key of its own, made at
 /// start: B refuses A's token with 401 (which is why replicas must share
 /// `signing_key`), while A accepts it.
