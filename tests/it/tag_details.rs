@@ -141,3 +141,54 @@ async fn tag_details_need_the_pull_right() {
     let resp = new_client().get(&url).send().await.unwrap();
     expect_status(resp, StatusCode::UNAUTHORIZED).await;
 }
+
+/// A manifest the registry did not check (a mirror stores an upstream's as
+/// sent) whose config descriptor understates the size of the blob it names:
+/// the tag list reads a config only when the stored blob is small, never a
+/// blob of any size into memory, and adds the declared sizes without
+/// overflow.
+#[tokio::test]
+async fn a_config_descriptor_that_understates_its_blob_is_not_read() {
+    let registry = TestRegistry::start().await;
+    let name = "team/app";
+    // A valid image config of 2 MiB: read, it would show linux/evil.
+    let padding = "x".repeat(2 << 20);
+    let big = json!({"os": "linux", "architecture": "evil", "pad": padding}).to_string();
+    let big_digest = registry.push_blob(name, big.as_bytes()).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": big_digest, "size": 10},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": big_digest, "size": u64::MAX},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": big_digest, "size": u64::MAX},
+        ],
+    }))
+    .unwrap();
+    let digest: berth::oci::Digest = sha256_digest(&manifest).parse().unwrap();
+    let repository = berth::oci::RepositoryName::parse(name).unwrap();
+    let tag = berth::oci::Tag::parse("lying").unwrap();
+    let storage = registry.storage().await;
+    use berth::storage::layout;
+    store::write(storage.as_ref(), &layout::blob_data(&digest), &manifest).await;
+    let link = digest.to_string();
+    store::write(
+        storage.as_ref(),
+        &layout::revision_link(&repository, &digest),
+        link.as_bytes(),
+    )
+    .await;
+    store::write(
+        storage.as_ref(),
+        &layout::tag_current_link(&repository, &tag),
+        link.as_bytes(),
+    )
+    .await;
+
+    let page = details(&registry, name, "").await;
+    assert_eq!(tags_of(&page), ["lying"]);
+    let lying = &page["tags"][0];
+    assert_eq!(lying["digest"], link);
+    assert_eq!(lying["platforms"], json!([]), "{lying}");
+    assert_eq!(lying["size"], json!(u64::MAX), "{lying}");
+}
