@@ -54,6 +54,26 @@ fn names(list: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// alice grants `robot:deploy` rights on `repository`; then bob, a manager
+/// of namespace team, asks for a robot of that name there: the 409's text.
+async fn deploy_refused_once_granted_on(registry: &TestRegistry, repository: &str) -> String {
+    let resp = as_user("alice")
+        .put(registry.url(&format!("/v2/{repository}/_berth/settings")))
+        .json(&json!({"grants": [{"subject": "robot:deploy", "actions": ["pull", "push"]}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, StatusCode::OK).await;
+    let resp = create(
+        registry,
+        &as_user("bob"),
+        json!({"name": "deploy", "namespace": "team", "grants": ["team/*:pull"]}),
+    )
+    .await;
+    let resp = expect_status(resp, StatusCode::CONFLICT).await;
+    resp.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_namespace_manager_makes_a_robot_that_pushes_there_until_it_is_revoked() {
     let mut registry = start().await;
@@ -294,21 +314,8 @@ async fn what_a_robot_may_do_is_bounded_by_what_its_maker_manages() {
 
     // A name that settings elsewhere still grant to is not bob's to take:
     // the new robot would inherit what they grant.
-    let resp = alice
-        .put(registry.url("/v2/app/web/_berth/settings"))
-        .json(&json!({"grants": [{"subject": "robot:deploy", "actions": ["push"]}]}))
-        .send()
-        .await
-        .unwrap();
-    expect_status(resp, StatusCode::OK).await;
-    let resp = create(
-        &registry,
-        &bob,
-        json!({"name": "deploy", "namespace": "team", "grants": ["team/*:pull"]}),
-    )
-    .await;
-    let resp = expect_status(resp, StatusCode::CONFLICT).await;
-    assert!(resp.text().await.unwrap().contains("app/web"));
+    let refusal = deploy_refused_once_granted_on(&registry, "app/web").await;
+    assert!(refusal.contains("app/web"), "{refusal}");
 }
 
 #[tokio::test]
@@ -477,22 +484,8 @@ async fn a_manager_hands_out_only_what_they_hold_and_one_cap_covers_their_namesp
 
     // The repository named `team` is not in namespace team: a name its
     // settings grant to is not bob's to take.
-    let resp = alice
-        .put(registry.url("/v2/team/_berth/settings"))
-        .json(&json!({"grants": [{"subject": "robot:deploy", "actions": ["pull", "push", "delete"]}]}))
-        .send()
-        .await
-        .unwrap();
-    expect_status(resp, StatusCode::OK).await;
-    let resp = create(
-        &registry,
-        &bob,
-        json!({"name": "deploy", "namespace": "team", "grants": ["team/*:pull"]}),
-    )
-    .await;
-    let resp = expect_status(resp, StatusCode::CONFLICT).await;
-    let text = resp.text().await.unwrap();
-    assert!(text.contains("the settings of team grant"), "{text}");
+    let refusal = deploy_refused_once_granted_on(&registry, "team").await;
+    assert!(refusal.contains("the settings of team grant"), "{refusal}");
 
     // 100 robots spread over team/n0 ... team/n99 fill team's cap.
     for n in 0..100 {

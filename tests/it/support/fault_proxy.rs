@@ -452,28 +452,11 @@ fn damaged(
 
 /// A tag list `GET`'s answer from a hostile upstream, as `mode` says.
 fn hostile_tag_list(mode: Mode, uri: &hyper::Uri) -> Response<ProxyBody> {
-    let body: ProxyBody = match mode {
-        Mode::GarbageTagList => Full::new(Bytes::from_static(
-            b"{\"name\":\"x\",\"tags\":[\"1\",<html>",
-        ))
-        .map_err(|never| match never {})
-        .boxed_unsync(),
-        Mode::EndlessTagList => Full::new(Bytes::from_static(br#"{"name":"x","tags":["1"]}"#))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-        Mode::OversizedTagList => {
-            // 5 MiB in 64 KiB frames: `["t","t",...` never closed.
-            let frame = Bytes::from("\"t\",".repeat(16 << 10));
-            let start = Bytes::from_static(br#"{"name":"x","tags":["#);
-            let frames = std::iter::once(start).chain(std::iter::repeat_n(frame, 80));
-            let stream =
-                futures::stream::iter(frames.map(|bytes| {
-                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))
-                }));
-            http_body_util::StreamBody::new(stream)
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        }
+    let body = match mode {
+        Mode::GarbageTagList => whole(br#"{"name":"x","tags":["1",<html>"#),
+        Mode::EndlessTagList => whole(br#"{"name":"x","tags":["1"]}"#),
+        // 5 MiB in 64 KiB frames: `["t","t",...` never closed.
+        Mode::OversizedTagList => unending(br#"{"name":"x","tags":["#, "\"t\","),
         Mode::TooManyTags => {
             let tags = vec!["t"; 100_001];
             let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
@@ -481,15 +464,9 @@ fn hostile_tag_list(mode: Mode, uri: &hyper::Uri) -> Response<ProxyBody> {
                 .map_err(|never| match never {})
                 .boxed_unsync()
         }
-        _ => Full::new(Bytes::from_static(NOT_TAG_NAMES.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
+        _ => whole(NOT_TAG_NAMES.as_bytes()),
     };
-    let mut response = Response::new(body);
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    let mut response = json_answer(body);
     if mode == Mode::EndlessTagList {
         let link = format!("<{}?n=1&last=1>; rel=\"next\"", uri.path());
         response
@@ -501,25 +478,36 @@ fn hostile_tag_list(mode: Mode, uri: &hyper::Uri) -> Response<ProxyBody> {
 
 /// A token request's answer from a hostile token endpoint, as `mode` says.
 fn hostile_token(mode: Mode) -> Response<ProxyBody> {
-    let body: ProxyBody = match mode {
-        Mode::EndlessTokenLifetime => Full::new(Bytes::from_static(
-            br#"{"token":"not-a-token","expires_in":18446744073709551615}"#,
-        ))
-        .map_err(|never| match never {})
-        .boxed_unsync(),
-        _ => {
-            let start = Bytes::from_static(br#"{"token":""#);
-            let frame = Bytes::from("a".repeat(64 << 10));
-            let frames = std::iter::once(start).chain(std::iter::repeat_n(frame, 80));
-            let stream =
-                futures::stream::iter(frames.map(|bytes| {
-                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))
-                }));
-            http_body_util::StreamBody::new(stream)
-                .map_err(|never| match never {})
-                .boxed_unsync()
+    json_answer(match mode {
+        Mode::EndlessTokenLifetime => {
+            whole(br#"{"token":"not-a-token","expires_in":18446744073709551615}"#)
         }
-    };
+        // A token that never ends: 5 MiB and counting.
+        _ => unending(br#"{"token":""#, "a"),
+    })
+}
+
+fn whole(body: &'static [u8]) -> ProxyBody {
+    Full::new(Bytes::from_static(body))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// `start`, then `unit` repeated for 5 MiB, in 64 KiB frames: a JSON
+/// document that is never closed.
+fn unending(start: &'static [u8], unit: &str) -> ProxyBody {
+    let frame = Bytes::from(unit.repeat((64 << 10) / unit.len()));
+    let frames = std::iter::once(Bytes::from_static(start)).chain(std::iter::repeat_n(frame, 80));
+    let stream = futures::stream::iter(
+        frames.map(|bytes| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))),
+    );
+    http_body_util::StreamBody::new(stream)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A 200 with `body`, as JSON.
+fn json_answer(body: ProxyBody) -> Response<ProxyBody> {
     let mut response = Response::new(body);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
