@@ -83,7 +83,7 @@ pub struct KeptRobot {
     pub robot: Robot,
     pub secret_sha256: [u8; 32],
     /// When the current secret was set (its creation, or its last renewal):
-    /// a token issued before it was got with another secret.
+    /// a session token issued before it was got with another secret.
     pub secret_since: SystemTime,
 }
 

@@ -479,7 +479,8 @@ pub async fn new_secret(registry: &Registry, caller: &Caller, name: &str) -> Api
     let mut account = previous.clone();
     let (secret, secret_sha256) = robots::new_secret();
     account.secret_sha256 = hex::encode(secret_sha256);
-    // Tokens and UI sessions got with the old secret end with it.
+    // UI sessions got with the old secret end with it (bearer tokens carry
+    // their grants and last until they expire, as after a revocation).
     account.secret_set_at = Some(unix_secs(SystemTime::now()));
     registry.replace_robot_account(&previous, &account).await?;
     let mut shown = shown(&account, SystemTime::now());
