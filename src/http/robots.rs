@@ -40,6 +40,7 @@ use super::auth::Caller;
 use super::{ApiError, ApiResult};
 use crate::auth::robots::{self, validate_name, KeptRobot, Robot, RobotSource};
 use crate::auth::{from_unix_secs, rfc3339, unix_secs, Action, Actions, Grant};
+use crate::oci::name::lies_below;
 use crate::oci::{ErrorCode, RegistryError, RepositoryName};
 use crate::registry::{Registry, RobotAccount, SettingsSnapshot};
 
@@ -328,12 +329,9 @@ fn check_room(
             .robots
             .values()
             .filter(|r| {
-                r.namespace.as_deref().is_some_and(|ns| {
-                    ns == managed.as_str()
-                        || ns
-                            .strip_prefix(managed.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                })
+                r.namespace
+                    .as_deref()
+                    .is_some_and(|ns| ns == managed.as_str() || lies_below(ns, managed.as_str()))
             })
             .count();
         if here >= MAX_ROBOTS_PER_NAMESPACE {
@@ -349,9 +347,8 @@ fn check_room(
 /// The highest namespace on the way down to `namespace` (itself included)
 /// that the caller manages.
 fn managed_root(caller: &Caller, namespace: &RepositoryName) -> RepositoryName {
-    let name = namespace.as_str();
-    name.match_indices('/')
-        .map(|(at, _)| &name[..at])
+    namespace
+        .namespaces()
         .filter_map(RepositoryName::parse)
         .find(|ancestor| caller.namespace_actions(ancestor).contains(Action::Manage))
         .unwrap_or_else(|| namespace.clone())
@@ -368,13 +365,7 @@ fn granted_elsewhere(
     // Below the namespace; a namespace's own document too, but not a
     // repository named as the namespace: what `team-a` grants is outside
     // `team-a/`.
-    let below = |document: &str| {
-        namespace.is_some_and(|ns| {
-            document
-                .strip_prefix(ns.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    };
+    let below = |document: &str| namespace.is_some_and(|ns| lies_below(document, ns.as_str()));
     let is_namespace = |document: &str| namespace.is_some_and(|ns| document == ns.as_str());
     let repositories = snapshot
         .repositories

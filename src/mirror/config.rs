@@ -296,10 +296,7 @@ pub(super) fn registry_key(host: &str) -> String {
 
 /// Whether names under `inner` are also under `outer` (`hub/x` in `hub`).
 fn nests(inner: &str, outer: &str) -> bool {
-    inner == outer
-        || inner
-            .strip_prefix(outer)
-            .is_some_and(|rest| rest.starts_with('/'))
+    inner == outer || crate::oci::name::lies_below(inner, outer)
 }
 
 /// The upstream's base URL without a trailing `/`, checked: `http` or

@@ -31,6 +31,19 @@ impl RepositoryName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The namespaces the name lies in, outermost first: `a`, `a/b` for
+    /// `a/b/c`.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.0.match_indices('/').map(|(at, _)| &self.0[..at])
+    }
+}
+
+/// Whether `name` lies below `namespace` (`namespace/...`), as a name's
+/// text: `team/app` below `team`, not `team-b/app` nor `team` itself.
+pub fn lies_below(name: &str, namespace: &str) -> bool {
+    name.strip_prefix(namespace)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl fmt::Display for RepositoryName {
@@ -184,5 +197,18 @@ mod tests {
             Some(Reference::Digest(_))
         ));
         assert!(Reference::parse("sha256:short").is_none());
+    }
+
+    #[test]
+    fn a_name_lies_below_its_namespaces_only() {
+        assert!(lies_below("team/app", "team"));
+        assert!(lies_below("team/a/b", "team/a"));
+        assert!(!lies_below("team", "team"));
+        assert!(!lies_below("team-b/app", "team"));
+        assert!(!lies_below("teamx", "team"));
+        let name = RepositoryName::parse("a/b/c").unwrap();
+        assert_eq!(name.namespaces().collect::<Vec<_>>(), ["a", "a/b"]);
+        let top = RepositoryName::parse("a").unwrap();
+        assert_eq!(top.namespaces().count(), 0);
     }
 }

@@ -46,9 +46,7 @@ impl RepositoryPattern {
     /// Whether every name the pattern matches lies below `namespace`: its
     /// text starts with `namespace/` (a `*` can only come after that).
     pub fn lies_under(&self, namespace: &RepositoryName) -> bool {
-        self.0
-            .strip_prefix(namespace.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
+        super::name::lies_below(&self.0, namespace.as_str())
     }
 }
 

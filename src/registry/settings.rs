@@ -211,9 +211,7 @@ impl SettingsSnapshot {
         &'a self,
         name: &'a RepositoryName,
     ) -> impl Iterator<Item = (&'a str, &'a Settings)> + 'a {
-        let name = name.as_str();
-        name.match_indices('/').filter_map(move |(at, _)| {
-            let namespace = &name[..at];
+        name.namespaces().filter_map(move |namespace| {
             self.namespaces
                 .get(namespace)
                 .map(|settings| (namespace, settings))

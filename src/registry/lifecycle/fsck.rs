@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 
 use crate::oci::manifest::Requirement;
+use crate::oci::name::lies_below;
 use crate::oci::{Algorithm, Digest, Hasher, Manifest, RepositoryName, Tag};
 use crate::storage::{layout, Listing, Storage};
 
@@ -481,11 +482,11 @@ impl Checker<'_> {
             }
         };
         let mut unusable = HashSet::new();
-        let mirrored = self.options.mirrored.iter().any(|prefix| {
-            name.as_str()
-                .strip_prefix(prefix.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-        });
+        let mirrored = self
+            .options
+            .mirrored
+            .iter()
+            .any(|prefix| lies_below(name.as_str(), prefix.as_str()));
         for requirement in &manifest.requirements {
             let (required, problem) = match requirement {
                 Requirement::Blob(d) => {

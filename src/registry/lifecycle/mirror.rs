@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::oci::name::lies_below;
 use crate::oci::{Digest, Manifest, Reference, RepositoryName, Result, Tag};
 use crate::registry::{storage_error, Registry, RepositoryWalk};
 use crate::storage::{layout, Listing, WriteMode};
@@ -90,11 +91,10 @@ impl Registry {
         let mut cached: Vec<Vec<Cached>> = rules.iter().map(|_| Vec::new()).collect();
         let mut walk = RepositoryWalk::new(self.storage.as_ref());
         while let Some(name) = super::next_repository(&mut walk, &mut report.problems).await? {
-            let Some(index) = rules.iter().position(|r| {
-                name.as_str()
-                    .strip_prefix(r.prefix.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
-            }) else {
+            let Some(index) = rules
+                .iter()
+                .position(|r| lies_below(name.as_str(), r.prefix.as_str()))
+            else {
                 continue;
             };
             let sized = rules[index].max_bytes.is_some();
