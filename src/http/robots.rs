@@ -129,6 +129,14 @@ fn no_robot(name: &str) -> ApiError {
     RegistryError::with_detail(ErrorCode::NameUnknown, format!("no robot named {name:?}")).into()
 }
 
+/// `PATTERN:ACTIONS` grants, or a 400 naming the first that is not one.
+fn parse_grants(grants: &[String]) -> Result<Vec<Grant>, ApiError> {
+    grants
+        .iter()
+        .map(|g| Grant::parse(g).map_err(|e| invalid(e.to_string())))
+        .collect()
+}
+
 /// The access control, or the answer when it is off (no logins: no robots).
 fn auth_of(caller: &Caller) -> Result<&crate::auth::Auth, ApiError> {
     caller.auth().ok_or_else(|| {
@@ -224,11 +232,7 @@ pub async fn create(registry: &Registry, caller: &Caller, body: Body) -> ApiResu
             "a robot has 1 to {MAX_GRANTS} grants (PATTERN:ACTIONS)"
         )));
     }
-    let grants = request
-        .grants
-        .iter()
-        .map(|g| Grant::parse(g).map_err(|e| invalid(e.to_string())))
-        .collect::<Result<Vec<Grant>, ApiError>>()?;
+    let grants = parse_grants(&request.grants)?;
     let namespace = match &request.namespace {
         Some(text) => Some(
             RepositoryName::parse(text)
@@ -452,11 +456,7 @@ pub async fn revoke(registry: &Registry, caller: &Caller, name: &str) -> ApiResu
 /// take over a stronger robot).
 pub async fn new_secret(registry: &Registry, caller: &Caller, name: &str) -> ApiResult {
     let previous = managed(registry, caller, name).await?;
-    let grants = previous
-        .grants
-        .iter()
-        .map(|g| Grant::parse(g).map_err(|e| invalid(e.to_string())))
-        .collect::<Result<Vec<Grant>, ApiError>>()?;
+    let grants = parse_grants(&previous.grants)?;
     let namespace = previous
         .namespace
         .as_deref()

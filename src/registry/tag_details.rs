@@ -21,14 +21,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
-use super::{storage_error, Registry};
+use super::{paginate, storage_error, Registry};
 use crate::oci::{Digest, Reference, RepositoryName, Result, Tag};
 use crate::storage::{layout, TreeListing};
 
 /// The largest page of details.
 pub const MAX_TAG_DETAILS: usize = 100;
-/// The largest image config read for its platform: configs are a few KiB;
-/// the descriptor's size (checked at push) says so before any read.
+/// The largest image config read for its platform: configs are a few KiB.
+/// Both the descriptor's size and the stored blob's must be within it (a
+/// fetched manifest's descriptors are not checked against the blobs).
 const MAX_CONFIG: u64 = 1024 * 1024;
 /// Requests in flight for one page.
 const CONCURRENCY: usize = 16;
@@ -115,13 +116,8 @@ impl Registry {
         let total = matching.len();
         let (page, more, dates) = match query.order {
             TagOrder::Name => {
-                let start = query
-                    .after
-                    .as_deref()
-                    .map_or(0, |after| matching.partition_point(|t| t.as_str() <= after));
-                let page: Vec<String> = matching.iter().skip(start).take(limit).cloned().collect();
-                let more = start + page.len() < matching.len();
-                (page, more, None)
+                let page = paginate(&matching, Some(limit), query.after.as_deref());
+                (page.entries, page.more, None)
             }
             TagOrder::Newest => {
                 let dates = self.tag_dates(name, &matching).await?;
