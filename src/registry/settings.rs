@@ -481,20 +481,9 @@ impl Registry {
     async fn write_robot_account(&self, account: &RobotAccount, mode: WriteMode) -> Result<()> {
         let key = self.robot_key(&account.name)?;
         let body = serde_json::to_vec_pretty(account).expect("a robot account serializes");
-        let generation = uuid::Uuid::new_v4().to_string();
         let written = self
-            .storage
-            .put_chain(vec![
-                (key, Bytes::from(body), mode),
-                (
-                    layout::SETTINGS_GENERATION.to_owned(),
-                    Bytes::from(generation),
-                    WriteMode::Overwrite,
-                ),
-            ])
-            .await
-            .map_err(storage_error)?;
-        self.load_settings().await?;
+            .store_settings_change(vec![(key, Bytes::from(body), mode)])
+            .await?;
         if written.first() == Some(&false) {
             return Err(RegistryError::with_detail(
                 ErrorCode::AlreadyExists,
@@ -506,16 +495,21 @@ impl Registry {
 
     /// Writes `docs`, then a new generation marker (so other replicas
     /// reload), then reloads this process's snapshot.
-    async fn store_settings_change(&self, mut docs: Vec<(String, Bytes, WriteMode)>) -> Result<()> {
+    /// Whether each of `docs` was written, in order (a `CreateIfAbsent`
+    /// one is not when it existed).
+    async fn store_settings_change(
+        &self,
+        mut docs: Vec<(String, Bytes, WriteMode)>,
+    ) -> Result<Vec<bool>> {
         let generation = uuid::Uuid::new_v4().to_string();
         docs.push((
             layout::SETTINGS_GENERATION.to_owned(),
             Bytes::from(generation),
             WriteMode::Overwrite,
         ));
-        self.storage.put_chain(docs).await.map_err(storage_error)?;
+        let written = self.storage.put_chain(docs).await.map_err(storage_error)?;
         self.load_settings().await?;
-        Ok(())
+        Ok(written)
     }
 }
 
